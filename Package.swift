@@ -1,0 +1,93 @@
+// swift-tools-version:6.0
+// Mycelium: Swift for the control plane, C for the hot paths.
+// Layout: Sources/ (Swift modules and executables), CSources/ (C cores and system-library shims),
+// Tests/, perf/ (benchmarks, run with `swift run -c release mycelium-bench ...`).
+import PackageDescription
+
+let package = Package(
+    name: "Mycelium",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "mycelium", targets: ["mycelium"]),
+        .executable(name: "mycelium-sim", targets: ["mycelium-sim"]),
+        .executable(name: "mycelium-bench", targets: ["MyceliumBench"]),
+        .library(name: "MyceliumIdentity", targets: ["MyceliumIdentity"]),
+        .library(name: "MyceliumCore", targets: ["MyceliumCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // MARK: system libraries (each imported by exactly one Swift module)
+        .systemLibrary(
+            name: "CSodium", path: "CSources/CSodium", pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]),
+
+        // MARK: pure foundations
+        .target(name: "MyceliumCore"),
+        .target(name: "MyceliumIdentity", dependencies: ["MyceliumCore", "CSodium"]),
+
+        // MARK: consensus (pure) and its durable storage and simulator
+        .target(name: "MyceliumRaft", dependencies: ["MyceliumCore"]),
+        .target(name: "MyceliumWAL", dependencies: ["MyceliumCore", "MyceliumRaft"]),
+        .target(name: "MyceliumSim", dependencies: ["MyceliumCore", "MyceliumRaft"]),
+
+        // MARK: shells
+        .target(
+            name: "MyceliumTransport",
+            dependencies: [
+                "MyceliumCore", "MyceliumIdentity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        // MARK: executables (thin @mains)
+        .executableTarget(
+            name: "mycelium",
+            dependencies: [
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "mycelium-sim",
+            dependencies: [
+                "MyceliumCore", "MyceliumRaft", "MyceliumSim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(
+            name: "MyceliumBench",
+            dependencies: [
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "perf/MyceliumBench"),
+
+        // MARK: tests
+        .testTarget(name: "MyceliumCoreTests", dependencies: ["MyceliumCore"]),
+        .testTarget(name: "MyceliumIdentityTests", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
+        .testTarget(
+            name: "MyceliumTransportTests",
+            dependencies: [
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"]),
+        .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
+        .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),
+    ]
+)

@@ -1,0 +1,1 @@
+// Raft: see issue 3.

@@ -1,0 +1,1 @@
+print("mycelium-sim: not yet")
