@@ -124,3 +124,57 @@ public func hexString<C: Collection>(_ bytes: C) -> String where C.Element == UI
     }
     return String(decoding: out, as: UTF8.self)
 }
+
+/// URL-safe base64 without padding (RFC 4648 §5), for tokens that people copy and paste.
+public enum Base64URL {
+    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+    static let decodeTable: [Int8] = {
+        var t = [Int8](repeating: -1, count: 256)
+        for (i, c) in alphabet.enumerated() { t[Int(c)] = Int8(i) }
+        return t
+    }()
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count * 4 + 2) / 3)
+        var i = 0
+        while i + 3 <= bytes.count {
+            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            for s in [18, 12, 6, 0] { out.append(alphabet[Int((v >> UInt32(s)) & 63)]) }
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest == 1 {
+            let v = UInt32(bytes[i]) << 16
+            out.append(alphabet[Int((v >> 18) & 63)]); out.append(alphabet[Int((v >> 12) & 63)])
+        } else if rest == 2 {
+            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
+            out.append(alphabet[Int((v >> 18) & 63)]); out.append(alphabet[Int((v >> 12) & 63)])
+            out.append(alphabet[Int((v >> 6) & 63)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Nil for characters outside the alphabet, an impossible length or non-zero trailing bits.
+    public static func decode<S: StringProtocol>(_ text: S) -> [UInt8]? {
+        let chars = Array(text.utf8)
+        if chars.count % 4 == 1 { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(chars.count * 3 / 4)
+        var buffer: UInt32 = 0
+        var bits = 0
+        for c in chars {
+            let v = decodeTable[Int(c)]
+            if v < 0 { return nil }
+            buffer = (buffer << 6) | UInt32(v)
+            bits += 6
+            if bits >= 8 {
+                out.append(UInt8(truncatingIfNeeded: buffer >> UInt32(bits - 8)))
+                bits -= 8
+                buffer &= (1 << UInt32(bits)) - 1
+            }
+        }
+        if buffer != 0 { return nil }
+        return out
+    }
+}
