@@ -20,8 +20,6 @@ import Glibc
 enum NodeTLS {
     /// PKCS#8 prefix for an Ed25519 private key (RFC 8410 §7): the 32-byte seed follows.
     static let pkcs8Ed25519Prefix: [UInt8] = [0x30, 0x2E, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]
-    /// SubjectPublicKeyInfo prefix for an Ed25519 key (RFC 8410 §4): the 32-byte key follows.
-    static let spkiEd25519Prefix: [UInt8] = [0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x03, 0x21, 0x00]
 
     /// A self-signed certificate for the node key. Its validity is wide on purpose: what limits a
     /// node's admission is its membership certificate, not this one.
@@ -47,9 +45,8 @@ enum NodeTLS {
     /// The Ed25519 key inside a peer's leaf certificate, or nil if it is not an Ed25519 certificate.
     static func ed25519Key(of certificate: NIOSSLCertificate) -> PublicKey? {
         guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else { return nil }
-        let spki = parsed.publicKey.subjectPublicKeyInfoBytes
-        guard spki.count == spkiEd25519Prefix.count + 32, Array(spki.prefix(spkiEd25519Prefix.count)) == spkiEd25519Prefix else { return nil }
-        return try? PublicKey(bytes: Array(spki.suffix(32)))
+        guard let key = Curve25519.Signing.PublicKey(parsed.publicKey) else { return nil }
+        return try? PublicKey(bytes: Array(key.rawRepresentation))
     }
 
     /// One configuration per connection: the key-log callback must deliver *this* connection's
@@ -109,7 +106,7 @@ final class SessionSecrets: Sendable {
     /// Parses an NSS key-log line; keeps only EXPORTER_SECRET (no traffic secret is stored).
     func record(_ line: ByteBuffer) {
         guard let text = line.getString(at: line.readerIndex, length: line.readableBytes) else { return }
-        let parts = text.split(separator: " ")
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\r" })
         guard parts.count == 3, parts[0] == "EXPORTER_SECRET", let secret = hexDecode(parts[2]) else { return }
         state.withLockedValue { $0.exporter = secret }
     }

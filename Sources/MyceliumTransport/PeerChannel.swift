@@ -77,7 +77,7 @@ public final class PeerChannel: @unchecked Sendable {
         self.issuedCertificate = issued
         self.channel = channel
         self.iterator = iterator
-        self.remoteAddress = channel.remoteAddress?.description ?? "?"
+        self.remoteAddress = describe(channel.remoteAddress)
     }
 
     /// Sends an application frame (`type` ≥ 16).
@@ -124,7 +124,7 @@ public final class PeerListener: Sendable {
                     let ctx = try NIOSSLContext(configuration: NodeTLS.configuration(server: true, certificate: cert, key: key, secrets: secrets))
                     let ssl = NIOSSLServerHandler(context: ctx, customVerificationCallback: pinningCallback(secrets))
                     let stream = try addChannelHandlers(channel, ssl: ssl, settings: settings)
-                    let address = channel.remoteAddress?.description ?? "?"
+                    let address = describe(channel.remoteAddress)
                     Task {
                         do {
                             let peer = try await runHandshake(
@@ -200,6 +200,12 @@ final class StreamHolder: Sendable {
     private let box = NIOLockedValueBox<AsyncThrowingStream<Frame, Error>?>(nil)
     func set(_ s: AsyncThrowingStream<Frame, Error>) { box.withLockedValue { $0 = s } }
     func get() -> AsyncThrowingStream<Frame, Error>? { box.withLockedValue { $0 } }
+}
+
+/// "ip:port" (or "[ip]:port" for IPv6), the way operators write addresses.
+func describe(_ a: SocketAddress?) -> String {
+    guard let a, let ip = a.ipAddress, let port = a.port else { return a?.description ?? "?" }
+    return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
 }
 
 func unixNow() -> Int64 { Int64(Date().timeIntervalSince1970) }
