@@ -75,6 +75,11 @@ let package = Package(
             ],
             path: "perf/MyceliumBench"),
 
+        // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
+        .executableTarget(
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity"], path: "Fuzz/MyceliumFuzz",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+
         // MARK: tests
         .testTarget(name: "MyceliumCoreTests", dependencies: ["MyceliumCore"]),
         .testTarget(name: "MyceliumIdentityTests", dependencies: ["MyceliumCore", "MyceliumIdentity"]),

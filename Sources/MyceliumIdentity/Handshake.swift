@@ -12,7 +12,6 @@
 // nonce (replay) → certificate key equals TLS key (stolen certificate) → signature.
 
 import MyceliumCore
-import MyceliumIdentity
 
 public enum HandshakeRole: UInt8, Sendable {
     case client = 1
