@@ -21,6 +21,21 @@ enum NodeTLS {
     /// PKCS#8 prefix for an Ed25519 private key (RFC 8410 §7): the 32-byte seed follows.
     static let pkcs8Ed25519Prefix: [UInt8] = [0x30, 0x2E, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]
 
+    /// Certificates already made, per public key: making one costs an Ed25519 signature and DER
+    /// work that would otherwise be paid on every outgoing connection.
+    private static let cache = NIOLockedValueBox<[PublicKey: (NIOSSLCertificate, NIOSSLPrivateKey)]>([:])
+
+    /// A self-signed certificate for the node key, made once per key and process.
+    static func certificate(key: SigningKey, nodeID: NodeID, now: Int64) throws -> (NIOSSLCertificate, NIOSSLPrivateKey) {
+        if let hit = cache.withLockedValue({ $0[key.publicKey] }) { return hit }
+        let made = try selfSignedCertificate(key: key, nodeID: nodeID, now: now)
+        cache.withLockedValue { c in
+            if c.count > 64 { c.removeAll() }  // tests and benchmarks make many keys; nodes have one
+            c[key.publicKey] = made
+        }
+        return made
+    }
+
     /// A self-signed certificate for the node key. Its validity is wide on purpose: what limits a
     /// node's admission is its membership certificate, not this one.
     static func selfSignedCertificate(key: SigningKey, nodeID: NodeID, now: Int64) throws -> (NIOSSLCertificate, NIOSSLPrivateKey) {

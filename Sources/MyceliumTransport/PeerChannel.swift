@@ -113,7 +113,7 @@ public final class PeerListener: Sendable {
         onRefusal: (@Sendable (_ address: String, _ error: Error) -> Void)? = nil,
         onPeer: @escaping @Sendable (PeerChannel) async -> Void
     ) async throws -> PeerListener {
-        let (cert, key) = try NodeTLS.selfSignedCertificate(key: credentials.key, nodeID: credentials.nodeID, now: unixNow())
+        let (cert, key) = try NodeTLS.certificate(key: credentials.key, nodeID: credentials.nodeID, now: unixNow())
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -164,7 +164,7 @@ extension PeerChannel {
         host: String, port: Int, credentials: NodeCredentials, settings: ChannelSettings,
         group: EventLoopGroup, logger: Logger, policy: HandshakePolicy, tamper: HandshakeTamper?
     ) async throws -> PeerChannel {
-        let (cert, key) = try NodeTLS.selfSignedCertificate(key: credentials.key, nodeID: credentials.nodeID, now: unixNow())
+        let (cert, key) = try NodeTLS.certificate(key: credentials.key, nodeID: credentials.nodeID, now: unixNow())
         let secrets = SessionSecrets()
         let ctx = try NIOSSLContext(configuration: NodeTLS.configuration(server: false, certificate: cert, key: key, secrets: secrets))
         let box = StreamHolder()

@@ -1,1 +1,21 @@
-print("bench")
+// mycelium-bench: every benchmark compares against a peer or a physical limit in the same run and
+// prints the ratio. Run in release: swift run -c release mycelium-bench <scenario>.
+import Foundation
+
+let scenarios: [(name: String, about: String, run: ([String]) async throws -> Void)] = [
+    ("identity", "Ed25519 sign/verify (libsodium vs openssl speed) and full mutual TLS+membership handshakes/s", runIdentityBench),
+]
+
+let args = Array(CommandLine.arguments.dropFirst())
+guard let name = args.first, let scenario = scenarios.first(where: { $0.name == name }) else {
+    print("usage: mycelium-bench <scenario> [options]\n\nscenarios:")
+    for s in scenarios { print("  \(s.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \(s.about)") }
+    print("\nRun in release mode: swift run -c release mycelium-bench identity")
+    exit(args.isEmpty || args.first == "--help" || args.first == "-h" ? 0 : 2)
+}
+do {
+    try await scenario.run(Array(args.dropFirst()))
+} catch {
+    print("mycelium-bench \(name): \(error)")
+    exit(1)
+}
