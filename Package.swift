@@ -37,6 +37,17 @@ let package = Package(
         .target(name: "MyceliumWAL", dependencies: ["MyceliumCore", "MyceliumRaft"]),
         .target(name: "MyceliumSim", dependencies: ["MyceliumCore", "MyceliumRaft"]),
 
+        // MARK: Byzantine-tolerant vote (pure)
+        .target(name: "MyceliumVote", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
+
+        // MARK: endophyte core: dirty-page tracking in C and the RAM replication engine
+        .target(
+            name: "CDirtyPages", path: "CSources/CDirtyPages",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
+            linkerSettings: [.linkedLibrary("xxhash"), .linkedLibrary("pthread")]),
+        .target(name: "DirtyPages", dependencies: ["CDirtyPages", "MyceliumCore"]),
+        .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+
         // MARK: shells
         .target(
             name: "MyceliumTransport",
@@ -92,6 +103,11 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
+        .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
+        .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"]),
+        .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
+        .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

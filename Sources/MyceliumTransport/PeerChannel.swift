@@ -69,11 +69,16 @@ public final class PeerChannel: @unchecked Sendable {
     /// For a joiner: the certificate the server issued to us.
     public let issuedCertificate: MembershipCertificate?
     public let remoteAddress: String
+    /// This TLS session's RFC 9266 channel binding (32 bytes), equal on both ends and unique to the
+    /// session. Protocols that derive keys from the authenticated session (rhizomorph) start here.
+    public let channelBinding: [UInt8]
     let channel: Channel
     private var iterator: AsyncThrowingStream<Frame, Error>.AsyncIterator
 
-    init(peer: VerifiedPeer, issued: MembershipCertificate?, channel: Channel, iterator: AsyncThrowingStream<Frame, Error>.AsyncIterator) {
+    init(peer: VerifiedPeer, issued: MembershipCertificate?, channel: Channel, binding: [UInt8],
+         iterator: AsyncThrowingStream<Frame, Error>.AsyncIterator) {
         self.peer = peer
+        self.channelBinding = binding
         self.issuedCertificate = issued
         self.channel = channel
         self.iterator = iterator
@@ -315,7 +320,7 @@ func runHandshake(
             ourCertificate = cert
         }
     }
-    return PeerChannel(peer: verified, issued: ourCertificate, channel: channel, iterator: it)
+    return PeerChannel(peer: verified, issued: ourCertificate, channel: channel, binding: binding, iterator: it)
 }
 
 /// Test hook: replace what the client sends, or record it for a later replay.

@@ -82,6 +82,7 @@ final class ChannelTests: XCTestCase {
         let client = try await PeerChannel.connect(host: "127.0.0.1", port: listener.port, credentials: net.member(),
                                                    group: group, logger: logger, policy: net.policy())
         XCTAssertEqual(client.peer.nodeID, serverCreds.nodeID, "the client knows which member it reached")
+        XCTAssertEqual(client.channelBinding.count, 32)
         for i in 0..<20 {
             let payload = [UInt8](repeating: UInt8(i), count: i * 1000)
             try await client.send(type: 16, payload: payload)
@@ -160,6 +161,36 @@ final class ChannelTests: XCTestCase {
         try await Task.sleep(nanoseconds: 200_000_000)
         e = refusals.all.last!
         XCTAssertEqual(e.code, .revokedMember(revokedMember.nodeID))
+        await listener.close()
+    }
+
+    func testRotatedOutKeyIsRefusedAndNewKeyAccepted() async throws {
+        let net = TestNetwork()
+        let oldKey = SigningKey(), newKey = SigningKey()
+        let id = NodeID(publicKey: oldKey.publicKey)
+        let rotation = KeyRotation.create(node: id, from: oldKey, to: newKey, sequence: 1, issuedAt: net.now)
+        var keys = KeyRegistry()
+        try keys.apply(rotation)
+        let refusals = Refusals()
+        let listener = try await PeerListener.start(
+            host: "127.0.0.1", port: 0, credentials: net.member(), group: group, logger: logger,
+            policy: { HandshakePolicy(network: net.id, now: Int64(Date().timeIntervalSince1970), keys: keys) },
+            onRefusal: { _, e in refusals.add(e) }, onPeer: { _ in })
+        // The old key with its (still unexpired) old certificate.
+        let oldCert = MembershipCertificate.issue(by: net.genesis, nodeID: id, nodeKey: oldKey.publicKey, roles: .member,
+                                                  serial: 1, issuedAt: net.now - 10, validFor: 3600)
+        await XCTAssertThrowsAsync(try await PeerChannel.connect(
+            host: "127.0.0.1", port: listener.port, credentials: NodeCredentials(key: oldKey, network: net.id, credential: .member(oldCert)),
+            group: self.group, logger: self.logger, policy: net.policy()))
+        let e = try await refusals.waitForOne()
+        XCTAssertEqual(e.code, .retiredKey(id), "\(e)")
+        // The new key, certified under the same node ID.
+        let newCert = MembershipCertificate.issue(by: net.genesis, nodeID: id, nodeKey: newKey.publicKey, roles: .member,
+                                                  serial: 2, issuedAt: net.now - 10, validFor: 3600)
+        let ok = try await PeerChannel.connect(host: "127.0.0.1", port: listener.port,
+                                               credentials: NodeCredentials(key: newKey, network: net.id, credential: .member(newCert)),
+                                               group: group, logger: logger, policy: net.policy())
+        await ok.close()
         await listener.close()
     }
 
