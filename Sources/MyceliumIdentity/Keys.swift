@@ -56,36 +56,53 @@ public final class SigningKey: @unchecked Sendable {
     public var seed: [UInt8] { seedBytes }
 }
 
-/// A node's stable identity: a hash of the node's first public key.
-///
-/// It stays the same across key rotations (a `KeyRotation` maps it to the current key), so
-/// membership, spores and Raft refer to a node by this ID, never by its key.
-public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public static let byteCount = 16
-    public static let prefix = "node"
-    public let bytes: [UInt8]
+/// A 16-byte identifier derived by hashing a public key, printed as `prefix-<base32 + checksum>`.
+/// Node and network IDs share the parsing, printing and length checks; each has its own prefix and
+/// hash domain, so one can never be read as the other.
+public protocol DerivedIdentifier: Hashable, Sendable, CustomStringConvertible {
+    static var prefix: String { get }
+    static var noun: String { get }
+    var bytes: [UInt8] { get }
+    init(uncheckedBytes: [UInt8])
+}
 
-    public init(publicKey: PublicKey) {
-        bytes = Sodium.hash(publicKey.bytes, domain: "mycelium/node-id", length: NodeID.byteCount)
-    }
+extension DerivedIdentifier {
+    public static var byteCount: Int { 16 }
 
     public init(bytes: [UInt8]) throws(IdentityError) {
-        guard bytes.count == NodeID.byteCount else {
-            throw IdentityError(.malformed(what: "node ID", reason: "\(bytes.count) bytes, expected \(NodeID.byteCount)"))
+        guard bytes.count == Self.byteCount else {
+            throw IdentityError(.malformed(what: Self.noun, reason: "\(bytes.count) bytes, expected \(Self.byteCount)"))
         }
-        self.bytes = bytes
+        self.init(uncheckedBytes: bytes)
     }
 
     /// Parses the printed form, catching typos through its checksum.
     public init(parsing text: String) throws(IdentityError) {
         do {
-            bytes = try CheckedID.parse(text, prefix: NodeID.prefix, count: NodeID.byteCount)
+            self.init(uncheckedBytes: try CheckedID.parse(text, prefix: Self.prefix, count: Self.byteCount))
         } catch {
             throw IdentityError(.badID(text: text, reason: error.description))
         }
     }
 
-    public var description: String { CheckedID.render(prefix: NodeID.prefix, value: bytes) }
+    public var description: String { CheckedID.render(prefix: Self.prefix, value: bytes) }
+}
+
+/// A node's stable identity: a hash of the node's first public key.
+///
+/// It stays the same across key rotations (a `KeyRotation` maps it to the current key), so
+/// membership, spores and Raft refer to a node by this ID, never by its key.
+public struct NodeID: DerivedIdentifier, Comparable {
+    public static let prefix = "node"
+    public static let noun = "node ID"
+    public let bytes: [UInt8]
+
+    public init(uncheckedBytes: [UInt8]) { bytes = uncheckedBytes }
+
+    public init(publicKey: PublicKey) {
+        bytes = Sodium.hash(publicKey.bytes, domain: "mycelium/node-id", length: NodeID.byteCount)
+    }
+
     public static func < (a: NodeID, b: NodeID) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
 
     /// A 64-bit number for protocols that want a compact integer ID (Raft). Collisions between
@@ -94,31 +111,16 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
 }
 
 /// A network's identity: a hash of its genesis public key. Networks never talk to each other.
-public struct NetworkID: Hashable, Sendable, CustomStringConvertible {
-    public static let byteCount = 16
+public struct NetworkID: DerivedIdentifier {
     public static let prefix = "net"
+    public static let noun = "network ID"
     public let bytes: [UInt8]
+
+    public init(uncheckedBytes: [UInt8]) { bytes = uncheckedBytes }
 
     public init(genesisKey: PublicKey) {
         bytes = Sodium.hash(genesisKey.bytes, domain: "mycelium/network-id", length: NetworkID.byteCount)
     }
-
-    public init(bytes: [UInt8]) throws(IdentityError) {
-        guard bytes.count == NetworkID.byteCount else {
-            throw IdentityError(.malformed(what: "network ID", reason: "\(bytes.count) bytes, expected \(NetworkID.byteCount)"))
-        }
-        self.bytes = bytes
-    }
-
-    public init(parsing text: String) throws(IdentityError) {
-        do {
-            bytes = try CheckedID.parse(text, prefix: NetworkID.prefix, count: NetworkID.byteCount)
-        } catch {
-            throw IdentityError(.badID(text: text, reason: error.description))
-        }
-    }
-
-    public var description: String { CheckedID.render(prefix: NetworkID.prefix, value: bytes) }
 }
 
 /// Secret key files: a checksummed file holding the 32-byte seed, readable by the owner only.

@@ -169,8 +169,9 @@ final class ChannelTests: XCTestCase {
         let oldKey = SigningKey(), newKey = SigningKey()
         let id = NodeID(publicKey: oldKey.publicKey)
         let rotation = KeyRotation.create(node: id, from: oldKey, to: newKey, sequence: 1, issuedAt: net.now)
-        var keys = KeyRegistry()
-        try keys.apply(rotation)
+        var registry = KeyRegistry()
+        try registry.apply(rotation)
+        let keys = registry
         let refusals = Refusals()
         let listener = try await PeerListener.start(
             host: "127.0.0.1", port: 0, credentials: net.member(), group: group, logger: logger,
