@@ -37,6 +37,9 @@ let package = Package(
         .target(name: "MyceliumWAL", dependencies: ["MyceliumCore", "MyceliumRaft"]),
         .target(name: "MyceliumSim", dependencies: ["MyceliumCore", "MyceliumRaft"]),
 
+        // MARK: spores: the primary spore's state machine, seed and latent spores (pure)
+        .target(name: "MyceliumSpores", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
+
         // MARK: Byzantine-tolerant vote (pure)
         .target(name: "MyceliumVote", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
 
@@ -105,6 +108,7 @@ let package = Package(
             ]),
         // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
+        .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
         .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),

@@ -212,6 +212,8 @@ public enum FileKind {
     public static let networkSecretKey: UInt16 = 2
     public static let membershipCertificate: UInt16 = 3
     public static let inviteLedger: UInt16 = 4
+    public static let seedSpore: UInt16 = 5
+    public static let latentSpore: UInt16 = 6
     public static let raftSnapshot: UInt16 = 10
     public static let raftHardState: UInt16 = 11
 }

@@ -1,0 +1,157 @@
+import MyceliumCore
+import MyceliumIdentity
+
+/// A change to the primary spore. Carried in Raft entries as a `SignedCommand`.
+public enum SporeCommand: Sendable, Equatable {
+    /// A node enters the network with its genesis-issued certificate.
+    case admit(MembershipCertificate)
+    /// The author says it is present (its lease in the spore is renewed) and what it offers.
+    case refresh(Capabilities)
+    /// The author connected to `node` at `address`: the address may be published.
+    case confirmAddress(node: NodeID, address: String)
+    case setStatus(node: NodeID, MemberStatus)
+    case setSclerotia([NodeID])
+    /// The bootstrap agent hands control to the sclerotia.
+    case handoff
+    case acquireLease(name: String, ttlSeconds: UInt32)
+    case releaseLease(name: String)
+    case setSetting(key: String, value: String)
+    case rotateKey(KeyRotation)
+    /// Only advances spore time (the leader proposes one when nothing else happens).
+    case tick
+
+    static let maxEncoded = 4096
+
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        switch self {
+        case .admit(let c): w.u8(1); w.blob(c.encoded())
+        case .refresh(let cap): w.u8(2); w.u16(cap.cpus); w.u32(cap.memoryMiB); w.u32(cap.diskGiB)
+        case let .confirmAddress(node, address): w.u8(3); w.raw(node.bytes); w.string(address)
+        case let .setStatus(node, status): w.u8(4); w.raw(node.bytes); w.u8(status.rawValue)
+        case .setSclerotia(let ids): w.u8(5); w.u16(UInt16(ids.count)); for i in ids { w.raw(i.bytes) }
+        case .handoff: w.u8(6)
+        case let .acquireLease(name, ttl): w.u8(7); w.string(name); w.u32(ttl)
+        case let .releaseLease(name): w.u8(8); w.string(name)
+        case let .setSetting(k, v): w.u8(9); w.string(k); w.string(v)
+        case .rotateKey(let r): w.u8(10); w.blob(r.encoded())
+        case .tick: w.u8(11)
+        }
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(SporeError) {
+        do {
+            var r = ByteReader(bytes)
+            let tag = try r.u8()
+            switch tag {
+            case 1: self = .admit(try MembershipCertificate(decoding: r.blob("certificate", limit: 1024)))
+            case 2: self = .refresh(Capabilities(cpus: try r.u16(), memoryMiB: try r.u32(), diskGiB: try r.u32()))
+            case 3: self = .confirmAddress(node: try NodeID(bytes: r.raw(16)), address: try r.string("address", limit: 255))
+            case 4:
+                let node = try NodeID(bytes: r.raw(16))
+                let s = try r.u8()
+                guard let status = MemberStatus(rawValue: s) else { throw DecodeError(.invalid(field: "status", reason: "\(s)"), at: 17) }
+                self = .setStatus(node: node, status)
+            case 5:
+                let n = try r.count("sclerotia", limit: 16)
+                var ids: [NodeID] = []
+                for _ in 0..<n { ids.append(try NodeID(bytes: r.raw(16))) }
+                self = .setSclerotia(ids)
+            case 6: self = .handoff
+            case 7: self = .acquireLease(name: try r.string("lease", limit: 255), ttlSeconds: try r.u32())
+            case 8: self = .releaseLease(name: try r.string("lease", limit: 255))
+            case 9: self = .setSetting(key: try r.string("key", limit: 1024), value: try r.string("value", limit: 1024))
+            case 10: self = .rotateKey(try KeyRotation(decoding: r.blob("rotation", limit: 512)))
+            case 11: self = .tick
+            default: throw DecodeError(.invalid(field: "command", reason: "unknown tag \(tag)"), at: 0)
+            }
+            try r.finish()
+        } catch let e as SporeError {
+            throw e
+        } catch let e as DecodeError {
+            throw SporeError(.malformed("command: \(e)"))
+        } catch {
+            throw SporeError(.malformed("command: \(error)"))
+        }
+    }
+}
+
+/// A command with its author and the author's signature. The signature covers the network ID,
+/// so a command can never be replayed into another network.
+public struct SignedCommand: Sendable, Equatable {
+    static let domain: [UInt8] = Array("mycelium/spore-command/v1\0".utf8)
+
+    public let author: NodeID
+    public let commandBytes: [UInt8]
+    public let command: SporeCommand
+    public let signature: [UInt8]
+
+    public init(_ command: SporeCommand, author: NodeID, key: SigningKey, network: NetworkID) {
+        self.author = author
+        self.command = command
+        self.commandBytes = command.encoded()
+        self.signature = key.sign(Self.signedBytes(network: network, author: author, command: commandBytes))
+    }
+
+    static func signedBytes(network: NetworkID, author: NodeID, command: [UInt8]) -> [UInt8] {
+        domain + network.bytes + author.bytes + command
+    }
+
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: commandBytes.count + 90)
+        w.raw(author.bytes); w.blob(commandBytes); w.raw(signature)
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(SporeError) {
+        do {
+            var r = ByteReader(bytes)
+            author = try NodeID(bytes: r.raw(16))
+            commandBytes = try r.blob("command", limit: SporeCommand.maxEncoded)
+            signature = try r.raw(64)
+            try r.finish()
+        } catch {
+            throw SporeError(.malformed("signed command: \(error)"))
+        }
+        command = try SporeCommand(decoding: commandBytes)
+    }
+}
+
+/// Why a spore, a seed spore or a command was refused.
+public struct SporeError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Code: Equatable, Sendable {
+        case malformed(String)
+        case badSignature(String)
+        case wrongNetwork(expected: NetworkID, actual: NetworkID)
+        case staleEpoch(have: SporeEpoch, got: SporeEpoch)
+        case beyondLimits(String)
+        case unknownMember(NodeID)
+        case notAuthorized(NodeID, String)
+        case leaseHeld(String, by: NodeID)
+        case invalid(String)
+        case refused(IdentityError)
+        case notASclerotium(NodeID)
+        case file(FileError)
+    }
+
+    public let code: Code
+    public init(_ code: Code) { self.code = code }
+
+    public var description: String {
+        switch code {
+        case let .malformed(s): return "malformed \(s)"
+        case let .badSignature(s): return "bad signature on \(s): it was altered or signed by another key"
+        case let .wrongNetwork(e, a): return "spore of network \(a), but this node is in \(e)"
+        case let .staleEpoch(have, got): return "epoch \(got) is older than the known epoch \(have) (an old or replayed spore, or a command applied twice)"
+        case let .beyondLimits(s): return "beyond the spore's limits (\(s))"
+        case let .unknownMember(n): return "\(n) is not a member of the spore"
+        case let .notAuthorized(n, what): return "\(n) may not \(what)"
+        case let .leaseHeld(name, holder): return "lease '\(name)' is held by \(holder)"
+        case let .invalid(s): return s
+        case let .refused(e): return e.description
+        case let .notASclerotium(n): return "signed by \(n), which is not a sclerotium of that spore"
+        case let .file(e): return e.description
+        }
+    }
+}
