@@ -40,6 +40,9 @@ let package = Package(
         // MARK: spores: the primary spore's state machine, seed and latent spores (pure)
         .target(name: "MyceliumSpores", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
 
+        // MARK: membership: failure detection (pure)
+        .target(name: "MyceliumMembership", dependencies: ["MyceliumCore"]),
+
         // MARK: Byzantine-tolerant vote (pure)
         .target(name: "MyceliumVote", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
 
@@ -109,6 +112,7 @@ let package = Package(
         // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
+        .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
         .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
