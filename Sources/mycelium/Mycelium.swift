@@ -23,8 +23,8 @@ struct Mycelium: AsyncParsableCommand {
               mycelium identity init --home ./b
               mycelium node join --home ./b myc-invite-...
             """,
-        subcommands: [IdentityCommand.self, NetworkCommand.self, InviteCommand.self, CertCommand.self,
-                      NodeCommand.self, ChannelCommand.self])
+        subcommands: [StatusCommand.self, IdentityCommand.self, NetworkCommand.self, InviteCommand.self, CertCommand.self,
+                      NodeCommand.self, SporeCommandGroup.self, ChannelCommand.self])
 }
 
 // MARK: identity

@@ -8,7 +8,7 @@ import NIOPosix
 
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "node", abstract: "Join this node to a network.", subcommands: [Join.self])
+        commandName: "node", abstract: "Join or leave a network.", subcommands: [Join.self, LeaveCommand.self])
 
     struct Join: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -42,6 +42,8 @@ struct NodeCommand: AsyncParsableCommand {
                     guard let cert = ch.issuedCertificate else { throw CLIError("the inviter accepted us but issued no certificate") }
                     await ch.close()
                     try h.saveCertificate(cert)
+                    // The agent dials these first, until it has a latent spore of its own.
+                    try AtomicFile.write(Array(invite.addresses.joined(separator: "\n").utf8), to: h.path + "/join.peers")
                     out.emit(["joined": cert.networkID.description, "node id": cert.nodeID.description, "via": address,
                               "inviter": ch.peer.nodeID.description, "roles": cert.roles.description, "member until": iso8601(cert.expiresAt)])
                     return

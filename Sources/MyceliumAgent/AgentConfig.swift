@@ -1,0 +1,195 @@
+// myceliumd's configuration: a small TOML subset (`key = value`, `#` comments, strings, integers,
+// booleans, arrays of strings). Every setting is listed in `AgentConfig.settings` with its
+// default and what it does; `myceliumd --print-config` prints that list as a commented file.
+// An unknown key, a wrong type or a bad value is an error naming the line.
+
+import MyceliumCore
+
+public struct AgentConfig: Sendable, Equatable {
+    /// The node's state directory: keys, certificate, Raft log, latent spore.
+    public var home = "/var/lib/mycelium"
+    /// host:port for authenticated channels between agents.
+    public var listen = "127.0.0.1:7946"
+    /// host:port other nodes should dial (defaults to `listen`).
+    public var advertise = ""
+    /// Unix socket for the local API used by `mycelium status` (defaults to HOME/agent.sock).
+    public var apiSocket = ""
+    /// Addresses of nodes to contact first when this node has no latent spore yet.
+    public var join: [String] = []
+    /// Directories (local or mounted shares) where the leader writes seed spores and a cold node reads them.
+    public var seedDirs: [String] = []
+    /// Members needed before the bootstrap agent hands control to the sclerotia.
+    public var handoffMembers = 3
+    /// Voting sclerotia to keep (3 or 5; 1 only for a single-node network).
+    public var sclerotia = 3
+    /// Milliseconds per Raft tick.
+    public var tickMilliseconds = 100
+    /// Ticks without a leader before an election (randomised up to twice this).
+    public var electionTicks = 10
+    /// Ticks between leader heartbeats.
+    public var heartbeatTicks = 1
+    /// Seconds without quorum before falling back to seed spores.
+    public var fallbackSeconds = 30
+    /// Minimum seconds between two seed-spore writes.
+    public var seedIntervalSeconds = 1
+    /// trace, debug, info, notice, warning, error or critical.
+    public var logLevel = "info"
+
+    public init() {}
+
+    public struct Setting: Sendable {
+        public let key: String
+        public let help: String
+        let apply: @Sendable (inout AgentConfig, Value) throws(ConfigError) -> Void
+        let render: @Sendable (AgentConfig) -> String
+    }
+
+    public enum Value: Sendable, Equatable {
+        case string(String), int(Int), bool(Bool), strings([String])
+    }
+
+    public static let settings: [Setting] = [
+        string("home", "The node's state directory: keys, certificate, Raft log, latent spore.", \.home),
+        string("listen", "host:port for authenticated channels between agents.", \.listen),
+        string("advertise", "host:port other nodes dial to reach this one (empty: same as listen).", \.advertise),
+        string("api_socket", "Unix socket for the local API used by 'mycelium status' (empty: HOME/agent.sock).", \.apiSocket),
+        strings("join", "Addresses of nodes to contact when this node has no latent spore yet.", \.join),
+        strings("seed_dirs", "Directories (local or mounted shares) for seed spores.", \.seedDirs),
+        int("handoff_members", "Members needed before the bootstrap agent hands control to the sclerotia.", \.handoffMembers, 1...100),
+        int("sclerotia", "Voting sclerotia to keep: 1, 3 or 5 (7 at most).", \.sclerotia, 1...7),
+        int("tick_ms", "Milliseconds per Raft tick.", \.tickMilliseconds, 10...10_000),
+        int("election_ticks", "Ticks without a leader before an election (randomised up to twice this).", \.electionTicks, 2...1000),
+        int("heartbeat_ticks", "Ticks between leader heartbeats (less than election_ticks).", \.heartbeatTicks, 1...100),
+        int("fallback_s", "Seconds without quorum before falling back to seed spores.", \.fallbackSeconds, 1...86_400),
+        int("seed_interval_s", "Minimum seconds between two seed-spore writes.", \.seedIntervalSeconds, 0...3600),
+        string("log_level", "trace, debug, info, notice, warning, error or critical.", \.logLevel),
+    ]
+
+    /// Parses a configuration file's text. Unset keys keep their defaults.
+    public static func parse(_ text: String, source: String = "config") throws(ConfigError) -> AgentConfig {
+        var c = AgentConfig()
+        var seen: Set<String> = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = stripComment(raw).trimmed()
+            if line.isEmpty { continue }
+            let at = "\(source):\(n + 1)"
+            guard let eq = line.firstIndex(of: "=") else { throw ConfigError("\(at): expected 'key = value', got '\(line)'") }
+            let key = line[..<eq].trimmed(), rawValue = line[line.index(after: eq)...].trimmed()
+            guard let setting = settings.first(where: { $0.key == key }) else {
+                throw ConfigError("\(at): unknown setting '\(key)'; known settings: \(settings.map(\.key).joined(separator: ", "))")
+            }
+            if !seen.insert(String(key)).inserted { throw ConfigError("\(at): '\(key)' is set twice") }
+            let value: Value
+            do { value = try parseValue(rawValue) } catch { throw ConfigError("\(at): \(error.message)") }
+            do { try setting.apply(&c, value) } catch { throw ConfigError("\(at): \(error.message)") }
+        }
+        try c.validate()
+        return c
+    }
+
+    public func validate() throws(ConfigError) {
+        if heartbeatTicks >= electionTicks { throw ConfigError("heartbeat_ticks (\(heartbeatTicks)) must be less than election_ticks (\(electionTicks))") }
+        if splitAddress(listen) == nil { throw ConfigError("listen '\(listen)' is not host:port") }
+        if !advertise.isEmpty && splitAddress(advertise) == nil { throw ConfigError("advertise '\(advertise)' is not host:port") }
+        for j in join where splitAddress(j) == nil { throw ConfigError("join address '\(j)' is not host:port") }
+        let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+        if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }
+    }
+
+    /// The documented configuration file with the current values.
+    public func rendered() -> String {
+        var out = "# myceliumd configuration. Every setting, its meaning, and its value here.\n"
+        for s in Self.settings { out += "\n# \(s.help)\n\(s.key) = \(s.render(self))\n" }
+        return out
+    }
+
+    public var advertisedAddress: String { advertise.isEmpty ? listen : advertise }
+    public var apiSocketPath: String { apiSocket.isEmpty ? home + "/agent.sock" : apiSocket }
+
+    // MARK: setting constructors
+
+    static func string(_ key: String, _ help: String, _ kp: WritableKeyPath<AgentConfig, String> & Sendable) -> Setting {
+        Setting(key: key, help: help, apply: { (c: inout AgentConfig, v: Value) throws(ConfigError) in
+            guard case .string(let s) = v else { throw ConfigError("'\(key)' takes a string in double quotes") }
+            c[keyPath: kp] = s
+        }, render: { quote($0[keyPath: kp]) })
+    }
+
+    static func int(_ key: String, _ help: String, _ kp: WritableKeyPath<AgentConfig, Int> & Sendable, _ range: ClosedRange<Int>) -> Setting {
+        Setting(key: key, help: help, apply: { (c: inout AgentConfig, v: Value) throws(ConfigError) in
+            guard case .int(let i) = v else { throw ConfigError("'\(key)' takes a whole number") }
+            guard range.contains(i) else { throw ConfigError("'\(key)' must be between \(range.lowerBound) and \(range.upperBound), got \(i)") }
+            c[keyPath: kp] = i
+        }, render: { String($0[keyPath: kp]) })
+    }
+
+    static func strings(_ key: String, _ help: String, _ kp: WritableKeyPath<AgentConfig, [String]> & Sendable) -> Setting {
+        Setting(key: key, help: help, apply: { (c: inout AgentConfig, v: Value) throws(ConfigError) in
+            switch v {
+            case .strings(let a): c[keyPath: kp] = a
+            case .string(let s): c[keyPath: kp] = [s]
+            default: throw ConfigError("'\(key)' takes a list of strings, like [\"a\", \"b\"]")
+            }
+        }, render: { "[" + $0[keyPath: kp].map(quote).joined(separator: ", ") + "]" })
+    }
+
+    static func parseValue(_ s: Substring) throws(ConfigError) -> Value {
+        if s == "true" { return .bool(true) }
+        if s == "false" { return .bool(false) }
+        if let i = Int(s) { return .int(i) }
+        if s.hasPrefix("\"") { return .string(try unquote(s)) }
+        if s.hasPrefix("[") && s.hasSuffix("]") {
+            let inner = s.dropFirst().dropLast().trimmed()
+            if inner.isEmpty { return .strings([]) }
+            var items: [String] = []
+            for part in inner.split(separator: ",") {
+                let p = part.trimmed()
+                if p.isEmpty { continue }
+                items.append(try unquote(p))
+            }
+            return .strings(items)
+        }
+        throw ConfigError("cannot read value '\(s)': use \"text\", a number, true/false, or [\"a\", \"b\"]")
+    }
+
+    static func unquote(_ s: Substring) throws(ConfigError) -> String {
+        guard s.count >= 2, s.hasPrefix("\""), s.hasSuffix("\"") else { throw ConfigError("unterminated string \(s)") }
+        let body = s.dropFirst().dropLast()
+        if body.contains("\"") || body.contains("\\") { throw ConfigError("quotes and backslashes inside strings are not supported: \(s)") }
+        return String(body)
+    }
+
+    static func stripComment(_ s: Substring) -> Substring {
+        var inString = false
+        for i in s.indices {
+            if s[i] == "\"" { inString.toggle() }
+            if s[i] == "#" && !inString { return s[..<i] }
+        }
+        return s
+    }
+}
+
+func quote(_ s: String) -> String { "\"" + s + "\"" }
+
+public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ m: String) { message = m }
+    public var description: String { message }
+}
+
+extension StringProtocol {
+    func trimmed() -> Substring {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" { s.removeLast() }
+        return s
+    }
+}
+
+/// "host:port" or "[v6]:port" into its parts.
+public func splitAddress(_ s: String) -> (host: String, port: Int)? {
+    guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+    var host = String(s[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    return host.isEmpty ? nil : (host, port)
+}

@@ -1,0 +1,114 @@
+import ArgumentParser
+import Foundation
+import MyceliumAgent
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumSpores
+
+/// The socket of the local agent: --socket, else HOME/agent.sock.
+struct AgentOptions: ParsableArguments {
+    @OptionGroup var home: HomeOption
+    @Option(help: "The agent's API socket (default: HOME/agent.sock).") var socket: String?
+
+    var path: String { socket ?? home.resolved.path + "/agent.sock" }
+
+    func get(_ path: String, method: String = "GET") async throws -> [UInt8] {
+        let (code, body) = try await AgentAPIClient.request(socket: self.path, method: method, path: path)
+        guard (200..<300).contains(code) else {
+            throw CLIError("the agent answered \(code): \(String(decoding: body, as: UTF8.self))")
+        }
+        return body
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the network as the local agent sees it: members, roles, leader, term and health.",
+        discussion: "Example: mycelium status --home /var/lib/mycelium -o json")
+    @OptionGroup var agent: AgentOptions
+    @OptionGroup var out: OutputOptions
+
+    func run() async throws {
+        let body = try await agent.get("/v1/status")
+        if out.output == .json { print(String(decoding: body, as: UTF8.self)); return }
+        guard let s = try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else { throw CLIError("unreadable status") }
+        print("network   \(s["network"] ?? "?")")
+        print("node      \(s["node"] ?? "?")  (\(s["role"] ?? "?"), raft \(s["raft_member"] ?? "?"))")
+        print("leader    \(s["leader"] ?? "?")  term \(s["term"] ?? "?")  commit \(s["commit_index"] ?? "?")  epoch \(s["epoch"] ?? "?")")
+        print("phase     \(s["phase"] ?? "?")   health \(s["health"] ?? "?")")
+        print("members:")
+        for m in (s["members"] as? [[String: Any]]) ?? [] {
+            let scl = (m["sclerotium"] as? Bool) == true ? "sclerotium" : "member    "
+            let addrs = (m["addresses"] as? [String])?.joined(separator: ",") ?? ""
+            print("  \(m["id"] ?? "?")  \(scl)  \(String(describing: m["status"] ?? "?").padding(toLength: 7, withPad: " ", startingAt: 0))  \(addrs)")
+        }
+        if let ev = s["events"] as? [String], !ev.isEmpty {
+            print("recent events:")
+            for e in ev.suffix(10) { print("  \(e)") }
+        }
+    }
+}
+
+struct SporeCommandGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spore", abstract: "Show, export and verify spores.", subcommands: [Show.self, Export.self, Verify.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the primary spore as the local agent holds it (JSON).",
+                                                        discussion: "Example: mycelium spore show --home ./a")
+        @OptionGroup var agent: AgentOptions
+        func run() async throws { print(String(decoding: try await agent.get("/v1/spore"), as: UTF8.self)) }
+    }
+
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a signed seed spore of the current primary spore to a file.",
+            discussion: "Put it on a share or a USB stick: a cold node reads it to find the network.\nExample: mycelium spore export --home ./a seed.spore")
+        @OptionGroup var agent: AgentOptions
+        @Argument(help: "Output file.") var file: String
+        func run() async throws {
+            let bytes = try await agent.get("/v1/spore/export")
+            try AtomicFile.write(bytes, to: file)
+            print("wrote \(bytes.count) bytes to \(file)")
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a seed spore file: signature, network, limits, and (with --newer-than) its epoch.",
+            discussion: "Example: mycelium spore verify seed.spore --network net-...")
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "A seed spore file (from 'spore export' or a seed directory).") var file: String
+        @Option(help: "The network it must belong to.") var network: String
+        @Option(help: "Refuse it if older than this epoch (TERM.INDEX).") var newerThan: String?
+
+        func run() throws {
+            var bytes = try AtomicFile.read(file)
+            if let unwrapped = try? ChecksummedFile.decode(bytes, kind: FileKind.seedSpore, path: file) { bytes = unwrapped }
+            var known: SporeEpoch?
+            if let n = newerThan {
+                let p = n.split(separator: ".").compactMap { UInt64($0) }
+                guard p.count == 2 else { throw CLIError("--newer-than takes TERM.INDEX, like 3.120") }
+                known = SporeEpoch(term: p[0], index: p[1])
+            }
+            do {
+                let seed = try SeedSpore(verifying: bytes, network: try NetworkID(parsing: network), knownEpoch: known, now: unixNow())
+                out.emit(["status": "valid", "epoch": "\(seed.epoch)", "signer": "\(seed.signer.nodeID)",
+                          "members": seed.spore.presentMembers.count, "sclerotia": seed.spore.sclerotia.map { "\($0)" },
+                          "written": iso8601(seed.writtenAt)])
+            } catch {
+                out.emit(["status": "INVALID: \(error)"])
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+struct LeaveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "leave", abstract: "Ask the network to remove this node (the local agent proposes it).",
+        discussion: "Example: mycelium node leave --home /var/lib/mycelium")
+    @OptionGroup var agent: AgentOptions
+    func run() async throws { print(String(decoding: try await agent.get("/v1/leave", method: "POST"), as: UTF8.self)) }
+}
