@@ -101,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "mycelium-sim",
             dependencies: [
-                "MyceliumCore", "MyceliumRaft", "MyceliumSim",
+                "MyceliumCore", "MyceliumRaft", "MyceliumSim", "MyceliumVote",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

@@ -1,2 +1,0 @@
-#include "mdp.h"
-int mdp_placeholder(void) { return 0; }

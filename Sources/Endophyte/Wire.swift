@@ -1,0 +1,111 @@
+// The replication protocol's messages. Each travels in one frame with the same header as every
+// Mycelium channel (MyceliumCore `Frame`: u32 length | u8 version | u8 type | body), but page data is
+// gathered straight from the region with writev instead of being copied into a frame first.
+//
+// Exchange (Remus §3 "checkpoint" with our staging on the replica):
+//   source                         replica
+//   hello / proof  <------------->  hello / proof      Ed25519 challenge-response, both ways
+//   setup(region bytes, epoch)  -->                    replica checks size, answers ready
+//                               <--  ready(committed epoch)
+//   pages(epoch, idx[], data)   -->  staged            while the source runs
+//   ...                                                at the boundary, source paused:
+//   pages(epoch, last dirty)    -->  staged
+//   commit(epoch, n, device)    -->  applied atomically (all staged pages, then the epoch number)
+//                               <--  ack(epoch)        source resumes
+//   activate(epoch)             -->  (planned migration only, after the new owner is recorded)
+//                               <--  activated(epoch)
+//   abort(reason)               -->  staging dropped (migration rollback)
+
+import MyceliumCore
+
+public enum MessageType: UInt8, Sendable {
+    case hello = 1
+    case proof = 2
+    case setup = 10
+    case ready = 11
+    case pages = 12
+    case commit = 13
+    case ack = 14
+    case activate = 15
+    case activated = 16
+    case abort = 17
+}
+
+enum Wire {
+    static let protocolVersion: UInt16 = 1
+    static let magic: [UInt8] = Array("ENDO".utf8)
+    /// Pages per `pages` message: 256 × 4 KiB = 1 MiB, large enough to amortise syscalls, small
+    /// enough that staging grows in modest steps.
+    static let pagesPerMessage = 256
+    /// Largest body accepted: one full pages message plus its index table, or a device-state blob.
+    static let maxBody = 64 << 20
+    static let maxDeviceState = 32 << 20
+
+    struct Setup: Equatable {
+        var regionBytes: UInt64
+        var pageSize: UInt32
+        var sourceEpoch: UInt64
+        func encoded() -> [UInt8] {
+            var w = ByteWriter(capacity: 20)
+            w.u64(regionBytes)
+            w.u32(pageSize)
+            w.u64(sourceEpoch)
+            return w.bytes
+        }
+        static func decode(_ b: [UInt8]) throws(DecodeError) -> Setup {
+            do {
+                var r = ByteReader(b)
+                let s = Setup(regionBytes: try r.u64(), pageSize: try r.u32(), sourceEpoch: try r.u64())
+                try r.finish()
+                return s
+            } catch let e as DecodeError { throw e } catch { throw DecodeError(.invalid(field: "setup", reason: "\(error)"), at: 0) }
+        }
+    }
+
+    static func u64Body(_ v: UInt64) -> [UInt8] {
+        var w = ByteWriter(capacity: 8)
+        w.u64(v)
+        return w.bytes
+    }
+
+    static func decodeU64(_ b: UnsafeRawBufferPointer, field: String) throws(DecodeError) -> UInt64 {
+        guard b.count == 8 else { throw DecodeError(.invalid(field: field, reason: "\(b.count) bytes, expected 8"), at: 0) }
+        return b.loadUnaligned(as: UInt64.self).bigEndian
+    }
+
+    static func decodeU64(_ b: [UInt8], field: String) throws(EndophyteError) -> UInt64 {
+        guard b.count == 8 else { throw EndophyteError(.decode(DecodeError(.invalid(field: field, reason: "\(b.count) bytes, expected 8"), at: 0))) }
+        return b.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// `pages` header: u64 epoch | u32 count | count × u32 page index. The page bytes follow.
+    static func pagesHeader(epoch: UInt64, pages: ArraySlice<Int>) -> [UInt8] {
+        var w = ByteWriter(capacity: 12 + 4 * pages.count)
+        w.u64(epoch)
+        w.u32(UInt32(pages.count))
+        for p in pages { w.u32(UInt32(p)) }
+        return w.bytes
+    }
+
+    /// `commit`: u64 epoch | u64 pages sent in this epoch | u32 CRC-32C of the device state | blob.
+    static func commitBody(epoch: UInt64, pagesInEpoch: UInt64, deviceState: [UInt8]) -> [UInt8] {
+        var w = ByteWriter(capacity: 24 + deviceState.count)
+        w.u64(epoch)
+        w.u64(pagesInEpoch)
+        w.u32(CRC32C.checksum(deviceState))
+        w.blob(deviceState)
+        return w.bytes
+    }
+
+    static func decodeCommit(_ b: [UInt8]) throws(DecodeError) -> (epoch: UInt64, pages: UInt64, deviceState: [UInt8]) {
+        do {
+            var r = ByteReader(b)
+            let epoch = try r.u64(), pages = try r.u64(), crc = try r.u32()
+            let state = try r.blob("device state", limit: maxDeviceState)
+            try r.finish()
+            let actual = CRC32C.checksum(state)
+            if actual != crc { throw DecodeError(.checksumMismatch(expected: crc, actual: actual), at: 16) }
+            return (epoch, pages, state)
+        } catch let e as DecodeError { throw e } catch { throw DecodeError(.invalid(field: "commit", reason: "\(error)"), at: 0) }
+    }
+}

@@ -1,0 +1,390 @@
+import DirtyPages
+@testable import Endophyte
+import Foundation
+import MyceliumCore
+import MyceliumIdentity
+import XCTest
+
+final class ThrottleAndStateMachineTests: XCTestCase {
+    func testCurves() {
+        let lin = ThrottleCurve.linear(start: 0.5, slope: 0.5, maximum: 0.8)
+        XCTAssertEqual(lin.level(forPressure: 0.4), 0)
+        XCTAssertEqual(lin.level(forPressure: 1.5), 0.5, accuracy: 1e-9)
+        XCTAssertEqual(lin.level(forPressure: 10), 0.8)
+        let exp = ThrottleCurve.exponential(start: 1, initial: 0.1, growth: 2, maximum: 0.95)
+        XCTAssertEqual(exp.level(forPressure: 1), 0)
+        XCTAssertEqual(exp.level(forPressure: 2), 0.2, accuracy: 1e-9)
+        XCTAssertEqual(exp.level(forPressure: 3), 0.4, accuracy: 1e-9)
+        XCTAssertEqual(exp.level(forPressure: 100), 0.95)
+        let step = ThrottleCurve.step([ThrottleStep(pressure: 1, level: 0.3), ThrottleStep(pressure: 2, level: 0.7)])
+        XCTAssertEqual(step.level(forPressure: 0.9), 0)
+        XCTAssertEqual(step.level(forPressure: 1.5), 0.3)
+        XCTAssertEqual(step.level(forPressure: 2), 0.7)
+        XCTAssertEqual(ThrottleCurve.off.level(forPressure: 50), 0)
+        XCTAssertEqual(lin.level(forPressure: .nan), 0)
+    }
+
+    func testControllerComputesPressureFromBacklogAndBandwidth() {
+        var c = ThrottleController(curve: .linear(start: 1, slope: 1, maximum: 1))
+        // 100 MiB in 0.1 s → 1 GiB/s; epoch 50 ms.
+        _ = c.observe(bytes: 100 << 20, sendSeconds: 0.1, interval: 0.05)
+        XCTAssertEqual(c.bandwidth!, Double(1000 << 20), accuracy: 1)
+        XCTAssertEqual(c.pressure, 2, accuracy: 1e-9)  // 0.1 s of link time per 0.05 s epoch
+        XCTAssertEqual(c.level, 1)
+        // A small epoch does not update the bandwidth estimate but does lower the pressure.
+        _ = c.observe(bytes: 4096, sendSeconds: 0.01, interval: 0.05)
+        XCTAssertEqual(c.bandwidth!, Double(1000 << 20), accuracy: 1)
+        XCTAssertEqual(c.level, 0)
+    }
+
+    func testMigrationStateMachineConvergesThroughTurbo() {
+        var sm = MigrationStateMachine(policy: MigrationPolicy(maxConvergeRounds: 3, turboEntryBytes: 1000, blackoutEntryBytes: 100, maxTurboRounds: 2))
+        sm.start(at: 0)
+        sm.roundCompleted(remainingBytes: 5000, at: 1)
+        XCTAssertEqual(sm.phase, .converging)
+        sm.roundCompleted(remainingBytes: 900, at: 2)
+        XCTAssertEqual(sm.phase, .turbo)
+        sm.roundCompleted(remainingBytes: 50, at: 3)
+        XCTAssertEqual(sm.phase, .blackout)
+        sm.blackoutCommitted(at: 4)
+        sm.ownerRecorded(at: 5)
+        XCTAssertEqual(sm.phase, .switched)
+        XCTAssertEqual(sm.transitions.map(\.to), [.converging, .turbo, .blackout, .switching, .switched])
+        // After the switch a failure cannot roll back.
+        XCTAssertFalse(sm.failed("late", at: 6))
+        XCTAssertEqual(sm.phase, .switched)
+    }
+
+    func testMigrationStateMachineBoundsRoundsAndRollsBack() {
+        var sm = MigrationStateMachine(policy: MigrationPolicy(maxConvergeRounds: 2, turboEntryBytes: 10, blackoutEntryBytes: 1, maxTurboRounds: 1, rollbackIfNotConverged: true))
+        sm.start(at: 0)
+        sm.roundCompleted(remainingBytes: 500, at: 1)
+        sm.roundCompleted(remainingBytes: 500, at: 2)
+        XCTAssertEqual(sm.phase, .turbo, "converge rounds are bounded")
+        sm.roundCompleted(remainingBytes: 500, at: 3)
+        XCTAssertEqual(sm.phase, .rolledBack)
+        var forced = MigrationStateMachine(policy: MigrationPolicy(maxConvergeRounds: 1, turboEntryBytes: 10, blackoutEntryBytes: 1, maxTurboRounds: 1))
+        forced.start(at: 0)
+        forced.roundCompleted(remainingBytes: 500, at: 1)
+        forced.roundCompleted(remainingBytes: 500, at: 2)
+        XCTAssertEqual(forced.phase, .blackout, "without rollbackIfNotConverged the blackout is forced")
+        var failing = MigrationStateMachine(policy: MigrationPolicy())
+        failing.start(at: 0)
+        XCTAssertTrue(failing.failed("link lost", at: 1))
+        XCTAssertEqual(failing.phase, .rolledBack)
+    }
+}
+
+final class TransportTests: XCTestCase {
+    func testHandshakeProvesBothIdentities() throws {
+        let pair = try Pair()
+        let (t, bg) = try pair.connect { r in r.peerKey }
+        XCTAssertEqual(t.peerKey, pair.replicaKey.publicKey)
+        XCTAssertEqual(bg.join(), pair.sourceKey.publicKey)
+        // Messages flow, page buffers are gathered without copying.
+        t.close()
+    }
+
+    func testWrongPeerKeyIsRejectedOnBothSides() throws {
+        let listener = try ReplicationListener()
+        let replicaKey = SigningKey(), sourceKey = SigningKey(), stranger = SigningKey()
+        let bg = Background<EndophyteError?> {
+            do {
+                _ = try listener.accept(identity: replicaKey, authorize: { $0 == stranger.publicKey })
+                return nil
+            } catch { return error as? EndophyteError }
+        }
+        XCTAssertThrowsError(try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
+                                                                 timeout: 2, accept: { $0 == replicaKey.publicKey })) { e in
+            XCTAssertNotNil(e as? EndophyteError)
+        }
+        guard case .authenticationFailed = bg.join()?.code else { return XCTFail("replica accepted an unexpected key") }
+        // And the source refuses a replica that is not the node it meant to reach.
+        let bg2 = Background<Bool> { (try? listener.accept(identity: replicaKey, authorize: { _ in true })) != nil }
+        XCTAssertThrowsError(try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
+                                                                 timeout: 2, accept: { $0 == stranger.publicKey })) { e in
+            guard case .authenticationFailed = (e as? EndophyteError)?.code else { return XCTFail("\(e)") }
+        }
+        _ = bg2.join()
+    }
+}
+
+final class ReplicationTests: XCTestCase {
+    let pages = 4096  // 16 MiB
+
+    /// Replicates a running workload for a few epochs with `engine`, stops it, checkpoints once
+    /// more and requires the replica image to equal the source byte for byte.
+    private func replicate(engine: DirtyPageEngine) throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: pages * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: pages * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let pair = try Pair()
+        let (t, bg) = try pair.connect { r in replica.serve(r) }
+        let tracker: DirtyTracker
+        switch engine {
+        case .hash: tracker = try DirtyTracker.hash(region: UnsafeRawBufferPointer(src.buffer), threads: 2)
+        default: tracker = try DirtyTracker.uffd(region: src.buffer)
+        }
+        let work = Workload(region: src)
+        var hooks = work.hooks
+        let epochCounter = Counter()
+        hooks.deviceState = { Array("cpu-state-\(epochCounter.next())".utf8) }
+        let log = EventLog()
+        let source = try ReplicationSource(region: src, tracker: tracker,
+                                           config: ReplicationConfig(epochInterval: 0.025, rpoBound: 10), hooks: hooks, onEvent: log.sink)
+        work.start(seed: 7)
+        try source.connect(t)
+        for _ in 0..<8 { try source.checkpoint() }
+        work.finish()
+        let last = try source.checkpoint()
+        XCTAssertEqual(replica.committedEpoch, last.epoch)
+        XCTAssertEqual(source.status.committedEpoch, last.epoch)
+        XCTAssertEqual(source.status.state, .protected)
+        XCTAssertTrue(src.contentsEqual(dst), "\(engine): replica image differs from the source")
+        XCTAssertEqual(String(decoding: replica.deviceState, as: UTF8.self), "cpu-state-\(epochCounter.value)")
+        XCTAssertGreaterThan(work.writes.load(ordering: .relaxed), 0)
+        XCTAssertEqual(work.pauses.load(ordering: .relaxed), work.resumes.load(ordering: .relaxed), "every pause was resumed")
+        XCTAssertTrue(log.events.contains { if case .epochCommitted = $0 { return true }; return false })
+        source.detach()
+        XCTAssertEqual(bg.join(), .sourceGone(discardedPages: 0))
+    }
+
+    func testReplicatesRunningWorkloadExactlyWithUffd() throws { try replicate(engine: .uffdAsync) }
+    func testReplicatesRunningWorkloadExactlyWithHash() throws { try replicate(engine: .hash) }
+
+    /// The source "crashes" (its connection is cut) mid-epoch; the replica must hold exactly the
+    /// last committed epoch: the image taken at that epoch's pause, and its device state.
+    private func crashMidEpoch(beforeCommit: Bool) throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: pages * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: pages * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let pair = try Pair()
+        let (tcp, bg) = try pair.connect { r in replica.serve(r) }
+        let crashEpoch: UInt64 = 5
+        let t = CrashingTransport(tcp, crashEpoch: crashEpoch, afterPagesMessages: 1, beforeCommit: beforeCommit)
+        let work = Workload(region: src)
+        let snapshots = Snapshots()
+        var hooks = work.hooks
+        // Called at each boundary while the source is paused: the exact image this epoch commits.
+        hooks.deviceState = {
+            let image = [UInt8](UnsafeRawBufferPointer(src.buffer))
+            let n = snapshots.record(image)
+            return Array("device-\(n)".utf8)
+        }
+        let tracker = try DirtyTracker.uffd(region: src.buffer)
+        let source = try ReplicationSource(region: src, tracker: tracker,
+                                           config: ReplicationConfig(epochInterval: 0.03, rpoBound: 10, emergencyPolicy: .continueUnprotected),
+                                           hooks: hooks)
+        // Many hot pages so epoch 5 has several page messages to cut between.
+        work.start(seed: 9)
+        try source.connect(t)
+        var failure: EndophyteError?
+        for _ in 0..<10 {
+            do { try source.checkpoint() } catch { failure = error; break }
+        }
+        work.finish()
+        XCTAssertTrue(failure?.isUnreachable ?? false, "the cut must surface as unreachable, got \(String(describing: failure))")
+        let end = bg.join()
+        guard case .sourceGone = end else { return XCTFail("replica session ended with \(String(describing: end))") }
+        XCTAssertEqual(replica.committedEpoch, crashEpoch - 1)
+        let expected = snapshots.image(Int(crashEpoch - 1))
+        let equal = expected.withUnsafeBytes { memcmp($0.baseAddress!, dst.base, dst.length) == 0 }
+        XCTAssertTrue(equal, "replica image is not exactly epoch \(crashEpoch - 1)")
+        XCTAssertEqual(String(decoding: replica.deviceState, as: UTF8.self), "device-\(crashEpoch - 1)")
+        if beforeCommit {
+            // All of epoch 5's pages were staged, and still none of them reached the image.
+            XCTAssertEqual(snapshots.count, Int(crashEpoch))
+        }
+        // The policy was "continue unprotected": the source runs and says so.
+        guard case .unprotected = source.status.state else { return XCTFail("status \(source.status.state)") }
+        XCTAssertFalse(work.isPaused)
+    }
+
+    func testPrimaryCrashMidEpochLeavesExactlyLastCommittedEpoch() throws { try crashMidEpoch(beforeCommit: false) }
+    func testPrimaryCrashBeforeCommitLeavesExactlyLastCommittedEpoch() throws { try crashMidEpoch(beforeCommit: true) }
+
+    func testUnreachableReplicaPausesSourceUnderPausePolicy() throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: 256 * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: 256 * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let pair = try Pair()
+        // The replica serves, then its host "dies": the connection is closed after epoch 3 commits.
+        let (t, bg) = try pair.connect { r in
+            let killer = ReplicaKiller(transport: r, afterEpoch: 3, replica: replica)
+            return replica.serve(killer)
+        }
+        let work = Workload(region: src)
+        let log = EventLog()
+        let source = try ReplicationSource(region: src, tracker: try DirtyTracker.uffd(region: src.buffer),
+                                           config: ReplicationConfig(epochInterval: 0.01, rpoBound: 5, emergencyPolicy: .pauseSource, ackTimeout: 1),
+                                           hooks: work.hooks, onEvent: log.sink)
+        work.start(seed: 3, hotPages: 64)
+        try source.connect(t)
+        XCTAssertThrowsError(try source.run()) { e in
+            guard case .emergencyPaused = (e as? EndophyteError)?.code else { return XCTFail("\(e)") }
+        }
+        XCTAssertTrue(work.isPaused, "pause-source policy must leave the source paused")
+        guard case .emergencyPaused = source.status.state else { return XCTFail("\(source.status.state)") }
+        XCTAssertEqual(source.status.policy, .pauseSource)
+        XCTAssertGreaterThanOrEqual(source.status.emergencies, 1)
+        XCTAssertTrue(log.events.contains { if case .emergency(_, .pauseSource) = $0 { return true }; return false })
+        _ = bg.join()
+        // An operator may decide to run without protection; the status says so.
+        try source.continueUnprotected()
+        XCTAssertFalse(work.isPaused)
+        guard case .unprotected = source.status.state else { return XCTFail("\(source.status.state)") }
+        work.finish()
+    }
+
+    func testRPOBoundBreachFollowsPolicy() throws {
+        for policy in [EmergencyPolicy.pauseSource, .continueUnprotected] {
+            let src = try MappedRegion(memfdNamed: "endo-src", length: 256 * dirtyPageSize)
+            let dst = try MappedRegion(memfdNamed: "endo-dst", length: 256 * dirtyPageSize)
+            let replica = ReplicaReceiver(region: dst)
+            let pair = try Pair()
+            let (t, bg) = try pair.connect { r in replica.serve(r) }
+            let work = Workload(region: src)
+            let log = EventLog()
+            // An RPO bound far below the epoch interval: every epoch breaches it.
+            let source = try ReplicationSource(region: src, tracker: try DirtyTracker.uffd(region: src.buffer),
+                                               config: ReplicationConfig(epochInterval: 0.05, rpoBound: 0.000_001, emergencyPolicy: policy),
+                                               hooks: work.hooks, onEvent: log.sink)
+            work.start(seed: 4, hotPages: 32)
+            try source.connect(t)
+            let r = try source.checkpoint()
+            XCTAssertTrue(log.events.contains { if case .emergency(_, policy) = $0 { return true }; return false }, "\(policy)")
+            if policy == .pauseSource {
+                // The epoch was cut short at the breach instead of running its full interval; the
+                // source was paused until the replica caught up, then protection was restored.
+                XCTAssertEqual(r.pagesStreamed, 0)
+                XCTAssertTrue(log.events.contains { if case .protectionRestored = $0 { return true }; return false })
+            } else {
+                guard case .protected = source.status.state else { return XCTFail("\(source.status.state)") }
+            }
+            work.finish()
+            source.detach()
+            _ = bg.join()
+        }
+    }
+
+    func testPlannedMigrationSwitchesAtomically() throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: pages * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: pages * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let owner = OwnerRecord()
+        let pair = try Pair()
+        let (t, bg) = try pair.connect { r in
+            replica.serve(r, onActivate: { epoch, state in
+                // The destination may only start once it is the recorded owner.
+                precondition(owner.current == "destination", "activated before the owner record")
+            })
+        }
+        let work = Workload(region: src)
+        var hooks = work.hooks
+        hooks.deviceState = { Array("final-device-state".utf8) }
+        let log = EventLog()
+        let source = try ReplicationSource(region: src, tracker: try DirtyTracker.uffd(region: src.buffer),
+                                           config: ReplicationConfig(epochInterval: 0.02), hooks: hooks, onEvent: log.sink)
+        work.start(seed: 5, hotPages: 512)
+        try source.connect(t)
+        let report = try PlannedMigration.run(source: source, policy: MigrationPolicy(maxConvergeRounds: 5, turboEntryBytes: 2 << 20, blackoutEntryBytes: 256 << 10, maxTurboRounds: 3),
+                                              hooks: MigrationHooks(recordOwner: { owner.set("destination") }))
+        XCTAssertEqual(report.outcome, .switched)
+        XCTAssertEqual(report.transitions.first?.to, .converging)
+        XCTAssertEqual(Array(report.transitions.map(\.to).suffix(3)), [.blackout, .switching, .switched])
+        XCTAssertEqual(bg.join(), .activated(epoch: replica.committedEpoch))
+        // The source stays paused forever after the switch; its memory equals the destination's.
+        XCTAssertTrue(work.isPaused)
+        XCTAssertTrue(src.contentsEqual(dst))
+        XCTAssertEqual(replica.deviceState, Array("final-device-state".utf8))
+        let logged = log.events.compactMap { if case let .migration(tr) = $0 { return tr.to }; return nil }
+        XCTAssertEqual(logged, report.transitions.map(\.to), "every transition is published as an event")
+        work.finish()
+    }
+
+    func testMigrationRollsBackWhenOwnerCannotBeRecorded() throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: 1024 * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: 1024 * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let pair = try Pair()
+        let activated = Counter()
+        let (t, bg) = try pair.connect { r in replica.serve(r, onActivate: { _, _ in _ = activated.next() }) }
+        let work = Workload(region: src)
+        let source = try ReplicationSource(region: src, tracker: try DirtyTracker.uffd(region: src.buffer),
+                                           config: ReplicationConfig(epochInterval: 0.02), hooks: work.hooks)
+        work.start(seed: 6, hotPages: 128)
+        try source.connect(t)
+        struct NoQuorum: Error {}
+        XCTAssertThrowsError(try PlannedMigration.run(source: source, policy: MigrationPolicy(blackoutEntryBytes: 1 << 20),
+                                                      hooks: MigrationHooks(recordOwner: { throw NoQuorum() }))) { e in
+            guard case .migrationRolledBack = (e as? EndophyteError)?.code else { return XCTFail("\(e)") }
+        }
+        XCTAssertFalse(work.isPaused, "rollback resumes the source")
+        XCTAssertEqual(activated.value, 0, "the destination never ran")
+        // Replication carries on after the rollback.
+        try source.checkpoint()
+        work.finish()
+        try source.checkpoint()
+        XCTAssertTrue(src.contentsEqual(dst))
+        source.detach()
+        guard case .sourceGone = bg.join() else { return XCTFail() }
+    }
+
+    func testReplicaRejectsRegionOfAnotherSize() throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: 64 * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: 32 * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let pair = try Pair()
+        let (t, bg) = try pair.connect { r in replica.serve(r) }
+        let source = try ReplicationSource(region: src, tracker: try DirtyTracker.hash(region: UnsafeRawBufferPointer(src.buffer)),
+                                           config: ReplicationConfig(), hooks: SourceHooks(pause: {}, resume: {}))
+        XCTAssertThrowsError(try source.connect(t))
+        XCTAssertEqual(bg.join(), .failed(EndophyteError(.regionMismatch(local: 32 * dirtyPageSize, remote: 64 * dirtyPageSize))))
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; n += 1; return n }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
+final class OwnerRecord: @unchecked Sendable {
+    private let lock = NSLock()
+    private var owner = "source"
+    func set(_ o: String) { lock.lock(); owner = o; lock.unlock() }
+    var current: String { lock.lock(); defer { lock.unlock() }; return owner }
+}
+
+/// Images taken at each boundary, numbered from 1 like epochs.
+final class Snapshots: @unchecked Sendable {
+    private let lock = NSLock()
+    private var images: [[UInt8]] = []
+    func record(_ image: [UInt8]) -> Int { lock.lock(); defer { lock.unlock() }; images.append(image); return images.count }
+    func image(_ epoch: Int) -> [UInt8] { lock.lock(); defer { lock.unlock() }; return images[epoch - 1] }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return images.count }
+}
+
+/// Replica-side transport that drops the connection once `afterEpoch` has been acknowledged.
+final class ReplicaKiller: ReplicationTransport, @unchecked Sendable {
+    let inner: ReplicationTransport
+    let afterEpoch: UInt64
+    let replica: ReplicaReceiver
+    init(transport: ReplicationTransport, afterEpoch: UInt64, replica: ReplicaReceiver) {
+        inner = transport
+        self.afterEpoch = afterEpoch
+        self.replica = replica
+    }
+    var peerKey: PublicKey { inner.peerKey }
+    var bytesSent: UInt64 { inner.bytesSent }
+    func setStreamCount(_ count: Int) {}
+    func close() { inner.close() }
+    func send(_ type: MessageType, header: [UInt8], pages: [UnsafeRawBufferPointer]) throws(EndophyteError) {
+        try inner.send(type, header: header, pages: pages)
+        if type == .ack && replica.committedEpoch >= afterEpoch { inner.close() }
+    }
+    func receive<R>(timeout: Double?, _ body: (MessageType, UnsafeRawBufferPointer) throws(EndophyteError) -> R) throws(EndophyteError) -> R {
+        try inner.receive(timeout: timeout, body)
+    }
+}
