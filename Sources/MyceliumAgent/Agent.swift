@@ -251,6 +251,17 @@ public actor Agent {
             for l in contactLinks.values { l.stop() }
             contactLinks = [:]
         }
+        // Failure candidates are reported every second until recorded: a report sent while there
+        // was no leader (the failed node may have been the leader) must not be lost.
+        for (peer, h) in detector.health where h == .candidate {
+            if let node = nodeIDs[peer], spore.members[node]?.status == .failed { continue }
+            if raft.role == .leader {
+                recordReport(peer, by: me)
+            } else if raft.leader != .none, let link = links[raft.leader] ?? makeLink(raft.leader) {
+                var w = ByteWriter(); w.u64(peer)
+                link.send(Frame(type: AgentFrame.report, payload: w.bytes))
+            }
+        }
         for (id, link) in links {
             guard let a = link.connectedAddress, let node = nodeIDs[id], let m = spore.members[node], !m.addresses.contains(a),
                   spore.members[certificate.nodeID] != nil else { continue }
@@ -278,6 +289,10 @@ public actor Agent {
                 note("configuration now voters=\(raft.confState.voters.count) learners=\(raft.confState.learners.count)")
             }
             raft.advance(rd)
+            // The next membership step can start as soon as the previous one is applied.
+            if raft.role == .leader && pendingConfChange == 0 && rd.committedEntries.contains(where: { $0.kind == .confChange }) {
+                reconcile()
+            }
         }
         maybeCompact()
     }
@@ -394,7 +409,7 @@ public actor Agent {
                 .sorted { ($0.capabilities.cpus, $1.id) > ($1.capabilities.cpus, $0.id) }
             for c in candidates {
                 let id = c.id.compact
-                if let match = raft.matchIndex(of: id), match + 10 >= raft.lastIndex {
+                if let match = raft.matchIndex(of: id), match > 0, match + 10 >= raft.lastIndex, match >= raft.commitIndex {
                     proposeConf(ConfChange([.addVoter(id)]), "promote \(c.id) to voter (caught up at \(match))")
                     return
                 }
@@ -558,12 +573,9 @@ public actor Agent {
             note("recovered \(nodeIDs[p].map { "\($0)" } ?? "\(p)")")
             failureReports[p] = nil
         case .confirmFailure(let p):
+            // Reported to the leader from `everySecond`; the leader records a failure only when a
+            // majority of the voters (other than the suspect) agree.
             note("failure candidate \(nodeIDs[p].map { "\($0)" } ?? "\(p)"); reporting to the leader")
-            // Report to the leader; the leader records a failure only when a majority of voters agree.
-            if raft.role == .leader { recordReport(p, by: me) } else if let link = links[raft.leader] ?? makeLink(raft.leader) {
-                var w = ByteWriter(); w.u64(p)
-                link.send(Frame(type: AgentFrame.report, payload: w.bytes))
-            }
         }
     }
 
