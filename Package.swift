@@ -51,7 +51,7 @@ let package = Package(
 
         // MARK: endophyte core: dirty-page tracking in C and the RAM replication engine
         .target(
-            name: "CDirtyPages", path: "CSources/CDirtyPages",
+            name: "CDirtyPages", path: "CSources/CDirtyPages", exclude: ["shim"],
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
             linkerSettings: [.linkedLibrary("xxhash"), .linkedLibrary("pthread")]),
         .target(name: "DirtyPages", dependencies: ["CDirtyPages", "MyceliumCore"]),
@@ -108,6 +108,7 @@ let package = Package(
             name: "MyceliumBench",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
+                "DirtyPages", "Endophyte", "CMallocCounter", "MyceliumVote",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -138,6 +139,8 @@ let package = Package(
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
         .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+        // Real agent processes; depending on the executables makes the test build build them.
+        .testTarget(name: "MyceliumAgentTests", dependencies: ["MyceliumAgent", "myceliumd", "mycelium"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

@@ -72,7 +72,3 @@ func runIdentityBench(_ args: [String]) async throws {
     """)
     if sslSign.isEmpty { print("note: 'openssl speed' did not run; install openssl (scripts/setup does)") }
 }
-
-extension String {
-    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
-}

@@ -42,3 +42,8 @@ func machineLine() -> String {
         .split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "?"
     return "\(ProcessInfo.processInfo.activeProcessorCount) vCPU, \(cpu)"
 }
+
+extension String {
+    /// Right-aligns in a column of `n` characters (shared by every scenario's tables).
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}

@@ -1,0 +1,156 @@
+import Foundation
+@testable import MyceliumAgent
+import XCTest
+
+/// Real `myceliumd` processes on loopback, driven through the real `mycelium` CLI and the agents'
+/// local API. Each cluster lives in its own temporary directory and kills what it started.
+final class AgentCluster {
+    let dir: String
+    let basePort: Int
+    var processes: [String: Process] = [:]
+    var seedDirs: [String] = []
+
+    static var binDir: String {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("myceliumd").path) && dir.path != "/" {
+            dir = dir.deletingLastPathComponent()
+        }
+        return dir.path
+    }
+
+    init() throws {
+        dir = NSTemporaryDirectory() + "myc-agents-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // A port range per cluster, from a free ephemeral port.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
+        close(probe)
+        basePort = (Int(UInt16(bigEndian: addr.sin_port)) / 20 * 20) % 40_000 + 20_000
+    }
+
+    deinit {
+        for p in processes.values where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        // MYCELIUM_KEEP_TEST_STATE=1 keeps the homes and logs for a post-mortem.
+        if ProcessInfo.processInfo.environment["MYCELIUM_KEEP_TEST_STATE"] == nil { try? FileManager.default.removeItem(atPath: dir) }
+    }
+
+    func home(_ n: String) -> String { dir + "/" + n }
+    func port(_ n: String) -> Int { basePort + (Int(n.dropFirst()) ?? 0) }
+
+    @discardableResult
+    func cli(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binDir + "/mycelium")
+        p.arguments = args
+        let o = Pipe()
+        p.standardOutput = o
+        p.standardError = o
+        try p.run()
+        let out = o.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: out, as: UTF8.self))
+    }
+
+    func writeConfig(_ n: String, extra: String = "") throws {
+        var text = "home = \"\(home(n))\"\nlisten = \"127.0.0.1:\(port(n))\"\n"
+        if !seedDirs.isEmpty { text += "seed_dirs = [" + seedDirs.map { "\"\($0)\"" }.joined(separator: ", ") + "]\n" }
+        text += extra
+        try text.write(toFile: home(n) + ".conf", atomically: true, encoding: .utf8)
+    }
+
+    func start(_ n: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binDir + "/myceliumd")
+        p.arguments = ["--config", home(n) + ".conf"]
+        let log = FileHandle(forWritingAtPath: home(n) + ".log") ?? {
+            FileManager.default.createFile(atPath: home(n) + ".log", contents: nil)
+            return FileHandle(forWritingAtPath: home(n) + ".log")!
+        }()
+        log.seekToEndOfFile()
+        p.standardOutput = log
+        p.standardError = log
+        try p.run()
+        processes[n] = p
+    }
+
+    func kill9(_ n: String) {
+        guard let p = processes[n] else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        processes[n] = nil
+    }
+
+    func terminate(_ n: String) {
+        guard let p = processes[n] else { return }
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        processes[n] = nil
+    }
+
+    /// Creates the network on n1 and starts it.
+    func createNetwork() throws {
+        XCTAssertEqual(try cli(["network", "create", "--home", home("n1")]).0, 0)
+        try writeConfig("n1")
+        try start("n1")
+    }
+
+    /// Invites `n`, has it join through n1, and starts its agent.
+    func join(_ n: String, inviter: String = "n1", startAgent: Bool = true) throws {
+        let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "127.0.0.1:\(port(inviter))"])
+        XCTAssertEqual(code, 0, token)
+        var lastError = ""
+        for _ in 0..<100 {
+            let (c, out) = try cli(["node", "join", "--home", home(n), token.trimmingCharacters(in: .whitespacesAndNewlines)])
+            if c == 0 {
+                try writeConfig(n)
+                if startAgent { try start(n) }
+                return
+            }
+            lastError = out
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        throw AgentError("join of \(n) failed: \(lastError)")
+    }
+
+    func status(_ n: String) async -> [String: Any]? {
+        guard let (code, body) = try? await AgentAPIClient.request(socket: home(n) + "/agent.sock", method: "GET", path: "/v1/status"),
+              code == 200 else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+    }
+
+    /// Polls until `condition` holds for the statuses of `nodes`, or fails the test after `timeout`.
+    func waitUntil(_ what: String, nodes: [String], timeout: Double = 45, file: StaticString = #filePath, line: UInt = #line,
+                   _ condition: ([[String: Any]]) -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last: [[String: Any]] = []
+        while Date() < deadline {
+            var views: [[String: Any]] = []
+            for n in nodes { if let s = await status(n) { views.append(s) } }
+            last = views
+            if views.count == nodes.count && condition(views) { return }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        let summary = last.map { "\($0["node"] ?? "?") role=\($0["role"] ?? "?") leader=\($0["leader"] ?? "?") epoch=\($0["epoch"] ?? "?") events=\(($0["events"] as? [String])?.suffix(4) ?? [])" }
+        XCTFail("timed out waiting for \(what):\n" + summary.joined(separator: "\n"), file: file, line: line)
+        throw AgentError("timed out: \(what)")
+    }
+
+    /// Every view has the same leader and epoch, is distributed, and counts `alive` live members.
+    static func formed(_ alive: Int) -> ([[String: Any]]) -> Bool {
+        { views in
+            let leaders = Set(views.map { "\($0["leader"] ?? "")" })
+            let epochs = Set(views.map { "\($0["epoch"] ?? "")" })
+            return leaders.count == 1 && !leaders.contains("none") && epochs.count == 1
+                && views.allSatisfy { ($0["phase"] as? String) == "distributed" }
+                && views.allSatisfy { v in ((v["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count == alive }
+        }
+    }
+}
+
+func members(_ v: [String: Any]) -> [[String: Any]] { (v["members"] as? [[String: Any]]) ?? [] }
+func epochIndex(_ v: [String: Any]) -> Int { Int(("\(v["epoch"] ?? "0.0")").split(separator: ".").last ?? "0") ?? 0 }

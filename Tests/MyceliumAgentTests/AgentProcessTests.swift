@@ -1,0 +1,121 @@
+import Foundation
+import XCTest
+
+/// Whole networks of real agents. Each test takes 10–40 s; they assert behaviour, never timings.
+final class AgentProcessTests: XCTestCase {
+    let names = ["n1", "n2", "n3", "n4", "n5"]
+
+    func formFive(_ c: AgentCluster) async throws {
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("5 nodes formed", nodes: names, AgentCluster.formed(5))
+        let v = await c.status("n1")!
+        XCTAssertEqual((v["sclerotia"] as? [String])?.count, 3, "3 sclerotia chosen")
+        XCTAssertTrue(members(v).allSatisfy { !(($0["addresses"] as? [String]) ?? []).isEmpty }, "every address was confirmed")
+    }
+
+    func testFiveNodesFormAndSurviveTheLeadersDeath() async throws {
+        let c = try AgentCluster()
+        try await formFive(c)
+        let leader = "\(await c.status("n1")!["leader"]!)"
+        let found = await asyncFirst(names) { "\(await c.status($0)?["node"] ?? "")" == leader }
+        let victim = try XCTUnwrap(found)
+        let rest = names.filter { $0 != victim }
+        let before = epochIndex(await c.status(rest[0])!)
+        c.kill9(victim)
+        try await c.waitUntil("a new leader", nodes: rest) { vs in
+            vs.allSatisfy { "\($0["leader"] ?? "none")" != leader && "\($0["leader"] ?? "none")" != "none" }
+        }
+        try await c.waitUntil("the old leader recorded failed, 3 voters again", nodes: rest) { vs in
+            vs.allSatisfy { v in members(v).contains { "\($0["id"]!)" == leader && "\($0["status"]!)" == "failed" } }
+                && vs.allSatisfy { ($0["voters"] as? [String])?.count == 3 && !(($0["voters"] as? [String]) ?? []).contains(leader) }
+        }
+        // Writes keep committing: every member refreshes itself through the new leader.
+        try await c.waitUntil("writes commit", nodes: rest) { vs in vs.allSatisfy { epochIndex($0) > before + 3 } }
+    }
+
+    func testAFollowerRestartsFromItsLatentSpore() async throws {
+        let c = try AgentCluster()
+        try await formFive(c)
+        let v = await c.status("n1")!
+        let sclerotia = Set((v["sclerotia"] as? [String]) ?? [])
+        let found = await asyncFirst(Array(names.dropFirst())) { !sclerotia.contains("\(await c.status($0)?["node"] ?? "")") }
+        let follower = try XCTUnwrap(found)
+        c.kill9(follower)
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        try c.start(follower)
+        try await c.waitUntil("the follower is back", nodes: names, AgentCluster.formed(5))
+        let events = (await c.status(follower)?["events"] as? [String]) ?? []
+        XCTAssertTrue(events.contains { $0.contains("latent spore loaded") }, "\(events)")
+    }
+
+    func testTheWholeNetworkRestartsFromDisk() async throws {
+        let c = try AgentCluster()
+        try await formFive(c)
+        let ids = Set(members(await c.status("n1")!).map { "\($0["id"]!)" })
+        for n in names { c.terminate(n) }
+        for n in names { try c.start(n) }
+        try await c.waitUntil("re-formed from disk", nodes: names, AgentCluster.formed(5))
+        let after = await c.status("n3")!
+        XCTAssertEqual(Set(members(after).map { "\($0["id"]!)" }), ids, "the same members, from disk")
+    }
+
+    func testAColdNodeFindsTheNetworkThroughSeedSpores() async throws {
+        let c = try AgentCluster()
+        c.seedDirs = [c.dir + "/share"]
+        try c.createNetwork()
+        for n in ["n2", "n3"] { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: ["n1", "n2", "n3"], AgentCluster.formed(3))
+        let seedFile = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: c.dir + "/share").first)
+        let net = "\(await c.status("n1")!["network"]!)"
+        // The seed spore verifies; a tampered copy and a wrong network are refused, each with its reason.
+        let good = try c.cli(["spore", "verify", c.dir + "/share/" + seedFile, "--network", net])
+        XCTAssertEqual(good.0, 0, good.1)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: c.dir + "/share/" + seedFile))
+        bytes[bytes.count - 10] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: c.dir + "/tampered.seed"))
+        let tampered = try c.cli(["spore", "verify", c.dir + "/tampered.seed", "--network", net])
+        XCTAssertNotEqual(tampered.0, 0)
+        XCTAssertTrue(tampered.1.contains("INVALID"), tampered.1)
+        let other = try c.cli(["network", "create", "--home", c.dir + "/elsewhere", "-o", "json"])
+        let otherNet = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(other.1.utf8)) as? [String: Any])?["network_id"] as? String)
+        let wrong = try c.cli(["spore", "verify", c.dir + "/share/" + seedFile, "--network", otherNet])
+        XCTAssertTrue(wrong.1.contains("INVALID") && wrong.1.contains("network"), wrong.1)
+        let replayed = try c.cli(["spore", "verify", c.dir + "/share/" + seedFile, "--network", net, "--newer-than", "999.0"])
+        XCTAssertTrue(replayed.1.contains("older than"), replayed.1)
+
+        // n4 gets its certificate by invite, but the inviter's address is lost before its agent
+        // starts: the seed directory is the only way it can find the network.
+        try c.join("n4", startAgent: false)
+        try FileManager.default.removeItem(atPath: c.home("n4") + "/join.peers")
+        try c.start("n4")
+        try await c.waitUntil("n4 found the network from the seed spore", nodes: ["n1", "n2", "n3", "n4"], AgentCluster.formed(4))
+        let events = (await c.status("n4")?["events"] as? [String]) ?? []
+        XCTAssertTrue(events.contains { $0.contains("seed spore at epoch") }, "\(events)")
+    }
+
+    func testANodeOfAnotherNetworkCannotJoin() async throws {
+        let c = try AgentCluster()
+        try c.createNetwork()
+        try await c.waitUntil("n1 leads", nodes: ["n1"]) { vs in "\(vs[0]["role"]!)" == "leader" }
+        // A second network, with a valid invite of its own, pointed at n1's address.
+        XCTAssertEqual(try c.cli(["network", "create", "--home", c.home("x1")]).0, 0)
+        let (_, token) = try c.cli(["invite", "create", "--home", c.home("x1"), "--address", "127.0.0.1:\(c.port("n1"))"])
+        let (code, out) = try c.cli(["node", "join", "--home", c.home("x2"), token.trimmingCharacters(in: .whitespacesAndNewlines)])
+        XCTAssertNotEqual(code, 0)
+        XCTAssertTrue(out.contains("network"), out)
+        // A member of the other network running an agent that dials n1 never appears in n1's spore.
+        try c.writeConfig("x1", extra: "join = [\"127.0.0.1:\(c.port("n1"))\"]\n")
+        try c.start("x1")
+        try await Task.sleep(nanoseconds: 3_000_000_000)
+        let v = await c.status("n1")!
+        XCTAssertEqual(members(v).count, 1, "\(members(v))")
+        let log = (try? String(contentsOfFile: c.home("n1") + ".log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("refused peer") && log.contains("networks never talk"), log.suffix(2000).description)
+    }
+}
+
+func asyncFirst<T>(_ xs: [T], _ p: (T) async -> Bool) async -> T? {
+    for x in xs where await p(x) { return x }
+    return nil
+}
