@@ -185,11 +185,17 @@ public struct PrimarySpore: Sendable, Equatable {
             // the spore records, it does not judge.
             guard var m = members[node] else { throw SporeError(.unknownMember(node)) }
             if status == .left && node != author { throw SporeError(.notAuthorized(author, "make another node leave")) }
+            // Only the governing nodes record judgements about others (the leader proposes them
+            // after confirmation): a sclerotium, or the bootstrap agent before the handoff.
+            if status != .left && status != .alive && !mayGovern(author) {
+                throw SporeError(.notAuthorized(author, "record another node as \(status)"))
+            }
             if m.status != status { m.status = status; m.since = now }
             members[node] = m
             if status == .failed || status == .left { sclerotia.removeAll { $0 == node } }
 
         case let .setSclerotia(ids):
+            guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "choose sclerotia")) }
             guard ids.count <= limits.maxSclerotia else { throw SporeError(.beyondLimits("sclerotia: \(limits.maxSclerotia)")) }
             for id in ids {
                 guard let m = members[id], m.status == .alive else { throw SporeError(.unknownMember(id)) }
@@ -199,6 +205,7 @@ public struct PrimarySpore: Sendable, Equatable {
 
         case .handoff:
             // The handoff from the bootstrap agent to the sclerotia is itself a committed entry.
+            guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "hand off governance")) }
             guard !sclerotia.isEmpty else { throw SporeError(.invalid("handoff needs sclerotia")) }
             phase = .distributed
 
@@ -228,6 +235,14 @@ public struct PrimarySpore: Sendable, Equatable {
         case .tick:
             break  // advances `now` only; expiry happens after every command
         }
+    }
+
+    /// Whether `node` governs now: a sclerotium once distributed; before the handoff, the bootstrap
+    /// agent (a member that may invite) or, when no sclerotia exist yet, any eligible member.
+    func mayGovern(_ node: NodeID) -> Bool {
+        guard let m = members[node], m.status == .alive || m.status == .suspect else { return false }
+        if phase == .distributed { return sclerotia.contains(node) }
+        return m.roles.contains(.inviter) || m.roles.contains(.sclerotiumEligible)
     }
 
     /// Timeframes: members not refreshed become `suspect` (never `failed`: that needs confirmation),

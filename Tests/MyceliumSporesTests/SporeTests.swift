@@ -139,6 +139,12 @@ final class PrimarySporeTests: XCTestCase {
         try w.apply(.setSclerotia(Array(w.ids[0..<3])), by: 0)
         try w.apply(.handoff, by: 0)
         XCTAssertEqual(w.spore.phase, .distributed)
+        // After the handoff only sclerotia record judgements about others.
+        XCTAssertThrowsError(try w.apply(.setStatus(node: w.ids[0], .failed), by: 3)) { e in
+            guard case .notAuthorized = (e as! SporeError).code else { return XCTFail("\(e)") }
+        }
+        XCTAssertThrowsError(try w.apply(.setSclerotia([w.ids[3]]), by: 4))
+        XCTAssertNoThrow(try w.apply(.setStatus(node: w.ids[4], .suspect), by: 1))
 
         let newKey = SigningKey()
         let r = KeyRotation.create(node: w.ids[1], from: w.keys[1], to: newKey, sequence: 1, issuedAt: w.time)
