@@ -9,6 +9,10 @@ final class AgentCluster {
     let basePort: Int
     var processes: [String: Process] = [:]
     var seedDirs: [String] = []
+    /// Where node `n` listens (loopback unless a test puts nodes in namespaces).
+    var listenHost: (String) -> String = { _ in "127.0.0.1" }
+    /// The network namespace node `n` runs in, if any.
+    var netns: ((String) -> String)?
 
     static var binDir: String {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -43,10 +47,15 @@ final class AgentCluster {
     func port(_ n: String) -> Int { basePort + (Int(n.dropFirst()) ?? 0) }
 
     @discardableResult
-    func cli(_ args: [String]) throws -> (Int32, String) {
+    func cli(_ args: [String], netns: String? = nil) throws -> (Int32, String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binDir + "/mycelium")
-        p.arguments = args
+        if let netns {
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["ip", "netns", "exec", netns, Self.binDir + "/mycelium"] + args
+        } else {
+            p.executableURL = URL(fileURLWithPath: Self.binDir + "/mycelium")
+            p.arguments = args
+        }
         let o = Pipe()
         p.standardOutput = o
         p.standardError = o
@@ -57,7 +66,7 @@ final class AgentCluster {
     }
 
     func writeConfig(_ n: String, extra: String = "") throws {
-        var text = "home = \"\(home(n))\"\nlisten = \"127.0.0.1:\(port(n))\"\n"
+        var text = "home = \"\(home(n))\"\nlisten = \"\(listenHost(n)):\(port(n))\"\n"
         if !seedDirs.isEmpty { text += "seed_dirs = [" + seedDirs.map { "\"\($0)\"" }.joined(separator: ", ") + "]\n" }
         text += extra
         try text.write(toFile: home(n) + ".conf", atomically: true, encoding: .utf8)
@@ -65,8 +74,13 @@ final class AgentCluster {
 
     func start(_ n: String) throws {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binDir + "/myceliumd")
-        p.arguments = ["--config", home(n) + ".conf"]
+        if let netns {
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["ip", "netns", "exec", netns(n), Self.binDir + "/myceliumd", "--config", home(n) + ".conf"]
+        } else {
+            p.executableURL = URL(fileURLWithPath: Self.binDir + "/myceliumd")
+            p.arguments = ["--config", home(n) + ".conf"]
+        }
         let log = FileHandle(forWritingAtPath: home(n) + ".log") ?? {
             FileManager.default.createFile(atPath: home(n) + ".log", contents: nil)
             return FileHandle(forWritingAtPath: home(n) + ".log")!
@@ -101,11 +115,11 @@ final class AgentCluster {
 
     /// Invites `n`, has it join through n1, and starts its agent.
     func join(_ n: String, inviter: String = "n1", startAgent: Bool = true) throws {
-        let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "127.0.0.1:\(port(inviter))"])
+        let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "\(listenHost(inviter)):\(port(inviter))"])
         XCTAssertEqual(code, 0, token)
         var lastError = ""
         for _ in 0..<100 {
-            let (c, out) = try cli(["node", "join", "--home", home(n), token.trimmingCharacters(in: .whitespacesAndNewlines)])
+            let (c, out) = try cli(["node", "join", "--home", home(n), token.trimmingCharacters(in: .whitespacesAndNewlines)], netns: netns?(n))
             if c == 0 {
                 try writeConfig(n)
                 if startAgent { try start(n) }
