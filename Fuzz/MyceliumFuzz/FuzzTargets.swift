@@ -10,18 +10,19 @@
 
 import MyceliumCore
 import MyceliumIdentity
+import MyceliumVote
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake
+    case frames, invite, certificate, token, rotation, handshake, vote
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation or handshake")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake or vote")
             exit(2)
         }
         return t
@@ -68,6 +69,9 @@ enum FuzzTarget: String {
             case 1: if let p = try? Proof(decoding: body) { precondition(p.encoded() == body) }
             default: if let v = try? Verdict(decoding: body) { precondition(v.encoded() == body) }
             }
+        case .vote:
+            // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
+            fuzzVoteDecoders(bytes)
         case .rotation:
             if let r = try? KeyRotation(decoding: bytes) {
                 precondition(r.encoded() == bytes)
@@ -103,6 +107,7 @@ func writeSeeds(to dir: String) {
     let seeds: [(String, [UInt8])] = [
         ("frames", [3] + frames), ("invite", invite.encoded()), ("token", Array(invite.token.utf8)),
         ("certificate", cert.encoded()), ("rotation", rot.encoded()),
+        ("vote", [0]),
         ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), credential: .member(cert)).encoded()),
     ]
     for (target, bytes) in seeds {

@@ -54,7 +54,7 @@ public struct AgentPaths: Sendable {
 
 public struct AgentError: Error, CustomStringConvertible {
     public let description: String
-    init(_ d: String) { description = d }
+    public init(_ d: String) { description = d }
 }
 
 public actor Agent {
@@ -289,8 +289,8 @@ public actor Agent {
                 note("configuration now voters=\(raft.confState.voters.count) learners=\(raft.confState.learners.count)")
             }
             raft.advance(rd)
-            // The next membership step can start as soon as the previous one is applied.
-            if raft.role == .leader && pendingConfChange == 0 && rd.committedEntries.contains(where: { $0.kind == .confChange }) {
+            // The next membership step can start as soon as the previous one (or an admission) is applied.
+            if raft.role == .leader && pendingConfChange == 0 && !rd.committedEntries.isEmpty {
                 reconcile()
             }
         }

@@ -167,62 +167,61 @@ func readBitmap(_ r: inout ByteReader, count: Int) throws -> [UInt8] {
     return bytes
 }
 
-/// What a node saw in a round, sent once it stops accepting reveals: every commitment it holds (with
-/// the voter's signature, so receivers can turn a differing one into equivocation evidence) and which
-/// reveals it holds (so withheld reveals become provable).
+/// What a node saw in a round, sent once it stops accepting reveals: the commitment it holds from
+/// each voter (so a receiver holding a different one can hand over its signed copy, turning the
+/// difference into equivocation evidence at the attester) and which reveals it holds (so withheld
+/// reveals become provable).
+///
+/// Entries carry only the 32-byte commitment, not the voter's signature: that keeps a summary at
+/// ~33 bytes per voter instead of ~97, and the signed copies travel only when they differ.
 public struct RoundSummary: Hashable, Sendable {
-    /// One slot per voter of the round, in the round's voter order.
-    public struct Entry: Hashable, Sendable {
-        public let commitment: [UInt8]
-        public let signature: [UInt8]
-        public init(commitment: [UInt8], signature: [UInt8]) { self.commitment = commitment; self.signature = signature }
-    }
-
     public let attestation: SummaryAttestation
-    public let commits: [Entry?]
+    /// One slot per voter of the round, in the round's voter order: the commitment held, if any.
+    public let commitments: [[UInt8]?]
 
     public var round: RoundID { attestation.round }
     public var attester: NodeID { attestation.attester }
 
-    static func digest(_ commits: [Entry?]) -> [UInt8] {
-        var w = ByteWriter(capacity: commits.count * 97)
-        writeEntries(commits, to: &w)
+    static func digest(_ commitments: [[UInt8]?]) -> [UInt8] {
+        var w = ByteWriter(capacity: commitments.count * 33)
+        writeEntries(commitments, to: &w)
         return Sodium.hash(w.bytes, domain: VoteDomain.summaryDigest, length: VoteLimits.hashBytes)
     }
 
-    static func writeEntries(_ commits: [Entry?], to w: inout ByteWriter) {
-        for e in commits {
-            if let e { w.u8(1); w.raw(e.commitment); w.raw(e.signature) } else { w.u8(0) }
+    static func writeEntries(_ commitments: [[UInt8]?], to w: inout ByteWriter) {
+        for c in commitments {
+            if let c { w.u8(1); w.raw(c) } else { w.u8(0) }
         }
     }
 
-    public static func sign(round: RoundID, attester: NodeID, revealed: [Bool], commits: [Entry?], key: SigningKey) -> RoundSummary {
-        precondition(revealed.count == commits.count && commits.count <= VoteLimits.maxVoters)
+    public static func sign(round: RoundID, attester: NodeID, revealed: [Bool], commitments: [[UInt8]?], key: SigningKey) -> RoundSummary {
+        precondition(revealed.count == commitments.count && commitments.count <= VoteLimits.maxVoters)
+        precondition(commitments.allSatisfy { $0 == nil || $0!.count == VoteLimits.hashBytes })
         var bitmap = [UInt8](repeating: 0, count: (revealed.count + 7) / 8)
         for (i, r) in revealed.enumerated() where r { bitmap[i >> 3] |= 1 << UInt8(i & 7) }
-        let count = UInt16(commits.count)
-        let digest = digest(commits)
+        let count = UInt16(commitments.count)
+        let digest = digest(commitments)
         let sig = key.sign(SummaryAttestation.signedBytes(round, attester, count, bitmap, digest))
         return RoundSummary(attestation: SummaryAttestation(round: round, attester: attester, revealed: bitmap, voterCount: count,
-                                                            commitsDigest: digest, signature: sig), commits: commits)
+                                                            commitsDigest: digest, signature: sig), commitments: commitments)
     }
 
-    init(attestation: SummaryAttestation, commits: [Entry?]) {
+    init(attestation: SummaryAttestation, commitments: [[UInt8]?]) {
         self.attestation = attestation
-        self.commits = commits
+        self.commitments = commitments
     }
 
     /// Checks the signature and that the entries hash to the signed digest.
     public func verify(key: PublicKey) -> Bool {
-        commits.count == Int(attestation.voterCount)
-            && Sodium.constantTimeEqual(Self.digest(commits), attestation.commitsDigest)
+        commitments.count == Int(attestation.voterCount)
+            && Sodium.constantTimeEqual(Self.digest(commitments), attestation.commitsDigest)
             && attestation.verify(key: key)
     }
 
     func write(to w: inout ByteWriter) {
         let a = attestation
         w.raw(a.round.bytes); w.raw(a.attester.bytes); w.u16(a.voterCount); w.raw(a.revealed)
-        Self.writeEntries(commits, to: &w)
+        Self.writeEntries(commitments, to: &w)
         w.raw(a.signature)
     }
     static func read(from r: inout ByteReader) throws -> RoundSummary {
@@ -234,21 +233,21 @@ public struct RoundSummary: Hashable, Sendable {
             throw DecodeError(.tooLong(field: "summary voters", length: count, limit: VoteLimits.maxVoters), at: at)
         }
         let bitmap = try readBitmap(&r, count: count)
-        var commits: [Entry?] = []
-        commits.reserveCapacity(count)
+        var commitments: [[UInt8]?] = []
+        commitments.reserveCapacity(count)
         for _ in 0..<count {
             let at = r.offset
             switch try r.u8() {
-            case 0: commits.append(nil)
-            case 1: commits.append(Entry(commitment: try r.raw(32), signature: try r.raw(64)))
+            case 0: commitments.append(nil)
+            case 1: commitments.append(try r.raw(32))
             case let t: throw DecodeError(.invalid(field: "summary entry", reason: "tag \(t)"), at: at)
             }
         }
         let sig = try r.raw(64)
         // The digest is recomputed, never read: the wire carries the entries and the digest is derived.
         return RoundSummary(attestation: SummaryAttestation(round: round, attester: attester, revealed: bitmap,
-                                                            voterCount: UInt16(count), commitsDigest: digest(commits),
-                                                            signature: sig), commits: commits)
+                                                            voterCount: UInt16(count), commitsDigest: digest(commitments),
+                                                            signature: sig), commitments: commitments)
     }
 }
 

@@ -270,9 +270,15 @@ public enum RoundSubject {
     public static func admission(of node: NodeID, key: PublicKey, asSclerotium: Bool) -> [UInt8] {
         var w = ByteWriter(); w.u8(2); w.raw(node.bytes); w.raw(key.bytes); w.bool(asSclerotium); return w.bytes
     }
-    /// A health or verification check, named by the caller.
+    /// A health or verification check, named by the caller (names longer than 200 UTF-8 bytes are
+    /// cut at a character boundary, so the subject always fits `VoteLimits.maxSubjectBytes`).
     public static func health(check: String, target: NodeID) -> [UInt8] {
-        var w = ByteWriter(); w.u8(3); w.raw(target.bytes); w.string(String(check.prefix(64))); return w.bytes
+        var name = ""
+        for ch in check {
+            if name.utf8.count + ch.utf8.count > 200 { break }
+            name.append(ch)
+        }
+        var w = ByteWriter(); w.u8(3); w.raw(target.bytes); w.string(name); return w.bytes
     }
 }
 

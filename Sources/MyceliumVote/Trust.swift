@@ -117,12 +117,14 @@ public struct TrustLedger: Sendable, Hashable {
     }
 
     /// Verifies `evidence` against the round it names and slashes the accused, once per offence.
-    /// Returns nil when this offence was already slashed (or the accused is no longer a member).
+    /// Returns nil, without verifying, when this offence was already slashed (every honest voter
+    /// reports the same offence, and a withholding proof costs one verification per attester), and
+    /// nil when the accused is no longer a member.
     @discardableResult
     public mutating func slash(_ evidence: Evidence, spec: RoundSpec) throws(VoteError) -> SlashRecord? {
-        try evidence.verify(spec: spec)
         let key = evidence.key
         guard !slashed.contains(key), var r = records[key.accused] else { return nil }
+        try evidence.verify(spec: spec)
         slashed.insert(key)
         let before = r.score
         let (num, den) = parameters.kept(after: key.offence)

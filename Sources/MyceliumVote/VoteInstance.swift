@@ -67,16 +67,37 @@ public enum VoteEffect: Hashable, Sendable {
     case persist(OwnVote)
     /// Send to every other voter of the round.
     case broadcast(VoteMessage)
+    /// Send to one voter (a signed commitment handed to an attester whose summary differs).
+    case send(to: NodeID, VoteMessage)
     /// The round's outcome on this node (emitted once per round).
     case decided(RoundID, RoundOutcome)
     /// Verified proof of misbehaviour: propose it to the primary spore (through Raft) for slashing.
     case evidence(Evidence)
 }
 
-/// One node's view of every open round.
+/// One node's view of every open round: the commit-reveal vote as a pure state machine.
 ///
 /// Usage by a shell: when a Raft entry opens a round, call `open`; feed every received message to
-/// `step`; call `tick` at a fixed interval; carry out the returned effects in order.
+/// `step`; call `tick` at a fixed interval; carry out the returned effects in order (persist before
+/// send). Refused messages throw a `VoteError` and change nothing.
+///
+/// ## Guarantees
+/// Let W be the round's total weight and B the weight of Byzantine voters (colluding, adaptive, unable
+/// to forge Ed25519 or break BLAKE2b). Honest voters persist their vote before sending it.
+/// - **Agreement:** if B < W/3, no two honest nodes accept different results for one round, under any
+///   message delay, loss, reordering or partition, even when honest voters observe different values.
+/// - **Validity:** every accepted result was revealed by honest voters holding more than 2W/3 − B. If all
+///   honest voters observe the same value v, nothing but v is accepted unless B > 2W/3. So with
+///   W/3 ≤ B ≤ 2W/3 colluders rounds fail or stall, but never accept a fabricated result.
+/// - **No wrong answers:** a round that does not reach more than 2W/3 fails explicitly
+///   (`RoundOutcome.failed`).
+/// - **Liveness:** if B < W/3, honest voters agree, and messages between them arrive within the
+///   deadlines, every honest voter accepts.
+/// - **Evidence:** equivocation, bad reveals and wrong results are proven only by the accused's own
+///   signatures, so honest voters are never slashed for them. Withholding is proven by attesters
+///   holding more than 2W/3 and can hit a partitioned honest voter, so its penalty is mild.
+///
+/// docs/VOTE.md states these exactly, with the proof sketch and what is *not* detected.
 public struct VoteInstance: Sendable {
     /// This node's stable ID.
     public let id: NodeID
@@ -134,8 +155,8 @@ public struct VoteInstance: Sendable {
                 effects.append(.broadcast(.commit(own.commit)))
             }
         }
+        effects += advance(&round)
         rounds[spec.id] = round
-        effects += advance(spec.id)
         return effects
     }
 
@@ -147,11 +168,14 @@ public struct VoteInstance: Sendable {
     /// Handles one message. Throws (and changes nothing) when the message is refused.
     public mutating func step(_ message: VoteMessage) throws(VoteError) -> [VoteEffect] {
         let rid = message.round
-        guard var round = rounds[rid] else { throw VoteError(.unknownRound(rid)) }
-        let spec = round.spec
+        guard let spec = rounds[rid]?.spec else { throw VoteError(.unknownRound(rid)) }
         guard let sender = spec.index(of: message.sender) else {
             throw VoteError(.notEligible(voter: message.sender, round: rid))
         }
+        // Taken out of the dictionary while it changes, so its arrays are uniquely referenced and
+        // mutate in place (no copy per message); put back on every path, including refusals.
+        var round = rounds.removeValue(forKey: rid)!
+        defer { rounds[rid] = round }
         let voter = spec.voters[sender]
         var effects: [VoteEffect] = []
         switch message {
@@ -164,7 +188,6 @@ public struct VoteInstance: Sendable {
                 guard round.commitsOpen else { throw VoteError(.commitPhaseClosed(voter: voter.id, round: rid)) }
                 round.commits[sender] = c
                 round.commitsHeld += 1
-                round.summaryCommits[sender] = nil
             }
         case let .reveal(r):
             guard r.verify(key: voter.key) else { throw VoteError(.badSignature(what: "reveal", voter: voter.id)) }
@@ -187,11 +210,30 @@ public struct VoteInstance: Sendable {
             }
         case let .summary(s):
             guard s.verify(key: voter.key) else { throw VoteError(.badSignature(what: "round summary", voter: voter.id)) }
-            effects += round.absorb(s, from: sender)
+            effects += round.absorb(s, from: sender, selfIndex: round.myIndex)
         }
-        rounds[rid] = round
-        effects += advance(rid)
+        effects += advance(&round)
         return effects
+    }
+
+    /// Adopts a decision certificate committed through Raft, for a round this node failed or has not
+    /// decided (its commit phase may have closed before a slow commitment arrived, so local outcomes
+    /// can differ; the committed certificate is the shared truth).
+    ///
+    /// Emits `.decided` when the local outcome changes, nothing when this node already accepted the
+    /// same result. Throws `invalidCertificate` when the certificate does not verify, or when this node
+    /// accepted a *different* result, which is impossible while Byzantine weight is below a third, so
+    /// the shell should raise an alarm rather than act.
+    public mutating func adopt(_ certificate: DecisionCertificate) throws(VoteError) -> [VoteEffect] {
+        let rid = certificate.round
+        guard var round = rounds.removeValue(forKey: rid) else { throw VoteError(.unknownRound(rid)) }
+        defer { rounds[rid] = round }
+        try certificate.verify(spec: round.spec)
+        if case let .accepted(mine, _)? = round.outcome {
+            if mine == certificate.result { return [] }
+            throw VoteError(.invalidCertificate(reason: "certifies \(certificate.result) but this node accepted \(mine) in \(rid): Byzantine weight must be at least a third"))
+        }
+        return round.accept(certificate.result, certificate)
     }
 
     /// Advances time by `count` ticks (default one): closes phases whose deadline passed and
@@ -202,19 +244,21 @@ public struct VoteInstance: Sendable {
         now += count
         var effects: [VoteEffect] = []
         for rid in rounds.keys.sorted() {  // sorted: effects come out in the same order on every run
-            guard let round = rounds[rid] else { continue }
-            if now >= round.revealDeadline + retentionTicks {
+            guard let deadline = rounds[rid]?.revealDeadline else { continue }
+            if now >= deadline + retentionTicks {
                 rounds[rid] = nil
                 continue
             }
-            effects += advance(rid)
+            var round = rounds.removeValue(forKey: rid)!
+            effects += advance(&round)
+            rounds[rid] = round
         }
         return effects
     }
 
     /// Moves a round forward as far as its state and the clock allow.
-    private mutating func advance(_ rid: RoundID) -> [VoteEffect] {
-        guard var round = rounds[rid] else { return [] }
+    private func advance(_ round: inout RoundState) -> [VoteEffect] {
+        let rid = round.spec.id
         var effects: [VoteEffect] = []
         // Fast path: with every voter's commitment in hand nobody can still commit, so revealing now
         // cannot help a copier; otherwise wait for the deadline.
@@ -234,12 +278,11 @@ public struct VoteInstance: Sendable {
         if !round.summarySent && (now >= round.revealDeadline || round.allRevealsIn), let mine = round.myIndex {
             round.summarySent = true
             let s = RoundSummary.sign(round: rid, attester: id, revealed: round.reveals.map { $0 != nil },
-                                      commits: round.commits.map { $0.map { RoundSummary.Entry(commitment: $0.commitment, signature: $0.signature) } },
+                                      commitments: round.commits.map { $0?.commitment },
                                       key: key)
             effects.append(.broadcast(.summary(s)))
-            effects += round.absorb(s, from: mine)
+            effects += round.absorb(s, from: mine, selfIndex: mine)
         }
-        rounds[rid] = round
         return effects
     }
 }
@@ -261,9 +304,6 @@ struct RoundState: Sendable {
     var tally: [VoteResult: UInt64] = [:]
     var outcome: RoundOutcome?
     var summarySent = false
-    /// Commitments learned from others' summaries for voters whose commit this node does not hold
-    /// (unverified until used: they are only needed to prove withholding).
-    var summaryCommits: [SignedCommit?]
     var attestations: [SummaryAttestation?]
     /// Weight of the attesters that hold no reveal from voter i.
     var missingWeight: [UInt64]
@@ -278,7 +318,6 @@ struct RoundState: Sendable {
         commits = Array(repeating: nil, count: n)
         reveals = Array(repeating: nil, count: n)
         faulty = Array(repeating: false, count: n)
-        summaryCommits = Array(repeating: nil, count: n)
         attestations = Array(repeating: nil, count: n)
         missingWeight = Array(repeating: 0, count: n)
     }
@@ -309,45 +348,47 @@ struct RoundState: Sendable {
         return report(.equivocating(a, b))
     }
 
-    /// Takes in a verified summary: finds equivocation in its commitments and counts its attestation.
-    mutating func absorb(_ s: RoundSummary, from attester: Int) -> [VoteEffect] {
-        guard attestations[attester] == nil, s.commits.count == spec.voters.count else { return [] }
+    /// Takes in a verified summary: counts its attestation and, for every voter whose commitment the
+    /// attester holds differently, hands the attester this node's signed copy. An honest attester
+    /// then holds two signed commitments and reports the equivocation itself; a lying attester's
+    /// entry costs nothing, since a commitment without the voter's signature proves nothing.
+    mutating func absorb(_ s: RoundSummary, from attester: Int, selfIndex: Int?) -> [VoteEffect] {
+        guard attestations[attester] == nil, s.commitments.count == spec.voters.count else { return [] }
         var effects: [VoteEffect] = []
         attestations[attester] = s.attestation
         let w = spec.voters[attester].weight
-        for (i, entry) in s.commits.enumerated() {
+        for (i, claimed) in s.commitments.enumerated() {
             if !s.attestation.hasReveal(from: i) { missingWeight[i] += w }
-            guard let entry else { continue }
-            let voter = spec.voters[i]
-            let c = SignedCommit(round: spec.id, voter: voter.id, commitment: entry.commitment, signature: entry.signature)
-            if let held = commits[i] {
-                // A differing commitment signed by the voter is equivocation; one the voter did not sign
-                // is the attester's forgery and proves nothing about the voter.
-                if held.commitment != c.commitment && c.verify(key: voter.key) {
-                    effects += noteEquivocation(held, c)
-                }
-            } else if summaryCommits[i] == nil {
-                summaryCommits[i] = c
+            if attester != selfIndex, let claimed, let held = commits[i], held.commitment != claimed {
+                effects.append(.send(to: spec.voters[attester].id, .commit(held)))
             }
         }
         effects += checkWithholding()
         return effects
     }
 
-    /// Proves withholding for every voter whose commitment is known and whose reveal is missing at
-    /// attesters weighing more than two thirds.
+    /// Proves withholding for every voter whose signed commitment this node holds and whose reveal is
+    /// missing at attesters weighing more than two thirds.
     mutating func checkWithholding() -> [VoteEffect] {
         var effects: [VoteEffect] = []
         for i in spec.voters.indices where spec.isSupermajority(missingWeight[i]) {
+            guard let commit = commits[i] else { continue }
             let key = OffenceKey(accused: spec.voters[i].id, round: spec.id, offence: .withheldReveal)
             guard !reported.contains(key) else { continue }
-            var commit = commits[i]
-            if commit == nil, let c = summaryCommits[i] {
-                if c.verify(key: spec.voters[i].key) { commit = c } else { summaryCommits[i] = nil }
-            }
-            guard let commit else { continue }
             let lacking = attestations.compactMap { $0 }.filter { !$0.hasReveal(from: i) }
             effects += report(.withholding(commit, attestations: lacking))
+        }
+        return effects
+    }
+
+    /// Records acceptance and, where the truth is verifiable, proves every held reveal of another result wrong.
+    mutating func accept(_ result: VoteResult, _ cert: DecisionCertificate) -> [VoteEffect] {
+        outcome = .accepted(result, cert)
+        var effects: [VoteEffect] = [.decided(spec.id, outcome!)]
+        if spec.verifiableTruth {
+            for (i, r) in reveals.enumerated() {
+                if let r, r.result != result, let c = commits[i], r.opens(c) { effects += report(.wrongResult(c, r, cert)) }
+            }
         }
         return effects
     }
@@ -361,15 +402,7 @@ struct RoundState: Sendable {
                 guard let r, r.result == result, let c = commits[i] else { continue }
                 entries.append(.init(voterIndex: UInt16(i), salt: r.salt, commitSignature: c.signature))
             }
-            let cert = DecisionCertificate(round: spec.id, result: result, entries: entries)
-            outcome = .accepted(result, cert)
-            var effects: [VoteEffect] = [.decided(spec.id, outcome!)]
-            if spec.verifiableTruth {
-                for (i, r) in reveals.enumerated() {
-                    if let r, r.result != result, let c = commits[i], r.opens(c) { effects += report(.wrongResult(c, r, cert)) }
-                }
-            }
-            return effects
+            return accept(result, DecisionCertificate(round: spec.id, result: result, entries: entries))
         }
         // Weight that could still be counted for the leading result.
         var pending: UInt64 = 0

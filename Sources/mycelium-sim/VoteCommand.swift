@@ -20,13 +20,14 @@ struct VoteCommand: ParsableCommand {
             voter's trust, which voters are Byzantine and how they attack (equivocator, withholder, copier, \
             colluder), which honest voters are slow or partitioned, and every network delay. Honest voters run \
             the real state machine with real Ed25519 keys. After each round the run checks:
-              safety    no two honest voters accept different results; no false result is accepted;
-                        every accepted result carries a certificate that verifies;
-              evidence  every Byzantine act that left evidence was slashed, and no honest voter was
-                        slashed for a lie;
-              liveness  with Byzantine weight < 1/3 and no slow honest voters, every honest voter accepts.
-            With --beyond-bound, colluders hold between 1/3 and 2/3 of the weight: rounds must fail or stall, \
-            and a false result must still never be accepted.
+              - no two honest voters accept different results;
+              - no result is accepted that honest voters did not back;
+              - every accepted result carries a certificate that verifies;
+              - every Byzantine act that left evidence was slashed;
+              - no honest voter was slashed for a lie;
+              - with Byzantine weight < 1/3 and a healthy network, honest voters accept.
+            With --beyond-bound, colluders hold between 1/3 and 2/3 of the weight: rounds must fail or \
+            stall, and a false result must still never be accepted.
 
             The same seed always replays the same run; a failing run prints the command that replays it.
 
@@ -65,6 +66,9 @@ struct VoteCommand: ParsableCommand {
     @Flag(help: "Colluders hold between 1/3 and 2/3 of the weight (outside the model): rounds must fail, never lie.")
     var beyondBound = false
 
+    @Flag(help: "Honest voters always observe the same answer (by default a minority may see the other one in rounds without a verifiable truth).")
+    var noHonestDisagreement = false
+
     @Flag(help: "Print the last simulated events of a single or failing run.")
     var trace = false
 
@@ -97,6 +101,7 @@ struct VoteCommand: ParsableCommand {
             var options = VoteSimOptions(seed: s, voters: voters, byzantine: byzantine, behaviours: kinds, slowHonest: slowHonest,
                                          rounds: rounds, profile: VoteNetworkProfile(rawValue: profile)!,
                                          beyondBound: beyondBound, trace: single && trace)
+            options.honestDisagreement = !noHonestDisagreement
             var report = runVoteSimulation(options)
             if !report.passed && trace && !single {
                 options.trace = true
@@ -105,7 +110,7 @@ struct VoteCommand: ParsableCommand {
             if single || verbose || !report.passed { print(report.summary) }
             if single && verbose {
                 for (i, r) in report.rounds.enumerated() {
-                    print("  round \(i): \(r.criticality) n=\(r.electorate) byz=\(r.byzantineWeightPermille)‰ accepted/failed/undecided=\(r.honestAccepted)/\(r.honestFailed)/\(r.honestUndecided) latency p50=\(r.medianLatencyTicks.map(String.init) ?? "-") ticks messages=\(r.messages)")
+                    print("  round \(i): \(r.criticality) n=\(r.electorate) byz=\(r.byzantineWeightPermille)‰ accepted/failed/undecided=\(r.honestAccepted)/\(r.honestFailed)/\(r.honestUndecided) latency p50=\(r.medianLatencyTicks.map { "\(Double($0) * Double(VoteNetworkProfile.microsecondsPerTick) / 1000) ms" } ?? "-") messages=\(r.messages)")
                 }
             }
             report.trace.forEach { print("  " + $0) }

@@ -131,6 +131,8 @@ final class CodecTests: XCTestCase {
         XCTAssertNotEqual(base, Commitment.compute(round: spec.id, voter: e.ids[1], result: .yes, salt: s))
         XCTAssertNotEqual(base, Commitment.compute(round: spec.id, voter: e.ids[0], result: .no, salt: s))
         XCTAssertNotEqual(base, Commitment.compute(round: spec.id, voter: e.ids[0], result: .yes, salt: [UInt8](repeating: 4, count: 32)))
+        // Any check name yields a subject that fits.
+        XCTAssertLessThanOrEqual(RoundSubject.health(check: String(repeating: "é", count: 500), target: e.ids[0]).count, VoteLimits.maxSubjectBytes)
         // The round ID covers the electorate and the weights: a different weight is a different round.
         XCTAssertNotEqual(try e.spec(weights: [100, 100, 100, 101]).id, spec.id)
     }

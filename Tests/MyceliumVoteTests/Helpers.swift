@@ -33,23 +33,33 @@ extension Array where Element == VoteEffect {
     var outcomes: [RoundOutcome] { compactMap { if case let .decided(_, o) = $0 { return o }; return nil } }
 }
 
-/// Delivers every broadcast to every other instance, breadth-first, until quiet. Returns all effects per node.
+/// Delivers every broadcast to every other instance (and every `.send` to its target), breadth-first,
+/// until quiet. Returns all effects per node.
 @discardableResult
 func flood(_ nodes: inout [VoteInstance], _ initial: [(from: Int, effects: [VoteEffect])],
            drop: (Int, Int, VoteMessage) -> Bool = { _, _, _ in false }) -> [[VoteEffect]] {
     var all = Array(repeating: [VoteEffect](), count: nodes.count)
-    var queue: [(Int, VoteMessage)] = []
+    var queue: [(from: Int, to: Int?, VoteMessage)] = []
+    func enqueue(_ from: Int, _ effects: [VoteEffect]) {
+        for e in effects {
+            switch e {
+            case let .broadcast(m): queue.append((from, nil, m))
+            case let .send(id, m): queue.append((from, nodes.firstIndex { $0.id == id }, m))
+            default: break
+            }
+        }
+    }
     for (from, effects) in initial {
         all[from] += effects
-        queue += effects.broadcasts.map { (from, $0) }
+        enqueue(from, effects)
     }
     var i = 0
     while i < queue.count {
-        let (from, m) = queue[i]; i += 1
-        for to in nodes.indices where to != from && !drop(from, to, m) {
+        let (from, target, m) = queue[i]; i += 1
+        for to in nodes.indices where to != from && (target == nil || target == to) && !drop(from, to, m) {
             if let effects = try? nodes[to].step(m) {
                 all[to] += effects
-                queue += effects.broadcasts.map { (to, $0) }
+                enqueue(to, effects)
             }
         }
     }

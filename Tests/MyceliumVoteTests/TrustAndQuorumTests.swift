@@ -49,7 +49,8 @@ final class TrustTests: XCTestCase {
         XCTAssertNil(try ledger.slash(ev, spec: spec))
         XCTAssertEqual(ledger.score(of: e.ids[2]), 200_000)
         // Evidence that does not verify is refused and changes nothing.
-        XCTAssertThrowsError(try ledger.slash(ev, spec: try e.spec(sequence: 9)))
+        XCTAssertThrowsError(try ledger.slash(equivocation(e, spec, voter: 1), spec: try e.spec(sequence: 9)))
+        XCTAssertEqual(ledger.score(of: e.ids[1]), 800_000)
         // A second offence in another round doubles the jail.
         let spec2 = try e.spec(sequence: 2)
         let r2 = try XCTUnwrap(try ledger.slash(equivocation(e, spec2, voter: 2), spec: spec2))
@@ -193,14 +194,16 @@ final class QuorumTests: XCTestCase {
         initial.append((0, try nodes[0].step(.commit(cNo))))
         initial.append((1, try nodes[1].step(.commit(cYes))))
         initial.append((2, try nodes[2].step(.commit(cYes))))
-        let all = flood(&nodes, initial, drop: { _, to, _ in to == 3 })
+        var all = flood(&nodes, initial, drop: { _, to, _ in to == 3 })
+        tickAndFlood(&nodes, 2 * Int(spec.commitTicks + spec.revealTicks), into: &all, only: [0, 1, 2], drop: { _, to, _ in to == 3 })
         guard case let .accepted(result, cert)? = all[0].outcomes.first else { return XCTFail("\(all[0])") }
         XCTAssertEqual(result, .yes)
         // Any node can check the certificate against the round from its own Raft state before restarting VMs.
         XCTAssertNoThrow(try cert.verify(spec: try RoundSpec(decoding: spec.encoded())))
         try ledger.creditCorrectVotes(cert, spec: spec)
         for ev in all.flatMap(\.evidence) { try ledger.slash(Evidence(decoding: ev.encoded()), spec: spec) }
-        XCTAssertEqual(ledger.slashed.map(\.accused), [liarID])
+        XCTAssertEqual(Set(ledger.slashed.map(\.accused)), [liarID])
+        XCTAssertTrue(ledger.slashed.contains { $0.offence == .equivocation })
         XCTAssertTrue(ledger.isJailed(liarID))
     }
 }

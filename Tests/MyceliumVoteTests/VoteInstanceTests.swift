@@ -77,6 +77,23 @@ final class VoteInstanceTests: XCTestCase {
         XCTAssertEqual(all[0].outcomes.first?.acceptedResult, .yes)
     }
 
+    func testANodeThatFailedLocallyAdoptsTheCommittedCertificate() throws {
+        let e = Electorate(4)
+        let spec = try e.spec(commitTicks: 3, revealTicks: 3)
+        var nodes = e.instances()
+        // Node 3 hears nothing at all: it fails at its deadline while the others accept.
+        var all = flood(&nodes, try openAll(&nodes, spec, votes: [.yes, .yes, .yes, .yes]), drop: { from, to, _ in from == 3 || to == 3 })
+        tickAndFlood(&nodes, 6, into: &all, drop: { from, to, _ in from == 3 || to == 3 })
+        guard case let .accepted(_, cert)? = nodes[0].outcome(of: spec.id) else { return XCTFail() }
+        guard case .failed? = nodes[3].outcome(of: spec.id) else { return XCTFail("\(String(describing: nodes[3].outcome(of: spec.id)))") }
+        XCTAssertEqual(try nodes[3].adopt(cert).outcomes.first?.acceptedResult, .yes)
+        XCTAssertEqual(nodes[3].outcome(of: spec.id)?.acceptedResult, .yes)
+        XCTAssertEqual(try nodes[0].adopt(cert), [], "adopting what it accepted changes nothing")
+        // A certificate that does not verify (signers short of two thirds) is refused.
+        let short = DecisionCertificate(round: cert.round, result: cert.result, entries: Array(cert.entries.prefix(2)))
+        XCTAssertVoteError(try nodes[3].adopt(short)) { if case .invalidCertificate = $0 { return true }; return false }
+    }
+
     func testBadInputIsRefused() throws {
         let e = Electorate(4)
         let spec = try e.spec()
@@ -155,7 +172,9 @@ final class VoteInstanceTests: XCTestCase {
         extra.append((0, try nodes[0].step(.commit(c1))))
         extra.append((1, try nodes[1].step(.commit(c2))))
         extra.append((2, try nodes[2].step(.commit(c2))))
-        let all = flood(&nodes, initial + extra, drop: { _, to, _ in to == 3 })
+        var all = flood(&nodes, initial + extra, drop: { _, to, _ in to == 3 })
+        // Voter 3 never reveals, so the summaries go out at the reveal deadline.
+        tickAndFlood(&nodes, 20, into: &all, only: [0, 1, 2], drop: { _, to, _ in to == 3 })
         // The honest three accept "yes" (300/400) and, through each other's summaries, prove the equivocation.
         for i in 0..<3 {
             XCTAssertEqual(all[i].outcomes.first?.acceptedResult, .yes, "node \(i)")
@@ -263,7 +282,7 @@ final class VoteInstanceTests: XCTestCase {
         XCTAssertVoteError(try Evidence.badReveal(commit(1, .yes), good).verify(spec: spec)) { if case .invalidEvidence = $0 { return true }; return false }
         // Withholding needs attesters holding more than two thirds.
         let summaries = (0..<2).map { i in
-            RoundSummary.sign(round: spec.id, attester: e.ids[i], revealed: [true, false, true, true], commits: [nil, nil, nil, nil], key: e.keys[i]).attestation
+            RoundSummary.sign(round: spec.id, attester: e.ids[i], revealed: [true, false, true, true], commitments: [nil, nil, nil, nil], key: e.keys[i]).attestation
         }
         XCTAssertVoteError(try Evidence.withholding(commit(1, .yes), attestations: summaries).verify(spec: spec)) { if case .invalidEvidence = $0 { return true }; return false }
         // Evidence is only checked against the round it names.

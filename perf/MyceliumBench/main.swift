@@ -4,6 +4,11 @@ import Foundation
 
 let scenarios: [(name: String, about: String, run: ([String]) async throws -> Void)] = [
     ("identity", "Ed25519 sign/verify (libsodium vs openssl speed) and full mutual TLS+membership handshakes/s", runIdentityBench),
+    ("raft-sim", "the Raft engine's ceiling: committed entries per CPU-second and allocations per entry, in the simulator",
+     { try runRaftSimBench(arguments: $0) }),
+    ("formation", "time for 3, 10 and 50 real agents on loopback to agree on one primary spore", runFormationBench),
+    ("vote", "commit-reveal round latency and messages per round in the simulator", runVoteBench),
+    ("ram", "dirty-page tracking cost, replication throughput and checkpoint pauses against memcpy and TCP", runRAMBench),
 ]
 
 let args = Array(CommandLine.arguments.dropFirst())

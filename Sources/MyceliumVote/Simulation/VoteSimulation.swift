@@ -23,6 +23,11 @@ public enum VoteNetworkProfile: String, Sendable, CaseIterable {
     var spikeChance: Double { self == .lan ? 0.01 : 0.05 }
     var spikeDelay: UInt64 { self == .lan ? 50 : 1000 }
     public var phaseTicks: UInt32 { self == .lan ? 150 : 4000 }
+    /// Mean one-way delay in milliseconds, spikes included.
+    public var meanDelayMilliseconds: Double {
+        let ms = Double(Self.microsecondsPerTick) / 1000
+        return (Double(minDelay + maxDelay) / 2 + spikeChance * Double(spikeDelay) / 2) * ms
+    }
 }
 
 /// How a Byzantine voter attacks.
@@ -56,6 +61,8 @@ public struct VoteSimOptions: Sendable {
     /// Outside the model: colluders hold between 1/3 and 2/3 of the weight. Rounds must fail or
     /// stall; a false result must still never be accepted.
     public var beyondBound = false
+    /// In rounds without a verifiable truth, let a minority of honest voters observe the other answer.
+    public var honestDisagreement = true
     /// Keep the last simulated events for printing.
     public var trace = false
 
@@ -77,6 +84,7 @@ public struct VoteSimOptions: Sendable {
         if rounds != 3 { s += " --rounds \(rounds)" }
         if profile != .lan { s += " --profile \(profile.rawValue)" }
         if beyondBound { s += " --beyond-bound" }
+        if !honestDisagreement { s += " --no-honest-disagreement" }
         return s
     }
 }
@@ -130,6 +138,7 @@ public struct VoteSimReport: Sendable {
         return "seed \(options.seed): \(passed ? "ok" : "FAILED") n=\(voters) byzantine=[\(kinds.joined(separator: ", "))] "
             + "slow=\(slowHonest.count) \(options.profile.rawValue)\(options.beyondBound ? " beyond-bound" : "") "
             + "rounds=\(rounds.count) honest accepted/failed=\(acc)/\(fail) slashed=\(slashed.count) "
+            + (honestWithholdingPenalties > 0 ? "honest-withholding-penalties=\(honestWithholdingPenalties) " : "")
             + "refused=\(refusals) median latency \(latText)"
             + (passed ? "" : "\n  " + violations.prefix(8).joined(separator: "\n  "))
     }
@@ -219,6 +228,10 @@ private struct RoundTrack {
     let spec: RoundSpec
     let truth: VoteResult
     let falseResult: VoteResult
+    /// What each honest voter observed. In rounds without a verifiable truth a minority of honest
+    /// voters may see the other answer (a node that is down for some and up for others).
+    let views: [VoteResult]
+    let split: Bool
     /// World indices of the voters.
     let members: [Int]
     var openAt: [UInt64]
@@ -427,6 +440,18 @@ private struct VoteWorld {
             falseResult = truth == .yes ? .no : .yes
         }
         let members = spec.voters.map { v in ids.firstIndex(of: v.id)! }
+        var views = Array(repeating: truth, count: n)
+        var split = false
+        if !verifiable && !options.beyondBound && options.honestDisagreement && rng.chance(0.5) {
+            // Up to half of the honest voters see the opposite: honest disagreement, which only the
+            // two-thirds threshold (not a simple majority) keeps from turning into split decisions.
+            let honest = members.filter { roles[$0].isHonest }
+            // Between a quarter and a half: near-even splits are where a weak threshold would break.
+            let k = honest.count / 4 + Int(rng.next() % UInt64(honest.count / 2 - honest.count / 4 + 1))
+            var order = honest
+            for j in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(j, Int(rng.next() % UInt64(j + 1))) }
+            for i in order.prefix(k) { views[i] = falseResult; split = true }
+        }
         let phase = UInt64(profile.phaseTicks)
         var openAt = Array(repeating: UInt64(0), count: n)
         let start = now + 1
@@ -439,11 +464,12 @@ private struct VoteWorld {
             push(openAt[i] + 2 * phase, .wake(i))
             plans[i] = ByzantinePlan()
         }
-        track = RoundTrack(spec: spec, truth: truth, falseResult: falseResult, members: members, openAt: openAt,
+        track = RoundTrack(spec: spec, truth: truth, falseResult: falseResult, views: views, split: split, members: members, openAt: openAt,
                            heldCommit: Array(repeating: Array(repeating: nil, count: members.count), count: n),
                            validReveal: Array(repeating: Array(repeating: nil, count: members.count), count: n),
                            summaryLacks: Array(repeating: nil, count: n), decided: Array(repeating: nil, count: n))
-        trace("round \(roundIndex) \(spec.id) \(criticality) verifiable=\(verifiable) truth=\(truth) voters=\(members.map(name))")
+        trace("round \(roundIndex) \(spec.id) \(criticality) verifiable=\(verifiable) truth=\(truth) voters=\(members.map(name))"
+              + (split ? " honest minority seeing \(falseResult): \(members.filter { views[$0] != truth }.map(name))" : ""))
 
         while let e = queue.pop() {
             now = max(now, e.time)
@@ -508,13 +534,22 @@ private struct VoteWorld {
                 }
                 trace("\(name(i)) broadcasts \(kind(m))")
                 broadcast(i, .message(m))
+            case let .send(to, m):
+                if let j = ids.firstIndex(of: to) {
+                    trace("\(name(i)) sends \(name(j)) \(kind(m))")
+                    send(i, j, .message(m))
+                }
             case let .decided(_, outcome):
                 trace("\(name(i)) decided: \(outcome)")
                 track!.decided[i] = (outcome, now)
             case let .evidence(ev):
                 trace("\(name(i)) reports \(ev)")
                 do {
-                    if try ledger.slash(ev, spec: track!.spec) != nil { slashed.append(ev.key) }
+                    if try ledger.slash(ev, spec: track!.spec) != nil {
+                        slashed.append(ev.key)
+                    } else if track!.members.count <= 16 {
+                        try ev.verify(spec: track!.spec)  // duplicates must verify too (skipped for large n: cost)
+                    }
                 } catch {
                     violation("honest \(name(i)) produced evidence that does not verify: \(error)")
                 }
@@ -536,7 +571,7 @@ private struct VoteWorld {
         case .honest:
             advance(i, to: now)
             do {
-                let effects = try instances[i]!.open(t.spec, vote: t.truth, using: &nodeRandom[i])
+                let effects = try instances[i]!.open(t.spec, vote: t.views[i], using: &nodeRandom[i])
                 for case let .persist(own) in effects { if let v = voterIndex(i) { track!.heldCommit[i][v] = own.commit.commitment } }
                 handle(i, effects)
             } catch {
@@ -635,8 +670,9 @@ private struct VoteWorld {
         trace("\(name(i)) opens")
         switch b {
         case .equivocator:
-            let a = others.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
-            let bGroup = others.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+            // Tell each voter what it already believes when honest voters disagree; otherwise split evenly.
+            let a = t.split ? others.filter { t.views[$0] == t.truth } : others.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+            let bGroup = others.filter { !a.contains($0) }
             plans[i].reveals = [(a, commit(i, t.truth, to: a)), (bGroup, commit(i, t.falseResult, to: bGroup))]
             // Junk every honest voter must refuse.
             if let victim = others.first {
@@ -668,7 +704,7 @@ private struct VoteWorld {
             // A lying summary: "I saw no reveals", to frame honest voters as withholders.
             let count = t.members.count
             let s = RoundSummary.sign(round: t.spec.id, attester: ids[i], revealed: Array(repeating: false, count: count),
-                                      commits: Array(repeating: nil, count: count), key: keys[i])
+                                      commitments: Array(repeating: nil, count: count), key: keys[i])
             broadcast(i, .message(.summary(s)))
         }
     }
@@ -700,7 +736,6 @@ private struct VoteWorld {
         let byzWeight = members.filter { !roles[$0].isHonest }.reduce(0) { $0 + weight($1) }
         let slowWeight = members.filter { slow[$0] }.reduce(0) { $0 + weight($1) }
         let withinBound = byzWeight * 3 < spec.totalWeight
-        let onTimeWeight = onTime.reduce(0) { $0 + weight($1) }
 
         // Safety: agreement, validity, certificates.
         var acceptedResults = Set<VoteResult>()
@@ -711,7 +746,13 @@ private struct VoteWorld {
             case let .accepted(r, cert)?:
                 accepted += 1
                 acceptedResults.insert(r)
-                if r != t.truth { violation("honest \(name(i)) accepted a false result \(r) (truth \(t.truth))") }
+                // Validity: an accepted result was seen by honest voters holding more than a third of the
+                // weight (with no honest disagreement: it is the truth).
+                let backing = honest.filter { t.views[$0] == r }.reduce(0) { $0 + weight($1) }
+                if !t.split && r != t.truth { violation("honest \(name(i)) accepted a false result \(r) (truth \(t.truth))") }
+                if t.split && withinBound && backing * 3 <= spec.totalWeight {
+                    violation("honest \(name(i)) accepted \(r), which honest voters holding only \(backing)/\(spec.totalWeight) saw")
+                }
                 do { try cert.verify(spec: spec) } catch { violation("certificate of \(name(i)) does not verify: \(error)") }
                 if !slow[i] { latencies.append(t.decided[i]!.at - t.openAt[i]) }
             case .failed?: failed += 1
@@ -719,11 +760,11 @@ private struct VoteWorld {
             }
         }
         if acceptedResults.count > 1 { violation("honest voters accepted different results: \(acceptedResults.sorted())") }
-        if options.beyondBound && accepted > 0 && acceptedResults != [t.truth] {
+        if options.beyondBound && !acceptedResults.isSubset(of: Set(honest.map { t.views[$0] })) {
             violation("beyond the bound a false result was accepted")
         }
         // Liveness, where the model promises it: Byzantine weight < 1/3, no slow honest voters.
-        if withinBound && slowWeight == 0 && !options.beyondBound && accepted != honest.count {
+        if withinBound && slowWeight == 0 && !t.split && !options.beyondBound && accepted != honest.count {
             violation("with Byzantine weight \(byzWeight)/\(spec.totalWeight) and a healthy network, only \(accepted) of \(honest.count) honest voters accepted")
         }
 
@@ -768,7 +809,6 @@ private struct VoteWorld {
                 honestWithholding += 1
             }
         }
-        _ = onTimeWeight
         // Credit the voters of one honest certificate, as the agent would after committing it.
         for i in honest {
             if case let .accepted(_, cert)? = t.decided[i]?.outcome {

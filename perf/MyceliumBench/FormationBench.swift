@@ -1,0 +1,87 @@
+import Foundation
+import MyceliumAgent
+import MyceliumCore
+import MyceliumIdentity
+
+/// `mycelium-bench formation [--sizes 3,10,50] [--rounds N]`
+///
+/// For each size: pre-provisions N node homes (keys, genesis-issued certificates, the genesis
+/// node's address), starts N `myceliumd` processes at once on loopback, and measures the time from
+/// the first process start until every member reports the same primary spore (same epoch and
+/// leader, phase distributed, N alive members). Reports the median and the ratio to the goal
+/// (10 nodes in under 1 s). Build everything in release first: `swift build -c release`.
+func runFormationBench(_ args: [String]) async throws {
+    var sizes = [3, 10, 50]
+    var rounds = 3
+    if let i = args.firstIndex(of: "--sizes"), i + 1 < args.count { sizes = args[i + 1].split(separator: ",").compactMap { Int($0) } }
+    if let i = args.firstIndex(of: "--rounds"), i + 1 < args.count, let n = Int(args[i + 1]) { rounds = n }
+    let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+    guard FileManager.default.isExecutableFile(atPath: bin + "/myceliumd") else {
+        print("formation: \(bin)/myceliumd not found; run 'swift build -c release' first")
+        return
+    }
+    print("formation benchmark on \(machineLine()), \(rounds) rounds per size")
+    for n in sizes {
+        var times: [Double] = []
+        for r in 1...rounds {
+            let t = try await formOnce(n: n, bin: bin)
+            times.append(t)
+            print("  \(n) nodes, round \(r): \(fmt(t, 2)) s")
+        }
+        let m = median(times)
+        print("  \(n) nodes: median \(fmt(m, 2)) s" + (n == 10 ? "  (goal < 1 s: \(fmt(m / 1.0, 2))x the goal)" : ""))
+    }
+}
+
+private func formOnce(n: Int, bin: String) async throws -> Double {
+    let dir = NSTemporaryDirectory() + "myc-form-\(UUID().uuidString.prefix(8))"
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let base = 30_000 + Int.random(in: 0..<300) * 100
+    let genesis = SigningKey()
+    let issued = Int64(Date().timeIntervalSince1970)
+    for i in 1...n {
+        let home = dir + "/n\(i)"
+        try AtomicFile.makeDirectory(home)
+        let key = SigningKey()
+        try KeyFile.write(key, to: home + "/node.key")
+        let cert = MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: key.publicKey), nodeKey: key.publicKey,
+                                               roles: i == 1 ? [.member, .sclerotiumEligible, .inviter] : [.member, .sclerotiumEligible],
+                                               serial: UInt64(i), issuedAt: issued - 5, validFor: 3600)
+        try ChecksummedFile.write(kind: FileKind.membershipCertificate, payload: cert.encoded(), to: home + "/node.cert")
+        if i == 1 {
+            try KeyFile.write(genesis, to: home + "/network.key", kind: FileKind.networkSecretKey)
+        } else {
+            try AtomicFile.write(Array("127.0.0.1:\(base + 1)".utf8), to: home + "/join.peers")
+        }
+        try "home = \"\(home)\"\nlisten = \"127.0.0.1:\(base + i)\"\nlog_level = \"warning\"\n"
+            .write(toFile: home + ".conf", atomically: true, encoding: .utf8)
+    }
+    var procs: [Process] = []
+    defer { for p in procs { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
+    let start = now()
+    for i in 1...n {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
+        p.arguments = ["--config", dir + "/n\(i).conf"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        procs.append(p)
+    }
+    while now() - start < 120 {
+        var views: [[String: Any]] = []
+        for i in 1...n {
+            guard let (code, body) = try? await AgentAPIClient.request(socket: dir + "/n\(i)/agent.sock", method: "GET", path: "/v1/status"),
+                  code == 200, let v = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else { break }
+            views.append(v)
+        }
+        if views.count == n,
+           Set(views.map { "\($0["epoch"] ?? "")" }).count == 1, Set(views.map { "\($0["leader"] ?? "")" }).count == 1,
+           views.allSatisfy({ ($0["phase"] as? String) == "distributed" }),
+           views.allSatisfy({ (($0["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count == n }) {
+            return now() - start
+        }
+        try await Task.sleep(nanoseconds: 20_000_000)
+    }
+    throw AgentError("\(n) nodes did not form within 120 s")
+}
