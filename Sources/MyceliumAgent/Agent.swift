@@ -299,7 +299,7 @@ public actor Agent {
 
     func send(_ m: Message) {
         guard let link = links[m.to] ?? makeLink(m.to) else { return }
-        link.send(Frame(type: AgentFrame.raft, payload: RaftWire.encode(m)))
+        link.send(Frame(type: AgentFrame.raft, payload: RaftCodec.encode(m)))
     }
 
     /// Entry payload: `1 | i64 leader time | SignedCommand`.
@@ -466,7 +466,7 @@ public actor Agent {
         }
         switch f.type {
         case AgentFrame.raft:
-            guard let m = try? RaftWire.decode(f.payload), m.from == peer, m.to == me else {
+            guard let m = try? RaftCodec.decodeMessage(f.payload), m.from == peer, m.to == me else {
                 logger.warning("refused a Raft message that does not come from its channel's peer", metadata: ["peer": "\(peer)"])
                 return
             }

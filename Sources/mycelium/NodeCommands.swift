@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MyceliumAgent
 import MyceliumCore
 import MyceliumIdentity
 import MyceliumTransport
@@ -34,7 +35,7 @@ struct NodeCommand: AsyncParsableCommand {
             let group = MultiThreadedEventLoopGroup.singleton
             var failures: [String] = []
             for address in invite.addresses {
-                guard let (host, port) = splitHostPort(address) else { failures.append("\(address): not host:port"); continue }
+                guard let (host, port) = splitAddress(address) else { failures.append("\(address): not host:port"); continue }
                 do {
                     let ch = try await PeerChannel.connect(
                         host: host, port: port, credentials: NodeCredentials(key: key, network: invite.networkID, credential: .invite(invite)),
@@ -123,7 +124,7 @@ struct ChannelCommand: AsyncParsableCommand {
             let h = home.resolved
             let key = try h.loadKey()
             let cert = try h.loadCertificate()
-            guard let (host, port) = splitHostPort(address) else { throw CLIError("'\(address)' is not host:port") }
+            guard let (host, port) = splitAddress(address) else { throw CLIError("'\(address)' is not host:port") }
             let group = MultiThreadedEventLoopGroup.singleton
             let t0 = DispatchTime.now().uptimeNanoseconds
             let ch = try await PeerChannel.connect(
@@ -149,12 +150,6 @@ func say(_ s: String) {
     fflush(nil)
 }
 
-func splitHostPort(_ s: String) -> (String, Int)? {
-    guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]) else { return nil }
-    var host = String(s[..<colon])
-    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    return (host, port)
-}
 
 func cliLogger() -> Logger {
     var l = Logger(label: "mycelium")

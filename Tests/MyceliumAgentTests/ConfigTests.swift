@@ -1,5 +1,4 @@
 import MyceliumCore
-import MyceliumRaft
 import XCTest
 @testable import MyceliumAgent
 
@@ -34,21 +33,5 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(message("listen = \"nohost\"").contains("not host:port"))
         XCTAssertTrue(message("heartbeat_ticks = 10\nelection_ticks = 5").contains("less than"))
         XCTAssertTrue(message("just words").contains("expected 'key = value'"))
-    }
-
-    func testRaftWireRoundTripsAndRefusesGarbage() throws {
-        let msgs: [Message] = [
-            Message(from: 1, to: 2, term: 3, kind: .preVote(lastIndex: 4, lastTerm: 5)),
-            Message(from: 1, to: 2, term: 3, kind: .append(prevIndex: 9, prevTerm: 2, entries: [Entry(term: 3, index: 10, data: [1, 2])], commit: 8)),
-            Message(from: 1, to: 2, term: 3, kind: .appendResponse(success: false, index: 9, hintIndex: 5, hintTerm: 1)),
-            Message(from: 1, to: 2, term: 3, kind: .heartbeat(commit: 8, readRound: 2)),
-            Message(from: 1, to: 2, term: 3, kind: .timeoutNow),
-        ]
-        for m in msgs { XCTAssertEqual(try RaftWire.decode(RaftWire.encode(m)), m) }
-        var rng = SeededRandom(seed: 8)
-        for _ in 0..<2000 {
-            let b = (0..<Int.random(in: 0...60, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            if let m = try? RaftWire.decode(b) { XCTAssertEqual(RaftWire.encode(m), b) }
-        }
     }
 }
