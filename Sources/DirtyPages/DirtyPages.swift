@@ -197,6 +197,7 @@ final class PageLock: @unchecked Sendable {
     // SAFETY (Sendable): the mutex is only touched through pthread calls, which are thread-safe.
     private let m: UnsafeMutablePointer<pthread_mutex_t>
     init() {
+        // SAFETY: a heap cell that never moves (pthread mutexes must not be moved), freed in deinit.
         m = .allocate(capacity: 1)
         m.initialize(to: pthread_mutex_t())
         pthread_mutex_init(m, nil)

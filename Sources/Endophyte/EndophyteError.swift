@@ -68,6 +68,7 @@ final class Lock: @unchecked Sendable {
     // SAFETY (Sendable): the mutex is only used through pthread calls.
     private let m: UnsafeMutablePointer<pthread_mutex_t>
     init() {
+        // SAFETY: a heap cell that never moves (pthread mutexes must not be moved), freed in deinit.
         m = .allocate(capacity: 1)
         m.initialize(to: pthread_mutex_t())
         pthread_mutex_init(m, nil)

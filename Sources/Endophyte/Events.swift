@@ -46,6 +46,13 @@ public struct EpochReport: Sendable, Equatable {
     public var epochSeconds: Double
     public var bytesSent: Int
     public var deviceStateBytes: Int
+    /// Where the pause went: the pause hook, the last collect, sending the last pages and the
+    /// commit, waiting for the ack (the replica applying the epoch), the resume hook. Seconds.
+    public var pauseHookSeconds: Double = 0
+    public var finalCollectSeconds: Double = 0
+    public var finalSendSeconds: Double = 0
+    public var ackWaitSeconds: Double = 0
+    public var resumeHookSeconds: Double = 0
 }
 
 public enum EndophyteEvent: Sendable, Equatable {
@@ -73,6 +80,8 @@ public struct ReplicationStatus: Sendable, Equatable {
     public var bandwidthBytesPerSecond: Double?
     public var epochs: Int = 0
     public var pagesSent: Int = 0
+    /// Of `pagesSent`, pages that were all zeros and travelled as an index only.
+    public var zeroPagesSent: Int = 0
     public var bytesSent: UInt64 = 0
     public var emergencies: Int = 0
     public var lastPauseSeconds: Double = 0

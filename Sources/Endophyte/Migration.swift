@@ -55,7 +55,7 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// Throttle curve during convergence rounds (pressure = round's dirty bytes vs. link).
     public var convergeThrottle: ThrottleCurve
 
-    public init(maxConvergeRounds: Int = 30, turboEntryBytes: Int = 64 << 20, blackoutEntryBytes: Int = 4 << 20,
+    public init(maxConvergeRounds: Int = 30, turboEntryBytes: Int = 64 << 20, blackoutEntryBytes: Int = 1 << 20,
                 maxTurboRounds: Int = 10, turboStreams: Int = 4, turboBandwidthShare: Double = 1.0,
                 rollbackIfNotConverged: Bool = false, convergeThrottle: ThrottleCurve = .standard) {
         self.maxConvergeRounds = maxConvergeRounds
@@ -171,6 +171,9 @@ public struct MigrationReport: Sendable, Equatable {
     public var turboRounds: Int
     public var bytesSent: UInt64
     public var transitions: [MigrationTransition]
+    /// False when the destination did not confirm `activate` in time. The switch still happened (the
+    /// owner record decides); the destination must then start from the record on its own.
+    public var activationConfirmed: Bool
 }
 
 /// Drives a planned migration over a connected `ReplicationSource` (whose replica is the
@@ -221,7 +224,9 @@ public enum PlannedMigration {
                 // Let the workload dirty a little between rounds rather than spinning on an empty set.
                 if n == 0 { usleep(UInt32(source.config.streamInterval * 1e6)) }
             }
-            // Phase two: blackout. The boundary pauses the source and does not resume it.
+            // Phase two: blackout. Drain what is in flight first, while the source still runs; then
+            // the boundary pauses the source and does not resume it.
+            try source.drain()
             blackoutStart = monotonicSeconds()
             _ = try source.boundary(epochStart: epochStart, streamed: streamed, streamedSendSeconds: sendSeconds, resumeAfter: false)
             sm.blackoutCommitted(at: monotonicSeconds() - t0)
@@ -257,8 +262,8 @@ public enum PlannedMigration {
         source.detach()
         let report = MigrationReport(outcome: sm.phase, totalSeconds: end - t0, blackoutSeconds: end - blackoutStart,
                                      convergeRounds: sm.convergeRounds, turboRounds: sm.turboRounds,
-                                     bytesSent: t.bytesSent - sentAtStart, transitions: sm.transitions)
-        _ = activateError  // reported through the destination's own owner-record watch
+                                     bytesSent: t.bytesSent - sentAtStart, transitions: sm.transitions,
+                                     activationConfirmed: activateError == nil)
         return report
     }
 }

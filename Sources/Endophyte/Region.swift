@@ -8,6 +8,10 @@ import DirtyPages
 import Glibc
 #endif
 
+// <unistd.h> defines these only under _GNU_SOURCE, which Swift's Glibc module does not see.
+private let seekData: Int32 = 3  // SEEK_DATA
+private let seekHole: Int32 = 4  // SEEK_HOLE
+
 public final class MappedRegion: @unchecked Sendable {
     // SAFETY (Sendable): the mapping is fixed for the object's life; synchronising access to its
     // bytes is the caller's contract (writers pause at epoch boundaries).
@@ -62,6 +66,35 @@ public final class MappedRegion: @unchecked Sendable {
     public var pageCount: Int { length / dirtyPageSize }
     public var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: length) }
     public func page(_ i: Int) -> UnsafeMutableRawPointer { base + i * dirtyPageSize }
+
+    /// Splits the pages into those backed by data and those in holes of the backing file
+    /// (SEEK_DATA/SEEK_HOLE; shmem/memfd and most file systems support it, and count swapped-out
+    /// pages as data). Without hole support everything is data.
+    public func dataAndHolePages() -> (data: [Int], holes: [Int]) {
+        var data: [Int] = [], holes: [Int] = []
+        data.reserveCapacity(pageCount)
+        var offset: off_t = 0
+        let end = off_t(length)
+        while offset < end {
+            let d = lseek(descriptor, offset, seekData)
+            let e = errno
+            if d < 0 && e != ENXIO {  // no hole support: treat the rest as data
+                data.append(contentsOf: Int(offset) / dirtyPageSize..<pageCount)
+                return (data, holes)
+            }
+            let dataStart = d < 0 ? end : min(d, end)  // ENXIO: only a hole remains
+            holes.append(contentsOf: Int(offset) / dirtyPageSize..<Int(dataStart) / dirtyPageSize)
+            if dataStart >= end { break }
+            let h = lseek(descriptor, dataStart, seekHole)
+            let dataEnd = h < 0 ? end : min(h, end)
+            // Round outwards: a partly-data page is data.
+            let first = Int(dataStart) / dirtyPageSize
+            let last = (Int(dataEnd) + dirtyPageSize - 1) / dirtyPageSize
+            data.append(contentsOf: first..<last)
+            offset = off_t(last * dirtyPageSize)
+        }
+        return (data, holes)
+    }
 
     /// True when both regions hold the same bytes.
     public func contentsEqual(_ other: MappedRegion) -> Bool {

@@ -41,18 +41,42 @@ public final class ReplicaReceiver: @unchecked Sendable {
     private var slots: [UInt32: Int] = [:]
     private var order: [UInt32] = []
     private var stagedRecords: UInt64 = 0
+    private var recentPeakPages = 0
     private var stagingEpoch: UInt64 = 0
-    /// Largest staging allocation so far (read after `serve` returns).
-    public private(set) var peakStagingBytes = 0
+    /// Largest staging allocation so far.
+    public var peakStagingBytes: Int { lock.withLock { peakShadow } }
+    private var peakShadow = 0
 
-    public init(region: MappedRegion, onEvent: @escaping @Sendable (EndophyteEvent) -> Void = { _ in }) {
+    /// `stagingReservePages` are allocated and faulted in up front, so the first epochs do not pay
+    /// for page faults inside the source's pause; size it to a typical epoch's dirty set.
+    public init(region: MappedRegion, stagingReservePages: Int = 2048,
+                onEvent: @escaping @Sendable (EndophyteEvent) -> Void = { _ in }) {
         self.region = region
         self.onEvent = onEvent
+        let reserve = min(max(0, stagingReservePages), region.pageCount)
+        if reserve > 0 {
+            growStaging(to: reserve)
+            // SAFETY: the buffer holds `stagingCapacity` pages; touching them faults them in now.
+            staging!.initializeMemory(as: UInt8.self, repeating: 0, count: stagingCapacity * dirtyPageSize)
+            recentPeakPages = reserve
+        }
     }
 
     deinit { staging?.deallocate() }
 
     public var committedEpoch: UInt64 { lock.withLock { committed } }
+
+    /// Waits until `epoch` is applied to the image. The source's ack means "the replica holds the
+    /// whole epoch"; the apply may still be running when the ack arrives.
+    @discardableResult
+    public func waitUntilApplied(_ epoch: UInt64, timeout: Double = 10) -> Bool {
+        let deadline = monotonicSeconds() + timeout
+        while committedEpoch < epoch {
+            if monotonicSeconds() > deadline { return false }
+            usleep(100)
+        }
+        return true
+    }
     public var deviceState: [UInt8] { lock.withLock { committedState } }
 
     /// Serves one authenticated source until it goes away, is activated, or breaks the protocol.
@@ -112,9 +136,15 @@ public final class ReplicaReceiver: @unchecked Sendable {
             guard c.pages == stagedRecords else {
                 throw EndophyteError(.protocolViolation(reason: "commit of epoch \(c.epoch) announces \(c.pages) pages, \(stagedRecords) arrived"))
             }
+            // Ack as soon as the whole epoch is here, then apply (Remus §3: the backup acknowledges a
+            // checkpoint once it is fully received in memory). The source resumes one apply earlier;
+            // nothing is weakened, because from this point the epoch is applied whatever the source
+            // does, and the next message is not read before the apply ends.
+            let ackError: EndophyteError?
+            do { try t.send(.ack, Wire.u64Body(c.epoch)); ackError = nil } catch { ackError = error }
             let n = apply(epoch: c.epoch, deviceState: c.deviceState)
-            try t.send(.ack, Wire.u64Body(c.epoch))
             onEvent(.replicaCommitted(epoch: c.epoch, pages: n))
+            if let ackError { throw ackError }
             return nil
         case .activate:
             let epoch: UInt64
@@ -128,6 +158,10 @@ public final class ReplicaReceiver: @unchecked Sendable {
             try t.send(.activated, Wire.u64Body(epoch))
             onEvent(.activated(epoch: epoch))
             return .activated(epoch: epoch)
+        case .sync:
+            // Messages are handled in order, so answering now means everything before is staged.
+            try t.send(.synced, [UInt8](body))
+            return nil
         case .abort:
             _ = discardStaging()
             beginStaging(epoch: committedEpoch + 1)
@@ -153,32 +187,52 @@ public final class ReplicaReceiver: @unchecked Sendable {
     }
 
     private func stage(_ body: UnsafeRawBufferPointer) throws(EndophyteError) {
-        guard body.count >= 12 else { throw EndophyteError(.decode(DecodeError(.truncated(needed: 12, available: body.count), at: 0))) }
+        let fixed = Wire.pagesHeaderFixedBytes
+        guard body.count >= fixed else { throw EndophyteError(.decode(DecodeError(.truncated(needed: fixed, available: body.count), at: 0))) }
         let epoch = body.loadUnaligned(as: UInt64.self).bigEndian
         let count = Int(body.loadUnaligned(fromByteOffset: 8, as: UInt32.self).bigEndian)
+        let zeroCount = Int(body.loadUnaligned(fromByteOffset: 12, as: UInt32.self).bigEndian)
         guard epoch == stagingEpoch else {
             throw EndophyteError(.protocolViolation(reason: "pages for epoch \(epoch) while epoch \(stagingEpoch) is open"))
         }
-        let dataOffset = 12 + 4 * count
-        guard count <= Wire.pagesPerMessage * 64, body.count == dataOffset + count * dirtyPageSize else {
-            throw EndophyteError(.decode(DecodeError(.invalid(field: "pages", reason: "\(count) pages need \(dataOffset + count * dirtyPageSize) bytes, message has \(body.count)"), at: 8)))
+        let dataCount = count - zeroCount
+        let dataOffset = fixed + 4 * count
+        guard count <= Wire.pagesPerMessage * 64, zeroCount <= count, body.count == dataOffset + dataCount * dirtyPageSize else {
+            throw EndophyteError(.decode(DecodeError(.invalid(field: "pages", reason: "\(count) pages (\(zeroCount) zero) need \(dataOffset + max(0, dataCount) * dirtyPageSize) bytes, message has \(body.count)"), at: 8)))
         }
+        // Before the first commit the image holds no epoch at all, so there is nothing to protect:
+        // the first full copy goes straight into the image instead of doubling memory in staging.
+        // (Until it commits, `committedEpoch` stays 0 and the image means nothing.)
+        let direct = stagingEpoch == 1 && committedEpoch == 0
         for i in 0..<count {
-            let page = body.loadUnaligned(fromByteOffset: 12 + 4 * i, as: UInt32.self).bigEndian
+            let page = body.loadUnaligned(fromByteOffset: fixed + 4 * i, as: UInt32.self).bigEndian
             guard Int(page) < region.pageCount else {
                 throw EndophyteError(.protocolViolation(reason: "page \(page) outside the \(region.pageCount)-page region"))
             }
-            let slot: Int
-            if let s = slots[page] {
-                slot = s  // sent again in the same epoch: the newer copy wins
+            let isZero = i >= dataCount
+            let dst: UnsafeMutableRawPointer
+            if direct {
+                dst = region.page(Int(page))
             } else {
-                slot = slots.count
-                growStaging(to: slot + 1)
-                slots[page] = slot
-                order.append(page)
+                let slot: Int
+                if let s = slots[page] {
+                    slot = s  // sent again in the same epoch: the newer copy wins
+                } else {
+                    slot = slots.count
+                    growStaging(to: slot + 1)
+                    slots[page] = slot
+                    order.append(page)
+                }
+                // SAFETY: slot < stagingCapacity (grown above).
+                dst = staging! + slot * dirtyPageSize
             }
-            // SAFETY: slot < stagingCapacity (grown above); the source range is inside `body` (checked).
-            (staging! + slot * dirtyPageSize).copyMemory(from: body.baseAddress! + dataOffset + i * dirtyPageSize, byteCount: dirtyPageSize)
+            if isZero {
+                // SAFETY: dst is one page inside the image or the staging buffer.
+                dst.initializeMemory(as: UInt8.self, repeating: 0, count: dirtyPageSize)
+            } else {
+                // SAFETY: page < region.pageCount (checked); the source range is inside `body` (checked).
+                dst.copyMemory(from: body.baseAddress! + dataOffset + i * dirtyPageSize, byteCount: dirtyPageSize)
+            }
         }
         stagedRecords += UInt64(count)
     }
@@ -186,6 +240,7 @@ public final class ReplicaReceiver: @unchecked Sendable {
     private func growStaging(to pages: Int) {
         if pages <= stagingCapacity { return }
         let newCap = max(pages, max(256, stagingCapacity * 2))
+        // SAFETY: a fresh block of newCap pages; the old one holds slots.count valid pages, all copied.
         let n = UnsafeMutableRawPointer.allocate(byteCount: newCap * dirtyPageSize, alignment: dirtyPageSize)
         if let old = staging {
             n.copyMemory(from: old, byteCount: slots.count * dirtyPageSize)
@@ -193,7 +248,8 @@ public final class ReplicaReceiver: @unchecked Sendable {
         }
         staging = n
         stagingCapacity = newCap
-        peakStagingBytes = max(peakStagingBytes, newCap * dirtyPageSize)
+        let b = newCap * dirtyPageSize
+        lock.withLock { peakShadow = max(peakShadow, b) }
         publishStagingBytes()
     }
 
@@ -210,8 +266,10 @@ public final class ReplicaReceiver: @unchecked Sendable {
             committedState = deviceState
         }
         beginStaging(epoch: epoch + 1)
-        // Keep at most twice the last epoch's need, so one huge epoch does not pin memory forever.
-        if stagingCapacity > 4 * max(n, 256) {
+        // Keep the buffer across epochs (regrowing it means fresh page faults inside the next epoch),
+        // but let one huge epoch (a resync) go once recent epochs are much smaller.
+        recentPeakPages = max(n, recentPeakPages * 15 / 16)
+        if stagingCapacity > 4 * max(recentPeakPages, 256) {
             staging?.deallocate()
             staging = nil
             stagingCapacity = 0

@@ -134,9 +134,14 @@ public final class ReplicationSource: @unchecked Sendable {
         do { try tracker.rearm() } catch { throw EndophyteError(.dirtyPages(error)) }
         let epochStart = monotonicSeconds()
         var sendSeconds = 0.0
-        let all = Array(0..<region.pageCount)
-        try sendPages(all[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
-        let report = try boundary(epochStart: epochStart, streamed: all.count, streamedSendSeconds: sendSeconds, resumeAfter: true)
+        // Holes of the backing file (never-written guest RAM) are zeros: send them as indexes without
+        // reading them, which would fault in (allocate) every page. A hole filled after the lseek was
+        // written after arming, so it is dirty and goes out at the boundary.
+        let (data, holes) = region.dataAndHolePages()
+        try sendPages(data[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
+        try sendPages(holes[...], epoch: nextEpoch, sendSeconds: &sendSeconds, knownZero: true)
+        let report = try boundary(epochStart: epochStart, streamed: data.count + holes.count, streamedSendSeconds: sendSeconds,
+                                  resumeAfter: true, fullCopy: true)
         emergencyActive = false
         updateStatus { $0.state = .protected }
         onEvent(.protectionRestored(epoch: report.epoch))
@@ -186,58 +191,97 @@ public final class ReplicationSource: @unchecked Sendable {
             let nap = min(config.streamInterval - (monotonicSeconds() - sliceStart), left)
             if nap > 0 { usleep(UInt32(nap * 1e6)) }
         }
+        if streamed > 0 { try drain() }
         return try boundary(epochStart: epochStart, streamed: streamed, streamedSendSeconds: sendSeconds, resumeAfter: true)
     }
 
+    /// Waits, with the source still running, until the replica has staged everything in flight. The
+    /// pause then only covers the last dirty set, not a backlog sitting in socket buffers.
+    func drain() throws(EndophyteError) {
+        guard let t = transport else { throw EndophyteError(.invalidState("no replica connected")) }
+        syncToken &+= 1
+        try t.send(.sync, Wire.u64Body(syncToken))
+        let echo = try Wire.decodeU64(try t.expect(.synced, timeout: config.ackTimeout), field: "sync token")
+        guard echo == syncToken else { throw EndophyteError(.protocolViolation(reason: "sync token \(echo), expected \(syncToken)")) }
+    }
+    private var syncToken: UInt64 = 0
+
     /// Collects the dirty set (re-arming it) and streams it. Returns the number of pages sent.
     func streamDirty(sendSeconds: inout Double) throws(EndophyteError) -> Int {
+        var ignored = 0.0
+        return try streamDirty(sendSeconds: &sendSeconds, collectSeconds: &ignored)
+    }
+
+    func streamDirty(sendSeconds: inout Double, collectSeconds: inout Double) throws(EndophyteError) -> Int {
         let n: Int
+        let c0 = monotonicSeconds()
         do { n = try tracker.collect(into: &bitmap) } catch { throw EndophyteError(.dirtyPages(error)) }
+        collectSeconds += monotonicSeconds() - c0
         if n == 0 { return 0 }
         let pages = bitmap.pages
         try sendPages(pages[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
         return pages.count
     }
 
-    func sendPages(_ pages: ArraySlice<Int>, epoch: UInt64, sendSeconds: inout Double) throws(EndophyteError) {
+    func sendPages(_ pages: ArraySlice<Int>, epoch: UInt64, sendSeconds: inout Double, knownZero: Bool = false) throws(EndophyteError) {
         guard let t = transport else { throw EndophyteError(.invalidState("no replica connected")) }
         var i = pages.startIndex
         let start = monotonicSeconds()
         var buffers: [UnsafeRawBufferPointer] = []
+        var dataPages: [Int] = [], zeroPages: [Int] = []
         buffers.reserveCapacity(Wire.pagesPerMessage)
+        var zeros = 0
         while i < pages.endIndex {
             let j = min(i + Wire.pagesPerMessage, pages.endIndex)
-            let batch = pages[i..<j]
             buffers.removeAll(keepingCapacity: true)
-            for p in batch {
+            dataPages.removeAll(keepingCapacity: true)
+            zeroPages.removeAll(keepingCapacity: true)
+            for p in pages[i..<j] {
                 // SAFETY: p < region.pageCount (a tracker page index), so the page lies inside the mapping.
-                buffers.append(UnsafeRawBufferPointer(start: region.page(p), count: dirtyPageSize))
+                let page = UnsafeRawBufferPointer(start: region.page(p), count: dirtyPageSize)
+                // A page that changes after this check was collected (re-armed) before it, so it is
+                // dirty again and sent again: a stale "zero" can never reach a committed epoch.
+                if knownZero || isZeroPage(page.baseAddress!) {
+                    zeroPages.append(p)
+                } else {
+                    dataPages.append(p)
+                    buffers.append(page)
+                }
             }
-            try t.send(.pages, header: Wire.pagesHeader(epoch: epoch, pages: batch), pages: buffers)
+            zeros += zeroPages.count
+            try t.send(.pages, header: Wire.pagesHeader(epoch: epoch, dataPages: dataPages, zeroPages: zeroPages), pages: buffers)
             i = j
         }
         sendSeconds += monotonicSeconds() - start
         updateStatus {
             $0.pagesSent += pages.count
+            $0.zeroPagesSent += zeros
             $0.bytesSent = t.bytesSent
         }
     }
 
     /// The epoch boundary: pause, last dirty set, device state, commit, ack, and (unless a planned
     /// migration keeps the source stopped) resume.
-    func boundary(epochStart: Double, streamed: Int, streamedSendSeconds: Double, resumeAfter: Bool) throws(EndophyteError) -> EpochReport {
+    func boundary(epochStart: Double, streamed: Int, streamedSendSeconds: Double, resumeAfter: Bool,
+                  fullCopy: Bool = false) throws(EndophyteError) -> EpochReport {
         guard let t = transport else { throw EndophyteError(.invalidState("no replica connected")) }
         let pauseStart = monotonicSeconds()
         try pauseSource()
+        let pausedAt = monotonicSeconds()
         var sendSeconds = streamedSendSeconds
-        let last = try streamDirty(sendSeconds: &sendSeconds)
+        var finalSend = 0.0
+        var collectSeconds = 0.0
+        let last = try streamDirty(sendSeconds: &finalSend, collectSeconds: &collectSeconds)
+        sendSeconds += finalSend
         let state: [UInt8]
         do { state = try hooks.deviceState() } catch { throw EndophyteError(.hookFailed(hook: "device state", reason: "\(error)")) }
         let epoch = nextEpoch
         let commitStart = monotonicSeconds()
         try t.send(.commit, Wire.commitBody(epoch: epoch, pagesInEpoch: UInt64(streamed + last), deviceState: state))
+        let ackStart = monotonicSeconds()
         let ack = try t.expect(.ack, timeout: config.ackTimeout)
-        sendSeconds += monotonicSeconds() - commitStart
+        let ackEnd = monotonicSeconds()
+        sendSeconds += ackEnd - commitStart
         let acked = try Wire.decodeU64(ack, field: "ack epoch")
         guard acked == epoch else { throw EndophyteError(.protocolViolation(reason: "ack for epoch \(acked), expected \(epoch)")) }
         // The checkpoint holds the state at `pauseStart`: that is the instant a crash now falls back to.
@@ -246,11 +290,23 @@ public final class ReplicationSource: @unchecked Sendable {
         if resumeAfter { try resumeSource() }
         let end = monotonicSeconds()
         let bytes = (streamed + last) * dirtyPageSize
-        let report = EpochReport(epoch: epoch, pagesStreamed: streamed, pagesAtPause: last,
-                                 pauseSeconds: (resumeAfter ? end : monotonicSeconds()) - pauseStart,
+        var report = EpochReport(epoch: epoch, pagesStreamed: streamed, pagesAtPause: last,
+                                 pauseSeconds: end - pauseStart,
                                  epochSeconds: end - epochStart, bytesSent: bytes, deviceStateBytes: state.count)
+        report.pauseHookSeconds = pausedAt - pauseStart
+        report.finalCollectSeconds = collectSeconds
+        report.finalSendSeconds = finalSend + (ackStart - commitStart)
+        report.ackWaitSeconds = ackEnd - ackStart
+        report.resumeHookSeconds = resumeAfter ? end - ackEnd : 0
         let oldLevel = throttleController.level
-        let level = throttleController.observe(bytes: bytes, sendSeconds: sendSeconds, interval: config.epochInterval)
+        // A full copy measures the link but says nothing about the dirty rate: it must not throttle.
+        let level: Double
+        if fullCopy {
+            throttleController.observeBandwidth(bytes: bytes, sendSeconds: sendSeconds)
+            level = oldLevel
+        } else {
+            level = throttleController.observe(bytes: bytes, sendSeconds: sendSeconds, interval: config.epochInterval)
+        }
         if abs(level - oldLevel) >= 0.01 {
             hooks.throttle(level)
             onEvent(.throttleChanged(level: level, pressure: throttleController.pressure))
@@ -346,4 +402,19 @@ public final class ReplicationSource: @unchecked Sendable {
 func fmtSeconds(_ s: Double) -> String {
     let ms = (s * 1000).rounded()
     return ms < 10_000 ? "\(Int(ms)) ms" : "\(Int(s.rounded())) s"
+}
+
+/// A zeroed page to compare against (memcmp is vectorised in libc).
+// SAFETY (concurrency): written once during lazy initialisation, read-only afterwards.
+nonisolated(unsafe) private let zeroPage: UnsafeMutableRawPointer = {
+    // SAFETY: allocated once, zero-filled, never written or freed.
+    let p = UnsafeMutableRawPointer.allocate(byteCount: dirtyPageSize, alignment: dirtyPageSize)
+    p.initializeMemory(as: UInt8.self, repeating: 0, count: dirtyPageSize)
+    return p
+}()
+
+@inline(__always) func isZeroPage(_ p: UnsafeRawPointer) -> Bool {
+    // Fast reject on the first word: most data pages are not zero at their start.
+    if p.load(as: UInt64.self) != 0 { return false }
+    return memcmp(p, zeroPage, dirtyPageSize) == 0
 }

@@ -59,15 +59,20 @@ public struct ThrottleController: Sendable, Equatable {
 
     public init(curve: ThrottleCurve) { self.curve = curve }
 
+    /// Updates only the link estimate (for transfers that say nothing about the dirty rate, such as
+    /// the first full copy).
+    public mutating func observeBandwidth(bytes: Int, sendSeconds: Double) {
+        // Only batches big enough to measure the link update the estimate; tiny epochs are
+        // latency-bound and would make the link look slow.
+        guard bytes >= 1 << 20, sendSeconds > 0 else { return }
+        let sample = Double(bytes) / sendSeconds
+        bandwidth = bandwidth.map { $0 * (1 - smoothing) + sample * smoothing } ?? sample
+    }
+
     /// Feeds one epoch: `bytes` of dirty pages took `sendSeconds` of link time, in an epoch of
     /// `interval` seconds. Returns the new level (the caller applies it through its hook).
     public mutating func observe(bytes: Int, sendSeconds: Double, interval: Double) -> Double {
-        if bytes >= 1 << 20, sendSeconds > 0 {
-            // Only batches big enough to measure the link update the estimate; tiny epochs are
-            // latency-bound and would make the link look slow.
-            let sample = Double(bytes) / sendSeconds
-            bandwidth = bandwidth.map { $0 * (1 - smoothing) + sample * smoothing } ?? sample
-        }
+        observeBandwidth(bytes: bytes, sendSeconds: sendSeconds)
         guard let bw = bandwidth, bw > 0, interval > 0 else {
             pressure = 0
             level = 0

@@ -68,11 +68,16 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
     private var currentTimeout: Double? = -1
     public private(set) var peerKey: PublicKey
     public let maxMessageBytes: Int
+    /// Until the peer has proven its key, messages are limited to a hello's size, so an
+    /// unauthenticated connection cannot make us allocate `maxMessageBytes`.
+    private var authenticated = false
+    static let handshakeMessageLimit = 512
 
     init(fd: Int32, maxMessageBytes: Int = Wire.maxBody) {
         self.fd = fd
         self.maxMessageBytes = maxMessageBytes
         rcap = 1 << 20
+        // SAFETY: owned by this transport, only used by the (single) receiving thread, freed in deinit.
         rbuf = .allocate(byteCount: rcap, alignment: 4096)
         // Placeholder until the handshake proves the real key; never exposed before that.
         peerKey = try! PublicKey(bytes: [UInt8](repeating: 0, count: 32))
@@ -218,6 +223,7 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
             throw EndophyteError(.authenticationFailed(reason: "\(peer) did not prove it holds its key (bad signature)"))
         }
         peerKey = peer
+        authenticated = true
     }
 
     // MARK: I/O
@@ -295,6 +301,7 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
     private func readExact(_ dst: UnsafeMutableRawPointer, _ count: Int) throws(EndophyteError) {
         var got = 0
         while got < count {
+            // SAFETY: callers pass a buffer of at least `count` bytes; we write only [got, count).
             let n = Glibc.recv(fd, dst + got, count - got, Int32(MSG_NOSIGNAL))
             if n > 0 { got += n; continue }
             if n == 0 { throw EndophyteError(.peerClosed) }
@@ -310,10 +317,12 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
         if isClosed { throw EndophyteError(.peerClosed) }
         setReceiveTimeout(timeout)
         var head = (UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0))
+        // SAFETY: the tuple is 6 contiguous bytes, exactly what readExact fills.
         try withUnsafeMutableBytes(of: &head) { (h) throws(EndophyteError) in try readExact(h.baseAddress!, 6) }
         let length = Int(head.0) << 24 | Int(head.1) << 16 | Int(head.2) << 8 | Int(head.3)
-        guard length >= 2, length <= maxMessageBytes else {
-            throw EndophyteError(.decode(DecodeError(.tooLong(field: "frame", length: length, limit: maxMessageBytes), at: 0)))
+        let limit = authenticated ? maxMessageBytes : TCPReplicationTransport.handshakeMessageLimit
+        guard length >= 2, length <= limit else {
+            throw EndophyteError(.decode(DecodeError(.tooLong(field: "frame", length: length, limit: limit), at: 0)))
         }
         guard head.4 == Frame.version else {
             throw EndophyteError(.decode(DecodeError(.unknownVersion(field: "frame version", value: UInt64(head.4)), at: 4)))
@@ -323,6 +332,7 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
         }
         let n = length - 2
         if n > rcap {
+            // SAFETY: no body view outlives a receive call, so the old buffer has no users left.
             rbuf.deallocate()
             rcap = max(n, rcap * 2)
             rbuf = .allocate(byteCount: rcap, alignment: 4096)
@@ -360,6 +370,7 @@ public final class ReplicationListener: @unchecked Sendable {
         }
         var bound = sockaddr_storage()
         var blen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        // SAFETY: getsockname writes at most `blen` bytes, the size of the storage we own.
         _ = withUnsafeMutablePointer(to: &bound) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &blen) }
         }

@@ -7,8 +7,10 @@
 //   hello / proof  <------------->  hello / proof      Ed25519 challenge-response, both ways
 //   setup(region bytes, epoch)  -->                    replica checks size, answers ready
 //                               <--  ready(committed epoch)
-//   pages(epoch, idx[], data)   -->  staged            while the source runs
+//   pages(epoch, idx[], data)   -->  staged            while the source runs (all-zero pages: index only)
 //   ...                                                at the boundary, source paused:
+//   sync                        -->                    drain: the source still runs while the
+//                               <--  synced            replica works off what is in flight
 //   pages(epoch, last dirty)    -->  staged
 //   commit(epoch, n, device)    -->  applied atomically (all staged pages, then the epoch number)
 //                               <--  ack(epoch)        source resumes
@@ -29,6 +31,9 @@ public enum MessageType: UInt8, Sendable {
     case activate = 15
     case activated = 16
     case abort = 17
+    /// Round trip that returns once the replica has staged everything sent before it.
+    case sync = 18
+    case synced = 19
 }
 
 enum Wire {
@@ -78,14 +83,21 @@ enum Wire {
         return b.reduce(0) { $0 << 8 | UInt64($1) }
     }
 
-    /// `pages` header: u64 epoch | u32 count | count × u32 page index. The page bytes follow.
-    static func pagesHeader(epoch: UInt64, pages: ArraySlice<Int>) -> [UInt8] {
-        var w = ByteWriter(capacity: 12 + 4 * pages.count)
+    /// `pages` header: u64 epoch | u32 count | u32 zero count | count × u32 page index. The first
+    /// `count − zero count` indexes are followed by their bytes, in order; the rest are pages that were
+    /// all zeros when read, sent without data (QEMU's zero-page elision, migration/ram.c
+    /// save_zero_page: fresh guest RAM is mostly zeros).
+    static func pagesHeader(epoch: UInt64, dataPages: [Int], zeroPages: [Int]) -> [UInt8] {
+        var w = ByteWriter(capacity: 16 + 4 * (dataPages.count + zeroPages.count))
         w.u64(epoch)
-        w.u32(UInt32(pages.count))
-        for p in pages { w.u32(UInt32(p)) }
+        w.u32(UInt32(dataPages.count + zeroPages.count))
+        w.u32(UInt32(zeroPages.count))
+        for p in dataPages { w.u32(UInt32(p)) }
+        for p in zeroPages { w.u32(UInt32(p)) }
         return w.bytes
     }
+
+    static let pagesHeaderFixedBytes = 16
 
     /// `commit`: u64 epoch | u64 pages sent in this epoch | u32 CRC-32C of the device state | blob.
     static func commitBody(epoch: UInt64, pagesInEpoch: UInt64, deviceState: [UInt8]) -> [UInt8] {

@@ -136,7 +136,12 @@ final class ReplicationTests: XCTestCase {
         try source.connect(t)
         for _ in 0..<8 { try source.checkpoint() }
         work.finish()
+        // Pages that become all zeros travel as an index only; the replica must zero them.
+        memset(src.page(10), 0, 10 * dirtyPageSize)
+        let zerosBefore = source.status.zeroPagesSent
         let last = try source.checkpoint()
+        XCTAssertGreaterThanOrEqual(source.status.zeroPagesSent - zerosBefore, 10)
+        XCTAssertTrue(replica.waitUntilApplied(last.epoch))
         XCTAssertEqual(replica.committedEpoch, last.epoch)
         XCTAssertEqual(source.status.committedEpoch, last.epoch)
         XCTAssertEqual(source.status.state, .protected)
@@ -290,6 +295,7 @@ final class ReplicationTests: XCTestCase {
         let report = try PlannedMigration.run(source: source, policy: MigrationPolicy(maxConvergeRounds: 5, turboEntryBytes: 2 << 20, blackoutEntryBytes: 256 << 10, maxTurboRounds: 3),
                                               hooks: MigrationHooks(recordOwner: { owner.set("destination") }))
         XCTAssertEqual(report.outcome, .switched)
+        XCTAssertTrue(report.activationConfirmed)
         XCTAssertEqual(report.transitions.first?.to, .converging)
         XCTAssertEqual(Array(report.transitions.map(\.to).suffix(3)), [.blackout, .switching, .switched])
         XCTAssertEqual(bg.join(), .activated(epoch: replica.committedEpoch))
@@ -324,7 +330,7 @@ final class ReplicationTests: XCTestCase {
         // Replication carries on after the rollback.
         try source.checkpoint()
         work.finish()
-        try source.checkpoint()
+        XCTAssertTrue(replica.waitUntilApplied(try source.checkpoint().epoch))
         XCTAssertTrue(src.contentsEqual(dst))
         source.detach()
         guard case .sourceGone = bg.join() else { return XCTFail() }
@@ -386,5 +392,163 @@ final class ReplicaKiller: ReplicationTransport, @unchecked Sendable {
     }
     func receive<R>(timeout: Double?, _ body: (MessageType, UnsafeRawBufferPointer) throws(EndophyteError) -> R) throws(EndophyteError) -> R {
         try inner.receive(timeout: timeout, body)
+    }
+}
+
+final class ThrottleHookTests: XCTestCase {
+    /// The level computed from the configured curve reaches the caller's hook and the status.
+    func testThrottleHookFollowsConfiguredCurve() throws {
+        let src = try MappedRegion(memfdNamed: "endo-src", length: 1024 * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-dst", length: 1024 * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        let pair = try Pair()
+        let (t, bg) = try pair.connect { r in replica.serve(r) }
+        let levels = Levels()
+        let log = EventLog()
+        // A step curve that throttles by half at any pressure. The full copy (4 MiB) measures the link
+        // but must not throttle; the next epoch, with dirty pages, must.
+        let hooks = SourceHooks(pause: {}, resume: {}, throttle: { levels.append($0) })
+        let source = try ReplicationSource(region: src, tracker: try DirtyTracker.uffd(region: src.buffer),
+                                           config: ReplicationConfig(throttle: .step([ThrottleStep(pressure: 0.000_001, level: 0.5)])),
+                                           hooks: hooks, onEvent: log.sink)
+        try source.connect(t)
+        XCTAssertEqual(levels.values, [], "the full copy is not a dirty rate")
+        XCTAssertNotNil(source.status.bandwidthBytesPerSecond)
+        for p in stride(from: 0, to: 1024, by: 4) { src.page(p).storeBytes(of: 1, as: UInt8.self) }
+        try source.checkpoint()
+        XCTAssertEqual(levels.values, [0.5])
+        XCTAssertEqual(source.status.throttleLevel, 0.5)
+        XCTAssertNotNil(source.status.bandwidthBytesPerSecond)
+        XCTAssertTrue(log.events.contains { if case .throttleChanged(0.5, _) = $0 { return true }; return false })
+        source.detach()
+        _ = bg.join()
+    }
+}
+
+final class Levels: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: [Double] = []
+    func append(_ x: Double) { lock.lock(); v.append(x); lock.unlock() }
+    var values: [Double] { lock.lock(); defer { lock.unlock() }; return v }
+}
+
+final class ProcessControlTests: XCTestCase {
+    /// Pause/resume and the duty-cycle throttle act on a real process (a forked writer).
+    func testPauseResumeAndDutyCycleOnARealProcess() throws {
+        let shared = try MappedRegion(memfdNamed: "endo-proc", length: 16 * dirtyPageSize)
+        let child = try ForkedWriter(sharedRegion: shared.buffer, register: false)
+        defer { child.stop() }
+        let control = ProcessControl(pid: child.pid, period: 0.01)
+        try control.pause()
+        XCTAssertEqual(control.processState(), UInt8(ascii: "T"))
+        try control.resume()
+        // Running again: it answers a command.
+        try child.writePages([3])
+        XCTAssertEqual(shared.page(3).load(as: UInt64.self), 1)
+        // Throttled: the process is seen stopped at some point, and still makes progress.
+        control.setThrottle(0.9)
+        var sawStopped = false
+        for _ in 0..<2000 where !sawStopped {
+            sawStopped = control.processState() == UInt8(ascii: "T")
+            usleep(100)
+        }
+        XCTAssertTrue(sawStopped)
+        try child.writePages([4])
+        XCTAssertEqual(shared.page(4).load(as: UInt64.self), 1)
+        control.setThrottle(0)
+        usleep(50_000)
+        // Unthrottled, a checkpoint pause still wins over the (now idle) duty cycle.
+        try control.pause()
+        usleep(30_000)
+        XCTAssertEqual(control.processState(), UInt8(ascii: "T"))
+        try control.resume()
+    }
+}
+
+final class RegionTests: XCTestCase {
+    func testHolesOfTheBackingFileAreFoundWithoutReadingThem() throws {
+        let r = try MappedRegion(memfdNamed: "endo-holes", length: 256 * dirtyPageSize)
+        XCTAssertEqual(r.dataAndHolePages().data, [])
+        r.page(3).storeBytes(of: 7, as: UInt8.self)
+        r.page(100).storeBytes(of: 7, toByteOffset: 4095, as: UInt8.self)
+        let (data, holes) = r.dataAndHolePages()
+        XCTAssertEqual(data, [3, 100])
+        XCTAssertEqual(holes.count, 254)
+        XCTAssertEqual(Set(data).union(holes), Set(0..<256))
+    }
+}
+
+final class HostileInputTests: XCTestCase {
+    /// Before the handshake, a peer announcing a huge frame is refused without allocating it; a peer
+    /// speaking garbage gets an authentication error, and the listener keeps working.
+    func testUnauthenticatedPeerCannotMakeTheReplicaAllocateOrPass() throws {
+        let listener = try ReplicationListener()
+        let replicaKey = SigningKey()
+        let results = Background<[String]> {
+            var out: [String] = []
+            for _ in 0..<2 {
+                do { _ = try listener.accept(identity: replicaKey, timeout: 2, authorize: { _ in true }); out.append("accepted") } catch {
+                    out.append("\(error)")
+                }
+            }
+            return out
+        }
+        for payload in [[0x7F, 0xFF, 0xFF, 0xFF, 1, 1] as [UInt8], Array("GET / HTTP/1.1\r\n\r\n".utf8)] {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = listener.port.bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            XCTAssertEqual(rc, 0)
+            _ = payload.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            usleep(100_000)
+            close(fd)
+        }
+        let r = results.join()
+        XCTAssertEqual(r.count, 2)
+        XCTAssertTrue(r[0].contains("over its limit of 512"), r[0])
+        XCTAssertFalse(r[1] == "accepted", r[1])
+    }
+}
+
+final class CgroupThrottleTests: XCTestCase {
+    func testQuotaFollowsLevel() {
+        let c = CgroupCPUThrottle(directory: "/nonexistent", cpus: 2, periodMicroseconds: 100_000)
+        XCTAssertNil(c.quota(forLevel: 0))
+        XCTAssertEqual(c.quota(forLevel: 0.5), 100_000)
+        XCTAssertEqual(c.quota(forLevel: 0.75), 50_000)
+        XCTAssertEqual(c.quota(forLevel: 1), 2000)
+        XCTAssertThrowsError(try c.apply(level: 0.5))
+    }
+
+    /// On a real cgroup (v1 cpu controller or v2) with a real process in it.
+    func testAppliesToARealCgroup() throws {
+        let base = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"].first {
+            access($0 + "/cpu.cfs_quota_us", F_OK) == 0 || access($0 + "/cgroup.controllers", F_OK) == 0 && access($0 + "/cpu.max", F_OK) == 0
+        }
+        guard let base else { throw XCTSkip("no writable cpu cgroup controller here") }
+        let dir = base + "/mdp-test-\(getpid())"
+        guard mkdir(dir, 0o755) == 0 else { throw XCTSkip("cannot create \(dir): errno \(errno)") }
+        let shared = try MappedRegion(memfdNamed: "endo-cg", length: 4 * dirtyPageSize)
+        let child = try ForkedWriter(sharedRegion: shared.buffer, register: false)
+        defer {
+            // Move the child back out, stop it, remove the group.
+            if let f = fopen(base + "/cgroup.procs", "w") { fputs("\(child.pid)", f); fclose(f) }
+            child.stop()
+            rmdir(dir)
+        }
+        guard let f = fopen(dir + "/cgroup.procs", "w") else { throw XCTSkip("cannot move a process into \(dir)") }
+        fputs("\(child.pid)", f)
+        fclose(f)
+        let c = CgroupCPUThrottle(directory: dir, cpus: 1, periodMicroseconds: 50_000)
+        try c.apply(level: 0.6)
+        let v2 = access(dir + "/cpu.max", F_OK) == 0
+        let read = { (file: String) in (try? String(contentsOfFile: dir + "/" + file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) }
+        if v2 { XCTAssertEqual(read("cpu.max"), "20000 50000") } else { XCTAssertEqual(read("cpu.cfs_quota_us"), "20000") }
+        try child.writePages([1])  // still runs, slower
+        XCTAssertEqual(shared.page(1).load(as: UInt64.self), 1)
+        try c.apply(level: 0)
+        if v2 { XCTAssertEqual(read("cpu.max"), "max 50000") } else { XCTAssertEqual(read("cpu.cfs_quota_us"), "-1") }
     }
 }

@@ -5,7 +5,7 @@ import MyceliumCore
 import MyceliumIdentity
 import Synchronization
 
-/// `mycelium-bench ram [--size-mib N] [--seconds S] [--dirty-rate PAGES_PER_S] [--pattern random|sequential|hot]
+/// `mycelium-bench ram [--size-mib N] [--seconds S] [--dirty-rate PAGES_PER_S] [--pattern random|sequential|hot10|hot1|hot0.1]
 ///                     [--engines uffd,remote,kvm,hash] [--hash-threads N] [--qemu]`
 ///
 /// Reports, for one region size, in one run:
@@ -117,17 +117,38 @@ func runRAMBench(_ args: [String]) async throws {
     }
 
     // MARK: workload slowdown
-    print("\nworkload slowdown (unthrottled writer, 8-byte writes to \(pattern.rawValue) pages; collector every 50 ms)")
     if sections.contains("slowdown") {
-    let baseOps = try measureOps(region: region, pattern: pattern, seconds: seconds, tracker: nil)
-    print("  no tracking                 \(fmt(baseOps / 1e6, 2)) M writes/s")
-    for e in ["uffd", "hash"] where engines.contains(e) {
-        let t = e == "uffd" ? try DirtyTracker.uffd(region: region.buffer)
-                            : try DirtyTracker.hash(region: UnsafeRawBufferPointer(region.buffer), threads: hashThreads)
-        let ops = try measureOps(region: region, pattern: pattern, seconds: seconds, tracker: t)
-        print("  \(t.engine.rawValue.padding(toLength: 26, withPad: " ", startingAt: 0))  \(fmt(ops / 1e6, 2)) M writes/s  (slowdown \(fmt((1 - ops / baseOps) * 100, 1))%)")
-        t.stop()
-    }
+        print("\nworkload slowdown (unthrottled writer, 8-byte writes; collector every 50 ms on another thread)")
+        for pat in [BenchPattern.random, .sequential, .hot10, .hot1, .hot01] {
+            let baseOps = try measureOps(region: region, pattern: pat, seconds: seconds, tracker: nil)
+            var line = "  \(pat.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) none \(fmt(baseOps / 1e6, 2)) M/s"
+            for e in ["uffd", "hash"] where engines.contains(e) {
+                let t = e == "uffd" ? try DirtyTracker.uffd(region: region.buffer)
+                                    : try DirtyTracker.hash(region: UnsafeRawBufferPointer(region.buffer), threads: hashThreads)
+                let ops = try measureOps(region: region, pattern: pat, seconds: seconds, tracker: t)
+                line += " | \(t.engine.rawValue) \(fmt(ops / 1e6, 2)) M/s (\(fmt((1 - ops / baseOps) * 100, 1))% slower)"
+                t.stop()
+            }
+            print(line)
+        }
+        print("  (random/sequential over the whole region and hot10 = 10% of it: every page is rewritten each 50 ms, so")
+        print("   nearly every write is a first write since the last collect, the uffd worst case; hot1/hot0.1 = 1%/0.1%)")
+        if engines.contains("uffd") {
+            // The cost model behind those numbers: one async write-protect fault per page per epoch.
+            let t = try DirtyTracker.uffd(region: region.buffer)
+            let n = min(pages, 65536)
+            let t0 = now()
+            for p in 0..<n { region.page(p).storeBytes(of: UInt8(truncatingIfNeeded: p), as: UInt8.self) }
+            let perFault = (now() - t0) / Double(n)
+            t.stop()
+            // Unregistering drops shmem PTEs, so the first pass after it takes minor faults: warm up.
+            for p in 0..<n { region.page(p).storeBytes(of: UInt8(truncatingIfNeeded: p + 1), as: UInt8.self) }
+            let t1 = now()
+            for p in 0..<n { region.page(p).storeBytes(of: UInt8(truncatingIfNeeded: p + 2), as: UInt8.self) }
+            let perWrite = (now() - t1) / Double(n)
+            print("  uffd first write to a protected page: \(fmt(perFault * 1e6, 2)) us (untracked page write \(fmt(perWrite * 1e6, 3)) us);")
+            print("    overhead ≈ distinct pages dirtied per second × \(fmt(perFault * 1e6, 2)) us: 5% of one core at \(Int(0.05 / perFault)) pages/s")
+        }
     }
 
     // MARK: replication
@@ -164,6 +185,28 @@ func runRAMBench(_ args: [String]) async throws {
         source.tracker.stop()
         done.wait()
     }
+    if sections.contains("copy") {
+        // A fresh guest's RAM is mostly zeros: those pages travel as an index only.
+        let fresh = try MappedRegion(memfdNamed: "bench-fresh", length: bytes)
+        let replica = ReplicaReceiver(region: other)
+        let done = DispatchSemaphore(value: 0)
+        let l = listener, rk = replicaKey, sk = sourceKey.publicKey
+        Thread {
+            if let t = try? l.accept(identity: rk, authorize: { $0 == sk }) { _ = replica.serve(t) }
+            done.signal()
+        }.start()
+        let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
+                                                    accept: { $0 == replicaKey.publicKey })
+        let source = try ReplicationSource(region: fresh, tracker: try DirtyTracker.uffd(region: fresh.buffer),
+                                           config: ReplicationConfig(), hooks: SourceHooks(pause: {}, resume: {}))
+        let t0 = now()
+        try source.connect(t)
+        let dt = now() - t0
+        print("  full copy, all-zero region  \(fmt(dt * 1000, 0)) ms (\(source.status.zeroPagesSent) zero pages sent as indexes, \(source.status.bytesSent >> 20) MiB on the wire)")
+        source.detach()
+        source.tracker.stop()
+        done.wait()
+    }
 
     // Checkpoint pauses at 25/50/100 ms epochs.
     print("  checkpoint pause, workload at \(dirtyRate) pages/s (\(fmt(Double(dirtyRate * dirtyPageSize) / 1e6, 0)) MB/s dirtied):")
@@ -182,7 +225,9 @@ func runRAMBench(_ args: [String]) async throws {
             w.finish()
             let pausesMs = reports.map { $0.pauseSeconds * 1000 }
             let slow = reports.max { $0.pauseSeconds < $1.pauseSeconds }!
-            let breakdown = "hook \(fmt(slow.pauseHookSeconds * 1000, 1)) collect \(fmt(slow.finalCollectSeconds * 1000, 1)) send \(fmt(slow.finalSendSeconds * 1000, 1)) ack \(fmt(slow.ackWaitSeconds * 1000, 1)) resume \(fmt(slow.resumeHookSeconds * 1000, 1)) ms, \(slow.pagesAtPause) pages"
+            let slowIndex = reports.firstIndex { $0.epoch == slow.epoch }!
+            let top = pausesMs.sorted(by: >).prefix(3).map { fmt($0, 1) }.joined(separator: ", ")
+            let breakdown = "epoch \(slowIndex + 1) of \(reports.count) (top 3: \(top) ms): hook \(fmt(slow.pauseHookSeconds * 1000, 1)) collect \(fmt(slow.finalCollectSeconds * 1000, 1)) send \(fmt(slow.finalSendSeconds * 1000, 1)) ack \(fmt(slow.ackWaitSeconds * 1000, 1)) resume \(fmt(slow.resumeHookSeconds * 1000, 1)) ms, \(slow.pagesAtPause) pages"
             let perEpoch = reports.map { Double($0.pagesStreamed + $0.pagesAtPause) }
             let fp = source.status.trackingFootprintBytes
             source.detach()
@@ -238,9 +283,11 @@ func runRAMBench(_ args: [String]) async throws {
         let t0 = now()
         try source.connect(ss.transport)
         let report = try PlannedMigration.run(source: source, policy: MigrationPolicy(), hooks: MigrationHooks(recordOwner: {}))
+        let policy = MigrationPolicy()
         let total = now() - t0
         w.finish()
         done.wait()
+        print("    policy: turbo at ≤ \(policy.turboEntryBytes >> 20) MiB left, blackout at ≤ \(policy.blackoutEntryBytes >> 10) KiB left")
         print("    total \(fmt(total * 1000, 0)) ms (full copy + \(report.convergeRounds) converge + \(report.turboRounds) turbo rounds), blackout \(fmt(report.blackoutSeconds * 1000, 2)) ms, outcome \(report.outcome.rawValue)")
         for tr in report.transitions { print("      \(tr)") }
         source.tracker.stop()
@@ -257,7 +304,12 @@ func runRAMBench(_ args: [String]) async throws {
 
 // MARK: helpers
 
-fileprivate enum BenchPattern: String { case random, sequential, hot }
+fileprivate enum BenchPattern: String {
+    case random, sequential
+    /// Random writes within the first 10%, 1%, 0.1% of the pages (a VM's hot working set).
+    case hot10, hot1, hot01 = "hot0.1"
+    var hotFraction: Double { self == .hot10 ? 0.1 : self == .hot1 ? 0.01 : 0.001 }
+}
 
 fileprivate struct BenchSession {
     let source: ReplicationSource
@@ -293,7 +345,7 @@ fileprivate final class BenchWorkload: @unchecked Sendable {
         Thread { [self] in
             var rng = SeededRandom(seed: seed)
             let pages = region.pageCount
-            let hot = max(1, pages / 10)
+            let hot = max(1, Int(Double(pages) * pattern.hotFraction))
             var seq = 0
             var v: UInt64 = 0
             let t0 = now()
@@ -315,7 +367,7 @@ fileprivate final class BenchWorkload: @unchecked Sendable {
                     switch pattern {
                     case .random: p = Int(rng.next() % UInt64(pages))
                     case .sequential: p = seq; seq = (seq + 1) % pages
-                    case .hot: p = Int(rng.next() % UInt64(hot))
+                    case .hot10, .hot1, .hot01: p = Int(rng.next() % UInt64(hot))
                     }
                     v &+= 1
                     region.base.storeBytes(of: v, toByteOffset: p * dirtyPageSize + Int(v % 512) * 8, as: UInt64.self)
