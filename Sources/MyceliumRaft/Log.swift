@@ -92,8 +92,10 @@ struct RaftLog: Sendable {
     }
 
     /// Appends entries received after a matching `prevIndex`, truncating at the first conflict (Raft §5.3).
-    /// Returns false if a committed entry would be overwritten, which Raft guarantees cannot happen.
-    mutating func appendFollowing(prevIndex: UInt64, _ newEntries: [Entry]) -> Bool {
+    /// Returns nil if a committed entry would be overwritten, which Raft guarantees cannot happen; otherwise the
+    /// index from which the log was truncated, if it was.
+    mutating func appendFollowing(prevIndex: UInt64, _ newEntries: [Entry]) -> UInt64?? {
+        var truncatedFrom: UInt64?
         var i = 0
         // Skip entries we already hold with the same term (duplicates and reordering are harmless).
         while i < newEntries.count {
@@ -101,8 +103,9 @@ struct RaftLog: Sendable {
             if e.index <= snapshotIndex { i += 1; continue }
             guard let t = term(at: e.index) else { break }
             if t != e.term {
-                if e.index <= committed { return false }
+                if e.index <= committed { return nil }
                 truncate(after: e.index - 1)
+                truncatedFrom = e.index
                 break
             }
             i += 1
@@ -112,7 +115,7 @@ struct RaftLog: Sendable {
                          "raft log: appending index \(newEntries[i].index) after last index \(lastIndex)")
             entries.append(contentsOf: newEntries[i...])
         }
-        return true
+        return .some(truncatedFrom)
     }
 
     private mutating func truncate(after index: UInt64) {

@@ -98,13 +98,15 @@ public struct Raft: Sendable {
     /// The leader of the current term, if known.
     public private(set) var leader: NodeID = .none
     public private(set) var role: Role = .follower
-    /// The configuration in force: Raft applies committed configuration entries as soon as they commit.
+    /// The configuration in force: the latest one in the log, committed or not (thesis §4.1). A configuration
+    /// entry takes effect on each node as soon as it is appended, and is rolled back if the entry is overwritten.
     public private(set) var confState = ConfState()
 
     var log = RaftLog()
-    /// Index of the last log entry whose configuration change has been applied to `confState`.
-    var confAppliedIndex: UInt64 = 0
-    /// Configurations that took effect after the snapshot, so compaction can record the one in force at its index.
+    /// Log entries up to here have been scanned for configuration changes (always the last index).
+    var confScannedIndex: UInt64 = 0
+    /// Configurations that took effect after the snapshot, by entry index: for compaction (the configuration in
+    /// force at the snapshot's index) and for rolling back when a configuration entry is overwritten.
     var confHistory: [(index: UInt64, conf: ConfState)] = []
     var snapshotConf = ConfState()
     var progress: [NodeID: Progress] = [:]
@@ -166,8 +168,8 @@ public struct Raft: Sendable {
         vote = hs.vote
         persistedHardState = HardState(term: hs.term, vote: hs.vote, commit: commit)
         confState = snapshotConf
-        confAppliedIndex = snapIndex
-        applyCommittedConfChanges()
+        confScannedIndex = snapIndex
+        scanConfiguration()
         becomeFollower(term: term, leader: .none)
     }
 
@@ -202,6 +204,7 @@ public struct Raft: Sendable {
 
     /// Advances logical time by one tick (election timeouts, heartbeats, check-quorum).
     public mutating func tick() {
+        defer { assertInvariants() }
         switch role {
         case .leader: tickLeader()
         case .follower, .preCandidate, .candidate:
@@ -232,6 +235,7 @@ public struct Raft: Sendable {
         if case let .failure(f) = ConfChanger.apply(cc, to: confState) { throw RaftError(.invalidConfChange(f.reason), node: id) }
         appendAsLeader(Entry(term: term, index: log.lastIndex + 1, kind: .confChange, data: RaftCodec.encode(cc)))
         pendingConfIndex = log.lastIndex
+        scanConfiguration()
         return log.lastIndex
     }
 
@@ -316,6 +320,7 @@ public struct Raft: Sendable {
 
     /// Confirms the shell persisted, sent and applied everything in `rd`.
     public mutating func advance(_ rd: Ready) {
+        defer { assertInvariants() }
         readyOutstanding = false
         if let hs = rd.hardState { persistedHardState = hs }
         if let s = rd.snapshot {
@@ -339,6 +344,7 @@ public struct Raft: Sendable {
 
     /// Feeds a message received from another node. Malformed, stale and duplicated messages are ignored.
     public mutating func step(_ m: Message) {
+        defer { assertInvariants() }
         guard m.to == id, m.from != id, m.from != .none else { return }
         if m.term > term {
             switch m.kind {
@@ -475,11 +481,12 @@ public struct Raft: Sendable {
             return
         }
         if log.matchTerm(prevIndex, prevTerm) {
-            let ok = log.appendFollowing(prevIndex: prevIndex, entries)
-            guard ok else {
+            guard let truncatedFrom = log.appendFollowing(prevIndex: prevIndex, entries) else {
                 assertionFailure("raft \(id): leader \(from) tried to overwrite committed entries (commit \(log.committed))")
                 return
             }
+            if let k = truncatedFrom { rollBackConfiguration(from: k) }
+            scanConfiguration()
             let lastNew = prevIndex + UInt64(entries.count)
             // §5.3: commit up to min(leaderCommit, index of last new entry).
             commitTo(min(commit, lastNew))
@@ -535,7 +542,7 @@ public struct Raft: Sendable {
         confState = meta.confState
         snapshotConf = meta.confState
         confHistory = []
-        confAppliedIndex = meta.index
+        confScannedIndex = meta.index
         rebuildProgress()
         send(to: from, .appendResponse(success: true, index: meta.index, hintIndex: 0, hintTerm: 0))
     }
@@ -624,12 +631,13 @@ public struct Raft: Sendable {
               leadTransferee == .none else { return }
         appendAsLeader(Entry(term: term, index: log.lastIndex + 1, kind: .confChange, data: RaftCodec.encode(ConfChange.leaveJoint)))
         pendingConfIndex = log.lastIndex
+        scanConfiguration()
     }
 
     /// Sends entries (or a snapshot) to `to`. Returns whether a message was sent.
     @discardableResult
     private mutating func sendAppend(to: NodeID, sendIfEmpty: Bool = true) -> Bool {
-        guard to != id, var pr = progress[to], !pr.isPaused else { return false }
+        guard role == .leader, to != id, var pr = progress[to], !pr.isPaused else { return false }
         let prevIndex = pr.next - 1
         guard let prevTerm = log.term(at: prevIndex) else {
             // The entries the follower needs were compacted: send the snapshot instead (Raft §7).
@@ -751,11 +759,22 @@ public struct Raft: Sendable {
     private mutating func appendAsLeader(_ e: Entry) {
         log.appendAsLeader(CollectionOfOne(e))
         proposalsPending = true
+        scanConfiguration()
     }
 
     // MARK: - Roles
 
-    private var promotable: Bool { confState.isVoter(id) }
+    /// Whether this node may campaign: it votes in its latest configuration, or that configuration removes it
+    /// but is not committed yet. In the second case it leads (if elected) a configuration without itself, which
+    /// the thesis allows (§4.2.2); without this, a leader that crashed right after appending its own removal
+    /// could leave the remaining voters, who still count it, unable to elect anyone (its longer log wins no votes
+    /// for them, and it would never campaign).
+    private var promotable: Bool {
+        if confState.isVoter(id) { return true }
+        guard let latest = confHistory.last, latest.index > log.committed else { return false }
+        let previous = confHistory.count >= 2 ? confHistory[confHistory.count - 2].conf : snapshotConf
+        return previous.isVoter(id)
+    }
 
     private enum CampaignKind { case preElection, election, transfer }
 
@@ -807,10 +826,12 @@ public struct Raft: Sendable {
             me.recentActive = true
             progress[id] = me
         }
-        // Uncommitted entries may hold a membership change; allow no new one before they commit.
-        pendingConfIndex = log.lastIndex
         // §8: a no-op entry of the new term lets earlier entries commit (and ReadIndex learn the commit index).
         appendAsLeader(Entry(term: term, index: log.lastIndex + 1))
+        // No membership change before that no-op commits: uncommitted entries may hold one, and a change from a
+        // leader that has not committed in its term can conflict with one it does not know about (the
+        // single-server bug reported on raft-dev in 2015).
+        pendingConfIndex = log.lastIndex
         broadcastAppend()
         proposalsPending = false
     }
@@ -846,33 +867,65 @@ public struct Raft: Sendable {
     private mutating func commitTo(_ index: UInt64) {
         guard index > log.committed else { return }
         log.commit(to: index)
-        applyCommittedConfChanges()
+        // Thesis §4.2.2: a leader that is not part of the configuration steps down once that configuration is
+        // committed. Until then it manages a cluster that does not include itself. It tells the followers the new
+        // commit index first so they learn of it without waiting for an election.
+        if role == .leader && !confState.isVoter(id) && (confHistory.last?.index ?? 0) <= log.committed {
+            broadcastAppend()
+            becomeFollower(term: term, leader: .none)
+        }
     }
 
-    /// Membership changes take effect once committed, like etcd's (which applies them when the application does).
-    /// With one uncommitted change at a time, every node passes through the same sequence of configurations.
-    private mutating func applyCommittedConfChanges() {
-        while confAppliedIndex < log.committed {
-            confAppliedIndex += 1
-            guard let e = log.entry(at: confAppliedIndex), e.kind == .confChange else { continue }
-            // An undecodable or inapplicable change is ignored, identically on every node.
+    /// Applies configuration entries appended since the last scan (thesis §4.1: a server uses the latest
+    /// configuration in its log, committed or not). One uncommitted change at a time keeps every majority of
+    /// the old configuration overlapping every majority of the new one.
+    private mutating func scanConfiguration() {
+        var changed = false
+        while confScannedIndex < log.lastIndex {
+            confScannedIndex += 1
+            guard let e = log.entry(at: confScannedIndex), e.kind == .confChange else { continue }
+            // An undecodable or inapplicable change is ignored, identically on every node holding this log.
             guard let cc = try? RaftCodec.decodeConfChange(e.data),
                   case let .success(next) = ConfChanger.apply(cc, to: confState) else { continue }
             confState = next
             confHistory.append((e.index, next))
+            changed = true
+        }
+        if changed { onConfigurationChanged() }
+    }
+
+    /// The log was truncated from `index` on: configurations from the removed entries no longer apply.
+    private mutating func rollBackConfiguration(from index: UInt64) {
+        guard confScannedIndex >= index else { return }
+        confScannedIndex = index - 1
+        if confHistory.contains(where: { $0.index >= index }) {
+            confHistory.removeAll { $0.index >= index }
+            confState = confHistory.last?.conf ?? snapshotConf
             onConfigurationChanged()
         }
     }
 
     private mutating func onConfigurationChanged() {
         rebuildProgress()
-        guard role == .leader else { return }
-        if leadTransferee != .none && !confState.isVoter(leadTransferee) { leadTransferee = .none }
-        if !confState.isVoter(id) {
-            // Thesis §4.2.2: a leader removed from the configuration steps down once the change is committed.
-            // Tell the followers the new commit index first so they learn of the change without waiting.
-            broadcastAppend()
-            becomeFollower(term: term, leader: .none)
+        if role == .leader && leadTransferee != .none && !confState.isVoter(leadTransferee) { leadTransferee = .none }
+    }
+
+    // MARK: - Internal invariants
+
+    /// Cheap structural invariants, checked after every input in debug builds (`assert` compiles away in release).
+    private func assertInvariants() {
+        assert(log.committed <= log.lastIndex, "raft \(id): commit \(log.committed) beyond last index \(log.lastIndex)")
+        assert(log.applied <= log.committed && log.applying <= log.committed,
+               "raft \(id): applied \(log.applied)/applying \(log.applying) beyond commit \(log.committed)")
+        assert(log.unstableFrom >= log.firstIndex && log.unstableFrom <= log.lastIndex + 1,
+               "raft \(id): unstable index \(log.unstableFrom) outside [\(log.firstIndex), \(log.lastIndex + 1)]")
+        assert(role != .candidate || vote == id, "raft \(id): candidate that did not vote for itself")
+        assert(role != .leader || leader == id, "raft \(id): leader that does not know it leads")
+        assert(confScannedIndex == log.lastIndex, "raft \(id): configuration scanned to \(confScannedIndex), last index \(log.lastIndex)")
+        if role == .leader {
+            for (node, p) in progress {
+                assert(p.match <= log.lastIndex, "raft \(id): follower \(node) matches \(p.match) beyond our last index \(log.lastIndex)")
+            }
         }
     }
 

@@ -14,7 +14,8 @@ public struct Entry: Sendable, Equatable, Hashable {
     public enum Kind: UInt8, Sendable {
         /// Application data (or an empty no-op a new leader appends, Raft §8).
         case normal = 0
-        /// An encoded `ConfChange`. Raft applies these itself once they are committed.
+        /// An encoded `ConfChange`. Raft applies it itself as soon as it is appended (thesis §4.1), and rolls it
+        /// back if the entry is overwritten.
         case confChange = 1
     }
 
@@ -98,6 +99,12 @@ func sortedUnion(_ a: [NodeID], _ b: [NodeID]) -> [NodeID] {
 /// A change that touches at most one voter is applied directly ("simple" change, thesis §4.1). Anything larger
 /// goes through a joint configuration (thesis §4.3), like etcd's ConfChangeV2. An empty change leaves the joint
 /// configuration.
+///
+/// The known pitfalls of single-server changes are handled: a configuration takes effect when appended, not
+/// when committed (§4.1); only one change may be uncommitted at a time; a new leader accepts a change only after
+/// it committed an entry of its own term (the fix for the bug Ongaro reported on raft-dev in 2015); a leader
+/// that removed itself keeps managing the cluster until the change commits, then steps down (§4.2.2); and a node
+/// whose removal is not yet committed may still campaign, so its crash cannot leave the others without a quorum.
 public struct ConfChange: Sendable, Equatable, Hashable {
     public enum Operation: Sendable, Equatable, Hashable {
         case addVoter(NodeID)

@@ -49,6 +49,8 @@ public struct RaftSimulationResult: Sendable {
     public var operationsUnknown = 0
     public var crashes = 0
     public var snapshotsInstalled = 0
+    /// Leader transfers started during the run.
+    public var leaderTransfers = 0
     /// Membership changes proposed (and accepted by the leader) during the run.
     public var membershipChanges = 0
     /// The configuration the last leader ended with.
@@ -61,13 +63,17 @@ public struct RaftSimulationResult: Sendable {
     public var passed: Bool { failure == nil }
 
     /// The command that replays this run exactly.
-    public var replayCommand: String { "mycelium-sim raft --seed \(seed) --nodes \(nodeCount)" }
+    public var replayCommand: String {
+        "mycelium-sim raft --seed \(seed) --nodes \(nodeCount)" + (mutationFlag.map { " --mutation \($0)" } ?? "")
+    }
+    /// The hidden `--mutation` value this run used, if any.
+    public var mutationFlag: String?
 
     public var summary: String {
         let status = failure.map { "FAILED at t=\(failedAt ?? 0)ms: \($0)" } ?? "ok"
         return "seed \(seed) nodes=\(nodeCount) \(status) | commit=\(maxCommitIndex) leaders=\(leadersElected) "
             + "writes=\(writesCompleted) reads=\(readsCompleted) unknown=\(operationsUnknown) crashes=\(crashes) "
-            + "snapshots=\(snapshotsInstalled) confChanges=\(membershipChanges) [\(finalConfiguration)] msgs=\(messagesSent) steps=\(steps) | \(scenario)"
+            + "snapshots=\(snapshotsInstalled) confChanges=\(membershipChanges) transfers=\(leaderTransfers) [\(finalConfiguration)] msgs=\(messagesSent) steps=\(steps) | \(scenario)"
     }
 }
 
@@ -131,7 +137,9 @@ public struct RaftSimulation {
     init(options: RaftSimulationOptions) {
         self.options = options
         var rng = SeededRandom(seed: options.seed)
-        let n = options.nodeCount ?? [3, 5, 7][Int.random(in: 0..<3, using: &rng)]
+        // Always draw the size, so passing --nodes with the size a seed chose replays the same run.
+        let drawnSize = [3, 5, 7][Int.random(in: 0..<3, using: &rng)]
+        let n = options.nodeCount ?? drawnSize
         // Raft tunables: small windows and messages exercise batching limits, flow control and chunking.
         var base = RaftConfig(id: 1)
         base.preVote = rng.chance(0.8)
@@ -177,6 +185,11 @@ public struct RaftSimulation {
             + "loss=\(fmt(faults.lossProbability)) dup=\(fmt(faults.duplicateProbability)) delay=1-\(faults.maxDelay)ms "
             + "spikes=\(faults.spikeProbability > 0) slowDisks=\(slowDisks) drift=\(fmt(drift))"
         result = RaftSimulationResult(seed: options.seed, nodeCount: n, scenario: scenario)
+        switch options.mutation {
+        case .none: break
+        case .commitPriorTermByCounting: result.mutationFlag = "commit-prior-term"
+        case .voteIgnoringLogRecency: result.mutationFlag = "vote-ignoring-log"
+        }
         nextFaultAt = SimTime.random(in: 100...400, using: &random)
         if random.chance(0.6) { nextMembershipAt = SimTime.random(in: 200...800, using: &random) }
         result.scenario += " membership=\(nextMembershipAt != .max)"
@@ -388,10 +401,20 @@ public struct RaftSimulation {
 
     /// Proposes a membership change on the leader: promote a learner, re-add a removed node as a learner,
     /// remove a voter (possibly the leader), or demote one voter and remove another at once (a joint change).
+    /// Sometimes transfers leadership instead.
     mutating func changeMembership() {
         nextMembershipAt = now + SimTime.random(in: 150...600, using: &random)
         guard let l = nodes.indices.first(where: { up[$0] && nodes[$0].raft!.role == .leader }) else { return }
         let conf = nodes[l].raft!.confState
+        if random.chance(0.25), let target = conf.voters.filter({ $0 != nodes[l].id }).randomElement(using: &random) {
+            // Leader transfer (thesis §3.10) under the same faults.
+            if (try? nodes[l].raft!.transferLeadership(to: target)) != nil {
+                trace("transfer: node \(nodes[l].id) hands leadership to \(target)")
+                result.leaderTransfers += 1
+            }
+            afterInput(l)
+            return
+        }
         if conf.isJoint { return }
         let all = nodes.map(\.id)
         let removed = all.filter { !conf.isVoter($0) && !conf.learners.contains($0) }

@@ -144,6 +144,7 @@ public final class WriteAheadLog {
         if w.bytes.isEmpty { return }
         try write(w.bytes)
         segments[segments.count - 1].maxIndex = max(segments[segments.count - 1].maxIndex, maxIndex)
+        if let s = snapshot { try deleteSnapshots(except: s.metadata) }
         if size >= segmentBytes { try rotate() }
     }
 
@@ -160,10 +161,17 @@ public final class WriteAheadLog {
             let s = segments.removeFirst()
             if unlink(s.path) != 0 { throw WALError(path: s.path, .file(FileError(path: s.path, .system(operation: "unlink", errno: errno)))) }
         }
-        for old in listFiles(prefix: "snap-", suffix: ".snap") where old != snapshotPath(snapshot.metadata) {
+        try deleteSnapshots(except: snapshot.metadata)
+    }
+
+    /// Older snapshot files are useless once a newer one is durable (the newest is always the one loaded).
+    private func deleteSnapshots(except keep: SnapshotMetadata) throws(WALError) {
+        var deleted = false
+        for old in listFiles(prefix: "snap-", suffix: ".snap") where old < snapshotPath(keep) {
             unlink(directory + "/" + old)
+            deleted = true
         }
-        try sync(directory: true)
+        if deleted { try sync(directory: true) }
     }
 
     /// Closes the active segment. Further use is a programming error.

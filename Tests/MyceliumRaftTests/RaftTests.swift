@@ -219,6 +219,23 @@ final class ReplicationTests: XCTestCase {
         XCTAssertEqual(c.nodes[2]!.commitIndex, c.nodes[1]!.lastIndex)
     }
 
+    /// Regression (found by simulator seeds 10 and 40): a lost append must not leave a full window stuck forever;
+    /// the next heartbeat answer frees a slot and replication resumes.
+    func testLostAppendDoesNotStallAFullWindow() throws {
+        var c = try TestCluster(voters: [1, 2]) { $0.maxInflightMessages = 1 }
+        c.elect(1)
+        c.drop = { if case .append = $0.kind { return $0.to == 2 } else { return false } }
+        try c.nodes[1]!.propose([1])
+        c.stabilize()
+        try c.nodes[1]!.propose([2])
+        c.stabilize()
+        XCTAssertLessThan(c.nodes[2]!.lastIndex, c.nodes[1]!.lastIndex)
+        c.drop = { _ in false }
+        c.tickAll(3)
+        XCTAssertEqual(c.nodes[2]!.lastIndex, c.nodes[1]!.lastIndex)
+        XCTAssertEqual(c.nodes[2]!.commitIndex, c.nodes[1]!.lastIndex)
+    }
+
     /// Flow control by bytes: a follower is not sent more than `maxInflightBytes` unacknowledged.
     func testInflightByteWindow() throws {
         var c = try TestCluster(voters: [1, 2]) { $0.maxInflightBytes = 100; $0.maxBytesPerMessage = 60 }
@@ -343,6 +360,53 @@ final class MembershipAndMisuseTests: XCTestCase {
         XCTAssertEqual(c.nodes[1]!.confState.voters, [1, 2, 3, 4])
         XCTAssertEqual(c.nodes[4]!.confState.voters, [1, 2, 3, 4])
         XCTAssertFalse(c.nodes[1]!.confState.isJoint)
+    }
+
+    /// Thesis §4.1 and §4.2.2 (regression, found by simulator seed 231 when configurations applied at commit
+    /// time): the leader of {1, 2} appends its own removal, crashes before replicating it, and restarts. Node 2
+    /// still counts 1 as a voter but cannot get its vote (1's log is longer); 1 must still campaign, lead the
+    /// new configuration {2} until it commits, and step down so 2 takes over.
+    func testLeaderThatRemovedItselfAndCrashedDoesNotBlockTheCluster() throws {
+        var c = try TestCluster(voters: [1, 2])
+        c.elect(1)
+        c.drop = { _ in true }
+        try c.nodes[1]!.proposeConfChange(ConfChange([.removeNode(1)]))
+        c.stabilize()
+        XCTAssertEqual(c.nodes[1]!.confState.voters, [2])
+        XCTAssertEqual(c.nodes[2]!.confState.voters, [1, 2])
+        // Crash and restart 1 from its disk; the network works again.
+        var rng = SeededRandom(seed: 5)
+        c.nodes[1] = try Raft(config: RaftConfig(id: 1), storage: c.storage[1]!, random: &rng)
+        c.drop = { _ in false }
+        c.tickAll(120)
+        XCTAssertEqual(c.leader, 2)
+        XCTAssertEqual(c.nodes[2]!.confState.voters, [2])
+        XCTAssertEqual(c.nodes[2]!.commitIndex, c.nodes[2]!.lastIndex)
+        try c.nodes[2]!.propose([1])
+        c.stabilize()
+        XCTAssertEqual(c.applied[2]!.last?.data, [1])
+    }
+
+    /// A new leader accepts no membership change until it has committed an entry of its own term.
+    func testNewLeaderRefusesConfChangeBeforeCommittingInItsTerm() throws {
+        var c = try TestCluster(voters: [1, 2, 3]) { $0.preVote = false; $0.checkQuorum = false }
+        c.elect(1)
+        // 2 wins an election, but none of its appends arrive, so its no-op stays uncommitted.
+        c.drop = { m in
+            if case .append = m.kind { return true }
+            return m.from == 1 || m.to == 1
+        }
+        c.elect(2)
+        let before = c.nodes[2]!.commitIndex
+        XCTAssertEqual(c.nodes[2]!.role, .leader)
+        XCTAssertLessThan(before, c.nodes[2]!.lastIndex)
+        XCTAssertThrowsError(try c.nodes[2]!.proposeConfChange(ConfChange([.removeNode(3)]))) { e in
+            XCTAssertEqual((e as? RaftError)?.code, .confChangeInProgress(index: c.nodes[2]!.lastIndex))
+        }
+        c.drop = { _ in false }
+        c.tickAll(3)
+        XCTAssertEqual(c.nodes[2]!.role, .leader)
+        XCTAssertNoThrow(try c.nodes[2]!.proposeConfChange(ConfChange([.removeNode(3)])))
     }
 
     func testInvalidConfChangesAreTypedErrors() throws {

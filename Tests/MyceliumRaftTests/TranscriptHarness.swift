@@ -230,51 +230,11 @@ struct TranscriptEnv {
 
 struct TranscriptError: Error { var message: String }
 
-func describeConf(_ c: ConfState) -> String {
-    var s = "voters=(\(c.voters.map(String.init).joined(separator: " ")))"
-    if c.isJoint { s += "&&(\(c.votersOutgoing.map(String.init).joined(separator: " ")))" }
-    if !c.learners.isEmpty { s += " learners=(\(c.learners.map(String.init).joined(separator: " ")))" }
-    if !c.learnersNext.isEmpty { s += " learners_next=(\(c.learnersNext.map(String.init).joined(separator: " ")))" }
-    if c.autoLeave { s += " autoleave" }
-    return s
-}
+func describeConf(_ c: ConfState) -> String { c.description }
 
-func describeEntry(_ e: Entry) -> String {
-    switch e.kind {
-    case .normal: return "\(e.index)/\(e.term)" + (e.data.isEmpty ? "" : " '\(String(decoding: e.data, as: UTF8.self))'")
-    case .confChange:
-        let cc = (try? RaftCodec.decodeConfChange(e.data)).map { c in
-            c.changes.isEmpty ? "leave-joint" : c.changes.map { op -> String in
-                switch op {
-                case let .addVoter(n): return "v\(n)"
-                case let .addLearner(n): return "l\(n)"
-                case let .removeNode(n): return "r\(n)"
-                }
-            }.joined(separator: " ")
-        } ?? "?"
-        return "\(e.index)/\(e.term) conf(\(cc))"
-    }
-}
+func describeEntry(_ e: Entry) -> String { e.description }
 
-func describeMessage(_ m: Message) -> String {
-    let head = "\(m.from)->\(m.to) term=\(m.term)"
-    switch m.kind {
-    case let .preVote(li, lt): return "\(head) PreVote last=\(li)/\(lt)"
-    case let .preVoteResponse(g): return "\(head) PreVoteResponse \(g ? "granted" : "rejected")"
-    case let .vote(li, lt, t): return "\(head) Vote last=\(li)/\(lt)\(t ? " (transfer)" : "")"
-    case let .voteResponse(g): return "\(head) VoteResponse \(g ? "granted" : "rejected")"
-    case let .append(pi, pt, es, c):
-        return "\(head) Append prev=\(pi)/\(pt) commit=\(c) entries=[\(es.map(describeEntry).joined(separator: ", "))]"
-    case let .appendResponse(s, i, hi, ht):
-        return s ? "\(head) AppendResponse ok index=\(i)" : "\(head) AppendResponse reject index=\(i) hint=\(hi)/\(ht)"
-    case let .heartbeat(c, r): return "\(head) Heartbeat commit=\(c)" + (r > 0 ? " read-round=\(r)" : "")
-    case let .heartbeatResponse(r): return "\(head) HeartbeatResponse" + (r > 0 ? " read-round=\(r)" : "")
-    case let .snapshotChunk(meta, off, total, chunk):
-        return "\(head) Snapshot \(meta.index)/\(meta.term) bytes \(off)..<\(off + UInt64(chunk.count)) of \(total)"
-    case let .snapshotResponse(i, t, r): return "\(head) SnapshotResponse \(i)/\(t) received=\(r)"
-    case .timeoutNow: return "\(head) TimeoutNow"
-    }
-}
+func describeMessage(_ m: Message) -> String { m.description }
 
 /// Runs one transcript file; fails the test with the first mismatch (or rewrites it).
 func runTranscript(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {

@@ -18,10 +18,12 @@ final class RaftOnWALTests: XCTestCase {
         var wals: [NodeID: WriteAheadLog] = [:]
         var nodes: [NodeID: Raft] = [:]
         var durableCommit: [NodeID: UInt64] = [:]
+        var tornTailsRepaired = 0
 
         func start(_ id: NodeID) throws {
             let (wal, rec) = try WriteAheadLog.open(directory: "\(root)/n\(id)", segmentBytes: 4096)
             var state = rec.state
+            if rec.truncatedTail != nil { tornTailsRepaired += 1 }
             if state == RaftStorageState() {
                 state = .bootstrap(voters: ids)
                 try wal.save(hardState: state.hardState, entries: state.entries)
@@ -78,6 +80,7 @@ final class RaftOnWALTests: XCTestCase {
         }
         let commit = nodes[1]!.commitIndex
         XCTAssertGreaterThan(commit, 100)
+        XCTAssertGreaterThanOrEqual(tornTailsRepaired, 5)
         for id in ids {
             XCTAssertEqual(nodes[id]!.commitIndex, commit)
             for i in 1...commit { XCTAssertEqual(nodes[id]!.entry(at: i), nodes[1]!.entry(at: i)) }

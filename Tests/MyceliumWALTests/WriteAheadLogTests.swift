@@ -154,9 +154,16 @@ final class WriteAheadLogTests: XCTestCase {
             rd.hardState = HardState(term: 3, vote: 0, commit: 5)
             try wal.save(rd)
         }
-        let (_, rec) = try WriteAheadLog.open(directory: dir)
+        let (wal, rec) = try WriteAheadLog.open(directory: dir)
         XCTAssertEqual(rec.state.snapshot, snap)
         XCTAssertEqual(rec.state.entries, [])
+        // A newer snapshot replaces the older file.
+        let newer = Snapshot(metadata: SnapshotMetadata(index: 9, term: 3, confState: snap.metadata.confState), data: [4])
+        var rd = Ready()
+        rd.snapshot = newer
+        try wal.save(rd)
+        XCTAssertEqual(listDirectory(dir).filter { $0.hasSuffix(".snap") }.count, 1)
+        XCTAssertEqual(try WriteAheadLog.open(directory: dir).1.state.snapshot, newer)
         XCTAssertEqual(rec.state.hardState.commit, 5)
     }
 
