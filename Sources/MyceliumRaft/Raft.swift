@@ -192,7 +192,7 @@ public struct Raft: Sendable {
 
     /// The highest log index the leader knows `node` has (nil when not leader or not a member). The agent uses it
     /// to promote a learner only once it has caught up (thesis §4.2.1).
-    public func matchIndex(of node: NodeID) -> UInt64? { progress[node]?.match }
+    public func matchIndex(of node: NodeID) -> UInt64? { role == .leader ? progress[node]?.match : nil }
 
     /// The leader's view of a follower, for tests and status pages.
     public func progressDescription(of node: NodeID) -> String? {
