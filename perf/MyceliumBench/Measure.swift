@@ -22,18 +22,20 @@ func median(_ xs: [Double]) -> Double {
 
 func fmt(_ x: Double, _ digits: Int = 0) -> String { String(format: "%.\(digits)f", x) }
 
-/// Runs a command and returns its standard output (nil if it could not start or failed).
+/// Runs a command (each argument single-quoted for /bin/sh) and returns its
+/// standard output, or nil if it failed. popen rather than Foundation's Process: the latter
+/// deadlocked here waiting for EOF when called from an async context.
 func capture(_ argv: [String]) -> String? {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = argv
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return nil }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+    let quoted = argv.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+    guard let f = popen(quoted + " 2>/dev/null </dev/null", "r") else { return nil }
+    var out = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&buf, 1, buf.count, f)
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    return pclose(f) == 0 ? String(decoding: out, as: UTF8.self) : nil
 }
 
 func machineLine() -> String {
