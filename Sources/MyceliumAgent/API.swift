@@ -145,12 +145,19 @@ public enum AgentAPIClient {
         guard rc == 0 else {
             throw AgentError("no agent answers at \(socket) (\(String(cString: strerror(errno)))); is myceliumd running with this --home?")
         }
+        // An agent that is stopping or wedged must not hang the CLI (or a test) forever.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let req = Array("\(method) \(path) HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
         _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                throw AgentError("the agent at \(socket) did not answer within 10 s")
+            }
             if n <= 0 { break }
             out += buf[0..<n]
         }

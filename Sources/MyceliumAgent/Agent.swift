@@ -85,6 +85,7 @@ public actor Agent {
 
     // Leader bookkeeping.
     var pendingConfChange: UInt64 = 0
+    var lastGovernanceProposal: UInt64 = 0
     var failureReports: [UInt64: Set<UInt64>] = [:]
     var confirmed: Set<String> = []
     var proposedAdmits: [UInt64: Int64] = [:]
@@ -100,6 +101,8 @@ public actor Agent {
     var lastLatentSave = SporeEpoch.zero
     var lastLeaderSeen: UInt64 = 0
     public private(set) var fallback: String?
+    /// Set first by `stop()`: nothing may touch the WAL or the network after it.
+    var stopped = false
     var startedAt = Date()
     var events: [String] = []
 
@@ -187,6 +190,7 @@ public actor Agent {
     }
 
     public func stop() async {
+        stopped = true
         tickTask?.cancel()
         for l in links.values { l.stop() }
         for l in contactLinks.values { l.stop() }
@@ -208,6 +212,7 @@ public actor Agent {
     // MARK: ticks and Ready
 
     func onTick() {
+        guard !stopped else { return }
         ticks += 1
         raft.tick()
         for e in detector.tick(using: &rng) { handleDetector(e) }
@@ -270,6 +275,7 @@ public actor Agent {
     }
 
     func processReady() {
+        guard !stopped else { return }
         while raft.hasReady {
             let rd = raft.ready()
             do {
@@ -289,8 +295,8 @@ public actor Agent {
                 note("configuration now voters=\(raft.confState.voters.count) learners=\(raft.confState.learners.count)")
             }
             raft.advance(rd)
-            // The next membership step can start as soon as the previous one (or an admission) is applied.
-            if raft.role == .leader && pendingConfChange == 0 && !rd.committedEntries.isEmpty {
+            // The next membership step can start as soon as the previous one is applied.
+            if raft.role == .leader && pendingConfChange == 0 && rd.committedEntries.contains(where: { $0.kind == .confChange }) {
                 reconcile()
             }
         }
@@ -417,11 +423,19 @@ public actor Agent {
         }
         // 4. Record the sclerotia and hand off.
         let voterIDs = raft.confState.voters.compactMap { nodeIDs[$0] }.sorted()
-        if voters.count >= target && Set(spore.sclerotia) != Set(voterIDs) && voterIDs.count == raft.confState.voters.count {
-            submit(.setSclerotia(voterIDs))
-        } else if spore.phase == .bootstrap && present.count >= config.handoffMembers && voters.count >= target
-                    && Set(spore.sclerotia) == Set(voterIDs) && !spore.sclerotia.isEmpty {
-            submit(.handoff)
+        // A governance command is proposed at most once per second: if the spore refuses it (say
+        // a voter is not admitted yet), proposing it again on every commit would spin.
+        let nowTick = ticks
+        if nowTick >= lastGovernanceProposal + UInt64(max(1, 1000 / config.tickMilliseconds)) {
+            if voters.count >= target && Set(spore.sclerotia) != Set(voterIDs) && voterIDs.count == raft.confState.voters.count
+                && voterIDs.allSatisfy({ spore.members[$0]?.status == .alive }) {
+                lastGovernanceProposal = nowTick
+                submit(.setSclerotia(voterIDs))
+            } else if spore.phase == .bootstrap && present.count >= config.handoffMembers && voters.count >= target
+                        && Set(spore.sclerotia) == Set(voterIDs) && !spore.sclerotia.isEmpty {
+                lastGovernanceProposal = nowTick
+                submit(.handoff)
+            }
         }
         // 5. Admit nodes whose join requests arrived, once.
         writeSeedSpores(force: false)

@@ -69,5 +69,8 @@ struct Myceliumd: AsyncParsableCommand {
             break
         }
         await agent.stop()
+        // Everything durable is fsynced by now. Leave without running exit handlers: one of the
+        // runtime's (a thread pool waiting on a worker) could hang a clean exit.
+        _exit(0)
     }
 }

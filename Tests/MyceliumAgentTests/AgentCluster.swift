@@ -99,9 +99,17 @@ final class AgentCluster {
         processes[n] = nil
     }
 
-    func terminate(_ n: String) {
+    /// SIGTERM, and SIGKILL if the agent has not stopped within 10 s (then the test fails: a
+    /// graceful stop must finish).
+    func terminate(_ n: String, file: StaticString = #filePath, line: UInt = #line) {
         guard let p = processes[n] else { return }
         kill(p.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        if p.isRunning {
+            XCTFail("\(n) did not stop within 10 s of SIGTERM", file: file, line: line)
+            kill(p.processIdentifier, SIGKILL)
+        }
         p.waitUntilExit()
         processes[n] = nil
     }
