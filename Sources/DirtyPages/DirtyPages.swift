@@ -1,3 +1,4 @@
+import MyceliumCore
 // The one door to CDirtyPages. No other module imports the C target: everything above this file
 // works with Swift types and `DirtyPagesError`, and every C return code is checked here.
 
@@ -192,26 +193,7 @@ func dirtyPagesError(_ rc: Int32, engine: DirtyPageEngine?, operation: String, a
     return DirtyPagesError(code, engine: engine, operation: operation)
 }
 
-/// A small lock without Foundation (the module stays Foundation-free).
-final class PageLock: @unchecked Sendable {
-    // SAFETY (Sendable): the mutex is only touched through pthread calls, which are thread-safe.
-    private let m: UnsafeMutablePointer<pthread_mutex_t>
-    init() {
-        // SAFETY: a heap cell that never moves (pthread mutexes must not be moved), freed in deinit.
-        m = .allocate(capacity: 1)
-        m.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(m, nil)
-    }
-    deinit {
-        pthread_mutex_destroy(m)
-        m.deallocate()
-    }
-    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(m)
-        defer { pthread_mutex_unlock(m) }
-        return try body()
-    }
-}
+typealias PageLock = PthreadLock  // shared with the other C-backed modules, in MyceliumCore
 
 /// A running dirty-page tracker. Writers to the tracked memory may run concurrently with
 /// `collect`; calls on the tracker itself are serialised by an internal lock.

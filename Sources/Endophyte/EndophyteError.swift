@@ -63,26 +63,7 @@ public struct EndophyteError: Error, Equatable, Sendable, CustomStringConvertibl
     }
 }
 
-/// A pthread mutex, so the module needs neither Foundation nor macOS-15-only Synchronization.
-final class Lock: @unchecked Sendable {
-    // SAFETY (Sendable): the mutex is only used through pthread calls.
-    private let m: UnsafeMutablePointer<pthread_mutex_t>
-    init() {
-        // SAFETY: a heap cell that never moves (pthread mutexes must not be moved), freed in deinit.
-        m = .allocate(capacity: 1)
-        m.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(m, nil)
-    }
-    deinit {
-        pthread_mutex_destroy(m)
-        m.deallocate()
-    }
-    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(m)
-        defer { pthread_mutex_unlock(m) }
-        return try body()
-    }
-}
+typealias Lock = PthreadLock  // shared with the other C-backed modules, in MyceliumCore
 
 /// Monotonic seconds (CLOCK_MONOTONIC). The engine is a shell: it owns sockets and real time.
 public func monotonicSeconds() -> Double {
