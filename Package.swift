@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "CMallocCounter", path: "CSources/CMallocCounter"),
 
         // MARK: spores: the primary spore's state machine, seed and latent spores (pure)
-        .target(name: "MyceliumSpores", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
+        .target(name: "MyceliumSpores", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"]),
 
         // MARK: membership: failure detection (pure)
         .target(name: "MyceliumMembership", dependencies: ["MyceliumCore"]),
@@ -75,7 +75,7 @@ let package = Package(
             name: "MyceliumAgent",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
-                "MyceliumTransport",
+                "MyceliumTransport", "MyceliumVote",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -117,7 +117,7 @@ let package = Package(
 
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
-            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"], path: "Fuzz/MyceliumFuzz",
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores"], path: "Fuzz/MyceliumFuzz",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: tests

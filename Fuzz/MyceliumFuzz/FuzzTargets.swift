@@ -3,13 +3,14 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|handshake.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|vote|spore.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings).
 
 import MyceliumCore
 import MyceliumIdentity
+import MyceliumSpores
 import MyceliumVote
 
 #if canImport(Glibc)
@@ -17,12 +18,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, vote
+    case frames, invite, certificate, token, rotation, handshake, vote, spore
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake or vote")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote or spore")
             exit(2)
         }
         return t
@@ -72,6 +73,14 @@ enum FuzzTarget: String {
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
             fuzzVoteDecoders(bytes)
+        case .spore:
+            // The primary spore (snapshots, seed and latent spores carry it) and the commands Raft carries.
+            let body = Array(bytes.dropFirst())
+            switch bytes.first ?? 0 {
+            case 0: if let sp = try? PrimarySpore(decoding: body) { _ = sp.encoded() }
+            case 1: if let c = try? SporeCommand(decoding: body) { precondition(c.encoded() == body) }
+            default: if let c = try? SignedCommand(decoding: body) { precondition(c.encoded() == body) }
+            }
         case .rotation:
             if let r = try? KeyRotation(decoding: bytes) {
                 precondition(r.encoded() == bytes)
@@ -108,6 +117,12 @@ func writeSeeds(to dir: String) {
         ("frames", [3] + frames), ("invite", invite.encoded()), ("token", Array(invite.token.utf8)),
         ("certificate", cert.encoded()), ("rotation", rot.encoded()),
         ("vote", [0]),
+        ("spore", [0] + {
+            var sp = PrimarySpore(network: NetworkIdentity(genesisKey: genesis.publicKey))
+            let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)
+            try? sp.apply(admit, epoch: SporeEpoch(term: 1, index: 1), time: 1_800_000_000)
+            return sp.encoded()
+        }()),
         ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), credential: .member(cert)).encoded()),
     ]
     for (target, bytes) in seeds {

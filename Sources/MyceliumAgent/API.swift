@@ -11,6 +11,7 @@ import MyceliumCore
 import MyceliumIdentity
 import MyceliumRaft
 import MyceliumSpores
+import MyceliumVote
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -106,6 +107,7 @@ extension Agent {
             "voters": cs.voters.compactMap { nodeIDs[$0].map { "\($0)" } },
             "health": fallback ?? (raft.leader == .none ? "no leader" : "ok"),
             "members": sporeJSON()["members"] ?? [],
+            "votes": sporeJSON()["votes"] ?? [],
             "events": Array(events.suffix(30)),
         ]
     }
@@ -116,11 +118,20 @@ extension Agent {
                 "id": "\(m.id)", "status": "\(m.status)", "roles": "\(m.roles)", "addresses": m.addresses,
                 "sclerotium": spore.sclerotia.contains(m.id), "cpus": Int(m.capabilities.cpus),
                 "key": m.key.fingerprint, "expires_in_s": m.expiresAt - spore.now,
+                "trust": Int(spore.trust.score(of: m.id)), "jailed": spore.trust.isJailed(m.id),
+                "approved_sclerotium": spore.approvedSclerotia.contains(m.id),
+            ]
+        }
+        let votes: [[String: Any]] = spore.rounds.values.sorted { $0.sequence < $1.sequence }.map { r in
+            [
+                "sequence": Int(r.sequence), "kind": "\(r.kind)", "node": "\(r.node)", "voters": r.spec.voters.count,
+                "tolerates": Int(r.spec.assumedFaults),
+                "state": r.decision.map { $0 == .yes ? "decided yes" : "decided no" } ?? (r.closed ? "closed" : "open"),
             ]
         }
         return [
             "network": "\(network.id)", "epoch": "\(spore.epoch)", "phase": spore.phase == .bootstrap ? "bootstrap" : "distributed",
-            "members": members, "sclerotia": spore.sclerotia.map { "\($0)" }, "settings": spore.settings,
+            "members": members, "sclerotia": spore.sclerotia.map { "\($0)" }, "settings": spore.settings, "votes": votes,
             "leases": spore.leases.values.map { ["name": $0.name, "holder": "\($0.holder)", "expires_in_s": $0.expiresAt - spore.now] },
         ]
     }

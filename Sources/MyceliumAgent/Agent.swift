@@ -20,6 +20,7 @@ import MyceliumMembership
 import MyceliumRaft
 import MyceliumSpores
 import MyceliumTransport
+import MyceliumVote
 import MyceliumWAL
 import NIOCore
 import NIOPosix
@@ -36,6 +37,8 @@ enum AgentFrame {
     static let probe: UInt8 = 20
     /// A member reports a failure candidate to the leader.
     static let report: UInt8 = 21
+    /// A Byzantine-tolerant vote message (commit, reveal or summary), see AgentVotes.swift.
+    static let vote: UInt8 = 22
 }
 
 /// Files in the node's home directory.
@@ -49,6 +52,8 @@ public struct AgentPaths: Sendable {
     public var latentSpore: String { home + "/latent.spore" }
     /// Written by `mycelium node join`: the inviter's addresses, tried when there is no latent spore.
     public var joinPeers: String { home + "/join.peers" }
+    /// This node's own votes, written before they are sent (a restart must never vote twice).
+    public var votesDir: String { home + "/votes" }
     public init(home: String) { self.home = home }
 }
 
@@ -106,6 +111,16 @@ public actor Agent {
     var startedAt = Date()
     var events: [String] = []
 
+    // Byzantine-tolerant votes (AgentVotes.swift).
+    var votes: VoteInstance
+    var voteRounds: [RoundID: UInt64] = [:]
+    var earlyVoteMessages: [RoundID: [VoteMessage]] = [:]
+    var lastVoteOpened: [UInt64: UInt64] = [:]
+    var voteFallbackNoted: Set<String> = []
+    var pendingChecks: [UInt64: PendingCheck] = [:]
+    /// The tick at which a frame last arrived from each peer.
+    var lastHeard: [UInt64: UInt64] = [:]
+
     public init(config: AgentConfig, logger: Logger, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
         // Everything is computed into locals first, then stored (an actor's init may not read its state).
         let paths = AgentPaths(home: config.home)
@@ -156,6 +171,7 @@ public actor Agent {
         self.raft = raft
         self.spore = spore
         self.detector = FailureDetector(me: me, peers: [])
+        self.votes = VoteInstance(key: key, id: certificate.nodeID, retentionTicks: UInt64(max(1, 60_000 / config.tickMilliseconds)))
         self.nodeIDs = [me: certificate.nodeID]
     }
 
@@ -215,11 +231,15 @@ public actor Agent {
         guard !stopped else { return }
         ticks += 1
         raft.tick()
+        handleVoteEffects(votes.tick())
+        finishChecks()
+        fabricateAccusation()
         for e in detector.tick(using: &rng) { handleDetector(e) }
         let ticksPerSecond = UInt64(max(1, 1000 / config.tickMilliseconds))
         if raft.leader != .none { lastLeaderSeen = ticks }
         if raft.role == .leader {
             if ticks % ticksPerSecond == 0 || pendingConfChange != 0 { reconcile() }
+            if ticks % ticksPerSecond == 0 { superviseVotes() }
         }
         if ticks % ticksPerSecond == 0 { everySecond() }
         if spore.members[certificate.nodeID] != nil && ticks - lastRefresh >= 10 * ticksPerSecond {
@@ -337,7 +357,9 @@ public actor Agent {
                 note("recorded failure of \(n)")
                 logger.warning("member recorded as failed", metadata: ["node": "\(n)"])
             }
+            appliedVoteCommand(signed.command)
         } catch {
+            refusedVoteCommand(signed.command, error)
             // Every replica refuses the same command in the same way; nothing to undo.
             logger.debug("committed command refused by the spore", metadata: ["index": "\(e.index)", "reason": "\(error)"])
         }
@@ -411,10 +433,22 @@ public actor Agent {
         let target = targetVoters(present: present.count)
         let voters = cs.voters.filter { presentIDs.contains($0) || $0 == me }
         if voters.count < target {
+            // Chosen by trust first, then capability; after the handoff a newcomer must also win an
+            // admission vote (where the network is large enough for one).
             let candidates = present.filter { $0.roles.contains(.sclerotiumEligible) && cs.isLearner($0.id.compact) }
-                .sorted { ($0.capabilities.cpus, $1.id) > ($1.capabilities.cpus, $0.id) }
+                .sorted { (spore.trust.score(of: $0.id), $0.capabilities.cpus, $1.id) > (spore.trust.score(of: $1.id), $1.capabilities.cpus, $0.id) }
             for c in candidates {
                 let id = c.id.compact
+                if spore.phase == .distributed && !spore.approvedSclerotia.contains(c.id) && !spore.sclerotia.contains(c.id) {
+                    if let reason = spore.voteUnavailable(.sclerotium, node: c.id) {
+                        if voteFallbackNoted.insert("sclerotium \(c.id)").inserted {
+                            note("no admission vote for \(c.id) is possible (\(reason)); choosing by capability")
+                        }
+                    } else {
+                        openVote(.sclerotium, about: c.id)
+                        continue
+                    }
+                }
                 if let match = raft.matchIndex(of: id), match > 0, match + 10 >= raft.lastIndex, match >= raft.commitIndex {
                     proposeConf(ConfChange([.addVoter(id)]), "promote \(c.id) to voter (caught up at \(match))")
                     return
@@ -442,7 +476,9 @@ public actor Agent {
     }
 
     func targetVoters(present: Int) -> Int {
-        if present < config.handoffMembers { return 1 }
+        // Before the handoff one voter (the bootstrap agent) suffices; after it, losing members below
+        // `handoff_members` must not shrink the group.
+        if spore.phase == .bootstrap && present < config.handoffMembers { return 1 }
         var t = min(config.sclerotia, present)
         if t % 2 == 0 { t -= 1 }
         return max(1, t)
@@ -475,6 +511,7 @@ public actor Agent {
     }
 
     func handle(_ f: Frame, from peer: UInt64) {
+        lastHeard[peer] = ticks
         if heardFrom.insert(peer).inserted, let node = nodeIDs[peer], spore.members[node] != nil {
             detector.setPeers(spore.presentMembers.map { $0.id.compact }.filter { heardFrom.contains($0) })
         }
@@ -513,6 +550,8 @@ public actor Agent {
         case AgentFrame.report:
             var r = ByteReader(f.payload)
             if let target = try? r.u64() { recordReport(target, by: peer) }
+        case AgentFrame.vote:
+            receiveVote(f.payload, from: peer)
         default:
             break
         }
@@ -593,16 +632,28 @@ public actor Agent {
         }
     }
 
+    /// A failure report reached the leader. Where a Byzantine-tolerant round can be formed, the
+    /// failure is put to the vote (and recorded only with its certificate); in a network too small for
+    /// one, a majority of the voters (other than the suspect) reporting it is the confirmation.
     func recordReport(_ target: UInt64, by reporter: UInt64) {
-        guard raft.role == .leader, let node = nodeIDs[target], spore.members[node]?.status != .failed else { return }
-        failureReports[target, default: []].insert(reporter)
-        let voters = raft.confState.voters.filter { $0 != target }
-        let agreeing = failureReports[target]!.filter { voters.contains($0) }.count
-        if agreeing * 2 > voters.count {
-            note("failure of \(node) confirmed by \(agreeing) of \(voters.count) voters")
-            submit(.setStatus(node: node, .failed))
-            failureReports[target] = nil
+        guard raft.role == .leader, let node = nodeIDs[target], let m = spore.members[node], m.status != .failed else { return }
+        if let reason = spore.voteUnavailable(.failure, node: node) {
+            if voteFallbackNoted.insert("failure \(node)").inserted {
+                note("no Byzantine-tolerant vote on \(node) is possible (\(reason)); confirming by a majority of the voters' reports")
+                logger.warning("failure confirmed without a Byzantine-tolerant vote: the network is too small for one",
+                               metadata: ["node": "\(node)", "reason": "\(reason)"])
+            }
+            failureReports[target, default: []].insert(reporter)
+            let voters = raft.confState.voters.filter { $0 != target }
+            let agreeing = failureReports[target]!.filter { voters.contains($0) }.count
+            if agreeing * 2 > voters.count {
+                note("failure of \(node) confirmed by \(agreeing) of \(voters.count) voters")
+                submit(.setStatus(node: node, .failed))
+                failureReports[target] = nil
+            }
+            return
         }
+        openVote(.failure, about: node)
     }
 
     func encodeProbe(_ m: ProbeMessage<UInt64>) -> [UInt8] {

@@ -34,6 +34,12 @@ public struct AgentConfig: Sendable, Equatable {
     public var seedIntervalSeconds = 1
     /// trace, debug, info, notice, warning, error or critical.
     public var logLevel = "info"
+    /// Milliseconds each phase (commit, reveal) of a Byzantine-tolerant vote may last; set it above the
+    /// worst one-way delay between nodes plus the spread in when they apply the opening entry.
+    public var votePhaseMilliseconds = 2000
+    /// FOR TESTS ONLY: this agent lies in every vote (confirms live nodes dead, denies dead ones,
+    /// refuses every admission). It exists so tests can show that one liar changes nothing.
+    public var voteLie = false
 
     public init() {}
 
@@ -63,6 +69,8 @@ public struct AgentConfig: Sendable, Equatable {
         int("fallback_s", "Seconds without quorum before falling back to seed spores.", \.fallbackSeconds, 1...86_400),
         int("seed_interval_s", "Minimum seconds between two seed-spore writes.", \.seedIntervalSeconds, 0...3600),
         string("log_level", "trace, debug, info, notice, warning, error or critical.", \.logLevel),
+        int("vote_phase_ms", "Milliseconds for each phase (commit, reveal) of a Byzantine-tolerant vote; above the worst one-way delay.", \.votePhaseMilliseconds, 10...600_000),
+        bool("vote_lie", "FOR TESTS ONLY: lie in every vote, to show that one liar changes nothing.", \.voteLie),
     ]
 
     /// Parses a configuration file's text. Unset keys keep their defaults.
@@ -121,6 +129,13 @@ public struct AgentConfig: Sendable, Equatable {
             guard range.contains(i) else { throw ConfigError("'\(key)' must be between \(range.lowerBound) and \(range.upperBound), got \(i)") }
             c[keyPath: kp] = i
         }, render: { String($0[keyPath: kp]) })
+    }
+
+    static func bool(_ key: String, _ help: String, _ kp: WritableKeyPath<AgentConfig, Bool> & Sendable) -> Setting {
+        Setting(key: key, help: help, apply: { (c: inout AgentConfig, v: Value) throws(ConfigError) in
+            guard case .bool(let b) = v else { throw ConfigError("'\(key)' takes true or false") }
+            c[keyPath: kp] = b
+        }, render: { $0[keyPath: kp] ? "true" : "false" })
     }
 
     static func strings(_ key: String, _ help: String, _ kp: WritableKeyPath<AgentConfig, [String]> & Sendable) -> Setting {

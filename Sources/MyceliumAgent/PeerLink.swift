@@ -12,7 +12,7 @@ import NIOCore
 final class PeerLink: Sendable {
     let raftID: UInt64
     private let queue: AsyncStream<Frame>.Continuation
-    private let state = NIOLockedValueBox<(addresses: [String], connectedTo: String?, task: Task<Void, Never>?)>(([], nil, nil))
+    private let state = NIOLockedValueBox<(addresses: [String], connectedTo: String?, everConnected: Bool, task: Task<Void, Never>?)>(([], nil, false, nil))
 
     struct Dialer: Sendable {
         var credentials: NodeCredentials
@@ -54,7 +54,7 @@ final class PeerLink: Sendable {
                     continue
                 }
                 backoff = 50_000_000
-                state.withLockedValue { $0.connectedTo = used }
+                state.withLockedValue { $0.connectedTo = used; $0.everConnected = true }
                 await dialer.onConnected(raftID, used, ch.peer)
                 do {
                     for f in await dialer.greeting() { try await ch.send(type: f.type, payload: f.payload) }
@@ -81,6 +81,9 @@ final class PeerLink: Sendable {
     func setAddresses(_ a: [String]) { state.withLockedValue { $0.addresses = a } }
     var addresses: [String] { state.withLockedValue { $0.addresses } }
     var connectedAddress: String? { state.withLockedValue { $0.connectedTo } }
+    /// True when this link had a connection and has lost it (and not yet got it back): the peer
+    /// closed it, or is gone. A link that never connected says nothing about the peer.
+    var lostConnection: Bool { state.withLockedValue { $0.everConnected && $0.connectedTo == nil } }
 
     func stop() {
         queue.finish()

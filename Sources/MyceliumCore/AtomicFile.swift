@@ -214,6 +214,7 @@ public enum FileKind {
     public static let inviteLedger: UInt16 = 4
     public static let seedSpore: UInt16 = 5
     public static let latentSpore: UInt16 = 6
+    public static let ownVote: UInt16 = 7
     public static let raftSnapshot: UInt16 = 10
     public static let raftHardState: UInt16 = 11
 }

@@ -19,8 +19,17 @@ public enum SporeCommand: Sendable, Equatable {
     case rotateKey(KeyRotation)
     /// Only advances spore time (the leader proposes one when nothing else happens).
     case tick
+    /// A governor opens a Byzantine-tolerant round about `node`; deadlines in each voter's ticks.
+    case openVote(VoteKind, node: NodeID, commitTicks: UInt32, revealTicks: UInt32)
+    /// Any member commits the round's decision certificate (the spore verifies it).
+    case decideVote(sequence: UInt64, certificate: [UInt8])
+    /// Any member commits proof of a voter's misbehaviour in a round (the spore verifies and slashes).
+    case voteEvidence(sequence: UInt64, evidence: [UInt8])
+    /// A governor closes a round that failed or stalled.
+    case closeVote(sequence: UInt64)
 
-    static let maxEncoded = 4096
+    /// Large enough for a decision certificate or evidence of a few hundred voters.
+    static let maxEncoded = 96 * 1024
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 64)
@@ -36,6 +45,10 @@ public enum SporeCommand: Sendable, Equatable {
         case let .setSetting(k, v): w.u8(9); w.string(k); w.string(v)
         case .rotateKey(let r): w.u8(10); w.blob(r.encoded())
         case .tick: w.u8(11)
+        case let .openVote(kind, node, ct, rt): w.u8(12); w.u8(kind.rawValue); w.raw(node.bytes); w.u32(ct); w.u32(rt)
+        case let .decideVote(seq, cert): w.u8(13); w.u64(seq); w.blob(cert)
+        case let .voteEvidence(seq, e): w.u8(14); w.u64(seq); w.blob(e)
+        case let .closeVote(seq): w.u8(15); w.u64(seq)
         }
         return w.bytes
     }
@@ -64,6 +77,13 @@ public enum SporeCommand: Sendable, Equatable {
             case 9: self = .setSetting(key: try r.string("key", limit: 1024), value: try r.string("value", limit: 1024))
             case 10: self = .rotateKey(try KeyRotation(decoding: r.blob("rotation", limit: 512)))
             case 11: self = .tick
+            case 12:
+                let k = try r.u8()
+                guard let kind = VoteKind(rawValue: k) else { throw DecodeError(.invalid(field: "vote kind", reason: "\(k)"), at: 1) }
+                self = .openVote(kind, node: try NodeID(bytes: r.raw(16)), commitTicks: try r.u32(), revealTicks: try r.u32())
+            case 13: self = .decideVote(sequence: try r.u64(), certificate: try r.blob("certificate", limit: SporeCommand.maxEncoded - 16))
+            case 14: self = .voteEvidence(sequence: try r.u64(), evidence: try r.blob("evidence", limit: SporeCommand.maxEncoded - 16))
+            case 15: self = .closeVote(sequence: try r.u64())
             default: throw DecodeError(.invalid(field: "command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()

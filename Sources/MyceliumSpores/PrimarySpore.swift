@@ -12,6 +12,7 @@
 
 import MyceliumCore
 import MyceliumIdentity
+import MyceliumVote
 
 /// Every kind of entry has a limit, so a spore (and every seed-spore file) has a bounded size.
 public struct SporeLimits: Sendable, Equatable {
@@ -23,6 +24,13 @@ public struct SporeLimits: Sendable, Equatable {
     public var maxSettings = 64
     public var maxSettingLength = 1024
     public var maxSclerotia = 7
+    /// Vote rounds kept (open, and finished ones for late evidence).
+    public var maxRounds = 64
+    /// Trust of the founding members (admitted before the handoff, vouched for by the genesis key).
+    /// Later members start at the ledger's initial (low) score and must earn trust.
+    public var founderTrust: UInt64 = 600_000
+    /// Length of a trust epoch in spore seconds (uptime credit, decay, jail terms).
+    public var trustEpochSeconds: Int64 = 60
     /// Seconds a member stays `alive` in the spore without a refresh.
     public var memberTimeframe: Int64 = 120
     /// A member that has been `failed` or `left` for this long is dropped from the spore.
@@ -99,6 +107,14 @@ public struct PrimarySpore: Sendable, Equatable {
     public internal(set) var leases: [String: Lease] = [:]
     /// Keys the network rotated away from; a command signed by one is refused.
     public internal(set) var keys = KeyRegistry()
+    /// Every member's trust, changed only by committed commands (admission, uptime, votes, slashing).
+    public internal(set) var trust = TrustLedger()
+    public internal(set) var trustEpochStart: Int64 = 0
+    /// Vote rounds by sequence.
+    public internal(set) var rounds: [UInt64: SporeRound] = [:]
+    public internal(set) var voteSequence: UInt64 = 0
+    /// Members an accepted admission round approved as sclerotia.
+    public internal(set) var approvedSclerotia: Set<NodeID> = []
 
     public init(network: NetworkIdentity, limits: SporeLimits = SporeLimits()) {
         self.network = network
@@ -162,6 +178,8 @@ public struct PrimarySpore: Sendable, Equatable {
             members[cert.nodeID] = Member(certificate: cert, key: cert.nodeKey, addresses: [], capabilities: Capabilities(),
                                           status: .alive, expiresAt: now + limits.memberTimeframe, since: now)
             keys.learn(node: cert.nodeID, key: cert.nodeKey)
+            // A re-admitted member keeps its record: failing and rejoining never resets trust.
+            trust.admit(cert.nodeID, score: phase == .bootstrap ? limits.founderTrust : nil)
 
         case let .refresh(capabilities):
             guard var m = members[author], m.status != .left else { throw SporeError(.unknownMember(author)) }
@@ -190,9 +208,13 @@ public struct PrimarySpore: Sendable, Equatable {
             if status != .left && status != .alive && !mayGovern(author) {
                 throw SporeError(.notAuthorized(author, "record another node as \(status)"))
             }
+            // Where a Byzantine-tolerant round can be formed, only its certificate records a failure.
+            if status == .failed && m.status != .failed && voteUnavailable(.failure, node: node) == nil {
+                throw SporeError(.notAuthorized(author, "record \(node) failed without a failure-confirmation vote (one can be formed: open it)"))
+            }
             if m.status != status { m.status = status; m.since = now }
             members[node] = m
-            if status == .failed || status == .left { sclerotia.removeAll { $0 == node } }
+            if status == .failed || status == .left { sclerotia.removeAll { $0 == node }; approvedSclerotia.remove(node) }
 
         case let .setSclerotia(ids):
             guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "choose sclerotia")) }
@@ -200,6 +222,11 @@ public struct PrimarySpore: Sendable, Equatable {
             for id in ids {
                 guard let m = members[id], m.status == .alive else { throw SporeError(.unknownMember(id)) }
                 guard m.roles.contains(.sclerotiumEligible) else { throw SporeError(.notAuthorized(id, "be a sclerotium")) }
+                // After the handoff a new sclerotium needs an accepted admission round, where one can be formed.
+                if phase == .distributed && !sclerotia.contains(id) && !approvedSclerotia.contains(id)
+                    && voteUnavailable(.sclerotium, node: id) == nil {
+                    throw SporeError(.notAuthorized(id, "become a sclerotium without an admission vote (one can be formed: open it)"))
+                }
             }
             sclerotia = ids.sorted()
 
@@ -234,6 +261,9 @@ public struct PrimarySpore: Sendable, Equatable {
 
         case .tick:
             break  // advances `now` only; expiry happens after every command
+
+        case .openVote, .decideVote, .voteEvidence, .closeVote:
+            try performVote(c, author: author)
         }
     }
 
@@ -255,8 +285,11 @@ public struct PrimarySpore: Sendable, Equatable {
             } else if (m.status == .failed || m.status == .left) && m.since + limits.departedRetention <= now {
                 members[id] = nil
                 sclerotia.removeAll { $0 == id }
+                approvedSclerotia.remove(id)
+                trust.remove(id)
             }
         }
+        advanceTrust()
         leases = leases.filter { $0.value.expiresAt > now }
     }
 }

@@ -1,11 +1,12 @@
 import MyceliumCore
 import MyceliumIdentity
+import MyceliumVote
 
 // Deterministic bytes for a primary spore: everything sorted, so two replicas with the same state
 // produce the same bytes (and the same seed-spore signature input).
 
 extension PrimarySpore {
-    static let magic: [UInt8] = Array("MYS1".utf8)
+    static let magic: [UInt8] = Array("MYS2".utf8)
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 256 + members.count * 200)
@@ -26,6 +27,10 @@ extension PrimarySpore {
         for (k, v) in settings.sorted(by: { $0.key < $1.key }) { w.string(k); w.string(v) }
         w.u32(UInt32(leases.count))
         for l in leases.values.sorted(by: { $0.name < $1.name }) { w.string(l.name); w.raw(l.holder.bytes); w.i64(l.expiresAt) }
+        trust.encode(into: &w)
+        w.i64(trustEpochStart); w.u64(voteSequence)
+        w.u16(UInt16(approvedSclerotia.count)); for n in approvedSclerotia.sorted() { w.raw(n.bytes) }
+        w.u16(UInt16(rounds.count)); for r in rounds.values.sorted(by: { $0.sequence < $1.sequence }) { r.encode(into: &w) }
         return w.bytes
     }
 
@@ -68,6 +73,15 @@ extension PrimarySpore {
             for _ in 0..<nl {
                 let l = Lease(name: try r.string("lease", limit: limits.maxLeaseNameLength), holder: try NodeID(bytes: r.raw(16)), expiresAt: try r.i64())
                 leases[l.name] = l
+            }
+            trust = try TrustLedger(from: &r)
+            trustEpochStart = try r.i64(); voteSequence = try r.u64()
+            let na = try r.count("approved sclerotia", limit: limits.maxMembers)
+            for _ in 0..<na { approvedSclerotia.insert(try NodeID(bytes: r.raw(16))) }
+            let nr = try r.count("vote rounds", limit: limits.maxRounds)
+            for _ in 0..<nr {
+                let round = try SporeRound(from: &r)
+                if rounds.updateValue(round, forKey: round.sequence) != nil { throw SporeError(.malformed("spore: vote round \(round.sequence) listed twice")) }
             }
             try r.finish()
         } catch let e as SporeError {

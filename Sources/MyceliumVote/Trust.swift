@@ -62,12 +62,12 @@ public struct SlashRecord: Sendable, Hashable {
 /// arguments, applied in Raft order.
 public struct TrustLedger: Sendable, Hashable {
     public let parameters: TrustParameters
-    public private(set) var epoch: UInt64 = 0
-    public private(set) var records: [NodeID: TrustRecord] = [:]
+    public internal(set) var epoch: UInt64 = 0
+    public internal(set) var records: [NodeID: TrustRecord] = [:]
     /// Offences already slashed: a second proof of the same offence changes nothing.
-    public private(set) var slashed: Set<OffenceKey> = []
+    public internal(set) var slashed: Set<OffenceKey> = []
     /// Rounds whose participation was already credited.
-    public private(set) var credited: Set<RoundID> = []
+    public internal(set) var credited: Set<RoundID> = []
 
     public init(parameters: TrustParameters = TrustParameters()) { self.parameters = parameters }
 

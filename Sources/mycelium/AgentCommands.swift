@@ -41,7 +41,14 @@ struct StatusCommand: AsyncParsableCommand {
         for m in (s["members"] as? [[String: Any]]) ?? [] {
             let scl = (m["sclerotium"] as? Bool) == true ? "sclerotium" : "member    "
             let addrs = (m["addresses"] as? [String])?.joined(separator: ",") ?? ""
-            print("  \(m["id"] ?? "?")  \(scl)  \(String(describing: m["status"] ?? "?").padding(toLength: 7, withPad: " ", startingAt: 0))  \(addrs)")
+            let trust = (m["trust"] as? Int).map { String(format: "trust %.2f", Double($0) / 1e6) } ?? ""
+            print("  \(m["id"] ?? "?")  \(scl)  \(String(describing: m["status"] ?? "?").padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(addrs)")
+        }
+        if let votes = s["votes"] as? [[String: Any]], !votes.isEmpty {
+            print("votes:")
+            for v in votes.suffix(8) {
+                print("  #\(v["sequence"] ?? "?") \(v["kind"] ?? "?") of \(v["node"] ?? "?"): \(v["state"] ?? "?") (\(v["voters"] ?? "?") voters, tolerates \(v["tolerates"] ?? "?") liar)")
+            }
         }
         if let ev = s["events"] as? [String], !ev.isEmpty {
             print("recent events:")

@@ -13,6 +13,8 @@ final class AgentCluster {
     var listenHost: (String) -> String = { _ in "127.0.0.1" }
     /// The network namespace node `n` runs in, if any.
     var netns: ((String) -> String)?
+    /// Extra configuration lines for node `n`.
+    var extraConfig: (String) -> String = { _ in "" }
 
     static var binDir: String {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -68,7 +70,7 @@ final class AgentCluster {
     func writeConfig(_ n: String, extra: String = "") throws {
         var text = "home = \"\(home(n))\"\nlisten = \"\(listenHost(n)):\(port(n))\"\n"
         if !seedDirs.isEmpty { text += "seed_dirs = [" + seedDirs.map { "\"\($0)\"" }.joined(separator: ", ") + "]\n" }
-        text += extra
+        text += extraConfig(n) + extra
         try text.write(toFile: home(n) + ".conf", atomically: true, encoding: .utf8)
     }
 
@@ -88,6 +90,12 @@ final class AgentCluster {
         log.seekToEndOfFile()
         p.standardOutput = log
         p.standardError = log
+        // An agent that dies on its own says how in its log (a test kill shows as signal 9 or 15).
+        let logPath = home(n) + ".log"
+        p.terminationHandler = { proc in
+            let how = proc.terminationReason == .uncaughtSignal ? "signal \(proc.terminationStatus)" : "status \(proc.terminationStatus)"
+            if let h = FileHandle(forWritingAtPath: logPath) { h.seekToEndOfFile(); h.write(Data("[harness] myceliumd exited with \(how)\n".utf8)); try? h.close() }
+        }
         try p.run()
         processes[n] = p
     }
