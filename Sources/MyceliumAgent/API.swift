@@ -5,6 +5,7 @@
 //   GET  /v1/spore         the primary spore as this node holds it (JSON)
 //   GET  /v1/spore/export  a signed seed spore of it (binary), for `mycelium spore export`
 //   POST /v1/leave         this node leaves the network
+//   POST /v1/vote/failure?node=ID  asks the network (a Byzantine-tolerant vote) whether ID has failed
 
 import Foundation
 import MyceliumCore
@@ -84,6 +85,20 @@ extension Agent {
             submit(.setStatus(node: certificate.nodeID, .left))
             processReady()
             return (.accepted, "application/json", json(["result": "leave proposed; the network removes this node once it commits"]))
+        case (.POST, _) where uri.hasPrefix("/v1/vote/failure?node="):
+            let text = String(uri.dropFirst("/v1/vote/failure?node=".count))
+            guard let node = try? MyceliumIdentity.NodeID(parsing: text), let m = spore.members[node] else {
+                return (.badRequest, "application/json", json(["error": "'\(text)' is not a member of this network; see 'mycelium status'"]))
+            }
+            guard m.status == .alive || m.status == .suspect else {
+                return (.conflict, "application/json", json(["error": "\(node) is already \(m.status)"]))
+            }
+            if let reason = spore.voteUnavailable(.failure, node: node) {
+                return (.conflict, "application/json", json(["error": "no Byzantine-tolerant vote on \(node) can be formed: \(reason)"]))
+            }
+            requestFailureVote(node.compact)
+            processReady()
+            return (.accepted, "application/json", json(["result": "failure vote on \(node) requested; watch 'mycelium status'"]))
         default:
             return (.notFound, "application/json", json(["error": "no such endpoint: \(method) \(uri)"]))
         }
@@ -127,6 +142,8 @@ extension Agent {
                 "sequence": Int(r.sequence), "kind": "\(r.kind)", "node": "\(r.node)", "voters": r.spec.voters.count,
                 "tolerates": Int(r.spec.assumedFaults),
                 "state": r.decision.map { $0 == .yes ? "decided yes" : "decided no" } ?? (r.closed ? "closed" : "open"),
+                "local_latency_ms": voteTimings[r.sequence]?.latencyMilliseconds ?? -1,
+                "local_messages_sent": voteTimings[r.sequence]?.messagesSent ?? 0,
             ]
         }
         return [

@@ -118,6 +118,7 @@ public actor Agent {
     var lastVoteOpened: [UInt64: UInt64] = [:]
     var voteFallbackNoted: Set<String> = []
     var pendingChecks: [UInt64: PendingCheck] = [:]
+    var voteTimings: [UInt64: VoteTiming] = [:]
     /// The tick at which a frame last arrived from each peer.
     var lastHeard: [UInt64: UInt64] = [:]
 
@@ -512,6 +513,7 @@ public actor Agent {
 
     func handle(_ f: Frame, from peer: UInt64) {
         lastHeard[peer] = ticks
+        if !pendingChecks.isEmpty { finishChecks() }  // an answer to a direct check: vote at once
         if heardFrom.insert(peer).inserted, let node = nodeIDs[peer], spore.members[node] != nil {
             detector.setPeers(spore.presentMembers.map { $0.id.compact }.filter { heardFrom.contains($0) })
         }

@@ -17,6 +17,14 @@ import MyceliumSpores
 import MyceliumTransport
 import MyceliumVote
 
+/// How one round went on this node: from applying its opening entry to its own decision.
+struct VoteTiming: Sendable {
+    var opened: Double
+    var decided: Double?
+    var messagesSent = 0
+    var latencyMilliseconds: Double { decided.map { ($0 - opened) * 1000 } ?? -1 }
+}
+
 /// A failure question this node is checking for itself before it answers.
 struct PendingCheck: Sendable {
     let round: SporeRound
@@ -82,6 +90,8 @@ extension Agent {
     /// can only make a round fail; it can never make a wrong answer win.
     func joinRound(_ round: SporeRound) {
         voteRounds[round.spec.id] = round.sequence
+        voteTimings[round.sequence] = VoteTiming(opened: Date().timeIntervalSince1970)
+        if voteTimings.count > 2 * spore.limits.maxRounds, let oldest = voteTimings.keys.min() { voteTimings[oldest] = nil }
         let path = paths.votesDir + "/\(round.sequence).vote"
         var restoring: OwnVote?
         if AtomicFile.exists(path) {
@@ -111,7 +121,7 @@ extension Agent {
     func finishChecks() {
         for (seq, c) in pendingChecks {
             let peer = c.round.node.compact
-            let heard = (lastHeard[peer] ?? 0) > c.since
+            let heard = lastHeard[peer].map { $0 >= c.since } ?? false
             guard heard || ticks >= c.deadline else { continue }
             pendingChecks[seq] = nil
             let answer: Bool? = heard ? false : (suspects(peer) || links[peer]?.lostConnection == true) ? true : nil
@@ -183,10 +193,13 @@ extension Agent {
                 for v in spec.voters where v.id != certificate.nodeID {
                     (links[v.id.compact] ?? makeLink(v.id.compact))?.send(frame)
                 }
+                if let seq = voteRounds[m.round] { voteTimings[seq]?.messagesSent += spec.voters.count - 1 }
             case let .send(to, m):
                 (links[to.compact] ?? makeLink(to.compact))?.send(Frame(type: AgentFrame.vote, payload: m.encoded()))
+                if let seq = voteRounds[m.round] { voteTimings[seq]?.messagesSent += 1 }
             case let .decided(rid, outcome):
                 guard let seq = voteRounds[rid] else { continue }
+                voteTimings[seq]?.decided = Date().timeIntervalSince1970
                 switch outcome {
                 case let .accepted(_, cert):
                     if spore.rounds[seq]?.isOpen == true { submit(.decideVote(sequence: seq, certificate: cert.encoded())) }
@@ -202,16 +215,21 @@ extension Agent {
         }
     }
 
+    /// An operator (or a benchmark) asks whether `peer` has failed: the leader puts it to a vote.
+    func requestFailureVote(_ peer: UInt64) {
+        if raft.role == .leader {
+            recordReport(peer, by: me)
+        } else if raft.leader != .none, let link = links[raft.leader] ?? makeLink(raft.leader) {
+            var w = ByteWriter(); w.u64(peer)
+            link.send(Frame(type: AgentFrame.report, payload: w.bytes))
+        }
+    }
+
     /// A lying test agent also accuses a live member now and then, to show the vote protects it.
     func fabricateAccusation() {
         guard config.voteLie, ticks % (5 * UInt64(max(1, 1000 / config.tickMilliseconds))) == 0,
               let victim = spore.presentMembers.map({ $0.id.compact }).filter({ $0 != me }).randomElement(using: &rng) else { return }
-        if raft.role == .leader {
-            recordReport(victim, by: me)
-        } else if raft.leader != .none, let link = links[raft.leader] ?? makeLink(raft.leader) {
-            var w = ByteWriter(); w.u64(victim)
-            link.send(Frame(type: AgentFrame.report, payload: w.bytes))
-        }
+        requestFailureVote(victim)
     }
 
     /// Leader housekeeping, every second: close rounds that outlived their deadlines everywhere,

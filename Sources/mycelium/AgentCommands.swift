@@ -119,3 +119,24 @@ struct LeaveCommand: AsyncParsableCommand {
     @OptionGroup var agent: AgentOptions
     func run() async throws { print(String(decoding: try await agent.get("/v1/leave", method: "POST"), as: UTF8.self)) }
 }
+
+struct VoteCommandGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vote", abstract: "Put a question to the network's Byzantine-tolerant vote.", subcommands: [Failure.self])
+
+    struct Failure: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "failure", abstract: "Ask the network whether a member has failed.",
+            discussion: """
+                The leader opens a failure-confirmation round; every trusted member checks the node for itself \
+                and votes. A "yes" accepted by more than two thirds of the trust records the node as failed; \
+                otherwise nothing changes. Follow it with 'mycelium status' (votes).
+                Example: mycelium vote failure node-0h0687nea3yf5q99xxmqwj0se286y --home /var/lib/mycelium
+                """)
+        @OptionGroup var agent: AgentOptions
+        @Argument(help: "The member's node ID (as 'mycelium status' shows it).") var node: String
+        func run() async throws {
+            print(String(decoding: try await agent.get("/v1/vote/failure?node=\(node)", method: "POST"), as: UTF8.self))
+        }
+    }
+}

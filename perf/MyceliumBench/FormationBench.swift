@@ -34,54 +34,93 @@ func runFormationBench(_ args: [String]) async throws {
 }
 
 private func formOnce(n: Int, bin: String) async throws -> Double {
-    let dir = NSTemporaryDirectory() + "myc-form-\(UUID().uuidString.prefix(8))"
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    let base = 30_000 + Int.random(in: 0..<300) * 100
-    let genesis = SigningKey()
-    let issued = Int64(Date().timeIntervalSince1970)
-    for i in 1...n {
-        let home = dir + "/n\(i)"
-        try AtomicFile.makeDirectory(home)
-        let key = SigningKey()
-        try KeyFile.write(key, to: home + "/node.key")
-        let cert = MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: key.publicKey), nodeKey: key.publicKey,
-                                               roles: i == 1 ? [.member, .sclerotiumEligible, .inviter] : [.member, .sclerotiumEligible],
-                                               serial: UInt64(i), issuedAt: issued - 5, validFor: 3600)
-        try ChecksummedFile.write(kind: FileKind.membershipCertificate, payload: cert.encoded(), to: home + "/node.cert")
-        if i == 1 {
-            try KeyFile.write(genesis, to: home + "/network.key", kind: FileKind.networkSecretKey)
-        } else {
-            try AtomicFile.write(Array("127.0.0.1:\(base + 1)".utf8), to: home + "/join.peers")
-        }
-        try "home = \"\(home)\"\nlisten = \"127.0.0.1:\(base + i)\"\nlog_level = \"warning\"\n"
-            .write(toFile: home + ".conf", atomically: true, encoding: .utf8)
-    }
-    var procs: [Process] = []
-    defer { for p in procs { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
+    let net = try LoopbackNetwork(n: n, bin: bin)
+    defer { net.stop() }
     let start = now()
-    for i in 1...n {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
-        p.arguments = ["--config", dir + "/n\(i).conf"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        procs.append(p)
-    }
-    while now() - start < 120 {
-        var views: [[String: Any]] = []
+    try net.startAll()
+    try await net.waitFormed(timeout: 120)
+    return now() - start
+}
+
+/// N pre-provisioned agents on loopback (keys, genesis-issued certificates, the genesis node's
+/// address), started as real `myceliumd` processes; removed and killed by `stop()`.
+final class LoopbackNetwork {
+    let n: Int
+    let bin: String
+    let dir = NSTemporaryDirectory() + "myc-bench-\(UUID().uuidString.prefix(8))"
+    var procs: [Process] = []
+
+    init(n: Int, bin: String, extraConfig: String = "") throws {
+        self.n = n
+        self.bin = bin
+        let base = 30_000 + Int.random(in: 0..<300) * 100
+        let genesis = SigningKey()
+        let issued = Int64(Date().timeIntervalSince1970)
         for i in 1...n {
-            guard let (code, body) = try? await AgentAPIClient.request(socket: dir + "/n\(i)/agent.sock", method: "GET", path: "/v1/status"),
-                  code == 200, let v = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else { break }
-            views.append(v)
+            let home = dir + "/n\(i)"
+            try AtomicFile.makeDirectory(home)
+            let key = SigningKey()
+            try KeyFile.write(key, to: home + "/node.key")
+            let cert = MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: key.publicKey), nodeKey: key.publicKey,
+                                                   roles: i == 1 ? [.member, .sclerotiumEligible, .inviter] : [.member, .sclerotiumEligible],
+                                                   serial: UInt64(i), issuedAt: issued - 5, validFor: 3600)
+            try ChecksummedFile.write(kind: FileKind.membershipCertificate, payload: cert.encoded(), to: home + "/node.cert")
+            if i == 1 {
+                try KeyFile.write(genesis, to: home + "/network.key", kind: FileKind.networkSecretKey)
+            } else {
+                try AtomicFile.write(Array("127.0.0.1:\(base + 1)".utf8), to: home + "/join.peers")
+            }
+            try "home = \"\(home)\"\nlisten = \"127.0.0.1:\(base + i)\"\nlog_level = \"warning\"\n\(extraConfig)"
+                .write(toFile: home + ".conf", atomically: true, encoding: .utf8)
         }
-        if views.count == n,
-           Set(views.map { "\($0["epoch"] ?? "")" }).count == 1, Set(views.map { "\($0["leader"] ?? "")" }).count == 1,
-           views.allSatisfy({ ($0["phase"] as? String) == "distributed" }),
-           views.allSatisfy({ (($0["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count == n }) {
-            return now() - start
-        }
-        try await Task.sleep(nanoseconds: 20_000_000)
     }
-    throw AgentError("\(n) nodes did not form within 120 s")
+
+    func startAll() throws {
+        for i in 1...n {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
+            p.arguments = ["--config", dir + "/n\(i).conf"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            procs.append(p)
+        }
+    }
+
+    func status(_ i: Int) async -> [String: Any]? {
+        guard let (code, body) = try? await AgentAPIClient.request(socket: dir + "/n\(i)/agent.sock", method: "GET", path: "/v1/status"),
+              code == 200 else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+    }
+
+    func post(_ i: Int, _ path: String) async throws -> (Int, String) {
+        let (code, body) = try await AgentAPIClient.request(socket: dir + "/n\(i)/agent.sock", method: "POST", path: path)
+        return (code, String(decoding: body, as: UTF8.self))
+    }
+
+    /// Every member reports the same primary spore: same epoch and leader, distributed, N alive.
+    func waitFormed(timeout: Double) async throws {
+        let start = now()
+        while now() - start < timeout {
+            var views: [[String: Any]] = []
+            for i in 1...n {
+                guard let v = await status(i) else { break }
+                views.append(v)
+            }
+            if views.count == n,
+               Set(views.map { "\($0["epoch"] ?? "")" }).count == 1, Set(views.map { "\($0["leader"] ?? "")" }).count == 1,
+               views.allSatisfy({ ($0["phase"] as? String) == "distributed" }),
+               views.allSatisfy({ (($0["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count == n }) {
+                return
+            }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        throw AgentError("\(n) nodes did not form within \(Int(timeout)) s")
+    }
+
+    func stop() {
+        for p in procs { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        procs = []
+        try? FileManager.default.removeItem(atPath: dir)
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumAgent
 import MyceliumCore
 import MyceliumVote
 
@@ -14,7 +15,8 @@ import MyceliumVote
 /// The "floor" is two mean one-way delays (commit, then reveal): what any two-phase protocol needs.
 /// The fast path waits for the *slowest* commitment, so the ratio to the floor grows with n. The goal from ARCHITECTURE.md is < 50 ms at LAN latency for 10 voters;
 /// CometBFT's ~4 s p50 at 175 validators is quoted, not re-measured (no CometBFT on this machine).
-/// Loopback with real agents comes with the node agent.
+/// `--agents N` (default 10; 0 skips) then runs the same question through N real agents on loopback:
+/// see `runLoopbackVoteBench`.
 func runVoteBench(_ args: [String]) async throws {
     func option(_ name: String) -> String? {
         guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
@@ -77,4 +79,63 @@ func runVoteBench(_ args: [String]) async throws {
     if let l = lan10 {
         print("goal: < 50 ms at LAN latency for 10 voters → \(fmt(l, 1)) ms (\(fmt(50 / l, 1))× under the goal); CometBFT quoted ~4 s p50 at 175 validators")
     }
+    let agents = option("--agents").flatMap(Int.init) ?? 10
+    if agents > 0 { try await runLoopbackVoteBench(agents: agents, rounds: max(rounds, 10)) }
+}
+
+/// N real agents (all founders, so every one of them votes) on loopback. Each round asks the network
+/// whether a live member has failed (`POST /v1/vote/failure`); every voter checks the member with a
+/// direct probe over its authenticated channel and the round is decided "no". Latency is measured
+/// on each node from applying the round's opening Raft entry to its own decision (the Raft commit of
+/// the opening is not included: that is Raft's latency, measured by `formation`); messages are
+/// the vote frames all nodes sent for the round. The peer for comparison is the simulator's LAN row
+/// above (same state machine, no sockets, no TLS, no scheduling).
+func runLoopbackVoteBench(agents n: Int, rounds: Int) async throws {
+    let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+    guard FileManager.default.isExecutableFile(atPath: bin + "/myceliumd") else {
+        print("vote (loopback): \(bin)/myceliumd not found; run 'swift build -c release' first")
+        return
+    }
+    print("vote over loopback: \(n) real agents (TLS 1.3 channels, 100-ms ticks), \(rounds) failure questions about live members")
+    let net = try LoopbackNetwork(n: n, bin: bin, extraConfig: "handoff_members = \(n)\nvote_phase_ms = 1000\n")
+    defer { net.stop() }
+    try net.startAll()
+    try await net.waitFormed(timeout: 180)
+    var latencies: [Double] = [], messages: [Double] = [], outcomes: [String] = []
+    for r in 1...rounds {
+        guard let v = await net.status(1), let ms = v["members"] as? [[String: Any]] else { throw AgentError("agent 1 has no status") }
+        let leader = "\(v["leader"] ?? "")"
+        let candidates = ms.map { "\($0["id"]!)" }.filter { $0 != leader }
+        let target = candidates[r % candidates.count]
+        let before = Set(((v["votes"] as? [[String: Any]]) ?? []).map { $0["sequence"] as? Int ?? 0 })
+        let (code, body) = try await net.post(1 + r % n, "/v1/vote/failure?node=\(target)")
+        guard code == 202 else { throw AgentError("vote request refused (\(code)): \(body)") }
+        // Wait until every voter has decided the new round locally.
+        let start = now()
+        var done = false
+        while !done && now() - start < 30 {
+            try await Task.sleep(nanoseconds: 50_000_000)
+            var lat: [Double] = [], sent = 0, states: Set<String> = [], seen = 0
+            for i in 1...n {
+                guard let s = await net.status(i),
+                      let round = ((s["votes"] as? [[String: Any]]) ?? []).first(where: { !before.contains($0["sequence"] as? Int ?? 0) && "\($0["node"] ?? "")" == target })
+                else { continue }
+                seen += 1
+                states.insert("\(round["state"] ?? "")")
+                if let l = round["local_latency_ms"] as? Double, l >= 0 { lat.append(l) }
+                sent += round["local_messages_sent"] as? Int ?? 0
+            }
+            // Every voter (all but the subject) decided, and the decision is committed everywhere.
+            if seen == n && lat.count >= n - 1 && states.count == 1 && !states.contains("open") {
+                latencies.append(median(lat)); messages.append(Double(sent)); outcomes.append(states.first!)
+                done = true
+            }
+        }
+        if !done { print("  round \(r): not decided everywhere within 30 s") }
+    }
+    guard !latencies.isEmpty else { return }
+    print("  rounds decided: \(latencies.count)/\(rounds), outcomes: \(Dictionary(grouping: outcomes, by: { $0 }).mapValues(\.count))")
+    print("  latency, open → decision on each voter: median \(fmt(median(latencies), 1)) ms, worst round \(fmt(latencies.max()!, 1)) ms")
+    print("  vote frames per round (all nodes): median \(fmt(median(messages)))  (3 phases × n × (n−1) = \(3 * n * (n - 1)) at most)")
+    print("  goal: < 50 ms for 10 voters at LAN latency → \(fmt(median(latencies) / 50, 2))× the goal")
 }
