@@ -6,6 +6,7 @@
 //   GET  /v1/spore/export  a signed seed spore of it (binary), for `mycelium spore export`
 //   POST /v1/leave         this node leaves the network
 //   POST /v1/vote/failure?node=ID  asks the network (a Byzantine-tolerant vote) whether ID has failed
+//   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation
 import MyceliumCore
@@ -21,25 +22,35 @@ final class APIServer: Sendable {
     let channel: Channel
     let path: String
 
-    static func start(path: String, agent: Agent, group: EventLoopGroup) async throws -> APIServer {
-        unlink(path)
-        let ch = try await ServerBootstrap(group: group)
+    static func bootstrap(agent: Agent, group: EventLoopGroup, metricsOnly: Bool) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try ch.pipeline.syncOperations.addHandler(APIHandler(agent: agent))
+                    try ch.pipeline.syncOperations.addHandler(APIHandler(agent: agent, metricsOnly: metricsOnly))
                 }
             }
-            .bind(unixDomainSocketPath: path).get()
+    }
+
+    static func start(path: String, agent: Agent, group: EventLoopGroup) async throws -> APIServer {
+        unlink(path)
+        let ch = try await bootstrap(agent: agent, group: group, metricsOnly: false).bind(unixDomainSocketPath: path).get()
         chmod(path, 0o600)
         return APIServer(channel: ch, path: path)
+    }
+
+    /// The Prometheus endpoint on TCP: serves GET /metrics and nothing else (the API stays on the socket).
+    static func startMetrics(host: String, port: Int, agent: Agent, group: EventLoopGroup) async throws -> APIServer {
+        let ch = try await bootstrap(agent: agent, group: group, metricsOnly: true).bind(host: host, port: port).get()
+        return APIServer(channel: ch, path: "")
     }
 
     init(channel: Channel, path: String) { self.channel = channel; self.path = path }
 
     func close() async {
         try? await channel.close().get()
-        unlink(path)
+        if !path.isEmpty { unlink(path) }
     }
 }
 
@@ -47,16 +58,17 @@ final class APIHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     let agent: Agent
+    let metricsOnly: Bool
 
-    init(agent: Agent) { self.agent = agent }
+    init(agent: Agent, metricsOnly: Bool) { self.agent = agent; self.metricsOnly = metricsOnly }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data) else { return }
         let agent = self.agent
         let channel = context.channel
-        let method = head.method, uri = head.uri
+        let method = head.method, uri = head.uri, metricsOnly = self.metricsOnly
         Task {
-            let (status, type, body) = await agent.answer(method: method, uri: uri)
+            let (status, type, body) = await agent.answer(method: method, uri: uri, metricsOnly: metricsOnly)
             channel.eventLoop.execute {
                 var headers = HTTPHeaders()
                 headers.add(name: "Content-Type", value: type)
@@ -73,7 +85,12 @@ final class APIHandler: ChannelInboundHandler, Sendable {
 }
 
 extension Agent {
-    func answer(method: HTTPMethod, uri: String) -> (HTTPResponseStatus, String, [UInt8]) {
+    func answer(method: HTTPMethod, uri: String, metricsOnly: Bool = false) -> (HTTPResponseStatus, String, [UInt8]) {
+        if method == .GET && uri == "/metrics" {
+            updateGauges()
+            return (.ok, "text/plain; version=0.0.4", AgentMetrics.registry.emitToBuffer())
+        }
+        if metricsOnly { return (.notFound, "text/plain", Array("only /metrics is served here; the API is on the local socket\n".utf8)) }
         switch (method, uri) {
         case (.GET, "/v1/status"): return (.ok, "application/json", json(status()))
         case (.GET, "/v1/spore"): return (.ok, "application/json", json(sporeJSON()))

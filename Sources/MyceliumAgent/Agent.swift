@@ -87,6 +87,7 @@ public actor Agent {
     let group: EventLoopGroup
     var tickTask: Task<Void, Never>?
     var api: APIServer?
+    var metricsServer: APIServer?
 
     // Leader bookkeeping.
     var pendingConfChange: UInt64 = 0
@@ -119,6 +120,8 @@ public actor Agent {
     var voteFallbackNoted: Set<String> = []
     var pendingChecks: [UInt64: PendingCheck] = [:]
     var voteTimings: [UInt64: VoteTiming] = [:]
+    let instruments = AgentInstruments()
+    var lastLeader: UInt64 = 0
     /// The tick at which a frame last arrived from each peer.
     var lastHeard: [UInt64: UInt64] = [:]
 
@@ -194,6 +197,13 @@ public actor Agent {
             joinAuthority: genesisAuthority,
             onPeer: { [weak self] ch in await self?.serve(ch) })
         api = try await APIServer.start(path: config.apiSocketPath, agent: self, group: group)
+        if let (mh, mp) = splitAddress(config.metricsListen) {
+            do {
+                metricsServer = try await APIServer.startMetrics(host: mh, port: mp, agent: self, group: group)
+            } catch {
+                throw AgentError("cannot serve metrics on \(config.metricsListen): \(error); choose another metrics_listen or leave it empty")
+            }
+        }
         logger.info("agent started", metadata: ["node": "\(certificate.nodeID)", "network": "\(network.id)",
                                                 "listen": "\(config.listen)", "raft_id": "\(me)"])
         note("started; listening on \(config.listen)")
@@ -213,6 +223,7 @@ public actor Agent {
         for l in contactLinks.values { l.stop() }
         await listener?.close()
         await api?.close()
+        await metricsServer?.close()
         wal.close()
         note("stopped")
         logger.info("agent stopped")
@@ -242,7 +253,11 @@ public actor Agent {
             if ticks % ticksPerSecond == 0 || pendingConfChange != 0 { reconcile() }
             if ticks % ticksPerSecond == 0 { superviseVotes() }
         }
-        if ticks % ticksPerSecond == 0 { everySecond() }
+        if ticks % ticksPerSecond == 0 { everySecond(); updateGauges() }
+        if raft.leader != lastLeader {
+            if raft.leader != .none { instruments.leaderChanges.increment() }
+            lastLeader = raft.leader
+        }
         if spore.members[certificate.nodeID] != nil && ticks - lastRefresh >= 10 * ticksPerSecond {
             lastRefresh = ticks
             submit(.refresh(localCapabilities()))
@@ -301,6 +316,7 @@ public actor Agent {
             let rd = raft.ready()
             do {
                 try wal.save(rd)
+                instruments.walSaves.increment()
             } catch {
                 // Without durable storage we must not acknowledge anything: stop loudly.
                 logger.critical("cannot write the Raft log; stopping", metadata: ["error": "\(error)"])
@@ -356,6 +372,7 @@ public actor Agent {
             }
             if case let .setStatus(n, status) = signed.command, status == .failed {
                 note("recorded failure of \(n)")
+                instruments.failuresRecorded.increment()
                 logger.warning("member recorded as failed", metadata: ["node": "\(n)"])
             }
             appliedVoteCommand(signed.command)

@@ -14,6 +14,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var advertise = ""
     /// Unix socket for the local API used by `mycelium status` (defaults to HOME/agent.sock).
     public var apiSocket = ""
+    /// host:port serving Prometheus metrics at /metrics over HTTP (empty: only on the API socket).
+    public var metricsListen = ""
     /// Addresses of nodes to contact first when this node has no latent spore yet.
     public var join: [String] = []
     /// Directories (local or mounted shares) where the leader writes seed spores and a cold node reads them.
@@ -59,6 +61,7 @@ public struct AgentConfig: Sendable, Equatable {
         string("listen", "host:port for authenticated channels between agents.", \.listen),
         string("advertise", "host:port other nodes dial to reach this one (empty: same as listen).", \.advertise),
         string("api_socket", "Unix socket for the local API used by 'mycelium status' (empty: HOME/agent.sock).", \.apiSocket),
+        string("metrics_listen", "host:port serving Prometheus metrics at /metrics (empty: only on the API socket, via curl --unix-socket).", \.metricsListen),
         strings("join", "Addresses of nodes to contact when this node has no latent spore yet.", \.join),
         strings("seed_dirs", "Directories (local or mounted shares) for seed spores.", \.seedDirs),
         int("handoff_members", "Members needed before the bootstrap agent hands control to the sclerotia.", \.handoffMembers, 1...100),
@@ -99,6 +102,7 @@ public struct AgentConfig: Sendable, Equatable {
         if heartbeatTicks >= electionTicks { throw ConfigError("heartbeat_ticks (\(heartbeatTicks)) must be less than election_ticks (\(electionTicks))") }
         if splitAddress(listen) == nil { throw ConfigError("listen '\(listen)' is not host:port") }
         if !advertise.isEmpty && splitAddress(advertise) == nil { throw ConfigError("advertise '\(advertise)' is not host:port") }
+        if !metricsListen.isEmpty && splitAddress(metricsListen) == nil { throw ConfigError("metrics_listen '\(metricsListen)' is not host:port") }
         for j in join where splitAddress(j) == nil { throw ConfigError("join address '\(j)' is not host:port") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }

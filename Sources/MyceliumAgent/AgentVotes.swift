@@ -50,23 +50,28 @@ extension Agent {
         switch command {
         case .openVote:
             guard let round = spore.rounds[spore.voteSequence] else { return }
+            instruments.votesOpened.increment()
             note("vote \(round.sequence) opened: \(round.kind) of \(round.node), \(round.spec.voters.count) voters, tolerates \(round.spec.assumedFaults) liar(s)")
             joinRound(round)
         case let .decideVote(seq, _):
             guard let round = spore.rounds[seq], let result = round.decision else { return }
             let verdict = result == .yes ? "yes" : "no"
+            (result == .yes ? instruments.votesDecidedYes : instruments.votesDecidedNo).increment()
             note("vote \(seq) decided \(verdict): \(round.kind) of \(round.node)")
             logger.notice("vote decided", metadata: ["round": "\(seq)", "kind": "\(round.kind)", "node": "\(round.node)", "result": "\(verdict)"])
             if round.kind == .failure && result == .yes {
+                instruments.failuresRecorded.increment()
                 note("recorded failure of \(round.node) (confirmed by vote \(seq))")
                 logger.warning("member recorded as failed after a Byzantine-tolerant vote", metadata: ["node": "\(round.node)"])
             }
         case let .voteEvidence(seq, bytes):
             if let e = try? Evidence(decoding: bytes) {
+                instruments.slashings.increment()
                 note("slashed \(e.accused) for \(e.offence) in vote \(seq): trust now \(spore.trust.score(of: e.accused))")
                 logger.warning("voter slashed", metadata: ["node": "\(e.accused)", "offence": "\(e.offence)", "round": "\(seq)"])
             }
         case let .closeVote(seq):
+            instruments.votesClosed.increment()
             note("vote \(seq) closed without a decision")
         default:
             break

@@ -1,10 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
 import MyceliumAgent
-
-/// Kept alive for the life of the process; they are never cancelled.
-nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
+import Prometheus
+import ServiceLifecycle
 
 @main
 struct Myceliumd: AsyncParsableCommand {
@@ -48,27 +48,22 @@ struct Myceliumd: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "myceliumd")
+        // Before the agent exists: its instruments bind to the factory when they are created.
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: AgentMetrics.registry))
         let agent: Agent
         do { agent = try Agent(config: cfg, logger: logger) } catch {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
-        try await agent.start()
-        // Wait for SIGTERM or SIGINT, then stop in order (listeners, links, then the log).
-        let stop = AsyncStream<Int32> { c in
-            for sig in [SIGTERM, SIGINT] {
-                signal(sig, SIG_IGN)
-                let src = DispatchSource.makeSignalSource(signal: sig, queue: .main)
-                src.setEventHandler { c.yield(sig) }
-                src.resume()
-                signalSources.append(src)
-            }
+        // The service group turns SIGTERM/SIGINT into a graceful shutdown of the agent.
+        let services = ServiceGroup(services: [agent], gracefulShutdownSignals: [.sigterm, .sigint],
+                                    cancellationSignals: [], logger: logger)
+        do {
+            try await services.run()
+        } catch {
+            logger.critical("stopped: \(error)")
+            throw ExitCode(1)
         }
-        for await sig in stop {
-            logger.notice("signal \(sig): stopping gracefully")
-            break
-        }
-        await agent.stop()
         // Everything durable is fsynced by now. Leave without running exit handlers: one of the
         // runtime's (a thread pool waiting on a worker) could hang a clean exit.
         _exit(0)

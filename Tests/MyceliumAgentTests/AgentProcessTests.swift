@@ -1,4 +1,5 @@
 import Foundation
+@testable import MyceliumAgent
 import XCTest
 
 /// Whole networks of real agents. Each test takes 10–40 s; they assert behaviour, never timings.
@@ -113,6 +114,34 @@ final class AgentProcessTests: XCTestCase {
         let log = (try? String(contentsOfFile: c.home("n1") + ".log", encoding: .utf8)) ?? ""
         XCTAssertTrue(log.contains("refused peer") && log.contains("networks never talk"), log.suffix(2000).description)
     }
+
+    /// Prometheus metrics on the API socket and on `metrics_listen`, scraped with curl as Prometheus would.
+    func testMetricsAreServedForPrometheus() async throws {
+        let c = try AgentCluster()
+        let metricsPort = c.port("n9")
+        c.extraConfig = { n in n == "n1" ? "metrics_listen = \"127.0.0.1:\(metricsPort)\"\n" : "" }
+        try c.createNetwork()
+        for n in ["n2", "n3"] { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: ["n1", "n2", "n3"], AgentCluster.formed(3))
+        let (code, body) = try await AgentAPIClient.request(socket: c.home("n1") + "/agent.sock", method: "GET", path: "/metrics")
+        XCTAssertEqual(code, 200)
+        let text = String(decoding: body, as: UTF8.self)
+        for name in ["mycelium_raft_term", "mycelium_raft_is_leader", "mycelium_raft_voters 3", "mycelium_members{status=\"alive\"} 3",
+                     "mycelium_wal_saves_total", "# TYPE mycelium_raft_commit_index gauge"] {
+            XCTAssertTrue(text.contains(name), "\(name) missing from:\n\(text)")
+        }
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        curl.arguments = ["-sf", "http://127.0.0.1:\(metricsPort)/metrics"]
+        let out = Pipe()
+        curl.standardOutput = out
+        try curl.run()
+        let scraped = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        curl.waitUntilExit()
+        XCTAssertEqual(curl.terminationStatus, 0)
+        XCTAssertTrue(scraped.contains("mycelium_raft_leader_changes_total"), scraped)
+    }
+
 }
 
 func asyncFirst<T>(_ xs: [T], _ p: (T) async -> Bool) async -> T? {
