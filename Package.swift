@@ -83,6 +83,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -149,7 +150,14 @@ let package = Package(
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
         .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
         // Real agent processes; depending on the executables makes the test build build them.
-        .testTarget(name: "MyceliumAgentTests", dependencies: ["MyceliumAgent", "myceliumd", "mycelium"]),
+        .testTarget(
+            name: "MyceliumAgentTests",
+            dependencies: [
+                "MyceliumAgent", "myceliumd", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

@@ -187,7 +187,7 @@ public actor Agent {
             for a in peers.split(separator: "\n") where !a.isEmpty { addContact(String(a)) }
         }
         for a in config.join { addContact(a) }
-        if contactLinks.isEmpty && addressHints.isEmpty && !config.seedDirs.isEmpty { await readSeedSpores(reason: "cold start") }
+        if contactLinks.isEmpty && addressHints.isEmpty && !(config.seedDirs.isEmpty && config.seedURLs.isEmpty) { await readSeedSpores(reason: "cold start") }
         guard let (host, port) = splitAddress(config.listen) else { throw AgentError("listen '\(config.listen)' is not host:port") }
         let creds = credentials
         let net = network.id
@@ -724,10 +724,13 @@ public actor Agent {
         }
     }
 
-    var seedStores: [SeedSporeStore] { config.seedDirs.map { DirectorySeedStore(directory: $0, network: network.id) } }
+    var seedStores: [SeedSporeStore] {
+        config.seedDirs.map { DirectorySeedStore(directory: $0, network: network.id) as SeedSporeStore }
+            + config.seedURLs.map { HTTPSeedStore(base: $0, network: network.id, group: group) as SeedSporeStore }
+    }
 
     func writeSeedSpores(force: Bool) {
-        guard raft.role == .leader, !config.seedDirs.isEmpty, spore.epoch > seedEpochWritten else { return }
+        guard raft.role == .leader, !(config.seedDirs.isEmpty && config.seedURLs.isEmpty), spore.epoch > seedEpochWritten else { return }
         let now = Date().timeIntervalSince1970
         guard force || now - lastSeedWrite >= Double(config.seedIntervalSeconds) else { return }
         lastSeedWrite = now

@@ -20,6 +20,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var join: [String] = []
     /// Directories (local or mounted shares) where the leader writes seed spores and a cold node reads them.
     public var seedDirs: [String] = []
+    /// HTTP(S) URLs (directory-like) where the leader PUTs seed spores and a cold node GETs them.
+    public var seedURLs: [String] = []
     /// Members needed before the bootstrap agent hands control to the sclerotia.
     public var handoffMembers = 3
     /// Voting sclerotia to keep (3 or 5; 1 only for a single-node network).
@@ -64,6 +66,7 @@ public struct AgentConfig: Sendable, Equatable {
         string("metrics_listen", "host:port serving Prometheus metrics at /metrics (empty: only on the API socket, via curl --unix-socket).", \.metricsListen),
         strings("join", "Addresses of nodes to contact when this node has no latent spore yet.", \.join),
         strings("seed_dirs", "Directories (local or mounted shares) for seed spores.", \.seedDirs),
+        strings("seed_urls", "HTTP(S) URLs, like \"http://10.0.0.9:8080/seeds/\": the leader PUTs seed spores there (NETWORK.seed), a cold node GETs them.", \.seedURLs),
         int("handoff_members", "Members needed before the bootstrap agent hands control to the sclerotia.", \.handoffMembers, 1...100),
         int("sclerotia", "Voting sclerotia to keep: 1, 3 or 5 (7 at most).", \.sclerotia, 1...7),
         int("tick_ms", "Milliseconds per Raft tick.", \.tickMilliseconds, 10...10_000),
@@ -104,6 +107,9 @@ public struct AgentConfig: Sendable, Equatable {
         if !advertise.isEmpty && splitAddress(advertise) == nil { throw ConfigError("advertise '\(advertise)' is not host:port") }
         if !metricsListen.isEmpty && splitAddress(metricsListen) == nil { throw ConfigError("metrics_listen '\(metricsListen)' is not host:port") }
         for j in join where splitAddress(j) == nil { throw ConfigError("join address '\(j)' is not host:port") }
+        for u in seedURLs where !(u.hasPrefix("http://") || u.hasPrefix("https://")) {
+            throw ConfigError("seed URL '\(u)' must start with http:// or https://")
+        }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }
     }
