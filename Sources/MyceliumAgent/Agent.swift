@@ -526,6 +526,26 @@ public actor Agent {
         } catch {
             logger.debug("inbound channel closed", metadata: ["peer": "\(ch.peer.nodeID)", "reason": "\(error)"])
         }
+        inboundClosed(peer)
+    }
+
+    /// The leader's channel to us closed. If our own link to it is lost too (a process that died
+    /// closes both at once), tell Raft, which then campaigns within a few ticks instead of waiting a
+    /// whole election timeout. A hint only: pre-vote still needs a quorum that no longer hears it.
+    func inboundClosed(_ peer: UInt64) {
+        guard !stopped, peer == raft.leader, raft.role == .follower else { return }
+        Task { [weak self] in
+            try? await Task.sleep(nanoseconds: 20_000_000)
+            await self?.confirmLeaderGone(peer)
+        }
+    }
+
+    func confirmLeaderGone(_ peer: UInt64) {
+        guard !stopped, peer == raft.leader, raft.role == .follower, links[peer]?.lostConnection == true else { return }
+        note("the leader's connections closed; campaigning without waiting for the election timeout")
+        logger.info("leader unreachable: both connections closed", metadata: ["leader": "\(nodeIDs[peer].map { "\($0)" } ?? "\(peer)")"])
+        raft.leaderUnreachable(peer)
+        processReady()
     }
 
     func handle(_ f: Frame, from peer: UInt64) {

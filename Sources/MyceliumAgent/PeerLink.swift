@@ -59,7 +59,11 @@ final class PeerLink: Sendable {
                 do {
                     for f in await dialer.greeting() { try await ch.send(type: f.type, payload: f.payload) }
                     // Drain inbound on this channel (the peer answers on its own link), so heartbeats flow.
-                    let drain = Task { while (try? await ch.receive()) != nil {} }
+                    // When it ends the peer closed the connection (or died): say so at once, not at the next send.
+                    let drain = Task {
+                        while (try? await ch.receive()) != nil {}
+                        state.withLockedValue { $0.connectedTo = nil }
+                    }
                     defer { drain.cancel() }
                     while let f = await it.next() {
                         guard ch.isActive else { break }

@@ -216,6 +216,22 @@ public struct Raft: Sendable {
         }
     }
 
+    /// The transport saw the leader go away (its connections closed and could not be re-opened). A
+    /// follower then stops honouring the leader's lease and campaigns within one to three ticks instead
+    /// of a whole election timeout. This is only a liveness hint: the pre-vote still needs a quorum of
+    /// nodes that no longer hear the leader either, so a follower merely cut off from a healthy leader
+    /// cannot disrupt it, and safety never depends on timing.
+    public mutating func leaderUnreachable(_ node: NodeID) {
+        defer { assertInvariants() }
+        guard role == .follower, node != .none, leader == node else { return }
+        leader = .none
+        // Staggered by rank among the remaining voters (1 tick for the first, 2 for the next, ...), so
+        // followers that all noticed at once do not split the vote; if the first one's log is behind,
+        // its pre-vote fails and the next one campaigns a tick later.
+        let rank = confState.voters.filter { $0 != node }.sorted().firstIndex(of: id) ?? 0
+        electionElapsed = max(electionElapsed, randomizedElectionTimeout - 1 - rank)
+    }
+
     /// Proposes application data. Returns the index the entry was appended at; it is committed when it appears
     /// in `Ready.committedEntries` (if a new leader overwrites it, an entry with another term appears there).
     @discardableResult

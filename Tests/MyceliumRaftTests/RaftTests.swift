@@ -157,6 +157,31 @@ final class ElectionTests: XCTestCase {
         XCTAssertEqual(c.ids.map { c.nodes[$0]!.term }, [2, 2, 2])
     }
 
+    /// The transport's hint that the leader is gone shortens the wait to a few ticks, and the same
+    /// hint from one follower about a healthy leader changes nothing (pre-vote needs a quorum that
+    /// no longer hears the leader).
+    func testLeaderUnreachableHintIsFastAndCannotDisruptAHealthyLeader() throws {
+        var c = try TestCluster(voters: [1, 2, 3]) { $0.preVote = true; $0.checkQuorum = true }
+        c.elect(1)
+        let term = c.nodes[1]!.term
+        c.nodes[2]!.leaderUnreachable(1)
+        c.tickAll(6)
+        XCTAssertEqual(c.leader, 1)
+        XCTAssertEqual(c.ids.map { c.nodes[$0]!.term }, [term, term, term], "a wrong hint disrupts nothing")
+
+        c.drop = { $0.from == 1 || $0.to == 1 }  // the leader dies
+        c.nodes[2]!.leaderUnreachable(1)
+        c.nodes[3]!.leaderUnreachable(1)
+        var ticks = 0
+        while !(c.nodes[2]!.role == .leader || c.nodes[3]!.role == .leader) && ticks < 30 {
+            for id in [2, 3] as [NodeID] { c.nodes[id]!.tick() }
+            c.stabilize()
+            ticks += 1
+        }
+        XCTAssertTrue(c.nodes[2]!.role == .leader || c.nodes[3]!.role == .leader)
+        XCTAssertLessThanOrEqual(ticks, 3, "logical ticks, not an election timeout (10)")
+    }
+
     /// Thesis §4.2.1: learners replicate but never campaign.
     func testLearnerNeverCampaigns() throws {
         var c = try TestCluster(voters: [1], learners: [2])
