@@ -58,6 +58,13 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
             linkerSettings: [.linkedLibrary("xxhash"), .linkedLibrary("pthread")]),
         .target(name: "DirtyPages", dependencies: ["CDirtyPages", "MyceliumCore"]),
+
+        // MARK: datapath: the eBPF programs' userspace side (libbpf); the programs themselves are
+        // CSources/bpf/datapath.bpf.c, built with clang -target bpf by `make -C CSources/bpf`.
+        .target(
+            name: "CDatapath", path: "CSources/CDatapath", exclude: ["tests", "README.md"],
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
         .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
 
         // MARK: shells

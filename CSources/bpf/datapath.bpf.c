@@ -1,0 +1,185 @@
+/*
+ * datapath.bpf.c: the Mycelium node datapath. Three tc programs (attached as tcx ingress links by the loader):
+ *
+ *   myc_from_pod       on every pod's host-side veth: the pod's outgoing packets. Source check, then a local
+ *                      destination (bpf_redirect_peer into its pod), a route to another node (native or VXLAN), or
+ *                      the host stack for everything else.
+ *   myc_from_underlay  on the interface to the other nodes: natively routed packets for a local pod.
+ *   myc_from_vxlan     on the collect-metadata VXLAN device: decapsulated packets for a local pod.
+ *
+ * Identity across nodes. Isolation is enforced where the destination lives (like an ingress policy), so the
+ * receiving node must learn the sender's network id:
+ *   - VXLAN: the VNI on the wire IS the sender's network id (24 bits). The receiving program reads it from the
+ *     tunnel key. No state about remote pods is needed and it cannot go stale; the route's vxlan_vni is ignored.
+ *   - native: the packet carries nothing, so the receiving node looks the source address up in remote_ids (an
+ *     "ipcache" the control plane fills with myc_dp_remote_add). An unknown source is dropped (POLICY): fail closed.
+ * Both trust the underlay: a host that can inject packets on it can claim any identity (as with Cilium's ipcache
+ * and VNI identities). Encrypting/authenticating the underlay is a separate layer.
+ *
+ * Return codes are TC_ACT_* which tcx reads the same way (OK = pass, SHOT = drop, REDIRECT).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "datapath_abi.h"
+#include "lib/maps.h"
+#include "lib/packet.h"
+
+/* Changes the object without changing behaviour, so tests can load "a different build" (an upgrade). */
+#ifndef MYC_BUILD_TAG
+#define MYC_BUILD_TAG 1
+#endif
+const volatile __u32 myc_build_tag = MYC_BUILD_TAG;
+
+#define MYC_VNI_MAX 0xffffffu
+
+static __always_inline struct myc_config *myc_config(void)
+{
+    __u32 k = 0;
+    return bpf_map_lookup_elem(&config, &k);
+}
+
+/* To another node, unencapsulated. The FIB gives the next hop toward the node (it may sit behind a router); a
+ * node without IP forwarding makes the FIB answer FWD_DISABLED, and then the node is assumed to be on the
+ * underlay's link and the kernel resolves its MAC (bpf_redirect_neigh). */
+static __always_inline int myc_forward_native(struct __sk_buff *skb, const struct myc_route *rt, __u32 src_ip)
+{
+    struct myc_config *cfg = myc_config();
+    if (!cfg || !cfg->underlay_ifindex)
+        return myc_drop(src_ip, MYC_DROP_FIB);
+
+    struct bpf_fib_lookup fib = {};
+    fib.family = AF_INET;
+    fib.ipv4_src = cfg->node_ipv4;
+    fib.ipv4_dst = rt->node_ipv4;
+    fib.ifindex = cfg->underlay_ifindex;
+    long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+    struct bpf_redir_neigh nh = { .nh_family = AF_INET };
+
+    switch (rc) {
+    case BPF_FIB_LKUP_RET_SUCCESS:
+        if (bpf_skb_store_bytes(skb, 0, fib.dmac, 6, 0) < 0 || bpf_skb_store_bytes(skb, 6, fib.smac, 6, 0) < 0)
+            return myc_drop(src_ip, MYC_DROP_MALFORMED);
+        return bpf_redirect(fib.ifindex, 0);
+    case BPF_FIB_LKUP_RET_NO_NEIGH:
+        nh.ipv4_nh = fib.ipv4_dst; /* the gateway, or the node itself when on-link */
+        return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+    case BPF_FIB_LKUP_RET_FWD_DISABLED:
+        nh.ipv4_nh = rt->node_ipv4;
+        return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
+    default:
+        return myc_drop(src_ip, MYC_DROP_FIB);
+    }
+}
+
+/* To another node inside VXLAN; the VNI carries the sender's network id (see the top of this file). */
+static __always_inline int myc_forward_vxlan(struct __sk_buff *skb, const struct myc_route *rt,
+                                             const struct myc_ep *src)
+{
+    struct myc_config *cfg = myc_config();
+    if (!cfg || !cfg->vxlan_ifindex)
+        return myc_drop(src->ipv4, MYC_DROP_FIB);
+    if (src->network_id > MYC_VNI_MAX)
+        return myc_drop(src->ipv4, MYC_DROP_POLICY); /* its identity cannot travel; fail closed */
+
+    struct bpf_tunnel_key key = {};
+    key.remote_ipv4 = bpf_ntohl(rt->node_ipv4);
+    key.tunnel_id = src->network_id;
+    key.tunnel_ttl = 64;
+    if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+        return myc_drop(src->ipv4, MYC_DROP_FIB);
+    return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+SEC("tc")
+int myc_from_pod(struct __sk_buff *skb)
+{
+    __u32 ifindex = skb->ifindex;
+    __u32 *own_ip = bpf_map_lookup_elem(&ep_by_ifindex, &ifindex);
+    if (!own_ip)
+        return myc_drop(0, MYC_DROP_NO_ENDPOINT);
+    __u32 src_ip = *own_ip;
+
+    int malformed;
+    struct iphdr *ip = myc_parse_ipv4(skb, &malformed);
+    if (malformed)
+        return myc_drop(src_ip, MYC_DROP_MALFORMED);
+    if (!ip) {
+        /* ARP and other non-IPv4 go to the host as if we were not here: the pod's gateway is a static
+         * neighbour, but an ARP request must still get the host's answer. */
+        myc_count_tx(src_ip, skb->len);
+        return TC_ACT_OK;
+    }
+    if (ip->saddr != src_ip)
+        return myc_drop(src_ip, MYC_DROP_SPOOFED);
+    __u32 dst_ip = ip->daddr;
+
+    struct myc_ep *src = bpf_map_lookup_elem(&endpoints, &src_ip);
+    if (!src)
+        return myc_drop(src_ip, MYC_DROP_NO_ENDPOINT);
+
+    struct myc_ep *dst = bpf_map_lookup_elem(&endpoints, &dst_ip);
+    if (dst) {
+        /* Policy drops count on the destination, the endpoint the policy protects, on every path. */
+        if (!myc_policy_allows(src->network_id, dst->network_id))
+            return myc_drop(dst_ip, MYC_DROP_POLICY);
+        myc_count_tx(src_ip, skb->len);
+        return myc_deliver_local(skb, dst);
+    }
+
+    __u32 len = skb->len;
+    struct myc_route_key rk = { .prefixlen = 32, .addr = dst_ip };
+    struct myc_route *rt = bpf_map_lookup_elem(&routes, &rk);
+    if (!rt) {
+        myc_count_tx(src_ip, len);
+        return TC_ACT_OK;
+    }
+    int verdict = rt->mode == MYC_ROUTE_VXLAN ? myc_forward_vxlan(skb, rt, src) : myc_forward_native(skb, rt, src_ip);
+    if (verdict != TC_ACT_SHOT)
+        myc_count_tx(src_ip, len);
+    return verdict;
+}
+
+/* Delivers a packet from another node to a local pod, given the sender's identity; anything not for a local pod
+ * goes on to the host stack untouched (this program sits on the node's own uplink). */
+static __always_inline int myc_from_remote(struct __sk_buff *skb, int have_src_id, __u32 src_id)
+{
+    int malformed;
+    struct iphdr *ip = myc_parse_ipv4(skb, &malformed);
+    if (!ip)
+        return TC_ACT_OK;
+    __u32 dst_ip = ip->daddr;
+    __u32 src_ip = ip->saddr;
+    struct myc_ep *dst = bpf_map_lookup_elem(&endpoints, &dst_ip);
+    if (!dst)
+        return TC_ACT_OK;
+    if (!have_src_id) {
+        __u32 *id = bpf_map_lookup_elem(&remote_ids, &src_ip);
+        if (!id)
+            return myc_drop(dst_ip, MYC_DROP_POLICY);
+        src_id = *id;
+    }
+    if (!myc_policy_allows(src_id, dst->network_id))
+        return myc_drop(dst_ip, MYC_DROP_POLICY);
+    return myc_deliver_local(skb, dst);
+}
+
+SEC("tc")
+int myc_from_underlay(struct __sk_buff *skb)
+{
+    return myc_from_remote(skb, 0, 0);
+}
+
+SEC("tc")
+int myc_from_vxlan(struct __sk_buff *skb)
+{
+    struct bpf_tunnel_key key = {};
+    if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+        return TC_ACT_OK;
+    return myc_from_remote(skb, 1, key.tunnel_id);
+}
+
+char LICENSE[] SEC("license") = "GPL";
