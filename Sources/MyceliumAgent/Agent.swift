@@ -121,6 +121,12 @@ public actor Agent {
     var pendingChecks: [UInt64: PendingCheck] = [:]
     var voteTimings: [UInt64: VoteTiming] = [:]
     let instruments = AgentInstruments()
+    // The replicated KV (KV.swift).
+    var kv = KVState()
+    var pendingPuts: [(String, [UInt8], CheckedContinuation<UInt64, Error>)] = []
+    var flushScheduled = false
+    var kvWaiters: [UInt64: (term: UInt64, waiters: [CheckedContinuation<UInt64, Error>])] = [:]
+    var kvServer: KVServer?
     var lastLeader: UInt64 = 0
     /// The tick at which a frame last arrived from each peer.
     var lastHeard: [UInt64: UInt64] = [:]
@@ -159,7 +165,12 @@ public actor Agent {
         let raft = try Raft(config: RaftConfig(id: me, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks),
                             storage: storage, random: &seed)
         var spore = PrimarySpore(network: network)
-        if let s = storage.snapshot, !s.data.isEmpty { spore = try PrimarySpore(decoding: s.data) }
+        var kvState = KVState()
+        if let s = storage.snapshot, !s.data.isEmpty {
+            let (sporeBytes, restored) = try KVState.restore(s.data)
+            spore = try PrimarySpore(decoding: sporeBytes)
+            kvState = restored
+        }
 
         self.config = config
         self.paths = paths
@@ -175,6 +186,7 @@ public actor Agent {
         self.raft = raft
         self.spore = spore
         self.detector = FailureDetector(me: me, peers: [])
+        self.kv = kvState
         self.votes = VoteInstance(key: key, id: certificate.nodeID, retentionTicks: UInt64(max(1, 60_000 / config.tickMilliseconds)))
         self.nodeIDs = [me: certificate.nodeID]
     }
@@ -197,6 +209,13 @@ public actor Agent {
             joinAuthority: genesisAuthority,
             onPeer: { [weak self] ch in await self?.serve(ch) })
         api = try await APIServer.start(path: config.apiSocketPath, agent: self, group: group)
+        if let (kh, kp) = splitAddress(config.clientListen) {
+            do {
+                kvServer = try await KVServer.start(host: kh, port: kp, agent: self, group: group)
+            } catch {
+                throw AgentError("cannot serve clients on \(config.clientListen): \(error); choose another client_listen or leave it empty")
+            }
+        }
         if let (mh, mp) = splitAddress(config.metricsListen) {
             do {
                 metricsServer = try await APIServer.startMetrics(host: mh, port: mp, agent: self, group: group)
@@ -224,6 +243,11 @@ public actor Agent {
         await listener?.close()
         await api?.close()
         await metricsServer?.close()
+        await kvServer?.close()
+        for (_, _, c) in pendingPuts { c.resume(throwing: KVError(status: .serviceUnavailable, description: "agent stopping")) }
+        pendingPuts = []
+        for (_, w) in kvWaiters { for c in w.waiters { c.resume(throwing: KVError(status: .serviceUnavailable, description: "agent stopping")) } }
+        kvWaiters = [:]
         wal.close()
         note("stopped")
         logger.info("agent stopped")
@@ -324,7 +348,9 @@ public actor Agent {
             }
             for m in rd.messages { send(m) }
             if let s = rd.snapshot {
-                if let restored = try? PrimarySpore(decoding: s.data) { spore = restored; sporeChanged() }
+                if let (sporeBytes, restoredKV) = try? KVState.restore(s.data), let restored = try? PrimarySpore(decoding: sporeBytes) {
+                    spore = restored; kv = restoredKV; sporeChanged()
+                }
             }
             for e in rd.committedEntries where e.kind == .normal { apply(e) }
             if rd.committedEntries.contains(where: { $0.kind == .confChange }) {
@@ -332,6 +358,7 @@ public actor Agent {
                 note("configuration now voters=\(raft.confState.voters.count) learners=\(raft.confState.learners.count)")
             }
             raft.advance(rd)
+            if raft.role != .leader && !kvWaiters.isEmpty { answerKVWaiters(applied: nil) }
             // The next membership step can start as soon as the previous one is applied.
             if raft.role == .leader && pendingConfChange == 0 && rd.committedEntries.contains(where: { $0.kind == .confChange }) {
                 reconcile()
@@ -353,6 +380,14 @@ public actor Agent {
     }
 
     func apply(_ e: Entry) {
+        if e.data.first == 2 {
+            do { try kv.apply(entryData: e.data, index: e.index) } catch {
+                logger.error("undecodable KV entry skipped", metadata: ["index": "\(e.index)", "error": "\(error)"])
+            }
+            answerKVWaiters(applied: e)
+            return
+        }
+        answerKVWaiters(applied: e)  // a waiter whose index now holds another entry learns it lost
         guard e.data.first == 1, e.data.count > 9 else { return }  // leader no-op
         var r = ByteReader(e.data)
         _ = try? r.u8()
@@ -798,7 +833,7 @@ public actor Agent {
         // The spore is small; keep the log short so a restart replays little.
         guard raft.appliedIndex > raft.firstIndex + 10_000 else { return }
         do {
-            try raft.compact(upTo: raft.appliedIndex, snapshotData: spore.encoded())
+            try raft.compact(upTo: raft.appliedIndex, snapshotData: KVState.snapshot(spore: spore.encoded(), kv: kv))
             if let s = raft.latestSnapshot { try wal.compact(with: s) }
         } catch {
             logger.warning("log compaction failed", metadata: ["error": "\(error)"])

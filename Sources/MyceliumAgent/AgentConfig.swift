@@ -16,6 +16,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var apiSocket = ""
     /// host:port serving Prometheus metrics at /metrics over HTTP (empty: only on the API socket).
     public var metricsListen = ""
+    /// host:port serving the replicated KV over HTTP in etcd's gateway form (empty: not served).
+    public var clientListen = ""
     /// Addresses of nodes to contact first when this node has no latent spore yet.
     public var join: [String] = []
     /// Directories (local or mounted shares) where the leader writes seed spores and a cold node reads them.
@@ -64,6 +66,7 @@ public struct AgentConfig: Sendable, Equatable {
         string("advertise", "host:port other nodes dial to reach this one (empty: same as listen).", \.advertise),
         string("api_socket", "Unix socket for the local API used by 'mycelium status' (empty: HOME/agent.sock).", \.apiSocket),
         string("metrics_listen", "host:port serving Prometheus metrics at /metrics (empty: only on the API socket, via curl --unix-socket).", \.metricsListen),
+        string("client_listen", "host:port serving the replicated KV over HTTP, etcd gateway style: POST /v3/kv/put and /v3/kv/range (empty: off).", \.clientListen),
         strings("join", "Addresses of nodes to contact when this node has no latent spore yet.", \.join),
         strings("seed_dirs", "Directories (local or mounted shares) for seed spores.", \.seedDirs),
         strings("seed_urls", "HTTP(S) URLs, like \"http://10.0.0.9:8080/seeds/\": the leader PUTs seed spores there (NETWORK.seed), a cold node GETs them.", \.seedURLs),
@@ -105,6 +108,7 @@ public struct AgentConfig: Sendable, Equatable {
         if heartbeatTicks >= electionTicks { throw ConfigError("heartbeat_ticks (\(heartbeatTicks)) must be less than election_ticks (\(electionTicks))") }
         if splitAddress(listen) == nil { throw ConfigError("listen '\(listen)' is not host:port") }
         if !advertise.isEmpty && splitAddress(advertise) == nil { throw ConfigError("advertise '\(advertise)' is not host:port") }
+        if !clientListen.isEmpty && splitAddress(clientListen) == nil { throw ConfigError("client_listen '\(clientListen)' is not host:port") }
         if !metricsListen.isEmpty && splitAddress(metricsListen) == nil { throw ConfigError("metrics_listen '\(metricsListen)' is not host:port") }
         for j in join where splitAddress(j) == nil { throw ConfigError("join address '\(j)' is not host:port") }
         for u in seedURLs where !(u.hasPrefix("http://") || u.hasPrefix("https://")) {

@@ -142,6 +142,48 @@ final class AgentProcessTests: XCTestCase {
         XCTAssertTrue(scraped.contains("mycelium_raft_leader_changes_total"), scraped)
     }
 
+
+    func curl(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        p.arguments = ["-s", "-w", "\n%{http_code}"] + args
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
+    /// The replicated KV in etcd's gateway form: a put on the leader is committed and readable from
+    /// every node's state after the leader dies; a follower refuses writes and says why.
+    func testTheKVCommitsThroughRaftAndSurvivesTheLeader() async throws {
+        let c = try AgentCluster()
+        let names = ["n1", "n2", "n3"]
+        c.extraConfig = { n in "client_listen = \"127.0.0.1:\(c.port("n1") + 10 + (Int(n.dropFirst()) ?? 0))\"\n" }
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
+        let leaderID = "\(await c.status("n1")!["leader"]!)"
+        var leader = "", follower = ""
+        for n in names { if "\(await c.status(n)!["node"]!)" == leaderID { leader = n } else { follower = n } }
+        func url(_ n: String, _ path: String) -> String { "http://127.0.0.1:\(c.port("n1") + 10 + (Int(n.dropFirst()) ?? 0))\(path)" }
+        let key = Data("service/web".utf8).base64EncodedString(), value = Data("10.244.1.7:80".utf8).base64EncodedString()
+        let put = try curl(["-X", "POST", "-d", "{\"key\":\"\(key)\",\"value\":\"\(value)\"}", url(leader, "/v3/kv/put")])
+        XCTAssertTrue(put.1.hasSuffix("200") && put.1.contains("revision"), put.1)
+        let refused = try curl(["-X", "POST", "-d", "{\"key\":\"\(key)\",\"value\":\"\(value)\"}", url(follower, "/v3/kv/put")])
+        XCTAssertTrue(refused.1.hasSuffix("503") && refused.1.contains("not the leader"), refused.1)
+        let bad = try curl(["-X", "POST", "-d", "{nope", url(leader, "/v3/kv/put")])
+        XCTAssertTrue(bad.1.hasSuffix("400"), bad.1)
+        c.kill9(leader)
+        let rest = names.filter { $0 != leader }
+        try await c.waitUntil("a new leader", nodes: rest) { vs in vs.allSatisfy { "\($0["leader"] ?? "none")" != leaderID && "\($0["leader"] ?? "none")" != "none" } }
+        for n in rest {
+            let got = try curl(["-X", "POST", "-d", "{\"key\":\"\(key)\"}", url(n, "/v3/kv/range")])
+            XCTAssertTrue(got.1.contains(value), "\(n) holds the committed value: \(got.1)")
+        }
+    }
+
 }
 
 func asyncFirst<T>(_ xs: [T], _ p: (T) async -> Bool) async -> T? {
