@@ -338,6 +338,11 @@ public actor Agent {
         guard !stopped else { return }
         while raft.hasReady {
             let rd = raft.ready()
+            // A leader may send its appends before its own fsync (thesis §10.2.1): it counts itself
+            // towards a quorum only for entries on its own disk, so the disk writes overlap. Everyone
+            // else persists first (a vote or an acknowledgement must never outrun the disk).
+            let sendEarly = raft.role == .leader
+            if sendEarly { for m in rd.messages { send(m) } }
             do {
                 try wal.save(rd)
                 instruments.walSaves.increment()
@@ -346,7 +351,7 @@ public actor Agent {
                 logger.critical("cannot write the Raft log; stopping", metadata: ["error": "\(error)"])
                 fatalError("WAL write failed: \(error)")
             }
-            for m in rd.messages { send(m) }
+            if !sendEarly { for m in rd.messages { send(m) } }
             if let s = rd.snapshot {
                 if let (sporeBytes, restoredKV) = try? KVState.restore(s.data), let restored = try? PrimarySpore(decoding: sporeBytes) {
                     spore = restored; kv = restoredKV; sporeChanged()

@@ -49,11 +49,17 @@ final class LoopbackNetwork {
     let bin: String
     let dir = NSTemporaryDirectory() + "myc-bench-\(UUID().uuidString.prefix(8))"
     var procs: [Process] = []
+    /// The first port; node i listens on base + i.
+    let base = 30_000 + Int.random(in: 0..<300) * 100
 
-    init(n: Int, bin: String, extraConfig: String = "") throws {
+    convenience init(n: Int, bin: String, extraConfig: String = "") throws {
+        try self.init(n: n, bin: bin, perNode: { _ in extraConfig })
+    }
+
+    /// `perNode(i)` gives node i (1-based) extra configuration lines.
+    init(n: Int, bin: String, perNode: (Int) -> String) throws {
         self.n = n
         self.bin = bin
-        let base = 30_000 + Int.random(in: 0..<300) * 100
         let genesis = SigningKey()
         let issued = Int64(Date().timeIntervalSince1970)
         for i in 1...n {
@@ -70,7 +76,7 @@ final class LoopbackNetwork {
             } else {
                 try AtomicFile.write(Array("127.0.0.1:\(base + 1)".utf8), to: home + "/join.peers")
             }
-            try "home = \"\(home)\"\nlisten = \"127.0.0.1:\(base + i)\"\nlog_level = \"warning\"\n\(extraConfig)"
+            try "home = \"\(home)\"\nlisten = \"127.0.0.1:\(base + i)\"\nlog_level = \"warning\"\n\(perNode(i))"
                 .write(toFile: home + ".conf", atomically: true, encoding: .utf8)
         }
     }
