@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "myceliumd", targets: ["myceliumd"]),
         .executable(name: "mycelium-sim", targets: ["mycelium-sim"]),
         .executable(name: "mycelium-bench", targets: ["MyceliumBench"]),
+        .executable(name: "mycelium-cni", targets: ["mycelium-cni"]),
         .library(name: "MyceliumIdentity", targets: ["MyceliumIdentity"]),
         .library(name: "MyceliumCore", targets: ["MyceliumCore"]),
     ],
@@ -67,6 +68,20 @@ let package = Package(
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
         .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
 
+        // MARK: the CNI plugin: raw rtnetlink in C, the plugin in Swift (no Foundation: it runs per container)
+        .target(
+            name: "CNetlink", path: "CSources/CNetlink",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
+            linkerSettings: [.linkedLibrary("pthread")]),
+        .target(name: "MyceliumCNI", dependencies: ["MyceliumCore", "CNetlink", "CDatapath"], exclude: ["README.md"]),
+
+        // MARK: rhizomorph: one stream over many connections and paths (C), and its thin Swift module
+        .target(
+            name: "CRhizomorph", path: "CSources/CRhizomorph", exclude: ["tests"],
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
+            linkerSettings: [.linkedLibrary("sodium"), .linkedLibrary("ibverbs"), .linkedLibrary("pthread")]),
+        .target(name: "Rhizomorph", dependencies: ["CRhizomorph"]),
+
         // MARK: shells
         .target(
             name: "MyceliumTransport",
@@ -111,7 +126,7 @@ let package = Package(
         .executableTarget(
             name: "mycelium",
             dependencies: [
-                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores",
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -131,6 +146,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "perf/MyceliumBench"),
+
+        .executableTarget(name: "mycelium-cni", dependencies: ["MyceliumCNI"]),
 
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
@@ -165,6 +182,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
+        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph"]),
+        // Real namespaces, the built plugin, libcni (a Go driver) and podman; needs root.
+        .testTarget(
+            name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni"],
+            exclude: ["cnidriver"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

@@ -24,7 +24,7 @@ struct Mycelium: AsyncParsableCommand {
               mycelium node join --home ./b myc-invite-...
             """,
         subcommands: [StatusCommand.self, IdentityCommand.self, NetworkCommand.self, InviteCommand.self, CertCommand.self,
-                      NodeCommand.self, SporeCommandGroup.self, VoteCommandGroup.self, ChannelCommand.self])
+                      NodeCommand.self, SporeCommandGroup.self, VoteCommandGroup.self, DatapathCommandGroup.self, ChannelCommand.self])
 }
 
 // MARK: identity

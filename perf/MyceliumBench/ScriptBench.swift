@@ -1,23 +1,39 @@
 import Foundation
 
+// Benchmarks whose measuring is a script next to the code it measures (namespaces, veths, shaping,
+// iperf3, the peers), run from here so every benchmark has one entry point. Both need root.
+
 /// `mycelium-bench datapath [-r ROUNDS] [-t SECONDS] [-n RR_TRIPS] [-c CPU]`
 ///
 /// Pod-to-pod TCP throughput (iperf3, one stream) and latency (a TCP request/response ping-pong and
 /// ping) through (a) our eBPF datapath, (b) Debian's reference CNI bridge plugin and (c) a direct veth
 /// pair, the physical limit. Runs are interleaved and both ends pinned to one CPU; medians and the
-/// ratios a/c and a/b are printed. The measuring itself is perf/datapath/bench.sh (namespaces, veths,
-/// iperf3, the reference plugin), run from here so the benchmark has one entry point. Needs root.
+/// ratios a/c and a/b are printed (perf/datapath/bench.sh).
 func runDatapathBench(_ args: [String]) async throws {
+    try runScript("perf/datapath/bench.sh", args)
+}
+
+/// `mycelium-bench rhizomorph [ROUNDS]` (env SKIP_SHAPED=1, SKIP_ZC=1)
+///
+/// Over three paths shaped 200/400/800 Mbit/s between two namespaces: Rhizomorph's aggregate against
+/// the sum of each path's single-TCP throughput, the best single path, and Linux MPTCP over the same
+/// paths; on loopback, one path, against one plain TCP stream (the CPU cost of chunking and
+/// AEAD); and MSG_ZEROCOPY against copying. Interleaved rounds, medians, ratios
+/// (CSources/CRhizomorph/tests/bench.sh).
+func runRhizomorphBench(_ args: [String]) async throws {
+    try runScript("CSources/CRhizomorph/tests/bench.sh", args)
+}
+
+func runScript(_ relative: String, _ args: [String]) throws {
     var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("perf/datapath/bench.sh").path) && dir.path != "/" {
+    while !FileManager.default.fileExists(atPath: dir.appendingPathComponent(relative).path) && dir.path != "/" {
         dir = dir.deletingLastPathComponent()
     }
-    let script = dir.appendingPathComponent("perf/datapath/bench.sh").path
+    let script = dir.appendingPathComponent(relative).path
     guard FileManager.default.fileExists(atPath: script) else {
-        print("datapath: perf/datapath/bench.sh not found above \(CommandLine.arguments[0]); run from the source tree")
-        return
+        throw BenchError("\(relative) not found above \(CommandLine.arguments[0]); run from the source tree")
     }
-    print("datapath benchmark on \(machineLine())")
+    print("\(relative) on \(machineLine())")
     // The script prints its own table as it goes; pass it through unchanged.
     let quoted = ([script] + args).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
     guard let f = popen(quoted + " 2>&1 </dev/null", "r") else { throw BenchError("cannot run \(script)") }

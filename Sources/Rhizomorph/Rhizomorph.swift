@@ -1,0 +1,359 @@
+// Rhizomorph: a thin Swift face for CRhizomorph, the multi-path bulk transport (RAM replication, VM
+// migration, storage traffic). Every C call returns 0 or a negative errno plus a message; here that
+// becomes a thrown `RhizomorphError` carrying both. The C library owns its threads; these classes only
+// own the C handles.
+
+import CRhizomorph
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An error from the transport, with the C library's message.
+public struct RhizomorphError: Error, CustomStringConvertible, Sendable {
+    public enum Code: Equatable, Sendable {
+        case wrongNetwork          // -ENONET
+        case wrongPeerIdentity     // -EACCES
+        case badSignature          // -EKEYREJECTED
+        case malformed             // -EPROTO
+        case versionMismatch       // -EPROTONOSUPPORT
+        case integrity             // -EBADMSG: chunks kept failing authentication
+        case refused               // -ECONNREFUSED
+        case timedOut              // -ETIMEDOUT
+        case allPathsDown          // -ENETDOWN
+        case system(Int32)         // any other errno
+    }
+
+    public let code: Code
+    /// The negative errno the C call returned.
+    public let errno: Int32
+    public let message: String
+
+    public var description: String { "Rhizomorph: \(message) (\(code))" }
+
+    init(rc: Int32, error: rz_error) {
+        errno = rc
+        message = RhizomorphError.text(error, rc: rc)
+        switch -rc {
+        case ENONET: code = .wrongNetwork
+        case EACCES: code = .wrongPeerIdentity
+        case 129 /* EKEYREJECTED */: code = .badSignature
+        case EPROTO: code = .malformed
+        case EPROTONOSUPPORT: code = .versionMismatch
+        case EBADMSG: code = .integrity
+        case ECONNREFUSED: code = .refused
+        case ETIMEDOUT: code = .timedOut
+        case ENETDOWN: code = .allPathsDown
+        default: code = .system(-rc)
+        }
+    }
+
+    private static func text(_ e: rz_error, rc: Int32) -> String {
+        var e = e
+        let s = withUnsafeBytes(of: &e.message) { raw -> String in
+            // SAFETY: rz_fail always NUL-terminates within the 256-byte array; an untouched rz_error is zeroed.
+            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+        }
+        return s.isEmpty ? String(cString: rz_strerror(rc)) : s
+    }
+}
+
+@inline(__always)
+private func check(_ body: (UnsafeMutablePointer<rz_error>) -> Int32) throws {
+    var e = rz_error()
+    let rc = body(&e)
+    if rc < 0 { throw RhizomorphError(rc: rc, error: e) }
+}
+
+/// A node's Ed25519 identity.
+public struct Identity: Sendable {
+    fileprivate var raw: rz_identity
+
+    public static func generate() throws -> Identity {
+        var raw = rz_identity()
+        let rc = rz_identity_generate(&raw)
+        if rc < 0 { throw RhizomorphError(rc: rc, error: rz_error()) }
+        return Identity(raw: raw)
+    }
+
+    /// Deterministic identity from a 32-byte seed (tests, or keys kept elsewhere).
+    public init(seed: [UInt8]) throws {
+        precondition(seed.count == 32, "seed must be 32 bytes")
+        var raw = rz_identity()
+        let rc = rz_identity_from_seed(&raw, seed)
+        if rc < 0 { throw RhizomorphError(rc: rc, error: rz_error()) }
+        self.raw = raw
+    }
+
+    private init(raw: rz_identity) { self.raw = raw }
+
+    public var publicKey: [UInt8] { withUnsafeBytes(of: raw.public_key) { Array($0) } }
+}
+
+/// One network path: our address and the peer's.
+public struct Path: Sendable {
+    public var local: String
+    public var remote: String
+    public var port: UInt16
+    public init(local: String, remote: String, port: UInt16) {
+        self.local = local
+        self.remote = remote
+        self.port = port
+    }
+
+    fileprivate var raw: rz_path {
+        var p = rz_path()
+        copyCString(local, into: &p.local_addr)
+        copyCString(remote, into: &p.remote_addr)
+        p.remote_port = port
+        return p
+    }
+}
+
+private func copyCString<T>(_ s: String, into tuple: inout T) {
+    withUnsafeMutableBytes(of: &tuple) { raw in
+        raw.initializeMemory(as: UInt8.self, repeating: 0)
+        let bytes = Array(s.utf8.prefix(raw.count - 1)) // keep room for the NUL
+        raw.copyBytes(from: bytes)
+    }
+}
+
+/// Session parameters; zero numeric fields take the C defaults.
+public struct Configuration: Sendable {
+    public var identity: Identity
+    public var networkID: [UInt8]
+    public var peerPublicKey: [UInt8]
+    public var connectionsPerPath: UInt32 = 2
+    public var chunkSize: UInt32 = 65536
+    public var windowBytes: UInt32 = 64 << 20
+    public var stallTimeoutMilliseconds: UInt32 = 1500
+    public var maxAuthenticationFailures: UInt32 = 8
+
+    public init(identity: Identity, networkID: [UInt8], peerPublicKey: [UInt8]) {
+        precondition(networkID.count == 16 && peerPublicKey.count == 32)
+        self.identity = identity
+        self.networkID = networkID
+        self.peerPublicKey = peerPublicKey
+    }
+
+    fileprivate var raw: rz_config {
+        var c = rz_config()
+        var id = identity.raw
+        rz_config_init(&c, &id, networkID, peerPublicKey)
+        c.conns_per_path = connectionsPerPath
+        c.chunk_size = chunkSize
+        c.window_bytes = windowBytes
+        c.stall_timeout_ms = stallTimeoutMilliseconds
+        c.user_timeout_ms = 2 * stallTimeoutMilliseconds
+        c.max_auth_failures = maxAuthenticationFailures
+        return c
+    }
+}
+
+/// Counters of a session.
+public struct Statistics: Sendable {
+    public let chunksSent, chunksResent, chunksReinjected, chunksReceived: UInt64
+    public let duplicatesDropped, authenticationFailures, connectionsFailed, connectionsJoined: UInt64
+    public let bytesSent, bytesReceived: UInt64
+    public let liveConnections: UInt32
+}
+
+/// Accepts sessions on one port over several local addresses.
+public final class Listener: @unchecked Sendable {
+    // SAFETY (Sendable): rz_listener is internally locked; accept may be called from any thread.
+    private let handle: OpaquePointer
+    public let port: UInt16
+
+    public init(addresses: [String], port: UInt16 = 0) throws {
+        var out: OpaquePointer?
+        var bound: UInt16 = 0
+        var cStrings = addresses.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        try cStrings.withUnsafeMutableBufferPointer { buf in
+            try buf.withMemoryRebound(to: UnsafePointer<CChar>?.self) { ptrs in
+                try check { rz_listener_open(&out, ptrs.baseAddress, UInt32(addresses.count), port, &bound, $0) }
+            }
+        }
+        handle = out!
+        self.port = bound
+    }
+
+    /// Wait for one peer and authenticate it; a refused handshake throws and the listener keeps going.
+    public func accept(_ configuration: Configuration, timeoutMilliseconds: Int32 = -1) throws -> Session {
+        var out: OpaquePointer?
+        var cfg = configuration.raw
+        try check { rz_accept(handle, &cfg, timeoutMilliseconds, &out, $0) }
+        return Session(handle: out!)
+    }
+
+    deinit { rz_listener_close(handle) }
+}
+
+/// One authenticated multi-path session. One thread may send while another receives.
+public final class Session: @unchecked Sendable {
+    // SAFETY (Sendable): the C session is locked internally; sending and receiving may run on
+    // different threads, as documented in rhizomorph.h.
+    private var handle: OpaquePointer?
+
+    fileprivate init(handle: OpaquePointer) { self.handle = handle }
+
+    public static func connect(_ configuration: Configuration, paths: [Path]) throws -> Session {
+        var out: OpaquePointer?
+        var cfg = configuration.raw
+        let raw = paths.map(\.raw)
+        try check { rz_connect(&cfg, raw, UInt32(raw.count), &out, $0) }
+        return Session(handle: out!)
+    }
+
+    private var live: OpaquePointer {
+        guard let h = handle else { preconditionFailure("Rhizomorph session used after close()") }
+        return h
+    }
+
+    /// Send `length` bytes (nil: until EOF) read from `fd` as an ordered stream; returns when the
+    /// peer has written them all.
+    public func send(fromFileDescriptor fd: Int32, length: UInt64? = nil) throws {
+        try check { rz_send_fd(live, fd, length ?? UInt64.max, $0) }
+    }
+
+    /// Send bytes as part of an ordered stream; `end` finishes the stream and waits for delivery.
+    public func send(_ bytes: [UInt8], end: Bool) throws {
+        try bytes.withUnsafeBufferPointer { b in
+            try check { rz_send_bytes(live, b.baseAddress, UInt64(b.count), end ? 1 : 0, $0) }
+        }
+    }
+
+    /// Receive an ordered stream into `fd` until the sender ends it; returns the byte count.
+    @discardableResult
+    public func receive(intoFileDescriptor fd: Int32) throws -> UInt64 {
+        var got: UInt64 = 0
+        try check { rz_recv_fd(live, fd, &got, $0) }
+        return got
+    }
+
+    /// Queue an idempotent write of `data` at `offset`.
+    public func sendPage(offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
+        try check {
+            rz_send_page(live, offset, data.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt32(data.count), $0)
+        }
+    }
+
+    public func sendPage(offset: UInt64, _ data: [UInt8]) throws {
+        try data.withUnsafeBytes { try sendPage(offset: offset, $0) }
+    }
+
+    /// Close epoch `epoch`: the peer sees it only after every page sent before it.
+    public func sendBarrier(epoch: UInt64) throws {
+        try check { rz_send_barrier(live, epoch, $0) }
+    }
+
+    /// Wait until the peer delivered everything queued so far.
+    public func flush(timeoutMilliseconds: Int32 = -1) throws {
+        try check { rz_flush(live, timeoutMilliseconds, $0) }
+    }
+
+    /// Finish this direction and wait for the peer to deliver everything.
+    public func end(timeoutMilliseconds: Int32 = -1) throws {
+        try check { rz_send_end(live, timeoutMilliseconds, $0) }
+    }
+
+    /// Deliver pages and barriers to the closures on this thread until the sender ends the direction.
+    /// Throws `.timedOut` if nothing deliverable arrives within the timeout (call again to continue).
+    public func receivePages(
+        timeoutMilliseconds: Int32 = -1,
+        onPage: (UInt64, UnsafeRawBufferPointer) throws -> Void,
+        onBarrier: (UInt64) throws -> Void
+    ) throws {
+        try withoutActuallyEscaping(onPage) { page in
+            try withoutActuallyEscaping(onBarrier) { barrier in
+                let box = CallbackBox(page: page, barrier: barrier)
+                // SAFETY: the box outlives the call; C invokes the callbacks only inside rz_recv_pages.
+                let ctx = Unmanaged.passUnretained(box).toOpaque()
+                var e = rz_error()
+                let rc = rz_recv_pages(live, rzPageTrampoline, rzBarrierTrampoline, ctx, timeoutMilliseconds, &e)
+                withExtendedLifetime(box) {}
+                if let thrown = box.thrown { throw thrown }
+                if rc < 0 { throw RhizomorphError(rc: rc, error: e) }
+            }
+        }
+    }
+
+    public var statistics: Statistics {
+        var s = rz_stats()
+        rz_session_stats(live, &s)
+        return Statistics(
+            chunksSent: s.chunks_sent, chunksResent: s.chunks_resent, chunksReinjected: s.chunks_reinjected,
+            chunksReceived: s.chunks_received, duplicatesDropped: s.duplicates_dropped,
+            authenticationFailures: s.auth_failures, connectionsFailed: s.conns_failed,
+            connectionsJoined: s.conns_joined, bytesSent: s.bytes_sent, bytesReceived: s.bytes_received,
+            liveConnections: s.conns_live)
+    }
+
+    /// The 16-byte session ID, the same at both ends.
+    public var id: [UInt8] {
+        var out = [UInt8](repeating: 0, count: 16)
+        rz_session_id(live, &out)
+        return out
+    }
+
+    /// Wait until `count` connections are up.
+    public func waitForConnections(_ count: UInt32, timeoutMilliseconds: Int32) -> Bool {
+        rz_session_wait_conns(live, count, timeoutMilliseconds) == 0
+    }
+
+    /// Flush acknowledgements, tell the peer, free everything. Idempotent.
+    public func close() {
+        if let h = handle {
+            handle = nil
+            rz_session_close(h)
+        }
+    }
+
+    deinit { close() }
+}
+
+private final class CallbackBox {
+    let page: (UInt64, UnsafeRawBufferPointer) throws -> Void
+    let barrier: (UInt64) throws -> Void
+    var thrown: Error?
+    init(page: @escaping (UInt64, UnsafeRawBufferPointer) throws -> Void, barrier: @escaping (UInt64) throws -> Void) {
+        self.page = page
+        self.barrier = barrier
+    }
+}
+
+private func rzPageTrampoline(_ ctx: UnsafeMutableRawPointer?, _ offset: UInt64, _ data: UnsafePointer<UInt8>?,
+                              _ length: UInt32) -> Int32 {
+    // SAFETY: ctx is the CallbackBox passed by receivePages, alive for the whole rz_recv_pages call.
+    let box = Unmanaged<CallbackBox>.fromOpaque(ctx!).takeUnretainedValue()
+    do {
+        try box.page(offset, UnsafeRawBufferPointer(start: data, count: Int(length)))
+        return 0
+    } catch {
+        box.thrown = error
+        return -ECANCELED
+    }
+}
+
+private func rzBarrierTrampoline(_ ctx: UnsafeMutableRawPointer?, _ epoch: UInt64) -> Int32 {
+    // SAFETY: as above.
+    let box = Unmanaged<CallbackBox>.fromOpaque(ctx!).takeUnretainedValue()
+    do {
+        try box.barrier(epoch)
+        return 0
+    } catch {
+        box.thrown = error
+        return -ECANCELED
+    }
+}
+
+/// Count of RDMA devices (0 on machines without one; the TCP backend is used then).
+public func rdmaDeviceCount() throws -> Int {
+    var info = [rz_rdma_device_info](repeating: rz_rdma_device_info(), count: 8)
+    var e = rz_error()
+    let n = rz_rdma_probe(&info, 8, &e)
+    if n < 0 { throw RhizomorphError(rc: n, error: e) }
+    return Int(n)
+}
