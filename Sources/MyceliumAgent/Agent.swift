@@ -92,6 +92,8 @@ public actor Agent {
     // Leader bookkeeping.
     var pendingConfChange: UInt64 = 0
     var lastGovernanceProposal: UInt64 = 0
+    var lastGovernanceIndex: UInt64 = 0
+    var reconcileSoon = false
     var failureReports: [UInt64: Set<UInt64>] = [:]
     var confirmed: Set<String> = []
     var proposedAdmits: [UInt64: Int64] = [:]
@@ -226,6 +228,15 @@ public actor Agent {
         logger.info("agent started", metadata: ["node": "\(certificate.nodeID)", "network": "\(network.id)",
                                                 "listen": "\(config.listen)", "raft_id": "\(me)"])
         note("started; listening on \(config.listen)")
+        // The only voter of its group (a new network's genesis node) need not wait for a timeout.
+        if raft.confState.voters == [me] && raft.role != .leader {
+            raft.campaignNow()
+            processReady()
+            if raft.role == .leader && spore.members[certificate.nodeID] == nil {
+                propose(SignedCommand(.admit(certificate), author: certificate.nodeID, key: key, network: network.id))
+                processReady()
+            }
+        }
         let tickNs = UInt64(config.tickMilliseconds) * 1_000_000
         tickTask = Task { [weak self] in
             while !Task.isCancelled {
@@ -274,7 +285,9 @@ public actor Agent {
         let ticksPerSecond = UInt64(max(1, 1000 / config.tickMilliseconds))
         if raft.leader != .none { lastLeaderSeen = ticks }
         if raft.role == .leader {
-            if ticks % ticksPerSecond == 0 || pendingConfChange != 0 { reconcile() }
+            // Every tick while short of voters (a learner catching up is promoted within a tick).
+            let short = raft.confState.voters.count < targetVoters(present: spore.presentMembers.count)
+            if ticks % ticksPerSecond == 0 || pendingConfChange != 0 || short { reconcile() }
             if ticks % ticksPerSecond == 0 { superviseVotes() }
         }
         if ticks % ticksPerSecond == 0 { everySecond(); updateGauges() }
@@ -364,6 +377,11 @@ public actor Agent {
             }
             raft.advance(rd)
             if raft.role != .leader && !kvWaiters.isEmpty { answerKVWaiters(applied: nil) }
+            // A member admitted or a governance step applied: take the next step now, not at the next second.
+            if reconcileSoon && raft.role == .leader && pendingConfChange == 0 {
+                reconcileSoon = false
+                reconcile()
+            }
             // The next membership step can start as soon as the previous one is applied.
             if raft.role == .leader && pendingConfChange == 0 && rd.committedEntries.contains(where: { $0.kind == .confChange }) {
                 reconcile()
@@ -402,6 +420,10 @@ public actor Agent {
         }
         do {
             try spore.apply(signed, epoch: SporeEpoch(term: e.term, index: e.index), time: time)
+            switch signed.command {
+            case .admit, .setSclerotia, .handoff, .decideVote, .setStatus: reconcileSoon = true
+            default: break
+            }
             if case .admit(let c) = signed.command {
                 note("admitted \(c.nodeID)")
                 logger.info("member admitted", metadata: ["node": "\(c.nodeID)"])
@@ -507,7 +529,8 @@ public actor Agent {
                         continue
                     }
                 }
-                if let match = raft.matchIndex(of: id), match > 0, match + 10 >= raft.lastIndex, match >= raft.commitIndex {
+                // Caught up to within a few entries: promoting it cannot stall commits for long.
+                if let match = raft.matchIndex(of: id), match > 0, match + 10 >= raft.lastIndex {
                     proposeConf(ConfChange([.addVoter(id)]), "promote \(c.id) to voter (caught up at \(match))")
                     return
                 }
@@ -517,16 +540,21 @@ public actor Agent {
         let voterIDs = raft.confState.voters.compactMap { nodeIDs[$0] }.sorted()
         // A governance command is proposed at most once per second: if the spore refuses it (say
         // a voter is not admitted yet), proposing it again on every commit would spin.
+        // Proposed again only once the previous one has applied, so a refused proposal cannot spin
+        // (only an accepted one triggers the next reconcile at once) and an accepted one is followed by
+        // the next step without waiting.
         let nowTick = ticks
-        if nowTick >= lastGovernanceProposal + UInt64(max(1, 1000 / config.tickMilliseconds)) {
+        if raft.appliedIndex >= lastGovernanceIndex && (nowTick > lastGovernanceProposal || lastGovernanceIndex > 0) {
             if voters.count >= target && Set(spore.sclerotia) != Set(voterIDs) && voterIDs.count == raft.confState.voters.count
                 && voterIDs.allSatisfy({ spore.members[$0]?.status == .alive }) {
                 lastGovernanceProposal = nowTick
                 submit(.setSclerotia(voterIDs))
+                lastGovernanceIndex = raft.lastIndex
             } else if spore.phase == .bootstrap && present.count >= config.handoffMembers && voters.count >= target
                         && Set(spore.sclerotia) == Set(voterIDs) && !spore.sclerotia.isEmpty {
                 lastGovernanceProposal = nowTick
                 submit(.handoff)
+                lastGovernanceIndex = raft.lastIndex
             }
         }
         // 5. Admit nodes whose join requests arrived, once.

@@ -216,6 +216,15 @@ public struct Raft: Sendable {
         }
     }
 
+    /// Campaigns at once (etcd's MsgHup) if this node may. For a node that is its group's only voter
+    /// (the genesis node of a new network) this makes it leader without waiting an election timeout.
+    public mutating func campaignNow() {
+        defer { assertInvariants() }
+        guard role != .leader, promotable else { return }
+        electionElapsed = 0
+        campaign(config.preVote ? .preElection : .election)
+    }
+
     /// The transport saw the leader go away (its connections closed and could not be re-opened). A
     /// follower then stops honouring the leader's lease and campaigns within one to three ticks instead
     /// of a whole election timeout. This is only a liveness hint: the pre-vote still needs a quorum of

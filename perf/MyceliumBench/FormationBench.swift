@@ -39,7 +39,12 @@ private func formOnce(n: Int, bin: String) async throws -> Double {
     let start = now()
     try net.startAll()
     try await net.waitFormed(timeout: 120)
-    return now() - start
+    let elapsed = now() - start
+    // MYCELIUM_BENCH_EVENTS=1 prints what the genesis node did, with its timestamps.
+    if ProcessInfo.processInfo.environment["MYCELIUM_BENCH_EVENTS"] != nil, let v = await net.status(1) {
+        for e in (v["events"] as? [String]) ?? [] { print("    n1 \(e)") }
+    }
+    return elapsed
 }
 
 /// N pre-provisioned agents on loopback (keys, genesis-issued certificates, the genesis node's
