@@ -185,7 +185,7 @@ let package = Package(
         .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph"]),
         // Real namespaces, the built plugin, libcni (a Go driver) and podman; needs root.
         .testTarget(
-            name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni"],
+            name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium"],
             exclude: ["cnidriver"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),

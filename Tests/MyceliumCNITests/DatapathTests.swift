@@ -53,6 +53,12 @@ final class DatapathTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(afterA.txPackets - beforeA.txPackets, 5, "A's tx counter: \(afterA)")
         XCTAssertGreaterThanOrEqual(afterB.rxPackets - beforeB.rxPackets, 3, "B's rx counter: \(afterB)")
         XCTAssertGreaterThan(afterA.txBytes, beforeA.txBytes)
+        // The operator's view of the same counters: `mycelium datapath stats`.
+        let cli = try runProcess(Paths.buildDir + "/mycelium", ["datapath", "stats", "--pin-dir", sandbox.pinDir, "-o", "json"])
+        XCTAssertEqual(cli.status, 0, cli.stderr)
+        XCTAssertTrue(cli.stdout.contains("\"endpoint\" : \"\(ipA)\"") && cli.stdout.contains("\"tx_packets\" : \(afterA.txPackets)"), cli.stdout)
+        let text = try runProcess(Paths.buildDir + "/mycelium", ["datapath", "stats", "--pin-dir", sandbox.pinDir])
+        XCTAssertTrue(text.stdout.contains("\(ipB)") && text.stdout.contains("policy"), text.stdout)
 
         // A TCP exchange too (busybox nc), both ends inside the test's namespaces.
         let serverPID = try sh("ip netns exec \(b.name) busybox sh -c 'echo mycelium-hello | busybox nc -l -p 7777' "

@@ -35,7 +35,7 @@ func runEtcdBench(_ args: [String]) async throws {
     let etcd = try EtcdCluster()
     defer { etcd.stop() }
     try await etcd.startAll()
-    let ours = try LoopbackNetwork(n: 3, bin: bin, perNode: { i in "client_listen = \"127.0.0.1:\(40_000 + Int.random(in: 0..<9_000) / 10 * 10 + i)\"\n" })
+    let ours = try LoopbackNetwork(n: 3, bin: bin, perNode: { i in "client_listen = \"127.0.0.1:\(30_000 + Int.random(in: 0..<50) * 10 + i)\"\n" })
     defer { ours.stop() }
     try ours.startAll()
     try await ours.waitFormed(timeout: 60)
@@ -72,7 +72,7 @@ func runEtcdBench(_ args: [String]) async throws {
 
     // Memory.
     print(String(repeating: "-", count: 100))
-    let ten = try LoopbackNetwork(n: 10, bin: bin, perNode: { i in "client_listen = \"127.0.0.1:\(41_000 + Int.random(in: 0..<800) * 10 + i)\"\nhandoff_members = 3\n" })
+    let ten = try LoopbackNetwork(n: 10, bin: bin, perNode: { i in "client_listen = \"127.0.0.1:\(30_600 + Int.random(in: 0..<50) * 10 + i)\"\nhandoff_members = 3\n" })
     defer { ten.stop() }
     try ten.startAll()
     try await ten.waitFormed(timeout: 120)
@@ -154,7 +154,7 @@ extension LoopbackNetwork {
 /// Three etcd 3.4 members on loopback, fsync on, heartbeat 100 ms, election 1000 ms.
 final class EtcdCluster {
     let dir = NSTemporaryDirectory() + "myc-etcd-\(UUID().uuidString.prefix(8))"
-    let base = 42_000 + Int.random(in: 0..<200) * 20
+    let base = 31_200 + Int.random(in: 0..<50) * 20  // below the ephemeral range (32768+)
     var procs: [Int: Process] = [:]
 
     init() throws { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }

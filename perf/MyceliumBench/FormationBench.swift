@@ -54,8 +54,9 @@ final class LoopbackNetwork {
     let bin: String
     let dir = NSTemporaryDirectory() + "myc-bench-\(UUID().uuidString.prefix(8))"
     var procs: [Process] = []
-    /// The first port; node i listens on base + i.
-    let base = 30_000 + Int.random(in: 0..<300) * 100
+    /// The first port; node i listens on base + i. Below the kernel's ephemeral range (32768+), so an
+    /// outgoing connection's local port can never take a listener's port.
+    let base = 10_000 + Int.random(in: 0..<200) * 100
 
     convenience init(n: Int, bin: String, extraConfig: String = "") throws {
         try self.init(n: n, bin: bin, perNode: { _ in extraConfig })
@@ -126,7 +127,14 @@ final class LoopbackNetwork {
             }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
-        throw AgentError("\(n) nodes did not form within \(Int(timeout)) s")
+        var views: [[String: Any]] = []
+        for i in 1...n { if let v = await status(i) { views.append(v) } }
+        let alive = views.map { (($0["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count }
+        let why = "\(views.count)/\(n) agents answer; epochs \(Set(views.map { "\($0["epoch"] ?? "")" }).sorted()); "
+            + "leaders \(Set(views.map { "\($0["leader"] ?? "")" }).count); phases \(Set(views.map { "\($0["phase"] ?? "")" }).sorted()); "
+            + "alive counts \(Set(alive).sorted()); exited: \(procs.enumerated().filter { !$0.element.isRunning }.map { "n\($0.offset + 1) (\($0.element.terminationReason == .uncaughtSignal ? "signal" : "status") \($0.element.terminationStatus))" })"
+        if let v = await status(1) { for e in ((v["events"] as? [String]) ?? []).suffix(12) { print("    n1 \(e)") } }
+        throw AgentError("\(n) nodes did not form within \(Int(timeout)) s: \(why)")
     }
 
     func stop() {
