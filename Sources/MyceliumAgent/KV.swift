@@ -91,7 +91,11 @@ extension Agent {
         }
         return try await withCheckedThrowingContinuation { c in
             pendingPuts.append((key, value, c))
-            if !flushScheduled {
+            if kvWaiters.isEmpty && !flushScheduled {
+                // Nothing in flight: propose at once (a lone client pays no extra hop).
+                flushPuts()
+            } else if !flushScheduled {
+                // Entries are being made durable: collect what arrives meanwhile into the next one.
                 flushScheduled = true
                 Task { await self.flushPuts() }
             }

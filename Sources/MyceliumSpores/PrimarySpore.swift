@@ -172,6 +172,11 @@ public struct PrimarySpore: Sendable, Equatable {
     mutating func perform(_ c: SporeCommand, author: NodeID) throws(SporeError) {
         switch c {
         case .admit(let cert):
+            // A present member asking again (its join request reached several nodes, which all
+            // forwarded it) changes nothing; re-admission is for failed or departed members.
+            if let m = members[cert.nodeID], m.status == .alive || m.status == .suspect, m.certificate == cert {
+                throw SporeError(.invalid("\(cert.nodeID) is already a member"))
+            }
             if members[cert.nodeID] == nil && members.count >= limits.maxMembers {
                 throw SporeError(.beyondLimits("members: \(limits.maxMembers)"))
             }
