@@ -120,8 +120,14 @@ public final class WriteAheadLog {
 
     // MARK: - Writing
 
-    /// Persists what a `Ready` asks for, then fsyncs. Returns only once it is durable.
+    /// Persists what a `Ready` asks for, then fsyncs; returns only once it is durable. A Ready that
+    /// only moves the commit index (`mustSync` false: no entries, no snapshot, same term and vote) is
+    /// not written at all: a commit index that lags after a crash is safe (it is learned again from the
+    /// leader, and the log is replayed up to it), and skipping it saves an fdatasync on the path of
+    /// every commit. Writing it unsynced instead could leave a torn record *before* a later synced one,
+    /// which the open-time rules rightly treat as corruption.
     public func save(_ rd: Ready) throws(WALError) {
+        if !rd.mustSync && rd.snapshot == nil && rd.entries.isEmpty { return }
         try save(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot)
     }
 
