@@ -118,6 +118,7 @@ public actor Agent {
     var votes: VoteInstance
     var voteRounds: [RoundID: UInt64] = [:]
     var earlyVoteMessages: [RoundID: [VoteMessage]] = [:]
+    var earlyVoteSince: [RoundID: UInt64] = [:]
     var lastVoteOpened: [UInt64: UInt64] = [:]
     var voteFallbackNoted: Set<String> = []
     var pendingChecks: [UInt64: PendingCheck] = [:]
@@ -290,7 +291,7 @@ public actor Agent {
             if ticks % ticksPerSecond == 0 || pendingConfChange != 0 || short { reconcile() }
             if ticks % ticksPerSecond == 0 { superviseVotes() }
         }
-        if ticks % ticksPerSecond == 0 { everySecond(); updateGauges() }
+        if ticks % ticksPerSecond == 0 { everySecond(); updateGauges(); pruneEarlyVoteMessages() }
         if raft.leader != lastLeader {
             if raft.leader != .none { instruments.leaderChanges.increment() }
             lastLeader = raft.leader

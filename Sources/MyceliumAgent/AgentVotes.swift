@@ -153,6 +153,7 @@ extension Agent {
         } catch {
             logger.debug("vote round not opened", metadata: ["round": "\(round.sequence)", "reason": "\(error)"])
         }
+        earlyVoteSince[round.spec.id] = nil
         for m in earlyVoteMessages.removeValue(forKey: round.spec.id) ?? [] { stepVote(m) }
     }
 
@@ -163,7 +164,10 @@ extension Agent {
         }
         if votes.spec(of: m.round) == nil {
             // The round's opening entry has not been applied here yet: keep a few messages for it.
-            if earlyVoteMessages.count < 64 && (earlyVoteMessages[m.round]?.count ?? 0) < 4 * 1024 {
+            // Bounded in total: only members can send these, but a faulty one must not fill memory.
+            let held = earlyVoteMessages.values.reduce(0) { $0 + $1.count }
+            if held < 2048 && (earlyVoteMessages[m.round] != nil || earlyVoteMessages.count < 16) {
+                if earlyVoteMessages[m.round] == nil { earlyVoteSince[m.round] = ticks }
                 earlyVoteMessages[m.round, default: []].append(m)
             }
             return
@@ -227,6 +231,16 @@ extension Agent {
         } else if raft.leader != .none, let link = links[raft.leader] ?? makeLink(raft.leader) {
             var w = ByteWriter(); w.u64(peer)
             link.send(Frame(type: AgentFrame.report, payload: w.bytes))
+        }
+    }
+
+    /// Drops messages held for rounds that never opened here (30 s): a round that opens later is
+    /// long past its deadlines, and a faulty member's messages for made-up rounds must not stay.
+    func pruneEarlyVoteMessages() {
+        let limit = UInt64(max(1, 30_000 / config.tickMilliseconds))
+        for (rid, since) in earlyVoteSince where ticks > since + limit {
+            earlyVoteSince[rid] = nil
+            earlyVoteMessages[rid] = nil
         }
     }
 

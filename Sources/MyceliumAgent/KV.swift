@@ -89,6 +89,9 @@ extension Agent {
         guard key.utf8.count <= KVLimits.maxKey, value.count <= KVLimits.maxValue else {
             throw KVError(status: .payloadTooLarge, description: "key over \(KVLimits.maxKey) bytes or value over \(KVLimits.maxValue)")
         }
+        guard kv.items[key] != nil || kv.items.count + pendingPuts.count < KVLimits.maxKeys else {
+            throw KVError(status: .insufficientStorage, description: "the KV holds \(KVLimits.maxKeys) keys, its limit; delete or reuse keys")
+        }
         return try await withCheckedThrowingContinuation { c in
             pendingPuts.append((key, value, c))
             if kvWaiters.isEmpty && !flushScheduled {
