@@ -159,6 +159,16 @@ public actor Agent {
         }
         var storage = recovery.state
         let fresh = storage.hardState == HardState() && storage.entries.isEmpty && storage.snapshot == nil
+        // A node that was a member (it has a latent spore) but whose Raft log is gone may have voted in
+        // a term it no longer remembers: starting it could let it vote twice in one term and elect two
+        // leaders. etcd has the same hazard with a lost data dir; refuse instead of risking it.
+        if fresh && authority == nil && AtomicFile.exists(paths.latentSpore) {
+            throw AgentError("""
+                this node was a member (\(paths.latentSpore) exists) but its Raft log in \(paths.raftDir) is empty or \
+                missing; starting it could let it vote twice in one term. Wait until another node's 'mycelium status' \
+                shows this node failed (or it left), then remove \(paths.latentSpore) and start again: it rejoins as a new replica.
+                """)
+        }
         if fresh && authority != nil {
             storage = RaftStorageState.bootstrap(voters: [me])
             try wal.save(hardState: storage.hardState, entries: storage.entries)
@@ -291,7 +301,10 @@ public actor Agent {
             if ticks % ticksPerSecond == 0 || pendingConfChange != 0 || short { reconcile() }
             if ticks % ticksPerSecond == 0 { superviseVotes() }
         }
-        if ticks % ticksPerSecond == 0 { everySecond(); updateGauges(); pruneEarlyVoteMessages() }
+        if ticks % ticksPerSecond == 0 {
+            everySecond(); updateGauges(); pruneEarlyVoteMessages()
+            detector.setPeers(probeTargets())  // members past their grace period join the probing
+        }
         if raft.leader != lastLeader {
             if raft.leader != .none { instruments.leaderChanges.increment() }
             lastLeader = raft.leader
@@ -458,7 +471,7 @@ public actor Agent {
                 links[id]?.setAddresses(merged)
             }
         }
-        detector.setPeers(spore.presentMembers.map { $0.id.compact }.filter { heardFrom.contains($0) })
+        detector.setPeers(probeTargets())
         if spore.epoch.index >= lastLatentSave.index + 1 || spore.epoch.term != lastLatentSave.term {
             saveLatentSpore()
         }
@@ -621,7 +634,7 @@ public actor Agent {
         lastHeard[peer] = ticks
         if !pendingChecks.isEmpty { finishChecks() }  // an answer to a direct check: vote at once
         if heardFrom.insert(peer).inserted, let node = nodeIDs[peer], spore.members[node] != nil {
-            detector.setPeers(spore.presentMembers.map { $0.id.compact }.filter { heardFrom.contains($0) })
+            detector.setPeers(probeTargets())
         }
         switch f.type {
         case AgentFrame.raft:
@@ -722,6 +735,14 @@ public actor Agent {
     }
 
     // MARK: failure detection
+
+    /// The members this node probes: those it has heard from, and any member admitted more than
+    /// `graceSeconds` ago (spore time). A newcomer still dialling is not suspected at once, but one
+    /// that died before ever reaching us is still found out, by everyone, not only by the leader.
+    func probeTargets(graceSeconds: Int64 = 10) -> [UInt64] {
+        spore.presentMembers.filter { heardFrom.contains($0.id.compact) || spore.now - $0.since > graceSeconds }
+            .map { $0.id.compact }.filter { $0 != me }
+    }
 
     func handleDetector(_ e: DetectorEffect<UInt64>) {
         switch e {

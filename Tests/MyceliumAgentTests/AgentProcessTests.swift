@@ -184,6 +184,37 @@ final class AgentProcessTests: XCTestCase {
         }
     }
 
+
+    /// A member whose Raft log was lost must not start (it could vote twice in a term); it says how to
+    /// recover, and after the network recorded it failed it rejoins as a new replica.
+    func testAMemberWithALostRaftLogRefusesToStartThenRejoins() async throws {
+        let c = try AgentCluster()
+        let names = ["n1", "n2", "n3", "n4"]
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("4 nodes formed", nodes: names, AgentCluster.formed(4))
+        let id = "\(await c.status("n4")!["node"]!)"
+        c.terminate("n4")
+        try FileManager.default.removeItem(atPath: c.home("n4") + "/raft")
+        try c.start("n4")
+        let p = try XCTUnwrap(c.processes["n4"])
+        let deadline = Date().addingTimeInterval(20)
+        while p.isRunning && Date() < deadline { try await Task.sleep(nanoseconds: 100_000_000) }
+        XCTAssertFalse(p.isRunning, "an agent with a lost Raft log must refuse to start")
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        c.processes["n4"] = nil
+        let log = (try? String(contentsOfFile: c.home("n4") + ".log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("vote twice"), log.suffix(1500).description)
+        // The recovery the message describes.
+        let rest = ["n1", "n2", "n3"]
+        try await c.waitUntil("n4 recorded failed", nodes: rest, timeout: 60) { vs in
+            vs.allSatisfy { v in members(v).contains { "\($0["id"]!)" == id && "\($0["status"]!)" == "failed" } }
+        }
+        try FileManager.default.removeItem(atPath: c.home("n4") + "/latent.spore")
+        try c.start("n4")
+        try await c.waitUntil("n4 rejoined as a new replica", nodes: names, timeout: 60, AgentCluster.formed(4))
+    }
+
 }
 
 func asyncFirst<T>(_ xs: [T], _ p: (T) async -> Bool) async -> T? {
