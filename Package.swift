@@ -53,6 +53,16 @@ let package = Package(
         // MARK: Byzantine-tolerant vote (pure)
         .target(name: "MyceliumVote", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
 
+        // MARK: the control plane (pure): one control state replicated by Raft (spore, KV, pod CIDRs),
+        // the governor, and the controller protocol. Never touches a socket, clock, file or global RNG.
+        .target(
+            name: "MyceliumControl",
+            dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumMembership"],
+            exclude: ["README.md"]),
+        // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
+        .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
+                exclude: ["README.md"]),
+
         // MARK: endophyte core: dirty-page tracking in C and the RAM replication engine
         .target(
             name: "CDirtyPages", path: "CSources/CDirtyPages", exclude: ["shim"],
@@ -190,5 +200,8 @@ let package = Package(
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),
+        .testTarget(
+            name: "MyceliumControlTests",
+            dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController"]),
     ]
 )
