@@ -40,7 +40,12 @@ let package = Package(
         // MARK: consensus (pure) and its durable storage and simulator
         .target(name: "MyceliumRaft", dependencies: ["MyceliumCore"]),
         .target(name: "MyceliumWAL", dependencies: ["MyceliumCore", "MyceliumRaft"]),
-        .target(name: "MyceliumSim", dependencies: ["MyceliumCore", "MyceliumRaft"]),
+        // The deterministic simulators (Raft, the vote, the governor) and the Byzantine behaviours they
+        // inject: simulation code, never linked into a product that runs a network.
+        .target(
+            name: "MyceliumSim",
+            dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores",
+                           "MyceliumMembership", "MyceliumControl", "NetworkController"]),
         // Counts heap allocations by interposing malloc; link it into benchmarks only (mycelium-bench raft-sim).
         .target(name: "CMallocCounter", path: "CSources/CMallocCounter"),
 
@@ -110,7 +115,7 @@ let package = Package(
             name: "MyceliumAgent",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
-                "MyceliumTransport", "MyceliumVote",
+                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -159,9 +164,16 @@ let package = Package(
 
         .executableTarget(name: "mycelium-cni", dependencies: ["MyceliumCNI"]),
 
+        // FOR TESTS ONLY: myceliumd with a voter that lies in every vote and accuses live members, to
+        // show that one liar changes nothing. Not a product: the real daemon cannot be made to lie.
+        .executableTarget(
+            name: "myceliumd-byzantine",
+            dependencies: ["MyceliumAgent", "MyceliumSim", "MyceliumControl", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Tests/ByzantineAgent"),
+
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
-            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores"], path: "Fuzz/MyceliumFuzz",
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl"], path: "Fuzz/MyceliumFuzz",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: tests
@@ -180,14 +192,14 @@ let package = Package(
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
-        .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote"]),
+        .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
         .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
         // Real agent processes; depending on the executables makes the test build build them.
         .testTarget(
             name: "MyceliumAgentTests",
             dependencies: [
-                "MyceliumAgent", "myceliumd", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore",
+                "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

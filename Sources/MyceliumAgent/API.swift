@@ -123,7 +123,7 @@ extension Agent {
 
     func status() -> [String: Any] {
         let cs = raft.confState
-        let leaderID = raft.leader == .none ? "none" : (nodeIDs[raft.leader].map { "\($0)" } ?? "\(raft.leader)")
+        let leaderID = raft.leader == .none ? "none" : (router.nodeIDs[raft.leader].map { "\($0)" } ?? "\(raft.leader)")
         return [
             "network": "\(network.id)",
             "node": "\(certificate.nodeID)",
@@ -136,11 +136,13 @@ extension Agent {
             "epoch": "\(spore.epoch)",
             "phase": spore.phase == .bootstrap ? "bootstrap" : "distributed",
             "sclerotia": spore.sclerotia.map { "\($0)" },
-            "voters": cs.voters.compactMap { nodeIDs[$0].map { "\($0)" } },
+            "voters": cs.voters.compactMap { router.nodeIDs[$0].map { "\($0)" } },
             "health": fallback ?? (raft.leader == .none ? "no leader" : "ok"),
             "members": sporeJSON()["members"] ?? [],
             "votes": sporeJSON()["votes"] ?? [],
             "events": Array(events.suffix(30)),
+            "pod_cidr": control.pods.cidr(of: certificate.nodeID).map { "\($0)" } ?? "none",
+            "pod_cidr_file": config.podCIDRFilePath,
         ]
     }
 

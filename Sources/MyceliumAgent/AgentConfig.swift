@@ -3,6 +3,7 @@
 // default and what it does; `myceliumd --print-config` prints that list as a commented file.
 // An unknown key, a wrong type or a bad value is an error naming the line.
 
+import MyceliumControl
 import MyceliumCore
 
 public struct AgentConfig: Sendable, Equatable {
@@ -43,9 +44,13 @@ public struct AgentConfig: Sendable, Equatable {
     /// Milliseconds each phase (commit, reveal) of a Byzantine-tolerant vote may last; set it above the
     /// worst one-way delay between nodes plus the spread in when they apply the opening entry.
     public var votePhaseMilliseconds = 2000
-    /// FOR TESTS ONLY: this agent lies in every vote (confirms live nodes dead, denies dead ones,
-    /// refuses every admission). It exists so tests can show that one liar changes nothing.
-    public var voteLie = false
+    /// The network's pod range; the first leader records it in the control state, where it never changes.
+    public var podCIDRPool = "10.244.0.0/16"
+    /// Prefix length of each node's block of the pod range.
+    public var podCIDRNodePrefix = 24
+    /// Where this node's pod CIDR is written for mycelium-cni (empty: HOME/podcidr). Point the CNI
+    /// configuration's ipam.podCIDRFile here.
+    public var podCIDRFile = ""
 
     public init() {}
 
@@ -79,7 +84,9 @@ public struct AgentConfig: Sendable, Equatable {
         int("seed_interval_s", "Minimum seconds between two seed-spore writes.", \.seedIntervalSeconds, 0...3600),
         string("log_level", "trace, debug, info, notice, warning, error or critical.", \.logLevel),
         int("vote_phase_ms", "Milliseconds for each phase (commit, reveal) of a Byzantine-tolerant vote; above the worst one-way delay.", \.votePhaseMilliseconds, 10...600_000),
-        bool("vote_lie", "FOR TESTS ONLY: lie in every vote, to show that one liar changes nothing.", \.voteLie),
+        string("pod_cidr_pool", "The network's pod range (like K3s's cluster-cidr); the first leader records it and it never changes.", \.podCIDRPool),
+        int("pod_cidr_node_prefix", "Prefix length of each node's block of the pod range (like K3s's node-cidr-mask-size).", \.podCIDRNodePrefix, 16...30),
+        string("pod_cidr_file", "Where this node's pod CIDR is written for mycelium-cni's ipam.podCIDRFile (empty: HOME/podcidr).", \.podCIDRFile),
     ]
 
     /// Parses a configuration file's text. Unset keys keep their defaults.
@@ -114,6 +121,12 @@ public struct AgentConfig: Sendable, Equatable {
         for u in seedURLs where !(u.hasPrefix("http://") || u.hasPrefix("https://")) {
             throw ConfigError("seed URL '\(u)' must start with http:// or https://")
         }
+        guard let pool = CIDR(podCIDRPool) else {
+            throw ConfigError("pod_cidr_pool '\(podCIDRPool)' is not an IPv4 network such as 10.244.0.0/16")
+        }
+        if podCIDRNodePrefix < pool.prefix {
+            throw ConfigError("pod_cidr_node_prefix /\(podCIDRNodePrefix) is wider than the pod range \(podCIDRPool)")
+        }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }
     }
@@ -126,6 +139,7 @@ public struct AgentConfig: Sendable, Equatable {
     }
 
     public var advertisedAddress: String { advertise.isEmpty ? listen : advertise }
+    public var podCIDRFilePath: String { podCIDRFile.isEmpty ? home + "/podcidr" : podCIDRFile }
     public var apiSocketPath: String { apiSocket.isEmpty ? home + "/agent.sock" : apiSocket }
 
     // MARK: setting constructors

@@ -4,6 +4,7 @@
 // Names follow Prometheus conventions (mycelium_ prefix, _total for counters, base units).
 
 import Metrics
+import MyceliumControl
 import MyceliumRaft
 import Prometheus
 
@@ -37,6 +38,19 @@ struct AgentInstruments {
     let sporeEpochIndex = Gauge(label: "mycelium_spore_epoch_index")
 }
 
+extension AgentInstruments {
+    func count(_ m: GovernorMetric) {
+        switch m {
+        case .votesOpened: votesOpened.increment()
+        case .votesDecidedYes: votesDecidedYes.increment()
+        case .votesDecidedNo: votesDecidedNo.increment()
+        case .votesClosed: votesClosed.increment()
+        case .slashings: slashings.increment()
+        case .failuresRecorded: failuresRecorded.increment()
+        }
+    }
+}
+
 extension Agent {
     /// Refreshes the gauges (once a second).
     func updateGauges() {
@@ -52,7 +66,7 @@ extension Agent {
         m.membersAlive.record(Double(statuses.filter { $0 == .alive }.count))
         m.membersSuspect.record(Double(statuses.filter { $0 == .suspect }.count))
         m.membersFailed.record(Double(statuses.filter { $0 == .failed }.count))
-        m.linksConnected.record(Double(links.values.filter { $0.connectedAddress != nil }.count))
+        m.linksConnected.record(Double(router.links.values.filter { $0.connectedAddress != nil }.count))
         m.fallback.record(fallback == nil ? 0 : 1)
         m.sporeEpochIndex.record(Double(spore.epoch.index))
     }

@@ -1,99 +1,100 @@
-// A small replicated key-value store on the sclerotia's Raft group, reached over HTTP with etcd's
-// gRPC-gateway form (POST /v3/kv/put and /v3/kv/range, JSON, base64 keys and values), so one load
-// client measures both systems. It is what the control plane stores beyond the spore (assignments,
-// service records), and it is how Raft's throughput and latency are put side by side with etcd.
+// The replicated KV's front door: etcd's gRPC-gateway form over HTTP on `client_listen`
+// (POST /v3/kv/put, /v3/kv/range, /v3/kv/deleterange; JSON, base64 keys and values), so an etcd
+// user's client works and one load client measures both systems. The store itself is
+// MyceliumControl.KVStore, part of the control state.
 //
-// Writes from every concurrent client are batched: while one Raft entry is being made durable, the
-// next batch collects, and one fsync covers all of it (group commit).
+// As etcd:
+//  - ranges are linearizable unless the request says `serializable: true`: the leader serves them
+//    after a ReadIndex round (Raft thesis §6.4) once it has applied up to the read index; a
+//    follower forwards them (and writes) to the leader over the peer channel;
+//  - writes from every concurrent client are batched: while one entry is being made durable the
+//    next batch collects, and one fsync covers all of it (group commit).
 
 import Foundation
+import MyceliumControl
 import MyceliumCore
 import MyceliumRaft
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-enum KVLimits {
-    static let maxKey = 1024
-    static let maxValue = 64 * 1024
-    static let maxKeys = 1_000_000
-    static let maxBatch = 4096
+/// A linearizable read waiting for its ReadIndex, then for the state to apply up to it.
+struct ReadWaiter {
+    var index: UInt64?
+    let continuation: CheckedContinuation<Void, Error>
 }
 
-/// The KV state and its snapshot form, combined with the spore in one Raft snapshot.
-struct KVState: Sendable {
-    var items: [String: [UInt8]] = [:]
-    var revision: UInt64 = 0
-
-    static let snapshotMagic: [UInt8] = Array("MYSN".utf8)
-
-    /// Raft entry: `2 | u32 count | (key string, value blob)*`.
-    static func entry(_ puts: [(String, [UInt8])]) -> [UInt8] {
-        var w = ByteWriter(capacity: 8 + puts.reduce(0) { $0 + $1.0.utf8.count + $1.1.count + 8 })
-        w.u8(2); w.u32(UInt32(puts.count))
-        for (k, v) in puts { w.string(k); w.blob(v) }
-        return w.bytes
-    }
-
-    mutating func apply(entryData: [UInt8], index: UInt64) throws {
-        var r = ByteReader(entryData)
-        _ = try r.u8()
-        let n = Int(try r.u32())
-        guard n <= KVLimits.maxBatch else { throw DecodeError(.tooLong(field: "kv batch", length: n, limit: KVLimits.maxBatch), at: 1) }
-        for _ in 0..<n {
-            let k = try r.string("key", limit: KVLimits.maxKey)
-            let v = try r.blob("value", limit: KVLimits.maxValue)
-            if items[k] == nil && items.count >= KVLimits.maxKeys { continue }  // refused identically everywhere
-            items[k] = v
-        }
-        try r.finish()
-        revision = index
-    }
-
-    /// Snapshot bytes: magic, the spore, then the items sorted by key.
-    static func snapshot(spore: [UInt8], kv: KVState) -> [UInt8] {
-        var w = ByteWriter(capacity: spore.count + kv.items.count * 300 + 32)
-        w.raw(snapshotMagic); w.blob(spore); w.u64(kv.revision); w.u32(UInt32(kv.items.count))
-        for (k, v) in kv.items.sorted(by: { $0.key < $1.key }) { w.string(k); w.blob(v) }
-        return w.bytes
-    }
-
-    /// Splits snapshot bytes into the spore's bytes and the KV state (older snapshots hold only a spore).
-    static func restore(_ data: [UInt8]) throws -> (spore: [UInt8], kv: KVState) {
-        guard data.starts(with: snapshotMagic) else { return (data, KVState()) }
-        var r = ByteReader(data)
-        _ = try r.raw(4)
-        let spore = try r.blob("spore", limit: 64 << 20)
-        var kv = KVState()
-        kv.revision = try r.u64()
-        let n = Int(try r.u32())
-        guard n <= KVLimits.maxKeys else { throw DecodeError(.tooLong(field: "kv items", length: n, limit: KVLimits.maxKeys), at: r.offset) }
-        for _ in 0..<n { kv.items[try r.string("key", limit: KVLimits.maxKey)] = try r.blob("value", limit: KVLimits.maxValue) }
-        try r.finish()
-        return (spore, kv)
-    }
-}
-
-struct KVError: Error, CustomStringConvertible {
+/// A KV request's answer: HTTP status and gateway JSON.
+struct KVAnswer: Sendable {
     let status: HTTPResponseStatus
-    let description: String
+    let body: [UInt8]
+    static func error(_ e: KVError) -> KVAnswer {
+        KVAnswer(status: HTTPResponseStatus(statusCode: e.httpStatus), body: KVGateway.encode(e))
+    }
+}
+
+/// The gateway paths, numbered for forwarding.
+enum KVPath: UInt8, Sendable {
+    case put = 1, range = 2, deleteRange = 3
+    init?(uri: String) {
+        switch uri {
+        case "/v3/kv/put": self = .put
+        case "/v3/kv/range": self = .range
+        case "/v3/kv/deleterange": self = .deleteRange
+        default: return nil
+        }
+    }
 }
 
 extension Agent {
-    /// Queues a put; returns the revision (Raft index) once it is committed and applied here.
-    func put(key: String, value: [UInt8]) async throws -> UInt64 {
-        guard raft.role == .leader else {
-            let hint = nodeIDs[raft.leader].flatMap { spore.members[$0]?.addresses.first } ?? "unknown"
-            throw KVError(status: .serviceUnavailable, description: "not the leader; the leader's peer address is \(hint)")
+    /// Answers one gateway request. `forwarded`: it came from a follower, so it is never forwarded again.
+    func serveKV(_ path: KVPath, _ body: [UInt8], forwarded: Bool = false) async -> KVAnswer {
+        let limits = control.kv.limits
+        do {
+            switch path {
+            case .range:
+                let r = try KVGateway.decodeRange(body, limits: limits)
+                try control.kv.validateRange(key: r.key, rangeEnd: r.rangeEnd)
+                if r.revision > control.kv.revision { throw KVError(.futureRevision(requested: r.revision, current: control.kv.revision)) }
+                if r.revision != 0 && r.revision < control.kv.revision {
+                    throw KVError(.compacted(requested: r.revision, current: control.kv.revision))
+                }
+                if !r.serializable {
+                    if raft.role != .leader { return try await forward(path, body, forwarded: forwarded) }
+                    try await linearizableBarrier()
+                }
+                let result = control.kv.range(key: r.key, rangeEnd: r.rangeEnd, limit: Int(clamping: r.limit),
+                                              countOnly: r.countOnly, keysOnly: r.keysOnly)
+                return KVAnswer(status: .ok, body: KVGateway.encode(result, header: result.revision, identity: kvIdentity))
+            case .put, .deleteRange:
+                let op: KVOperation = path == .put ? try KVGateway.decodePut(body, limits: limits).operation
+                                                   : try KVGateway.decodeDeleteRange(body, limits: limits).operation
+                if raft.role != .leader { return try await forward(path, body, forwarded: forwarded) }
+                let result = try await write(op)
+                return KVAnswer(status: .ok, body: KVGateway.encode(result, header: result.revision, identity: kvIdentity))
+            }
+        } catch let e as KVError {
+            return .error(e)
+        } catch {
+            return .error(KVError(.unavailable("\(error)")))
         }
-        guard key.utf8.count <= KVLimits.maxKey, value.count <= KVLimits.maxValue else {
-            throw KVError(status: .payloadTooLarge, description: "key over \(KVLimits.maxKey) bytes or value over \(KVLimits.maxValue)")
-        }
-        guard kv.items[key] != nil || kv.items.count + pendingPuts.count < KVLimits.maxKeys else {
-            throw KVError(status: .insufficientStorage, description: "the KV holds \(KVLimits.maxKeys) keys, its limit; delete or reuse keys")
+    }
+
+    var kvIdentity: KVHeaderIdentity {
+        KVHeaderIdentity(clusterID: network.id.bytes.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }, memberID: me, raftTerm: raft.term)
+    }
+
+    // MARK: writes
+
+    /// Queues a write; returns its result once it is committed and applied here.
+    func write(_ op: KVOperation) async throws -> KVResult {
+        try control.kv.validate(op)
+        if case .put(let key, _, _) = op, control.kv[key] == nil,
+           control.kv.count + pendingPuts.count >= control.kv.limits.maxKeys {
+            throw KVError(.storeFull(limit: control.kv.limits.maxKeys))
         }
         return try await withCheckedThrowingContinuation { c in
-            pendingPuts.append((key, value, c))
+            pendingPuts.append((op, c))
             if kvWaiters.isEmpty && !flushScheduled {
                 // Nothing in flight: propose at once (a lone client pays no extra hop).
                 flushPuts()
@@ -110,35 +111,131 @@ extension Agent {
         flushScheduled = false
         guard !pendingPuts.isEmpty else { return }
         while !pendingPuts.isEmpty {
-            let batch = Array(pendingPuts.prefix(KVLimits.maxBatch))
+            let batch = Array(pendingPuts.prefix(control.kv.limits.maxBatchOperations))
             pendingPuts.removeFirst(batch.count)
             do {
-                let index = try raft.propose(KVState.entry(batch.map { ($0.0, $0.1) }))
-                kvWaiters[index] = (raft.term, batch.map(\.2))
+                let index = try raft.propose(ControlEntry.kv(KVBatch(batch.map(\.0))).encoded())
+                kvWaiters[index] = (raft.term, batch.map(\.1))
             } catch {
-                for (_, _, c) in batch { c.resume(throwing: KVError(status: .serviceUnavailable, description: "proposal refused: \(error)")) }
+                for (_, c) in batch { c.resume(throwing: KVError(.unavailable("proposal refused: \(error)"))) }
             }
         }
         processReady()
     }
 
-    /// Called for each applied KV entry and after leadership changes.
-    func answerKVWaiters(applied e: Entry?) {
+    /// Called for each applied entry and after leadership changes.
+    func answerKVWaiters(applied e: Entry?, results: [KVResult]) {
         if let e, let w = kvWaiters.removeValue(forKey: e.index) {
-            if w.term == e.term {
-                for c in w.waiters { c.resume(returning: e.index) }
+            if w.term == e.term && results.count == w.waiters.count {
+                for (c, r) in zip(w.waiters, results) { c.resume(returning: r) }
             } else {
-                for c in w.waiters { c.resume(throwing: KVError(status: .serviceUnavailable, description: "leadership changed; the write was not committed, retry")) }
+                for c in w.waiters { c.resume(throwing: KVError(.unavailable("leadership changed; the write was not committed, retry"))) }
             }
         }
         if raft.role != .leader && !kvWaiters.isEmpty {
             // A deposed leader's pending writes may or may not commit; the client must retry (as with etcd).
-            for (_, w) in kvWaiters { for c in w.waiters { c.resume(throwing: KVError(status: .serviceUnavailable, description: "leadership lost; retry")) } }
+            for (_, w) in kvWaiters { for c in w.waiters { c.resume(throwing: KVError(.unavailable("leadership lost; retry"))) } }
             kvWaiters = [:]
+        }
+        if let e { releaseReads(upTo: e.index) }
+    }
+
+    // MARK: linearizable reads
+
+    /// Returns once this leader has confirmed it still leads (a quorum answered a heartbeat sent
+    /// after the read arrived) and has applied everything committed before the read.
+    func linearizableBarrier() async throws {
+        let context = nextReadContext
+        nextReadContext += 1
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+            readWaiters[context] = ReadWaiter(index: nil, continuation: c)
+            do {
+                try raft.readIndex(context: context)
+            } catch {
+                readWaiters[context] = nil
+                c.resume(throwing: KVError(.unavailable("not the leader; retry")))
+                return
+            }
+            processReady()
         }
     }
 
-    func get(key: String) -> ([UInt8]?, UInt64) { (kv.items[key], kv.revision) }
+    func answerReads(_ states: [ReadState]) {
+        for s in states { readWaiters[s.context]?.index = s.index }
+        releaseReads(upTo: raft.appliedIndex)
+        if raft.role != .leader { failReadWaiters("leadership lost; retry") }
+    }
+
+    func releaseReads(upTo applied: UInt64) {
+        for (ctx, w) in readWaiters {
+            if let i = w.index, i <= applied {
+                readWaiters[ctx] = nil
+                w.continuation.resume()
+            }
+        }
+    }
+
+    func failReadWaiters(_ why: String) {
+        let waiting = readWaiters
+        readWaiters = [:]
+        for w in waiting.values { w.continuation.resume(throwing: KVError(.unavailable(why))) }
+    }
+
+    func failKVClients(_ why: String) {
+        for (_, c) in pendingPuts { c.resume(throwing: KVError(.unavailable(why))) }
+        pendingPuts = []
+        for (_, w) in kvWaiters { for c in w.waiters { c.resume(throwing: KVError(.unavailable(why))) } }
+        kvWaiters = [:]
+        failReadWaiters(why)
+        let waiting = forwardWaiters
+        forwardWaiters = [:]
+        for c in waiting.values { c.resume(returning: .error(KVError(.unavailable(why)))) }
+    }
+
+    // MARK: forwarding to the leader
+
+    func forward(_ path: KVPath, _ body: [UInt8], forwarded: Bool) async throws -> KVAnswer {
+        guard !forwarded else { throw KVError(.unavailable("not the leader any more; retry")) }
+        guard raft.leader != .none, router.links[raft.leader] != nil || router.addressHints[raft.leader] != nil else {
+            throw KVError(.unavailable("no leader; retry when the network has one ('mycelium status')"))
+        }
+        let id = nextReadContext
+        nextReadContext += 1
+        let leader = raft.leader
+        let timeout = UInt64(max(2, config.electionTicks * 2) * config.tickMilliseconds) * 1_000_000
+        return await withCheckedContinuation { (c: CheckedContinuation<KVAnswer, Never>) in
+            forwardWaiters[id] = c
+            sendPeer(leader, .clientRequest(id: id, path: path.rawValue, body: body))
+            Task { [weak self] in
+                try? await Task.sleep(nanoseconds: timeout)
+                await self?.forwardTimedOut(id)
+            }
+        }
+    }
+
+    func forwardTimedOut(_ id: UInt64) {
+        forwardWaiters.removeValue(forKey: id)?.resume(returning: .error(KVError(.unavailable("the leader did not answer in time; retry"))))
+    }
+
+    /// A follower forwarded a client's request to us.
+    func serveForwarded(_ id: UInt64, _ pathByte: UInt8, _ body: [UInt8], from peer: UInt64) {
+        Task {
+            var answer: KVAnswer
+            if let path = KVPath(rawValue: pathByte) {
+                answer = await self.serveKV(path, body, forwarded: true)
+            } else {
+                answer = .error(KVError(.invalidRequest("unknown forwarded request \(pathByte)")))
+            }
+            if answer.body.count > Frame.defaultMaxSize - 1024 {
+                answer = .error(KVError(.invalidRequest("the answer (\(answer.body.count) bytes) is too large to forward; use 'limit' or send the range to the leader")))
+            }
+            await self.sendPeer(peer, .clientAnswer(id: id, status: UInt16(answer.status.code), body: answer.body))
+        }
+    }
+
+    func forwardAnswered(_ id: UInt64, _ status: UInt16, _ body: [UInt8]) {
+        forwardWaiters.removeValue(forKey: id)?.resume(returning: KVAnswer(status: HTTPResponseStatus(statusCode: Int(status)), body: body))
+    }
 }
 
 /// HTTP/1.1 with keep-alive on `client_listen`: the KV in etcd's gateway form.
@@ -158,6 +255,7 @@ final class KVServer: Sendable {
         return KVServer(channel: ch)
     }
     init(channel: Channel) { self.channel = channel }
+    var port: Int? { channel.localAddress?.port }
     func close() async { try? await channel.close().get() }
 }
 
@@ -167,66 +265,45 @@ final class KVHandler: ChannelInboundHandler, @unchecked Sendable {
     let agent: Agent
     var head: HTTPRequestHead?
     var body: [UInt8] = []
+    var tooLarge = false
 
     init(agent: Agent) { self.agent = agent }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head(let h): head = h; body = []
+        case .head(let h): head = h; body = []; tooLarge = false
         case .body(var b):
-            if body.count + b.readableBytes <= KVLimits.maxValue * 2 + 4096 { body += b.readBytes(length: b.readableBytes) ?? [] }
+            if body.count + b.readableBytes <= KVGateway.maxBodyBytes() { body += b.readBytes(length: b.readableBytes) ?? [] } else { tooLarge = true }
         case .end:
             guard let h = head else { return }
-            let request = body
+            let request = body, tooLarge = self.tooLarge
             let agent = self.agent
             let channel = context.channel
             let keepAlive = h.isKeepAlive
             Task {
-                let (status, json) = await Self.serve(h, request, agent)
+                let answer: KVAnswer
+                if h.method != .POST || KVPath(uri: h.uri) == nil {
+                    answer = KVAnswer(status: .notFound, body: KVGateway.encode(KVError(.invalidRequest(
+                        "only POST /v3/kv/put, /v3/kv/range and /v3/kv/deleterange are served here"))))
+                } else if tooLarge {
+                    answer = .error(KVError(.invalidRequest("request body over \(KVGateway.maxBodyBytes()) bytes")))
+                } else {
+                    answer = await agent.serveKV(KVPath(uri: h.uri)!, request)
+                }
                 channel.eventLoop.execute {
                     var headers = HTTPHeaders()
                     headers.add(name: "Content-Type", value: "application/json")
-                    headers.add(name: "Content-Length", value: "\(json.count)")
+                    headers.add(name: "Content-Length", value: "\(answer.body.count)")
                     if !keepAlive { headers.add(name: "Connection", value: "close") }
-                    channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: h.version, status: status, headers: headers)), promise: nil)
-                    var buf = channel.allocator.buffer(capacity: json.count)
-                    buf.writeBytes(json)
+                    channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: h.version, status: answer.status, headers: headers)), promise: nil)
+                    var buf = channel.allocator.buffer(capacity: answer.body.count)
+                    buf.writeBytes(answer.body)
                     channel.write(HTTPServerResponsePart.body(.byteBuffer(buf)), promise: nil)
                     channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in
                         if !keepAlive { channel.close(promise: nil) }
                     }
                 }
             }
-        }
-    }
-
-    static func serve(_ h: HTTPRequestHead, _ body: [UInt8], _ agent: Agent) async -> (HTTPResponseStatus, [UInt8]) {
-        func reply(_ s: HTTPResponseStatus, _ o: [String: Any]) -> (HTTPResponseStatus, [UInt8]) {
-            (s, Array((try? JSONSerialization.data(withJSONObject: o)) ?? Data("{}".utf8)))
-        }
-        guard h.method == .POST, h.uri == "/v3/kv/put" || h.uri == "/v3/kv/range" else {
-            return reply(.notFound, ["error": "only POST /v3/kv/put and /v3/kv/range are served here", "code": 5])
-        }
-        guard let o = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let k64 = o["key"] as? String, let kData = Data(base64Encoded: k64), let key = String(data: kData, encoding: .utf8) else {
-            return reply(.badRequest, ["error": "body must be JSON with a base64 'key' (and 'value' for put)", "code": 3])
-        }
-        if h.uri == "/v3/kv/range" {
-            let (v, rev) = await agent.get(key: key)
-            var answer: [String: Any] = ["header": ["revision": "\(rev)"]]
-            if let v { answer["kvs"] = [["key": k64, "value": Data(v).base64EncodedString()]]; answer["count"] = "1" }
-            return reply(.ok, answer)
-        }
-        guard let v64 = o["value"] as? String, let value = Data(base64Encoded: v64) else {
-            return reply(.badRequest, ["error": "put needs a base64 'value'", "code": 3])
-        }
-        do {
-            let rev = try await agent.put(key: key, value: Array(value))
-            return reply(.ok, ["header": ["revision": "\(rev)"]])
-        } catch let e as KVError {
-            return reply(e.status, ["error": e.description, "code": 14])
-        } catch {
-            return reply(.internalServerError, ["error": "\(error)", "code": 13])
         }
     }
 }

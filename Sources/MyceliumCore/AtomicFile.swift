@@ -108,6 +108,16 @@ public enum AtomicFile {
 
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
+    /// Removes `path` durably (the directory entry is synced); a missing file is not an error.
+    public static func remove(_ path: String) throws(FileError) {
+        if unlink(path) != 0 {
+            if errno == ENOENT { return }
+            throw FileError(path: path, .system(operation: "unlink", errno: errno))
+        }
+        let slash = path.lastIndex(of: "/")
+        try syncDirectory(slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? ".")
+    }
+
     /// Creates `path` and its parents (mode 0700 by default: agent state is private).
     public static func makeDirectory(_ path: String, mode: UInt32 = 0o700) throws(FileError) {
         var partial = path.hasPrefix("/") ? "" : "."

@@ -143,6 +143,11 @@ public struct FailureDetector<Peer: Hashable & Comparable & Sendable>: Sendable 
         return out
     }
 
+    /// Anything else that arrived from `peer` on an authenticated channel (a Raft message, a vote)
+    /// shows it is up too. Without this, two nodes that suspected each other during a partition
+    /// would stay candidates of each other after it healed.
+    public mutating func heard(from peer: Peer) -> [DetectorEffect<Peer>] { markAlive(peer) }
+
     private mutating func markAlive(_ p: Peer) -> [DetectorEffect<Peer>] {
         guard let h = health[p], h != .alive else { return [] }
         health[p] = .alive
@@ -151,7 +156,9 @@ public struct FailureDetector<Peer: Hashable & Comparable & Sendable>: Sendable 
 
     private mutating func nextTarget(using rng: inout some RandomNumberGenerator) -> Peer? {
         if cursor >= order.count {
-            order = peers.filter { health[$0] != .candidate }.shuffled(using: &rng)
+            // Candidates are probed too (SWIM keeps probing suspects): a candidate that answers recovers
+            // even if it never probes us.
+            order = peers.shuffled(using: &rng)
             cursor = 0
         }
         guard cursor < order.count else { return nil }

@@ -276,7 +276,10 @@ public struct PrimarySpore: Sendable, Equatable {
     /// agent (a member that may invite) or, when no sclerotia exist yet, any eligible member.
     func mayGovern(_ node: NodeID) -> Bool {
         guard let m = members[node], m.status == .alive || m.status == .suspect else { return false }
-        if phase == .distributed { return sclerotia.contains(node) }
+        // Distributed: the sclerotia govern. Should every sclerotium have been recorded failed or
+        // gone, an eligible member may govern (it still commits only through Raft's quorum);
+        // otherwise the group could never name sclerotia again.
+        if phase == .distributed { return sclerotia.contains(node) || (sclerotia.isEmpty && m.roles.contains(.sclerotiumEligible)) }
         return m.roles.contains(.inviter) || m.roles.contains(.sclerotiumEligible)
     }
 

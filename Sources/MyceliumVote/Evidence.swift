@@ -34,6 +34,10 @@ public struct OffenceKey: Hashable, Sendable, Comparable {
     public let accused: NodeID
     public let round: RoundID
     public let offence: Offence
+    /// For the simulator's expectations (MyceliumSim.VoteSimulation).
+    @_spi(Simulation) public init(accused: NodeID, round: RoundID, offence: Offence) {
+        self.accused = accused; self.round = round; self.offence = offence
+    }
     public static func < (a: OffenceKey, b: OffenceKey) -> Bool {
         if a.accused != b.accused { return a.accused < b.accused }
         if a.round != b.round { return a.round < b.round }

@@ -89,7 +89,8 @@ public struct RoundID: Hashable, Sendable, Comparable, CustomStringConvertible {
         }
         self.bytes = bytes
     }
-    init(unchecked bytes: [UInt8]) { self.bytes = bytes }
+    /// For the simulator's forged messages (MyceliumSim.VoteSimulation).
+    @_spi(Simulation) public init(unchecked bytes: [UInt8]) { self.bytes = bytes }
     public static func < (a: RoundID, b: RoundID) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
     public var description: String { "round:" + hexString(bytes.prefix(6)) }
 }

@@ -2,6 +2,7 @@
 // Registered as a subcommand of mycelium-sim by the owner of main.swift.
 
 import ArgumentParser
+import MyceliumSim
 import MyceliumVote
 
 struct VoteCommand: ParsableCommand {

@@ -15,11 +15,7 @@ struct MyceliumSimCommand: ParsableCommand {
         subcommands: simulationCommands)
 }
 
-#if canImport(MyceliumVote)
-let simulationCommands: [ParsableCommand.Type] = [RaftCommand.self, VoteCommand.self]
-#else
-let simulationCommands: [ParsableCommand.Type] = [RaftCommand.self]
-#endif
+let simulationCommands: [ParsableCommand.Type] = [RaftCommand.self, VoteCommand.self, GovernorCommand.self]
 
 struct RaftCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

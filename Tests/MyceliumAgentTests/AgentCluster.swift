@@ -13,6 +13,8 @@ final class AgentCluster {
     var listenHost: (String) -> String = { _ in "127.0.0.1" }
     /// The network namespace node `n` runs in, if any.
     var netns: ((String) -> String)?
+    /// The daemon binary node `n` runs (the test-only `myceliumd-byzantine` for a liar).
+    var daemon: (String) -> String = { _ in "myceliumd" }
     /// Extra configuration lines for node `n`.
     var extraConfig: (String) -> String = { _ in "" }
 
@@ -78,9 +80,9 @@ final class AgentCluster {
         let p = Process()
         if let netns {
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["ip", "netns", "exec", netns(n), Self.binDir + "/myceliumd", "--config", home(n) + ".conf"]
+            p.arguments = ["ip", "netns", "exec", netns(n), Self.binDir + "/" + daemon(n), "--config", home(n) + ".conf"]
         } else {
-            p.executableURL = URL(fileURLWithPath: Self.binDir + "/myceliumd")
+            p.executableURL = URL(fileURLWithPath: Self.binDir + "/" + daemon(n))
             p.arguments = ["--config", home(n) + ".conf"]
         }
         let log = FileHandle(forWritingAtPath: home(n) + ".log") ?? {

@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 
 /// The Byzantine-tolerant vote inside real agents, with one agent that lies in every vote and keeps
-/// accusing live members (`vote_lie = true`). Six founders, so that both questions can be put to a
+/// accusing live members (the test-only `myceliumd-byzantine`, Tests/ByzantineAgent). Six founders, so that both questions can be put to a
 /// vote that tolerates one liar: a failure (5 voters besides the dead node) and a sclerotium
 /// admission (4 voters besides the candidate, after one of six failed).
 final class VoteIntegrationTests: XCTestCase {
@@ -13,7 +13,8 @@ final class VoteIntegrationTests: XCTestCase {
 
     func testOneLyingAgentCannotKillALiveNodeNorBlockAFailureOrAnAdmission() async throws {
         let c = try AgentCluster()
-        c.extraConfig = { [liar] n in "handoff_members = 6\nvote_phase_ms = 1500\n" + (n == liar ? "vote_lie = true\n" : "") }
+        c.extraConfig = { _ in "handoff_members = 6\nvote_phase_ms = 1500\n" }
+        c.daemon = { [liar] n in n == liar ? "myceliumd-byzantine" : "myceliumd" }
         try c.createNetwork()
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("6 nodes formed", nodes: names, AgentCluster.formed(6))

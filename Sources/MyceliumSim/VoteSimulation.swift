@@ -9,6 +9,7 @@
 
 import MyceliumCore
 import MyceliumIdentity
+@_spi(Simulation) import MyceliumVote
 
 /// Network timing of a simulated run. One tick is 100 µs.
 public enum VoteNetworkProfile: String, Sendable, CaseIterable {

@@ -1,0 +1,93 @@
+// Hosting controllers (MyceliumControl/Controller.swift): the agent hands each controller every
+// applied change and every tick, carries out the proposals it asks for, and runs its driver's
+// actions one at a time, in order, off the actor (a driver may block on a file or a daemon).
+
+import Logging
+import MyceliumControl
+import MyceliumSpores
+
+/// What a hosted controller asks of the agent.
+enum ControllerRequest: Sendable {
+    case propose(ControlEntry)
+    case submit(SporeCommand)
+    case note(String)
+}
+
+protocol HostedController: Sendable {
+    var name: String { get }
+    mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerRequest]
+    mutating func tick(context: ControllerContext) -> [ControllerRequest]
+}
+
+/// A controller and its driver; actions are chained so they run in order.
+struct Hosted<C: Controller, D: ControllerDriver>: HostedController where C.Action == D.Action {
+    var core: C
+    let driver: D
+    let logger: Logger
+    var last: Task<Void, Never>?
+
+    var name: String { core.name }
+
+    mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerRequest] {
+        carry(core.applied(change, context: context))
+    }
+
+    mutating func tick(context: ControllerContext) -> [ControllerRequest] {
+        carry(core.tick(context: context))
+    }
+
+    mutating func carry(_ effects: [ControllerEffect<C.Action>]) -> [ControllerRequest] {
+        var out: [ControllerRequest] = []
+        for e in effects {
+            switch e {
+            case .propose(let entry): out.append(.propose(entry))
+            case .submit(let c): out.append(.submit(c))
+            case .note(let s): out.append(.note(s))
+            case .act(let action):
+                let previous = last, driver = self.driver, logger = self.logger, name = core.name
+                last = Task {
+                    await previous?.value
+                    do { try await driver.perform(action) } catch {
+                        logger.error("controller action failed", metadata: ["controller": "\(name)", "action": "\(action)", "error": "\(error)"])
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+struct ControllerHost: Sendable {
+    let logger: Logger
+    var controllers: [any HostedController] = []
+
+    init(logger: Logger) { self.logger = logger }
+
+    mutating func host<C: Controller, D: ControllerDriver>(_ core: C, driver: D) where C.Action == D.Action {
+        controllers.append(Hosted(core: core, driver: driver, logger: logger))
+    }
+
+    mutating func applied(_ changes: [ControlChange], context: ControllerContext) -> [ControllerRequest] {
+        var out: [ControllerRequest] = []
+        for i in controllers.indices { for c in changes { out += controllers[i].applied(c, context: context) } }
+        return out
+    }
+
+    mutating func tick(context: ControllerContext) -> [ControllerRequest] {
+        var out: [ControllerRequest] = []
+        for i in controllers.indices { out += controllers[i].tick(context: context) }
+        return out
+    }
+}
+
+extension Agent {
+    func carry(_ requests: [ControllerRequest]) {
+        for r in requests {
+            switch r {
+            case .propose(let entry): proposeAsLeader(entry)
+            case .submit(let c): submit(c)
+            case .note(let s): note(s)
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+// The control state: everything the sclerotia's Raft group replicates, behind one type.
+//
+//   ControlEntry  the typed payload of a normal Raft entry (one enum, one codec: no "first byte"
+//                 conventions spread over files);
+//   ControlState  the primary spore, the KV and the pod-CIDR table, with a throwing `apply` that
+//                 returns what changed (for the governor and the controllers) and one deterministic
+//                 snapshot format with a throwing `restore`.
+//
+// Every replica applies the same committed entries in the same order and reaches the same bytes:
+// nothing here reads a clock, a file or a random generator. Spore time is stamped into each spore
+// entry by the leader that proposed it.
+
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumRaft
+import MyceliumSpores
+
+/// The payload of a normal Raft entry. An empty payload is a leader's no-op (Raft §8).
+public enum ControlEntry: Sendable, Equatable {
+    /// A signed change to the primary spore, with the proposing leader's time (seconds).
+    case spore(SignedCommand, time: Int64)
+    /// A batch of KV operations (several clients' writes share one entry: group commit).
+    case kv(KVBatch)
+    /// A change to the pod-CIDR table, proposed by the leader's network controller.
+    case network(NetworkCommand)
+
+    enum Tag: UInt8 { case spore = 1, kv = 2, network = 3 }
+
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: 128)
+        switch self {
+        case let .spore(command, time):
+            w.u8(Tag.spore.rawValue); w.i64(time); w.raw(command.encoded())
+        case .kv(let batch):
+            w.u8(Tag.kv.rawValue); w.raw(batch.encoded())
+        case .network(let command):
+            w.u8(Tag.network.rawValue); w.raw(command.encoded())
+        }
+        return w.bytes
+    }
+
+    /// Decodes an entry's payload; nil for a leader no-op.
+    public static func decode(_ bytes: [UInt8]) throws(ControlError) -> ControlEntry? {
+        guard let first = bytes.first else { return nil }
+        guard let tag = Tag(rawValue: first) else { throw ControlError(.malformedEntry("unknown entry kind \(first)")) }
+        let body = Array(bytes.dropFirst())
+        switch tag {
+        case .spore:
+            guard body.count >= 8 else { throw ControlError(.malformedEntry("spore entry of \(bytes.count) bytes")) }
+            var r = ByteReader(body)
+            let time: Int64
+            do { time = try r.i64() } catch { throw ControlError(.malformedEntry("spore entry time: \(error)")) }
+            do { return .spore(try SignedCommand(decoding: Array(body[8...])), time: time) } catch {
+                throw ControlError(.malformedEntry("spore command: \(error)"))
+            }
+        case .kv:
+            do { return .kv(try KVBatch(decoding: body)) } catch { throw ControlError(.malformedEntry("kv batch: \(error)")) }
+        case .network:
+            do { return .network(try NetworkCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("network command: \(error)")) }
+        }
+    }
+}
+
+/// What one applied entry changed; the governor and the controllers react to these.
+public enum ControlChange: Sendable {
+    /// A spore command was applied.
+    case spore(SignedCommand)
+    /// KV operations were applied; results in operation order.
+    case kv(index: UInt64, [KVResult])
+    /// A node's pod CIDR was assigned (or released, nil).
+    case podCIDR(node: MyceliumIdentity.NodeID, CIDR?)
+    /// The pod-CIDR pool was configured.
+    case podPool(CIDR, nodePrefix: UInt8)
+    /// The whole state was replaced by a snapshot.
+    case restored
+}
+
+public struct ControlError: Error, Sendable, CustomStringConvertible {
+    public enum Code: Sendable {
+        /// A committed entry that no replica can decode (refused identically everywhere).
+        case malformedEntry(String)
+        /// A well-formed command that the state machine refuses (identically everywhere).
+        case refused(SporeError)
+        case networkRefused(String)
+        /// A snapshot that cannot be restored: the node cannot continue safely.
+        case badSnapshot(String)
+    }
+    public let code: Code
+    public init(_ code: Code) { self.code = code }
+    public var description: String {
+        switch code {
+        case .malformedEntry(let s): return "malformed committed entry: \(s)"
+        case .refused(let e): return "refused: \(e)"
+        case .networkRefused(let s): return "network command refused: \(s)"
+        case .badSnapshot(let s): return "snapshot cannot be restored: \(s)"
+        }
+    }
+}
+
+/// What the sclerotia replicate.
+public struct ControlState: Sendable, Equatable {
+    public internal(set) var spore: PrimarySpore
+    public internal(set) var kv: KVStore
+    public internal(set) var pods: PodCIDRTable
+    /// The Raft index of the last entry applied (or of the snapshot restored).
+    public internal(set) var appliedIndex: UInt64 = 0
+
+    public init(network: NetworkIdentity) {
+        spore = PrimarySpore(network: network)
+        kv = KVStore()
+        pods = PodCIDRTable()
+    }
+
+    public var network: NetworkIdentity { spore.network }
+
+    /// Applies one committed normal entry. A refused or undecodable entry changes nothing but the
+    /// applied index and throws: every replica refuses it identically, so the caller logs it and
+    /// moves on (Raft already committed it; skipping it is the deterministic outcome).
+    public mutating func apply(_ entry: Entry) throws(ControlError) -> [ControlChange] {
+        precondition(entry.kind == .normal, "configuration entries are Raft's, not the control state's")
+        appliedIndex = max(appliedIndex, entry.index)
+        guard let decoded = try ControlEntry.decode(entry.data) else { return [] }
+        switch decoded {
+        case let .spore(signed, time):
+            do {
+                try spore.apply(signed, epoch: SporeEpoch(term: entry.term, index: entry.index), time: time)
+            } catch {
+                throw ControlError(.refused(error))
+            }
+            var changes: [ControlChange] = [.spore(signed)]
+            // A member that left the spore for good gives its pod CIDR back.
+            for node in pods.assignments.keys where spore.members[node] == nil {
+                pods.assignments[node] = nil
+                changes.append(.podCIDR(node: node, nil))
+            }
+            return changes
+        case .kv(let batch):
+            return [.kv(index: entry.index, kv.apply(batch))]
+        case .network(let command):
+            return try pods.apply(command, spore: spore)
+        }
+    }
+
+    // MARK: snapshot
+
+    static let snapshotMagic: [UInt8] = Array("MYCS".utf8)
+    static let snapshotVersion: UInt16 = 1
+
+    /// One deterministic snapshot: magic, version, applied index, then each part as a blob.
+    public func snapshot() -> [UInt8] {
+        let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded()
+        var w = ByteWriter(capacity: s.count + k.count + p.count + 32)
+        w.raw(Self.snapshotMagic); w.u16(Self.snapshotVersion); w.u64(appliedIndex)
+        w.blob(s); w.blob(k); w.blob(p)
+        return w.bytes
+    }
+
+    /// Restores a snapshot taken by `snapshot()` (of this network). Throws on anything else: a node
+    /// that cannot restore its state must stop, not run on without it.
+    public static func restore(_ data: [UInt8], network: NetworkIdentity) throws(ControlError) -> ControlState {
+        do {
+            var r = ByteReader(data)
+            guard try r.raw(4) == snapshotMagic else { throw ControlError(.badSnapshot("not a control-state snapshot (bad magic)")) }
+            let version = try r.u16()
+            guard version == snapshotVersion else {
+                throw ControlError(.badSnapshot("snapshot format \(version); this build reads \(snapshotVersion): upgrade this node"))
+            }
+            var state = ControlState(network: network)
+            state.appliedIndex = try r.u64()
+            let sporeBytes = try r.blob("spore", limit: 64 << 20)
+            let kvBytes = try r.blob("kv", limit: 1 << 40)
+            let podBytes = try r.blob("pods", limit: 16 << 20)
+            try r.finish()
+            state.spore = try PrimarySpore(decoding: sporeBytes)
+            guard state.spore.network.id == network.id else {
+                throw ControlError(.badSnapshot("snapshot of network \(state.spore.network.id), this node is in \(network.id)"))
+            }
+            state.kv = try KVStore(snapshot: kvBytes)
+            state.pods = try PodCIDRTable(decoding: podBytes)
+            return state
+        } catch let e as ControlError {
+            throw e
+        } catch {
+            throw ControlError(.badSnapshot("\(error)"))
+        }
+    }
+}

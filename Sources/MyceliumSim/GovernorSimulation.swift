@@ -1,0 +1,608 @@
+// A whole Mycelium control plane in one process: several nodes, each with the real Raft, the real
+// control state, the real governor (failure detection, the Byzantine-tolerant vote, reconcile,
+// handoff, admissions) and the real network controller, over a simulated network with delays,
+// loss, partitions, crashes, restarts and lying voters. One seed draws the scenario; the same seed
+// replays it exactly (`mycelium-sim governor --seed N`).
+//
+// The shell here does what the agent does (Sources/MyceliumAgent): it carries out the same effects
+// in the same order. What the agent adds — sockets, TLS, files, clocks — is what this replaces.
+//
+// Checked at every step:
+//  - at most one leader per term;
+//  - every member's pod CIDR is unique, on every node (no two owners of one block);
+//  - a live member that every honest node could reach is never recorded failed.
+// Checked by the end (after the faults heal):
+//  - the network forms (handoff committed, sclerotia = Raft voters) within a bound;
+//  - a member killed for good is recorded failed within a bound, and leaves the Raft voters;
+//  - every vote round opened at an honest, live voter is decided there within a bound;
+//  - every live member has a pod CIDR.
+
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumMembership
+import MyceliumRaft
+import MyceliumSpores
+import MyceliumVote
+import NetworkController
+
+public struct GovernorSimulationOptions: Sendable {
+    public var seed: UInt64
+    /// Founding members (3...7); nil lets the seed choose.
+    public var nodeCount: Int?
+    /// Lying voters (at most one, and only where a vote can tolerate it); nil lets the seed choose.
+    public var liars: Int?
+    /// Simulated seconds of faults after formation.
+    public var faultSeconds: Int64 = 30
+    /// Keep the last trace lines of the run.
+    public var trace = false
+
+    public init(seed: UInt64, nodeCount: Int? = nil, liars: Int? = nil, trace: Bool = false) {
+        self.seed = seed; self.nodeCount = nodeCount; self.liars = liars; self.trace = trace
+    }
+}
+
+public struct GovernorSimulationResult: Sendable {
+    public var seed: UInt64
+    public var nodeCount = 0
+    public var liars = 0
+    public var failure: String?
+    public var failedAt: SimTime?
+    public var scenario = ""
+    public var formedAt: SimTime?
+    public var killed: Int?
+    public var killedRecordedAt: SimTime?
+    public var roundsOpened = 0
+    public var roundsDecided = 0
+    public var failuresRecorded = 0
+    public var leadersElected = 0
+    public var messages = 0
+    public var steps = 0
+    public var trace: [String] = []
+
+    public var passed: Bool { failure == nil }
+    public var replayCommand: String { "mycelium-sim governor --seed \(seed) --nodes \(nodeCount) --liars \(liars)" }
+    public var summary: String {
+        let status = failure.map { "FAILED at t=\(failedAt ?? 0)ms: \($0)" } ?? "ok"
+        return "seed \(seed) nodes=\(nodeCount) liars=\(liars) \(status) | formed=\(formedAt.map { "\($0)ms" } ?? "never") "
+            + "killed=\(killed.map { "n\($0)" } ?? "none") recorded=\(killedRecordedAt.map { "\($0)ms" } ?? "-") "
+            + "rounds=\(roundsDecided)/\(roundsOpened) failures=\(failuresRecorded) leaders=\(leadersElected) msgs=\(messages) | \(scenario)"
+    }
+}
+
+public struct GovernorSimulation {
+    static let tickMs: SimTime = 100
+    static let ticksPerSecond: UInt64 = 10
+    /// Spore time of simulated time zero (seconds): certificates are valid around it.
+    static let epochSeconds: Int64 = 1_800_000_000
+    /// Bounds (simulated milliseconds).
+    static let formationBound: SimTime = 15_000
+    static let failureBound: SimTime = 25_000
+    static let roundBound: SimTime = 8_000
+    static let settleBound: SimTime = 30_000
+
+    struct Node {
+        let index: Int
+        let key: SigningKey
+        let certificate: MembershipCertificate
+        var raftID: UInt64 { certificate.nodeID.compact }
+        var raft: Raft?
+        var durable = RaftStorageState()
+        var control: ControlState
+        var governor: Governor?
+        var pods: PodCIDRController
+        var storedVotes: [UInt64: OwnVote] = [:]
+        var liar: Bool
+        var up = true
+        var killedForGood = false
+        var random: SeededRandom
+        /// When each round (by sequence) was opened here, for the decision bound.
+        var roundsOpenedAt: [UInt64: SimTime] = [:]
+    }
+
+    let options: GovernorSimulationOptions
+    var random: SeededRandom
+    var nodes: [Node] = []
+    var network: SimNetwork<PeerMessage>
+    var now: SimTime = 0
+    var result: GovernorSimulationResult
+    var leadersByTerm: [UInt64: UInt64] = [:]
+    var byRaftID: [UInt64: Int] = [:]
+    var settings = GovernorSettings()
+    /// Per node: the last time it was down or cut off from some other node (for the "never a live
+    /// node recorded failed" check).
+    var lastUnreachable: [SimTime] = []
+    var partitionedUntil: SimTime = 0
+    var partitioned: Set<Int> = []
+    var traceLines: [String] = []
+
+    public static func run(_ options: GovernorSimulationOptions) -> GovernorSimulationResult {
+        var sim = GovernorSimulation(options: options)
+        sim.runAll()
+        return sim.result
+    }
+
+    init(options: GovernorSimulationOptions) {
+        self.options = options
+        var r = SeededRandom(seed: options.seed)
+        let n = options.nodeCount ?? [3, 4, 5, 5, 6, 7].randomElement(using: &r)!
+        // One liar only where the vote tolerates one: four trusted voters besides the subject.
+        let liars = options.liars ?? ((n >= 6 && r.next() % 2 == 0) ? 1 : 0)
+        result = GovernorSimulationResult(seed: options.seed)
+        result.nodeCount = n
+        result.liars = liars
+        network = SimNetwork(faults: NetworkFaults(lossProbability: 0, minDelay: 1, maxDelay: 8), random: r.fork())
+        settings.handoffMembers = n
+        settings.sclerotia = min(5, n)
+        settings.ticksPerSecond = Self.ticksPerSecond
+        settings.votePhaseTicks = 10
+        settings.fallbackSeconds = 30
+        settings.voteRetentionTicks = 600
+        let genesis = SigningKey(seed: (0..<32).map { _ in UInt8(truncatingIfNeeded: r.next()) })
+        for i in 0..<n {
+            let key = SigningKey(seed: (0..<32).map { _ in UInt8(truncatingIfNeeded: r.next()) })
+            let id = NodeID(publicKey: key.publicKey)
+            let cert = MembershipCertificate.issue(by: genesis, nodeID: id, nodeKey: key.publicKey,
+                                                   roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i + 1),
+                                                   issuedAt: Self.epochSeconds - 60, validFor: 365 * 86_400)
+            let node = Node(index: i, key: key, certificate: cert, control: ControlState(network: NetworkIdentity(genesisKey: genesis.publicKey)),
+                            pods: PodCIDRController(), liar: i >= n - liars, random: r.fork())
+            nodes.append(node)
+            byRaftID[node.raftID] = i
+        }
+        lastUnreachable = Array(repeating: 0, count: n)
+        random = r
+        nodes[0].durable = RaftStorageState.bootstrap(voters: [nodes[0].raftID])
+        for i in nodes.indices { boot(i) }
+    }
+
+    // MARK: the run
+
+    mutating func runAll() {
+        // Formation: healthy network.
+        let formDeadline = Self.formationBound
+        runUntil(formDeadline) { $0.formed }
+        guard result.failure == nil else { return }
+        guard formed else { return fail("the network did not form within \(formDeadline) ms") }
+        result.formedAt = now
+
+        // Faults: restarts, partitions, message loss, and one node killed for good.
+        let faultEnd = now + options.faultSeconds * 1000
+        let killAt = now + SimTime(random.next() % UInt64(max(1, options.faultSeconds * 1000 / 2)))
+        let honest = nodes.indices.filter { !nodes[$0].liar }
+        // The node that dies may be the leader, a sclerotium or a plain member; never a liar (its death
+        // would leave no liar to test) and never the last honest founder.
+        let victim = honest.randomElement(using: &random)!
+        var scenario = ["kill n\(victim) at \(killAt)ms"]
+        var nextFault = now + 2000
+        while now < faultEnd && result.failure == nil {
+            // Killed for good only while the others keep a majority of the voters without it: a
+            // group whose quorum dies for good needs an operator (backup/restore), not the governor.
+            if now >= killAt && result.killed == nil && quorumSurvives(without: victim) {
+                crash(victim, forGood: true)
+                result.killed = victim
+                scenario.append("killed n\(victim) at \(now)ms")
+            }
+            if now >= nextFault {
+                scenario.append(injectFault())
+                nextFault = now + 3000 + SimTime(random.next() % 4000)
+            }
+            if !partitioned.isEmpty && now >= partitionedUntil { heal() }
+            step()
+        }
+        // Heal: everything comes back; then the victim dies if it has not yet.
+        heal()
+        network.faults = NetworkFaults(lossProbability: 0, minDelay: 1, maxDelay: 8)
+        for i in nodes.indices where !nodes[i].up && !nodes[i].killedForGood { restart(i) }
+        if result.killed == nil {
+            runUntil(now + Self.settleBound) { sim in sim.quorumSurvives(without: victim) }
+            crash(victim, forGood: true)
+            result.killed = victim
+            scenario.append("killed n\(victim) after healing at \(now)ms")
+        }
+        result.scenario = scenario.joined(separator: "; ")
+        let healedAt = now
+        runUntil(healedAt + Self.failureBound) { sim in sim.victimRemoved(victim) }
+        guard result.failure == nil else { return }
+        guard victimRemoved(victim) else {
+            return fail("n\(victim), killed for good, was not recorded failed and removed from the voters within \(Self.failureBound) ms of healing")
+        }
+        // Settle (restarted members rejoin, replacements are promoted), then the end-state checks.
+        runUntil(now + Self.settleBound) { sim in sim.settled(victim) }
+        guard result.failure == nil else { return }
+        checkEnd(victim)
+    }
+
+    mutating func runUntil(_ deadline: SimTime, _ done: (GovernorSimulation) -> Bool) {
+        while now < deadline && result.failure == nil {
+            step()
+            if done(self) { return }
+        }
+    }
+
+    /// One tick: deliver what is due, tick every live node, check invariants.
+    mutating func step() {
+        let tickEnd = now + Self.tickMs
+        while let t = network.nextDeliveryTime, t <= tickEnd {
+            guard let d = network.popDue(now: t) else { break }
+            now = max(now, d.at)
+            deliver(d)
+            if result.failure != nil { return }
+        }
+        now = tickEnd
+        for i in nodes.indices where nodes[i].up { tick(i) }
+        result.steps += 1
+        checkInvariants()
+    }
+
+    // MARK: faults
+
+    mutating func injectFault() -> String {
+        let live = nodes.indices.filter { nodes[$0].up }
+        switch random.next() % 4 {
+        case 0:
+            // Crash and restart a node a few seconds later (the restart happens at heal time at the latest).
+            guard let i = live.filter({ !nodes[$0].killedForGood }).randomElement(using: &random) else { return "nothing" }
+            crash(i, forGood: false)
+            return "crash n\(i) at \(now)ms"
+        case 1:
+            // Cut a minority off for a few seconds.
+            let size = max(1, (nodes.count - 1) / 2)
+            let cut = Array(nodes.indices.shuffled(using: &random).prefix(size))
+            partition(cut, for: 2000 + SimTime(random.next() % 5000))
+            return "partition \(cut.map { "n\($0)" }.joined(separator: ",")) at \(now)ms"
+        case 2:
+            // Restart whoever is down (not the killed node).
+            let down = nodes.indices.filter { !nodes[$0].up && !nodes[$0].killedForGood }
+            for i in down { restart(i) }
+            return "restart \(down.map { "n\($0)" }.joined(separator: ",")) at \(now)ms"
+        default:
+            network.faults = NetworkFaults(lossProbability: 0.05, duplicateProbability: 0.01, minDelay: 1, maxDelay: 30)
+            return "lossy network at \(now)ms"
+        }
+    }
+
+    mutating func partition(_ cut: [Int], for duration: SimTime) {
+        let rest = nodes.indices.filter { !cut.contains($0) }
+        network.partition(cut.map { nodes[$0].raftID }, rest.map { nodes[$0].raftID })
+        partitioned = Set(cut)
+        partitionedUntil = now + duration
+        for i in nodes.indices { lastUnreachable[i] = now }
+    }
+
+    mutating func heal() {
+        if !partitioned.isEmpty { for i in nodes.indices { lastUnreachable[i] = now } }
+        network.heal()
+        partitioned = []
+    }
+
+    mutating func crash(_ i: Int, forGood: Bool) {
+        guard nodes[i].up else { if forGood { nodes[i].killedForGood = true }; return }
+        nodes[i].up = false
+        nodes[i].killedForGood = forGood
+        nodes[i].raft = nil
+        nodes[i].governor = nil
+        network.dropAll(to: nodes[i].raftID)
+        lastUnreachable[i] = now
+        trace("n\(i) crashed\(forGood ? " for good" : "")")
+    }
+
+    mutating func restart(_ i: Int) {
+        nodes[i].up = true
+        lastUnreachable[i] = now
+        boot(i)
+        trace("n\(i) restarted")
+    }
+
+    /// Starts (or restarts) node `i` from its durable Raft state, as the agent does.
+    mutating func boot(_ i: Int) {
+        var n = nodes[i]
+        var r = n.random
+        n.raft = try! Raft(config: RaftConfig(id: n.raftID, electionTicks: 10, heartbeatTicks: 1), storage: n.durable, random: &r)
+        n.control = ControlState(network: n.control.network)
+        if let s = n.durable.snapshot, !s.data.isEmpty { n.control = try! ControlState.restore(s.data, network: n.control.network) }
+        var g = Governor(me: n.raftID, certificate: n.certificate, key: n.key, settings: settings,
+                         behaviour: n.liar ? LyingVoter() as any VoterBehaviour : HonestVoter(), storedVotes: n.storedVotes)
+        g.restored(state: n.control)
+        n.governor = g
+        n.pods = PodCIDRController()
+        n.random = r
+        nodes[i] = n
+        if i == 0 && n.raft!.confState.voters == [n.raftID] && n.raft!.role != .leader {
+            nodes[i].raft!.campaignNow()
+            processReady(i)
+            if nodes[i].raft!.role == .leader && nodes[i].control.spore.members[n.certificate.nodeID] == nil {
+                submit(i, .admit(n.certificate))
+                processReady(i)
+            }
+        }
+    }
+
+    // MARK: one node's shell
+
+    mutating func tick(_ i: Int) {
+        nodes[i].raft!.tick()
+        var r = nodes[i].random
+        let effects = nodes[i].governor!.tick(raft: nodes[i].raft!, state: nodes[i].control, lostConnections: lostConnections(i), using: &r)
+        nodes[i].random = r
+        carry(i, effects)
+        guard nodes[i].up else { return }
+        let ctx = context(i)
+        carryControllers(i, nodes[i].pods.tick(context: ctx))
+        let g = nodes[i].governor!
+        if g.ticks % (10 * Self.ticksPerSecond) == 0, nodes[i].control.spore.members[nodes[i].certificate.nodeID] != nil {
+            submit(i, .refresh(Capabilities(cpus: 2, memoryMiB: 4096)))
+        }
+        processReady(i)
+    }
+
+    func context(_ i: Int) -> ControllerContext {
+        ControllerContext(node: nodes[i].certificate.nodeID, isLeader: nodes[i].raft?.role == .leader, state: nodes[i].control,
+                          tick: nodes[i].governor?.ticks ?? 0, ticksPerSecond: Self.ticksPerSecond)
+    }
+
+    /// Peers whose connection we would see closed: crashed ones (a partition only goes silent).
+    func lostConnections(_ i: Int) -> Set<UInt64> {
+        Set(nodes.filter { !$0.up }.map(\.raftID))
+    }
+
+    mutating func deliver(_ d: SimNetwork<PeerMessage>.Delivery) {
+        guard let i = byRaftID[d.to], nodes[i].up else { return }
+        var r = nodes[i].random
+        carry(i, nodes[i].governor!.heard(from: d.from, raft: nodes[i].raft!, state: nodes[i].control, lostConnections: lostConnections(i), using: &r))
+        nodes[i].random = r
+        guard nodes[i].up else { return }
+        let raft = nodes[i].raft!, control = nodes[i].control
+        switch d.payload {
+        case .raft(let m):
+            guard m.from == d.from, m.to == nodes[i].raftID else { return fail("a Raft message arrived from a peer other than its sender") }
+            nodes[i].raft!.step(m)
+        case .hello, .clientRequest, .clientAnswer:
+            break
+        case let .join(signed, address):
+            carry(i, nodes[i].governor!.joinRequested(signed, from: d.from, address: address, raft: raft, state: control))
+        case .propose(let signed):
+            propose(i, signed)
+        case .probe(let p):
+            carry(i, nodes[i].governor!.receiveProbe(p, from: d.from))
+        case .report(let target):
+            carry(i, nodes[i].governor!.failureReported(target, by: d.from, raft: raft, state: control))
+        case .vote(let v):
+            carry(i, nodes[i].governor!.receiveVote(v, from: d.from, raft: raft, state: control))
+        }
+        if nodes[i].up { processReady(i) }
+    }
+
+    mutating func send(_ i: Int, to: UInt64, _ m: PeerMessage) {
+        guard to != nodes[i].raftID, byRaftID[to] != nil else { return }
+        result.messages += 1
+        network.send(from: nodes[i].raftID, to: to, m, now: now)
+    }
+
+    mutating func carry(_ i: Int, _ effects: [GovernorEffect]) {
+        for e in effects {
+            guard nodes[i].up else { return }
+            switch e {
+            case let .proposeConfChange(cc, reason):
+                if let index = try? nodes[i].raft!.proposeConfChange(cc) {
+                    nodes[i].governor!.confChangeProposed(at: index)
+                    trace("n\(i): \(reason)")
+                }
+            case let .transferLeadership(to, reason):
+                if (try? nodes[i].raft!.transferLeadership(to: to)) != nil { trace("n\(i): \(reason)") }
+            case .submit(let c):
+                submit(i, c)
+            case .propose(let s):
+                propose(i, s)
+            case .requestAdmission:
+                let join = PeerMessage.join(SignedCommand(.admit(nodes[i].certificate), author: nodes[i].certificate.nodeID,
+                                                          key: nodes[i].key, network: nodes[i].control.network.id), address: "n\(i)")
+                let leader = nodes[i].raft!.leader
+                if leader != .none { send(i, to: leader, join) } else { for n in nodes where n.index != i { send(i, to: n.raftID, join) } }
+            case let .send(to, m):
+                send(i, to: to, m)
+            case let .persistVote(own, sequence):
+                nodes[i].storedVotes[sequence] = own
+            case .readSeedSpores, .log, .count, .roundMessages:
+                break
+            case .note(let s):
+                trace("n\(i): \(s)")
+            case .roundOpened(let seq):
+                if nodes[i].roundsOpenedAt[seq] == nil { nodes[i].roundsOpenedAt[seq] = now; if i == 0 { result.roundsOpened += 1 } }
+            case .roundDecided:
+                if i == 0 { result.roundsDecided += 1 }
+            }
+        }
+    }
+
+    mutating func carryControllers(_ i: Int, _ effects: [ControllerEffect<PodCIDRAction>]) {
+        for e in effects {
+            switch e {
+            case .propose(let entry):
+                if nodes[i].raft!.role == .leader { _ = try? nodes[i].raft!.propose(entry.encoded()) }
+            case .submit(let c): submit(i, c)
+            case .note(let s): trace("n\(i): \(s)")
+            case .act: break  // the driver writes a file; nothing to simulate
+            }
+        }
+    }
+
+    mutating func submit(_ i: Int, _ c: SporeCommand) {
+        propose(i, SignedCommand(c, author: nodes[i].certificate.nodeID, key: nodes[i].key, network: nodes[i].control.network.id))
+    }
+
+    mutating func propose(_ i: Int, _ s: SignedCommand) {
+        let raft = nodes[i].raft!
+        if raft.role == .leader {
+            let time = Self.epochSeconds + now / 1000
+            _ = try? nodes[i].raft!.propose(ControlEntry.spore(s, time: time).encoded())
+        } else if raft.leader != .none {
+            send(i, to: raft.leader, .propose(s))
+        }
+    }
+
+    /// The agent's Ready loop: persist, send, apply, advance.
+    mutating func processReady(_ i: Int) {
+        while nodes[i].up, nodes[i].raft!.hasReady {
+            let rd = nodes[i].raft!.ready()
+            nodes[i].durable.persist(rd)
+            for m in rd.messages { send(i, to: m.to, .raft(m)) }
+            if let s = rd.snapshot, !s.data.isEmpty {
+                do { nodes[i].control = try ControlState.restore(s.data, network: nodes[i].control.network) } catch {
+                    return fail("n\(i) could not restore a snapshot: \(error)")
+                }
+                nodes[i].governor!.restored(state: nodes[i].control)
+                carryControllers(i, nodes[i].pods.applied(.restored, context: context(i)))
+            }
+            for e in rd.committedEntries where e.kind == .normal { apply(i, e) }
+            let confChanged = rd.committedEntries.contains { $0.kind == .confChange }
+            nodes[i].raft!.advance(rd)
+            if nodes[i].raft!.role == .leader {
+                let term = nodes[i].raft!.term
+                if let other = leadersByTerm[term], other != nodes[i].raftID {
+                    return fail("two leaders in term \(term): n\(byRaftID[other]!) and n\(i)")
+                }
+                if leadersByTerm[term] == nil { leadersByTerm[term] = nodes[i].raftID; result.leadersElected += 1 }
+            }
+            carry(i, nodes[i].governor!.readyApplied(confChanged: confChanged, raft: nodes[i].raft!, state: nodes[i].control))
+        }
+    }
+
+    mutating func apply(_ i: Int, _ e: Entry) {
+        var changes: [ControlChange] = []
+        do { changes = try nodes[i].control.apply(e) } catch {
+            if case .refused = error.code, case .spore(let s, _)? = try? ControlEntry.decode(e.data) {
+                carry(i, nodes[i].governor!.refused(s, error))
+            }
+        }
+        guard !changes.isEmpty, nodes[i].up else { return }
+        if i == leaderIndex {
+            for case .spore(let sc) in changes {
+                if case let .setStatus(_, status) = sc.command, status == .failed { result.failuresRecorded += 1 }
+                if case let .decideVote(seq, _) = sc.command, let round = nodes[i].control.spore.rounds[seq],
+                   round.kind == .failure, round.decision == .yes { result.failuresRecorded += 1 }
+            }
+        }
+        var r = nodes[i].random
+        carry(i, nodes[i].governor!.applied(changes, raft: nodes[i].raft!, state: nodes[i].control, using: &r))
+        nodes[i].random = r
+        guard nodes[i].up else { return }
+        let ctx = context(i)
+        for c in changes { carryControllers(i, nodes[i].pods.applied(c, context: ctx)) }
+        checkRecordedFailures(i, changes)
+    }
+
+    // MARK: checks
+
+    /// A member recorded failed must have been down or cut off recently (honest voters never
+    /// condemn a node they can all reach).
+    mutating func checkRecordedFailures(_ i: Int, _ changes: [ControlChange]) {
+        for case .spore(let s) in changes {
+            var failedNode: MyceliumIdentity.NodeID?
+            if case let .setStatus(node, status) = s.command, status == .failed { failedNode = node }
+            if case let .decideVote(seq, _) = s.command, let round = nodes[i].control.spore.rounds[seq], round.kind == .failure,
+               round.decision == .yes { failedNode = round.node }
+            guard let node = failedNode, let j = nodes.firstIndex(where: { $0.certificate.nodeID == node }) else { continue }
+            if j == result.killed || nodes[j].killedForGood { continue }
+            // Detection takes a few seconds of silence; anything unreachable within the window counts.
+            let window: SimTime = 30_000
+            if nodes[j].up && now - lastUnreachable[j] > window {
+                return fail("n\(j) was recorded failed at n\(i) although it was up and reachable for the last \(window) ms")
+            }
+        }
+    }
+
+    mutating func checkInvariants() {
+        for i in nodes.indices where nodes[i].up {
+            let pods = nodes[i].control.pods.assignments
+            let blocks = Array(pods.values)
+            for a in blocks.indices { for b in blocks.indices where b > a && blocks[a].overlaps(blocks[b]) {
+                return fail("n\(i) holds overlapping pod CIDRs \(blocks[a]) and \(blocks[b])")
+            } }
+        }
+        // Rounds opened at an honest live voter are decided there within the bound.
+        for i in nodes.indices where nodes[i].up && !nodes[i].liar {
+            guard let g = nodes[i].governor else { continue }
+            for (seq, at) in nodes[i].roundsOpenedAt where now - at > Self.roundBound {
+                guard let round = nodes[i].control.spore.rounds[seq] else { nodes[i].roundsOpenedAt[seq] = nil; continue }
+                // A round this node cannot see decided is fine only if it was restarted meanwhile or is not a voter.
+                if round.spec.index(of: nodes[i].certificate.nodeID) == nil || lastUnreachable[i] > at { nodes[i].roundsOpenedAt[seq] = nil; continue }
+                if g.votes.outcome(of: round.spec.id) == nil && round.isOpen {
+                    return fail("vote \(seq) (\(round.kind) of \(round.node)) opened at n\(i) \(now - at) ms ago is still undecided there")
+                }
+                nodes[i].roundsOpenedAt[seq] = nil
+            }
+        }
+    }
+
+    var formed: Bool {
+        guard let l = leaderIndex else { return false }
+        let s = nodes[l].control.spore
+        let voters = Set(nodes[l].raft!.confState.voters)
+        return s.phase == .distributed && s.presentMembers.count == nodes.count
+            && Set(s.sclerotia.map(\.compact)) == voters && voters.count == settings.targetVoters(nodes.count)
+    }
+
+    var leaderIndex: Int? {
+        nodes.indices.filter { nodes[$0].up && nodes[$0].raft?.role == .leader }.max { nodes[$0].raft!.term < nodes[$1].raft!.term }
+    }
+
+    /// Whether the live voters other than `v` are a majority of the leader's configuration.
+    func quorumSurvives(without v: Int) -> Bool {
+        guard let l = leaderIndex, !nodes[l].raft!.confState.isJoint else { return false }
+        let voters = nodes[l].raft!.confState.voters
+        let live = voters.filter { id in id != nodes[v].raftID && byRaftID[id].map { nodes[$0].up } == true }
+        return live.count * 2 > voters.count && partitioned.isEmpty
+    }
+
+    func victimRemoved(_ v: Int) -> Bool {
+        guard let l = leaderIndex else { return false }
+        let id = nodes[v].certificate.nodeID
+        return nodes[l].control.spore.members[id]?.status == .failed && !nodes[l].raft!.confState.isVoter(nodes[v].raftID)
+    }
+
+    func settled(_ v: Int) -> Bool {
+        guard let l = leaderIndex else { return false }
+        let s = nodes[l].control.spore
+        let voters = Set(nodes[l].raft!.confState.voters)
+        let live = nodes.indices.filter { $0 != v }
+        return Set(s.sclerotia.map(\.compact)) == voters && !nodes[l].raft!.confState.isJoint
+            && live.allSatisfy { s.members[nodes[$0].certificate.nodeID]?.status == .alive }
+            && live.allSatisfy { nodes[l].control.pods.cidr(of: nodes[$0].certificate.nodeID) != nil }
+    }
+
+    mutating func checkEnd(_ victim: Int) {
+        guard let l = leaderIndex else { return fail("no leader after healing") }
+        result.killedRecordedAt = result.killedRecordedAt ?? now
+        let s = nodes[l].control.spore
+        let voters = Set(nodes[l].raft!.confState.voters)
+        if Set(s.sclerotia.map(\.compact)) != voters {
+            return fail("after settling, the sclerotia (\(s.sclerotia.count)) differ from the Raft voters (\(voters.count))")
+        }
+        for i in nodes.indices where i != victim {
+            let id = nodes[i].certificate.nodeID
+            if s.members[id]?.status == .failed { return fail("n\(i), alive, is recorded failed") }
+            if nodes[l].control.pods.cidr(of: id) == nil { return fail("n\(i) has no pod CIDR") }
+        }
+    }
+
+    mutating func fail(_ why: String) {
+        guard result.failure == nil else { return }
+        result.failure = why
+        result.failedAt = now
+        result.trace = Array(traceLines.suffix(options.trace ? 4000 : 60))
+    }
+
+    mutating func trace(_ line: String) {
+        traceLines.append("\(now)ms \(line)")
+        if traceLines.count > 4000 { traceLines.removeFirst(2000) }
+    }
+}
+
+extension GovernorSettings {
+    func targetVoters(_ present: Int) -> Int {
+        var t = min(sclerotia, present)
+        if t % 2 == 0 { t -= 1 }
+        return max(1, t)
+    }
+}
