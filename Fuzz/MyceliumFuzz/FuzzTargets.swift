@@ -3,11 +3,12 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|vote|spore.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|vote|spore|kvbatch|kvsnapshot.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings).
 
+import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
 import MyceliumSpores
@@ -18,12 +19,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, vote, spore
+    case frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch, kvsnapshot
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote or spore")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch or kvsnapshot")
             exit(2)
         }
         return t
@@ -81,6 +82,25 @@ enum FuzzTarget: String {
             case 1: if let c = try? SporeCommand(decoding: body) { precondition(c.encoded() == body) }
             default: if let c = try? SignedCommand(decoding: body) { precondition(c.encoded() == body) }
             }
+        case .kvbatch:
+            // A Raft entry's KV batch: anything accepted re-encodes identically and applies on two
+            // replicas (one fresh, one restored from the other's snapshot) with identical results.
+            if let batch = try? KVBatch(decoding: bytes) {
+                precondition(batch.encoded() == bytes, "kv batch re-encoding differs")
+                var a = KVStore(limits: KVLimits(maxKeys: 8))
+                var b = a
+                precondition(a.apply(batch) == b.apply(batch), "kv replicas disagree on results")
+                precondition(a.encodedSnapshot() == b.encodedSnapshot(), "kv replicas disagree on snapshots")
+                var c = try! KVStore(snapshot: a.encodedSnapshot(), limits: KVLimits(maxKeys: 8))
+                precondition(c.apply(batch) == a.apply(batch) && c == a, "a restored kv replica diverges")
+            }
+        case .kvsnapshot:
+            // The KV section of a snapshot (disk or a leader's InstallSnapshot).
+            if let store = try? KVStore(snapshot: bytes) {
+                precondition(store.encodedSnapshot() == bytes, "kv snapshot re-encoding differs")
+                let all = store.range(key: [0], rangeEnd: [0])
+                precondition(all.count == Int64(store.count) && all.kvs.count == store.count, "kv range misses keys")
+            }
         case .rotation:
             if let r = try? KeyRotation(decoding: bytes) {
                 precondition(r.encoded() == bytes)
@@ -117,6 +137,15 @@ func writeSeeds(to dir: String) {
         ("frames", [3] + frames), ("invite", invite.encoded()), ("token", Array(invite.token.utf8)),
         ("certificate", cert.encoded()), ("rotation", rot.encoded()),
         ("vote", [0]),
+        ("kvbatch", KVBatch([.put(key: Array("foo".utf8), value: Array("bar".utf8), prevKV: true),
+                             .deleteRange(key: Array("a".utf8), rangeEnd: [0], prevKV: false),
+                             .put(key: Array("foo".utf8), value: [], prevKV: false)]).encoded()),
+        ("kvsnapshot", {
+            var kv = KVStore()
+            _ = kv.apply(KVBatch([.put(key: Array("a".utf8), value: [1], prevKV: false), .put(key: Array("b".utf8), value: [2, 3], prevKV: false),
+                                  .put(key: Array("a".utf8), value: [4], prevKV: false)]))
+            return kv.encodedSnapshot()
+        }()),
         ("spore", [0] + {
             var sp = PrimarySpore(network: NetworkIdentity(genesisKey: genesis.publicKey))
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)
