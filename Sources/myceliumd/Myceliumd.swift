@@ -34,3 +34,4 @@ struct Myceliumd: AsyncParsableCommand {
         _exit(code)
     }
 }
+

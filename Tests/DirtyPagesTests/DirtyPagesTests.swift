@@ -62,6 +62,8 @@ final class DirtyPagesTests: XCTestCase {
 
     private func requireEngine(_ e: DirtyPageEngine) throws {
         let a = probeDirtyPageEngines().first { $0.engine == e }!
+        // Which engines exist depends on the kernel and the machine (userfaultfd write-protect, /dev/kvm):
+        // these skips are listed in Tests/skips.allow, and scripts/test fails on any other skip.
         if !a.isAvailable { throw XCTSkip("\(a)") }
     }
 
@@ -156,7 +158,7 @@ final class DirtyPagesTests: XCTestCase {
         }
         for _ in 0..<rounds {
             try sync()
-            usleep(500)
+            usleep(500)  // paces the collection rounds against the racing writer; not synchronisation
         }
         stop.set()
         w.join()

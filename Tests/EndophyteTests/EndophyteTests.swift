@@ -450,17 +450,18 @@ final class ProcessControlTests: XCTestCase {
         var sawStopped = false
         for _ in 0..<2000 where !sawStopped {
             sawStopped = control.processState() == UInt8(ascii: "T")
-            usleep(100)
+            usleep(100)  // polls, bounded by the 2000 looks
         }
         XCTAssertTrue(sawStopped)
         try child.writePages([4])
         XCTAssertEqual(shared.page(4).load(as: UInt64.self), 1)
         control.setThrottle(0)
-        usleep(50_000)
-        // Unthrottled, a checkpoint pause still wins over the (now idle) duty cycle.
+        try waitUntilTrue("the unthrottled process runs again") { control.processState() != UInt8(ascii: "T") }
+        // Unthrottled, a checkpoint pause still wins over the (now idle) duty cycle: the process is
+        // seen stopped, and stays stopped over many looks (a duty cycle would let it run again).
         try control.pause()
-        usleep(30_000)
-        XCTAssertEqual(control.processState(), UInt8(ascii: "T"))
+        try waitUntilTrue("the paused process is stopped") { control.processState() == UInt8(ascii: "T") }
+        for _ in 0..<50 { XCTAssertEqual(control.processState(), UInt8(ascii: "T")); usleep(1000) }  // repeated looks, not synchronisation
         try control.resume()
     }
 }
@@ -502,7 +503,12 @@ final class HostileInputTests: XCTestCase {
             let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             XCTAssertEqual(rc, 0)
             _ = payload.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            usleep(100_000)
+            // Wait until the replica has dealt with this peer and hung up (bounded by a 5 s receive
+            // timeout), so the next peer meets the next accept.
+            var tv = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var sink = [UInt8](repeating: 0, count: 256)
+            while recv(fd, &sink, sink.count, 0) > 0 {}
             close(fd)
         }
         let r = results.join()
@@ -522,7 +528,9 @@ final class CgroupThrottleTests: XCTestCase {
         XCTAssertThrowsError(try c.apply(level: 0.5))
     }
 
-    /// On a real cgroup (v1 cpu controller or v2) with a real process in it.
+    /// On a real cgroup (v1 cpu controller or v2) with a real process in it. Needs a cpu controller
+    /// this user may write (root on the host; often not inside a container): its skips are listed
+    /// in Tests/skips.allow, and scripts/test fails on any other skip.
     func testAppliesToARealCgroup() throws {
         let base = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"].first {
             access($0 + "/cpu.cfs_quota_us", F_OK) == 0 || access($0 + "/cgroup.controllers", F_OK) == 0 && access($0 + "/cpu.max", F_OK) == 0
@@ -552,3 +560,18 @@ final class CgroupThrottleTests: XCTestCase {
         if v2 { XCTAssertEqual(read("cpu.max"), "max 50000") } else { XCTAssertEqual(read("cpu.cfs_quota_us"), "-1") }
     }
 }
+
+/// Polls `condition` every millisecond until it holds, or fails after `timeout` seconds.
+func waitUntilTrue(_ what: String, timeout: Double = 5, file: StaticString = #filePath, line: UInt = #line,
+                   _ condition: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !condition() {
+        guard Date() < deadline else {
+            XCTFail("timed out after \(timeout) s waiting for \(what)", file: file, line: line)
+            throw EndophyteTestTimeout()
+        }
+        usleep(1000)
+    }
+}
+
+struct EndophyteTestTimeout: Error {}

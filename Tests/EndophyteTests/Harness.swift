@@ -31,7 +31,7 @@ final class Workload: @unchecked Sendable {
             while !stop.load(ordering: .acquiring) {
                 if pauseRequested.load(ordering: .acquiring) {
                     parked.store(true, ordering: .releasing)
-                    while pauseRequested.load(ordering: .acquiring) && !stop.load(ordering: .acquiring) { usleep(50) }
+                    while pauseRequested.load(ordering: .acquiring) && !stop.load(ordering: .acquiring) { usleep(50) }  // polls for resume
                     parked.store(false, ordering: .releasing)
                     continue
                 }
@@ -41,7 +41,7 @@ final class Workload: @unchecked Sendable {
                     region.base.storeBytes(of: v, toByteOffset: p * dirtyPageSize + Int(rng.next() % 512) * 8, as: UInt64.self)
                 }
                 writes.wrappingAdd(64, ordering: .relaxed)
-                usleep(20)
+                usleep(20)  // paces the workload: a guest dirtying memory, not synchronisation
             }
             done.signal()
         }
@@ -52,7 +52,7 @@ final class Workload: @unchecked Sendable {
         pauses.wrappingAdd(1, ordering: .relaxed)
         pauseRequested.store(true, ordering: .releasing)
         guard started else { return }
-        while !parked.load(ordering: .acquiring) && !stop.load(ordering: .acquiring) { usleep(20) }
+        while !parked.load(ordering: .acquiring) && !stop.load(ordering: .acquiring) { usleep(20) }  // polls until parked
     }
 
     func resume() {

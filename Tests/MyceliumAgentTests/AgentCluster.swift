@@ -7,6 +7,10 @@ import XCTest
 final class AgentCluster {
     let dir: String
     let basePort: Int
+    /// 32 ports from basePort: node nK listens on +K, other names (x1) on +20+K; tests may use +10…+19.
+    let ports: PortBlock
+    private let lock = NSLock()
+    private var shutDown = false
     var processes: [String: Process] = [:]
     var seedDirs: [String] = []
     /// Where node `n` listens (loopback unless a test puts nodes in namespaces).
@@ -27,28 +31,39 @@ final class AgentCluster {
     }
 
     init() throws {
+        ports = try PortBlock()
+        basePort = ports.base
         dir = NSTemporaryDirectory() + "myc-agents-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        // A port range per cluster, from a free ephemeral port.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
-        close(probe)
-        basePort = (Int(UInt16(bigEndian: addr.sin_port)) / 20 * 20) % 40_000 + 20_000
+        LiveClusters.shared.add(self)
     }
 
-    deinit {
-        for p in processes.values where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+    deinit { shutdown() }
+
+    /// Kills every agent this cluster started, waits for each, removes the directory and frees the
+    /// ports. Idempotent; run when the test finishes (see `LiveClusters`) whether it passed or not.
+    func shutdown() {
+        lock.lock()
+        let running = Array(processes.values)
+        processes = [:]
+        let first = !shutDown
+        shutDown = true
+        lock.unlock()
+        for p in running where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in running { p.waitUntilExit() }
+        guard first else { return }
+        // A closure stored here may capture the cluster; dropping them breaks that cycle.
+        listenHost = { _ in "127.0.0.1" }
+        netns = nil
+        extraConfig = { _ in "" }
         // MYCELIUM_KEEP_TEST_STATE=1 keeps the homes and logs for a post-mortem.
         if ProcessInfo.processInfo.environment["MYCELIUM_KEEP_TEST_STATE"] == nil { try? FileManager.default.removeItem(atPath: dir) }
+        ports.release()
+        LiveClusters.shared.remove(self)
     }
 
     func home(_ n: String) -> String { dir + "/" + n }
-    func port(_ n: String) -> Int { basePort + (Int(n.dropFirst()) ?? 0) }
+    func port(_ n: String) -> Int { basePort + (n.hasPrefix("n") ? 0 : 20) + (Int(n.dropFirst()) ?? 0) }
 
     @discardableResult
     func cli(_ args: [String], netns: String? = nil) throws -> (Int32, String) {
@@ -76,8 +91,19 @@ final class AgentCluster {
         try text.write(toFile: home(n) + ".conf", atomically: true, encoding: .utf8)
     }
 
+    /// The environment of every agent: it stops when this test process dies, however it dies.
+    static var agentEnvironment: [String: String] {
+        ProcessInfo.processInfo.environment.merging(["MYCELIUM_EXIT_WITH_PARENT": "1"]) { $1 }
+    }
+
     func start(_ n: String) throws {
+        // Starting a name that still runs would lose track of the old process; stop it first.
+        if let old = processes[n], old.isRunning {
+            kill(old.processIdentifier, SIGKILL)
+            old.waitUntilExit()
+        }
         let p = Process()
+        p.environment = Self.agentEnvironment
         if let netns {
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             p.arguments = ["ip", "netns", "exec", netns(n), Self.binDir + "/" + daemon(n), "--config", home(n) + ".conf"]
@@ -98,6 +124,9 @@ final class AgentCluster {
             let how = proc.terminationReason == .uncaughtSignal ? "signal \(proc.terminationStatus)" : "status \(proc.terminationStatus)"
             if let h = FileHandle(forWritingAtPath: logPath) { h.seekToEndOfFile(); h.write(Data("[harness] myceliumd exited with \(how)\n".utf8)); try? h.close() }
         }
+        lock.lock()
+        defer { lock.unlock() }
+        guard !shutDown else { throw AgentTestError("cluster \(dir) was already shut down; cannot start \(n)") }
         try p.run()
         processes[n] = p
     }
@@ -115,7 +144,7 @@ final class AgentCluster {
         guard let p = processes[n] else { return }
         kill(p.processIdentifier, SIGTERM)
         let deadline = Date().addingTimeInterval(10)
-        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }  // polls the exit, bounded
         if p.isRunning {
             XCTFail("\(n) did not stop within 10 s of SIGTERM", file: file, line: line)
             kill(p.processIdentifier, SIGKILL)
@@ -144,7 +173,7 @@ final class AgentCluster {
                 return
             }
             lastError = out
-            Thread.sleep(forTimeInterval: 0.1)
+            Thread.sleep(forTimeInterval: 0.1)  // polls until the inviter accepts joins, 100 tries at most
         }
         throw AgentError("join of \(n) failed: \(lastError)")
     }

@@ -43,7 +43,7 @@ final class AgentProcessTests: XCTestCase {
         let found = await asyncFirst(Array(names.dropFirst())) { !sclerotia.contains("\(await c.status($0)?["node"] ?? "")") }
         let follower = try XCTUnwrap(found)
         c.kill9(follower)
-        try await Task.sleep(nanoseconds: 1_000_000_000)
+        try await waitUntil("\(follower)'s port free for its restart") { PortBlock.isFree(c.port(follower)) }
         try c.start(follower)
         try await c.waitUntil("the follower is back", nodes: names, AgentCluster.formed(5))
         let events = (await c.status(follower)?["events"] as? [String]) ?? []
@@ -108,7 +108,9 @@ final class AgentProcessTests: XCTestCase {
         // A member of the other network running an agent that dials n1 never appears in n1's spore.
         try c.writeConfig("x1", extra: "join = [\"127.0.0.1:\(c.port("n1"))\"]\n")
         try c.start("x1")
-        try await Task.sleep(nanoseconds: 3_000_000_000)
+        try await waitUntil("n1 refuses x1", timeout: 30) {
+            ((try? String(contentsOfFile: c.home("n1") + ".log", encoding: .utf8)) ?? "").contains("refused peer")
+        }
         let v = await c.status("n1")!
         XCTAssertEqual(members(v).count, 1, "\(members(v))")
         let log = (try? String(contentsOfFile: c.home("n1") + ".log", encoding: .utf8)) ?? ""

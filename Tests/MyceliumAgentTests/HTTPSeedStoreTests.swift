@@ -30,7 +30,10 @@ final class SeedHTTPServer: @unchecked Sendable {
             .bind(host: "127.0.0.1", port: 0).wait()
     }
 
-    deinit { try? channel.close().wait() }
+    deinit { close() }
+
+    /// The child initializer holds the server, so deinit alone never runs: tests close it in a defer.
+    func close() { try? channel.close().wait() }
 
     final class Handler: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = HTTPServerRequestPart
@@ -85,6 +88,7 @@ final class HTTPSeedStoreTests: XCTestCase {
 
     func testPutThenGetVerifiesAndEachFailureIsClear() async throws {
         let server = try SeedHTTPServer()
+        defer { server.close() }
         let (s, net) = seed()
         let store = HTTPSeedStore(base: "http://127.0.0.1:\(server.port)/seeds", network: net)
         let missing = try await store.read()
@@ -113,6 +117,7 @@ final class HTTPSeedStoreTests: XCTestCase {
     /// Real agents: the leader publishes its seed spore over HTTP, and it verifies.
     func testTheLeaderPublishesSeedSporesOverHTTP() async throws {
         let server = try SeedHTTPServer()
+        defer { server.close() }
         let c = try AgentCluster()
         let port = server.port
         c.extraConfig = { _ in "seed_urls = [\"http://127.0.0.1:\(port)/mycelium/\"]\n" }
@@ -120,7 +125,7 @@ final class HTTPSeedStoreTests: XCTestCase {
         for n in ["n2", "n3"] { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: ["n1", "n2", "n3"], AgentCluster.formed(3))
         let net = try NetworkID(parsing: "\(await c.status("n1")!["network"]!)")
-        try await Task.sleep(nanoseconds: 2_000_000_000)
+        try await waitUntil("the leader PUT its seed spore", timeout: 30) { server.files.withLockedValue { $0["/mycelium/\(net).seed"] != nil } }
         let body = try XCTUnwrap(server.files.withLockedValue { $0["/mycelium/\(net).seed"] }, "the leader PUT its seed spore")
         let seed = try SeedSpore(verifying: ChecksummedFile.decode(body, kind: FileKind.seedSpore, path: "http"), network: net,
                                  knownEpoch: nil, now: Int64(Date().timeIntervalSince1970))

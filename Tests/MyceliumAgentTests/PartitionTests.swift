@@ -24,7 +24,11 @@ final class PartitionTests: XCTestCase {
         let names = ["n1", "n2", "n3", "n4", "n5"]
         func ns(_ n: String) -> String { "myc\(tag)\(n)" }
         func ip(_ n: String) -> String { "10.231.\(Int(tag.utf8.reduce(0) { ($0 + Int($1)) % 200 })).\(Int(n.dropFirst())! + 10)" }
+        let c = try AgentCluster()
+        // The agents first: a namespace whose name is deleted lives on while a process runs in it.
+        // Deleting the hub namespace removes the veth pairs with it.
         defer {
+            c.shutdown()
             for n in names { try? sh("ip netns del \(ns(n))") }
             try? sh("ip netns del \(hub)")
         }
@@ -35,7 +39,6 @@ final class PartitionTests: XCTestCase {
             try sh("ip -n \(hub) link set v\(tag)\(n) master br0 up && ip -n \(ns(n)) addr add \(ip(n))/24 dev eth0 && ip -n \(ns(n)) link set eth0 up")
         }
 
-        let c = try AgentCluster()
         c.listenHost = { ip($0) }
         c.netns = { ns($0) }
         try c.createNetwork()
@@ -53,9 +56,14 @@ final class PartitionTests: XCTestCase {
         let plain = try XCTUnwrap(names.first { !sclerotia.contains(key(byID, $0)) })
         let minority = [leaderNode, plain], majority = names.filter { !minority.contains($0) }
         for n in minority { try sh("ip -n \(hub) link set v\(tag)\(n) down") }
-        // Whatever was already acknowledged before the cut may still be applied; let it settle.
-        try await Task.sleep(nanoseconds: 500_000_000)
-        let before = await asyncMap(minority) { await c.status($0).map(epochIndex) ?? 0 }
+        // Whatever was already acknowledged before the cut may still be applied: measure the cut-off
+        // side once its epochs have held still for a second (polled, bounded by the deadline).
+        var before: [Int] = [], stillSince = Date()
+        try await waitUntil("the cut-off side settles", timeout: 20, poll: 0.1) {
+            let now = await asyncMap(minority) { await c.status($0).map(epochIndex) ?? 0 }
+            if now != before { before = now; stillSince = Date() }
+            return Date().timeIntervalSince(stillSince) >= 1
+        }
         try await c.waitUntil("the majority elects a new leader and commits", nodes: majority) { vs in
             Set(vs.map { "\($0["leader"] ?? "")" }).count == 1 && vs.allSatisfy { "\($0["leader"] ?? "")" != leader && "\($0["leader"] ?? "")" != "none" }
                 && vs.allSatisfy { epochIndex($0) > (before.max() ?? 0) + 2 }

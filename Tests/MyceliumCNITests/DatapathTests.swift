@@ -66,7 +66,7 @@ final class DatapathTests: XCTestCase {
         defer { _ = try? sh("kill \(serverPID) 2>/dev/null", allowFailure: true) }
         var reply = ""
         for _ in 0..<20 where !reply.contains("mycelium-hello") {
-            usleep(100_000)
+            usleep(100_000)  // polls until the listener is up, 20 tries at most
             reply = try a.exec("busybox nc -w 2 \(ipB) 7777 </dev/null", allowFailure: true)
         }
         XCTAssertTrue(reply.contains("mycelium-hello"), "TCP through the datapath failed: \(reply)")

@@ -260,7 +260,9 @@ final class PluginProcessTests: XCTestCase {
         let namespaces = try (0..<12).map { _ in try TestNetns() }
         let ids = (0..<12).map { "kill-\(getpid())-\($0)" }
         for (i, ns) in namespaces.enumerated() {
-            let delay = String(format: "%.3f", Double(i) * 0.004)  // 0 to 44 ms: an ADD takes 20-50 ms here
+            // The behaviour under test, not synchronisation: the plugin is SIGKILLed at a spread of
+            // moments through its ADD (0 to 44 ms; an ADD takes 20-50 ms here).
+            let delay = String(format: "%.3f", Double(i) * 0.004)
             let script = "CNI_COMMAND=ADD CNI_CONTAINERID=\(ids[i]) CNI_NETNS=\(ns.path) CNI_IFNAME=eth0 '\(Paths.plugin)' "
                 + "< '\(cfgPath)' > /dev/null 2>&1 & pid=$!; sleep \(delay); kill -9 $pid 2>/dev/null; wait $pid; true"
             try sh(script)

@@ -35,7 +35,8 @@ func runEtcdBench(_ args: [String]) async throws {
     let etcd = try EtcdCluster()
     defer { etcd.stop() }
     try await etcd.startAll()
-    let ours = try LoopbackNetwork(n: 3, bin: bin, perNode: { i in "client_listen = \"127.0.0.1:\(30_000 + Int.random(in: 0..<50) * 10 + i)\"\n" })
+    let clientBase = try BenchHygiene.ports(4)
+    let ours = try LoopbackNetwork(n: 3, bin: bin, perNode: { i in "client_listen = \"127.0.0.1:\(clientBase + i)\"\n" })
     defer { ours.stop() }
     try ours.startAll()
     try await ours.waitFormed(timeout: 60)
@@ -141,9 +142,11 @@ extension LoopbackNetwork {
         let q = Process()
         q.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
         q.arguments = ["--config", dir + "/n\(old).conf"]
+        q.environment = BenchHygiene.agentEnvironment
         q.standardOutput = FileHandle.nullDevice
         q.standardError = FileHandle.nullDevice
-        try q.run()
+        BenchHygiene.forget(p)
+        try BenchHygiene.run(q)
         procs[old - 1] = q
         try await waitFormed(timeout: 60)
         guard let e = elapsed else { throw BenchError("no write succeeded within 30 s of killing the leader") }
@@ -154,10 +157,15 @@ extension LoopbackNetwork {
 /// Three etcd 3.4 members on loopback, fsync on, heartbeat 100 ms, election 1000 ms.
 final class EtcdCluster {
     let dir = NSTemporaryDirectory() + "myc-etcd-\(UUID().uuidString.prefix(8))"
-    let base = 31_200 + Int.random(in: 0..<50) * 20  // below the ephemeral range (32768+)
+    /// Client ports base+1…3, peer ports base+11…13: free, below the ephemeral range (see BenchHygiene).
+    let base: Int
     var procs: [Int: Process] = [:]
 
-    init() throws { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+    init() throws {
+        base = try BenchHygiene.ports(14)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        BenchHygiene.ownDirectory(dir)
+    }
 
     func clientPort(_ i: Int) -> Int { base + i }
     func peerPort(_ i: Int) -> Int { base + 10 + i }
@@ -174,7 +182,8 @@ final class EtcdCluster {
                        "--logger", "zap", "--log-outputs", dir + "/e\(i).log"]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
-        try p.run()
+        if let old = procs[i] { BenchHygiene.forget(old) }
+        try BenchHygiene.run(p)
         procs[i] = p
     }
 
@@ -243,9 +252,11 @@ final class EtcdCluster {
     func rss() -> [Double] { procs.values.map { rssMiB(pid: $0.processIdentifier) } }
 
     func stop() {
-        for p in procs.values where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        for p in procs.values where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in procs.values { p.waitUntilExit(); BenchHygiene.forget(p) }
         procs = [:]
         try? FileManager.default.removeItem(atPath: dir)
+        BenchHygiene.disownDirectory(dir)
     }
 }
 

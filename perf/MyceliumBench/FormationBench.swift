@@ -54,9 +54,8 @@ final class LoopbackNetwork {
     let bin: String
     let dir = NSTemporaryDirectory() + "myc-bench-\(UUID().uuidString.prefix(8))"
     var procs: [Process] = []
-    /// The first port; node i listens on base + i. Below the kernel's ephemeral range (32768+), so an
-    /// outgoing connection's local port can never take a listener's port.
-    let base = 10_000 + Int.random(in: 0..<200) * 100
+    /// Node i listens on base + i: free ports below the kernel's ephemeral range (see BenchHygiene).
+    let base: Int
 
     convenience init(n: Int, bin: String, extraConfig: String = "") throws {
         try self.init(n: n, bin: bin, perNode: { _ in extraConfig })
@@ -66,6 +65,8 @@ final class LoopbackNetwork {
     init(n: Int, bin: String, perNode: (Int) -> String) throws {
         self.n = n
         self.bin = bin
+        base = try BenchHygiene.ports(n + 1)
+        BenchHygiene.ownDirectory(dir)
         let genesis = SigningKey()
         let issued = Int64(Date().timeIntervalSince1970)
         for i in 1...n {
@@ -92,9 +93,10 @@ final class LoopbackNetwork {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
             p.arguments = ["--config", dir + "/n\(i).conf"]
+            p.environment = BenchHygiene.agentEnvironment
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
-            try p.run()
+            try BenchHygiene.run(p)
             procs.append(p)
         }
     }
@@ -138,8 +140,10 @@ final class LoopbackNetwork {
     }
 
     func stop() {
-        for p in procs { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        for p in procs where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in procs { p.waitUntilExit(); BenchHygiene.forget(p) }
         procs = []
         try? FileManager.default.removeItem(atPath: dir)
+        BenchHygiene.disownDirectory(dir)
     }
 }

@@ -520,7 +520,18 @@ class QMP:
         while True:
             r = json.loads(self.f.readline())
             if "return" in r or "error" in r: return r
-port = 45000 + os.getpid() % 1000
+def free_port():
+    # Below the ephemeral range (32768+), in the benchmarks' 30000-32767, and free right now.
+    import random
+    for _ in range(500):
+        p = random.randrange(30000, 32768)
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", p)); return p
+        except OSError: pass
+        finally: s.close()
+    raise SystemExit("no free loopback port in 30000-32767")
+port = free_port()
 dst = qemu("dst", ["-incoming", "tcp:127.0.0.1:%d" % port])
 src = qemu("src", [])
 try:
@@ -532,7 +543,7 @@ try:
         if time.time() - t0 > 120: raise SystemExit("guest did not boot")
         time.sleep(0.2)
     boot = time.time() - t0
-    time.sleep(2)  # let the guest's dirtying loop run
+    time.sleep(2)  # the workload under test: the guest's dirtying loop runs before migration
     q = QMP("%s/src.qmp" % d); QMP("%s/dst.qmp" % d)
     q.cmd("migrate-set-parameters", **{"max-bandwidth": 10 << 30, "downtime-limit": 300})
     q.cmd("migrate", uri="tcp:127.0.0.1:%d" % port)
@@ -547,6 +558,7 @@ try:
 finally:
     for p in (src, dst): p.kill()
     for p in (src, dst): p.wait()
+    import shutil; shutil.rmtree(d, ignore_errors=True)
 """#
 
 fileprivate func percentile(_ xs: [Double], _ p: Double) -> Double {

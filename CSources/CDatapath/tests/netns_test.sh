@@ -135,7 +135,8 @@ before=$(dp "$A" -d "$PINA" links | sort)
 rx0=$(stat_of "$A" "$PINA" 10.1.0.2 rx_packets)
 ip netns exec "$PA1" ping -c 200 -i 0.01 -W 1 10.1.0.2 > "/tmp/myc-upgrade-ping-$RUN" 2>&1 &
 PING=$!
-sleep 0.5
+# Upgrade only once traffic is flowing: wait (5 s at most) for the first reply.
+for _ in $(seq 1 50); do grep -q 'bytes from' "/tmp/myc-upgrade-ping-$RUN" 2>/dev/null && break; sleep 0.1; done
 check "node A: load a different build" dp "$A" -d "$PINA" load "$OBJ2"
 wait $PING
 check "no ping lost across the upgrade" grep -q ' 0% packet loss' "/tmp/myc-upgrade-ping-$RUN"

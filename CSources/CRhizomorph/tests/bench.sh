@@ -9,7 +9,8 @@
 # Timing: sender side, from the first byte to the receiver's confirmation that it has everything.
 # Output: lines "BENCH name=value" and a summary. Usage: tests/bench.sh [ROUNDS]
 source "$(dirname "$0")/lib.sh"
-trap cleanup EXIT
+trap 'cleanup; rm -rf "${OUT:-}"' EXIT
+trap 'exit 130' INT TERM
 ROUNDS=${1:-${ROUNDS:-3}}
 RZ_SIZE=${RZ_SIZE:-$((512 << 20))}
 LO_SIZE=${LO_SIZE:-$((1024 << 20))}
@@ -99,7 +100,11 @@ echo "BENCH median loopback cpu_s_per_gib (both ends): tcp=$(echo ${C[lotcp]} | 
 echo "== zero-copy (2 GiB per run, medians of $ROUNDS)"
 ip netns exec "$NSB" "$BIN/rzbench" zc-server 10.209.0.2 7700 > "$OUT/zc.s" 2>&1 & PIDS+=($!)
 ip netns exec "$NSA" "$BIN/rzbench" zc-server 127.0.0.1 7701 > "$OUT/zclo.s" 2>&1 & PIDS+=($!)
-sleep 0.5
+# Both servers listening (5 s at most); the ports are private to these namespaces.
+for _ in $(seq 1 50); do
+    ip netns exec "$NSB" ss -Hltn 'sport = :7700' | grep -q . && ip netns exec "$NSA" ss -Hltn 'sport = :7701' | grep -q . && break
+    sleep 0.1
+done
 for where in veth loopback; do
     if [ $where = veth ]; then ns=$NSA; l=10.209.0.1; rmt=10.209.0.2; port=7700; else ns=$NSA; l=127.0.0.1; rmt=127.0.0.1; port=7701; fi
     for mode in copy zerocopy seal-copy seal-zerocopy; do

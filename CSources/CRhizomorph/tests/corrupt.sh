@@ -7,8 +7,9 @@
 #     must not report success.
 source "$(dirname "$0")/lib.sh"
 NS=${RZ_ID}c
-cleanup_c() { cleanup; ip netns del "$NS" 2>/dev/null; return 0; }
+cleanup_c() { cleanup; ip netns del "$NS" 2>/dev/null; rm -rf "${OUT:-}"; return 0; }
 trap cleanup_c EXIT
+trap 'exit 130' INT TERM
 OUT=$(mktemp -d /tmp/rz-corrupt.XXXXXX)
 fail=0
 ip netns add "$NS" || exit 1

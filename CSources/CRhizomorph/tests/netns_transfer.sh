@@ -2,7 +2,8 @@
 # Multi-path transfers over 3 shaped paths (200/400/800 Mbit/s), both delivery modes, then a path cut
 # mid-transfer and restored. Content is checked by the receiver (hash; per page and per barrier).
 source "$(dirname "$0")/lib.sh"
-trap cleanup EXIT
+trap 'cleanup; rm -rf "${OUT:-}"' EXIT
+trap 'exit 130' INT TERM
 SIZE=${SIZE:-$((512 << 20))}
 PAGES_SIZE=${PAGES_SIZE:-$((256 << 20))}
 OUT=$(mktemp -d /tmp/rz-transfer.XXXXXX)
@@ -23,11 +24,16 @@ transfer() {
     local cpid=$!
     PIDS+=("$cpid")
     if [ -n "$cut" ]; then
-        sleep 1
+        # Cut only once the transfer is under way on that path: 1 MiB sent on it (10 s at most).
+        for _ in $(seq 1 100); do
+            sent=$(ip netns exec "$NSA" cat "/sys/class/net/${RZ_ID}a$cut/statistics/tx_bytes" 2>/dev/null || echo 0)
+            [ "$sent" -gt 1048576 ] && break
+            sleep 0.1
+        done
         echo "  cutting path $cut (link down on both ends)"
         ip -n "$NSA" link set "${RZ_ID}a$cut" down
         ip -n "$NSB" link set "${RZ_ID}b$cut" down
-        sleep 3
+        sleep 3  # the behaviour under test: the path stays down for 3 s, then comes back
         echo "  restoring path $cut"
         ip -n "$NSA" link set "${RZ_ID}a$cut" up
         ip -n "$NSB" link set "${RZ_ID}b$cut" up

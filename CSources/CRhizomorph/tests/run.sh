@@ -17,6 +17,8 @@ step "unit tests (no network)"
 
 step "loopback: handshake refusals and a 2-path session (private namespace)"
 NS=rzunit$$
+trap 'ip netns del "$NS" 2>/dev/null; true' EXIT
+trap 'exit 130' INT TERM
 ip netns add "$NS" && ip -n "$NS" link set lo up || exit 1
 timeout 120 ip netns exec "$NS" ./build/unit --loopback || status=1
 ip netns del "$NS"
