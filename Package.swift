@@ -214,6 +214,6 @@ let package = Package(
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),
         .testTarget(
             name: "MyceliumControlTests",
-            dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController"]),
+            dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController", "MyceliumSim"]),
     ]
 )

@@ -1,5 +1,6 @@
 import MyceliumCore
 @testable import MyceliumVote
+import MyceliumSim
 import XCTest
 
 /// The CI seed set. Each failure prints the command that replays it. Sizes are chosen to keep the

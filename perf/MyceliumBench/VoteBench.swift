@@ -1,6 +1,7 @@
 import Foundation
 import MyceliumAgent
 import MyceliumCore
+import MyceliumSim
 import MyceliumVote
 
 /// `mycelium-bench vote [--rounds N] [--sizes 4,10,31,100] [--seed S]`
