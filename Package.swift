@@ -173,7 +173,7 @@ let package = Package(
 
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
-            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl"], path: "Fuzz/MyceliumFuzz",
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft"], path: "Fuzz/MyceliumFuzz",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: tests

@@ -11,6 +11,7 @@
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
+import MyceliumRaft
 import MyceliumSpores
 import MyceliumVote
 
@@ -19,12 +20,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch, kvsnapshot
+    case frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch, kvsnapshot, peer, control
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch or kvsnapshot")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch, kvsnapshot, peer or control")
             exit(2)
         }
         return t
@@ -94,6 +95,26 @@ enum FuzzTarget: String {
                 var c = try! KVStore(snapshot: a.encodedSnapshot(), limits: KVLimits(maxKeys: 8))
                 precondition(c.apply(batch) == a.apply(batch) && c == a, "a restored kv replica diverges")
             }
+        case .peer:
+            // A frame from another agent: the first byte picks the frame type.
+            guard let type = bytes.first else { return }
+            if let m = try? PeerMessage(frameType: type, payload: Array(bytes.dropFirst())) {
+                precondition(m.frameType.rawValue == type, "peer message changed its frame type")
+                let again = try? PeerMessage(frameType: type, payload: m.payload())
+                precondition(again == m, "peer message does not survive re-encoding")
+            }
+        case .control:
+            // A committed entry's payload (first byte 0) or a control-state snapshot (first byte 1).
+            guard let which = bytes.first else { return }
+            let rest = Array(bytes.dropFirst())
+            let net = NetworkIdentity(genesisKey: SigningKey(seed: [UInt8](repeating: 7, count: 32)).publicKey)
+            if which == 0 {
+                if case let e?? = try? ControlEntry.decode(rest) { precondition((try? ControlEntry.decode(e.encoded())) == e, "entry re-encoding differs") }
+                var state = ControlState(network: net)
+                _ = try? state.apply(Entry(term: 1, index: 1, data: rest))  // refusals are fine, crashes are not
+            } else if let state = try? ControlState.restore(rest, network: net) {
+                precondition((try? ControlState.restore(state.snapshot(), network: net)) == state, "snapshot round trip differs")
+            }
         case .kvsnapshot:
             // The KV section of a snapshot (disk or a leader's InstallSnapshot).
             if let store = try? KVStore(snapshot: bytes) {
@@ -151,6 +172,15 @@ func writeSeeds(to dir: String) {
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)
             try? sp.apply(admit, epoch: SporeEpoch(term: 1, index: 1), time: 1_800_000_000)
             return sp.encoded()
+        }()),
+        ("peer", [PeerMessage.FrameType.join.rawValue] + PeerMessage.join(SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID),
+                                                                          address: "127.0.0.1:7946").payload()),
+        ("control", [1] + {
+            var st = ControlState(network: NetworkIdentity(genesisKey: genesis.publicKey))
+            let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)
+            _ = try? st.apply(Entry(term: 1, index: 1, data: ControlEntry.spore(admit, time: 1_800_000_000).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 2, data: ControlEntry.network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)).encoded()))
+            return st.snapshot()
         }()),
         ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), credential: .member(cert)).encoded()),
     ]
