@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|vote|spore|kvbatch|kvsnapshot.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|vote|spore|kvbatch|kvsnapshot|peer|control.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings).

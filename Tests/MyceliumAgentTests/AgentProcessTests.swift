@@ -18,6 +18,17 @@ final class AgentProcessTests: XCTestCase {
     func testFiveNodesFormAndSurviveTheLeadersDeath() async throws {
         let c = try AgentCluster()
         try await formFive(c)
+        // The network controller gave every member its own pod CIDR, written where mycelium-cni reads it.
+        let deadline = Date().addingTimeInterval(15)
+        var blocks: [String] = []
+        while Date() < deadline {
+            blocks = names.compactMap { try? String(contentsOfFile: c.home($0) + "/podcidr", encoding: .utf8) }
+            if blocks.count == names.count { break }
+            try await Task.sleep(nanoseconds: 100_000_000)  // polling the files, bounded by the deadline
+        }
+        XCTAssertEqual(blocks.count, names.count, "pod CIDR files written: \(blocks)")
+        XCTAssertEqual(Set(blocks).count, names.count, "each member's block is its own: \(blocks)")
+        XCTAssertTrue(blocks.allSatisfy { $0.hasPrefix("10.244.") && $0.hasSuffix("/24\n") }, "\(blocks)")
         let leader = "\(await c.status("n1")!["leader"]!)"
         let found = await asyncFirst(names) { "\(await c.status($0)?["node"] ?? "")" == leader }
         let victim = try XCTUnwrap(found)
