@@ -137,6 +137,8 @@ public struct Governor: Sendable {
     var earlyVoteMessages: [RoundID: [VoteMessage]] = [:]
     var earlyVoteSince: [RoundID: UInt64] = [:]
     var pendingChecks: [UInt64: PendingCheck] = [:]
+    /// Decisions committed for rounds this node had not opened yet (it was still checking).
+    var committedDecisions: [RoundID: DecisionCertificate] = [:]
     /// This node's own votes found on disk at start (a restart must never vote twice).
     var storedVotes: [UInt64: OwnVote] = [:]
 
@@ -525,7 +527,9 @@ public struct Governor: Sendable {
             }
             // A voter that has not decided yet (it missed messages) adopts the committed decision,
             // so every honest voter's round ends decided, not timed out.
+            // (A voter still checking before it answers opens its round later: it adopts then.)
             if let cert = try? DecisionCertificate(decoding: certificateBytes(command)) {
+                committedDecisions[round.spec.id] = cert
                 if let effects = try? votes.adopt(cert) { handleVoteEffects(effects, raft: raft, spore: spore, into: &out) }
             }
         case let .voteEvidence(seq, bytes):
@@ -615,6 +619,9 @@ public struct Governor: Sendable {
         }
         earlyVoteSince[round.spec.id] = nil
         for m in earlyVoteMessages.removeValue(forKey: round.spec.id) ?? [] { stepVote(m, raft: raft, spore: spore, into: &out) }
+        if let cert = committedDecisions.removeValue(forKey: round.spec.id), let effects = try? votes.adopt(cert) {
+            handleVoteEffects(effects, raft: raft, spore: spore, into: &out)
+        }
     }
 
     public mutating func receiveVote(_ m: VoteMessage, from peer: UInt64, raft: Raft, state: ControlState) -> [GovernorEffect] {
@@ -678,6 +685,7 @@ public struct Governor: Sendable {
     /// Drops messages held for rounds that never opened here (30 s): a round that opens later is
     /// long past its deadlines, and a faulty member's messages for made-up rounds must not stay.
     mutating func pruneEarlyVoteMessages() {
+        if committedDecisions.count > 64 { committedDecisions.removeAll() }
         let limit = 30 * tps
         for (rid, since) in earlyVoteSince where ticks > since + limit {
             earlyVoteSince[rid] = nil

@@ -527,8 +527,15 @@ public struct GovernorSimulation {
                 guard let round = nodes[i].control.spore.rounds[seq] else { nodes[i].roundsOpenedAt[seq] = nil; continue }
                 // A round this node cannot see decided is fine only if it was restarted meanwhile or is not a voter.
                 if round.spec.index(of: nodes[i].certificate.nodeID) == nil || lastUnreachable[i] > at { nodes[i].roundsOpenedAt[seq] = nil; continue }
-                if g.votes.outcome(of: round.spec.id) == nil && round.isOpen {
+                let local = g.votes.outcome(of: round.spec.id)
+                if local == nil && round.isOpen {
                     return fail("vote \(seq) (\(round.kind) of \(round.node)) opened at n\(i) \(now - at) ms ago is still undecided there")
+                }
+                // Once the network committed a decision, every honest voter's own outcome is that
+                // decision: a voter whose round failed locally (a late reveal, a lost message) must not
+                // be left disagreeing with the certificate every replica applied.
+                if let decided = round.decision, local?.acceptedResult != decided {
+                    return fail("vote \(seq) (\(round.kind) of \(round.node)) was decided \(decided == .yes ? "yes" : "no") but n\(i)'s own outcome is \(local.map { "\($0)" } ?? "none")")
                 }
                 nodes[i].roundsOpenedAt[seq] = nil
             }
