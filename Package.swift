@@ -97,6 +97,9 @@ let package = Package(
             linkerSettings: [.linkedLibrary("sodium"), .linkedLibrary("ibverbs"), .linkedLibrary("pthread")]),
         .target(name: "Rhizomorph", dependencies: ["CRhizomorph"]),
 
+        // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
+        .target(name: "MyceliumAPI"),
+
         // MARK: shells
         .target(
             name: "MyceliumTransport",
@@ -115,7 +118,7 @@ let package = Package(
             name: "MyceliumAgent",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
-                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController",
+                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MyceliumAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -141,7 +144,7 @@ let package = Package(
         .executableTarget(
             name: "mycelium",
             dependencies: [
-                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI",
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -155,7 +158,7 @@ let package = Package(
             name: "MyceliumBench",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
-                "DirtyPages", "Endophyte", "CMallocCounter", "MyceliumVote", "MyceliumAgent",
+                "DirtyPages", "Endophyte", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -190,6 +193,7 @@ let package = Package(
             ]),
         // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
+        .testTarget(name: "MyceliumAPITests", dependencies: ["MyceliumAPI"]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),
@@ -199,7 +203,7 @@ let package = Package(
         .testTarget(
             name: "MyceliumAgentTests",
             dependencies: [
-                "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore",
+                "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,5 +1,6 @@
 // The local API: HTTP/1.1 with JSON over a unix socket (mode 0600, so only the node's operator can
-// use it). `mycelium status` and friends are its clients; so is `curl --unix-socket`.
+// use it). `mycelium status` and friends are its clients; so is `curl --unix-socket`. The answers'
+// types, the routes and the typed client are in MyceliumAPI.
 //
 //   GET  /v1/status        the network, members, roles, leader, term, health, recent events
 //   GET  /v1/spore         the primary spore as this node holds it (JSON)
@@ -9,6 +10,7 @@
 //   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation
+import MyceliumAPI
 import MyceliumCore
 import MyceliumIdentity
 import MyceliumRaft
@@ -86,131 +88,107 @@ final class APIHandler: ChannelInboundHandler, Sendable {
 
 extension Agent {
     func answer(method: HTTPMethod, uri: String, metricsOnly: Bool = false) -> (HTTPResponseStatus, String, [UInt8]) {
-        if method == .GET && uri == "/metrics" {
+        if method == .GET && uri == APIRoute.metricsPath {
             updateGauges()
             return (.ok, "text/plain; version=0.0.4", AgentMetrics.registry.emitToBuffer())
         }
         if metricsOnly { return (.notFound, "text/plain", Array("only /metrics is served here; the API is on the local socket\n".utf8)) }
-        switch (method, uri) {
-        case (.GET, "/v1/status"): return (.ok, "application/json", json(status()))
-        case (.GET, "/v1/spore"): return (.ok, "application/json", json(sporeJSON()))
-        case (.GET, "/v1/spore/export"):
+        func refuse(_ status: HTTPResponseStatus, _ code: APIErrorCode, _ message: String) -> (HTTPResponseStatus, String, [UInt8]) {
+            (status, "application/json", json(APIErrorResponse(error: message, code: code)))
+        }
+        func accept(_ result: String) -> (HTTPResponseStatus, String, [UInt8]) {
+            (.accepted, "application/json", json(ActionResponse(result: result)))
+        }
+        switch APIRoute(method: method.rawValue, target: uri) {
+        case .status: return (.ok, "application/json", json(status()))
+        case .spore: return (.ok, "application/json", json(sporeResponse()))
+        case .sporeExport:
             let seed = SeedSpore(spore: spore, signer: certificate, key: key, writtenAt: Int64(Date().timeIntervalSince1970))
             return (.ok, "application/octet-stream", seed.encoded())
-        case (.POST, "/v1/leave"):
-            guard spore.members[certificate.nodeID] != nil else { return (.conflict, "application/json", json(["error": "not a member"])) }
+        case .leave:
+            guard spore.members[certificate.nodeID] != nil else { return refuse(.conflict, .notAMember, "not a member") }
             submit(.setStatus(node: certificate.nodeID, .left))
             processReady()
-            return (.accepted, "application/json", json(["result": "leave proposed; the network removes this node once it commits"]))
-        case (.POST, _) where uri.hasPrefix("/v1/vote/failure?node="):
-            let text = String(uri.dropFirst("/v1/vote/failure?node=".count))
+            return accept("leave proposed; the network removes this node once it commits")
+        case .failureVote(let raw):
+            let text = raw.removingPercentEncoding ?? raw
             guard let node = try? MyceliumIdentity.NodeID(parsing: text), let m = spore.members[node] else {
-                return (.badRequest, "application/json", json(["error": "'\(text)' is not a member of this network; see 'mycelium status'"]))
+                return refuse(.badRequest, .unknownNode, "'\(text)' is not a member of this network; see 'mycelium status'")
             }
             guard m.status == .alive || m.status == .suspect else {
-                return (.conflict, "application/json", json(["error": "\(node) is already \(m.status)"]))
+                return refuse(.conflict, .nodeNotLive, "\(node) is already \(m.status)")
             }
             if let reason = spore.voteUnavailable(.failure, node: node) {
-                return (.conflict, "application/json", json(["error": "no Byzantine-tolerant vote on \(node) can be formed: \(reason)"]))
+                return refuse(.conflict, .voteUnavailable, "no Byzantine-tolerant vote on \(node) can be formed: \(reason)")
             }
             requestFailureVote(node.compact)
             processReady()
-            return (.accepted, "application/json", json(["result": "failure vote on \(node) requested; watch 'mycelium status'"]))
-        default:
-            return (.notFound, "application/json", json(["error": "no such endpoint: \(method) \(uri)"]))
+            return accept("failure vote on \(node) requested; watch 'mycelium status'")
+        case .metrics, nil:
+            return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         }
     }
 
-    func status() -> [String: Any] {
+    func status() -> StatusResponse {
         let cs = raft.confState
         let leaderID = raft.leader == .none ? "none" : (router.nodeIDs[raft.leader].map { "\($0)" } ?? "\(raft.leader)")
-        return [
-            "network": "\(network.id)",
-            "node": "\(certificate.nodeID)",
-            "role": raft.role.rawValue,
-            "raft_member": cs.isVoter(me) ? "voter" : (cs.isLearner(me) ? "learner" : "none"),
-            "leader": leaderID,
-            "term": raft.term,
-            "commit_index": raft.commitIndex,
-            "applied_index": raft.appliedIndex,
-            "epoch": "\(spore.epoch)",
-            "phase": spore.phase == .bootstrap ? "bootstrap" : "distributed",
-            "sclerotia": spore.sclerotia.map { "\($0)" },
-            "voters": cs.voters.compactMap { router.nodeIDs[$0].map { "\($0)" } },
-            "health": fallback ?? (raft.leader == .none ? "no leader" : "ok"),
-            "members": sporeJSON()["members"] ?? [],
-            "votes": sporeJSON()["votes"] ?? [],
-            "events": Array(events.suffix(30)),
-            "pod_cidr": control.pods.cidr(of: certificate.nodeID).map { "\($0)" } ?? "none",
-            "pod_cidr_file": config.podCIDRFilePath,
-        ]
+        return StatusResponse(
+            network: "\(network.id)",
+            node: "\(certificate.nodeID)",
+            role: raft.role.rawValue,
+            raftMember: cs.isVoter(me) ? "voter" : (cs.isLearner(me) ? "learner" : "none"),
+            leader: leaderID,
+            term: raft.term,
+            commitIndex: raft.commitIndex,
+            appliedIndex: raft.appliedIndex,
+            epoch: "\(spore.epoch)",
+            phase: phaseName,
+            sclerotia: spore.sclerotia.map { "\($0)" },
+            voters: cs.voters.compactMap { router.nodeIDs[$0].map { "\($0)" } },
+            health: fallback ?? (raft.leader == .none ? "no leader" : "ok"),
+            members: memberInfos(),
+            votes: voteRoundInfos(),
+            events: Array(events.suffix(30)),
+            podCIDR: control.pods.cidr(of: certificate.nodeID).map { "\($0)" } ?? "none",
+            podCIDRFile: config.podCIDRFilePath)
     }
 
-    func sporeJSON() -> [String: Any] {
-        let members: [[String: Any]] = spore.members.values.sorted { $0.id < $1.id }.map { m in
-            [
-                "id": "\(m.id)", "status": "\(m.status)", "roles": "\(m.roles)", "addresses": m.addresses,
-                "sclerotium": spore.sclerotia.contains(m.id), "cpus": Int(m.capabilities.cpus),
-                "key": m.key.fingerprint, "expires_in_s": m.expiresAt - spore.now,
-                "trust": Int(spore.trust.score(of: m.id)), "jailed": spore.trust.isJailed(m.id),
-                "approved_sclerotium": spore.approvedSclerotia.contains(m.id),
-            ]
-        }
-        let votes: [[String: Any]] = spore.rounds.values.sorted { $0.sequence < $1.sequence }.map { r in
-            [
-                "sequence": Int(r.sequence), "kind": "\(r.kind)", "node": "\(r.node)", "voters": r.spec.voters.count,
-                "tolerates": Int(r.spec.assumedFaults),
-                "state": r.decision.map { $0 == .yes ? "decided yes" : "decided no" } ?? (r.closed ? "closed" : "open"),
-                "local_latency_ms": voteTimings[r.sequence]?.latencyMilliseconds ?? -1,
-                "local_messages_sent": voteTimings[r.sequence]?.messagesSent ?? 0,
-            ]
-        }
-        return [
-            "network": "\(network.id)", "epoch": "\(spore.epoch)", "phase": spore.phase == .bootstrap ? "bootstrap" : "distributed",
-            "members": members, "sclerotia": spore.sclerotia.map { "\($0)" }, "settings": spore.settings, "votes": votes,
-            "leases": spore.leases.values.map { ["name": $0.name, "holder": "\($0.holder)", "expires_in_s": $0.expiresAt - spore.now] },
-        ]
+    func sporeResponse() -> SporeResponse {
+        SporeResponse(
+            network: "\(network.id)", epoch: "\(spore.epoch)", phase: phaseName, members: memberInfos(),
+            sclerotia: spore.sclerotia.map { "\($0)" }, settings: spore.settings, votes: voteRoundInfos(),
+            leases: spore.leases.values.sorted { $0.name < $1.name }.map {
+                LeaseInfo(name: $0.name, holder: "\($0.holder)", expiresInSeconds: $0.expiresAt - spore.now)
+            })
     }
 
-    func json(_ o: Any) -> [UInt8] {
-        Array((try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .prettyPrinted])) ?? Data("{}".utf8))
-    }
-}
+    private var phaseName: String { spore.phase == .bootstrap ? "bootstrap" : "distributed" }
 
-/// A minimal client for the local API (used by the CLI).
-public enum AgentAPIClient {
-    public static func request(socket: String, method: String, path: String) async throws -> (Int, [UInt8]) {
-        let fd = Foundation.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw AgentError("cannot create a unix socket") }
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socket.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw AgentError("socket path too long: \(socket)") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b }; p[bytes.count] = 0 }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else {
-            throw AgentError("no agent answers at \(socket) (\(String(cString: strerror(errno)))); is myceliumd running with this --home?")
+    private func memberInfos() -> [MemberInfo] {
+        spore.members.values.sorted { $0.id < $1.id }.map { m in
+            MemberInfo(
+                id: "\(m.id)", status: "\(m.status)", roles: "\(m.roles)", addresses: m.addresses,
+                sclerotium: spore.sclerotia.contains(m.id), cpus: Int(m.capabilities.cpus), key: m.key.fingerprint,
+                expiresInSeconds: m.expiresAt - spore.now, trust: Int(spore.trust.score(of: m.id)),
+                jailed: spore.trust.isJailed(m.id), approvedSclerotium: spore.approvedSclerotia.contains(m.id))
         }
-        // An agent that is stopping or wedged must not hang the CLI (or a test) forever.
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let req = Array("\(method) \(path) HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
-        _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                throw AgentError("the agent at \(socket) did not answer within 10 s")
-            }
-            if n <= 0 { break }
-            out += buf[0..<n]
+    }
+
+    private func voteRoundInfos() -> [VoteRoundInfo] {
+        spore.rounds.values.sorted { $0.sequence < $1.sequence }.map { r in
+            VoteRoundInfo(
+                sequence: Int(r.sequence), kind: "\(r.kind)", node: "\(r.node)", voters: r.spec.voters.count,
+                tolerates: Int(r.spec.assumedFaults),
+                state: r.decision.map { $0 == .yes ? "decided yes" : "decided no" } ?? (r.closed ? "closed" : "open"),
+                localLatencyMilliseconds: voteTimings[r.sequence]?.latencyMilliseconds ?? -1,
+                localMessagesSent: voteTimings[r.sequence]?.messagesSent ?? 0)
         }
-        guard let sep = out.firstRange(of: Array("\r\n\r\n".utf8)) else { throw AgentError("malformed answer from the agent") }
-        let head = String(decoding: out[..<sep.lowerBound], as: UTF8.self)
-        let code = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
-        return (code, Array(out[sep.upperBound...]))
+    }
+
+    /// The API's JSON; our own types always encode, so a failure is a bug worth a loud answer, not `{}`.
+    func json<T: Encodable>(_ value: T) -> [UInt8] {
+        do { return try APIJSON.encode(value) } catch {
+            return Array("{\"error\" : \"the agent could not encode its answer: \(error)\", \"code\" : \"internal\"}".utf8)
+        }
     }
 }

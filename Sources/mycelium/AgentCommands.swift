@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MyceliumAgent
+import MyceliumAPI
 import MyceliumCore
 import MyceliumIdentity
 import MyceliumSpores
@@ -12,13 +12,7 @@ struct AgentOptions: ParsableArguments {
 
     var path: String { socket ?? home.resolved.path + "/agent.sock" }
 
-    func get(_ path: String, method: String = "GET") async throws -> [UInt8] {
-        let (code, body) = try await AgentAPIClient.request(socket: self.path, method: method, path: path)
-        guard (200..<300).contains(code) else {
-            throw CLIError("the agent answered \(code): \(String(decoding: body, as: UTF8.self))")
-        }
-        return body
-    }
+    var client: AgentClient { AgentClient(socket: path) }
 }
 
 struct StatusCommand: AsyncParsableCommand {
@@ -30,29 +24,30 @@ struct StatusCommand: AsyncParsableCommand {
     @OptionGroup var out: OutputOptions
 
     func run() async throws {
-        let body = try await agent.get("/v1/status")
-        if out.output == .json { print(String(decoding: body, as: UTF8.self)); return }
-        guard let s = try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else { throw CLIError("unreadable status") }
-        print("network   \(s["network"] ?? "?")")
-        print("node      \(s["node"] ?? "?")  (\(s["role"] ?? "?"), raft \(s["raft_member"] ?? "?"))")
-        print("leader    \(s["leader"] ?? "?")  term \(s["term"] ?? "?")  commit \(s["commit_index"] ?? "?")  epoch \(s["epoch"] ?? "?")")
-        print("phase     \(s["phase"] ?? "?")   health \(s["health"] ?? "?")")
+        // JSON is passed through as the agent sent it, so fields newer than this CLI are not dropped.
+        if out.output == .json { print(String(decoding: try await agent.client.send(.status), as: UTF8.self)); return }
+        let s = try await agent.client.status()
+        print("network   \(s.network)")
+        print("node      \(s.node)  (\(s.role), raft \(s.raftMember))")
+        print("leader    \(s.leader)  term \(s.term)  commit \(s.commitIndex)  epoch \(s.epoch)")
+        print("phase     \(s.phase)   health \(s.health)")
+        print("pod cidr  \(s.podCIDR)  (\(s.podCIDRFile))")
         print("members:")
-        for m in (s["members"] as? [[String: Any]]) ?? [] {
-            let scl = (m["sclerotium"] as? Bool) == true ? "sclerotium" : "member    "
-            let addrs = (m["addresses"] as? [String])?.joined(separator: ",") ?? ""
-            let trust = (m["trust"] as? Int).map { String(format: "trust %.2f", Double($0) / 1e6) } ?? ""
-            print("  \(m["id"] ?? "?")  \(scl)  \(String(describing: m["status"] ?? "?").padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(addrs)")
+        for m in s.members {
+            let scl = m.sclerotium ? "sclerotium" : "member    "
+            let addrs = m.addresses.joined(separator: ",")
+            let trust = String(format: "trust %.2f", Double(m.trust) / 1e6)
+            print("  \(m.id)  \(scl)  \(m.status.padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(addrs)")
         }
-        if let votes = s["votes"] as? [[String: Any]], !votes.isEmpty {
+        if !s.votes.isEmpty {
             print("votes:")
-            for v in votes.suffix(8) {
-                print("  #\(v["sequence"] ?? "?") \(v["kind"] ?? "?") of \(v["node"] ?? "?"): \(v["state"] ?? "?") (\(v["voters"] ?? "?") voters, tolerates \(v["tolerates"] ?? "?") liar)")
+            for v in s.votes.suffix(8) {
+                print("  #\(v.sequence) \(v.kind) of \(v.node): \(v.state) (\(v.voters) voters, tolerates \(v.tolerates) liar)")
             }
         }
-        if let ev = s["events"] as? [String], !ev.isEmpty {
+        if !s.events.isEmpty {
             print("recent events:")
-            for e in ev.suffix(10) { print("  \(e)") }
+            for e in s.events.suffix(10) { print("  \(e)") }
         }
     }
 }
@@ -65,7 +60,7 @@ struct SporeCommandGroup: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the primary spore as the local agent holds it (JSON).",
                                                         discussion: "Example: mycelium spore show --home ./a")
         @OptionGroup var agent: AgentOptions
-        func run() async throws { print(String(decoding: try await agent.get("/v1/spore"), as: UTF8.self)) }
+        func run() async throws { print(String(decoding: try await agent.client.send(.spore), as: UTF8.self)) }
     }
 
     struct Export: AsyncParsableCommand {
@@ -75,7 +70,7 @@ struct SporeCommandGroup: AsyncParsableCommand {
         @OptionGroup var agent: AgentOptions
         @Argument(help: "Output file.") var file: String
         func run() async throws {
-            let bytes = try await agent.get("/v1/spore/export")
+            let bytes = try await agent.client.exportSpore()
             try AtomicFile.write(bytes, to: file)
             print("wrote \(bytes.count) bytes to \(file)")
         }
@@ -117,7 +112,7 @@ struct LeaveCommand: AsyncParsableCommand {
         commandName: "leave", abstract: "Ask the network to remove this node (the local agent proposes it).",
         discussion: "Example: mycelium node leave --home /var/lib/mycelium")
     @OptionGroup var agent: AgentOptions
-    func run() async throws { print(String(decoding: try await agent.get("/v1/leave", method: "POST"), as: UTF8.self)) }
+    func run() async throws { try print(String(decoding: APIJSON.encode(await agent.client.leave()), as: UTF8.self)) }
 }
 
 struct VoteCommandGroup: AsyncParsableCommand {
@@ -136,7 +131,7 @@ struct VoteCommandGroup: AsyncParsableCommand {
         @OptionGroup var agent: AgentOptions
         @Argument(help: "The member's node ID (as 'mycelium status' shows it).") var node: String
         func run() async throws {
-            print(String(decoding: try await agent.get("/v1/vote/failure?node=\(node)", method: "POST"), as: UTF8.self))
+            try print(String(decoding: APIJSON.encode(await agent.client.requestFailureVote(node: node)), as: UTF8.self))
         }
     }
 }

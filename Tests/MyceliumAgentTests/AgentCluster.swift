@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumAPI
 @testable import MyceliumAgent
 import XCTest
 
@@ -178,40 +179,38 @@ final class AgentCluster {
         throw AgentError("join of \(n) failed: \(lastError)")
     }
 
-    func status(_ n: String) async -> [String: Any]? {
-        guard let (code, body) = try? await AgentAPIClient.request(socket: home(n) + "/agent.sock", method: "GET", path: "/v1/status"),
-              code == 200 else { return nil }
-        return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+    func status(_ n: String) async -> StatusResponse? {
+        try? await AgentClient(socket: home(n) + "/agent.sock").status()
     }
 
     /// Polls until `condition` holds for the statuses of `nodes`, or fails the test after `timeout`.
     func waitUntil(_ what: String, nodes: [String], timeout: Double = 45, file: StaticString = #filePath, line: UInt = #line,
-                   _ condition: ([[String: Any]]) -> Bool) async throws {
+                   _ condition: ([StatusResponse]) -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
-        var last: [[String: Any]] = []
+        var last: [StatusResponse] = []
         while Date() < deadline {
-            var views: [[String: Any]] = []
+            var views: [StatusResponse] = []
             for n in nodes { if let s = await status(n) { views.append(s) } }
             last = views
             if views.count == nodes.count && condition(views) { return }
             try await Task.sleep(nanoseconds: 100_000_000)
         }
-        let summary = last.map { "\($0["node"] ?? "?") role=\($0["role"] ?? "?") leader=\($0["leader"] ?? "?") epoch=\($0["epoch"] ?? "?") events=\(($0["events"] as? [String])?.suffix(4) ?? [])" }
+        let summary = last.map { "\($0.node) role=\($0.role) leader=\($0.leader) epoch=\($0.epoch) events=\($0.events.suffix(4))" }
         XCTFail("timed out waiting for \(what):\n" + summary.joined(separator: "\n"), file: file, line: line)
         throw AgentError("timed out: \(what)")
     }
 
     /// Every view has the same leader and epoch, is distributed, and counts `alive` live members.
-    static func formed(_ alive: Int) -> ([[String: Any]]) -> Bool {
+    static func formed(_ alive: Int) -> ([StatusResponse]) -> Bool {
         { views in
-            let leaders = Set(views.map { "\($0["leader"] ?? "")" })
-            let epochs = Set(views.map { "\($0["epoch"] ?? "")" })
+            let leaders = Set(views.map(\.leader))
+            let epochs = Set(views.map(\.epoch))
             return leaders.count == 1 && !leaders.contains("none") && epochs.count == 1
-                && views.allSatisfy { ($0["phase"] as? String) == "distributed" }
-                && views.allSatisfy { v in ((v["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count == alive }
+                && views.allSatisfy { $0.phase == "distributed" }
+                && views.allSatisfy { v in v.members.filter(\.isAlive).count == alive }
         }
     }
 }
 
-func members(_ v: [String: Any]) -> [[String: Any]] { (v["members"] as? [[String: Any]]) ?? [] }
-func epochIndex(_ v: [String: Any]) -> Int { Int(("\(v["epoch"] ?? "0.0")").split(separator: ".").last ?? "0") ?? 0 }
+func members(_ v: StatusResponse) -> [MemberInfo] { v.members }
+func epochIndex(_ v: StatusResponse) -> Int { Int(v.epoch.split(separator: ".").last ?? "0") ?? 0 }

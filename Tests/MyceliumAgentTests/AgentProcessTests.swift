@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumAPI
 @testable import MyceliumAgent
 import XCTest
 
@@ -11,8 +12,8 @@ final class AgentProcessTests: XCTestCase {
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("5 nodes formed", nodes: names, AgentCluster.formed(5))
         let v = await c.status("n1")!
-        XCTAssertEqual((v["sclerotia"] as? [String])?.count, 3, "3 sclerotia chosen")
-        XCTAssertTrue(members(v).allSatisfy { !(($0["addresses"] as? [String]) ?? []).isEmpty }, "every address was confirmed")
+        XCTAssertEqual(v.sclerotia.count, 3, "3 sclerotia chosen")
+        XCTAssertTrue(members(v).allSatisfy { !$0.addresses.isEmpty }, "every address was confirmed")
     }
 
     func testFiveNodesFormAndSurviveTheLeadersDeath() async throws {
@@ -29,18 +30,18 @@ final class AgentProcessTests: XCTestCase {
         XCTAssertEqual(blocks.count, names.count, "pod CIDR files written: \(blocks)")
         XCTAssertEqual(Set(blocks).count, names.count, "each member's block is its own: \(blocks)")
         XCTAssertTrue(blocks.allSatisfy { $0.hasPrefix("10.244.") && $0.hasSuffix("/24\n") }, "\(blocks)")
-        let leader = "\(await c.status("n1")!["leader"]!)"
-        let found = await asyncFirst(names) { "\(await c.status($0)?["node"] ?? "")" == leader }
+        let leader = await c.status("n1")!.leader
+        let found = await asyncFirst(names) { (await c.status($0)?.node ?? "") == leader }
         let victim = try XCTUnwrap(found)
         let rest = names.filter { $0 != victim }
         let before = epochIndex(await c.status(rest[0])!)
         c.kill9(victim)
         try await c.waitUntil("a new leader", nodes: rest) { vs in
-            vs.allSatisfy { "\($0["leader"] ?? "none")" != leader && "\($0["leader"] ?? "none")" != "none" }
+            vs.allSatisfy { $0.leader != leader && $0.leader != "none" }
         }
         try await c.waitUntil("the old leader recorded failed, 3 voters again", nodes: rest) { vs in
-            vs.allSatisfy { v in members(v).contains { "\($0["id"]!)" == leader && "\($0["status"]!)" == "failed" } }
-                && vs.allSatisfy { ($0["voters"] as? [String])?.count == 3 && !(($0["voters"] as? [String]) ?? []).contains(leader) }
+            vs.allSatisfy { v in members(v).contains { $0.id == leader && $0.status == "failed" } }
+                && vs.allSatisfy { $0.voters.count == 3 && !$0.voters.contains(leader) }
         }
         // Writes keep committing: every member refreshes itself through the new leader.
         try await c.waitUntil("writes commit", nodes: rest) { vs in vs.allSatisfy { epochIndex($0) > before + 3 } }
@@ -50,26 +51,26 @@ final class AgentProcessTests: XCTestCase {
         let c = try AgentCluster()
         try await formFive(c)
         let v = await c.status("n1")!
-        let sclerotia = Set((v["sclerotia"] as? [String]) ?? [])
-        let found = await asyncFirst(Array(names.dropFirst())) { !sclerotia.contains("\(await c.status($0)?["node"] ?? "")") }
+        let sclerotia = Set(v.sclerotia)
+        let found = await asyncFirst(Array(names.dropFirst())) { !sclerotia.contains(await c.status($0)?.node ?? "") }
         let follower = try XCTUnwrap(found)
         c.kill9(follower)
         try await waitUntil("\(follower)'s port free for its restart") { PortBlock.isFree(c.port(follower)) }
         try c.start(follower)
         try await c.waitUntil("the follower is back", nodes: names, AgentCluster.formed(5))
-        let events = (await c.status(follower)?["events"] as? [String]) ?? []
+        let events = await c.status(follower)?.events ?? []
         XCTAssertTrue(events.contains { $0.contains("latent spore loaded") }, "\(events)")
     }
 
     func testTheWholeNetworkRestartsFromDisk() async throws {
         let c = try AgentCluster()
         try await formFive(c)
-        let ids = Set(members(await c.status("n1")!).map { "\($0["id"]!)" })
+        let ids = Set(members(await c.status("n1")!).map { $0.id })
         for n in names { c.terminate(n) }
         for n in names { try c.start(n) }
         try await c.waitUntil("re-formed from disk", nodes: names, AgentCluster.formed(5))
         let after = await c.status("n3")!
-        XCTAssertEqual(Set(members(after).map { "\($0["id"]!)" }), ids, "the same members, from disk")
+        XCTAssertEqual(Set(members(after).map { $0.id }), ids, "the same members, from disk")
     }
 
     func testAColdNodeFindsTheNetworkThroughSeedSpores() async throws {
@@ -79,7 +80,7 @@ final class AgentProcessTests: XCTestCase {
         for n in ["n2", "n3"] { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: ["n1", "n2", "n3"], AgentCluster.formed(3))
         let seedFile = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: c.dir + "/share").first)
-        let net = "\(await c.status("n1")!["network"]!)"
+        let net = await c.status("n1")!.network
         // The seed spore verifies; a tampered copy and a wrong network are refused, each with its reason.
         let good = try c.cli(["spore", "verify", c.dir + "/share/" + seedFile, "--network", net])
         XCTAssertEqual(good.0, 0, good.1)
@@ -102,14 +103,14 @@ final class AgentProcessTests: XCTestCase {
         try FileManager.default.removeItem(atPath: c.home("n4") + "/join.peers")
         try c.start("n4")
         try await c.waitUntil("n4 found the network from the seed spore", nodes: ["n1", "n2", "n3", "n4"], AgentCluster.formed(4))
-        let events = (await c.status("n4")?["events"] as? [String]) ?? []
+        let events = await c.status("n4")?.events ?? []
         XCTAssertTrue(events.contains { $0.contains("seed spore at epoch") }, "\(events)")
     }
 
     func testANodeOfAnotherNetworkCannotJoin() async throws {
         let c = try AgentCluster()
         try c.createNetwork()
-        try await c.waitUntil("n1 leads", nodes: ["n1"]) { vs in "\(vs[0]["role"]!)" == "leader" }
+        try await c.waitUntil("n1 leads", nodes: ["n1"]) { vs in vs[0].role == "leader" }
         // A second network, with a valid invite of its own, pointed at n1's address.
         XCTAssertEqual(try c.cli(["network", "create", "--home", c.home("x1")]).0, 0)
         let (_, token) = try c.cli(["invite", "create", "--home", c.home("x1"), "--address", "127.0.0.1:\(c.port("n1"))"])
@@ -136,7 +137,7 @@ final class AgentProcessTests: XCTestCase {
         try c.createNetwork()
         for n in ["n2", "n3"] { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: ["n1", "n2", "n3"], AgentCluster.formed(3))
-        let (code, body) = try await AgentAPIClient.request(socket: c.home("n1") + "/agent.sock", method: "GET", path: "/metrics")
+        let (code, body) = try await AgentClient(socket: c.home("n1") + "/agent.sock").request(method: "GET", path: "/metrics")
         XCTAssertEqual(code, 200)
         let text = String(decoding: body, as: UTF8.self)
         for name in ["mycelium_raft_term", "mycelium_raft_is_leader", "mycelium_raft_voters 3", "mycelium_members{status=\"alive\"} 3",
@@ -177,9 +178,9 @@ final class AgentProcessTests: XCTestCase {
         try c.createNetwork()
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
-        let leaderID = "\(await c.status("n1")!["leader"]!)"
+        let leaderID = await c.status("n1")!.leader
         var leader = "", follower = ""
-        for n in names { if "\(await c.status(n)!["node"]!)" == leaderID { leader = n } else { follower = n } }
+        for n in names { if await c.status(n)!.node == leaderID { leader = n } else { follower = n } }
         func url(_ n: String, _ path: String) -> String { "http://127.0.0.1:\(c.port("n1") + 10 + (Int(n.dropFirst()) ?? 0))\(path)" }
         let key = Data("service/web".utf8).base64EncodedString(), value = Data("10.244.1.7:80".utf8).base64EncodedString()
         let put = try curl(["-X", "POST", "-d", "{\"key\":\"\(key)\",\"value\":\"\(value)\"}", url(leader, "/v3/kv/put")])
@@ -198,7 +199,7 @@ final class AgentProcessTests: XCTestCase {
         XCTAssertTrue(bad.1.hasSuffix("400"), bad.1)
         c.kill9(leader)
         let rest = names.filter { $0 != leader }
-        try await c.waitUntil("a new leader", nodes: rest) { vs in vs.allSatisfy { "\($0["leader"] ?? "none")" != leaderID && "\($0["leader"] ?? "none")" != "none" } }
+        try await c.waitUntil("a new leader", nodes: rest) { vs in vs.allSatisfy { $0.leader != leaderID && $0.leader != "none" } }
         for n in rest {
             let got = try curl(["-X", "POST", "-d", "{\"key\":\"\(key)\"}", url(n, "/v3/kv/range")])
             XCTAssertTrue(got.1.contains(value), "\(n) holds the committed value: \(got.1)")
@@ -214,7 +215,7 @@ final class AgentProcessTests: XCTestCase {
         try c.createNetwork()
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("4 nodes formed", nodes: names, AgentCluster.formed(4))
-        let id = "\(await c.status("n4")!["node"]!)"
+        let id = await c.status("n4")!.node
         c.terminate("n4")
         try FileManager.default.removeItem(atPath: c.home("n4") + "/raft")
         try c.start("n4")
@@ -229,7 +230,7 @@ final class AgentProcessTests: XCTestCase {
         // The recovery the message describes.
         let rest = ["n1", "n2", "n3"]
         try await c.waitUntil("n4 recorded failed", nodes: rest, timeout: 60) { vs in
-            vs.allSatisfy { v in members(v).contains { "\($0["id"]!)" == id && "\($0["status"]!)" == "failed" } }
+            vs.allSatisfy { v in members(v).contains { $0.id == id && $0.status == "failed" } }
         }
         try FileManager.default.removeItem(atPath: c.home("n4") + "/latent.spore")
         try c.start("n4")

@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumAPI
 import MyceliumCore
 import MyceliumIdentity
 import MyceliumSpores
@@ -124,7 +125,7 @@ final class HTTPSeedStoreTests: XCTestCase {
         try c.createNetwork()
         for n in ["n2", "n3"] { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: ["n1", "n2", "n3"], AgentCluster.formed(3))
-        let net = try NetworkID(parsing: "\(await c.status("n1")!["network"]!)")
+        let net = try NetworkID(parsing: await c.status("n1")!.network)
         try await waitUntil("the leader PUT its seed spore", timeout: 30) { server.files.withLockedValue { $0["/mycelium/\(net).seed"] != nil } }
         let body = try XCTUnwrap(server.files.withLockedValue { $0["/mycelium/\(net).seed"] }, "the leader PUT its seed spore")
         let seed = try SeedSpore(verifying: ChecksummedFile.decode(body, kind: FileKind.seedSpore, path: "http"), network: net,

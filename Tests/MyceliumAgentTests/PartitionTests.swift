@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumAPI
 import XCTest
 
 /// Agents in separate network namespaces, joined by a bridge in a hub namespace. Cutting a node's
@@ -49,9 +50,9 @@ final class PartitionTests: XCTestCase {
         // other side holds 2 of the 3 voters and must elect a leader and keep committing, and the
         // cut-off side must not commit anything.
         let view = await c.status("n1")!
-        let leader = "\(view["leader"]!)", sclerotia = Set((view["sclerotia"] as? [String]) ?? [])
+        let leader = view.leader, sclerotia = Set(view.sclerotia)
         var byID: [String: String] = [:]
-        for n in names { byID["\(await c.status(n)?["node"] ?? "")"] = n }
+        for n in names { byID[await c.status(n)?.node ?? ""] = n }
         let leaderNode = try XCTUnwrap(byID[leader])
         let plain = try XCTUnwrap(names.first { !sclerotia.contains(key(byID, $0)) })
         let minority = [leaderNode, plain], majority = names.filter { !minority.contains($0) }
@@ -65,10 +66,10 @@ final class PartitionTests: XCTestCase {
             return Date().timeIntervalSince(stillSince) >= 1
         }
         try await c.waitUntil("the majority elects a new leader and commits", nodes: majority) { vs in
-            Set(vs.map { "\($0["leader"] ?? "")" }).count == 1 && vs.allSatisfy { "\($0["leader"] ?? "")" != leader && "\($0["leader"] ?? "")" != "none" }
+            Set(vs.map { $0.leader }).count == 1 && vs.allSatisfy { $0.leader != leader && $0.leader != "none" }
                 && vs.allSatisfy { epochIndex($0) > (before.max() ?? 0) + 2 }
         }
-        try await c.waitUntil("the old leader steps down", nodes: [leaderNode]) { vs in "\(vs[0]["role"]!)" != "leader" }
+        try await c.waitUntil("the old leader steps down", nodes: [leaderNode]) { vs in vs[0].role != "leader" }
         let during = await asyncMap(minority) { await c.status($0).map(epochIndex) ?? 0 }
         XCTAssertEqual(during, before, "the cut-off side applied nothing new while partitioned")
         let majorityEpoch = await c.status(majority[0]).map(epochIndex) ?? 0
@@ -76,7 +77,7 @@ final class PartitionTests: XCTestCase {
         // Heal: everyone converges on one primary spore, the majority's.
         for n in minority { try sh("ip -n \(hub) link set v\(tag)\(n) up") }
         try await c.waitUntil("one authoritative spore after healing", nodes: names, timeout: 60) { vs in
-            Set(vs.map { "\($0["epoch"] ?? "")" }).count == 1 && Set(vs.map { "\($0["leader"] ?? "")" }).count == 1
+            Set(vs.map { $0.epoch }).count == 1 && Set(vs.map { $0.leader }).count == 1
                 && vs.allSatisfy { epochIndex($0) >= majorityEpoch }
         }
         for n in names { c.terminate(n) }

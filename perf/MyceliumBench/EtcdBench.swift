@@ -107,7 +107,7 @@ extension LoopbackNetwork {
 
     func leaderIndex() async -> Int? {
         for i in 1...n where procs[i - 1].isRunning {
-            if let v = await status(i), (v["role"] as? String) == "leader" { return i }
+            if let v = await status(i), v.role == "leader" { return i }
         }
         return nil
     }

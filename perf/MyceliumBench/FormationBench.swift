@@ -1,5 +1,6 @@
 import Foundation
 import MyceliumAgent
+import MyceliumAPI
 import MyceliumCore
 import MyceliumIdentity
 
@@ -42,7 +43,7 @@ private func formOnce(n: Int, bin: String) async throws -> Double {
     let elapsed = now() - start
     // MYCELIUM_BENCH_EVENTS=1 prints what the genesis node did, with its timestamps.
     if ProcessInfo.processInfo.environment["MYCELIUM_BENCH_EVENTS"] != nil, let v = await net.status(1) {
-        for e in (v["events"] as? [String]) ?? [] { print("    n1 \(e)") }
+        for e in v.events { print("    n1 \(e)") }
     }
     return elapsed
 }
@@ -101,41 +102,35 @@ final class LoopbackNetwork {
         }
     }
 
-    func status(_ i: Int) async -> [String: Any]? {
-        guard let (code, body) = try? await AgentAPIClient.request(socket: dir + "/n\(i)/agent.sock", method: "GET", path: "/v1/status"),
-              code == 200 else { return nil }
-        return try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
-    }
+    /// The local API of node i (1-based).
+    func client(_ i: Int) -> AgentClient { AgentClient(socket: dir + "/n\(i)/agent.sock") }
 
-    func post(_ i: Int, _ path: String) async throws -> (Int, String) {
-        let (code, body) = try await AgentAPIClient.request(socket: dir + "/n\(i)/agent.sock", method: "POST", path: path)
-        return (code, String(decoding: body, as: UTF8.self))
-    }
+    func status(_ i: Int) async -> StatusResponse? { try? await client(i).status() }
 
     /// Every member reports the same primary spore: same epoch and leader, distributed, N alive.
     func waitFormed(timeout: Double) async throws {
         let start = now()
         while now() - start < timeout {
-            var views: [[String: Any]] = []
+            var views: [StatusResponse] = []
             for i in 1...n {
                 guard let v = await status(i) else { break }
                 views.append(v)
             }
             if views.count == n,
-               Set(views.map { "\($0["epoch"] ?? "")" }).count == 1, Set(views.map { "\($0["leader"] ?? "")" }).count == 1,
-               views.allSatisfy({ ($0["phase"] as? String) == "distributed" }),
-               views.allSatisfy({ (($0["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count == n }) {
+               Set(views.map(\.epoch)).count == 1, Set(views.map(\.leader)).count == 1,
+               views.allSatisfy({ $0.phase == "distributed" }),
+               views.allSatisfy({ $0.members.filter(\.isAlive).count == n }) {
                 return
             }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
-        var views: [[String: Any]] = []
+        var views: [StatusResponse] = []
         for i in 1...n { if let v = await status(i) { views.append(v) } }
-        let alive = views.map { (($0["members"] as? [[String: Any]]) ?? []).filter { ($0["status"] as? String) == "alive" }.count }
-        let why = "\(views.count)/\(n) agents answer; epochs \(Set(views.map { "\($0["epoch"] ?? "")" }).sorted()); "
-            + "leaders \(Set(views.map { "\($0["leader"] ?? "")" }).count); phases \(Set(views.map { "\($0["phase"] ?? "")" }).sorted()); "
+        let alive = views.map { $0.members.filter(\.isAlive).count }
+        let why = "\(views.count)/\(n) agents answer; epochs \(Set(views.map(\.epoch)).sorted()); "
+            + "leaders \(Set(views.map(\.leader)).count); phases \(Set(views.map(\.phase)).sorted()); "
             + "alive counts \(Set(alive).sorted()); exited: \(procs.enumerated().filter { !$0.element.isRunning }.map { "n\($0.offset + 1) (\($0.element.terminationReason == .uncaughtSignal ? "signal" : "status") \($0.element.terminationStatus))" })"
-        if let v = await status(1) { for e in ((v["events"] as? [String]) ?? []).suffix(12) { print("    n1 \(e)") } }
+        if let v = await status(1) { for e in v.events.suffix(12) { print("    n1 \(e)") } }
         throw AgentError("\(n) nodes did not form within \(Int(timeout)) s: \(why)")
     }
 

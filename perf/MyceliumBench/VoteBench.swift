@@ -1,5 +1,6 @@
 import Foundation
 import MyceliumAgent
+import MyceliumAPI
 import MyceliumCore
 import MyceliumSim
 import MyceliumVote
@@ -104,13 +105,14 @@ func runLoopbackVoteBench(agents n: Int, rounds: Int) async throws {
     try await net.waitFormed(timeout: 180)
     var latencies: [Double] = [], messages: [Double] = [], outcomes: [String] = []
     for r in 1...rounds {
-        guard let v = await net.status(1), let ms = v["members"] as? [[String: Any]] else { throw AgentError("agent 1 has no status") }
-        let leader = "\(v["leader"] ?? "")"
-        let candidates = ms.map { "\($0["id"]!)" }.filter { $0 != leader }
+        guard let v = await net.status(1) else { throw AgentError("agent 1 has no status") }
+        let leader = v.leader
+        let candidates = v.members.map(\.id).filter { $0 != leader }
         let target = candidates[r % candidates.count]
-        let before = Set(((v["votes"] as? [[String: Any]]) ?? []).map { $0["sequence"] as? Int ?? 0 })
-        let (code, body) = try await net.post(1 + r % n, "/v1/vote/failure?node=\(target)")
-        guard code == 202 else { throw AgentError("vote request refused (\(code)): \(body)") }
+        let before = Set(v.votes.map(\.sequence))
+        do { _ = try await net.client(1 + r % n).requestFailureVote(node: target) } catch {
+            throw AgentError("vote request refused: \(error)")
+        }
         // Wait until every voter has decided the new round locally.
         let start = now()
         var done = false
@@ -119,12 +121,12 @@ func runLoopbackVoteBench(agents n: Int, rounds: Int) async throws {
             var lat: [Double] = [], sent = 0, states: Set<String> = [], seen = 0
             for i in 1...n {
                 guard let s = await net.status(i),
-                      let round = ((s["votes"] as? [[String: Any]]) ?? []).first(where: { !before.contains($0["sequence"] as? Int ?? 0) && "\($0["node"] ?? "")" == target })
+                      let round = s.votes.first(where: { !before.contains($0.sequence) && $0.node == target })
                 else { continue }
                 seen += 1
-                states.insert("\(round["state"] ?? "")")
-                if let l = round["local_latency_ms"] as? Double, l >= 0 { lat.append(l) }
-                sent += round["local_messages_sent"] as? Int ?? 0
+                states.insert(round.state)
+                if round.localLatencyMilliseconds >= 0 { lat.append(round.localLatencyMilliseconds) }
+                sent += round.localMessagesSent
             }
             // Every voter (all but the subject) decided, and the decision is committed everywhere.
             if seen == n && lat.count >= n - 1 && states.count == 1 && !states.contains("open") {

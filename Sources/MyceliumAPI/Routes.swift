@@ -1,0 +1,87 @@
+// The local API's vocabulary, shared by the agent (which serves it), the CLI, the tests, the
+// benchmarks and the dashboard (which read it). Foundation only: no NIO, no agent internals, so a
+// client links nothing it does not need.
+
+import Foundation
+
+/// The endpoints of the agent's local API (HTTP/1.1 + JSON over the unix socket `HOME/agent.sock`).
+///
+/// The paths are part of the contract with scripts that use `curl --unix-socket`; they never change
+/// within `v1`.
+public enum APIRoute: Sendable, Equatable {
+    /// `GET /v1/status`: the network as this agent sees it (``StatusResponse``).
+    case status
+    /// `GET /v1/spore`: the primary spore as this agent holds it (``SporeResponse``).
+    case spore
+    /// `GET /v1/spore/export`: a signed seed spore of it (binary, not JSON).
+    case sporeExport
+    /// `POST /v1/leave`: this node leaves the network (``ActionResponse``).
+    case leave
+    /// `POST /v1/vote/failure?node=ID`: asks the network whether `node` has failed (``ActionResponse``).
+    case failureVote(node: String)
+    /// `GET /metrics`: Prometheus text format.
+    case metrics
+
+    /// `/v1/status`.
+    public static let statusPath = "/v1/status"
+    /// `/v1/spore`.
+    public static let sporePath = "/v1/spore"
+    /// `/v1/spore/export`.
+    public static let sporeExportPath = "/v1/spore/export"
+    /// `/v1/leave`.
+    public static let leavePath = "/v1/leave"
+    /// The failure vote's path up to its node ID: `/v1/vote/failure?node=`.
+    public static let failureVotePrefix = "/v1/vote/failure?node="
+    /// `/metrics`.
+    public static let metricsPath = "/metrics"
+
+    /// The HTTP method the route answers to.
+    public var method: String {
+        switch self {
+        case .status, .spore, .sporeExport, .metrics: "GET"
+        case .leave, .failureVote: "POST"
+        }
+    }
+
+    /// The request target (path and query).
+    public var path: String {
+        switch self {
+        case .status: Self.statusPath
+        case .spore: Self.sporePath
+        case .sporeExport: Self.sporeExportPath
+        case .leave: Self.leavePath
+        case .failureVote(let node): Self.failureVotePrefix + node
+        case .metrics: Self.metricsPath
+        }
+    }
+
+    /// The route a request names, or nil for an unknown method or target.
+    public init?(method: String, target: String) {
+        switch (method, target) {
+        case ("GET", Self.statusPath): self = .status
+        case ("GET", Self.sporePath): self = .spore
+        case ("GET", Self.sporeExportPath): self = .sporeExport
+        case ("GET", Self.metricsPath): self = .metrics
+        case ("POST", Self.leavePath): self = .leave
+        case ("POST", _) where target.hasPrefix(Self.failureVotePrefix):
+            self = .failureVote(node: String(target.dropFirst(Self.failureVotePrefix.count)))
+        default: return nil
+        }
+    }
+}
+
+/// The JSON coders of the API: snake_case keys (spelled out in each type's `CodingKeys`), sorted and
+/// pretty printed, as the agent has always answered, so diffs of saved outputs stay meaningful.
+public enum APIJSON {
+    /// Encodes an API value exactly as the agent sends it.
+    public static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return Array(try encoder.encode(value))
+    }
+
+    /// Decodes an API value; fields this version does not know are ignored (forward compatibility).
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        try JSONDecoder().decode(type, from: Data(bytes))
+    }
+}
