@@ -15,6 +15,8 @@
  *     its epoch; the barrier callback for epoch E runs only after every chunk sent before it, and no
  *     page sent after barrier E is delivered before barrier E.
  *
+ * Handshake: docs/HANDSHAKE.md (the stream handshake; Endophyte's TCP transport speaks the same one).
+ *
  * Conventions: every function returns 0 (or a count where documented) or a negative errno. Functions
  * that can fail for a reason worth reading take an rz_error*, which may be NULL, and fill it with the
  * code and a message. Handshake failures have distinct codes:
@@ -38,7 +40,7 @@ extern "C" {
 #endif
 
 /** Protocol version spoken on the wire. */
-#define RZ_PROTOCOL_VERSION 1u
+#define RZ_PROTOCOL_VERSION 2u
 /** Upper bound on the payload of one chunk. */
 #define RZ_MAX_CHUNK 1048576u
 /** Upper bound on connections in one session. */
