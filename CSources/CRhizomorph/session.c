@@ -1219,6 +1219,14 @@ int rz_connect(const rz_config *config, const rz_path *paths, uint32_t path_coun
     return 0;
 }
 
+void rz_session_shutdown(rz_session *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    session_fail(s, -ESHUTDOWN, "the session was closed locally");
+    wake_io(s);
+    pthread_mutex_unlock(&s->mu);
+}
+
 void rz_session_close(rz_session *s) {
     if (!s) return;
     pthread_mutex_lock(&s->mu);
