@@ -18,12 +18,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, vote, spore
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote or spore")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote or spore")
             exit(2)
         }
         return t
@@ -70,6 +70,26 @@ enum FuzzTarget: String {
             case 1: if let p = try? Proof(decoding: body) { precondition(p.encoded() == body) }
             default: if let v = try? Verdict(decoding: body) { precondition(v.encoded() == body) }
             }
+        case .stream:
+            // The stream handshake (docs/HANDSHAKE.md) as a peer drives it; the first byte picks the step.
+            // Random bytes may decode, but must never pass for a REPLY or PROOF signed by a key.
+            guard let kind = bytes.first else { return }
+            let body = Array(bytes.dropFirst())
+            switch kind % 4 {
+            case 0:
+                if let n = try? StreamHandshake.bodyLength(preamble: body) {
+                    precondition(n <= StreamHandshake.maxMessageBytes - StreamHandshake.preambleBytes, "unbounded body length")
+                }
+            case 1:
+                _ = try? StreamHandshakeServer(hello: body, identity: StreamFuzz.key, network: StreamFuzz.network, accepts: { _ in true },
+                                               ephemeralSecret: [UInt8](repeating: 1, count: 32), nonce: [UInt8](repeating: 2, count: 32),
+                                               sessionID: [UInt8](repeating: 3, count: 16), cipher: 2)
+            case 2:
+                var client = StreamFuzz.client
+                precondition((try? client.receiveReply(body, accepts: { _ in true })) == nil, "a forged REPLY authenticated")
+            default:
+                precondition((try? StreamFuzz.server.receiveProof(body)) == nil, "a forged PROOF authenticated")
+            }
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
             fuzzVoteDecoders(bytes)
@@ -95,6 +115,17 @@ func complain(_ s: String) {
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }
 
+/// Fixed handshake states for the `stream` target: a client that sent its HELLO, a server that answered it.
+enum StreamFuzz {
+    static let key = SigningKey(seed: [UInt8](repeating: 7, count: 32))
+    static let network = NetworkID(genesisKey: key.publicKey)
+    static let client = StreamHandshakeClient(identity: SigningKey(seed: [UInt8](repeating: 8, count: 32)), network: network,
+                                              ephemeralSecret: [UInt8](repeating: 4, count: 32), nonce: [UInt8](repeating: 5, count: 32))
+    static let server = try! StreamHandshakeServer(hello: client.hello, identity: key, network: network, accepts: { _ in true },
+                                                   ephemeralSecret: [UInt8](repeating: 1, count: 32), nonce: [UInt8](repeating: 2, count: 32),
+                                                   sessionID: [UInt8](repeating: 3, count: 16), cipher: 2)
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
@@ -117,6 +148,7 @@ func writeSeeds(to dir: String) {
         ("frames", [3] + frames), ("invite", invite.encoded()), ("token", Array(invite.token.utf8)),
         ("certificate", cert.encoded()), ("rotation", rot.encoded()),
         ("vote", [0]),
+        ("stream", [1] + StreamFuzz.client.hello),
         ("spore", [0] + {
             var sp = PrimarySpore(network: NetworkIdentity(genesisKey: genesis.publicKey))
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)

@@ -201,7 +201,7 @@ public enum StreamHandshake {
 }
 
 /// The connecting side (rhizomorph's client, Endophyte's source).
-public struct StreamHandshakeClient {
+public struct StreamHandshakeClient: Sendable {
     public let network: NetworkID
     public let identity: SigningKey
     let ephemeralSecret: [UInt8]
@@ -249,7 +249,7 @@ public struct StreamHandshakeClient {
 }
 
 /// The accepting side (rhizomorph's listener, Endophyte's replica).
-public struct StreamHandshakeServer {
+public struct StreamHandshakeServer: Sendable {
     public let peer: PublicKey
     public let sessionID: [UInt8]
     /// The REPLY to send.
