@@ -95,7 +95,7 @@ let package = Package(
             name: "CRhizomorph", path: "CSources/CRhizomorph", exclude: ["tests"],
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
             linkerSettings: [.linkedLibrary("sodium"), .linkedLibrary("ibverbs"), .linkedLibrary("pthread")]),
-        .target(name: "Rhizomorph", dependencies: ["CRhizomorph"]),
+        .target(name: "Rhizomorph", dependencies: ["CRhizomorph", "MyceliumIdentity"]),
 
         // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
         .target(name: "MyceliumAPI"),
@@ -208,7 +208,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph"]),
+        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph", "CRhizomorph", "MyceliumIdentity", "MyceliumCore", "Endophyte"]),
         // Real namespaces, the built plugin, libcni (a Go driver) and podman; needs root.
         .testTarget(
             name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium"],

@@ -1,16 +1,18 @@
 /*
  * Chunk encryption and the session handshake.
  *
- * Handshake (one round trip on the first connection):
- *   C -> S  HELLO  network ID, C's identity key, ephemeral X25519 key, random nonce, capabilities,
- *                  Ed25519 signature by C's identity over a domain string, the role 'C' and all fields.
- *   S -> C  REPLY  network ID, S's identity key, ephemeral key, session ID (random), chosen cipher,
- *                  signature by S over a domain string, the role 'S', a hash of C's HELLO and its fields.
+ * Handshake (docs/HANDSHAKE.md; MyceliumIdentity/StreamHandshake.swift is the same in Swift):
+ *   C -> S  HELLO   network ID, C's identity key, ephemeral X25519 key, nonce, capabilities.
+ *   S -> C  REPLY   network ID, S's identity key, ephemeral key, nonce, session ID (random), cipher,
+ *                   S's proof: Ed25519 over label || role 2 || network || binding || C's nonce.
+ *   C -> S  PROOF   C's proof: Ed25519 over label || role 1 || network || binding || S's nonce.
+ *   S -> C  ACCEPT
+ * binding = BLAKE2b(HELLO || REPLY up to its signature): both ephemerals, both nonces, the session ID.
  * Each side checks network ID, then that the identity is the one its caller expects, then the
- * signature; the first failure is reported with its own code and sent back as a REJECT. The reply's
- * signature covers the HELLO, so a replayed REPLY fails; a replayed HELLO yields keys the attacker
- * cannot compute (it lacks the ephemeral secret).
- * Keys: X25519 shared secret -> BLAKE2b keyed PRK over a hash of both messages -> crypto_kdf subkeys for
+ * signature; the first failure is reported with its own code and sent back as a REJECT. Both proofs
+ * cover both sides' fresh values, so neither a replayed REPLY nor a replayed PROOF verifies, and the
+ * role byte stops a proof being reflected.
+ * Keys: X25519 shared secret -> BLAKE2b keyed PRK over the binding -> crypto_kdf subkeys for
  * client-to-server, server-to-client and the join key. Per-direction keys mean a chunk from the other
  * direction or another session fails authentication.
  * Later connections send JOIN: session ID, connection and path numbers, a fresh nonce and a BLAKE2b
@@ -23,8 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char HELLO_CTX[] = "rhizomorph/v1/hello";
-static const char REPLY_CTX[] = "rhizomorph/v1/reply";
+static const char PROOF_LABEL[] = "mycelium/stream-proof/v2";     /* signed with its NUL */
+static const char BINDING_KEY[] = "mycelium/stream-binding/v2";   /* BLAKE2b key, without its NUL */
+enum { RZ_ROLE_CLIENT = 1, RZ_ROLE_SERVER = 2 };                 /* MyceliumIdentity's HandshakeRole */
 static const char KEYS_CTX[] = "rhizomorph/v1/keys";
 static const char JOIN_CTX[] = "rhizomorph/v1/join";
 static const char JOIN_OK_CTX[] = "rhizomorph/v1/join-ok";
@@ -111,36 +114,37 @@ static void hex8(char out[17], const uint8_t *b) {
     out[16] = 0;
 }
 
-/* Signed bytes: context string || role || preamble+fields (|| hash of hello for the reply). */
-static void hello_transcript(crypto_sign_state *st, const uint8_t *msg) {
-    crypto_sign_init(st);
-    crypto_sign_update(st, (const uint8_t *)HELLO_CTX, sizeof HELLO_CTX);
-    crypto_sign_update(st, (const uint8_t *)"C", 1);
-    crypto_sign_update(st, msg, RZ_PREAMBLE_LEN + RZ_HELLO_SIGNED);
+/* What a proof signs (docs/HANDSHAKE.md, the same builder as MyceliumIdentity's HandshakeTranscript):
+ * label (with its NUL) || role || network ID || binding || the nonce the peer sent. */
+#define PROOF_SIGNED_LEN (sizeof PROOF_LABEL + 1 + 16 + 32 + 32)
+static void proof_bytes(uint8_t out[PROOF_SIGNED_LEN], uint8_t role, const uint8_t network[16],
+                        const uint8_t binding[32], const uint8_t peer_nonce[32]) {
+    memcpy(out, PROOF_LABEL, sizeof PROOF_LABEL);
+    uint8_t *p = out + sizeof PROOF_LABEL;
+    *p++ = role;
+    memcpy(p, network, 16);
+    memcpy(p + 16, binding, 32);
+    memcpy(p + 48, peer_nonce, 32);
 }
 
-static void reply_transcript(crypto_sign_state *st, const uint8_t *hello, const uint8_t *reply) {
-    uint8_t h[32];
-    crypto_generichash(h, sizeof h, hello, RZ_PREAMBLE_LEN + RZ_HELLO_BODY, NULL, 0);
-    crypto_sign_init(st);
-    crypto_sign_update(st, (const uint8_t *)REPLY_CTX, sizeof REPLY_CTX);
-    crypto_sign_update(st, (const uint8_t *)"S", 1);
-    crypto_sign_update(st, h, sizeof h);
-    crypto_sign_update(st, reply, RZ_PREAMBLE_LEN + RZ_REPLY_SIGNED);
+/* The binding: a keyed hash of the HELLO and the REPLY up to its signature, so both ephemeral keys,
+ * both nonces and the session ID. Fresh on both sides, which is what makes a proof single-use. */
+static void binding_of(uint8_t out[32], const uint8_t *hello, const uint8_t *reply) {
+    crypto_generichash_state hs;
+    crypto_generichash_init(&hs, (const uint8_t *)BINDING_KEY, sizeof BINDING_KEY - 1, 32);
+    crypto_generichash_update(&hs, hello, RZ_PREAMBLE_LEN + RZ_HELLO_BODY);
+    crypto_generichash_update(&hs, reply, RZ_PREAMBLE_LEN + RZ_REPLY_SIGNED);
+    crypto_generichash_final(&hs, out, 32);
 }
 
-static int derive(rz_keys *k, const uint8_t eph_sk[32], const uint8_t peer_eph[32], const uint8_t *hello,
-                  const uint8_t *reply, bool client) {
-    uint8_t shared[32], th[32], prk[32], c2s[32], s2c[32];
+static int derive(rz_keys *k, const uint8_t eph_sk[32], const uint8_t peer_eph[32], const uint8_t binding[32],
+                  bool client) {
+    uint8_t shared[32], prk[32], c2s[32], s2c[32];
     if (crypto_scalarmult(shared, eph_sk, peer_eph) != 0) return -EKEYREJECTED; /* low-order point */
     crypto_generichash_state hs;
-    crypto_generichash_init(&hs, NULL, 0, sizeof th);
-    crypto_generichash_update(&hs, hello, RZ_PREAMBLE_LEN + RZ_HELLO_BODY);
-    crypto_generichash_update(&hs, reply, RZ_PREAMBLE_LEN + RZ_REPLY_BODY);
-    crypto_generichash_final(&hs, th, sizeof th);
     crypto_generichash_init(&hs, shared, sizeof shared, sizeof prk);
     crypto_generichash_update(&hs, (const uint8_t *)KEYS_CTX, sizeof KEYS_CTX);
-    crypto_generichash_update(&hs, th, sizeof th);
+    crypto_generichash_update(&hs, binding, 32);
     crypto_generichash_final(&hs, prk, sizeof prk);
     crypto_kdf_derive_from_key(c2s, 32, 1, KDF_CTX, prk);
     crypto_kdf_derive_from_key(s2c, 32, 2, KDF_CTX, prk);
@@ -161,15 +165,12 @@ int rz_hs_client_hello(rz_hs_client *st, const rz_config *cfg, uint8_t *out, siz
     memcpy(h.network_id, cfg->network_id, 16);
     memcpy(h.identity, cfg->identity.public_key, 32);
     memcpy(h.ephemeral, st->eph_pk, 32);
-    randombytes_buf(h.nonce, sizeof h.nonce);
+    randombytes_buf(st->nonce, sizeof st->nonce);
+    memcpy(h.nonce, st->nonce, 32);
     h.caps = 0;
     if (cfg->cipher == RZ_CIPHER_XCHACHA20POLY1305) h.caps |= RZ_CAP_FORCE_XCHACHA;
     else if (rz_aes_available()) h.caps |= RZ_CAP_AES;
-    memset(h.signature, 0, 64);
     size_t n = rz_hello_encode(st->hello, &h);
-    crypto_sign_state ss;
-    hello_transcript(&ss, st->hello);
-    crypto_sign_final_create(&ss, st->hello + RZ_PREAMBLE_LEN + RZ_HELLO_SIGNED, NULL, cfg->identity.secret_key);
     memcpy(out, st->hello, n);
     *out_len = n;
     return 0;
@@ -180,61 +181,22 @@ static int reject(uint8_t *reply, size_t *reply_len, uint8_t reason, rz_error *e
     return rz_fail(error, code, "%s", text);
 }
 
-int rz_hs_server(const rz_config *cfg, const uint8_t *msg, size_t len, uint8_t *reply, size_t *reply_len, rz_keys *k,
-                 rz_error *error) {
-    char text[RZ_REJECT_MAX_TEXT];
-    *reply_len = 0;
-    if (sodium_init() < 0) return rz_fail(error, -EIO, "libsodium failed to initialise");
-    rz_hello h;
-    int rc = rz_hello_decode(msg, len, &h);
-    if (rc == -EPROTONOSUPPORT) {
-        snprintf(text, sizeof text, "version mismatch: peer speaks protocol %u, we speak %u", msg[4],
-                 RZ_PROTOCOL_VERSION);
-        return reject(reply, reply_len, RZ_REJECT_VERSION, error, -EPROTONOSUPPORT, text);
-    }
-    if (rc) return reject(reply, reply_len, RZ_REJECT_MALFORMED, error, -EPROTO, "malformed handshake: not a HELLO");
-    if (sodium_memcmp(h.network_id, cfg->network_id, 16) != 0) {
-        char a[17], b[17];
-        hex8(a, h.network_id);
+/* The checks on the peer's first message, in the order of the spec: network, then identity. */
+static int check_peer(const rz_config *cfg, const uint8_t network[16], const uint8_t identity[32], uint8_t *out,
+                      size_t *out_len, rz_error *error) {
+    char text[RZ_REJECT_MAX_TEXT], a[17], b[17];
+    if (sodium_memcmp(network, cfg->network_id, 16) != 0) {
+        hex8(a, network);
         hex8(b, cfg->network_id);
         snprintf(text, sizeof text, "wrong network: peer is in network %s..., we are in %s...", a, b);
-        return reject(reply, reply_len, RZ_REJECT_WRONG_NETWORK, error, -ENONET, text);
+        return reject(out, out_len, RZ_REJECT_WRONG_NETWORK, error, -ENONET, text);
     }
-    if (sodium_memcmp(h.identity, cfg->peer_public_key, 32) != 0) {
-        char a[17], b[17];
-        hex8(a, h.identity);
+    if (sodium_memcmp(identity, cfg->peer_public_key, 32) != 0) {
+        hex8(a, identity);
         hex8(b, cfg->peer_public_key);
         snprintf(text, sizeof text, "wrong peer identity: peer presented key %s..., expected %s...", a, b);
-        return reject(reply, reply_len, RZ_REJECT_WRONG_IDENTITY, error, -EACCES, text);
+        return reject(out, out_len, RZ_REJECT_WRONG_IDENTITY, error, -EACCES, text);
     }
-    crypto_sign_state ss;
-    hello_transcript(&ss, msg);
-    if (crypto_sign_final_verify(&ss, h.signature, h.identity) != 0)
-        return reject(reply, reply_len, RZ_REJECT_BAD_SIGNATURE, error, -EKEYREJECTED,
-                      "bad signature: the HELLO is not signed by the identity it names");
-
-    rz_reply r;
-    uint8_t eph_sk[32];
-    memcpy(r.network_id, cfg->network_id, 16);
-    memcpy(r.identity, cfg->identity.public_key, 32);
-    crypto_box_keypair(r.ephemeral, eph_sk);
-    randombytes_buf(r.session_id, 16);
-    bool aes = (h.caps & RZ_CAP_AES) && !(h.caps & RZ_CAP_FORCE_XCHACHA) && cfg->cipher != RZ_CIPHER_XCHACHA20POLY1305 &&
-               rz_aes_available();
-    r.cipher = aes ? RZ_CIPHER_AES256GCM : RZ_CIPHER_XCHACHA20POLY1305;
-    memset(r.signature, 0, 64);
-    size_t n = rz_reply_encode(reply, &r);
-    reply_transcript(&ss, msg, reply);
-    crypto_sign_final_create(&ss, reply + RZ_PREAMBLE_LEN + RZ_REPLY_SIGNED, NULL, cfg->identity.secret_key);
-    rc = derive(k, eph_sk, h.ephemeral, msg, reply, false);
-    sodium_memzero(eph_sk, sizeof eph_sk);
-    if (rc) {
-        return reject(reply, reply_len, RZ_REJECT_BAD_SIGNATURE, error, rc,
-                      "bad ephemeral key: X25519 gave the all-zero secret");
-    }
-    memcpy(k->session_id, r.session_id, 16);
-    k->cipher = (int)r.cipher;
-    *reply_len = n;
     return 0;
 }
 
@@ -255,43 +217,125 @@ static int explain_reject(const uint8_t *msg, size_t len, rz_error *error) {
     return rz_fail(error, code, "peer refused: %s", rj.text);
 }
 
-int rz_hs_client_finish(rz_hs_client *st, const rz_config *cfg, const uint8_t *msg, size_t len, rz_keys *k,
+static bool is_reject(const uint8_t *msg, size_t len) {
+    rz_preamble p;
+    return rz_preamble_decode(msg, len, &p) == 0 && p.type == RZ_MSG_REJECT;
+}
+
+/* Decode failures as the spec names them: a version mismatch or a malformed message. */
+static int refuse_undecodable(int rc, const uint8_t *msg, const char *what, uint8_t *out, size_t *out_len,
+                              rz_error *error) {
+    char text[RZ_REJECT_MAX_TEXT];
+    if (rc == -EPROTONOSUPPORT) {
+        snprintf(text, sizeof text, "version mismatch: peer speaks protocol %u, we speak %u", msg[4],
+                 RZ_PROTOCOL_VERSION);
+        return reject(out, out_len, RZ_REJECT_VERSION, error, -EPROTONOSUPPORT, text);
+    }
+    snprintf(text, sizeof text, "malformed handshake: not a %s", what);
+    return reject(out, out_len, RZ_REJECT_MALFORMED, error, -EPROTO, text);
+}
+
+int rz_hs_server(const rz_config *cfg, const uint8_t *msg, size_t len, uint8_t *reply, size_t *reply_len, rz_keys *k,
+                 rz_hs_server_state *st, rz_error *error) {
+    *reply_len = 0;
+    if (sodium_init() < 0) return rz_fail(error, -EIO, "libsodium failed to initialise");
+    if (is_reject(msg, len)) return explain_reject(msg, len, error);
+    rz_hello h;
+    int rc = rz_hello_decode(msg, len, &h);
+    if (rc) return refuse_undecodable(rc, msg, "HELLO", reply, reply_len, error);
+    rc = check_peer(cfg, h.network_id, h.identity, reply, reply_len, error);
+    if (rc) return rc;
+
+    rz_reply r;
+    uint8_t eph_sk[32];
+    memcpy(r.network_id, cfg->network_id, 16);
+    memcpy(r.identity, cfg->identity.public_key, 32);
+    crypto_box_keypair(r.ephemeral, eph_sk);
+    randombytes_buf(r.nonce, 32);
+    randombytes_buf(r.session_id, 16);
+    bool aes = (h.caps & RZ_CAP_AES) && !(h.caps & RZ_CAP_FORCE_XCHACHA) && cfg->cipher != RZ_CIPHER_XCHACHA20POLY1305 &&
+               rz_aes_available();
+    r.cipher = aes ? RZ_CIPHER_AES256GCM : RZ_CIPHER_XCHACHA20POLY1305;
+    memset(r.signature, 0, 64);
+    size_t n = rz_reply_encode(reply, &r);
+    binding_of(st->binding, msg, reply);
+    rc = derive(k, eph_sk, h.ephemeral, st->binding, false);
+    sodium_memzero(eph_sk, sizeof eph_sk);
+    if (rc)
+        return reject(reply, reply_len, RZ_REJECT_BAD_SIGNATURE, error, rc,
+                      "bad ephemeral key: X25519 gave the all-zero secret");
+    uint8_t signed_bytes[PROOF_SIGNED_LEN];
+    proof_bytes(signed_bytes, RZ_ROLE_SERVER, cfg->network_id, st->binding, h.nonce);
+    crypto_sign_detached(reply + RZ_PREAMBLE_LEN + RZ_REPLY_SIGNED, NULL, signed_bytes, sizeof signed_bytes,
+                         cfg->identity.secret_key);
+    memcpy(st->peer, h.identity, 32);
+    memcpy(st->nonce, r.nonce, 32);
+    memcpy(st->network_id, cfg->network_id, 16);
+    memcpy(k->session_id, r.session_id, 16);
+    k->cipher = (int)r.cipher;
+    *reply_len = n;
+    return 0;
+}
+
+int rz_hs_server_finish(const rz_hs_server_state *st, const uint8_t *msg, size_t len, uint8_t *out, size_t *out_len,
                         rz_error *error) {
+    *out_len = 0;
+    if (is_reject(msg, len)) return explain_reject(msg, len, error);
+    uint8_t sig[64];
+    int rc = rz_proof_decode(msg, len, sig);
+    if (rc) return refuse_undecodable(rc, msg, "PROOF", out, out_len, error);
+    uint8_t signed_bytes[PROOF_SIGNED_LEN];
+    proof_bytes(signed_bytes, RZ_ROLE_CLIENT, st->network_id, st->binding, st->nonce);
+    if (crypto_sign_verify_detached(sig, signed_bytes, sizeof signed_bytes, st->peer) != 0)
+        return reject(out, out_len, RZ_REJECT_BAD_SIGNATURE, error, -EKEYREJECTED,
+                      "bad signature: the PROOF is not signed by the peer over this handshake");
+    *out_len = rz_accept_encode(out);
+    return 0;
+}
+
+int rz_hs_client_finish(rz_hs_client *st, const rz_config *cfg, const uint8_t *msg, size_t len, rz_keys *k,
+                        uint8_t *out, size_t *out_len, rz_error *error) {
+    *out_len = 0;
     rz_preamble p;
     int rc = rz_preamble_decode(msg, len, &p);
     if (rc) return rz_fail(error, -EPROTO, "malformed handshake: reply does not start with RHIZ");
     if (p.type == RZ_MSG_REJECT) return explain_reject(msg, len, error);
     rz_reply r;
     rc = rz_reply_decode(msg, len, &r);
-    if (rc == -EPROTONOSUPPORT)
-        return rz_fail(error, rc, "version mismatch: peer speaks protocol %u, we speak %u", p.version,
-                       RZ_PROTOCOL_VERSION);
-    if (rc) return rz_fail(error, -EPROTO, "malformed handshake: bad REPLY");
-    if (sodium_memcmp(r.network_id, cfg->network_id, 16) != 0) {
-        char a[17], b[17];
-        hex8(a, r.network_id);
-        hex8(b, cfg->network_id);
-        return rz_fail(error, -ENONET, "wrong network: peer is in network %s..., we are in %s...", a, b);
-    }
-    if (sodium_memcmp(r.identity, cfg->peer_public_key, 32) != 0) {
-        char a[17], b[17];
-        hex8(a, r.identity);
-        hex8(b, cfg->peer_public_key);
-        return rz_fail(error, -EACCES, "wrong peer identity: peer presented key %s..., expected %s...", a, b);
-    }
-    crypto_sign_state ss;
-    reply_transcript(&ss, st->hello, msg);
-    if (crypto_sign_final_verify(&ss, r.signature, r.identity) != 0)
-        return rz_fail(error, -EKEYREJECTED, "bad signature: the REPLY is not signed by the peer over our HELLO");
+    if (rc) return refuse_undecodable(rc, msg, "REPLY", out, out_len, error);
+    rc = check_peer(cfg, r.network_id, r.identity, out, out_len, error);
+    if (rc) return rc;
+    uint8_t binding[32], signed_bytes[PROOF_SIGNED_LEN];
+    binding_of(binding, st->hello, msg);
+    proof_bytes(signed_bytes, RZ_ROLE_SERVER, cfg->network_id, binding, st->nonce);
+    if (crypto_sign_verify_detached(r.signature, signed_bytes, sizeof signed_bytes, r.identity) != 0)
+        return reject(out, out_len, RZ_REJECT_BAD_SIGNATURE, error, -EKEYREJECTED,
+                      "bad signature: the REPLY is not signed by the peer over this handshake");
     if (r.cipher != RZ_CIPHER_AES256GCM && r.cipher != RZ_CIPHER_XCHACHA20POLY1305)
-        return rz_fail(error, -EPROTO, "malformed handshake: unknown cipher %u", r.cipher);
+        return reject(out, out_len, RZ_REJECT_MALFORMED, error, -EPROTO, "malformed handshake: unknown cipher");
     if (r.cipher == RZ_CIPHER_AES256GCM && !rz_aes_available())
-        return rz_fail(error, -EPROTO, "peer chose AES-256-GCM, which this CPU lacks");
-    rc = derive(k, st->eph_sk, r.ephemeral, st->hello, msg, true);
+        return reject(out, out_len, RZ_REJECT_MALFORMED, error, -EPROTO, "peer chose AES-256-GCM, which this CPU lacks");
+    rz_keys tmp;
+    if (!k) k = &tmp;
+    rc = derive(k, st->eph_sk, r.ephemeral, binding, true);
     sodium_memzero(st->eph_sk, sizeof st->eph_sk);
-    if (rc) return rz_fail(error, rc, "bad ephemeral key from peer");
+    if (rc)
+        return reject(out, out_len, RZ_REJECT_BAD_SIGNATURE, error, rc, "bad ephemeral key: X25519 gave the all-zero secret");
     memcpy(k->session_id, r.session_id, 16);
     k->cipher = (int)r.cipher;
+    uint8_t sig[64];
+    proof_bytes(signed_bytes, RZ_ROLE_CLIENT, cfg->network_id, binding, r.nonce);
+    crypto_sign_detached(sig, NULL, signed_bytes, sizeof signed_bytes, cfg->identity.secret_key);
+    *out_len = rz_proof_encode(out, sig);
+    return 0;
+}
+
+int rz_hs_client_verdict(const uint8_t *msg, size_t len, rz_error *error) {
+    if (is_reject(msg, len)) return explain_reject(msg, len, error);
+    int rc = rz_accept_decode(msg, len);
+    if (rc == -EPROTONOSUPPORT)
+        return rz_fail(error, rc, "version mismatch: peer speaks protocol %u, we speak %u", msg[4], RZ_PROTOCOL_VERSION);
+    if (rc) return rz_fail(error, -EPROTO, "malformed handshake: expected ACCEPT");
     return 0;
 }
 

@@ -35,12 +35,14 @@ enum rz_msg_type {
     RZ_MSG_REJECT = 3,
     RZ_MSG_JOIN = 4,
     RZ_MSG_JOIN_OK = 5,
+    RZ_MSG_PROOF = 6,
+    RZ_MSG_ACCEPT = 7,
 };
 
-#define RZ_HELLO_BODY 180u
-#define RZ_HELLO_SIGNED 116u
-#define RZ_REPLY_BODY 164u
-#define RZ_REPLY_SIGNED 100u
+#define RZ_HELLO_BODY 116u
+#define RZ_REPLY_BODY 196u
+#define RZ_REPLY_SIGNED 132u /* the REPLY up to its signature: what the binding covers */
+#define RZ_PROOF_BODY 64u
 #define RZ_JOIN_BODY 72u
 #define RZ_JOIN_MACED 40u
 #define RZ_JOIN_OK_BODY 52u
@@ -74,13 +76,13 @@ typedef struct rz_hello {
     uint8_t ephemeral[32];
     uint8_t nonce[32];
     uint32_t caps;
-    uint8_t signature[64];
 } rz_hello;
 
 typedef struct rz_reply {
     uint8_t network_id[16];
     uint8_t identity[32];
     uint8_t ephemeral[32];
+    uint8_t nonce[32];
     uint8_t session_id[16];
     uint32_t cipher;
     uint8_t signature[64];
@@ -125,6 +127,10 @@ size_t rz_join_encode(uint8_t *out, const rz_join *j);
 int rz_join_decode(const uint8_t *in, size_t len, rz_join *out);
 size_t rz_join_ok_encode(uint8_t *out, const rz_join_ok *j);
 int rz_join_ok_decode(const uint8_t *in, size_t len, rz_join_ok *out);
+size_t rz_proof_encode(uint8_t *out, const uint8_t signature[64]);
+int rz_proof_decode(const uint8_t *in, size_t len, uint8_t signature[64]);
+size_t rz_accept_encode(uint8_t *out);
+int rz_accept_decode(const uint8_t *in, size_t len);
 size_t rz_reject_encode(uint8_t *out, uint8_t reason, const char *text);
 int rz_reject_decode(const uint8_t *in, size_t len, rz_reject *out);
 
@@ -206,18 +212,36 @@ typedef struct rz_keys {
     int cipher;
 } rz_keys;
 
+/* The stream handshake (docs/HANDSHAKE.md): HELLO, REPLY (server's proof), PROOF (client's proof),
+ * ACCEPT. MyceliumIdentity's StreamHandshake.swift implements the same messages in Swift. */
 typedef struct rz_hs_client {
     uint8_t eph_sk[32];
     uint8_t eph_pk[32];
+    uint8_t nonce[32];
     uint8_t hello[RZ_PREAMBLE_LEN + RZ_HELLO_BODY];
 } rz_hs_client;
 
+/* What the server keeps between its REPLY and the client's PROOF. */
+typedef struct rz_hs_server_state {
+    uint8_t binding[32];
+    uint8_t peer[32];
+    uint8_t nonce[32];
+    uint8_t network_id[16];
+} rz_hs_server_state;
+
 int rz_hs_client_hello(rz_hs_client *st, const rz_config *cfg, uint8_t *out, size_t *out_len);
-/* On failure, *reply holds a REJECT to send back (when *reply_len > 0). */
+/* Judge a HELLO and write the REPLY into *reply. On failure, *reply holds a REJECT to send back
+ * (when *reply_len > 0). */
 int rz_hs_server(const rz_config *cfg, const uint8_t *hello, size_t hello_len, uint8_t *reply, size_t *reply_len,
-                 rz_keys *keys, rz_error *error);
+                 rz_keys *keys, rz_hs_server_state *st, rz_error *error);
+/* Judge the client's PROOF; *out gets the ACCEPT, or a REJECT on failure (when *out_len > 0). */
+int rz_hs_server_finish(const rz_hs_server_state *st, const uint8_t *proof, size_t proof_len, uint8_t *out,
+                        size_t *out_len, rz_error *error);
+/* Judge the REPLY; *out gets our PROOF, or a REJECT on failure (when *out_len > 0). */
 int rz_hs_client_finish(rz_hs_client *st, const rz_config *cfg, const uint8_t *reply, size_t reply_len,
-                        rz_keys *keys, rz_error *error);
+                        rz_keys *keys, uint8_t *out, size_t *out_len, rz_error *error);
+/* The server's last word: 0 for ACCEPT, the reason of a REJECT otherwise. */
+int rz_hs_client_verdict(const uint8_t *msg, size_t len, rz_error *error);
 size_t rz_join_make(const rz_keys *keys, uint32_t conn_id, uint32_t path_id, uint8_t *out);
 /* Verify a JOIN for a session whose keys we hold; on success write JOIN_OK into *ok. */
 int rz_join_check(const rz_keys *keys, const rz_join *join, const uint8_t *msg, size_t msg_len, uint8_t *ok,

@@ -1160,8 +1160,8 @@ int rz_connect(const rz_config *config, const rz_path *paths, uint32_t path_coun
         if (fd < 0) continue;
         hello_path = p;
         set_timeouts(fd, cfg.handshake_timeout_ms);
-        uint8_t hello[RZ_PREAMBLE_LEN + RZ_HELLO_BODY], reply[RZ_HS_MAX_MSG];
-        size_t hl, rl = 0;
+        uint8_t hello[RZ_PREAMBLE_LEN + RZ_HELLO_BODY], reply[RZ_HS_MAX_MSG], proof[RZ_HS_MAX_MSG];
+        size_t hl, rl = 0, pl = 0;
         char why[128];
         rz_hs_client_hello(&hs, &cfg, hello, &hl);
         int rc = write_all(fd, hello, hl);
@@ -1175,7 +1175,17 @@ int rz_connect(const rz_config *config, const rz_path *paths, uint32_t path_coun
             fd = -1;
             continue;
         }
-        rc = rz_hs_client_finish(&hs, &cfg, reply, rl, &keys, error);
+        rc = rz_hs_client_finish(&hs, &cfg, reply, rl, &keys, proof, &pl, error);
+        if (pl) {
+            int wrc = write_all(fd, proof, pl);
+            if (!rc && wrc) rc = rz_fail(error, wrc, "sending the handshake proof: %s", strerror(-wrc));
+        }
+        if (!rc) {
+            /* The server's verdict on our proof: ACCEPT, or a REJECT that says why. */
+            rc = read_hs_msg(fd, reply, &rl, why, sizeof why);
+            if (rc) rz_fail(error, rc, "handshake with %s:%u: %s", paths[p].remote_addr, paths[p].remote_port, why);
+            else rc = rz_hs_client_verdict(reply, rl, error);
+        }
         if (rc) {
             close(fd);
             return rc; /* the peer answered: no other path will change its mind */
@@ -1207,6 +1217,14 @@ int rz_connect(const rz_config *config, const rz_path *paths, uint32_t path_coun
     rz_session_wait_conns(s, total, (int)cfg.connect_timeout_ms);
     *out = s;
     return 0;
+}
+
+void rz_session_shutdown(rz_session *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    session_fail(s, -ESHUTDOWN, "the session was closed locally");
+    wake_io(s);
+    pthread_mutex_unlock(&s->mu);
 }
 
 void rz_session_close(rz_session *s) {
@@ -1727,15 +1745,30 @@ int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_sessio
 
     rz_config cfg = *config;
     fill_defaults(&cfg);
-    uint8_t reply[RZ_HS_MAX_MSG];
-    size_t reply_len = 0;
+    uint8_t reply[RZ_HS_MAX_MSG], proof[RZ_HS_MAX_MSG];
+    size_t reply_len = 0, proof_len = 0;
     rz_keys keys;
+    rz_hs_server_state hs;
     int rc;
     if (p.err) {
         rc = rz_fail(error, -EPROTO, "malformed handshake: %s", p.why);
         reply_len = rz_reject_encode(reply, RZ_REJECT_MALFORMED, p.why);
     } else {
-        rc = rz_hs_server(&cfg, p.msg, p.len, reply, &reply_len, &keys, error);
+        rc = rz_hs_server(&cfg, p.msg, p.len, reply, &reply_len, &keys, &hs, error);
+    }
+    if (!rc) {
+        /* REPLY out, the client's PROOF in; the verdict (ACCEPT or REJECT) goes back in `reply`. */
+        char why[128];
+        set_timeouts(p.fd, cfg.handshake_timeout_ms);
+        rc = write_all(p.fd, reply, reply_len);
+        reply_len = 0;
+        if (rc) {
+            rz_fail(error, rc, "sending the handshake reply: %s", strerror(-rc));
+        } else if ((rc = read_hs_msg(p.fd, proof, &proof_len, why, sizeof why)) != 0) {
+            rz_fail(error, rc, "waiting for the handshake proof: %s", why);
+        } else {
+            rc = rz_hs_server_finish(&hs, proof, proof_len, reply, &reply_len, error);
+        }
     }
     if (rc) {
         if (reply_len) write_all(p.fd, reply, reply_len);
@@ -1749,7 +1782,7 @@ int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_sessio
         return rc;
     }
     s->listener = l;
-    /* Register before the REPLY leaves: the client sends its JOINs as soon as it has the reply. */
+    /* Register before the ACCEPT leaves: the client sends its JOINs as soon as it has it. */
     pthread_mutex_lock(&l->mu);
     bool placed = false;
     for (uint32_t i = 0; i < 64 && !placed; i++)
@@ -1771,7 +1804,7 @@ int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_sessio
         pthread_mutex_unlock(&l->mu);
         close(p.fd);
         session_free(s);
-        return rz_fail(error, rc, "sending the handshake reply: %s", strerror(-rc));
+        return rz_fail(error, rc, "sending the handshake verdict: %s", strerror(-rc));
     }
     pthread_mutex_lock(&s->mu);
     conn_install(s, s->conns[0], p.fd, 0);

@@ -85,7 +85,6 @@ size_t rz_hello_encode(uint8_t *out, const rz_hello *h) {
     memcpy(b + 48, h->ephemeral, 32);
     memcpy(b + 80, h->nonce, 32);
     rz_put32(b + 112, h->caps);
-    memcpy(b + 116, h->signature, 64);
     return RZ_PREAMBLE_LEN + RZ_HELLO_BODY;
 }
 
@@ -98,7 +97,6 @@ int rz_hello_decode(const uint8_t *in, size_t len, rz_hello *h) {
     memcpy(h->ephemeral, b + 48, 32);
     memcpy(h->nonce, b + 80, 32);
     h->caps = rz_get32(b + 112);
-    memcpy(h->signature, b + 116, 64);
     return 0;
 }
 
@@ -108,9 +106,10 @@ size_t rz_reply_encode(uint8_t *out, const rz_reply *r) {
     memcpy(b, r->network_id, 16);
     memcpy(b + 16, r->identity, 32);
     memcpy(b + 48, r->ephemeral, 32);
-    memcpy(b + 80, r->session_id, 16);
-    rz_put32(b + 96, r->cipher);
-    memcpy(b + 100, r->signature, 64);
+    memcpy(b + 80, r->nonce, 32);
+    memcpy(b + 112, r->session_id, 16);
+    rz_put32(b + 128, r->cipher);
+    memcpy(b + 132, r->signature, 64);
     return RZ_PREAMBLE_LEN + RZ_REPLY_BODY;
 }
 
@@ -121,9 +120,10 @@ int rz_reply_decode(const uint8_t *in, size_t len, rz_reply *r) {
     memcpy(r->network_id, b, 16);
     memcpy(r->identity, b + 16, 32);
     memcpy(r->ephemeral, b + 48, 32);
-    memcpy(r->session_id, b + 80, 16);
-    r->cipher = rz_get32(b + 96);
-    memcpy(r->signature, b + 100, 64);
+    memcpy(r->nonce, b + 80, 32);
+    memcpy(r->session_id, b + 112, 16);
+    r->cipher = rz_get32(b + 128);
+    memcpy(r->signature, b + 132, 64);
     return 0;
 }
 
@@ -169,6 +169,26 @@ int rz_join_ok_decode(const uint8_t *in, size_t len, rz_join_ok *j) {
     memcpy(j->mac, b + 20, 32);
     return 0;
 }
+
+size_t rz_proof_encode(uint8_t *out, const uint8_t signature[64]) {
+    rz_preamble_encode(out, RZ_MSG_PROOF, RZ_PROOF_BODY);
+    memcpy(out + RZ_PREAMBLE_LEN, signature, 64);
+    return RZ_PREAMBLE_LEN + RZ_PROOF_BODY;
+}
+
+int rz_proof_decode(const uint8_t *in, size_t len, uint8_t signature[64]) {
+    int rc = expect(in, len, RZ_MSG_PROOF, RZ_PROOF_BODY);
+    if (rc) return rc;
+    memcpy(signature, in + RZ_PREAMBLE_LEN, 64);
+    return 0;
+}
+
+size_t rz_accept_encode(uint8_t *out) {
+    rz_preamble_encode(out, RZ_MSG_ACCEPT, 0);
+    return RZ_PREAMBLE_LEN;
+}
+
+int rz_accept_decode(const uint8_t *in, size_t len) { return expect(in, len, RZ_MSG_ACCEPT, 0); }
 
 size_t rz_reject_encode(uint8_t *out, uint8_t reason, const char *text) {
     size_t n = text ? strlen(text) : 0;

@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|vote|spore|kvbatch|kvsnapshot|peer|control.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings).
@@ -20,12 +20,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch, kvsnapshot, peer, control
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, vote, spore, kvbatch, kvsnapshot, peer or control")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer or control")
             exit(2)
         }
         return t
@@ -71,6 +71,26 @@ enum FuzzTarget: String {
             case 0: if let h = try? Hello(decoding: body) { precondition(h.encoded() == body) }
             case 1: if let p = try? Proof(decoding: body) { precondition(p.encoded() == body) }
             default: if let v = try? Verdict(decoding: body) { precondition(v.encoded() == body) }
+            }
+        case .stream:
+            // The stream handshake (docs/HANDSHAKE.md) as a peer drives it; the first byte picks the step.
+            // Random bytes may decode, but must never pass for a REPLY or PROOF signed by a key.
+            guard let kind = bytes.first else { return }
+            let body = Array(bytes.dropFirst())
+            switch kind % 4 {
+            case 0:
+                if let n = try? StreamHandshake.bodyLength(preamble: body) {
+                    precondition(n <= StreamHandshake.maxMessageBytes - StreamHandshake.preambleBytes, "unbounded body length")
+                }
+            case 1:
+                _ = try? StreamHandshakeServer(hello: body, identity: StreamFuzz.key, network: StreamFuzz.network, accepts: { _ in true },
+                                               ephemeralSecret: [UInt8](repeating: 1, count: 32), nonce: [UInt8](repeating: 2, count: 32),
+                                               sessionID: [UInt8](repeating: 3, count: 16), cipher: 2)
+            case 2:
+                var client = StreamFuzz.client
+                precondition((try? client.receiveReply(body, accepts: { _ in true })) == nil, "a forged REPLY authenticated")
+            default:
+                precondition((try? StreamFuzz.server.receiveProof(body)) == nil, "a forged PROOF authenticated")
             }
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
@@ -136,6 +156,17 @@ func complain(_ s: String) {
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }
 
+/// Fixed handshake states for the `stream` target: a client that sent its HELLO, a server that answered it.
+enum StreamFuzz {
+    static let key = SigningKey(seed: [UInt8](repeating: 7, count: 32))
+    static let network = NetworkID(genesisKey: key.publicKey)
+    static let client = StreamHandshakeClient(identity: SigningKey(seed: [UInt8](repeating: 8, count: 32)), network: network,
+                                              ephemeralSecret: [UInt8](repeating: 4, count: 32), nonce: [UInt8](repeating: 5, count: 32))
+    static let server = try! StreamHandshakeServer(hello: client.hello, identity: key, network: network, accepts: { _ in true },
+                                                   ephemeralSecret: [UInt8](repeating: 1, count: 32), nonce: [UInt8](repeating: 2, count: 32),
+                                                   sessionID: [UInt8](repeating: 3, count: 16), cipher: 2)
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
@@ -167,6 +198,7 @@ func writeSeeds(to dir: String) {
                                   .put(key: Array("a".utf8), value: [4], prevKV: false)]))
             return kv.encodedSnapshot()
         }()),
+        ("stream", [1] + StreamFuzz.client.hello),
         ("spore", [0] + {
             var sp = PrimarySpore(network: NetworkIdentity(genesisKey: genesis.publicKey))
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)

@@ -1,6 +1,7 @@
 // How replication bytes travel. `ReplicationTransport` is the seam the rhizomorph work replaces
 // with striped multi-path streams; `TCPReplicationTransport` is one plain POSIX TCP stream,
-// authenticated at connection start with the nodes' Ed25519 identity keys.
+// authenticated at connection start with the nodes' Ed25519 identity keys by the stream handshake
+// (docs/HANDSHAKE.md), byte for byte the one rhizomorph speaks.
 //
 // Why not SwiftNIO: the replication loop is a single blocking thread per region that mostly does
 // writev of page-sized buffers straight out of guest RAM; an event loop adds copies and hops.
@@ -68,10 +69,6 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
     private var currentTimeout: Double? = -1
     public private(set) var peerKey: PublicKey
     public let maxMessageBytes: Int
-    /// Until the peer has proven its key, messages are limited to a hello's size, so an
-    /// unauthenticated connection cannot make us allocate `maxMessageBytes`.
-    private var authenticated = false
-    static let handshakeMessageLimit = 512
 
     init(fd: Int32, maxMessageBytes: Int = Wire.maxBody) {
         self.fd = fd
@@ -105,8 +102,9 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
     // MARK: connect / accept
 
     /// Connects to a replica at `host` (numeric IPv4 or IPv6) and `port`, and runs the handshake.
-    /// `accept` decides whether the proven peer key is the node we meant to reach.
-    public static func connect(host: String, port: UInt16, identity: SigningKey, timeout: Double = 5,
+    /// `accept` decides whether the peer's key is the node we meant to reach; it is asked before the
+    /// peer's proof is checked, and the key is only returned as `peerKey` once that proof verified.
+    public static func connect(host: String, port: UInt16, identity: SigningKey, network: NetworkID, timeout: Double = 5,
                                accept: (PublicKey) -> Bool) throws(EndophyteError) -> TCPReplicationTransport {
         var storage = sockaddr_storage()
         let len = try fillAddress(host: host, port: port, into: &storage)
@@ -122,7 +120,7 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
             let e = errno
             throw EndophyteError(e == EINPROGRESS || e == EAGAIN ? .timeout(operation: "connect to \(host):\(port)") : .socket(operation: "connect to \(host):\(port)", errno: e))
         }
-        try t.handshake(role: .source, identity: identity, timeout: timeout, accept: accept)
+        try t.handshake(role: .source, identity: identity, network: network, timeout: timeout, accept: accept)
         t.setSendTimeout(0)
         return t
     }
@@ -176,54 +174,78 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
 
     // MARK: handshake
 
-    static let handshakeDomain = Array("mycelium/endophyte/handshake/v1".utf8)
-
-    /// Ed25519 challenge-response, both ways, bound to both hellos (so to both fresh nonces): each
-    /// side signs the transcript of this connection, so a proof can be neither replayed on another
-    /// connection nor reflected back (the signer's role is part of what is signed).
+    /// The stream handshake (docs/HANDSHAKE.md; MyceliumIdentity's `StreamHandshakeClient`/`Server`):
+    /// the source is the client, the replica the server. Both proofs sign a binding of both
+    /// ephemeral keys and both nonces, so a proof can be neither replayed on another connection nor
+    /// reflected back. Runs before any frame, on the raw stream, exactly as rhizomorph does.
     ///
     /// Limits: this authenticates the start of the stream only; bytes after it are not MAC'd or
-    /// encrypted. Run it on a trusted link or inside the VPN until the rhizomorph transport adds AEAD.
-    func handshake(role: ReplicationRole, identity: SigningKey, timeout: Double, accept: (PublicKey) -> Bool) throws(EndophyteError) {
-        let nonce = Sodium.randomBytes(32)
-        var w = ByteWriter(capacity: 71)
-        w.raw(Wire.magic)
-        w.u16(Wire.protocolVersion)
-        w.u8(role.rawValue)
-        w.raw(identity.publicKey.bytes)
-        w.raw(nonce)
-        let myHello = w.bytes
-        try send(.hello, myHello)
-        let peerHello = try expect(.hello, timeout: timeout)
-        let peer: PublicKey
-        do {
-            var r = ByteReader(peerHello)
-            guard try r.raw(4) == Wire.magic else { throw EndophyteError(.authenticationFailed(reason: "not an endophyte peer (bad magic)")) }
-            let v = try r.u16()
-            guard v == Wire.protocolVersion else { throw EndophyteError(.authenticationFailed(reason: "peer speaks protocol version \(v), we speak \(Wire.protocolVersion)")) }
-            let peerRole = try r.u8()
-            guard peerRole != role.rawValue, ReplicationRole(rawValue: peerRole) != nil else {
-                throw EndophyteError(.authenticationFailed(reason: "peer claims role \(peerRole); two \(role)s cannot pair"))
-            }
-            peer = try PublicKey(bytes: try r.raw(32))
-            _ = try r.raw(32)
-            try r.finish()
-        } catch let e as EndophyteError {
-            throw e
-        } catch {
-            throw EndophyteError(.authenticationFailed(reason: "malformed hello: \(error)"))
+    /// encrypted (the X25519 secret is not used yet). Run it on a trusted link or inside the VPN
+    /// until this transport is replaced by rhizomorph's, which encrypts with keys from the same handshake.
+    func handshake(role: ReplicationRole, identity: SigningKey, network: NetworkID, timeout: Double,
+                   accept: (PublicKey) -> Bool) throws(EndophyteError) {
+        var ephemeral = Sodium.randomBytes(32)
+        defer { for i in ephemeral.indices { ephemeral[i] = 0 } }
+        switch role {
+        case .source:
+            var client = StreamHandshakeClient(identity: identity, network: network, ephemeralSecret: ephemeral,
+                                               nonce: Sodium.randomBytes(32))
+            try sendRaw(client.hello)
+            let reply = try receiveHandshakeMessage(timeout: timeout)
+            let proof: [UInt8]
+            do { proof = try client.receiveReply(reply, accepts: accept) } catch { throw refuse(error) }
+            try sendRaw(proof)
+            let verdict = try receiveHandshakeMessage(timeout: timeout)
+            do { try client.receiveVerdict(verdict) } catch { throw refuse(error) }
+            peerKey = client.peer!
+        case .replica:
+            let hello = try receiveHandshakeMessage(timeout: timeout)
+            let server: StreamHandshakeServer
+            do {
+                // The cipher field is for rhizomorph (2: XChaCha20-Poly1305); this transport does not encrypt yet.
+                server = try StreamHandshakeServer(hello: hello, identity: identity, network: network, accepts: accept,
+                                                   ephemeralSecret: ephemeral, nonce: Sodium.randomBytes(32),
+                                                   sessionID: Sodium.randomBytes(16), cipher: 2)
+            } catch { throw refuse(error) }
+            try sendRaw(server.reply)
+            let proof = try receiveHandshakeMessage(timeout: timeout)
+            let verdict: [UInt8]
+            do { verdict = try server.receiveProof(proof) } catch { throw refuse(error) }
+            try sendRaw(verdict)
+            peerKey = server.peer
         }
-        guard accept(peer) else { throw EndophyteError(.authenticationFailed(reason: "key \(peer) is not the expected node")) }
-        let transcript = TCPReplicationTransport.handshakeDomain
-            + (role == .source ? myHello + peerHello : peerHello + myHello)
-        try send(.proof, identity.sign(transcript + [role.rawValue]))
-        let proof = try expect(.proof, timeout: timeout)
-        let peerRole: UInt8 = role == .source ? ReplicationRole.replica.rawValue : ReplicationRole.source.rawValue
-        guard peer.verify(proof, for: transcript + [peerRole]) else {
-            throw EndophyteError(.authenticationFailed(reason: "\(peer) did not prove it holds its key (bad signature)"))
-        }
-        peerKey = peer
-        authenticated = true
+    }
+
+    /// Tells the peer why we refuse it (its operator reads the reason in its log), and turns the
+    /// refusal into our error.
+    private func refuse(_ error: StreamHandshakeError) -> EndophyteError {
+        if let reject = error.reject { try? sendRaw(reject) }
+        return EndophyteError(.authenticationFailed(reason: error.description))
+    }
+
+    private func sendRaw(_ bytes: [UInt8]) throws(EndophyteError) {
+        // SAFETY: a buffer we own for the duration of the write; handshake messages are small.
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        defer { buf.deallocate() }
+        bytes.withUnsafeBytes { if let b = $0.baseAddress { buf.copyMemory(from: b, byteCount: $0.count) } }
+        var iov = [iovec(iov_base: buf, iov_len: bytes.count)]
+        try writeAll(&iov)
+    }
+
+    /// One handshake message: the preamble, then the body it announces. A peer that has proven
+    /// nothing yet can make us read at most `StreamHandshake.maxMessageBytes`.
+    private func receiveHandshakeMessage(timeout: Double) throws(EndophyteError) -> [UInt8] {
+        setReceiveTimeout(timeout)
+        // SAFETY: a buffer we own, large enough for any handshake message, freed on return.
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: StreamHandshake.maxMessageBytes, alignment: 8)
+        defer { buf.deallocate() }
+        let pre = StreamHandshake.preambleBytes
+        try readExact(buf, pre)
+        let preamble = [UInt8](UnsafeRawBufferPointer(start: buf, count: pre))
+        let n: Int
+        do { n = try StreamHandshake.bodyLength(preamble: preamble) } catch { throw refuse(error) }
+        try readExact(buf + pre, n)
+        return [UInt8](UnsafeRawBufferPointer(start: buf, count: pre + n))
     }
 
     // MARK: I/O
@@ -320,7 +342,7 @@ public final class TCPReplicationTransport: ReplicationTransport, @unchecked Sen
         // SAFETY: the tuple is 6 contiguous bytes, exactly what readExact fills.
         try withUnsafeMutableBytes(of: &head) { (h) throws(EndophyteError) in try readExact(h.baseAddress!, 6) }
         let length = Int(head.0) << 24 | Int(head.1) << 16 | Int(head.2) << 8 | Int(head.3)
-        let limit = authenticated ? maxMessageBytes : TCPReplicationTransport.handshakeMessageLimit
+        let limit = maxMessageBytes
         guard length >= 2, length <= limit else {
             throw EndophyteError(.decode(DecodeError(.tooLong(field: "frame", length: length, limit: limit), at: 0)))
         }
@@ -388,7 +410,8 @@ public final class ReplicationListener: @unchecked Sendable {
     public func close() { shutdown(fd, Int32(SHUT_RDWR)) }
 
     /// Waits for a source to connect and prove its identity.
-    public func accept(identity: SigningKey, timeout: Double = 5, authorize: (PublicKey) -> Bool) throws(EndophyteError) -> TCPReplicationTransport {
+    public func accept(identity: SigningKey, network: NetworkID, timeout: Double = 5,
+                       authorize: (PublicKey) -> Bool) throws(EndophyteError) -> TCPReplicationTransport {
         var c: Int32
         repeat {
             c = Glibc.accept(fd, nil, nil)
@@ -396,7 +419,7 @@ public final class ReplicationListener: @unchecked Sendable {
         if c < 0 { throw EndophyteError(.socket(operation: "accept", errno: errno)) }
         _ = fcntl(c, F_SETFD, FD_CLOEXEC)
         let t = TCPReplicationTransport(fd: c)
-        try t.handshake(role: .replica, identity: identity, timeout: timeout, accept: authorize)
+        try t.handshake(role: .replica, identity: identity, network: network, timeout: timeout, accept: authorize)
         return t
     }
 }

@@ -4,7 +4,7 @@
 //
 // Exchange (Remus §3 "checkpoint" with our staging on the replica):
 //   source                         replica
-//   hello / proof  <------------->  hello / proof      Ed25519 challenge-response, both ways
+//   stream handshake <----------->                     docs/HANDSHAKE.md, raw RHIZ messages before any frame
 //   setup(region bytes, epoch)  -->                    replica checks size, answers ready
 //                               <--  ready(committed epoch)
 //   pages(epoch, idx[], data)   -->  staged            while the source runs (all-zero pages: index only)
@@ -21,6 +21,7 @@
 import MyceliumCore
 
 public enum MessageType: UInt8, Sendable {
+    // 1 and 2 carried the version-1 handshake; the stream handshake now runs before any frame.
     case hello = 1
     case proof = 2
     case setup = 10

@@ -4,7 +4,8 @@
 // what TLS cannot: that the key belongs to a member of *this* network, and that the proof was made
 // for *this* connection. Each side sends a Hello (network, fresh nonce, membership certificate or
 // invite), then a Proof: a signature over (role, network ID, the TLS channel binding, the peer's
-// nonce). Binding to the exporter value of this TLS session means a proof captured from another
+// nonce), built by `HandshakeTranscript` like the stream handshake's (docs/HANDSHAKE.md). Binding
+// to the exporter value of this TLS session means a proof captured from another
 // connection, or relayed by a man in the middle, does not verify here.
 //
 // Checks run in a fixed order, each with its own error, so a log line says exactly why a peer was
@@ -81,7 +82,6 @@ public struct Hello: Equatable, Sendable {
 
 public struct Proof: Equatable, Sendable {
     static let magic: [UInt8] = Array("MYP1".utf8)
-    static let domain: [UInt8] = Array("mycelium/handshake-proof/v1\0".utf8)
 
     /// The channel binding and peer nonce the signer saw. Sent in the clear (inside TLS) so that a
     /// mismatch can be reported as a replay rather than as a bare bad signature.
@@ -99,7 +99,8 @@ public struct Proof: Equatable, Sendable {
     }
 
     static func signedBytes(role: HandshakeRole, network: NetworkID, binding: [UInt8], peerNonce: [UInt8]) -> [UInt8] {
-        domain + [role.rawValue] + network.bytes + binding + peerNonce
+        HandshakeTranscript.signedBytes(label: HandshakeTranscript.channelLabel, role: role, network: network,
+                                        binding: binding, peerNonce: peerNonce)
     }
 
     public func encoded() -> [UInt8] { Self.magic + binding + peerNonce + signature }

@@ -50,6 +50,24 @@ public enum Sodium {
         return crypto_sign_verify_detached(signature, message, UInt64(message.count), publicKey) == 0
     }
 
+    /// The X25519 public key of a 32-byte secret (the ephemeral keys of the stream handshake).
+    static func x25519PublicKey(secret: [UInt8]) -> [UInt8] {
+        ensure()
+        precondition(secret.count == 32, "an X25519 secret is 32 bytes")
+        var pk = [UInt8](repeating: 0, count: 32)
+        let rc = crypto_scalarmult_base(&pk, secret)
+        precondition(rc == 0, "crypto_scalarmult_base cannot fail")
+        return pk
+    }
+
+    /// X25519; nil when the peer's point gives the all-zero secret (a low-order point).
+    static func x25519(secret: [UInt8], peer: [UInt8]) -> [UInt8]? {
+        ensure()
+        guard secret.count == 32, peer.count == 32 else { return nil }
+        var out = [UInt8](repeating: 0, count: 32)
+        return crypto_scalarmult(&out, secret, peer) == 0 ? out : nil
+    }
+
     /// BLAKE2b with a domain key, so a hash made for one purpose can never stand in for another.
     public static func hash(_ message: [UInt8], domain: String, length: Int = 32) -> [UInt8] {
         ensure()

@@ -1,9 +1,11 @@
 // Rhizomorph: a thin Swift face for CRhizomorph, the multi-path bulk transport (RAM replication, VM
 // migration, storage traffic). Every C call returns 0 or a negative errno plus a message; here that
 // becomes a thrown `RhizomorphError` carrying both. The C library owns its threads; these classes only
-// own the C handles.
+// own the C handles. Keys are MyceliumIdentity's: the same `SigningKey`/`PublicKey`/`NetworkID` as
+// every other Mycelium handshake (docs/HANDSHAKE.md).
 
 import CRhizomorph
+import MyceliumIdentity
 
 #if canImport(Glibc)
 import Glibc
@@ -23,6 +25,7 @@ public struct RhizomorphError: Error, CustomStringConvertible, Sendable {
         case refused               // -ECONNREFUSED
         case timedOut              // -ETIMEDOUT
         case allPathsDown          // -ENETDOWN
+        case closed                // -ESHUTDOWN: the session was closed locally
         case system(Int32)         // any other errno
     }
 
@@ -46,8 +49,16 @@ public struct RhizomorphError: Error, CustomStringConvertible, Sendable {
         case ECONNREFUSED: code = .refused
         case ETIMEDOUT: code = .timedOut
         case ENETDOWN: code = .allPathsDown
+        case ESHUTDOWN: code = .closed
         default: code = .system(-rc)
         }
+    }
+
+    static func closed(_ what: String) -> RhizomorphError {
+        var e = rz_error()
+        e.code = -ESHUTDOWN
+        copyCString("\(what): the session is closed", into: &e.message)
+        return RhizomorphError(rc: -ESHUTDOWN, error: e)
     }
 
     private static func text(_ e: rz_error, rc: Int32) -> String {
@@ -65,31 +76,6 @@ private func check(_ body: (UnsafeMutablePointer<rz_error>) -> Int32) throws {
     var e = rz_error()
     let rc = body(&e)
     if rc < 0 { throw RhizomorphError(rc: rc, error: e) }
-}
-
-/// A node's Ed25519 identity.
-public struct Identity: Sendable {
-    fileprivate var raw: rz_identity
-
-    public static func generate() throws -> Identity {
-        var raw = rz_identity()
-        let rc = rz_identity_generate(&raw)
-        if rc < 0 { throw RhizomorphError(rc: rc, error: rz_error()) }
-        return Identity(raw: raw)
-    }
-
-    /// Deterministic identity from a 32-byte seed (tests, or keys kept elsewhere).
-    public init(seed: [UInt8]) throws {
-        precondition(seed.count == 32, "seed must be 32 bytes")
-        var raw = rz_identity()
-        let rc = rz_identity_from_seed(&raw, seed)
-        if rc < 0 { throw RhizomorphError(rc: rc, error: rz_error()) }
-        self.raw = raw
-    }
-
-    private init(raw: rz_identity) { self.raw = raw }
-
-    public var publicKey: [UInt8] { withUnsafeBytes(of: raw.public_key) { Array($0) } }
 }
 
 /// One network path: our address and the peer's.
@@ -122,33 +108,41 @@ private func copyCString<T>(_ s: String, into tuple: inout T) {
 
 /// Session parameters; zero numeric fields take the C defaults.
 public struct Configuration: Sendable {
-    public var identity: Identity
-    public var networkID: [UInt8]
-    public var peerPublicKey: [UInt8]
+    /// Our node key.
+    public var identity: SigningKey
+    public var network: NetworkID
+    /// The node key we expect on the other side; any other is refused (`.wrongPeerIdentity`).
+    public var peer: PublicKey
     public var connectionsPerPath: UInt32 = 2
     public var chunkSize: UInt32 = 65536
     public var windowBytes: UInt32 = 64 << 20
     public var stallTimeoutMilliseconds: UInt32 = 1500
     public var maxAuthenticationFailures: UInt32 = 8
 
-    public init(identity: Identity, networkID: [UInt8], peerPublicKey: [UInt8]) {
-        precondition(networkID.count == 16 && peerPublicKey.count == 32)
+    public init(identity: SigningKey, network: NetworkID, peer: PublicKey) {
         self.identity = identity
-        self.networkID = networkID
-        self.peerPublicKey = peerPublicKey
+        self.network = network
+        self.peer = peer
     }
 
-    fileprivate var raw: rz_config {
+    /// Calls `body` with the C configuration, then wipes the secret key it carried.
+    fileprivate func withRaw<T>(_ body: (inout rz_config) throws -> T) rethrows -> T {
+        var id = rz_identity()
         var c = rz_config()
-        var id = identity.raw
-        rz_config_init(&c, &id, networkID, peerPublicKey)
+        defer {
+            withUnsafeMutableBytes(of: &id) { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) }
+            withUnsafeMutableBytes(of: &c.identity) { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) }
+        }
+        // Cannot fail for a 32-byte seed once libsodium is initialised, which MyceliumIdentity has done.
+        precondition(rz_identity_from_seed(&id, identity.seed) == 0, "libsodium failed to derive the key")
+        rz_config_init(&c, &id, network.bytes, peer.bytes)
         c.conns_per_path = connectionsPerPath
         c.chunk_size = chunkSize
         c.window_bytes = windowBytes
         c.stall_timeout_ms = stallTimeoutMilliseconds
         c.user_timeout_ms = 2 * stallTimeoutMilliseconds
         c.max_auth_failures = maxAuthenticationFailures
-        return c
+        return try body(&c)
     }
 }
 
@@ -183,45 +177,61 @@ public final class Listener: @unchecked Sendable {
     /// Wait for one peer and authenticate it; a refused handshake throws and the listener keeps going.
     public func accept(_ configuration: Configuration, timeoutMilliseconds: Int32 = -1) throws -> Session {
         var out: OpaquePointer?
-        var cfg = configuration.raw
-        try check { rz_accept(handle, &cfg, timeoutMilliseconds, &out, $0) }
+        try configuration.withRaw { cfg in try check { rz_accept(handle, &cfg, timeoutMilliseconds, &out, $0) } }
         return Session(handle: out!)
     }
 
     deinit { rz_listener_close(handle) }
 }
 
-/// One authenticated multi-path session. One thread may send while another receives.
+/// One authenticated multi-path session. One thread may send while another receives, and any
+/// thread may `close()` while they do: their calls return `.closed` and the C session is freed only
+/// after the last of them has left it.
 public final class Session: @unchecked Sendable {
     // SAFETY (Sendable): the C session is locked internally; sending and receiving may run on
-    // different threads, as documented in rhizomorph.h.
+    // different threads, as documented in rhizomorph.h. `handle`, `inFlight` and `closing` are
+    // guarded by `gate`; a call holds the handle only between enter() and leave(), and close()
+    // frees it only when no call holds it, so a pointer is never used after rz_session_close.
+    private let gate = Gate()
     private var handle: OpaquePointer?
+    private var inFlight = 0
+    private var closing = false
 
     fileprivate init(handle: OpaquePointer) { self.handle = handle }
 
     public static func connect(_ configuration: Configuration, paths: [Path]) throws -> Session {
         var out: OpaquePointer?
-        var cfg = configuration.raw
         let raw = paths.map(\.raw)
-        try check { rz_connect(&cfg, raw, UInt32(raw.count), &out, $0) }
+        try configuration.withRaw { cfg in try check { rz_connect(&cfg, raw, UInt32(raw.count), &out, $0) } }
         return Session(handle: out!)
     }
 
-    private var live: OpaquePointer {
-        guard let h = handle else { preconditionFailure("Rhizomorph session used after close()") }
-        return h
+    /// Runs `body` with the live handle, holding it open against a concurrent close().
+    private func using<T>(_ what: String, _ body: (OpaquePointer) throws -> T) throws -> T {
+        guard let h = gate.withLock({ () -> OpaquePointer? in
+            guard let h = handle, !closing else { return nil }
+            inFlight += 1
+            return h
+        }) else { throw RhizomorphError.closed(what) }
+        defer {
+            gate.withLock {
+                inFlight -= 1
+                if inFlight == 0 { gate.broadcast() }
+            }
+        }
+        return try body(h)
     }
 
     /// Send `length` bytes (nil: until EOF) read from `fd` as an ordered stream; returns when the
     /// peer has written them all.
     public func send(fromFileDescriptor fd: Int32, length: UInt64? = nil) throws {
-        try check { rz_send_fd(live, fd, length ?? UInt64.max, $0) }
+        try using("send") { h in try check { rz_send_fd(h, fd, length ?? UInt64.max, $0) } }
     }
 
     /// Send bytes as part of an ordered stream; `end` finishes the stream and waits for delivery.
     public func send(_ bytes: [UInt8], end: Bool) throws {
         try bytes.withUnsafeBufferPointer { b in
-            try check { rz_send_bytes(live, b.baseAddress, UInt64(b.count), end ? 1 : 0, $0) }
+            try using("send") { h in try check { rz_send_bytes(h, b.baseAddress, UInt64(b.count), end ? 1 : 0, $0) } }
         }
     }
 
@@ -229,14 +239,14 @@ public final class Session: @unchecked Sendable {
     @discardableResult
     public func receive(intoFileDescriptor fd: Int32) throws -> UInt64 {
         var got: UInt64 = 0
-        try check { rz_recv_fd(live, fd, &got, $0) }
+        try using("receive") { h in try check { rz_recv_fd(h, fd, &got, $0) } }
         return got
     }
 
     /// Queue an idempotent write of `data` at `offset`.
     public func sendPage(offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
-        try check {
-            rz_send_page(live, offset, data.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt32(data.count), $0)
+        try using("sendPage") { h in
+            try check { rz_send_page(h, offset, data.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt32(data.count), $0) }
         }
     }
 
@@ -246,17 +256,17 @@ public final class Session: @unchecked Sendable {
 
     /// Close epoch `epoch`: the peer sees it only after every page sent before it.
     public func sendBarrier(epoch: UInt64) throws {
-        try check { rz_send_barrier(live, epoch, $0) }
+        try using("sendBarrier") { h in try check { rz_send_barrier(h, epoch, $0) } }
     }
 
     /// Wait until the peer delivered everything queued so far.
     public func flush(timeoutMilliseconds: Int32 = -1) throws {
-        try check { rz_flush(live, timeoutMilliseconds, $0) }
+        try using("flush") { h in try check { rz_flush(h, timeoutMilliseconds, $0) } }
     }
 
     /// Finish this direction and wait for the peer to deliver everything.
     public func end(timeoutMilliseconds: Int32 = -1) throws {
-        try check { rz_send_end(live, timeoutMilliseconds, $0) }
+        try using("end") { h in try check { rz_send_end(h, timeoutMilliseconds, $0) } }
     }
 
     /// Deliver pages and barriers to the closures on this thread until the sender ends the direction.
@@ -272,7 +282,7 @@ public final class Session: @unchecked Sendable {
                 // SAFETY: the box outlives the call; C invokes the callbacks only inside rz_recv_pages.
                 let ctx = Unmanaged.passUnretained(box).toOpaque()
                 var e = rz_error()
-                let rc = rz_recv_pages(live, rzPageTrampoline, rzBarrierTrampoline, ctx, timeoutMilliseconds, &e)
+                let rc = try using("receivePages") { h in rz_recv_pages(h, rzPageTrampoline, rzBarrierTrampoline, ctx, timeoutMilliseconds, &e) }
                 withExtendedLifetime(box) {}
                 if let thrown = box.thrown { throw thrown }
                 if rc < 0 { throw RhizomorphError(rc: rc, error: e) }
@@ -280,9 +290,10 @@ public final class Session: @unchecked Sendable {
         }
     }
 
+    /// Counters; all zero once the session is closed.
     public var statistics: Statistics {
         var s = rz_stats()
-        rz_session_stats(live, &s)
+        _ = try? using("statistics") { h in rz_session_stats(h, &s) }
         return Statistics(
             chunksSent: s.chunks_sent, chunksResent: s.chunks_resent, chunksReinjected: s.chunks_reinjected,
             chunksReceived: s.chunks_received, duplicatesDropped: s.duplicates_dropped,
@@ -291,27 +302,70 @@ public final class Session: @unchecked Sendable {
             liveConnections: s.conns_live)
     }
 
-    /// The 16-byte session ID, the same at both ends.
+    /// The 16-byte session ID, the same at both ends (all zero once the session is closed).
     public var id: [UInt8] {
         var out = [UInt8](repeating: 0, count: 16)
-        rz_session_id(live, &out)
+        _ = try? using("id") { h in rz_session_id(h, &out) }
         return out
     }
 
     /// Wait until `count` connections are up.
     public func waitForConnections(_ count: UInt32, timeoutMilliseconds: Int32) -> Bool {
-        rz_session_wait_conns(live, count, timeoutMilliseconds) == 0
+        (try? using("waitForConnections") { h in rz_session_wait_conns(h, count, timeoutMilliseconds) == 0 }) ?? false
     }
 
-    /// Flush acknowledgements, tell the peer, free everything. Idempotent.
+    /// Flush acknowledgements, tell the peer, free everything. Idempotent. Calls in progress on
+    /// other threads are failed with `.closed` first and waited for, so never call this from inside
+    /// a `receivePages` callback of the same session.
     public func close() {
-        if let h = handle {
-            handle = nil
-            rz_session_close(h)
+        let h: OpaquePointer? = gate.withLock {
+            guard let h = handle, !closing else { return nil }
+            closing = true
+            return h
         }
+        guard let h else { return }
+        // Not under `gate`: a page callback running inside the C session may be waiting for it.
+        if gate.withLock({ inFlight > 0 }) { rz_session_shutdown(h) }
+        gate.withLock {
+            while inFlight > 0 { gate.wait() }
+            handle = nil
+        }
+        rz_session_close(h)
     }
 
     deinit { close() }
+}
+
+/// A mutex with one condition, for waiting until in-flight calls have left a session.
+private final class Gate: @unchecked Sendable {
+    // SAFETY (Sendable): only touched through pthread calls; heap cells that never move, freed in deinit.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t> = .allocate(capacity: 1)
+    private let cond: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
+
+    init() {
+        mutex.initialize(to: pthread_mutex_t())
+        cond.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
+    /// Only inside withLock.
+    func wait() { pthread_cond_wait(cond, mutex) }
+    /// Only inside withLock.
+    func broadcast() { pthread_cond_broadcast(cond) }
 }
 
 private final class CallbackBox {

@@ -88,21 +88,22 @@ final class TransportTests: XCTestCase {
     func testWrongPeerKeyIsRejectedOnBothSides() throws {
         let listener = try ReplicationListener()
         let replicaKey = SigningKey(), sourceKey = SigningKey(), stranger = SigningKey()
+        let network = NetworkID(genesisKey: SigningKey().publicKey)
         let bg = Background<EndophyteError?> {
             do {
-                _ = try listener.accept(identity: replicaKey, authorize: { $0 == stranger.publicKey })
+                _ = try listener.accept(identity: replicaKey, network: network, authorize: { $0 == stranger.publicKey })
                 return nil
             } catch { return error as? EndophyteError }
         }
         XCTAssertThrowsError(try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                                 timeout: 2, accept: { $0 == replicaKey.publicKey })) { e in
+                                                                 network: network, timeout: 2, accept: { $0 == replicaKey.publicKey })) { e in
             XCTAssertNotNil(e as? EndophyteError)
         }
         guard case .authenticationFailed = bg.join()?.code else { return XCTFail("replica accepted an unexpected key") }
         // And the source refuses a replica that is not the node it meant to reach.
-        let bg2 = Background<Bool> { (try? listener.accept(identity: replicaKey, authorize: { _ in true })) != nil }
+        let bg2 = Background<Bool> { (try? listener.accept(identity: replicaKey, network: network, authorize: { _ in true })) != nil }
         XCTAssertThrowsError(try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                                 timeout: 2, accept: { $0 == stranger.publicKey })) { e in
+                                                                 network: network, timeout: 2, accept: { $0 == stranger.publicKey })) { e in
             guard case .authenticationFailed = (e as? EndophyteError)?.code else { return XCTFail("\(e)") }
         }
         _ = bg2.join()
@@ -485,16 +486,17 @@ final class HostileInputTests: XCTestCase {
     func testUnauthenticatedPeerCannotMakeTheReplicaAllocateOrPass() throws {
         let listener = try ReplicationListener()
         let replicaKey = SigningKey()
+        let network = NetworkID(genesisKey: replicaKey.publicKey)
         let results = Background<[String]> {
             var out: [String] = []
             for _ in 0..<2 {
-                do { _ = try listener.accept(identity: replicaKey, timeout: 2, authorize: { _ in true }); out.append("accepted") } catch {
+                do { _ = try listener.accept(identity: replicaKey, network: network, timeout: 2, authorize: { _ in true }); out.append("accepted") } catch {
                     out.append("\(error)")
                 }
             }
             return out
         }
-        for payload in [[0x7F, 0xFF, 0xFF, 0xFF, 1, 1] as [UInt8], Array("GET / HTTP/1.1\r\n\r\n".utf8)] {
+        for payload in [Array("RHIZ".utf8) + [2, 1, 0xFF, 0xFF], Array("GET / HTTP/1.1\r\n\r\n".utf8)] {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var addr = sockaddr_in()
             addr.sin_family = sa_family_t(AF_INET)
@@ -513,7 +515,7 @@ final class HostileInputTests: XCTestCase {
         }
         let r = results.join()
         XCTAssertEqual(r.count, 2)
-        XCTAssertTrue(r[0].contains("over its limit of 512"), r[0])
+        XCTAssertTrue(r[0].contains("longer than any message"), r[0])
         XCTAssertFalse(r[1] == "accepted", r[1])
     }
 }

@@ -102,19 +102,20 @@ final class EventLog: @unchecked Sendable {
 struct Pair {
     let sourceKey = SigningKey()
     let replicaKey = SigningKey()
+    let network = NetworkID(genesisKey: SigningKey().publicKey)
     let listener: ReplicationListener
 
     init() throws { listener = try ReplicationListener(host: "127.0.0.1", port: 0) }
 
     /// Connects; the replica side's transport is handed to `replicaSide` on its own thread.
     func connect<T: Sendable>(replicaSide: @escaping @Sendable (TCPReplicationTransport) -> T) throws -> (TCPReplicationTransport, Background<T?>) {
-        let rk = replicaKey, sk = sourceKey.publicKey, l = listener
+        let rk = replicaKey, sk = sourceKey.publicKey, l = listener, net = network
         let bg = Background<T?> {
-            guard let t = try? l.accept(identity: rk, authorize: { $0 == sk }) else { return nil }
+            guard let t = try? l.accept(identity: rk, network: net, authorize: { $0 == sk }) else { return nil }
             return replicaSide(t)
         }
         let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                    accept: { $0 == replicaKey.publicKey })
+                                                    network: network, accept: { $0 == replicaKey.publicKey })
         return (t, bg)
     }
 }

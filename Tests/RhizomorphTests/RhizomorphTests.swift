@@ -3,12 +3,13 @@
 
 import Foundation
 import XCTest
+import MyceliumIdentity
 import Rhizomorph
 
 final class RhizomorphTests: XCTestCase {
-    private let network: [UInt8] = Array(0..<16)
+    private let network = NetworkID(genesisKey: SigningKey(seed: [UInt8](repeating: 0xEE, count: 32)).publicKey)
 
-    private func identity(_ byte: UInt8) throws -> Identity { try Identity(seed: [UInt8](repeating: byte, count: 32)) }
+    private func identity(_ byte: UInt8) throws -> SigningKey { SigningKey(seed: [UInt8](repeating: byte, count: 32)) }
 
     /// Runs `body` on another thread; `wait()` returns its result.
     private final class Background<T>: @unchecked Sendable {
@@ -26,6 +27,13 @@ final class RhizomorphTests: XCTestCase {
         }
     }
 
+    private final class CallCounter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var n = 0
+        func add() { lock.lock(); n += 1; lock.unlock() }
+        var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+    }
+
     private func temporaryFile(_ name: String) -> (path: String, fd: Int32) {
         let path = NSTemporaryDirectory() + "rz-xctest-\(getpid())-\(name)"
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
@@ -36,7 +44,7 @@ final class RhizomorphTests: XCTestCase {
     func testTwoPathStreamThroughFileDescriptors() throws {
         let server = try identity(1), client = try identity(2)
         let listener = try Listener(addresses: ["127.0.0.1", "127.0.0.2"])
-        let serverConfig = Configuration(identity: server, networkID: network, peerPublicKey: client.publicKey)
+        let serverConfig = Configuration(identity: server, network: network, peer: client.publicKey)
         let sink = temporaryFile("sink")
         defer { close(sink.fd); unlink(sink.path) }
         let sinkFD = sink.fd
@@ -55,7 +63,7 @@ final class RhizomorphTests: XCTestCase {
         XCTAssertEqual(payload.withUnsafeBytes { write(source.fd, $0.baseAddress, $0.count) }, payload.count)
         lseek(source.fd, 0, SEEK_SET)
 
-        var config = Configuration(identity: client, networkID: network, peerPublicKey: server.publicKey)
+        var config = Configuration(identity: client, network: network, peer: server.publicKey)
         config.chunkSize = 16384
         let paths = [Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port),
                      Path(local: "127.0.0.2", remote: "127.0.0.2", port: listener.port)]
@@ -79,7 +87,7 @@ final class RhizomorphTests: XCTestCase {
     func testPagesAndBarriers() throws {
         let server = try identity(3), client = try identity(4)
         let listener = try Listener(addresses: ["127.0.0.1", "127.0.0.2"])
-        let serverConfig = Configuration(identity: server, networkID: network, peerPublicKey: client.publicKey)
+        let serverConfig = Configuration(identity: server, network: network, peer: client.publicKey)
         let pageSize = 4096, pages = 64, epochs = 3
         let receiver = Background { () throws -> ([UInt8], [UInt64], [Int]) in
             let session = try listener.accept(serverConfig, timeoutMilliseconds: 10_000)
@@ -105,7 +113,7 @@ final class RhizomorphTests: XCTestCase {
             return (region, barriers, pagesPerEpoch)
         }
 
-        let config = Configuration(identity: client, networkID: network, peerPublicKey: server.publicKey)
+        let config = Configuration(identity: client, network: network, peer: server.publicKey)
         let paths = [Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port),
                      Path(local: "127.0.0.2", remote: "127.0.0.2", port: listener.port)]
         let session = try Session.connect(config, paths: paths)
@@ -135,10 +143,10 @@ final class RhizomorphTests: XCTestCase {
     func testWrongIdentityIsRefused() throws {
         let server = try identity(5), client = try identity(6), mallory = try identity(7)
         let listener = try Listener(addresses: ["127.0.0.1"])
-        let serverConfig = Configuration(identity: server, networkID: network, peerPublicKey: client.publicKey)
+        let serverConfig = Configuration(identity: server, network: network, peer: client.publicKey)
         let acceptor = Background { () throws -> Session in try listener.accept(serverConfig, timeoutMilliseconds: 10_000) }
 
-        let config = Configuration(identity: mallory, networkID: network, peerPublicKey: server.publicKey)
+        let config = Configuration(identity: mallory, network: network, peer: server.publicKey)
         XCTAssertThrowsError(try Session.connect(config, paths: [Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)])) { error in
             let e = error as? RhizomorphError
             XCTAssertEqual(e?.code, .wrongPeerIdentity)
@@ -148,6 +156,58 @@ final class RhizomorphTests: XCTestCase {
             let e = error as? RhizomorphError
             XCTAssertEqual(e?.code, .wrongPeerIdentity)
             XCTAssertTrue(e?.message.contains("expected") ?? false, "\(String(describing: e))")
+        }
+    }
+
+    /// close() while other threads are inside receive and send calls on the same session: they must
+    /// all return (with `.closed` or the session's failure) and the C session must be freed only
+    /// after the last of them left it. Before the fix, close() freed it under their feet: a
+    /// use-after-free that AddressSanitizer reports (build with -sanitize=address).
+    func testCloseWhileOtherThreadsAreInsideTheSession() throws {
+        let server = try identity(8), client = try identity(9)
+        let listener = try Listener(addresses: ["127.0.0.1"])
+        for round in 0..<5 {
+            let serverConfig = Configuration(identity: server, network: network, peer: client.publicKey)
+            let acceptor = Background { () throws -> Session in try listener.accept(serverConfig, timeoutMilliseconds: 10_000) }
+            var config = Configuration(identity: client, network: network, peer: server.publicKey)
+            config.connectionsPerPath = 1
+            let peer = try Session.connect(config, paths: [Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)])
+            defer { peer.close() }
+            let session = try acceptor.wait()
+
+            let calls = CallCounter()
+            var workers: [Background<String>] = []
+            for w in 0..<8 {
+                workers.append(Background { () -> String in
+                    let page = [UInt8](repeating: UInt8(w), count: 4096)
+                    while true {
+                        do {
+                            if w % 2 == 0 {
+                                try session.receivePages(timeoutMilliseconds: 2, onPage: { _, _ in }, onBarrier: { _ in })
+                            } else {
+                                try session.sendPage(offset: UInt64(w * 4096), page)
+                                _ = session.statistics
+                            }
+                        } catch let e as RhizomorphError where e.code == .timedOut {
+                        } catch let e as RhizomorphError {
+                            return "\(e.code)"
+                        } catch {
+                            return "\(error)"
+                        }
+                        calls.add()
+                    }
+                })
+            }
+            // Close only once every worker is busy inside the session.
+            let deadline = Date().addingTimeInterval(10)
+            while calls.value < 200 && Date() < deadline { sched_yield() }
+            XCTAssertGreaterThanOrEqual(calls.value, 200, "round \(round): workers never got going")
+            session.close()
+            for w in workers {
+                let outcome = try w.wait()
+                XCTAssertEqual(outcome, "closed", "round \(round): a worker ended with \(outcome)")
+            }
+            XCTAssertThrowsError(try session.flush(timeoutMilliseconds: 0)) { XCTAssertEqual(($0 as? RhizomorphError)?.code, .closed) }
         }
     }
 

@@ -155,17 +155,18 @@ func runRAMBench(_ args: [String]) async throws {
     print("\nreplication over authenticated loopback TCP (uffd engine unless noted)")
     let listener = try ReplicationListener()
     let sourceKey = SigningKey(), replicaKey = SigningKey()
+    let network = NetworkID(genesisKey: SigningKey().publicKey)
     func session(engine: DirtyPageEngine, config: ReplicationConfig, workload: BenchWorkload,
                  replicaRegion: MappedRegion) throws -> BenchSession {
         let replica = ReplicaReceiver(region: replicaRegion)
         let done = DispatchSemaphore(value: 0)
         let l = listener, rk = replicaKey, sk = sourceKey.publicKey
         Thread {
-            if let t = try? l.accept(identity: rk, authorize: { $0 == sk }) { _ = replica.serve(t) }
+            if let t = try? l.accept(identity: rk, network: network, authorize: { $0 == sk }) { _ = replica.serve(t) }
             done.signal()
         }.start()
         let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                    accept: { $0 == replicaKey.publicKey })
+                                                    network: network, accept: { $0 == replicaKey.publicKey })
         let tracker = engine == .hash ? try DirtyTracker.hash(region: UnsafeRawBufferPointer(region.buffer), threads: hashThreads)
                                       : try DirtyTracker.uffd(region: region.buffer)
         let source = try ReplicationSource(region: region, tracker: tracker, config: config, hooks: workload.hooks)
@@ -192,11 +193,11 @@ func runRAMBench(_ args: [String]) async throws {
         let done = DispatchSemaphore(value: 0)
         let l = listener, rk = replicaKey, sk = sourceKey.publicKey
         Thread {
-            if let t = try? l.accept(identity: rk, authorize: { $0 == sk }) { _ = replica.serve(t) }
+            if let t = try? l.accept(identity: rk, network: network, authorize: { $0 == sk }) { _ = replica.serve(t) }
             done.signal()
         }.start()
         let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                    accept: { $0 == replicaKey.publicKey })
+                                                    network: network, accept: { $0 == replicaKey.publicKey })
         let source = try ReplicationSource(region: fresh, tracker: try DirtyTracker.uffd(region: fresh.buffer),
                                            config: ReplicationConfig(), hooks: SourceHooks(pause: {}, resume: {}))
         let t0 = now()

@@ -15,6 +15,8 @@
  *     its epoch; the barrier callback for epoch E runs only after every chunk sent before it, and no
  *     page sent after barrier E is delivered before barrier E.
  *
+ * Handshake: docs/HANDSHAKE.md (the stream handshake; Endophyte's TCP transport speaks the same one).
+ *
  * Conventions: every function returns 0 (or a count where documented) or a negative errno. Functions
  * that can fail for a reason worth reading take an rz_error*, which may be NULL, and fill it with the
  * code and a message. Handshake failures have distinct codes:
@@ -25,6 +27,7 @@
  *   -EPROTONOSUPPORT  protocol version mismatch
  *   -EBADMSG          too many chunks failed authentication (tampering on the wire)
  *   -ECONNREFUSED     the peer refused us (its reason is in the message)
+ *   -ESHUTDOWN        the session was shut down locally (rz_session_shutdown)
  *   -ETIMEDOUT, -ENETDOWN (every path is dead), and plain errnos from the system.
  */
 #ifndef RHIZOMORPH_H
@@ -38,7 +41,7 @@ extern "C" {
 #endif
 
 /** Protocol version spoken on the wire. */
-#define RZ_PROTOCOL_VERSION 1u
+#define RZ_PROTOCOL_VERSION 2u
 /** Upper bound on the payload of one chunk. */
 #define RZ_MAX_CHUNK 1048576u
 /** Upper bound on connections in one session. */
@@ -168,7 +171,11 @@ int rz_session_stats(rz_session *session, rz_stats *out);
 int rz_session_id(rz_session *session, uint8_t out[16]);
 /** Wait until `count` connections are live (timeout_ms < 0: forever). */
 int rz_session_wait_conns(rz_session *session, uint32_t count, int timeout_ms);
-/** Close: flush acknowledgements, tell the peer, wait for it briefly, free everything. */
+/** Fail the session with -ESHUTDOWN so that calls blocked in it on other threads return; frees
+ * nothing. Call rz_session_close once they have all returned. */
+void rz_session_shutdown(rz_session *session);
+/** Close: flush acknowledgements, tell the peer, wait for it briefly, free everything. No call on
+ * the session may be in progress or follow (see rz_session_shutdown). */
 void rz_session_close(rz_session *session);
 
 /** The readable name of an errno returned by this library. */

@@ -11,6 +11,7 @@
 static rz_config server_cfg, client_cfg;
 static rz_keys keys;
 static rz_hs_client client_state;
+static rz_hs_server_state server_state;
 
 static void setup(void) {
     static int done;
@@ -32,6 +33,10 @@ static void setup(void) {
     uint8_t hello[RZ_HS_MAX_MSG];
     size_t hl;
     rz_hs_client_hello(&client_state, &client_cfg, hello, &hl);
+    uint8_t reply[RZ_HS_MAX_MSG];
+    size_t rl;
+    rz_keys k;
+    if (rz_hs_server(&server_cfg, hello, hl, reply, &rl, &k, &server_state, NULL) != 0) abort();
     memset(&keys, 0x5a, sizeof keys);
 }
 
@@ -53,15 +58,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 5: { rz_frame_hdr h; rz_frame_hdr_decode(p, n, RZ_MAX_CHUNK + RZ_TAG, &h); break; }
     case 6: { rz_ack a; rz_ack_decode(p, n, &a); break; }
     case 7: {
+        /* A HELLO carries no proof; what must never pass is the PROOF that follows. */
         rz_keys k;
-        int rc = rz_hs_server(&server_cfg, p, n, out, &out_len, &k, &err);
-        if (rc == 0) abort(); /* an unsigned random input must never authenticate */
+        rz_hs_server_state st;
+        rz_hs_server(&server_cfg, p, n, out, &out_len, &k, &st, &err);
+        if (rz_hs_server_finish(&server_state, p, n, out, &out_len, &err) == 0) abort();
         break;
     }
     case 8: {
         rz_keys k;
         rz_hs_client st = client_state;
-        if (rz_hs_client_finish(&st, &client_cfg, p, n, &k, &err) == 0) abort();
+        if (rz_hs_client_finish(&st, &client_cfg, p, n, &k, out, &out_len, &err) == 0) abort();
+        rz_hs_client_verdict(p, n, &err);
         break;
     }
     case 9: {

@@ -18,15 +18,15 @@ static void test_codec(void) {
     memset(&h, 0, sizeof h);
     for (int i = 0; i < 16; i++) h.network_id[i] = (uint8_t)i;
     h.caps = 3;
-    h.signature[63] = 9;
+    h.nonce[31] = 9;
     size_t n = rz_hello_encode(buf, &h);
     CHECK(n == RZ_PREAMBLE_LEN + RZ_HELLO_BODY);
     CHECK(rz_hello_decode(buf, n, &h2) == 0 && memcmp(&h, &h2, sizeof h) == 0);
     for (size_t k = 0; k < n; k++) CHECK(rz_hello_decode(buf, k, &h2) == (k < RZ_PREAMBLE_LEN + RZ_HELLO_BODY ? (k < 8 ? -EAGAIN : -EAGAIN) : 0));
     CHECK(rz_hello_decode(buf, n + 1, &h2) == -EPROTO);
-    buf[4] = 2;
+    buf[4] = RZ_PROTOCOL_VERSION + 1;
     CHECK(rz_hello_decode(buf, n, &h2) == -EPROTONOSUPPORT);
-    buf[4] = 1;
+    buf[4] = RZ_PROTOCOL_VERSION;
     buf[0] = 'X';
     CHECK(rz_hello_decode(buf, n, &h2) == -EPROTO);
     buf[0] = 'R';
@@ -73,15 +73,20 @@ static void test_codec(void) {
     CHECK(rz_ack_decode(buf, n, &a2) == -EPROTO);
 }
 
-/* Both sides of a handshake in memory. */
+/* Both sides of a handshake in memory: HELLO, REPLY, PROOF, ACCEPT (or a REJECT where one side refuses). */
 static int handshake(rz_config *cc, rz_config *sc, rz_keys *ck, rz_keys *sk, rz_error *ce, rz_error *se) {
     rz_hs_client hs;
-    uint8_t hello[RZ_HS_MAX_MSG], reply[RZ_HS_MAX_MSG];
-    size_t hl, rl;
+    rz_hs_server_state ss;
+    uint8_t hello[RZ_HS_MAX_MSG], reply[RZ_HS_MAX_MSG], proof[RZ_HS_MAX_MSG], verdict[RZ_HS_MAX_MSG];
+    size_t hl, rl, pl = 0, vl = 0;
     rz_hs_client_hello(&hs, cc, hello, &hl);
-    int rc = rz_hs_server(sc, hello, hl, reply, &rl, sk, se);
-    int rc2 = rz_hs_client_finish(&hs, cc, reply, rl, ck, ce);
-    return rc ? rc : rc2;
+    int rc = rz_hs_server(sc, hello, hl, reply, &rl, sk, &ss, se);
+    int rc2 = rz_hs_client_finish(&hs, cc, reply, rl, ck, proof, &pl, ce);
+    if (rc) return rc;
+    int rc3 = rz_hs_server_finish(&ss, proof, pl, verdict, &vl, se);
+    if (rc2) return rc2;
+    int rc4 = rz_hs_client_verdict(verdict, vl, ce);
+    return rc3 ? rc3 : rc4;
 }
 
 static void test_crypto(void) {
@@ -117,21 +122,42 @@ static void test_crypto(void) {
     memcpy(expects_carol.peer_public_key, c.public_key, 32);
     CHECK(handshake(&expects_carol, &cb, &ka2, &kb2, &ea, &eb) == -EACCES && strstr(ea.message, "wrong peer identity"));
 
-    /* Bad signature: a HELLO whose signature was altered. */
+    /* Bad signatures: a flipped byte in the REPLY's proof, in the PROOF, or in the HELLO (which the
+     * server's proof covers through the binding). */
     rz_hs_client hs;
-    uint8_t hello[RZ_HS_MAX_MSG], reply[RZ_HS_MAX_MSG];
-    size_t hl, rl;
+    rz_hs_server_state ss;
+    uint8_t hello[RZ_HS_MAX_MSG], reply[RZ_HS_MAX_MSG], proof[RZ_HS_MAX_MSG], verdict[RZ_HS_MAX_MSG];
+    size_t hl, rl, pl, vl;
     rz_hs_client_hello(&hs, &ca, hello, &hl);
-    hello[hl - 1] ^= 1;
-    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &eb) == -EKEYREJECTED && strstr(eb.message, "bad signature"));
-    hello[hl - 1] ^= 1;
-    hello[RZ_PREAMBLE_LEN + 90] ^= 1; /* nonce: covered by the signature */
-    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &eb) == -EKEYREJECTED);
-    hello[RZ_PREAMBLE_LEN + 90] ^= 1;
+    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &ss, &eb) == 0);
+    reply[rl - 1] ^= 1;
+    CHECK(rz_hs_client_finish(&hs, &ca, reply, rl, &ka2, proof, &pl, &ea) == -EKEYREJECTED && strstr(ea.message, "bad signature"));
+    CHECK(pl > 0 && rz_hs_server_finish(&ss, proof, pl, verdict, &vl, &eb) == -EKEYREJECTED && strstr(eb.message, "peer refused"));
+    reply[rl - 1] ^= 1;
+    rz_hs_client_hello(&hs, &ca, hello, &hl);
+    hello[RZ_PREAMBLE_LEN + 90] ^= 1; /* the client's nonce, changed on the way */
+    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &ss, &eb) == 0);
+    CHECK(rz_hs_client_finish(&hs, &ca, reply, rl, &ka2, proof, &pl, &ea) == -EKEYREJECTED);
+    rz_hs_client_hello(&hs, &ca, hello, &hl);
+    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &ss, &eb) == 0);
+    CHECK(rz_hs_client_finish(&hs, &ca, reply, rl, &ka2, proof, &pl, &ea) == 0);
+    proof[pl - 1] ^= 1;
+    CHECK(rz_hs_server_finish(&ss, proof, pl, verdict, &vl, &eb) == -EKEYREJECTED && strstr(eb.message, "bad signature"));
+    CHECK(rz_hs_client_verdict(verdict, vl, &ea) == -EKEYREJECTED && strstr(ea.message, "peer refused"));
+    /* A PROOF from a previous session (replayed) does not verify in this one. */
+    rz_hs_server_state ss_new;
+    uint8_t hello2[RZ_HS_MAX_MSG], reply2[RZ_HS_MAX_MSG];
+    size_t hl2, rl2;
+    rz_hs_client hs2;
+    rz_hs_client_hello(&hs2, &ca, hello2, &hl2);
+    CHECK(rz_hs_server(&cb, hello2, hl2, reply2, &rl2, &kb2, &ss_new, &eb) == 0);
+    proof[pl - 1] ^= 1;
+    CHECK(rz_hs_server_finish(&ss, proof, pl, verdict, &vl, &eb) == 0); /* the genuine one, in its own session */
+    CHECK(rz_hs_server_finish(&ss_new, proof, pl, verdict, &vl, &eb) == -EKEYREJECTED);
     hello[4] = 7;
-    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &eb) == -EPROTONOSUPPORT && strstr(eb.message, "version"));
-    CHECK(rz_hs_client_finish(&hs, &ca, reply, rl, &ka2, &ea) == -EPROTONOSUPPORT);
-    hello[4] = 1;
+    CHECK(rz_hs_server(&cb, hello, hl, reply, &rl, &kb2, &ss, &eb) == -EPROTONOSUPPORT && strstr(eb.message, "version"));
+    CHECK(rz_hs_client_finish(&hs, &ca, reply, rl, &ka2, proof, &pl, &ea) == -EPROTONOSUPPORT);
+    hello[4] = RZ_PROTOCOL_VERSION;
     /* A REPLY from a previous session (replayed) does not verify against this HELLO. */
     uint8_t old_reply[RZ_HS_MAX_MSG];
     size_t orl;
@@ -139,10 +165,11 @@ static void test_crypto(void) {
     uint8_t old_hello[RZ_HS_MAX_MSG];
     size_t ohl;
     rz_hs_client_hello(&hs_old, &ca, old_hello, &ohl);
-    CHECK(rz_hs_server(&cb, old_hello, ohl, old_reply, &orl, &kb2, &eb) == 0);
-    CHECK(rz_hs_client_finish(&hs, &ca, old_reply, orl, &ka2, &ea) == -EKEYREJECTED);
+    CHECK(rz_hs_server(&cb, old_hello, ohl, old_reply, &orl, &kb2, &ss, &eb) == 0);
+    rz_hs_client_hello(&hs, &ca, hello, &hl);
+    CHECK(rz_hs_client_finish(&hs, &ca, old_reply, orl, &ka2, proof, &pl, &ea) == -EKEYREJECTED);
     uint8_t junk[64] = "GET / HTTP/1.1\r\n\r\n";
-    CHECK(rz_hs_server(&cb, junk, 18, reply, &rl, &kb2, &eb) == -EPROTO && strstr(eb.message, "malformed"));
+    CHECK(rz_hs_server(&cb, junk, 18, reply, &rl, &kb2, &ss, &eb) == -EPROTO && strstr(eb.message, "malformed"));
 
     /* Chunks: tamper, replay (dedup lives in rxwin), other session, other direction. */
     for (int cipher = RZ_CIPHER_AES256GCM; cipher <= RZ_CIPHER_XCHACHA20POLY1305; cipher++) {
@@ -461,7 +488,9 @@ static void test_loopback_refusals(void) {
     pthread_join(th, NULL);
     printf("refusal 'version 9': server %d \"%s\"\n", job.rc, job.err.message);
     CHECK(job.rc == -EPROTONOSUPPORT && strstr(job.err.message, "version mismatch"));
-    CHECK(got > 0 && rz_hs_client_finish(&hs, &cc, reply, (size_t)got, NULL, &e) == -EPROTONOSUPPORT);
+    uint8_t unused[RZ_HS_MAX_MSG];
+    size_t unused_len;
+    CHECK(got > 0 && rz_hs_client_finish(&hs, &cc, reply, (size_t)got, NULL, unused, &unused_len, &e) == -EPROTONOSUPPORT);
     printf("client sees: \"%s\"\n", e.message);
 
     /* Truncated HELLO, then silence: the server reports it and moves on. */
