@@ -278,8 +278,10 @@ public actor Agent {
         processReady()
     }
 
-    /// Slow housekeeping of the shell: retire introductions, confirm the addresses we reached.
+    /// Slow housekeeping of the shell: retire introductions, confirm the addresses we reached, and
+    /// (leader) publish a seed spore that a rate-limited write skipped.
     func everySecond() {
+        if raft.role == .leader { writeSeedSpores(force: false) }
         let admitted = spore.members[certificate.nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
         if admitted && !router.contactLinks.isEmpty && !router.links.isEmpty {
             // Admitted and connected through the spore's addresses: the introductions are done.

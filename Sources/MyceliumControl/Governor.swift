@@ -530,7 +530,7 @@ public struct Governor: Sendable {
             // (A voter still checking before it answers opens its round later: it adopts then.)
             if let cert = try? DecisionCertificate(decoding: certificateBytes(command)) {
                 committedDecisions[round.spec.id] = cert
-                if let effects = try? votes.adopt(cert) { handleVoteEffects(effects, raft: raft, spore: spore, into: &out) }
+                adopt(cert, raft: raft, spore: spore, into: &out)
             }
         case let .voteEvidence(seq, bytes):
             if let e = try? Evidence(decoding: bytes) {
@@ -619,8 +619,19 @@ public struct Governor: Sendable {
         }
         earlyVoteSince[round.spec.id] = nil
         for m in earlyVoteMessages.removeValue(forKey: round.spec.id) ?? [] { stepVote(m, raft: raft, spore: spore, into: &out) }
-        if let cert = committedDecisions.removeValue(forKey: round.spec.id), let effects = try? votes.adopt(cert) {
-            handleVoteEffects(effects, raft: raft, spore: spore, into: &out)
+        if let cert = committedDecisions.removeValue(forKey: round.spec.id) { adopt(cert, raft: raft, spore: spore, into: &out) }
+    }
+
+    /// Takes the committed decision as this node's own. A round not opened here yet is adopted when it
+    /// opens; a certificate contradicting what this node accepted means a third of the weight lied,
+    /// which the operator must hear about.
+    mutating func adopt(_ cert: DecisionCertificate, raft: Raft, spore: PrimarySpore, into out: inout [GovernorEffect]) {
+        do {
+            handleVoteEffects(try votes.adopt(cert), raft: raft, spore: spore, into: &out)
+        } catch {
+            if case .unknownRound = error.code { return }
+            out.append(.log(.error, "a committed vote decision contradicts this node's own; the vote's fault assumption was broken",
+                            ["round": "\(cert.round)", "error": "\(error)"]))
         }
     }
 
