@@ -200,8 +200,9 @@ public actor Agent {
         try await startListener()
         api = try await APIServer.start(path: config.apiSocketPath, agent: self, group: group)
         if let (kh, kp) = splitAddress(config.clientListen) {
+            let tls = try KVServer.tlsContext(config)
             do {
-                kvServer = try await KVServer.start(host: kh, port: kp, agent: self, group: group)
+                kvServer = try await KVServer.start(host: kh, port: kp, agent: self, group: group, tls: tls)
             } catch {
                 throw AgentError("cannot serve clients on \(config.clientListen): \(error); choose another client_listen or leave it empty")
             }

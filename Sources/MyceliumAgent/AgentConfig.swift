@@ -19,6 +19,13 @@ public struct AgentConfig: Sendable, Equatable {
     public var metricsListen = ""
     /// host:port serving the replicated KV over HTTP in etcd's gateway form (empty: not served).
     public var clientListen = ""
+    /// PEM certificate (chain) the KV listener presents (etcd's --cert-file).
+    public var clientCertFile = ""
+    /// PEM private key of `clientCertFile` (etcd's --key-file).
+    public var clientKeyFile = ""
+    /// PEM CA certificates a KV client's certificate must be signed by (etcd's --trusted-ca-file with
+    /// --client-cert-auth): with the three set, the KV is served over TLS 1.2+ to clients with a certificate only.
+    public var clientTrustedCAFile = ""
     /// Addresses of nodes to contact first when this node has no latent spore yet.
     public var join: [String] = []
     /// Directories (local or mounted shares) where the leader writes seed spores and a cold node reads them.
@@ -71,7 +78,10 @@ public struct AgentConfig: Sendable, Equatable {
         string("advertise", "host:port other nodes dial to reach this one (empty: same as listen).", \.advertise),
         string("api_socket", "Unix socket for the local API used by 'mycelium status' (empty: HOME/agent.sock).", \.apiSocket),
         string("metrics_listen", "host:port serving Prometheus metrics at /metrics (empty: only on the API socket, via curl --unix-socket).", \.metricsListen),
-        string("client_listen", "host:port serving the replicated KV over HTTP, etcd gateway style: POST /v3/kv/put and /v3/kv/range (empty: off).", \.clientListen),
+        string("client_listen", "host:port serving the replicated KV, etcd gateway style: POST /v3/kv/put, /v3/kv/range, /v3/kv/deleterange (empty: off). Plain HTTP only on loopback; any other address needs client_cert_file, client_key_file and client_trusted_ca_file.", \.clientListen),
+        string("client_cert_file", "PEM certificate (chain) the KV listener presents, like etcd's --cert-file (empty: no TLS).", \.clientCertFile),
+        string("client_key_file", "PEM private key of client_cert_file, like etcd's --key-file.", \.clientKeyFile),
+        string("client_trusted_ca_file", "PEM CA certificates that must have signed a KV client's certificate, like etcd's --trusted-ca-file with --client-cert-auth: clients without one are refused.", \.clientTrustedCAFile),
         strings("join", "Addresses of nodes to contact when this node has no latent spore yet.", \.join),
         strings("seed_dirs", "Directories (local or mounted shares) for seed spores.", \.seedDirs),
         strings("seed_urls", "HTTP(S) URLs, like \"http://10.0.0.9:8080/seeds/\": the leader PUTs seed spores there (NETWORK.seed), a cold node GETs them.", \.seedURLs),
@@ -116,6 +126,7 @@ public struct AgentConfig: Sendable, Equatable {
         if splitAddress(listen) == nil { throw ConfigError("listen '\(listen)' is not host:port") }
         if !advertise.isEmpty && splitAddress(advertise) == nil { throw ConfigError("advertise '\(advertise)' is not host:port") }
         if !clientListen.isEmpty && splitAddress(clientListen) == nil { throw ConfigError("client_listen '\(clientListen)' is not host:port") }
+        try validateClientTLS()
         if !metricsListen.isEmpty && splitAddress(metricsListen) == nil { throw ConfigError("metrics_listen '\(metricsListen)' is not host:port") }
         for j in join where splitAddress(j) == nil { throw ConfigError("join address '\(j)' is not host:port") }
         for u in seedURLs where !(u.hasPrefix("http://") || u.hasPrefix("https://")) {
@@ -130,6 +141,25 @@ public struct AgentConfig: Sendable, Equatable {
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }
     }
+
+    /// The KV accepts writes, so nobody unauthenticated may reach it: off loopback it is served only over
+    /// TLS with client certificates (as etcd with --client-cert-auth); half a TLS setup is refused anywhere.
+    func validateClientTLS() throws(ConfigError) {
+        let tls = [("client_cert_file", clientCertFile), ("client_key_file", clientKeyFile), ("client_trusted_ca_file", clientTrustedCAFile)]
+        let missing = tls.filter { $0.1.isEmpty }.map(\.0)
+        if !missing.isEmpty && missing.count < tls.count {
+            throw ConfigError("client TLS is half configured: also set \(missing.joined(separator: " and ")) (PEM files), or remove the other client_*_file settings")
+        }
+        guard let (host, _) = splitAddress(clientListen), !missing.isEmpty, !isLoopback(host) else { return }
+        throw ConfigError("""
+            client_listen '\(clientListen)' is not a loopback address, and the KV must not be writable by anyone who can reach it: \
+            add client_cert_file, client_key_file and client_trusted_ca_file (PEM files: this server's certificate and key, \
+            and the CA that signs client certificates), or listen on 127.0.0.1 or [::1]
+            """)
+    }
+
+    /// TLS settings of the KV listener, when set (all three, as `validate()` ensures).
+    public var clientTLSEnabled: Bool { !clientCertFile.isEmpty && !clientKeyFile.isEmpty && !clientTrustedCAFile.isEmpty }
 
     /// The documented configuration file with the current values.
     public func rendered() -> String {
@@ -227,6 +257,13 @@ extension StringProtocol {
         while let l = s.last, l == " " || l == "\t" || l == "\r" { s.removeLast() }
         return s
     }
+}
+
+/// 127.0.0.0/8, ::1 or localhost: reachable from this machine only.
+public func isLoopback(_ host: String) -> Bool {
+    if host == "localhost" || host == "::1" { return true }
+    let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+    return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { p in UInt8(p).map { _ in true } ?? false }
 }
 
 /// "host:port" or "[v6]:port" into its parts.

@@ -1,7 +1,8 @@
 // The replicated KV's front door: etcd's gRPC-gateway form over HTTP on `client_listen`
 // (POST /v3/kv/put, /v3/kv/range, /v3/kv/deleterange; JSON, base64 keys and values), so an etcd
 // user's client works and one load client measures both systems. The store itself is
-// MyceliumControl.KVStore, part of the control state.
+// MyceliumControl.KVStore, part of the control state. Off loopback it is served only over TLS with
+// client certificates (AgentConfig.validateClientTLS), since anyone who reaches it could write.
 //
 // As etcd:
 //  - ranges are linearizable unless the request says `serializable: true`: the leader serves them
@@ -17,6 +18,7 @@ import MyceliumRaft
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A linearizable read waiting for its ReadIndex, then for the state to apply up to it.
 struct ReadWaiter {
@@ -238,21 +240,47 @@ extension Agent {
     }
 }
 
-/// HTTP/1.1 with keep-alive on `client_listen`: the KV in etcd's gateway form.
+/// HTTP/1.1 with keep-alive on `client_listen`: the KV in etcd's gateway form, over TLS with client
+/// certificates when `tls` is given (etcd's --client-cert-auth).
 final class KVServer: Sendable {
     let channel: Channel
-    static func start(host: String, port: Int, agent: Agent, group: EventLoopGroup) async throws -> KVServer {
+    static func start(host: String, port: Int, agent: Agent, group: EventLoopGroup, tls: NIOSSLContext? = nil) async throws -> KVServer {
         let ch = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
+                    if let tls { try ch.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
                     try ch.pipeline.syncOperations.addHandler(KVHandler(agent: agent))
                 }
             }
             .bind(host: host, port: port).get()
         return KVServer(channel: ch)
+    }
+
+    /// The TLS context of `client_listen`: TLS 1.2 or later, and a client certificate signed by the
+    /// trusted CA is required (a client without one fails the handshake). Errors name the setting to fix.
+    static func tlsContext(_ config: AgentConfig) throws -> NIOSSLContext? {
+        guard config.clientTLSEnabled else { return nil }
+        func load<T>(_ setting: String, _ path: String, _ read: () throws -> T) throws -> T {
+            do { return try read() } catch {
+                throw AgentError("cannot read \(setting) '\(path)' (\(error)); it must be a readable PEM file")
+            }
+        }
+        let chain = try load("client_cert_file", config.clientCertFile) { try NIOSSLCertificate.fromPEMFile(config.clientCertFile) }
+        if chain.isEmpty { throw AgentError("client_cert_file '\(config.clientCertFile)' holds no PEM certificate") }
+        let key = try load("client_key_file", config.clientKeyFile) { try NIOSSLPrivateKey(file: config.clientKeyFile, format: .pem) }
+        let roots = try load("client_trusted_ca_file", config.clientTrustedCAFile) { try NIOSSLCertificate.fromPEMFile(config.clientTrustedCAFile) }
+        if roots.isEmpty { throw AgentError("client_trusted_ca_file '\(config.clientTrustedCAFile)' holds no PEM certificate") }
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        tls.minimumTLSVersion = .tlsv12
+        // Clients are identified by their certificate's chain to the CA, not by a host name.
+        tls.certificateVerification = .noHostnameVerification
+        tls.trustRoots = .certificates(roots)
+        do { return try NIOSSLContext(configuration: tls) } catch {
+            throw AgentError("cannot use client_cert_file '\(config.clientCertFile)' with client_key_file '\(config.clientKeyFile)': \(error); is the key the certificate's?")
+        }
     }
     init(channel: Channel) { self.channel = channel }
     var port: Int? { channel.localAddress?.port }
@@ -268,6 +296,11 @@ final class KVHandler: ChannelInboundHandler, @unchecked Sendable {
     var tooLarge = false
 
     init(agent: Agent) { self.agent = agent }
+
+    /// A failed TLS handshake (no client certificate, a wrong CA) or a broken request: drop the connection.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
