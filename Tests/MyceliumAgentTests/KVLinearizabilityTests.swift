@@ -48,7 +48,7 @@ final class KVLinearizabilityTests: XCTestCase {
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
         var nameOf: [String: String] = [:]
-        for n in names { nameOf["\(await c.status(n)!["node"]!)"] = n }
+        for n in names { nameOf[await c.status(n)!.node] = n }
         let ports = names.map { base + (Int($0.dropFirst()) ?? 0) }
 
         let flag = StopFlag()
@@ -64,7 +64,7 @@ final class KVLinearizabilityTests: XCTestCase {
             var found: String?
             try await waitUntil("a leader among the running members", timeout: 30, poll: 0.1) {
                 for n in names where c.processes[n] != nil && !paused.contains(n) {
-                    if let s = await c.status(n), let l = s["leader"], let name = nameOf["\(l)"], !paused.contains(name) {
+                    if let s = await c.status(n), let name = nameOf[s.leader], !paused.contains(name) {
                         found = name
                         return true
                     }
