@@ -122,7 +122,7 @@ final class KVLinearizabilityTests: XCTestCase {
             for (m, port) in ports.enumerated() {
                 var read: Recorded?
                 try await waitUntil("a final read of key \(key) on \(names[m])", timeout: 30, poll: 0.1) {
-                    read = await Self.range(client: 1000 + UInt32(m), key: key, port: port, member: m)
+                    read = Self.range(client: 1000 + UInt32(m), key: key, port: port, member: m)
                     return read != nil
                 }
                 history.append(read!)
@@ -167,24 +167,32 @@ final class KVLinearizabilityTests: XCTestCase {
 
     // MARK: clients
 
+    /// Each client is a loop on a thread of its own with blocking sockets: blocking work on Swift's
+    /// cooperative pool (two threads on two cores) would starve the test's own waits.
     static func runClients(ports: [Int], flag: StopFlag) async -> [Recorded] {
         await withTaskGroup(of: [Recorded].self) { group in
             for client in 0..<clients {
                 group.addTask {
-                    var out: [Recorded] = []
-                    var seq: UInt64 = 0
-                    while !flag.stopped {
-                        let member = Int.random(in: 0..<ports.count)
-                        let key = UInt8.random(in: 0..<keys)
-                        if Bool.random() {
-                            seq += 1
-                            let value = UInt64(client + 1) << 32 | seq
-                            if let r = await put(client: UInt32(client), key: key, value: value, port: ports[member], member: member) { out.append(r) }
-                        } else if let r = await range(client: UInt32(client), key: key, port: ports[member], member: member) {
-                            out.append(r)
+                    await withCheckedContinuation { (k: CheckedContinuation<[Recorded], Never>) in
+                        let thread = Thread {
+                            var out: [Recorded] = []
+                            var seq: UInt64 = 0
+                            var rng = SystemRandomNumberGenerator()
+                            while !flag.stopped {
+                                let member = Int.random(in: 0..<ports.count, using: &rng)
+                                let key = UInt8.random(in: 0..<keys, using: &rng)
+                                if Bool.random(using: &rng) {
+                                    seq += 1
+                                    let value = UInt64(client + 1) << 32 | seq
+                                    if let r = put(client: UInt32(client), key: key, value: value, port: ports[member], member: member) { out.append(r) }
+                                } else if let r = range(client: UInt32(client), key: key, port: ports[member], member: member) {
+                                    out.append(r)
+                                }
+                            }
+                            k.resume(returning: out)
                         }
+                        thread.start()
                     }
-                    return out
                 }
             }
             var all: [Recorded] = []
@@ -196,23 +204,23 @@ final class KVLinearizabilityTests: XCTestCase {
     static func keyName(_ key: UInt8) -> String { Data("lin/\(key)".utf8).base64EncodedString() }
 
     /// A put; nil if it certainly had no effect.
-    static func put(client: UInt32, key: UInt8, value: UInt64, port: Int, member: Int) async -> Recorded? {
+    static func put(client: UInt32, key: UInt8, value: UInt64, port: Int, member: Int) -> Recorded? {
         let body = "{\"key\":\"\(keyName(key))\",\"value\":\"\(Data(String(value).utf8).base64EncodedString())\"}"
         let invoked = monotonicNanos()
-        let (exit, http, text) = await curl(port, "/v3/kv/put", body)
+        let (sent, http, text) = post(port, "/v3/kv/put", body)
         let returned = monotonicNanos()
         var op = RegisterOperation(client: client, key: key, kind: .write(value), invoked: invoked, returned: returned)
         if http == 200 { return Recorded(op: op, member: member, outcome: "ok") }
         // Connection refused: the request never left; a 4xx: refused before proposing.
-        if exit == 7 || (400..<500).contains(http) { return nil }
+        if !sent || (400..<500).contains(http) { return nil }
         op.returned = nil
-        return Recorded(op: op, member: member, outcome: "unknown (curl \(exit), http \(http) \(text.prefix(80)))")
+        return Recorded(op: op, member: member, outcome: "unknown (http \(http) \(text.prefix(80)))")
     }
 
     /// A linearizable range of one key; nil unless it answered.
-    static func range(client: UInt32, key: UInt8, port: Int, member: Int) async -> Recorded? {
+    static func range(client: UInt32, key: UInt8, port: Int, member: Int) -> Recorded? {
         let invoked = monotonicNanos()
-        let (_, http, text) = await curl(port, "/v3/kv/range", "{\"key\":\"\(keyName(key))\"}")
+        let (_, http, text) = post(port, "/v3/kv/range", "{\"key\":\"\(keyName(key))\"}")
         let returned = monotonicNanos()
         guard http == 200, let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return nil }
         var value: UInt64?
@@ -225,23 +233,36 @@ final class KVLinearizabilityTests: XCTestCase {
                         member: member, outcome: "ok")
     }
 
-    /// curl's exit status, the HTTP status (0 without one) and the body.
-    static func curl(_ port: Int, _ path: String, _ body: String) async -> (Int32, Int, String) {
-        await withCheckedContinuation { (k: CheckedContinuation<(Int32, Int, String), Never>) in
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-            // 4 s: longer than a follower's forwarding timeout (2 s), so most failures get an answer.
-            p.arguments = ["-s", "-m", "4", "-w", "\n%{http_code}", "-X", "POST", "-d", body, "http://127.0.0.1:\(port)\(path)"]
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.nullDevice
-            p.terminationHandler = { proc in
-                let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-                k.resume(returning: (proc.terminationStatus, Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n")))
-            }
-            do { try processLaunch.withLock { try p.run() } } catch { k.resume(returning: (-1, 0, "\(error)")) }
+    /// One HTTP/1.1 POST over a blocking socket: whether the request was sent (false: the connection
+    /// was refused, so it had no effect), the HTTP status (0 without an answer) and the body. 4 s
+    /// timeouts: longer than a follower's forwarding timeout, so most failures get an answer.
+    static func post(_ port: Int, _ path: String, _ body: String) -> (Bool, Int, String) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return (false, 0, "socket: \(errno)") }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 4, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { return (false, 0, "connect: \(errno)") }
+        let request = Array("POST \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let written = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard written == request.count else { return (true, 0, "short write") }
+        var response: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            response += buf[0..<n]
         }
+        guard let sep = response.firstRange(of: Array("\r\n\r\n".utf8)) else { return (true, 0, "no answer") }
+        let head = String(decoding: response[..<sep.lowerBound], as: UTF8.self)
+        let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
+        return (true, status, String(decoding: response[sep.upperBound...], as: UTF8.self))
     }
 
     // MARK: checking
@@ -286,8 +307,8 @@ final class KVLinearizabilityTests: XCTestCase {
     }
 }
 
-/// Foundation's Process.run() is not safe to call from several threads at once (it crashed in
-/// memcpy with five clients launching curl concurrently): every launch of this test takes this lock.
+/// Foundation's Process.run() is not safe to call from several threads at once: the restarts of
+/// this test take this lock.
 let processLaunch = NSLock()
 
 /// Nanoseconds on the monotonic clock (operation times must not jump with the wall clock).
