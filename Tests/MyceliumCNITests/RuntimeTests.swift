@@ -122,7 +122,11 @@ final class PodmanTests: XCTestCase {
         try conflist.pretty.write(toFile: tmp + "/net.d/\(sandbox.network).conflist", atomically: true, encoding: .utf8)
 
         let env = ["CONTAINERS_CONF": tmp + "/containers.conf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": tmp]
-        let base = ["--root", tmp + "/storage", "--runroot", tmp + "/run"]
+        // podman refuses a runroot longer than 50 characters, and TMPDIR may be deep (scripts/test
+        // runs the suites in a directory of their own): the runroot lives directly under /tmp.
+        let runroot = "/tmp/myc-run-\(getpid())-\(Unique.next())"
+        defer { try? FileManager.default.removeItem(atPath: runroot) }
+        let base = ["--root", tmp + "/storage", "--runroot", runroot]
         // Output goes to files, not pipes: `run -d` leaves conmon holding podman's stdout for the container's
         // whole life, and a pipe would never reach end-of-file.
         @discardableResult
