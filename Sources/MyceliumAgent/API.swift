@@ -123,7 +123,7 @@ extension Agent {
             }
             requestFailureVote(node.compact)
             processReady()
-            return accept("failure vote on \(node) requested; watch 'mycelium status'")
+            return accept("failure vote on \(node) requested; the leader opens at most one round per member every 3 s: watch 'mycelium status' (votes)")
         case .metrics, nil:
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         }

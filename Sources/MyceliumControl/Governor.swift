@@ -489,7 +489,11 @@ public struct Governor: Sendable {
     mutating func openVote(_ kind: VoteKind, about node: MyceliumIdentity.NodeID, raft: Raft, spore: PrimarySpore, into out: inout [GovernorEffect]) {
         guard raft.role == .leader, spore.openRound(kind, node: node) == nil else { return }
         let key = node.compact &+ UInt64(kind.rawValue)
-        if let last = lastVoteOpened[key], ticks < last + 3 * tps { return }
+        if let last = lastVoteOpened[key], ticks < last + 3 * tps {
+            out.append(.log(.debug, "vote not opened: one about this member was opened less than 3 s ago",
+                            ["node": "\(node)", "kind": "\(kind)"]))
+            return
+        }
         lastVoteOpened[key] = ticks
         out.append(.submit(.openVote(kind, node: node, commitTicks: settings.votePhaseTicks, revealTicks: settings.votePhaseTicks)))
     }

@@ -104,11 +104,16 @@ func runLoopbackVoteBench(agents n: Int, rounds: Int) async throws {
     try net.startAll()
     try await net.waitFormed(timeout: 180)
     var latencies: [Double] = [], messages: [Double] = [], outcomes: [String] = []
+    var lastAsked: [String: Double] = [:]
     for r in 1...rounds {
         guard let v = await net.status(1) else { throw AgentError("agent 1 has no status") }
         let leader = v.leader
         let candidates = v.members.map(\.id).filter { $0 != leader }
         let target = candidates[r % candidates.count]
+        // The leader opens at most one round per member every 3 s (a flood of reports must not open a
+        // flood of rounds); with n − 1 candidates, round n asks about round 1's member again — pace it.
+        if let last = lastAsked[target], now() - last < 3.5 { try await Task.sleep(nanoseconds: UInt64((3.5 - (now() - last)) * 1e9)) }
+        lastAsked[target] = now()
         let before = Set(v.votes.map(\.sequence))
         do { _ = try await net.client(1 + r % n).requestFailureVote(node: target) } catch {
             throw AgentError("vote request refused: \(error)")
