@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumCore
 import XCTest
 
 /// A block of loopback TCP ports for one cluster, reserved for its lifetime.
@@ -54,21 +55,7 @@ final class PortBlock {
         return fd
     }
 
-    /// A listener could bind it right now (with SO_REUSEADDR, as the agents do).
-    static func isFree(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
+    static func isFree(_ port: Int) -> Bool { LoopbackPort.isFree(port) }
 }
 
 struct AgentTestError: Error, CustomStringConvertible {

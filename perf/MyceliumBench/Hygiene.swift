@@ -1,4 +1,5 @@
 import Foundation
+import MyceliumCore
 
 /// Loopback ports and child processes of one benchmark run, so that runs back to back never share a
 /// port and a run stopped by Ctrl-C or `timeout` leaves no agent, etcd or directory behind.
@@ -28,20 +29,7 @@ enum BenchHygiene {
         throw BenchError("no \(count) free loopback ports in \(firstPort)-\(lastPort); are old myceliumd or etcd processes running? (pgrep -a myceliumd)")
     }
 
-    static func isFree(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
+    static func isFree(_ port: Int) -> Bool { LoopbackPort.isFree(port) }
 
     /// The environment of a spawned `myceliumd`: it stops when this benchmark dies, however it dies.
     static var agentEnvironment: [String: String] {
