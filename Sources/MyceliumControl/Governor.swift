@@ -159,14 +159,15 @@ public struct Governor: Sendable {
 
     // MARK: ticks
 
-    /// One tick, after Raft's. `lostConnections`: peers whose link to us had a connection and lost it.
-    public mutating func tick(raft: Raft, state: ControlState, lostConnections: Set<UInt64>,
+    /// One tick, after Raft's. `lostConnections`: peers whose link to us had a connection and lost it
+    /// (evaluated only while a failure question is being checked).
+    public mutating func tick(raft: Raft, state: ControlState, lostConnections: @autoclosure () -> Set<UInt64>,
                               using rng: inout some RandomNumberGenerator) -> [GovernorEffect] {
         ticks += 1
         var out: [GovernorEffect] = []
         let spore = state.spore
         handleVoteEffects(votes.tick(), raft: raft, spore: spore, into: &out)
-        finishChecks(raft: raft, spore: spore, lostConnections: lostConnections, using: &rng, into: &out)
+        if !pendingChecks.isEmpty { finishChecks(raft: raft, spore: spore, lostConnections: lostConnections(), using: &rng, into: &out) }
         for victim in behaviour.accusations(tick: ticks, ticksPerSecond: tps,
                                             members: spore.presentMembers.map { $0.id.compact }.filter { $0 != me }, using: &rng) {
             requestFailureVote(victim, raft: raft, state: state, into: &out)
@@ -231,14 +232,15 @@ public struct Governor: Sendable {
 
     // MARK: observations
 
-    /// Something arrived from `peer` on an authenticated channel.
-    public mutating func heard(from peer: UInt64, raft: Raft, state: ControlState, lostConnections: Set<UInt64>,
+    /// Something arrived from `peer` on an authenticated channel. Called for every frame, so it stays
+    /// cheap: `lostConnections` is evaluated only while a failure question is being checked.
+    public mutating func heard(from peer: UInt64, raft: Raft, state: ControlState, lostConnections: @autoclosure () -> Set<UInt64>,
                                using rng: inout some RandomNumberGenerator) -> [GovernorEffect] {
         var out: [GovernorEffect] = []
         lastHeard[peer] = ticks
         for e in detector.heard(from: peer) { handleDetector(e, into: &out) }
         if !pendingChecks.isEmpty {  // an answer to a direct check: vote at once
-            finishChecks(raft: raft, spore: state.spore, lostConnections: lostConnections, using: &rng, into: &out)
+            finishChecks(raft: raft, spore: state.spore, lostConnections: lostConnections(), using: &rng, into: &out)
         }
         if heardFrom.insert(peer).inserted, member(peer, state.spore) != nil {
             detector.setPeers(probeTargets(state.spore))
@@ -517,7 +519,7 @@ public struct Governor: Sendable {
             out.append(.count(.votesOpened))
             out.append(.note("vote \(round.sequence) opened: \(round.kind) of \(round.node), \(round.spec.voters.count) voters, tolerates \(round.spec.assumedFaults) liar(s)"))
             joinRound(round, raft: raft, spore: spore, using: &rng, into: &out)
-        case let .decideVote(seq, _):
+        case let .decideVote(seq, certificateBytes):
             guard let round = spore.rounds[seq], let result = round.decision else { return }
             let verdict = result == .yes ? "yes" : "no"
             out.append(.count(result == .yes ? .votesDecidedYes : .votesDecidedNo))
@@ -532,7 +534,7 @@ public struct Governor: Sendable {
             // A voter that has not decided yet (it missed messages) adopts the committed decision,
             // so every honest voter's round ends decided, not timed out.
             // (A voter still checking before it answers opens its round later: it adopts then.)
-            if let cert = try? DecisionCertificate(decoding: certificateBytes(command)) {
+            if let cert = try? DecisionCertificate(decoding: certificateBytes) {
                 committedDecisions[round.spec.id] = cert
                 adopt(cert, raft: raft, spore: spore, into: &out)
             }
@@ -548,11 +550,6 @@ public struct Governor: Sendable {
         default:
             break
         }
-    }
-
-    func certificateBytes(_ c: SporeCommand) -> [UInt8] {
-        if case let .decideVote(_, cert) = c { return cert }
-        return []
     }
 
     /// Opens the committed round in this node's vote instance, with this node's answer.

@@ -203,6 +203,7 @@ public struct GovernorSimulation {
         result.scenario = scenario.joined(separator: "; ")
         let healedAt = now
         runUntil(healedAt + Self.failureBound) { sim in sim.victimRemoved(victim) }
+        if victimRemoved(victim) { result.killedRecordedAt = now }
         guard result.failure == nil else { return }
         guard victimRemoved(victim) else {
             return fail("n\(victim), killed for good, was not recorded failed and removed from the voters within \(Self.failureBound) ms of healing")
@@ -323,7 +324,8 @@ public struct GovernorSimulation {
     mutating func tick(_ i: Int) {
         nodes[i].raft!.tick()
         var r = nodes[i].random
-        let effects = nodes[i].governor!.tick(raft: nodes[i].raft!, state: nodes[i].control, lostConnections: lostConnections(i), using: &r)
+        let lost = lostConnections(i)
+        let effects = nodes[i].governor!.tick(raft: nodes[i].raft!, state: nodes[i].control, lostConnections: lost, using: &r)
         nodes[i].random = r
         carry(i, effects)
         guard nodes[i].up else { return }
@@ -349,7 +351,8 @@ public struct GovernorSimulation {
     mutating func deliver(_ d: SimNetwork<PeerMessage>.Delivery) {
         guard let i = byRaftID[d.to], nodes[i].up else { return }
         var r = nodes[i].random
-        carry(i, nodes[i].governor!.heard(from: d.from, raft: nodes[i].raft!, state: nodes[i].control, lostConnections: lostConnections(i), using: &r))
+        let lost = lostConnections(i)
+        carry(i, nodes[i].governor!.heard(from: d.from, raft: nodes[i].raft!, state: nodes[i].control, lostConnections: lost, using: &r))
         nodes[i].random = r
         guard nodes[i].up else { return }
         let raft = nodes[i].raft!, control = nodes[i].control
@@ -547,7 +550,7 @@ public struct GovernorSimulation {
         let s = nodes[l].control.spore
         let voters = Set(nodes[l].raft!.confState.voters)
         return s.phase == .distributed && s.presentMembers.count == nodes.count
-            && Set(s.sclerotia.map(\.compact)) == voters && voters.count == settings.targetVoters(nodes.count)
+            && Set(s.sclerotia.map(\.compact)) == voters && voters.count == nodes[l].governor!.targetVoters(spore: s)
     }
 
     var leaderIndex: Int? {
@@ -580,7 +583,6 @@ public struct GovernorSimulation {
 
     mutating func checkEnd(_ victim: Int) {
         guard let l = leaderIndex else { return fail("no leader after healing") }
-        result.killedRecordedAt = result.killedRecordedAt ?? now
         let s = nodes[l].control.spore
         let voters = Set(nodes[l].raft!.confState.voters)
         if Set(s.sclerotia.map(\.compact)) != voters {
@@ -603,13 +605,5 @@ public struct GovernorSimulation {
     mutating func trace(_ line: String) {
         traceLines.append("\(now)ms \(line)")
         if traceLines.count > 4000 { traceLines.removeFirst(2000) }
-    }
-}
-
-extension GovernorSettings {
-    func targetVoters(_ present: Int) -> Int {
-        var t = min(sclerotia, present)
-        if t % 2 == 0 { t -= 1 }
-        return max(1, t)
     }
 }

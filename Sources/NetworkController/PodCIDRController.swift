@@ -32,8 +32,8 @@ public struct PodCIDRController: Controller {
     public var name: String { "network" }
     /// What the driver was last asked to write (nil before the first write).
     var written: CIDR??
-    /// Assignments this leader proposed and has not seen applied, with the tick of the proposal.
-    var proposed: [MyceliumIdentity.NodeID: UInt64] = [:]
+    /// Blocks this leader proposed and has not seen applied, with the tick of the proposal.
+    var proposed: [MyceliumIdentity.NodeID: (block: CIDR, at: UInt64)] = [:]
     var configureProposedAt: UInt64?
 
     public init(settings: PodNetworkSettings = PodNetworkSettings()) { self.settings = settings }
@@ -41,7 +41,7 @@ public struct PodCIDRController: Controller {
     public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<PodCIDRAction>] {
         switch change {
         case let .podCIDR(node, _):
-            proposed[node] = nil; proposedBlocks[node] = nil
+            proposed[node] = nil
             return node == context.node ? writeIfChanged(context) : []
         case .restored:
             return writeIfChanged(context)
@@ -77,13 +77,13 @@ public struct PodCIDRController: Controller {
                     .note("configuring the pod range \(settings.pool) with a /\(settings.nodePrefix) per node")]
         }
         var out: [ControllerEffect<PodCIDRAction>] = []
-        var reserved = Set(proposedBlocks.values)
+        var reserved = Set(proposed.values.map(\.block))
         for m in context.state.spore.presentMembers where table.cidr(of: m.id) == nil {
-            if let at = proposed[m.id], context.tick < at + 2 * context.ticksPerSecond { continue }
+            if let p = proposed[m.id], context.tick < p.at + 2 * context.ticksPerSecond { continue }
             // A retry proposes the same block again while it is still free, so a late commit of
             // the first proposal and the retry agree.
             let block: CIDR
-            if let previous = proposedBlocks[m.id], table.isFree(previous) {
+            if let previous = proposed[m.id]?.block, table.isFree(previous) {
                 block = previous
             } else if let free = table.firstFree(excluding: reserved) {
                 block = free
@@ -92,13 +92,9 @@ public struct PodCIDRController: Controller {
                 break
             }
             reserved.insert(block)
-            proposed[m.id] = context.tick
-            proposedBlocks[m.id] = block
+            proposed[m.id] = (block, context.tick)
             out.append(.propose(.network(.assign(node: m.id, block))))
         }
         return out
     }
-
-    /// Blocks proposed and not yet applied, by node.
-    var proposedBlocks: [MyceliumIdentity.NodeID: CIDR] = [:]
 }
