@@ -30,25 +30,33 @@ public enum Credential: Equatable, Sendable {
 
 public struct Hello: Equatable, Sendable {
     static let magic: [UInt8] = Array("MYH1".utf8)
-    public static let protocolVersion: UInt16 = 1
-    static let maxCredential = 2048
+    public static let protocolVersion: UInt16 = 2
+    static let maxCredential = 4096
+    /// Links sent with a certificate: enough for a peer that missed this many sclerotia changes.
+    public static let maxLinks = 32
 
     public var networkID: NetworkID
     public var nonce: [UInt8]
+    /// The sender's clock (unix seconds), to measure and bound clock skew between members.
+    public var time: Int64
     public var credential: Credential
+    /// The newest links of the sender's sclerotia chain, so a peer a few links behind can verify.
+    public var links: [SclerotiaLink]
 
-    public init(networkID: NetworkID, nonce: [UInt8], credential: Credential) {
-        self.networkID = networkID; self.nonce = nonce; self.credential = credential
+    public init(networkID: NetworkID, nonce: [UInt8], time: Int64, credential: Credential, links: [SclerotiaLink] = []) {
+        self.networkID = networkID; self.nonce = nonce; self.time = time; self.credential = credential; self.links = links
     }
 
     public func encoded() -> [UInt8] {
-        var w = ByteWriter(capacity: 256)
+        var w = ByteWriter(capacity: 256 + links.count * 600)
         w.raw(Self.magic); w.u16(Self.protocolVersion)
-        w.raw(networkID.bytes); w.raw(nonce)
+        w.raw(networkID.bytes); w.raw(nonce); w.i64(time)
         switch credential {
         case .member(let c): w.u8(1); w.blob(c.encoded())
         case .invite(let i): w.u8(2); w.blob(i.encoded())
         }
+        w.u8(UInt8(links.count))
+        for l in links { w.blob(l.encoded()) }
         return w.bytes
     }
 
@@ -57,16 +65,24 @@ public struct Hello: Equatable, Sendable {
             var r = ByteReader(bytes)
             guard try r.raw(4) == Self.magic else { throw DecodeError(.badMagic, at: 0) }
             let v = try r.u16()
-            if v != Self.protocolVersion { throw DecodeError(.unknownVersion(field: "handshake protocol", value: UInt64(v)), at: 4) }
+            if v != Self.protocolVersion {
+                throw DecodeError(.unknownVersion(field: "handshake protocol (this node speaks \(Self.protocolVersion); upgrade the older node)", value: UInt64(v)), at: 4)
+            }
             networkID = try NetworkID(bytes: r.raw(16))
             nonce = try r.raw(32)
+            time = try r.i64()
             let kind = try r.u8()
             let blob = try r.blob("credential", limit: Self.maxCredential)
             switch kind {
             case 1: credential = .member(try MembershipCertificate(decoding: blob))
             case 2: credential = .invite(try Invite(decoding: blob))
-            default: throw DecodeError(.invalid(field: "credential kind", reason: "\(kind) is neither 1 (member) nor 2 (invite)"), at: 54)
+            default: throw DecodeError(.invalid(field: "credential kind", reason: "\(kind) is neither 1 (member) nor 2 (invite)"), at: 62)
             }
+            let n = Int(try r.u8())
+            if n > Self.maxLinks { throw DecodeError(.tooLong(field: "links", length: n, limit: Self.maxLinks), at: r.offset - 1) }
+            var ls: [SclerotiaLink] = []
+            for _ in 0..<n { ls.append(try SclerotiaLink(decoding: r.blob("link", limit: 4096))) }
+            links = ls
             try r.finish()
         } catch let e as DecodeError {
             throw HandshakeError(.malformed("hello: \(e)"))
@@ -159,13 +175,19 @@ public enum Verdict: Equatable, Sendable {
 
 /// What this side knows when it judges a peer. A value: the shell fills it from its current view.
 public struct HandshakePolicy: Sendable {
-    public var network: NetworkID
+    /// The sclerotia chain this node trusts (from the genesis key).
+    public var chain: SclerotiaChain
     public var now: Int64
     public var revoked: Set<NodeID>
     public var keys: KeyRegistry
+    /// Members that may invite now, with their current keys. Nil: this side does not admit joiners.
+    public var inviters: [NodeID: PublicKey]?
 
-    public init(network: NetworkID, now: Int64, revoked: Set<NodeID> = [], keys: KeyRegistry = KeyRegistry()) {
-        self.network = network; self.now = now; self.revoked = revoked; self.keys = keys
+    public var network: NetworkID { chain.network }
+
+    public init(chain: SclerotiaChain, now: Int64, revoked: Set<NodeID> = [], keys: KeyRegistry = KeyRegistry(),
+                inviters: [NodeID: PublicKey]? = nil) {
+        self.chain = chain; self.now = now; self.revoked = revoked; self.keys = keys; self.inviters = inviters
     }
 }
 
@@ -176,6 +198,8 @@ public struct VerifiedPeer: Equatable, Sendable {
     /// Nil only for a joiner whose certificate the server is about to issue.
     public var certificate: MembershipCertificate?
     public var joiningWith: Invite?
+    /// The peer's clock minus ours when it said hello (seconds).
+    public var clockSkew: Int64 = 0
 }
 
 public enum HandshakeVerifier {
@@ -191,6 +215,10 @@ public enum HandshakeVerifier {
         if hello.networkID != policy.network {
             throw HandshakeError(.wrongNetwork(expected: policy.network, actual: hello.networkID))
         }
+        let skew = hello.time - policy.now
+        if abs(skew) > maxClockSkew {
+            throw HandshakeError(.clockSkew(IdentityError(.clockSkew(peerTime: hello.time, now: policy.now, allowed: maxClockSkew))))
+        }
         let claimedKey: PublicKey
         let nodeID: NodeID
         var cert: MembershipCertificate?
@@ -198,7 +226,9 @@ public enum HandshakeVerifier {
         switch hello.credential {
         case .member(let c):
             do {
-                try c.verify(network: policy.network, now: policy.now, revoked: policy.revoked)
+                var chain = policy.chain
+                try chain.absorb(hello.links)
+                try c.verify(chain: chain, now: policy.now, revoked: policy.revoked)
             } catch {
                 switch error.code {
                 case .expired, .notYetValid: throw HandshakeError(.expiredMember(error))
@@ -212,7 +242,18 @@ public enum HandshakeVerifier {
             cert = c
         case .invite(let i):
             guard peerRole == .client else { throw HandshakeError(.protocolViolation("a server cannot present an invite")) }
-            do { try i.verify(network: policy.network, now: policy.now) } catch { throw HandshakeError(.inviteRefused(error)) }
+            do throws(IdentityError) {
+                try i.verify(network: policy.network, now: policy.now)
+                guard let inviters = policy.inviters else {
+                    throw IdentityError(.inviterNotAllowed(inviter: i.inviter, reason: "this node does not admit joiners"))
+                }
+                guard let key = inviters[i.inviter] else {
+                    throw IdentityError(.inviterNotAllowed(inviter: i.inviter, reason: "it is not a present member with the inviter role"))
+                }
+                if key != i.inviterKey {
+                    throw IdentityError(.inviterNotAllowed(inviter: i.inviter, reason: "it was signed with a key the inviter no longer holds"))
+                }
+            } catch { throw HandshakeError(.inviteRefused(error)) }
             claimedKey = tlsKey
             nodeID = NodeID(publicKey: tlsKey)
             invite = i
@@ -228,7 +269,7 @@ public enum HandshakeVerifier {
         }
         let signed = Proof.signedBytes(role: peerRole, network: policy.network, binding: binding, peerNonce: ourNonce)
         if !tlsKey.verify(proof.signature, for: signed) { throw HandshakeError(.badProof) }
-        return VerifiedPeer(nodeID: nodeID, key: tlsKey, certificate: cert, joiningWith: invite)
+        return VerifiedPeer(nodeID: nodeID, key: tlsKey, certificate: cert, joiningWith: invite, clockSkew: skew)
     }
 }
 
@@ -245,6 +286,7 @@ public struct HandshakeError: Error, Equatable, Sendable, CustomStringConvertibl
         case retiredKey(NodeID)
         case badProof
         case inviteRefused(IdentityError)
+        case clockSkew(IdentityError)
         case malformed(String)
         case protocolViolation(String)
         case refusedByPeer(String)
@@ -271,6 +313,7 @@ public struct HandshakeError: Error, Equatable, Sendable, CustomStringConvertibl
         case let .retiredKey(n): return "peer used a key of \(n) that was rotated out"
         case .badProof: return "peer's handshake signature does not verify"
         case let .inviteRefused(e): return "invite refused: \(e)"
+        case let .clockSkew(e): return "peer's \(e)"
         case let .malformed(s): return "malformed handshake message: \(s)"
         case let .protocolViolation(s): return "protocol violation: \(s)"
         case let .refusedByPeer(s): return "the peer refused us: \(s)"

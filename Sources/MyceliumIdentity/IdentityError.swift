@@ -18,10 +18,26 @@ public struct IdentityError: Error, Equatable, Sendable, CustomStringConvertible
         case staleRotation(node: NodeID, sequence: UInt64, current: UInt64)
         case retiredKey(node: NodeID)
         case file(FileError)
+        case unknownGeneration(what: String, generation: UInt64, known: UInt64)
+        case tooFewSignatures(what: String, have: Int, need: Int, of: Int, generation: UInt64)
+        case notBySclerotium(what: String, index: Int, generation: UInt64, signers: Int)
+        case badQuorumSignature(what: String, signer: NodeID, generation: UInt64)
+        case supersededIssuer(generation: UInt64, supersededAt: Int64, issuedAt: Int64)
+        case forkedChain(generation: UInt64)
+        case staleChain(have: UInt64, got: UInt64)
+        case inviterNotAllowed(inviter: NodeID, reason: String)
+        case clockSkew(peerTime: Int64, now: Int64, allowed: Int64)
     }
 
     public let code: Code
     public init(_ code: Code) { self.code = code }
+
+    /// Wraps an error thrown by a `ByteReader` while decoding `what`.
+    public static func decoding(_ what: String, _ error: any Error) -> IdentityError {
+        if let e = error as? DecodeError { return IdentityError(.decode(what: what, e)) }
+        if let e = error as? IdentityError { return e }
+        return IdentityError(.malformed(what: what, reason: "\(error)"))
+    }
 
     public var description: String {
         switch code {
@@ -46,6 +62,26 @@ public struct IdentityError: Error, Equatable, Sendable, CustomStringConvertible
             return "key rotation #\(seq) for \(node) is not newer than the known rotation #\(current)"
         case let .retiredKey(node): return "this key of \(node) was rotated out and is no longer accepted"
         case let .file(e): return e.description
+        case let .unknownGeneration(what, g, known):
+            return "\(what) is signed by sclerotia generation \(g), but only generations up to \(known) are known here; "
+                + "a node that was away for long learns the newer links from a seed spore ('mycelium spore import')"
+        case let .tooFewSignatures(what, have, need, of, g):
+            return "\(what) carries \(have) signature(s) of generation \(g)'s \(of) sclerotia; a quorum is \(need)"
+        case let .notBySclerotium(what, index, g, n):
+            return "\(what) has a signature by signer #\(index), but generation \(g) has only \(n) sclerotia: it was not signed by a sclerotium"
+        case let .badQuorumSignature(what, signer, g):
+            return "\(what) has a signature in the name of sclerotium \(signer) (generation \(g)) that does not verify: altered, or signed by another key"
+        case let .supersededIssuer(g, at, issued):
+            return "certificate issued at \(issued) by sclerotia generation \(g), which was replaced at \(at): "
+                + "a removed sclerotium (or an old quorum) cannot issue"
+        case let .forkedChain(g):
+            return "sclerotia link \(g) differs from the one this node knows (a forged or forked chain)"
+        case let .staleChain(have, got):
+            return "a sclerotia chain up to generation \(got) is older than the known one (generation \(have)): a replayed old chain"
+        case let .inviterNotAllowed(inviter, reason):
+            return "invite by \(inviter) is not honoured: \(reason)"
+        case let .clockSkew(peer, now, allowed):
+            return "clock differs by \(peer - now) s from this node's (at most ±\(allowed) s is allowed); fix the clock (NTP) on the node that is off"
         }
     }
 }

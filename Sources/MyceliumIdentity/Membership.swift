@@ -42,58 +42,93 @@ public struct NetworkIdentity: Hashable, Sendable {
     }
 }
 
-/// Seconds of clock skew tolerated between nodes when checking "issued at" times.
-public let allowedClockSkew: Int64 = 300
+/// Seconds by which members' clocks may differ. A peer further off is refused at the handshake with
+/// a clear error; a certificate is accepted this long before its issue time. With renewal at two
+/// thirds of a lifetime, a lifetime of L leaves L/3 − this for a renewal to land (docs/MEMBERSHIP.md).
+public let maxClockSkew: Int64 = 10
+
+/// The shortest certificate lifetime a network may choose (see `maxClockSkew`).
+public let minimumCertificateLifetime: Int64 = 60
 
 /// A node's signed membership in one network.
 ///
-/// Self-certifying: the issuer's key travels in the certificate and must hash to the network ID,
-/// so a verifier needs only the network ID it belongs to. For now the genesis key issues every
-/// certificate; admission by the primary spore comes with the node agent.
+/// Issued by generation 0 (the genesis key: the founders, before the handoff) or by a quorum of the
+/// sclerotia of generation g ≥ 1 (everything after). The genesis key travels in the certificate and
+/// must hash to the network ID, so it names its network by itself; a verifier also needs the
+/// sclerotia chain (`SclerotiaChain`) to check a generation-g quorum.
 public struct MembershipCertificate: Hashable, Sendable {
-    static let magic: [UInt8] = Array("MYC1".utf8)
-    static let version: UInt8 = 1
-    static let domain: [UInt8] = Array("mycelium/membership-certificate/v1\0".utf8)
-    public static let encodedSize = 4 + 1 + 16 + 32 + 16 + 32 + 4 + 8 + 8 + 8 + 64
+    static let magic: [UInt8] = Array("MYC2".utf8)
+    static let version: UInt8 = 2
+    static let domain: [UInt8] = Array("mycelium/membership-certificate/v2\0".utf8)
+    /// The largest encoding (a quorum of the largest link).
+    public static let maxEncodedSize = 4 + 1 + 16 + 32 + 16 + 32 + 4 + 8 + 8 + 8 + 8 + 1 + maxLinkMembers * 65
 
     public let networkID: NetworkID
-    public let issuerKey: PublicKey
+    public let genesisKey: PublicKey
     public let nodeID: NodeID
     public let nodeKey: PublicKey
     public let roles: Roles
     public let serial: UInt64
     public let issuedAt: Int64
     public let expiresAt: Int64
-    public let signature: [UInt8]
+    /// 0: signed by the genesis key; g ≥ 1: by a quorum of sclerotia link g.
+    public let generation: UInt64
+    public let signatures: [QuorumSignature]
 
-    /// Issues a certificate signed by `genesis`.
+    public var lifetime: Int64 { expiresAt - issuedAt }
+    /// When the network renews it: at two thirds of its lifetime.
+    public var renewAt: Int64 { issuedAt + lifetime * 2 / 3 }
+
+    /// Issues a certificate signed by the genesis key (generation 0).
     public static func issue(by genesis: SigningKey, nodeID: NodeID, nodeKey: PublicKey, roles: Roles,
                              serial: UInt64, issuedAt: Int64, validFor seconds: Int64) -> MembershipCertificate {
-        let net = NetworkID(genesisKey: genesis.publicKey)
-        let body = encodeBody(net, genesis.publicKey, nodeID, nodeKey, roles, serial, issuedAt, issuedAt + seconds)
-        return MembershipCertificate(networkID: net, issuerKey: genesis.publicKey, nodeID: nodeID, nodeKey: nodeKey,
-                                     roles: roles, serial: serial, issuedAt: issuedAt, expiresAt: issuedAt + seconds,
-                                     signature: genesis.sign(domain + body))
+        let c = unsigned(network: NetworkIdentity(genesisKey: genesis.publicKey), nodeID: nodeID, nodeKey: nodeKey, roles: roles,
+                         serial: serial, issuedAt: issuedAt, expiresAt: issuedAt + seconds, generation: 0)
+        return c.withSignatures([QuorumSignature(index: 0, signature: genesis.sign(c.signedBytes))])
     }
 
-    init(networkID: NetworkID, issuerKey: PublicKey, nodeID: NodeID, nodeKey: PublicKey, roles: Roles,
-         serial: UInt64, issuedAt: Int64, expiresAt: Int64, signature: [UInt8]) {
-        self.networkID = networkID; self.issuerKey = issuerKey; self.nodeID = nodeID; self.nodeKey = nodeKey
+    /// A certificate without signatures: the body a quorum signs.
+    public static func unsigned(network: NetworkIdentity, nodeID: NodeID, nodeKey: PublicKey, roles: Roles, serial: UInt64,
+                                issuedAt: Int64, expiresAt: Int64, generation: UInt64) -> MembershipCertificate {
+        MembershipCertificate(networkID: network.id, genesisKey: network.genesisKey, nodeID: nodeID, nodeKey: nodeKey, roles: roles,
+                              serial: serial, issuedAt: issuedAt, expiresAt: expiresAt, generation: generation, signatures: [])
+    }
+
+    init(networkID: NetworkID, genesisKey: PublicKey, nodeID: NodeID, nodeKey: PublicKey, roles: Roles,
+         serial: UInt64, issuedAt: Int64, expiresAt: Int64, generation: UInt64, signatures: [QuorumSignature]) {
+        self.networkID = networkID; self.genesisKey = genesisKey; self.nodeID = nodeID; self.nodeKey = nodeKey
         self.roles = roles; self.serial = serial; self.issuedAt = issuedAt; self.expiresAt = expiresAt
-        self.signature = signature
+        self.generation = generation; self.signatures = signatures
     }
 
-    static func encodeBody(_ net: NetworkID, _ issuer: PublicKey, _ node: NodeID, _ key: PublicKey, _ roles: Roles,
-                           _ serial: UInt64, _ issuedAt: Int64, _ expiresAt: Int64) -> [UInt8] {
-        var w = ByteWriter(capacity: encodedSize)
-        w.raw(magic); w.u8(version)
-        w.raw(net.bytes); w.raw(issuer.bytes); w.raw(node.bytes); w.raw(key.bytes)
-        w.u32(roles.rawValue); w.u64(serial); w.i64(issuedAt); w.i64(expiresAt)
+    public func withSignatures(_ sigs: [QuorumSignature]) -> MembershipCertificate {
+        MembershipCertificate(networkID: networkID, genesisKey: genesisKey, nodeID: nodeID, nodeKey: nodeKey, roles: roles,
+                              serial: serial, issuedAt: issuedAt, expiresAt: expiresAt, generation: generation,
+                              signatures: sigs.sorted { $0.index < $1.index })
+    }
+
+    /// The same certificate without its signatures.
+    public var body: MembershipCertificate { withSignatures([]) }
+
+    func encodeBody(into w: inout ByteWriter) {
+        w.raw(Self.magic); w.u8(Self.version)
+        w.raw(networkID.bytes); w.raw(genesisKey.bytes); w.raw(nodeID.bytes); w.raw(nodeKey.bytes)
+        w.u32(roles.rawValue); w.u64(serial); w.i64(issuedAt); w.i64(expiresAt); w.u64(generation)
+    }
+
+    /// What each signer signs.
+    public var signedBytes: [UInt8] {
+        var w = ByteWriter(capacity: 160)
+        w.raw(Self.domain)
+        encodeBody(into: &w)
         return w.bytes
     }
 
     public func encoded() -> [UInt8] {
-        Self.encodeBody(networkID, issuerKey, nodeID, nodeKey, roles, serial, issuedAt, expiresAt) + signature
+        var w = ByteWriter(capacity: 140 + signatures.count * 65)
+        encodeBody(into: &w)
+        QuorumSignature.encode(signatures, into: &w)
+        return w.bytes
     }
 
     /// Decodes the bytes only; call `verify` before trusting anything in it.
@@ -104,35 +139,42 @@ public struct MembershipCertificate: Hashable, Sendable {
             let v = try r.u8()
             if v != Self.version { throw DecodeError(.unknownVersion(field: "certificate version", value: UInt64(v)), at: 4) }
             networkID = try NetworkID(bytes: r.raw(16))
-            issuerKey = try PublicKey(bytes: r.raw(32))
+            genesisKey = try PublicKey(bytes: r.raw(32))
             nodeID = try NodeID(bytes: r.raw(16))
             nodeKey = try PublicKey(bytes: r.raw(32))
             roles = Roles(rawValue: try r.u32())
             serial = try r.u64()
             issuedAt = try r.i64()
             expiresAt = try r.i64()
-            signature = try r.raw(64)
+            generation = try r.u64()
+            signatures = try QuorumSignature.decode(&r, limit: maxLinkMembers)
             try r.finish()
-        } catch let e as DecodeError {
-            throw IdentityError(.decode(what: "membership certificate", e))
-        } catch let e as IdentityError {
-            throw e
         } catch {
-            throw IdentityError(.malformed(what: "membership certificate", reason: "\(error)"))
+            throw IdentityError.decoding("membership certificate", error)
         }
     }
 
-    /// Checks, in order: the network, the issuer, the signature, the validity window and revocation.
-    /// Each failure has its own error code, so the log says exactly why a peer was refused.
-    public func verify(network: NetworkID, now: Int64, revoked: Set<NodeID> = []) throws(IdentityError) {
-        if networkID != network { throw IdentityError(.wrongNetwork(expected: network, actual: networkID)) }
-        if NetworkID(genesisKey: issuerKey) != networkID { throw IdentityError(.notIssuedByGenesis(what: "membership certificate")) }
-        let body = Self.encodeBody(networkID, issuerKey, nodeID, nodeKey, roles, serial, issuedAt, expiresAt)
-        if !issuerKey.verify(signature, for: Self.domain + body) {
-            throw IdentityError(.badSignature(what: "membership certificate"))
+    /// Checks, in order: the network, the genesis key, the issuer (generation known, still in office
+    /// at the issue time, a quorum of valid signatures), the validity window and revocation. Each
+    /// failure has its own error code, so the log says exactly why a peer was refused.
+    public func verify(chain: SclerotiaChain, now: Int64, revoked: Set<NodeID> = []) throws(IdentityError) {
+        if networkID != chain.network { throw IdentityError(.wrongNetwork(expected: chain.network, actual: networkID)) }
+        if genesisKey != chain.genesisKey || NetworkID(genesisKey: genesisKey) != networkID {
+            throw IdentityError(.notIssuedByGenesis(what: "membership certificate"))
         }
-        if now + allowedClockSkew < issuedAt { throw IdentityError(.notYetValid(what: "membership certificate", validFrom: issuedAt, now: now)) }
+        if let end = chain.supersededAt(generation), issuedAt > end {
+            throw IdentityError(.supersededIssuer(generation: generation, supersededAt: end, issuedAt: issuedAt))
+        }
+        try chain.verifyQuorum(signatures, over: signedBytes, generation: generation, what: "membership certificate of \(nodeID)")
+        if expiresAt <= issuedAt { throw IdentityError(.malformed(what: "membership certificate", reason: "expires before it is issued")) }
+        if now + maxClockSkew < issuedAt { throw IdentityError(.notYetValid(what: "membership certificate", validFrom: issuedAt, now: now)) }
         if now >= expiresAt { throw IdentityError(.expired(what: "membership certificate", expiredAt: expiresAt, now: now)) }
         if revoked.contains(nodeID) { throw IdentityError(.revoked(node: nodeID)) }
+    }
+
+    /// Verifies against the genesis key alone (generation 0 only): for tools that hold no chain.
+    public func verify(network: NetworkID, now: Int64, revoked: Set<NodeID> = []) throws(IdentityError) {
+        if networkID != network { throw IdentityError(.wrongNetwork(expected: network, actual: networkID)) }
+        try verify(chain: SclerotiaChain(genesisKey: genesisKey), now: now, revoked: revoked)
     }
 }

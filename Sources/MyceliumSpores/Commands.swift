@@ -3,7 +3,7 @@ import MyceliumIdentity
 
 /// A change to the primary spore. Carried in Raft entries as a `SignedCommand`.
 public enum SporeCommand: Sendable, Equatable {
-    /// A node enters the network with its genesis-issued certificate.
+    /// A node enters (or re-enters) the network with a certificate the network issued.
     case admit(MembershipCertificate)
     /// The author says it is present (its lease in the spore is renewed) and what it offers.
     case refresh(Capabilities)
@@ -27,6 +27,14 @@ public enum SporeCommand: Sendable, Equatable {
     case voteEvidence(sequence: UInt64, evidence: [UInt8])
     /// A governor closes a round that failed or stalled.
     case closeVote(sequence: UInt64)
+    /// Open the issuance of a certificate (admission by invite, renewal, role change).
+    case requestCertificate(CertificateRequest)
+    /// A signer of the issuance's generation adds its signature.
+    case signCertificate(id: UInt64, QuorumSignature)
+    /// A sclerotium of generation g−1 signs the pending link g.
+    case signLink(generation: UInt64, QuorumSignature)
+    /// The network refuses `node` from now on (an operator's decision).
+    case revoke(node: NodeID, reason: String)
 
     /// Large enough for a decision certificate or evidence of a few hundred voters.
     static let maxEncoded = 96 * 1024
@@ -49,6 +57,10 @@ public enum SporeCommand: Sendable, Equatable {
         case let .decideVote(seq, cert): w.u8(13); w.u64(seq); w.blob(cert)
         case let .voteEvidence(seq, e): w.u8(14); w.u64(seq); w.blob(e)
         case let .closeVote(seq): w.u8(15); w.u64(seq)
+        case .requestCertificate(let r): w.u8(16); r.encode(into: &w)
+        case let .signCertificate(id, s): w.u8(17); w.u64(id); w.u8(s.index); w.raw(s.signature)
+        case let .signLink(g, s): w.u8(18); w.u64(g); w.u8(s.index); w.raw(s.signature)
+        case let .revoke(node, reason): w.u8(19); w.raw(node.bytes); w.string(reason)
         }
         return w.bytes
     }
@@ -58,7 +70,7 @@ public enum SporeCommand: Sendable, Equatable {
             var r = ByteReader(bytes)
             let tag = try r.u8()
             switch tag {
-            case 1: self = .admit(try MembershipCertificate(decoding: r.blob("certificate", limit: 1024)))
+            case 1: self = .admit(try MembershipCertificate(decoding: r.blob("certificate", limit: MembershipCertificate.maxEncodedSize)))
             case 2: self = .refresh(Capabilities(cpus: try r.u16(), memoryMiB: try r.u32(), diskGiB: try r.u32()))
             case 3: self = .confirmAddress(node: try NodeID(bytes: r.raw(16)), address: try r.string("address", limit: 255))
             case 4:
@@ -84,6 +96,10 @@ public enum SporeCommand: Sendable, Equatable {
             case 13: self = .decideVote(sequence: try r.u64(), certificate: try r.blob("certificate", limit: SporeCommand.maxEncoded - 16))
             case 14: self = .voteEvidence(sequence: try r.u64(), evidence: try r.blob("evidence", limit: SporeCommand.maxEncoded - 16))
             case 15: self = .closeVote(sequence: try r.u64())
+            case 16: self = .requestCertificate(try CertificateRequest.decode(&r))
+            case 17: self = .signCertificate(id: try r.u64(), QuorumSignature(index: try r.u8(), signature: try r.raw(64)))
+            case 18: self = .signLink(generation: try r.u64(), QuorumSignature(index: try r.u8(), signature: try r.raw(64)))
+            case 19: self = .revoke(node: try NodeID(bytes: r.raw(16)), reason: try r.string("reason", limit: Revocation.maxReason))
             default: throw DecodeError(.invalid(field: "command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()
@@ -162,7 +178,7 @@ public struct SporeError: Error, Equatable, Sendable, CustomStringConvertible {
         switch code {
         case let .malformed(s): return "malformed \(s)"
         case let .badSignature(s): return "bad signature on \(s): it was altered or signed by another key"
-        case let .wrongNetwork(e, a): return "spore of network \(a), but this node is in \(e)"
+        case let .wrongNetwork(e, a): return "the spore belongs to network \(a), not to the expected network \(e)"
         case let .staleEpoch(have, got): return "epoch \(got) is older than the known epoch \(have) (an old or replayed spore, or a command applied twice)"
         case let .beyondLimits(s): return "beyond the spore's limits (\(s))"
         case let .unknownMember(n): return "\(n) is not a member of the spore"

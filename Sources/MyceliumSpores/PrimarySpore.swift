@@ -115,10 +115,24 @@ public struct PrimarySpore: Sendable, Equatable {
     public internal(set) var voteSequence: UInt64 = 0
     /// Members an accepted admission round approved as sclerotia.
     public internal(set) var approvedSclerotia: Set<NodeID> = []
+    /// Lifetime of the certificates the network issues (from the genesis node's certificate).
+    public internal(set) var certificateLifetime: Int64 = 0
+    /// The sclerotia chain from the genesis key (Issuance.swift).
+    public internal(set) var chain: SclerotiaChain
+    /// The next link while its signers sign it.
+    public internal(set) var pendingLink: PendingLink?
+    /// Certificates being signed, by issuance ID.
+    public internal(set) var issuances: [UInt64: Issuance] = [:]
+    public internal(set) var issuanceSequence: UInt64 = 0
+    /// Invites already used (hash of the secret → the invite's expiry).
+    public internal(set) var usedInvites: [[UInt8]: Int64] = [:]
+    /// Members the network revoked.
+    public internal(set) var revoked: [NodeID: Revocation] = [:]
 
     public init(network: NetworkIdentity, limits: SporeLimits = SporeLimits()) {
         self.network = network
         self.limits = limits
+        self.chain = SclerotiaChain(genesisKey: network.genesisKey)
     }
 
     /// Members that count toward the network now (alive or suspect), in ID order.
@@ -147,8 +161,9 @@ public struct PrimarySpore: Sendable, Equatable {
         var checkRegistry = true
         switch s.command {
         case .admit(let cert):
-            // The genesis key vouches for the member; the member signs its own admission request.
-            do { try cert.verify(network: network.id, now: now) } catch { throw SporeError(.refused(error)) }
+            // The network (genesis key or a sclerotia quorum) vouches for the member; the member signs
+            // its own admission request.
+            do { try cert.verify(chain: chain, now: now, revoked: revokedIDs) } catch { throw SporeError(.refused(error)) }
             guard s.author == cert.nodeID else { throw SporeError(.notAuthorized(s.author, "admit another node")) }
             key = cert.nodeKey
         case .rotateKey(let r):
@@ -180,11 +195,12 @@ public struct PrimarySpore: Sendable, Equatable {
             if members[cert.nodeID] == nil && members.count >= limits.maxMembers {
                 throw SporeError(.beyondLimits("members: \(limits.maxMembers)"))
             }
-            members[cert.nodeID] = Member(certificate: cert, key: cert.nodeKey, addresses: [], capabilities: Capabilities(),
-                                          status: .alive, expiresAt: now + limits.memberTimeframe, since: now)
-            keys.learn(node: cert.nodeID, key: cert.nodeKey)
+            // The first member (the genesis node) sets the network's certificate lifetime.
+            if certificateLifetime == 0 && cert.generation == 0 { certificateLifetime = cert.lifetime }
+            // A member that rejoins with an older certificate than the one the network renewed keeps the newer.
+            let newer = members[cert.nodeID].map { $0.certificate.expiresAt > cert.expiresAt && $0.key == cert.nodeKey } ?? false
             // A re-admitted member keeps its record: failing and rejoining never resets trust.
-            trust.admit(cert.nodeID, score: phase == .bootstrap ? limits.founderTrust : nil)
+            admitMember(newer ? members[cert.nodeID]!.certificate : cert)
 
         case let .refresh(capabilities):
             guard var m = members[author], m.status != .left else { throw SporeError(.unknownMember(author)) }
@@ -219,7 +235,10 @@ public struct PrimarySpore: Sendable, Equatable {
             }
             if m.status != status { m.status = status; m.since = now }
             members[node] = m
-            if status == .failed || status == .left { sclerotia.removeAll { $0 == node }; approvedSclerotia.remove(node) }
+            if status == .failed || status == .left {
+                sclerotia.removeAll { $0 == node }; approvedSclerotia.remove(node)
+                issuances = issuances.filter { $0.value.certificate.nodeID != node }
+            }
 
         case let .setSclerotia(ids):
             guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "choose sclerotia")) }
@@ -234,11 +253,16 @@ public struct PrimarySpore: Sendable, Equatable {
                 }
             }
             sclerotia = ids.sorted()
+            proposeLinkIfChanged()
 
         case .handoff:
             // The handoff from the bootstrap agent to the sclerotia is itself a committed entry.
             guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "hand off governance")) }
             guard !sclerotia.isEmpty else { throw SporeError(.invalid("handoff needs sclerotia")) }
+            // After the handoff the sclerotia issue membership: their link must be signed first.
+            guard chain.latest?.members.map(\.id) == sclerotia.sorted() else {
+                throw SporeError(.invalid("handoff needs the sclerotia's link (generation \(chain.generation + 1)) signed by the genesis key first"))
+            }
             phase = .distributed
 
         case let .acquireLease(name, ttl):
@@ -263,12 +287,16 @@ public struct PrimarySpore: Sendable, Equatable {
         case let .rotateKey(r):
             do { try keys.apply(r) } catch { throw SporeError(.refused(error)) }
             members[r.node]?.key = r.newKey
+            if sclerotia.contains(r.node) { proposeLinkIfChanged() }
 
         case .tick:
             break  // advances `now` only; expiry happens after every command
 
         case .openVote, .decideVote, .voteEvidence, .closeVote:
             try performVote(c, author: author)
+
+        case .requestCertificate, .signCertificate, .signLink, .revoke:
+            try performIssuance(c, author: author)
         }
     }
 
@@ -299,5 +327,6 @@ public struct PrimarySpore: Sendable, Equatable {
         }
         advanceTrust()
         leases = leases.filter { $0.value.expiresAt > now }
+        expireIssuance()
     }
 }

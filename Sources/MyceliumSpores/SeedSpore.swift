@@ -49,7 +49,7 @@ public struct SeedSpore: Sendable, Equatable {
             var r = ByteReader(bytes)
             guard try r.raw(4) == Self.magic else { throw DecodeError(.badMagic, at: 0) }
             sporeBytes = try r.blob("spore", limit: Self.maxSize)
-            signerBytes = try r.blob("signer", limit: 1024)
+            signerBytes = try r.blob("signer", limit: MembershipCertificate.maxEncodedSize)
             at = try r.i64()
             sig = try r.raw(64)
             try r.finish()
@@ -61,9 +61,11 @@ public struct SeedSpore: Sendable, Equatable {
         guard signer.nodeKey.verify(sig, for: Self.signedBytes(sporeBytes, signerBytes, at)) else {
             throw SporeError(.badSignature("seed spore"))
         }
-        try SporeError.wrap { () throws(IdentityError) in try signer.verify(network: network, now: now) }
+        // The spore's chain was verified link by link from its genesis key while decoding: the signer's
+        // certificate is checked against it, as a light client would (docs/MEMBERSHIP.md).
         let spore = try PrimarySpore(decoding: sporeBytes, limits: limits)
         if spore.network.id != network { throw SporeError(.wrongNetwork(expected: network, actual: spore.network.id)) }
+        try SporeError.wrap { () throws(IdentityError) in try signer.verify(chain: spore.chain, now: now) }
         // Distributed: a sclerotium signs. Bootstrap: the bootstrap agent (a member that may invite).
         let signerMayWrite = spore.phase == .distributed
             ? spore.sclerotia.contains(signer.nodeID)

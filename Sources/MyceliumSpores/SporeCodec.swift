@@ -6,7 +6,7 @@ import MyceliumVote
 // produce the same bytes (and the same seed-spore signature input).
 
 extension PrimarySpore {
-    static let magic: [UInt8] = Array("MYS2".utf8)
+    static let magic: [UInt8] = Array("MYS3".utf8)
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 256 + members.count * 200)
@@ -31,6 +31,7 @@ extension PrimarySpore {
         w.i64(trustEpochStart); w.u64(voteSequence)
         w.u16(UInt16(approvedSclerotia.count)); for n in approvedSclerotia.sorted() { w.raw(n.bytes) }
         w.u16(UInt16(rounds.count)); for r in rounds.values.sorted(by: { $0.sequence < $1.sequence }) { r.encode(into: &w) }
+        encodeIssuance(into: &w)
         return w.bytes
     }
 
@@ -48,7 +49,7 @@ extension PrimarySpore {
             let nm = Int(try r.u32())
             if nm > limits.maxMembers { throw SporeError(.beyondLimits("members: \(nm) > \(limits.maxMembers)")) }
             for _ in 0..<nm {
-                let cert = try MembershipCertificate(decoding: r.blob("certificate", limit: 1024))
+                let cert = try MembershipCertificate(decoding: r.blob("certificate", limit: MembershipCertificate.maxEncodedSize))
                 if cert.networkID != network.id { throw SporeError(.wrongNetwork(expected: network.id, actual: cert.networkID)) }
                 let key = try PublicKey(bytes: r.raw(32))
                 let na = try r.count("addresses", limit: limits.maxAddressesPerMember)
@@ -83,6 +84,7 @@ extension PrimarySpore {
                 let round = try SporeRound(from: &r)
                 if rounds.updateValue(round, forKey: round.sequence) != nil { throw SporeError(.malformed("spore: vote round \(round.sequence) listed twice")) }
             }
+            try decodeIssuance(&r)
             try r.finish()
         } catch let e as SporeError {
             throw e

@@ -127,8 +127,15 @@ extension PrimarySpore {
             do {
                 let evidence = try Evidence(decoding: bytes)
                 guard evidence.round == round.spec.id else { throw SporeError(.invalid("evidence names another round")) }
-                guard try trust.slash(evidence, spec: round.spec) != nil else {
+                guard let record = try trust.slash(evidence, spec: round.spec) else {
                     throw SporeError(.invalid("\(evidence) was already slashed"))
+                }
+                // Proven equivocation (two signed, contradicting votes) is deliberate: the network
+                // revokes the member as well (docs/MEMBERSHIP.md). Lesser offences only jail, and a
+                // jailed member is not renewed while it sits out.
+                if record.key.offence == .equivocation, let m = members[record.key.accused], revoked[m.id] == nil,
+                   revoked.count < IssuanceLimits.maxRevocations {
+                    revokeMember(m, reason: "slashed for equivocation in vote round \(sequence)")
                 }
             } catch let e as SporeError { throw e } catch { throw SporeError(.invalid("evidence for round \(sequence) refused: \(error)")) }
 

@@ -42,9 +42,11 @@ public struct NodeCredentials: Sendable {
     public var key: SigningKey
     public var network: NetworkID
     public var credential: Credential
+    /// The newest links of this node's sclerotia chain, sent with the certificate.
+    public var links: [SclerotiaLink]
 
-    public init(key: SigningKey, network: NetworkID, credential: Credential) {
-        self.key = key; self.network = network; self.credential = credential
+    public init(key: SigningKey, network: NetworkID, credential: Credential, links: [SclerotiaLink] = []) {
+        self.key = key; self.network = network; self.credential = credential; self.links = links
     }
 
     public var nodeID: NodeID {
@@ -53,10 +55,11 @@ public struct NodeCredentials: Sendable {
     }
 }
 
-/// Admits joiners: checks and consumes their invite and issues their certificate.
-/// The genesis node's implementation holds the genesis key and the invite ledger.
+/// Admits joiners whose invite passed the handshake's checks: the agent's implementation asks the
+/// network (the primary spore marks the invite used and a quorum of sclerotia issues the
+/// certificate) and waits for the result, within the handshake's timeout.
 public protocol JoinAuthority: Sendable {
-    func admit(invite: Invite, nodeKey: PublicKey, now: Int64) throws(IdentityError) -> MembershipCertificate
+    func admit(invite: Invite, nodeKey: PublicKey, now: Int64) async throws(IdentityError) -> MembershipCertificate
 }
 
 /// An authenticated connection to one peer.
@@ -118,7 +121,22 @@ public final class PeerListener: Sendable {
         onRefusal: (@Sendable (_ address: String, _ error: Error) -> Void)? = nil,
         onPeer: @escaping @Sendable (PeerChannel) async -> Void
     ) async throws -> PeerListener {
-        let (cert, key) = try NodeTLS.certificate(key: credentials.key, nodeID: credentials.nodeID, now: unixNow())
+        try await start(host: host, port: port, credentials: { credentials }, settings: settings, group: group, logger: logger,
+                        policy: policy, joinAuthority: joinAuthority, onRefusal: onRefusal, onPeer: onPeer)
+    }
+
+    /// As above, with credentials read for each connection (a renewed certificate is presented at once;
+    /// the node key, and so the TLS certificate, stays the one of the first call).
+    public static func start(
+        host: String, port: Int, credentials current: @escaping @Sendable () -> NodeCredentials,
+        settings: ChannelSettings = ChannelSettings(),
+        group: EventLoopGroup, logger: Logger, policy: @escaping @Sendable () -> HandshakePolicy,
+        joinAuthority: JoinAuthority? = nil,
+        onRefusal: (@Sendable (_ address: String, _ error: Error) -> Void)? = nil,
+        onPeer: @escaping @Sendable (PeerChannel) async -> Void
+    ) async throws -> PeerListener {
+        let first = current()
+        let (cert, key) = try NodeTLS.certificate(key: first.key, nodeID: first.nodeID, now: unixNow())
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -133,7 +151,7 @@ public final class PeerListener: Sendable {
                     Task {
                         do {
                             let peer = try await runHandshake(
-                                channel: channel, frames: stream, role: .server, credentials: credentials, secrets: secrets,
+                                channel: channel, frames: stream, role: .server, credentials: current(), secrets: secrets,
                                 settings: settings, policy: policy(), joinAuthority: joinAuthority)
                             logger.debug("peer authenticated", metadata: ["peer": "\(address)", "node": "\(peer.peer.nodeID)"])
                             await onPeer(peer)
@@ -269,7 +287,8 @@ func runHandshake(
     }
 
     let nonce = Sodium.randomBytes(32)
-    let hello = tamper?.hello ?? Hello(networkID: credentials.network, nonce: nonce, credential: credentials.credential)
+    let hello = tamper?.hello ?? Hello(networkID: credentials.network, nonce: nonce, time: policy.now, credential: credentials.credential,
+                                       links: credentials.links)
     try await channel.writeAndFlush(Frame(type: ChannelFrameType.hello, payload: hello.encoded())).get()
     let peerHello: Hello
     do { peerHello = try Hello(decoding: try await expect(ChannelFrameType.hello, "hello")) } catch let e as HandshakeError {
@@ -292,7 +311,7 @@ func runHandshake(
         if let invite = verified.joiningWith {
             guard let joinAuthority else { throw HandshakeError(.inviteRefused(IdentityError(.inviteUnknown))) }
             do {
-                issued = try joinAuthority.admit(invite: invite, nodeKey: tlsKey, now: policy.now)
+                issued = try await joinAuthority.admit(invite: invite, nodeKey: tlsKey, now: policy.now)
             } catch {
                 throw HandshakeError(.inviteRefused(error))
             }
@@ -314,7 +333,11 @@ func runHandshake(
             guard case .invite = credentials.credential, cert.nodeKey == credentials.key.publicKey else {
                 throw await refuse(HandshakeError(.protocolViolation("peer issued a certificate we did not ask for")))
             }
-            do { try cert.verify(network: credentials.network, now: policy.now) } catch {
+            do {
+                var chain = policy.chain
+                try chain.absorb(peerHello.links)
+                try cert.verify(chain: chain, now: policy.now)
+            } catch {
                 throw await refuse(HandshakeError(.notAMember(error)))
             }
             ourCertificate = cert
