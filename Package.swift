@@ -45,7 +45,7 @@ let package = Package(
         .target(
             name: "MyceliumSim",
             dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores",
-                           "MyceliumMembership", "MyceliumControl", "NetworkController"]),
+                           "MyceliumMembership", "MyceliumControl", "NetworkController", "MembershipController"]),
         // Counts heap allocations by interposing malloc; link it into benchmarks only (mycelium-bench raft-sim).
         .target(name: "CMallocCounter", path: "CSources/CMallocCounter"),
 
@@ -64,6 +64,9 @@ let package = Package(
             name: "MyceliumControl",
             dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumMembership"],
             exclude: ["README.md"]),
+        // The membership controller: signing, renewal and this node's certificate (pure core), and the
+        // certificate file (driver).
+        .target(name: "MembershipController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
@@ -118,7 +121,7 @@ let package = Package(
             name: "MyceliumAgent",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
-                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MyceliumAPI",
+                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -219,6 +222,7 @@ let package = Package(
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),
         .testTarget(
             name: "MyceliumControlTests",
-            dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController", "MyceliumSim"]),
+            dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController",
+                           "MembershipController", "MyceliumSim"]),
     ]
 )

@@ -50,6 +50,15 @@ public struct AgentClient: Sendable {
     /// `GET /v1/spore/export`: a signed seed spore, as bytes to write to a file.
     public func exportSpore() async throws -> [UInt8] { try await send(.sporeExport) }
 
+    /// `GET /v1/membership`.
+    public func membership() async throws -> MembershipResponse { try await decoded(.membership) }
+
+    /// `POST /v1/revoke?node=ID&reason=TEXT`: asks the network to revoke `node`.
+    public func revoke(node: String, reason: String) async throws -> ActionResponse {
+        try await decoded(.revoke(node: node.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? node,
+                                  reason: reason.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? ""))
+    }
+
     /// `POST /v1/leave`: asks the network to remove this node.
     public func leave() async throws -> ActionResponse { try await decoded(.leave) }
 

@@ -43,11 +43,16 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public var podCIDR: String
     /// The file the network controller writes this node's pod CIDR to (read by `mycelium-cni`).
     public var podCIDRFile: String
+    /// Things an operator should look at (certificates near expiry, clocks that are off), or empty.
+    public var warnings: [String]?
+    /// The newest sclerotia generation this node knows (0: only the genesis key).
+    public var chainGeneration: UInt64?
 
     public init(network: String, node: String, role: String, raftMember: String, leader: String, term: UInt64,
                 commitIndex: UInt64, appliedIndex: UInt64, epoch: String, phase: String, sclerotia: [String],
                 voters: [String], health: String, members: [MemberInfo], votes: [VoteRoundInfo], events: [String],
-                podCIDR: String, podCIDRFile: String) {
+                podCIDR: String, podCIDRFile: String, warnings: [String]? = nil, chainGeneration: UInt64? = nil) {
+        self.warnings = warnings; self.chainGeneration = chainGeneration
         self.network = network; self.node = node; self.role = role; self.raftMember = raftMember; self.leader = leader
         self.term = term; self.commitIndex = commitIndex; self.appliedIndex = appliedIndex; self.epoch = epoch
         self.phase = phase; self.sclerotia = sclerotia; self.voters = voters; self.health = health
@@ -55,7 +60,8 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case network, node, role, leader, term, epoch, phase, sclerotia, voters, health, members, votes, events
+        case network, node, role, leader, term, epoch, phase, sclerotia, voters, health, members, votes, events, warnings
+        case chainGeneration = "chain_generation"
         case raftMember = "raft_member"
         case commitIndex = "commit_index"
         case appliedIndex = "applied_index"
@@ -118,21 +124,136 @@ public struct MemberInfo: Codable, Sendable, Equatable {
     public var jailed: Bool
     /// Whether a vote approved it as a sclerotium.
     public var approvedSclerotium: Bool
+    /// Its membership certificate: serial, issuing generation (0: the genesis key), and seconds until
+    /// it expires and until the network renews it (spore time).
+    public var certificate: CertificateInfo?
+    /// Its clock minus the answering node's, measured at their latest handshake (nil: not measured).
+    public var clockSkewSeconds: Int64?
+    /// Whether the network revoked it.
+    public var revoked: Bool?
 
     /// Whether the spore counts it as alive.
     public var isAlive: Bool { status == "alive" }
 
     public init(id: String, status: String, roles: String, addresses: [String], sclerotium: Bool, cpus: Int, key: String,
-                expiresInSeconds: Int64, trust: Int, jailed: Bool, approvedSclerotium: Bool) {
+                expiresInSeconds: Int64, trust: Int, jailed: Bool, approvedSclerotium: Bool,
+                certificate: CertificateInfo? = nil, clockSkewSeconds: Int64? = nil, revoked: Bool? = nil) {
         self.id = id; self.status = status; self.roles = roles; self.addresses = addresses; self.sclerotium = sclerotium
         self.cpus = cpus; self.key = key; self.expiresInSeconds = expiresInSeconds; self.trust = trust
         self.jailed = jailed; self.approvedSclerotium = approvedSclerotium
+        self.certificate = certificate; self.clockSkewSeconds = clockSkewSeconds; self.revoked = revoked
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, status, roles, addresses, sclerotium, cpus, key, trust, jailed
+        case id, status, roles, addresses, sclerotium, cpus, key, trust, jailed, certificate, revoked
         case expiresInSeconds = "expires_in_s"
         case approvedSclerotium = "approved_sclerotium"
+        case clockSkewSeconds = "clock_skew_s"
+    }
+}
+
+/// A membership certificate as the API shows it.
+public struct CertificateInfo: Codable, Sendable, Equatable {
+    public var serial: UInt64
+    /// 0: issued by the genesis key; g ≥ 1: by a quorum of sclerotia generation g.
+    public var generation: UInt64
+    /// Node IDs of the signers (the genesis key's fingerprint for generation 0).
+    public var signers: [String]
+    public var issuedAt: Int64
+    public var expiresAt: Int64
+    /// Seconds until it expires, in spore time (negative once expired).
+    public var expiresInSeconds: Int64
+    /// Seconds until the network renews it (negative: due).
+    public var renewInSeconds: Int64
+    /// Its whole lifetime in seconds.
+    public var lifetimeSeconds: Int64
+
+    public init(serial: UInt64, generation: UInt64, signers: [String], issuedAt: Int64, expiresAt: Int64,
+                expiresInSeconds: Int64, renewInSeconds: Int64, lifetimeSeconds: Int64) {
+        self.serial = serial; self.generation = generation; self.signers = signers; self.issuedAt = issuedAt
+        self.expiresAt = expiresAt; self.expiresInSeconds = expiresInSeconds; self.renewInSeconds = renewInSeconds
+        self.lifetimeSeconds = lifetimeSeconds
+    }
+
+    /// Within the last 20% of its lifetime: renewal is overdue.
+    public var nearExpiry: Bool { expiresInSeconds * 5 < lifetimeSeconds }
+
+    enum CodingKeys: String, CodingKey {
+        case serial, generation, signers
+        case issuedAt = "issued_at"
+        case expiresAt = "expires_at"
+        case expiresInSeconds = "expires_in_s"
+        case renewInSeconds = "renew_in_s"
+        case lifetimeSeconds = "lifetime_s"
+    }
+}
+
+/// `GET /v1/membership`: the sclerotia chain, certificates being issued and revocations.
+public struct MembershipResponse: Codable, Sendable, Equatable {
+    public var network: String
+    /// The genesis key's fingerprint (generation 0).
+    public var genesisKey: String
+    /// Lifetime of the certificates the network issues, in seconds.
+    public var certificateLifetimeSeconds: Int64
+    /// The links from the genesis key, oldest first.
+    public var chain: [LinkInfo]
+    /// The generation of the link being signed, if any.
+    public var pendingLink: UInt64?
+    /// Certificates being signed.
+    public var issuances: [IssuanceInfo]
+    public var revoked: [RevocationInfo]
+    /// The answering node's own certificate.
+    public var certificate: CertificateInfo
+
+    public init(network: String, genesisKey: String, certificateLifetimeSeconds: Int64, chain: [LinkInfo], pendingLink: UInt64?,
+                issuances: [IssuanceInfo], revoked: [RevocationInfo], certificate: CertificateInfo) {
+        self.network = network; self.genesisKey = genesisKey; self.certificateLifetimeSeconds = certificateLifetimeSeconds
+        self.chain = chain; self.pendingLink = pendingLink; self.issuances = issuances; self.revoked = revoked
+        self.certificate = certificate
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case network, chain, issuances, revoked, certificate
+        case genesisKey = "genesis_key"
+        case certificateLifetimeSeconds = "certificate_lifetime_s"
+        case pendingLink = "pending_link"
+    }
+}
+
+public struct LinkInfo: Codable, Sendable, Equatable {
+    public var generation: UInt64
+    public var sclerotia: [String]
+    /// Node IDs (the genesis key's fingerprint for link 1) that signed it.
+    public var signedBy: [String]
+    public var issuedAt: Int64
+    public init(generation: UInt64, sclerotia: [String], signedBy: [String], issuedAt: Int64) {
+        self.generation = generation; self.sclerotia = sclerotia; self.signedBy = signedBy; self.issuedAt = issuedAt
+    }
+    enum CodingKeys: String, CodingKey {
+        case generation, sclerotia
+        case signedBy = "signed_by"
+        case issuedAt = "issued_at"
+    }
+}
+
+public struct IssuanceInfo: Codable, Sendable, Equatable {
+    public var id: UInt64
+    public var node: String
+    public var purpose: String
+    public var signatures: Int
+    public var needed: Int
+    public init(id: UInt64, node: String, purpose: String, signatures: Int, needed: Int) {
+        self.id = id; self.node = node; self.purpose = purpose; self.signatures = signatures; self.needed = needed
+    }
+}
+
+public struct RevocationInfo: Codable, Sendable, Equatable {
+    public var node: String
+    public var serial: UInt64
+    public var at: Int64
+    public var reason: String
+    public init(node: String, serial: UInt64, at: Int64, reason: String) {
+        self.node = node; self.serial = serial; self.at = at; self.reason = reason
     }
 }
 
@@ -218,6 +339,10 @@ public struct APIErrorCode: RawRepresentable, Codable, Sendable, Hashable, Custo
     public static let voteUnavailable = APIErrorCode(rawValue: "vote_unavailable")
     /// 404: no such endpoint.
     public static let notFound = APIErrorCode(rawValue: "not_found")
+    /// Only a sclerotium may do this (sign a seed spore).
+    public static let notASclerotium = APIErrorCode(rawValue: "not_a_sclerotium")
+    /// This node's roles do not allow it.
+    public static let notAuthorized = APIErrorCode(rawValue: "not_authorized")
     /// The answer carried no code (an agent older than the codes).
     public static let unspecified = APIErrorCode(rawValue: "unspecified")
 }

@@ -21,6 +21,10 @@ public enum APIRoute: Sendable, Equatable {
     case failureVote(node: String)
     /// `GET /metrics`: Prometheus text format.
     case metrics
+    /// `GET /v1/membership`: the sclerotia chain, issuances and revocations (``MembershipResponse``).
+    case membership
+    /// `POST /v1/revoke?node=ID&reason=TEXT`: asks the network to revoke a member (``ActionResponse``).
+    case revoke(node: String, reason: String)
 
     /// `/v1/status`.
     public static let statusPath = "/v1/status"
@@ -34,12 +38,16 @@ public enum APIRoute: Sendable, Equatable {
     public static let failureVotePrefix = "/v1/vote/failure?node="
     /// `/metrics`.
     public static let metricsPath = "/metrics"
+    /// `/v1/membership`.
+    public static let membershipPath = "/v1/membership"
+    /// The revocation's path up to its node ID: `/v1/revoke?node=`.
+    public static let revokePrefix = "/v1/revoke?node="
 
     /// The HTTP method the route answers to.
     public var method: String {
         switch self {
-        case .status, .spore, .sporeExport, .metrics: "GET"
-        case .leave, .failureVote: "POST"
+        case .status, .spore, .sporeExport, .metrics, .membership: "GET"
+        case .leave, .failureVote, .revoke: "POST"
         }
     }
 
@@ -52,6 +60,8 @@ public enum APIRoute: Sendable, Equatable {
         case .leave: Self.leavePath
         case .failureVote(let node): Self.failureVotePrefix + node
         case .metrics: Self.metricsPath
+        case .membership: Self.membershipPath
+        case let .revoke(node, reason): Self.revokePrefix + node + "&reason=" + reason
         }
     }
 
@@ -62,6 +72,14 @@ public enum APIRoute: Sendable, Equatable {
         case ("GET", Self.sporePath): self = .spore
         case ("GET", Self.sporeExportPath): self = .sporeExport
         case ("GET", Self.metricsPath): self = .metrics
+        case ("GET", Self.membershipPath): self = .membership
+        case ("POST", _) where target.hasPrefix(Self.revokePrefix):
+            let rest = target.dropFirst(Self.revokePrefix.count)
+            if let amp = rest.firstIndex(of: "&"), rest[amp...].hasPrefix("&reason=") {
+                self = .revoke(node: String(rest[..<amp]), reason: String(rest[amp...].dropFirst("&reason=".count)))
+            } else {
+                self = .revoke(node: String(rest), reason: "")
+            }
         case ("POST", Self.leavePath): self = .leave
         case ("POST", _) where target.hasPrefix(Self.failureVotePrefix):
             self = .failureVote(node: String(target.dropFirst(Self.failureVotePrefix.count)))

@@ -7,6 +7,8 @@
 //   GET  /v1/spore/export  a signed seed spore of it (binary), for `mycelium spore export`
 //   POST /v1/leave         this node leaves the network
 //   POST /v1/vote/failure?node=ID  asks the network (a Byzantine-tolerant vote) whether ID has failed
+//   GET  /v1/membership    the sclerotia chain, certificates being issued, revocations
+//   POST /v1/revoke?node=ID&reason=TEXT  asks the network to revoke a member
 //   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation
@@ -103,11 +105,38 @@ extension Agent {
         case .status: return (.ok, "application/json", json(status()))
         case .spore: return (.ok, "application/json", json(sporeResponse()))
         case .sporeExport:
+            // A seed spore verifies only if a sclerotium of that spore signed it (the bootstrap agent
+            // before the handoff). Anyone else says which member can.
+            let mayWrite = spore.phase == .distributed ? spore.sclerotia.contains(nodeID)
+                : spore.members[nodeID]?.roles.contains(.inviter) == true
+            guard mayWrite else {
+                let who = spore.sclerotia.compactMap { id in spore.members[id].map { "\(id) (\($0.addresses.first ?? "no address yet"))" } }
+                return refuse(.conflict, .notASclerotium, """
+                    this member is not a sclerotium, and a seed spore verifies only when a sclerotium signed it. \
+                    Run 'mycelium spore export' on a sclerotium: \(who.isEmpty ? "none is known yet" : who.joined(separator: ", ")); \
+                    or copy the newest file a leader wrote to a seed directory (seed_dirs)
+                    """)
+            }
             let seed = SeedSpore(spore: spore, signer: certificate, key: key, writtenAt: Int64(Date().timeIntervalSince1970))
             return (.ok, "application/octet-stream", seed.encoded())
+        case .membership: return (.ok, "application/json", json(membershipResponse()))
+        case let .revoke(raw, rawReason):
+            let text = raw.removingPercentEncoding ?? raw
+            let reason = (rawReason.removingPercentEncoding ?? rawReason).isEmpty ? "revoked by an operator" : (rawReason.removingPercentEncoding ?? rawReason)
+            guard let node = try? MyceliumIdentity.NodeID(parsing: text), spore.members[node] != nil else {
+                return refuse(.badRequest, .unknownNode, "'\(text)' is not a member of this network; see 'mycelium status'")
+            }
+            if spore.revoked[node] != nil { return refuse(.conflict, .nodeNotLive, "\(node) is already revoked") }
+            let me = spore.members[nodeID]
+            guard spore.sclerotia.contains(nodeID) || me?.roles.contains(.inviter) == true else {
+                return refuse(.forbidden, .notAuthorized, "only a sclerotium or a member with the inviter role may revoke; this node has roles \(me?.roles.description ?? "none")")
+            }
+            submit(.revoke(node: node, reason: String(reason.prefix(Revocation.maxReason))))
+            processReady()
+            return accept("revocation of \(node) proposed; once it commits every node refuses it (watch 'mycelium status')")
         case .leave:
-            guard spore.members[certificate.nodeID] != nil else { return refuse(.conflict, .notAMember, "not a member") }
-            submit(.setStatus(node: certificate.nodeID, .left))
+            guard spore.members[nodeID] != nil else { return refuse(.conflict, .notAMember, "not a member") }
+            submit(.setStatus(node: nodeID, .left))
             processReady()
             return accept("leave proposed; the network removes this node once it commits")
         case .failureVote(let raw):
@@ -134,7 +163,7 @@ extension Agent {
         let leaderID = raft.leader == .none ? "none" : (router.nodeIDs[raft.leader].map { "\($0)" } ?? "\(raft.leader)")
         return StatusResponse(
             network: "\(network.id)",
-            node: "\(certificate.nodeID)",
+            node: "\(nodeID)",
             role: raft.role.rawValue,
             raftMember: cs.isVoter(me) ? "voter" : (cs.isLearner(me) ? "learner" : "none"),
             leader: leaderID,
@@ -149,8 +178,62 @@ extension Agent {
             members: memberInfos(),
             votes: voteRoundInfos(),
             events: Array(events.suffix(30)),
-            podCIDR: control.pods.cidr(of: certificate.nodeID).map { "\($0)" } ?? "none",
-            podCIDRFile: config.podCIDRFilePath)
+            podCIDR: control.pods.cidr(of: nodeID).map { "\($0)" } ?? "none",
+            podCIDRFile: config.podCIDRFilePath,
+            warnings: membershipWarnings(),
+            chainGeneration: spore.chain.generation)
+    }
+
+    func certificateInfo(_ c: MembershipCertificate) -> CertificateInfo {
+        let signers: [String]
+        if c.generation == 0 {
+            signers = ["genesis key \(network.genesisKey.fingerprint)"]
+        } else {
+            let link = spore.chain.signers(of: c.generation) ?? []
+            signers = c.signatures.map { Int($0.index) < link.count ? "\(link[Int($0.index)].id)" : "#\($0.index)" }
+        }
+        let now = max(spore.now, Int64(Date().timeIntervalSince1970))
+        return CertificateInfo(serial: c.serial, generation: c.generation, signers: signers, issuedAt: c.issuedAt, expiresAt: c.expiresAt,
+                               expiresInSeconds: c.expiresAt - now, renewInSeconds: c.renewAt - now, lifetimeSeconds: c.lifetime)
+    }
+
+    /// Members within 20% of their certificate's expiry, clocks that are off, a chain still at the genesis key.
+    func membershipWarnings() -> [String] {
+        var w: [String] = []
+        for m in spore.members.values.sorted(by: { $0.id < $1.id }) where m.status == .alive || m.status == .suspect {
+            let info = certificateInfo(m.certificate)
+            if info.nearExpiry {
+                w.append("certificate of \(m.id) expires in \(info.expiresInSeconds) s (within 20% of its lifetime) and was not renewed: is there a leader, and a quorum of sclerotia?")
+            }
+            if let skew = router.clockSkew[m.id.compact], abs(skew) * 2 > maxClockSkew {
+                w.append("clock of \(m.id) differs by \(skew) s from this node's (refused beyond ±\(maxClockSkew) s): check NTP on both")
+            }
+        }
+        if let p = spore.pendingLink { w.append("sclerotia link \(p.link.generation) is waiting for signatures (\(p.signatures.count) so far)") }
+        return w
+    }
+
+    func membershipResponse() -> MembershipResponse {
+        let chain = spore.chain
+        let links = chain.links.map { l in
+            LinkInfo(generation: l.generation, sclerotia: l.members.map { "\($0.id)" },
+                     signedBy: l.signatures.map { s in
+                         l.generation == 1 ? "genesis key \(network.genesisKey.fingerprint)"
+                             : (chain.signers(of: l.generation - 1).map { Int(s.index) < $0.count ? "\($0[Int(s.index)].id)" : "#\(s.index)" } ?? "?")
+                     },
+                     issuedAt: l.issuedAt)
+        }
+        return MembershipResponse(
+            network: "\(network.id)", genesisKey: network.genesisKey.fingerprint, certificateLifetimeSeconds: spore.lifetime, chain: links,
+            pendingLink: spore.pendingLink?.link.generation,
+            issuances: spore.issuances.values.sorted { $0.id < $1.id }.map {
+                IssuanceInfo(id: $0.id, node: "\($0.certificate.nodeID)", purpose: $0.purpose.label, signatures: $0.signatures.count,
+                             needed: quorumSize(of: chain.signers(of: $0.certificate.generation)?.count ?? 1))
+            },
+            revoked: spore.revoked.values.sorted { $0.node < $1.node }.map {
+                RevocationInfo(node: "\($0.node)", serial: $0.serial, at: $0.at, reason: $0.reason)
+            },
+            certificate: certificateInfo(certificate))
     }
 
     func sporeResponse() -> SporeResponse {
@@ -164,13 +247,15 @@ extension Agent {
 
     private var phaseName: String { spore.phase == .bootstrap ? "bootstrap" : "distributed" }
 
-    private func memberInfos() -> [MemberInfo] {
+    func memberInfos() -> [MemberInfo] {
         spore.members.values.sorted { $0.id < $1.id }.map { m in
             MemberInfo(
                 id: "\(m.id)", status: "\(m.status)", roles: "\(m.roles)", addresses: m.addresses,
                 sclerotium: spore.sclerotia.contains(m.id), cpus: Int(m.capabilities.cpus), key: m.key.fingerprint,
                 expiresInSeconds: m.expiresAt - spore.now, trust: Int(spore.trust.score(of: m.id)),
-                jailed: spore.trust.isJailed(m.id), approvedSclerotium: spore.approvedSclerotia.contains(m.id))
+                jailed: spore.trust.isJailed(m.id), approvedSclerotium: spore.approvedSclerotia.contains(m.id),
+                certificate: certificateInfo(m.certificate), clockSkewSeconds: router.clockSkew[m.id.compact],
+                revoked: spore.revoked[m.id] != nil)
         }
     }
 

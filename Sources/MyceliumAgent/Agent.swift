@@ -21,6 +21,7 @@ import MyceliumSpores
 import MyceliumTransport
 import MyceliumVote
 import MyceliumWAL
+import MembershipController
 import NetworkController
 import NIOCore
 import NIOPosix
@@ -31,7 +32,6 @@ public struct AgentPaths: Sendable {
     public var nodeKey: String { home + "/node.key" }
     public var nodeCert: String { home + "/node.cert" }
     public var networkKey: String { home + "/network.key" }
-    public var inviteLedger: String { home + "/invites.ledger" }
     public var raftDir: String { home + "/raft" }
     public var latentSpore: String { home + "/latent.spore" }
     /// Written by `mycelium node join`: the inviter's addresses, tried when there is no latent spore.
@@ -51,10 +51,15 @@ public actor Agent {
     let paths: AgentPaths
     let logger: Logger
     let key: SigningKey
-    let certificate: MembershipCertificate
+    /// This node's certificate, chain and revocations, readable off the actor (Membership.swift).
+    let identity: IdentityView
+    let nodeID: MyceliumIdentity.NodeID
     let network: NetworkIdentity
     let me: UInt64
-    let genesisAuthority: GenesisJoinAuthority?
+    /// Held by the genesis node while `network.key` is in its home: signs generation 0 (the founders'
+    /// certificates and the first sclerotia link).
+    let genesisKey: SigningKey?
+    var joinAuthority: NetworkJoinAuthority?
 
     // The pure cores.
     var raft: Raft
@@ -112,12 +117,15 @@ public actor Agent {
             throw AgentError("this node is not a member of a network (\(paths.nodeCert) missing); run 'mycelium network create' or 'mycelium node join INVITE'")
         }
         let certificate = try MembershipCertificate(decoding: ChecksummedFile.read(kind: FileKind.membershipCertificate, from: paths.nodeCert))
-        let network = NetworkIdentity(genesisKey: certificate.issuerKey)
+        try Self.checkNotExpired(certificate, paths: paths, now: Int64(Date().timeIntervalSince1970))
+        let network = NetworkIdentity(genesisKey: certificate.genesisKey)
         let me = certificate.nodeID.compact
-        var authority: GenesisJoinAuthority?
+        var authority: SigningKey?
         if AtomicFile.exists(paths.networkKey) {
-            let genesis = try KeyFile.read(from: paths.networkKey, kind: FileKind.networkSecretKey)
-            authority = GenesisJoinAuthority(genesis: genesis, ledger: try InviteLedger(path: paths.inviteLedger))
+            authority = try KeyFile.read(from: paths.networkKey, kind: FileKind.networkSecretKey)
+            if authority?.publicKey != network.genesisKey {
+                throw AgentError("\(paths.networkKey) holds the genesis key of another network than \(paths.nodeCert); remove the stray file")
+            }
         }
         try AtomicFile.makeDirectory(paths.raftDir)
         let (wal, recovery) = try WriteAheadLog.open(directory: paths.raftDir)
@@ -173,16 +181,22 @@ public actor Agent {
         self.logger = logger
         self.group = group
         self.key = key
-        self.certificate = certificate
+        let identity = IdentityView(key: key, certificate: certificate)
+        identity.update(from: control.spore, me: certificate.nodeID)
+        if identity.certificate != certificate { governor.present(identity.certificate) }
+        self.identity = identity
+        self.nodeID = certificate.nodeID
         self.network = network
         self.me = me
-        self.genesisAuthority = authority
+        self.genesisKey = authority
         self.wal = wal
         self.raft = raft
         self.control = control
         self.governor = governor
         self.controllers = ControllerHost(logger: logger)
         self.controllers.host(PodCIDRController(settings: pods), driver: PodCIDRFile(path: config.podCIDRFilePath))
+        self.controllers.host(MembershipController(key: key, certificate: identity.certificate, genesis: authority),
+                              driver: CertificateFile(path: paths.nodeCert))
         self.router.nodeIDs = [me: certificate.nodeID]
     }
 
@@ -214,14 +228,14 @@ public actor Agent {
                 throw AgentError("cannot serve metrics on \(config.metricsListen): \(error); choose another metrics_listen or leave it empty")
             }
         }
-        logger.info("agent started", metadata: ["node": "\(certificate.nodeID)", "network": "\(network.id)",
+        logger.info("agent started", metadata: ["node": "\(nodeID)", "network": "\(network.id)",
                                                 "listen": "\(config.listen)", "raft_id": "\(me)"])
         note("started; listening on \(config.listen)")
         // The only voter of its group (a new network's genesis node) need not wait for a timeout.
         if raft.confState.voters == [me] && raft.role != .leader {
             raft.campaignNow()
             processReady()
-            if raft.role == .leader && spore.members[certificate.nodeID] == nil {
+            if raft.role == .leader && spore.members[nodeID] == nil {
                 submit(.admit(certificate))
                 processReady()
             }
@@ -248,7 +262,9 @@ public actor Agent {
         logger.info("agent stopped")
     }
 
-    nonisolated var credentials: NodeCredentials { NodeCredentials(key: key, network: network.id, credential: .member(certificate)) }
+    nonisolated var credentials: NodeCredentials { identity.credentials }
+    /// The certificate this node presents now (the newest the network issued it).
+    nonisolated var certificate: MembershipCertificate { identity.certificate }
 
     func note(_ s: String) {
         let stamp = String(format: "%.3f", Date().timeIntervalSince(startedAt))
@@ -272,7 +288,7 @@ public actor Agent {
             lastLeader = raft.leader
             if raft.role != .leader { failReadWaiters("leadership changed; retry") }
         }
-        if spore.members[certificate.nodeID] != nil && ticks - lastRefresh >= 10 * ticksPerSecond {
+        if spore.members[nodeID] != nil && ticks - lastRefresh >= 10 * ticksPerSecond {
             lastRefresh = ticks
             submit(.refresh(localCapabilities()))
         }
@@ -283,7 +299,7 @@ public actor Agent {
     /// (leader) publish a seed spore that a rate-limited write skipped.
     func everySecond() {
         if raft.role == .leader { writeSeedSpores(force: false) }
-        let admitted = spore.members[certificate.nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
+        let admitted = spore.members[nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
         if admitted && !router.contactLinks.isEmpty && !router.links.isEmpty {
             // Admitted and connected through the spore's addresses: the introductions are done.
             for l in router.contactLinks.values { l.stop() }
@@ -291,7 +307,7 @@ public actor Agent {
         }
         for (id, link) in router.links {
             guard let a = link.connectedAddress, let node = router.nodeIDs[id], let m = spore.members[node], !m.addresses.contains(a),
-                  spore.members[certificate.nodeID] != nil else { continue }
+                  spore.members[nodeID] != nil else { continue }
             if confirmed.insert("\(id)@\(a)@\(spore.epoch.term)").inserted { submit(.confirmAddress(node: node, address: a)) }
         }
     }
@@ -367,6 +383,7 @@ public actor Agent {
 
     /// Keeps the address book and the local caches in step with the spore.
     func sporeChanged() {
+        identityChanged()
         for m in spore.members.values {
             let id = m.id.compact
             router.nodeIDs[id] = m.id
@@ -383,14 +400,14 @@ public actor Agent {
     }
 
     var controllerContext: ControllerContext {
-        ControllerContext(node: certificate.nodeID, isLeader: raft.role == .leader, state: control, tick: ticks, ticksPerSecond: ticksPerSecond)
+        ControllerContext(node: nodeID, isLeader: raft.role == .leader, state: control, tick: ticks, ticksPerSecond: ticksPerSecond)
     }
 
     // MARK: proposals
 
     /// Signs a command and gets it proposed: directly when leader, else through the leader.
     func submit(_ command: SporeCommand) {
-        propose(SignedCommand(command, author: certificate.nodeID, key: key, network: network.id))
+        propose(SignedCommand(command, author: nodeID, key: key, network: network.id))
     }
 
     func propose(_ signed: SignedCommand) {

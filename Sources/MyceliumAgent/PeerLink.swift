@@ -15,7 +15,7 @@ final class PeerLink: Sendable {
     private let state = NIOLockedValueBox<(addresses: [String], connectedTo: String?, everConnected: Bool, task: Task<Void, Never>?)>(([], nil, false, nil))
 
     struct Dialer: Sendable {
-        var credentials: NodeCredentials
+        var credentials: @Sendable () -> NodeCredentials
         var group: EventLoopGroup
         var logger: Logger
         var policy: @Sendable () -> HandshakePolicy
@@ -40,7 +40,7 @@ final class PeerLink: Sendable {
                 for a in addrs {
                     guard let (host, port) = splitAddress(a) else { continue }
                     do {
-                        channel = try await PeerChannel.connect(host: host, port: port, credentials: dialer.credentials,
+                        channel = try await PeerChannel.connect(host: host, port: port, credentials: dialer.credentials(),
                                                                 group: dialer.group, logger: dialer.logger, policy: dialer.policy())
                         used = a
                         break

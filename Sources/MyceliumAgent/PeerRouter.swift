@@ -21,16 +21,22 @@ struct RouterState {
     var nodeIDs: [UInt64: MyceliumIdentity.NodeID] = [:]
     var contactLinks: [String: PeerLink] = [:]
     var listener: PeerListener?
+    /// Inbound channels by peer (closed when the peer is revoked).
+    var inbound: [UInt64: PeerChannel] = [:]
+    /// Each peer's clock minus ours, measured at its latest handshake (seconds).
+    var clockSkew: [UInt64: Int64] = [:]
 }
 
 extension Agent {
     func startListener() async throws {
         guard let (host, port) = splitAddress(config.listen) else { throw AgentError("listen '\(config.listen)' is not host:port") }
-        let net = network.id
+        let identity = self.identity
+        let authority = NetworkJoinAuthority(self)
+        joinAuthority = authority
         router.listener = try await PeerListener.start(
-            host: host, port: port, credentials: credentials, group: group, logger: logger,
-            policy: { HandshakePolicy(network: net, now: Int64(Date().timeIntervalSince1970)) },
-            joinAuthority: genesisAuthority,
+            host: host, port: port, credentials: { identity.credentials }, group: group, logger: logger,
+            policy: { identity.policy(now: Int64(Date().timeIntervalSince1970)) },
+            joinAuthority: authority,
             onPeer: { [weak self] ch in await self?.serve(ch) })
     }
 
@@ -38,6 +44,7 @@ extension Agent {
         for l in router.links.values { l.stop() }
         for l in router.contactLinks.values { l.stop() }
         await router.listener?.close()
+        joinAuthority?.detach()
     }
 
     // MARK: sending
@@ -52,7 +59,7 @@ extension Agent {
     /// Sends this node's admission to the leader if we know it, otherwise to everyone we can reach
     /// (they forward it).
     func requestAdmission() {
-        let join = PeerMessage.join(SignedCommand(.admit(certificate), author: certificate.nodeID, key: key, network: network.id),
+        let join = PeerMessage.join(SignedCommand(.admit(certificate), author: nodeID, key: key, network: network.id),
                                     address: config.advertisedAddress)
         if raft.leader != .none, router.links[raft.leader] ?? makeLink(raft.leader) != nil {
             sendPeer(raft.leader, join)
@@ -73,9 +80,12 @@ extension Agent {
     func serve(_ ch: PeerChannel) async {
         let peer = ch.peer.nodeID.compact
         router.nodeIDs[peer] = ch.peer.nodeID
+        router.clockSkew[peer] = ch.peer.clockSkew
         if ch.peer.joiningWith != nil {
-            note("issued a certificate to joiner \(ch.peer.nodeID)")
+            note("handed joiner \(ch.peer.nodeID) the certificate the network issued")
         }
+        router.inbound[peer] = ch
+        defer { if router.inbound[peer] === ch { router.inbound[peer] = nil } }
         do {
             while let f = try await ch.receive() { handle(f, from: peer) }
         } catch {
@@ -166,18 +176,18 @@ extension Agent {
     }
 
     nonisolated func dialer() -> PeerLink.Dialer {
-        let net = network.id
+        let identity = self.identity
         return PeerLink.Dialer(
-            credentials: credentials, group: group, logger: logger,
-            policy: { HandshakePolicy(network: net, now: Int64(Date().timeIntervalSince1970)) },
+            credentials: { identity.credentials }, group: group, logger: logger,
+            policy: { identity.policy(now: Int64(Date().timeIntervalSince1970)) },
             onConnected: { [weak self] id, address, peer in await self?.connected(to: peer, at: address) },
             greeting: { [weak self] in await self?.greeting() ?? [] })
     }
 
     func greeting() -> [Frame] {
         var messages: [PeerMessage] = [.hello(raftID: me, address: config.advertisedAddress)]
-        if spore.members[certificate.nodeID] == nil {
-            messages.append(.join(SignedCommand(.admit(certificate), author: certificate.nodeID, key: key, network: network.id),
+        if spore.members[nodeID] == nil {
+            messages.append(.join(SignedCommand(.admit(certificate), author: nodeID, key: key, network: network.id),
                                   address: config.advertisedAddress))
         }
         return messages.map { Frame(type: $0.frameType.rawValue, payload: $0.payload()) }
@@ -187,6 +197,7 @@ extension Agent {
     func connected(to peer: VerifiedPeer, at address: String) {
         let id = peer.nodeID.compact
         router.nodeIDs[id] = peer.nodeID
+        router.clockSkew[id] = peer.clockSkew
         remember(address, for: id)
         if spore.members[peer.nodeID] != nil, spore.members[peer.nodeID]?.addresses.contains(address) == false,
            confirmed.insert("\(id)@\(address)").inserted {

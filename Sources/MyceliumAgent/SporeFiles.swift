@@ -11,7 +11,7 @@ import MyceliumSpores
 extension Agent {
     func saveLatentSpore() {
         lastLatentSave = spore.epoch
-        let latent = LatentSpore(from: spore, owner: certificate.nodeID, savedAt: Int64(Date().timeIntervalSince1970))
+        let latent = LatentSpore(from: spore, owner: nodeID, savedAt: Int64(Date().timeIntervalSince1970))
         do {
             try ChecksummedFile.write(kind: FileKind.latentSpore, payload: latent.encoded(signedBy: key), to: paths.latentSpore)
         } catch {
@@ -24,7 +24,7 @@ extension Agent {
         do {
             let bytes = try ChecksummedFile.read(kind: FileKind.latentSpore, from: paths.latentSpore)
             let latent = try LatentSpore(verifying: bytes, ownerKey: key.publicKey)
-            for p in latent.peers where p.id != certificate.nodeID {
+            for p in latent.peers where p.id != nodeID {
                 router.addressHints[p.id.compact] = p.addresses
                 router.nodeIDs[p.id.compact] = p.id
             }
@@ -62,7 +62,7 @@ extension Agent {
         for p in problems { logger.warning("seed spore refused", metadata: ["location": "\(p.location)", "reason": "\(p.problem)"]) }
         guard let best else { return }
         note("\(reason): seed spore at epoch \(best.epoch) names \(best.spore.presentMembers.count) members")
-        for m in best.spore.presentMembers where m.id != certificate.nodeID {
+        for m in best.spore.presentMembers where m.id != nodeID {
             router.addressHints[m.id.compact] = m.addresses
             router.nodeIDs[m.id.compact] = m.id
             for a in m.addresses { addContact(a) }

@@ -103,7 +103,8 @@ struct PendingCheck: Sendable {
 
 public struct Governor: Sendable {
     public let me: UInt64
-    public let certificate: MembershipCertificate
+    /// This node's certificate (the newest the network issued it; `present` switches it).
+    public private(set) var certificate: MembershipCertificate
     public let settings: GovernorSettings
     let behaviour: any VoterBehaviour
 
@@ -156,6 +157,12 @@ public struct Governor: Sendable {
     }
 
     var tps: UInt64 { max(1, settings.ticksPerSecond) }
+
+    /// The network issued this node a newer certificate.
+    public mutating func present(_ cert: MembershipCertificate) {
+        precondition(cert.nodeID == certificate.nodeID, "a node presents only its own certificate")
+        certificate = cert
+    }
 
     // MARK: ticks
 

@@ -30,14 +30,21 @@ struct StatusCommand: AsyncParsableCommand {
         print("network   \(s.network)")
         print("node      \(s.node)  (\(s.role), raft \(s.raftMember))")
         print("leader    \(s.leader)  term \(s.term)  commit \(s.commitIndex)  epoch \(s.epoch)")
-        print("phase     \(s.phase)   health \(s.health)")
+        print("phase     \(s.phase)   health \(s.health)   sclerotia generation \(s.chainGeneration ?? 0)")
         print("pod cidr  \(s.podCIDR)  (\(s.podCIDRFile))")
         print("members:")
         for m in s.members {
             let scl = m.sclerotium ? "sclerotium" : "member    "
             let addrs = m.addresses.joined(separator: ",")
             let trust = String(format: "trust %.2f", Double(m.trust) / 1e6)
-            print("  \(m.id)  \(scl)  \(m.status.padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(addrs)")
+            let cert = m.certificate.map { c in "cert gen \(c.generation) #\(c.serial) expires in \(duration(c.expiresInSeconds))" } ?? ""
+            let skew = m.clockSkewSeconds.map { "skew \($0 >= 0 ? "+" : "")\($0)s" } ?? "skew -"
+            let status = m.revoked == true ? "revoked" : m.status
+            print("  \(m.id)  \(scl)  \(status.padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(cert)  \(skew)  \(addrs)")
+        }
+        if let w = s.warnings, !w.isEmpty {
+            print("warnings:")
+            for line in w { print("  ! \(line)") }
         }
         if !s.votes.isEmpty {
             print("votes:")
@@ -50,6 +57,15 @@ struct StatusCommand: AsyncParsableCommand {
             for e in s.events.suffix(10) { print("  \(e)") }
         }
     }
+}
+
+/// "3d4h", "2h5m", "42s": how operators read a remaining time.
+func duration(_ seconds: Int64) -> String {
+    if seconds < 0 { return "-" + duration(-seconds) }
+    if seconds >= 86_400 { return "\(seconds / 86_400)d\(seconds % 86_400 / 3600)h" }
+    if seconds >= 3600 { return "\(seconds / 3600)h\(seconds % 3600 / 60)m" }
+    if seconds >= 60 { return "\(seconds / 60)m\(seconds % 60)s" }
+    return "\(seconds)s"
 }
 
 struct SporeCommandGroup: AsyncParsableCommand {

@@ -9,7 +9,6 @@ struct Home {
     var nodeKey: String { path + "/node.key" }
     var nodeCert: String { path + "/node.cert" }
     var networkKey: String { path + "/network.key" }
-    var inviteLedger: String { path + "/invites.ledger" }
 
     static func resolve(_ option: String?) -> Home {
         if let option { return Home(path: option) }

@@ -5,6 +5,7 @@ import MyceliumAgent
 import MyceliumCore
 import MyceliumIdentity
 import MyceliumTransport
+import NIOConcurrencyHelpers
 import NIOPosix
 
 struct NodeCommand: AsyncParsableCommand {
@@ -15,8 +16,9 @@ struct NodeCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Join a network with an invite token.",
             discussion: """
-                Connects to the inviter over TLS 1.3, proves this node's key, presents the invite and stores the
-                membership certificate it gets back (node.cert).
+                Connects to the inviter over TLS 1.3, proves this node's key and presents the invite; the network
+                marks the invite used and a quorum of sclerotia issues the certificate, which is stored (node.cert).
+                A node whose certificate expired while it was away rejoins the same way, with its key and ID.
                 Example: mycelium node join --home ./b myc-invite-AbC...
                 """)
         @OptionGroup var home: HomeOption
@@ -39,7 +41,8 @@ struct NodeCommand: AsyncParsableCommand {
                 do {
                     let ch = try await PeerChannel.connect(
                         host: host, port: port, credentials: NodeCredentials(key: key, network: invite.networkID, credential: .invite(invite)),
-                        group: group, logger: cliLogger(), policy: HandshakePolicy(network: invite.networkID, now: unixNow()))
+                        group: group, logger: cliLogger(),
+                        policy: HandshakePolicy(chain: SclerotiaChain(genesisKey: invite.genesisKey), now: unixNow()))
                     guard let cert = ch.issuedCertificate else { throw CLIError("the inviter accepted us but issued no certificate") }
                     await ch.close()
                     try h.saveCertificate(cert)
@@ -78,15 +81,14 @@ struct ChannelCommand: AsyncParsableCommand {
             let h = home.resolved
             let key = try h.loadKey()
             let cert = try h.loadCertificate()
-            let authority = (try? h.loadNetworkKey()).map { g in
-                GenesisJoinAuthority(genesis: g, ledger: (try? InviteLedger(path: h.inviteLedger)) ?? (try! InviteLedger(path: nil)))
-            }
+            let authority = (try? h.loadNetworkKey()).map { GenesisIssuer(genesis: $0) }
             let group = MultiThreadedEventLoopGroup.singleton
             let logger = cliLogger()
             let done = AsyncStream<Void>.makeStream()
             let listener = try await PeerListener.start(
                 host: host, port: port, credentials: NodeCredentials(key: key, network: cert.networkID, credential: .member(cert)),
-                group: group, logger: logger, policy: { HandshakePolicy(network: cert.networkID, now: unixNow()) },
+                group: group, logger: logger,
+                policy: { HandshakePolicy(chain: SclerotiaChain(genesisKey: cert.genesisKey), now: unixNow(), inviters: [cert.nodeID: key.publicKey]) },
                 joinAuthority: authority,
                 onPeer: { peer in
                     let who = peer.peer.joiningWith != nil ? "joiner (certificate issued)" : "member"
@@ -129,7 +131,7 @@ struct ChannelCommand: AsyncParsableCommand {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let ch = try await PeerChannel.connect(
                 host: host, port: port, credentials: NodeCredentials(key: key, network: cert.networkID, credential: .member(cert)),
-                group: group, logger: cliLogger(), policy: HandshakePolicy(network: cert.networkID, now: unixNow()))
+                group: group, logger: cliLogger(), policy: HandshakePolicy(chain: SclerotiaChain(genesisKey: cert.genesisKey), now: unixNow()))
             let t1 = DispatchTime.now().uptimeNanoseconds
             print("channel to \(ch.peer.nodeID) at \(address): TLS 1.3 + membership handshake in \(String(format: "%.1f", Double(t1 - t0) / 1e6)) ms")
             for i in 1...max(1, count) {
@@ -141,6 +143,20 @@ struct ChannelCommand: AsyncParsableCommand {
             }
             await ch.close()
         }
+    }
+}
+
+/// `channel listen`'s admission, for testing channels without an agent: the genesis key issues the
+/// joiner's certificate directly, each invite once per process. (The agent admits through the network.)
+final class GenesisIssuer: JoinAuthority {
+    let genesis: SigningKey
+    let used = NIOLockedValueBox<Set<[UInt8]>>([])
+    init(genesis: SigningKey) { self.genesis = genesis }
+
+    func admit(invite: Invite, nodeKey: PublicKey, now: Int64) async throws(IdentityError) -> MembershipCertificate {
+        guard used.withLockedValue({ $0.insert(invite.ledgerKey).inserted }) else { throw IdentityError(.inviteAlreadyUsed) }
+        return MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: nodeKey), nodeKey: nodeKey, roles: invite.roles,
+                                           serial: UInt64.random(in: 1...UInt64.max), issuedAt: now, validFor: 30 * 86_400)
     }
 }
 
