@@ -33,6 +33,9 @@ public struct MembershipController: Controller {
     var signedAt: [String: UInt64] = [:]
     /// Tick of the last renewal request per member (leader).
     var requestedAt: [MyceliumIdentity.NodeID: UInt64] = [:]
+    /// Spore time advances only when a command applies (a refresh every ten seconds when idle): the
+    /// spore time last seen and the tick it was seen at give an estimate of spore time now.
+    var sporeTimeSeen: (time: Int64, tick: UInt64) = (0, 0)
     /// Renewal requests proposed in one tick at most (the rest wait a second).
     public static let renewalsPerTick = 8
 
@@ -59,6 +62,7 @@ public struct MembershipController: Controller {
     }
 
     public mutating func tick(context: ControllerContext) -> [ControllerEffect<MembershipAction>] {
+        if context.state.spore.now != sporeTimeSeen.time { sporeTimeSeen = (context.state.spore.now, context.tick) }
         guard context.tick % max(1, context.ticksPerSecond) == 0 else { return [] }
         var out = adopt(context) + sign(context, retryAfter: 3 * context.ticksPerSecond)
         if context.isLeader { out += renew(context) }
@@ -120,8 +124,10 @@ public struct MembershipController: Controller {
         let spore = context.state.spore
         guard spore.pendingLink == nil else { return [] }
         var out: [ControllerEffect<MembershipAction>] = []
-        let retry = UInt64(max(5, IssuanceLimits.issuanceTimeout / 2)) * context.ticksPerSecond
-        for node in spore.dueForRenewal() {
+        // Asked again after the issuance could have timed out (it may have been lost with a leader).
+        let retry = UInt64(IssuanceLimits.issuanceTimeout(lifetime: spore.lifetime) + 1) * context.ticksPerSecond
+        let now = sporeTimeSeen.time + Int64((context.tick - min(context.tick, sporeTimeSeen.tick)) / max(1, context.ticksPerSecond))
+        for node in spore.dueForRenewal(at: now) {
             if let at = requestedAt[node], context.tick < at + retry { continue }
             requestedAt[node] = context.tick
             out.append(.submit(.requestCertificate(.renewal(node: node))))

@@ -10,13 +10,20 @@
 // Checked at every step:
 //  - at most one leader per term;
 //  - every member's pod CIDR is unique, on every node (no two owners of one block);
-//  - a live member that every honest node could reach is never recorded failed.
+//  - a live member that every honest node could reach is never recorded failed;
+//  - membership (certificates of `certificateLifetime` simulated seconds, renewed by the network):
+//    every honest member that is up holds a valid certificate at every simulated second; every
+//    certificate installed in a spore carries a quorum of valid signatures of its generation; a
+//    revoked member is known revoked on every live node within a bound and is never renewed again.
 // Checked by the end (after the faults heal):
 //  - the network forms (handoff committed, sclerotia = Raft voters) within a bound;
 //  - a member killed for good is recorded failed within a bound, and leaves the Raft voters;
 //  - every vote round opened at an honest, live voter is decided there within a bound;
-//  - every live member has a pod CIDR.
+//  - every live member has a pod CIDR;
+//  - then `steadyLifetimes` more certificate lifetimes pass, with the leader crashed and restarted
+//    every half lifetime, and every honest live member stays valid throughout.
 
+import MembershipController
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
@@ -36,6 +43,12 @@ public struct GovernorSimulationOptions: Sendable {
     public var faultSeconds: Int64 = 30
     /// Keep the last trace lines of the run.
     public var trace = false
+    /// Lifetime of every membership certificate, in simulated seconds (renewed at two thirds).
+    public var certificateLifetime: Int64 = 30
+    /// Certificate lifetimes to run after the end checks, with leader crashes.
+    public var steadyLifetimes = 3
+    /// Revoke a member during the faults (nil lets the seed choose; only with five nodes or more).
+    public var revoke: Bool?
 
     public init(seed: UInt64, nodeCount: Int? = nil, liars: Int? = nil, trace: Bool = false) {
         self.seed = seed; self.nodeCount = nodeCount; self.liars = liars; self.trace = trace
@@ -56,6 +69,11 @@ public struct GovernorSimulationResult: Sendable {
     public var roundsDecided = 0
     public var failuresRecorded = 0
     public var leadersElected = 0
+    /// Certificates the network installed (renewals and admissions), seen at the leader.
+    public var certificatesIssued = 0
+    /// Sclerotia links added to the chain, seen at the leader.
+    public var linksAdded = 0
+    public var revoked: Int?
     public var messages = 0
     public var steps = 0
     public var trace: [String] = []
@@ -66,7 +84,8 @@ public struct GovernorSimulationResult: Sendable {
         let status = failure.map { "FAILED at t=\(failedAt ?? 0)ms: \($0)" } ?? "ok"
         return "seed \(seed) nodes=\(nodeCount) liars=\(liars) \(status) | formed=\(formedAt.map { "\($0)ms" } ?? "never") "
             + "killed=\(killed.map { "n\($0)" } ?? "none") recorded=\(killedRecordedAt.map { "\($0)ms" } ?? "-") "
-            + "rounds=\(roundsDecided)/\(roundsOpened) failures=\(failuresRecorded) leaders=\(leadersElected) msgs=\(messages) | \(scenario)"
+            + "rounds=\(roundsDecided)/\(roundsOpened) failures=\(failuresRecorded) leaders=\(leadersElected) "
+            + "certs=\(certificatesIssued) links=\(linksAdded) revoked=\(revoked.map { "n\($0)" } ?? "none") msgs=\(messages) | \(scenario)"
     }
 }
 
@@ -84,7 +103,11 @@ public struct GovernorSimulation {
     struct Node {
         let index: Int
         let key: SigningKey
-        let certificate: MembershipCertificate
+        /// The certificate on "disk": the newest the membership controller's driver stored.
+        var certificate: MembershipCertificate
+        var membership: MembershipController?
+        /// The certificate last checked valid (its serial), so each is verified once.
+        var checkedSerial: UInt64 = 0
         var raftID: UInt64 { certificate.nodeID.compact }
         var raft: Raft?
         var durable = RaftStorageState()
@@ -115,6 +138,11 @@ public struct GovernorSimulation {
     var partitionedUntil: SimTime = 0
     var partitioned: Set<Int> = []
     var traceLines: [String] = []
+    let genesis: SigningKey
+    /// Crashed nodes to restart, with the time (crashes are short: a certificate outlives them).
+    var restartAt: [Int: SimTime] = [:]
+    var revokeAt: SimTime?
+    var revokedSince: SimTime?
 
     public static func run(_ options: GovernorSimulationOptions) -> GovernorSimulationResult {
         var sim = GovernorSimulation(options: options)
@@ -139,18 +167,20 @@ public struct GovernorSimulation {
         settings.fallbackSeconds = 30
         settings.voteRetentionTicks = 600
         let genesis = SigningKey(seed: (0..<32).map { _ in UInt8(truncatingIfNeeded: r.next()) })
+        self.genesis = genesis
         for i in 0..<n {
             let key = SigningKey(seed: (0..<32).map { _ in UInt8(truncatingIfNeeded: r.next()) })
             let id = NodeID(publicKey: key.publicKey)
             let cert = MembershipCertificate.issue(by: genesis, nodeID: id, nodeKey: key.publicKey,
                                                    roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i + 1),
-                                                   issuedAt: Self.epochSeconds - 60, validFor: 365 * 86_400)
+                                                   issuedAt: Self.epochSeconds - 1, validFor: options.certificateLifetime)
             let node = Node(index: i, key: key, certificate: cert, control: ControlState(network: NetworkIdentity(genesisKey: genesis.publicKey)),
                             pods: PodCIDRController(), liar: i >= n - liars, random: r.fork())
             nodes.append(node)
             byRaftID[node.raftID] = i
         }
         lastUnreachable = Array(repeating: 0, count: n)
+        if n >= 5 && (options.revoke ?? (r.next() % 3 == 0)) { revokeAt = 0 }
         random = r
         nodes[0].durable = RaftStorageState.bootstrap(voters: [nodes[0].raftID])
         for i in nodes.indices { boot(i) }
@@ -174,6 +204,9 @@ public struct GovernorSimulation {
         // would leave no liar to test) and never the last honest founder.
         let victim = honest.randomElement(using: &random)!
         var scenario = ["kill n\(victim) at \(killAt)ms"]
+        // A revoked member: honest, not the victim, not the genesis node (whose loss is tested apart).
+        let revokee = revokeAt == nil ? nil : honest.filter { $0 != victim && $0 != 0 }.randomElement(using: &random)
+        if revokee != nil { revokeAt = now + SimTime(random.next() % UInt64(max(1, options.faultSeconds * 1000))) }
         var nextFault = now + 2000
         while now < faultEnd && result.failure == nil {
             // Killed for good only while the others keep a majority of the voters without it: a
@@ -183,10 +216,16 @@ public struct GovernorSimulation {
                 result.killed = victim
                 scenario.append("killed n\(victim) at \(now)ms")
             }
+            if let r = revokee, let at = revokeAt, now >= at, result.revoked == nil, let l = leaderIndex, nodes[l].governor != nil {
+                submit(l, .revoke(node: nodes[r].certificate.nodeID, reason: "simulated operator decision"))
+                result.revoked = r
+                scenario.append("revoke n\(r) at \(now)ms")
+            }
             if now >= nextFault {
                 scenario.append(injectFault())
                 nextFault = now + 3000 + SimTime(random.next() % 4000)
             }
+            for (i, at) in restartAt where now >= at { restartAt[i] = nil; if !nodes[i].up && !nodes[i].killedForGood { restart(i) } }
             if !partitioned.isEmpty && now >= partitionedUntil { heal() }
             step()
         }
@@ -212,6 +251,24 @@ public struct GovernorSimulation {
         runUntil(now + Self.settleBound) { sim in sim.settled(victim) }
         guard result.failure == nil else { return }
         checkEnd(victim)
+        guard result.failure == nil else { return }
+        steady(victim)
+    }
+
+    /// More certificate lifetimes, with the leader crashed (and restarted 3 s later) every half lifetime.
+    mutating func steady(_ victim: Int) {
+        let end = now + SimTime(options.steadyLifetimes) * SimTime(options.certificateLifetime) * 1000
+        var nextCrash = now + SimTime(options.certificateLifetime) * 500
+        while now < end && result.failure == nil {
+            if now >= nextCrash, let l = leaderIndex, quorumSurvives(without: l) {
+                crash(l, forGood: false)
+                restartAt[l] = now + 3000
+                trace("leader n\(l) crashed")
+                nextCrash = now + SimTime(options.certificateLifetime) * 500
+            }
+            for (i, at) in restartAt where now >= at { restartAt[i] = nil; if !nodes[i].up && !nodes[i].killedForGood { restart(i) } }
+            step()
+        }
     }
 
     mutating func runUntil(_ deadline: SimTime, _ done: (GovernorSimulation) -> Bool) {
@@ -234,6 +291,7 @@ public struct GovernorSimulation {
         for i in nodes.indices where nodes[i].up { tick(i) }
         result.steps += 1
         checkInvariants()
+        if now % 1000 == 0 { checkMembership() }
     }
 
     // MARK: faults
@@ -245,6 +303,8 @@ public struct GovernorSimulation {
             // Crash and restart a node a few seconds later (the restart happens at heal time at the latest).
             guard let i = live.filter({ !nodes[$0].killedForGood }).randomElement(using: &random) else { return "nothing" }
             crash(i, forGood: false)
+            // Back within 2–6 s: shorter than a third of a lifetime, so its certificate outlives the outage.
+            restartAt[i] = now + 2000 + SimTime(random.next() % 4000)
             return "crash n\(i) at \(now)ms"
         case 1:
             // Cut a minority off for a few seconds.
@@ -283,6 +343,7 @@ public struct GovernorSimulation {
         nodes[i].killedForGood = forGood
         nodes[i].raft = nil
         nodes[i].governor = nil
+        nodes[i].membership = nil
         network.dropAll(to: nodes[i].raftID)
         lastUnreachable[i] = now
         trace("n\(i) crashed\(forGood ? " for good" : "")")
@@ -306,6 +367,7 @@ public struct GovernorSimulation {
                          behaviour: n.liar ? LyingVoter() as any VoterBehaviour : HonestVoter(), storedVotes: n.storedVotes)
         g.restored(state: n.control)
         n.governor = g
+        n.membership = MembershipController(key: n.key, certificate: n.certificate, genesis: i == 0 ? genesis : nil)
         n.pods = PodCIDRController()
         n.random = r
         nodes[i] = n
@@ -331,6 +393,7 @@ public struct GovernorSimulation {
         guard nodes[i].up else { return }
         let ctx = context(i)
         carryControllers(i, nodes[i].pods.tick(context: ctx))
+        if nodes[i].up { carryMembership(i, nodes[i].membership!.tick(context: ctx)) }
         let g = nodes[i].governor!
         if g.ticks % (10 * Self.ticksPerSecond) == 0, nodes[i].control.spore.members[nodes[i].certificate.nodeID] != nil {
             submit(i, .refresh(Capabilities(cpus: 2, memoryMiB: 4096)))
@@ -418,8 +481,23 @@ public struct GovernorSimulation {
         }
     }
 
-    mutating func carryControllers(_ i: Int, _ effects: [ControllerEffect<PodCIDRAction>]) {
+    /// The membership controller's effects; its driver's "store" is the node's certificate on disk.
+    mutating func carryMembership(_ i: Int, _ effects: [ControllerEffect<MembershipAction>]) {
         for e in effects {
+            guard nodes[i].up else { return }
+            if case .submit(let c) = e, options.trace { trace("n\(i): membership submits \(c)".prefix(160).description) }
+            if case .act(.store(let cert)) = e {
+                nodes[i].certificate = cert
+                nodes[i].governor?.present(cert)
+            } else {
+                carryControllers(i, [e])
+            }
+        }
+    }
+
+    mutating func carryControllers<A>(_ i: Int, _ effects: [ControllerEffect<A>]) {
+        for e in effects {
+            guard nodes[i].up else { return }
             switch e {
             case .propose(let entry):
                 if nodes[i].raft!.role == .leader { _ = try? nodes[i].raft!.propose(entry.encoded()) }
@@ -456,6 +534,7 @@ public struct GovernorSimulation {
                 }
                 nodes[i].governor!.restored(state: nodes[i].control)
                 carryControllers(i, nodes[i].pods.applied(.restored, context: context(i)))
+                carryMembership(i, nodes[i].membership!.applied(.restored, context: context(i)))
             }
             for e in rd.committedEntries where e.kind == .normal { apply(i, e) }
             let confChanged = rd.committedEntries.contains { $0.kind == .confChange }
@@ -472,13 +551,16 @@ public struct GovernorSimulation {
     }
 
     mutating func apply(_ i: Int, _ e: Entry) {
+        let before = nodes[i].control.spore
         var changes: [ControlChange] = []
         do { changes = try nodes[i].control.apply(e) } catch {
             if case .refused = error.code, case .spore(let s, _)? = try? ControlEntry.decode(e.data) {
+                if i == leaderIndex { trace("n\(i): committed command refused: \(error)") }
                 carry(i, nodes[i].governor!.refused(s, error))
             }
         }
         guard !changes.isEmpty, nodes[i].up else { return }
+        checkIssued(i, before: before, changes)
         if i == leaderIndex {
             for case .spore(let sc) in changes {
                 if case let .setStatus(_, status) = sc.command, status == .failed { result.failuresRecorded += 1 }
@@ -491,15 +573,22 @@ public struct GovernorSimulation {
         nodes[i].random = r
         guard nodes[i].up else { return }
         let ctx = context(i)
-        for c in changes { carryControllers(i, nodes[i].pods.applied(c, context: ctx)) }
-        checkRecordedFailures(i, changes)
+        for c in changes {
+            carryControllers(i, nodes[i].pods.applied(c, context: ctx))
+            if nodes[i].up { carryMembership(i, nodes[i].membership!.applied(c, context: ctx)) }
+        }
+        var proposedAt = now
+        if case .spore(_, let time)? = try? ControlEntry.decode(e.data) { proposedAt = (time - Self.epochSeconds) * 1000 }
+        checkRecordedFailures(i, changes, proposedAt: proposedAt)
     }
 
     // MARK: checks
 
     /// A member recorded failed must have been down or cut off recently (honest voters never
     /// condemn a node they can all reach).
-    mutating func checkRecordedFailures(_ i: Int, _ changes: [ControlChange]) {
+    /// `proposedAt`: when the entry was proposed (a node replaying its log after a restart applies old
+    /// records; they are judged at the time they were made).
+    mutating func checkRecordedFailures(_ i: Int, _ changes: [ControlChange], proposedAt: SimTime) {
         for case .spore(let s) in changes {
             var failedNode: MyceliumIdentity.NodeID?
             if case let .setStatus(node, status) = s.command, status == .failed { failedNode = node }
@@ -509,8 +598,58 @@ public struct GovernorSimulation {
             if j == result.killed || nodes[j].killedForGood { continue }
             // Detection takes a few seconds of silence; anything unreachable within the window counts.
             let window: SimTime = 30_000
-            if nodes[j].up && now - lastUnreachable[j] > window {
+            if nodes[j].up && proposedAt - lastUnreachable[j] > window {
                 return fail("n\(j) was recorded failed at n\(i) although it was up and reachable for the last \(window) ms")
+            }
+        }
+    }
+
+    /// Every certificate a spore installs carries a quorum of valid signatures of its generation
+    /// (checked here independently of the spore's own check), and a revoked member is never renewed.
+    mutating func checkIssued(_ i: Int, before: PrimarySpore, _ changes: [ControlChange]) {
+        let after = nodes[i].control.spore
+        if after.chain.generation != before.chain.generation && i == leaderIndex { result.linksAdded += 1 }
+        for (id, m) in after.members where before.members[id]?.certificate != m.certificate {
+            let c = m.certificate
+            if i == leaderIndex { result.certificatesIssued += 1 }
+            guard let signers = after.chain.signers(of: c.generation) else {
+                return fail("n\(i) installed a certificate of \(id) by unknown generation \(c.generation)")
+            }
+            let valid = Set(c.signatures.filter { Int($0.index) < signers.count && signers[Int($0.index)].key.verify($0.signature, for: c.signedBytes) }.map(\.index))
+            if valid.count < quorumSize(of: signers.count) {
+                return fail("n\(i) installed a certificate of \(id) with \(valid.count) valid signatures of \(signers.count) (quorum \(quorumSize(of: signers.count)))")
+            }
+            if before.revoked[id] != nil { return fail("n\(i) renewed \(id) after it was revoked") }
+        }
+    }
+
+    /// Once a second: every honest member that is up and a live member at the leader presents a
+    /// valid certificate; a revocation reached every live node within the bound.
+    mutating func checkMembership() {
+        guard let l = leaderIndex, result.failure == nil else { return }
+        let leader = nodes[l].control.spore
+        let sporeNow = Self.epochSeconds + now / 1000
+        for i in nodes.indices where nodes[i].up && !nodes[i].killedForGood && i != result.revoked {
+            guard let m = leader.members[nodes[i].certificate.nodeID], m.status == .alive || m.status == .suspect else { continue }
+            let own = nodes[i].control.spore.members[nodes[i].certificate.nodeID]?.certificate
+            let presented = [nodes[i].certificate, own].compactMap { $0 }.max { $0.expiresAt < $1.expiresAt }!
+            if presented.expiresAt <= sporeNow {
+                return fail("n\(i), up and a member, presents a certificate that expired \(sporeNow - presented.expiresAt) s ago (serial \(presented.serial))")
+            }
+            if presented.serial != nodes[i].checkedSerial {
+                do { try presented.verify(chain: leader.chain, now: sporeNow) } catch {
+                    return fail("n\(i) presents a certificate that does not verify against the leader's chain: \(error)")
+                }
+                nodes[i].checkedSerial = presented.serial
+            }
+        }
+        if let r = result.revoked, leader.revoked[nodes[r].certificate.nodeID] != nil {
+            if revokedSince == nil { revokedSince = now }
+            if now - revokedSince! > 5000 {
+                for i in nodes.indices where nodes[i].up && i != r && now - lastUnreachable[i] > 10_000
+                    && nodes[i].control.spore.revoked[nodes[r].certificate.nodeID] == nil {
+                    return fail("n\(i) does not know n\(r) is revoked \(now - revokedSince!) ms after the leader committed it")
+                }
             }
         }
     }
@@ -575,7 +714,7 @@ public struct GovernorSimulation {
         guard let l = leaderIndex else { return false }
         let s = nodes[l].control.spore
         let voters = Set(nodes[l].raft!.confState.voters)
-        let live = nodes.indices.filter { $0 != v }
+        let live = nodes.indices.filter { $0 != v && $0 != result.revoked }
         return Set(s.sclerotia.map(\.compact)) == voters && !nodes[l].raft!.confState.isJoint
             && live.allSatisfy { s.members[nodes[$0].certificate.nodeID]?.status == .alive }
             && live.allSatisfy { nodes[l].control.pods.cidr(of: nodes[$0].certificate.nodeID) != nil }
@@ -588,7 +727,12 @@ public struct GovernorSimulation {
         if Set(s.sclerotia.map(\.compact)) != voters {
             return fail("after settling, the sclerotia (\(s.sclerotia.count)) differ from the Raft voters (\(voters.count))")
         }
-        for i in nodes.indices where i != victim {
+        if let r = result.revoked {
+            let id = nodes[r].certificate.nodeID
+            if s.revoked[id] == nil { return fail("n\(r)'s revocation was never committed") }
+            if voters.contains(id.compact) { return fail("n\(r), revoked, is still a Raft voter") }
+        }
+        for i in nodes.indices where i != victim && i != result.revoked {
             let id = nodes[i].certificate.nodeID
             if s.members[id]?.status == .failed { return fail("n\(i), alive, is recorded failed") }
             if nodes[l].control.pods.cidr(of: id) == nil { return fail("n\(i) has no pod CIDR") }

@@ -107,8 +107,9 @@ public enum IssuanceLimits {
     public static let maxIssuances = 256
     public static let maxUsedInvites = 4096
     public static let maxRevocations = 4096
-    /// Spore seconds an issuance may wait for its quorum before it is dropped (the leader asks again).
-    public static let issuanceTimeout: Int64 = 60
+    /// Spore seconds an issuance may wait for its quorum before it is dropped (the leader asks again):
+    /// a minute, or a sixth of a short lifetime, so a stuck issuance cannot outlast a renewal window.
+    public static func issuanceTimeout(lifetime: Int64) -> Int64 { max(5, min(60, lifetime / 6)) }
     /// The certificate lifetime of a network whose founders' lifetime is unknown.
     public static let defaultLifetime: Int64 = 30 * 86_400
 }
@@ -133,9 +134,12 @@ extension PrimarySpore {
         return nil
     }
 
-    /// Members due for renewal (past two thirds of their certificate's lifetime), in ID order.
-    public func dueForRenewal() -> [NodeID] {
-        members.values.filter { $0.certificate.renewAt <= now && renewalRefusal($0.id) == nil && issuance(for: $0.id) == nil }
+    /// Members due for renewal at `time` (past two thirds of their certificate's lifetime), in ID order.
+    /// `time` defaults to the spore's; a leader passes its estimate of spore time now, since spore time
+    /// advances only when a command applies.
+    public func dueForRenewal(at time: Int64? = nil) -> [NodeID] {
+        let t = max(now, time ?? now)
+        return members.values.filter { $0.certificate.renewAt <= t && renewalRefusal($0.id) == nil && issuance(for: $0.id) == nil }
             .map(\.id).sorted()
     }
 
@@ -286,7 +290,8 @@ extension PrimarySpore {
     /// Drops what timed out: issuances that never reached a quorum, used-invite marks past the
     /// invite's expiry, revocations older than any certificate the member could still hold.
     mutating func expireIssuance() {
-        issuances = issuances.filter { $0.value.requestedAt + IssuanceLimits.issuanceTimeout > now }
+        let timeout = IssuanceLimits.issuanceTimeout(lifetime: lifetime)
+        issuances = issuances.filter { $0.value.requestedAt + timeout > now }
         usedInvites = usedInvites.filter { $0.value + maxClockSkew > now }
         revoked = revoked.filter { $0.value.at + lifetime + maxClockSkew > now }
     }

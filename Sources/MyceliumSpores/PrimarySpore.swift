@@ -238,6 +238,7 @@ public struct PrimarySpore: Sendable, Equatable {
             if status == .failed || status == .left {
                 sclerotia.removeAll { $0 == node }; approvedSclerotia.remove(node)
                 issuances = issuances.filter { $0.value.certificate.nodeID != node }
+                proposeLinkIfChanged()
             }
 
         case let .setSclerotia(ids):

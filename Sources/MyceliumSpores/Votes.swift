@@ -116,6 +116,7 @@ extension PrimarySpore {
                     members[round.node] = m
                     sclerotia.removeAll { $0 == round.node }
                     approvedSclerotia.remove(round.node)
+                    proposeLinkIfChanged()
                 }
             case .sclerotium:
                 approvedSclerotia.insert(round.node)
