@@ -322,7 +322,8 @@ final class SclerotiaLinkTests: XCTestCase {
         try w.signLink(by: 0)
         XCTAssertEqual(w.spore.chain.generation, 1, "one of three is not a quorum")
         XCTAssertEqual(w.spore.pendingLink?.signatures.count, 1)
-        XCTAssertEqual(unauthorized(w.refused(.signLink(generation: 2, QuorumSignature(index: 2, signature: w.keys[3].sign(proposal.signedBytes))), by: 3)),
+        let free = try w.signerIndex(of: 2, generation: 1)  // an index nobody signed at yet
+        XCTAssertEqual(unauthorized(w.refused(.signLink(generation: 2, QuorumSignature(index: free, signature: w.keys[3].sign(proposal.signedBytes))), by: 3)),
                        w.ids[3], "the incoming sclerotium does not sign its own link")
         try w.signLink(by: 2)  // the outgoing one still signs as generation 1
         XCTAssertEqual(w.spore.chain.generation, 2)
