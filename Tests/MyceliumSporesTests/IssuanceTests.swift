@@ -376,6 +376,13 @@ final class RevocationTests: XCTestCase {
         XCTAssertTrue(invalid(w.refused(.revoke(node: w.ids[2], reason: "again"), by: 0)).contains("already"))
         let stranger = NodeID(publicKey: SigningKey().publicKey)
         XCTAssertEqual(w.refused(.revoke(node: stranger, reason: "?"), by: 0), .unknownMember(stranger))
+        // The revoked member's own commands are refused: a refresh does not bring it back, and it no
+        // longer signs as a sclerotium of generation 1.
+        XCTAssertEqual(identity(w.refused(.refresh(Capabilities()), by: 2)), .revoked(node: w.ids[2]))
+        let link2 = try w.pendingLink()
+        let byRevoked = QuorumSignature(index: try w.signerIndex(of: 2, generation: 1), signature: w.keys[2].sign(link2.signedBytes))
+        XCTAssertEqual(identity(w.refused(.signLink(generation: 2, byRevoked), by: 2)), .revoked(node: w.ids[2]))
+        XCTAssertEqual(w.spore.members[w.ids[2]]?.status, .failed)
 
         // Its certificate no longer admits it.
         XCTAssertEqual(identity(w.refused(.admit(w.certs[2]), by: 2)), .revoked(node: w.ids[2]))
