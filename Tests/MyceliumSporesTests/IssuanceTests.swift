@@ -422,6 +422,36 @@ final class IssuanceTimeoutTests: XCTestCase {
         try w.apply(.requestCertificate(.renewal(node: w.ids[2])), by: 0)
         XCTAssertNotNil(w.spore.issuance(for: w.ids[2]))
     }
+
+    func testADroppedAdmissionAdmitsNobodyAndItsInviteStaysUsed() throws {
+        var w = SporeWorld(members: 4)
+        try w.handOff(to: [0, 1, 2])
+        let joiner = SigningKey(), joinerID = NodeID(publicKey: joiner.publicKey)
+        let invite = try w.invite(by: 0, roles: [.member])
+        try w.apply(w.admission(invite, joiner), by: 0)
+        let first = try XCTUnwrap(w.spore.issuance(for: joinerID))
+        let bytes = w.spore.encoded()
+        XCTAssertTrue((0...(bytes.count - 32)).contains { Array(bytes[$0..<$0 + 32]) == invite.secret },
+                      "the pending admission holds the invite's secret in the spore's bytes")
+        try w.signIssuance(first.id, by: 0)
+        try w.apply(.tick, by: 0, advance: IssuanceLimits.issuanceTimeout)
+        XCTAssertNil(w.spore.issuances[first.id], "timed out")
+        XCTAssertNil(w.spore.members[joinerID])
+        // The pending issuance carried the whole invite, secret included, in the spore and its seed
+        // spores: the invite stays used, so a copy read from there admits nobody. The joiner needs a new one.
+        XCTAssertEqual(identity(w.refused(w.admission(invite, joiner), by: 1)), .inviteAlreadyUsed)
+        try w.apply(w.admission(try w.invite(by: 0, roles: [.member]), joiner), by: 1)
+        let second = try XCTUnwrap(w.spore.issuance(for: joinerID))
+        // The sclerotia change before it is signed: generation 1's issuance is dropped with its generation.
+        try w.apply(.setSclerotia([w.ids[0], w.ids[1]]), by: 0)
+        try w.signLink(by: 0)
+        try w.signLink(by: 1)
+        XCTAssertNil(w.spore.issuances[second.id])
+        XCTAssertNil(w.spore.members[joinerID])
+        try w.apply(w.admission(try w.invite(by: 0, roles: [.member]), joiner), by: 1)
+        try w.completeIssuance(w.spore.issuanceSequence)
+        XCTAssertEqual(w.spore.members[joinerID]?.certificate.generation, 2, "admitted by the new generation")
+    }
 }
 
 final class IssuanceEncodingTests: XCTestCase {
