@@ -153,6 +153,26 @@ final class AdmissionByInviteTests: XCTestCase {
     }
 }
 
+final class AdmissionLimitTests: XCTestCase {
+    func testAnAdmissionBeyondTheMemberLimitIsRefusedWhenAsked() throws {
+        var limits = SporeLimits()
+        limits.maxMembers = 5
+        var w = SporeWorld(members: 4, limits: limits)
+        try w.handOff(to: [0, 1, 2])
+        let a = SigningKey(), b = SigningKey()
+        try w.apply(w.admission(try w.invite(by: 0, roles: [.member]), a), by: 0)
+        // One place left, and it is being filled: a second joiner is refused now, not silently after its quorum.
+        guard case .beyondLimits? = w.refused(w.admission(try w.invite(by: 0, roles: [.member]), b), by: 0) else {
+            return XCTFail("a sixth member was let in line")
+        }
+        try w.completeIssuance(w.spore.issuanceSequence)
+        XCTAssertEqual(w.spore.members.count, 5)
+        guard case .beyondLimits? = w.refused(w.admission(try w.invite(by: 0, roles: [.member]), b), by: 0) else {
+            return XCTFail("a sixth member")
+        }
+    }
+}
+
 final class RenewalTests: XCTestCase {
     func testRenewalIsForMembersInGoodStandingAndExtendsTheCertificate() throws {
         var limits = SporeLimits()
