@@ -200,6 +200,15 @@ extension PrimarySpore {
                 if revoked[node] != nil { throw SporeError(.refused(IdentityError(.revoked(node: node)))) }
                 if let m = members[node], m.status == .alive || m.status == .suspect { throw SporeError(.invalid("\(node) is already a member")) }
                 if issuance(for: node) != nil { throw SporeError(.invalid("a certificate for \(node) is already being issued")) }
+                // The member limit is checked when asked, counting admissions being signed: at the quorum,
+                // `admitMember` would drop a joiner over the limit without a word, its invite used.
+                let joining = issuances.values.filter { iss in
+                    if case .admission = iss.purpose { return members[iss.certificate.nodeID] == nil }
+                    return false
+                }.count
+                if members[node] == nil && members.count + joining >= limits.maxMembers {
+                    throw SporeError(.beyondLimits("members: \(limits.maxMembers), \(joining) of them being admitted"))
+                }
                 usedInvites[invite.ledgerKey] = invite.expiresAt
                 body = .unsigned(network: network, nodeID: node, nodeKey: nodeKey, roles: invite.roles, serial: issuanceSequence + 1,
                                  issuedAt: now, expiresAt: now + lifetime, generation: chain.generation)

@@ -157,6 +157,9 @@ public struct PrimarySpore: Sendable, Equatable {
     /// Checks the author's signature with the key this spore knows for it, or, for an admission or
     /// a key rotation, with the keys the command itself proves.
     mutating func verifyAuthor(_ s: SignedCommand) throws(SporeError) {
+        // A revoked member's commands are refused: a refresh would record it alive again, and its
+        // signature would still count for the sclerotia generation it belonged to.
+        if revoked[s.author] != nil { throw SporeError(.refused(IdentityError(.revoked(node: s.author)))) }
         let key: PublicKey
         var checkRegistry = true
         switch s.command {

@@ -5,6 +5,11 @@ import XCTest
 @testable import MyceliumSpores
 
 /// A network with a few members and a helper to apply signed commands at increasing epochs.
+///
+/// Founders are admitted with certificates the genesis key issues (generation 0); founder 0 also
+/// holds the inviter role, as the genesis node's bootstrap agent does. After `handOff(to:)` new
+/// nodes join the way the network admits them: an invite, a request, and a quorum of sclerotia
+/// signatures (`join`).
 struct SporeWorld {
     let genesis = SigningKey()
     var net: NetworkIdentity { NetworkIdentity(genesisKey: genesis.publicKey) }
@@ -13,18 +18,24 @@ struct SporeWorld {
     var spore: PrimarySpore
     var index: UInt64 = 0
     var time: Int64 = 1_000
+    /// How long the founders' certificates are valid (the first one sets the network's lifetime).
+    let validity: Int64
 
-    init(members: Int, limits: SporeLimits = SporeLimits()) {
+    static let founderRoles: Roles = [.member, .sclerotiumEligible]
+
+    init(members: Int, limits: SporeLimits = SporeLimits(), validity: Int64 = 1_000_000) {
         spore = PrimarySpore(network: NetworkIdentity(genesisKey: genesis.publicKey), limits: limits)
-        for _ in 0..<members { try! admitNew() }
+        self.validity = validity
+        for i in 0..<members { try! admitNew(roles: i == 0 ? Self.founderRoles.union(.inviter) : Self.founderRoles) }
     }
 
     var ids: [NodeID] { certs.map(\.nodeID) }
 
-    mutating func admitNew(roles: Roles = [.member, .sclerotiumEligible]) throws {
+    /// Admits a founder with a certificate signed by the genesis key.
+    mutating func admitNew(roles: Roles = SporeWorld.founderRoles) throws {
         let k = SigningKey()
         let c = MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: k.publicKey), nodeKey: k.publicKey,
-                                            roles: roles, serial: UInt64(keys.count), issuedAt: 0, validFor: 1_000_000)
+                                            roles: roles, serial: UInt64(keys.count), issuedAt: time, validFor: validity)
         keys.append(k); certs.append(c)
         try apply(.admit(c), by: keys.count - 1)
     }
@@ -43,6 +54,78 @@ struct SporeWorld {
         // Round-trip through the wire form, as Raft would carry it.
         let wire = try SignedCommand(decoding: s.encoded())
         try spore.apply(wire, epoch: SporeEpoch(term: 1, index: index), time: time)
+    }
+
+    /// The pending link, which a test expects to exist.
+    func pendingLink(file: StaticString = #filePath, line: UInt = #line) throws -> SclerotiaLink {
+        try XCTUnwrap(spore.pendingLink?.link, "no sclerotia link is being signed", file: file, line: line)
+    }
+
+    /// The genesis key's signature on link 1, submitted by member `by`.
+    mutating func signLinkByGenesis(by i: Int = 0) throws {
+        let link = try pendingLink()
+        try apply(.signLink(generation: link.generation, QuorumSignature(index: 0, signature: genesis.sign(link.signedBytes))), by: i)
+    }
+
+    /// Signer `signer` of the pending link's previous generation signs it (with its own index).
+    mutating func signLink(by signer: Int) throws {
+        let link = try pendingLink()
+        let index = try signerIndex(of: signer, generation: link.generation - 1)
+        try apply(.signLink(generation: link.generation, QuorumSignature(index: index, signature: keys[signer].sign(link.signedBytes))), by: signer)
+    }
+
+    /// Bootstrap to distributed: choose the sclerotia, the genesis key signs their link, hand off.
+    mutating func handOff(to sclerotia: [Int]) throws {
+        try apply(.setSclerotia(sclerotia.map { ids[$0] }), by: 0)
+        try signLinkByGenesis()
+        try apply(.handoff, by: 0)
+    }
+
+    /// Where member `i` signs in `generation`'s list.
+    func signerIndex(of i: Int, generation: UInt64, file: StaticString = #filePath, line: UInt = #line) throws -> UInt8 {
+        let signers = try XCTUnwrap(spore.chain.signers(of: generation), file: file, line: line)
+        return UInt8(try XCTUnwrap(signers.firstIndex { $0.id == ids[i] }, "\(ids[i]) does not sign for generation \(generation)",
+                                   file: file, line: line))
+    }
+
+    /// Signer `signer` of issuance `id`'s generation adds its signature (the genesis key's, submitted
+    /// by member 0, for generation 0).
+    mutating func signIssuance(_ id: UInt64, by signer: Int) throws {
+        let iss = try XCTUnwrap(spore.issuances[id], "no issuance \(id)")
+        if iss.certificate.generation == 0 {
+            try apply(.signCertificate(id: id, QuorumSignature(index: 0, signature: genesis.sign(iss.certificate.signedBytes))), by: signer)
+        } else {
+            let index = try signerIndex(of: signer, generation: iss.certificate.generation)
+            try apply(.signCertificate(id: id, QuorumSignature(index: index, signature: keys[signer].sign(iss.certificate.signedBytes))), by: signer)
+        }
+    }
+
+    /// Signs issuance `id` by the first quorum of its generation's signers.
+    mutating func completeIssuance(_ id: UInt64) throws {
+        let iss = try XCTUnwrap(spore.issuances[id], "no issuance \(id)")
+        let signers = try XCTUnwrap(spore.chain.signers(of: iss.certificate.generation))
+        if iss.certificate.generation == 0 { return try signIssuance(id, by: 0) }
+        for s in signers.prefix(quorumSize(of: signers.count)) {
+            try signIssuance(id, by: try XCTUnwrap(ids.firstIndex(of: s.id)))
+        }
+    }
+
+    /// An invite by member `inviter`, valid for an hour from now.
+    func invite(by inviter: Int, roles: Roles = SporeWorld.founderRoles, key: SigningKey? = nil) throws -> Invite {
+        try Invite.create(genesisKey: genesis.publicKey, inviter: ids[inviter], key: key ?? keys[inviter], addresses: ["192.0.2.1:7946"],
+                          roles: roles, issuedAt: time, validFor: 3600)
+    }
+
+    /// A new node joins as the network admits it: `inviter` invites it, `requester` asks for its
+    /// certificate, a quorum of the current sclerotia signs. Returns its index.
+    @discardableResult
+    mutating func join(roles: Roles = SporeWorld.founderRoles, inviter: Int = 0, requester: Int = 0) throws -> Int {
+        let k = SigningKey()
+        try apply(.requestCertificate(.admission(try invite(by: inviter, roles: roles), nodeKey: k.publicKey)), by: requester)
+        try completeIssuance(spore.issuanceSequence)
+        let cert = try XCTUnwrap(spore.members[NodeID(publicKey: k.publicKey)]?.certificate, "the joiner was not admitted")
+        keys.append(k); certs.append(cert)
+        return keys.count - 1
     }
 }
 
@@ -137,6 +220,9 @@ final class PrimarySporeTests: XCTestCase {
         XCTAssertThrowsError(try w.apply(.setSclerotia([w.ids[0], w.ids[4]]), by: 0), "not eligible")
         XCTAssertThrowsError(try w.apply(.handoff, by: 0), "handoff needs sclerotia")
         try w.apply(.setSclerotia(Array(w.ids[0..<3])), by: 0)
+        XCTAssertThrowsError(try w.apply(.handoff, by: 0), "handoff needs the sclerotia's link signed by the genesis key")
+        XCTAssertEqual(w.spore.phase, .bootstrap)
+        try w.signLinkByGenesis(by: 3)  // any member may carry the genesis key's signature
         try w.apply(.handoff, by: 0)
         XCTAssertEqual(w.spore.phase, .distributed)
         // After the handoff only sclerotia record judgements about others.
@@ -157,8 +243,7 @@ final class PrimarySporeTests: XCTestCase {
 final class SeedSporeTests: XCTestCase {
     func world() throws -> SporeWorld {
         var w = SporeWorld(members: 3)
-        try w.apply(.setSclerotia(w.ids), by: 0)
-        try w.apply(.handoff, by: 0)
+        try w.handOff(to: [0, 1, 2])
         return w
     }
 
@@ -186,7 +271,8 @@ final class SeedSporeTests: XCTestCase {
         }
         // Signed by a member that is not a sclerotium of that spore.
         var w2 = try world()
-        try w2.admitNew()
+        try w2.join()
+        XCTAssertEqual(w2.certs[3].generation, 1, "admitted after the handoff: certified by the sclerotia")
         let byNonSclerotium = SeedSpore(spore: w2.spore, signer: w2.certs[3], key: w2.keys[3], writtenAt: w2.time).encoded()
         XCTAssertEqual(code(byNonSclerotium, network: w2.net.id), .notASclerotium(w2.ids[3]))
         // Beyond limits.

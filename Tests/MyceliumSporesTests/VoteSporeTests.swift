@@ -42,8 +42,7 @@ final class VoteSporeTests: XCTestCase {
 
     func distributed(_ n: Int) throws -> SporeWorld {
         var w = SporeWorld(members: n)
-        try w.apply(.setSclerotia(Array(w.ids[0..<3])), by: 0)
-        try w.apply(.handoff, by: 0)
+        try w.handOff(to: [0, 1, 2])
         return w
     }
 
@@ -109,14 +108,14 @@ final class VoteSporeTests: XCTestCase {
 
     func testLateJoinersStartWithLowTrustAndCannotVoteOnFailures() throws {
         var w = try distributed(3)
-        for _ in 0..<3 { try w.admitNew() }
+        for _ in 0..<3 { try w.join() }
         XCTAssertEqual(w.spore.trust.score(of: w.ids[5]), TrustParameters().initial)
         XCTAssertEqual(w.spore.trust.score(of: w.ids[0]), SporeLimits().founderTrust)
         // Three founders (two besides the subject) and three newcomers below the threshold: no vote.
         XCTAssertNotNil(w.spore.voteUnavailable(.failure, node: w.ids[0]))
     }
 
-    func testEquivocationEvidenceSlashesOnceAndJails() throws {
+    func testEquivocationEvidenceSlashesOnceJailsAndRevokes() throws {
         var w = try distributed(5)
         try w.apply(.openVote(.failure, node: w.ids[4], commitTicks: 5, revealTicks: 5), by: 0)
         let spec = w.spore.rounds[1]!.spec
@@ -128,6 +127,9 @@ final class VoteSporeTests: XCTestCase {
         try w.apply(.voteEvidence(sequence: 1, evidence: evidence.encoded()), by: 0)
         XCTAssertEqual(w.spore.trust.score(of: liar), before / 4)
         XCTAssertTrue(w.spore.trust.isJailed(liar))
+        // Proven equivocation is deliberate: the network revokes the liar as well.
+        XCTAssertTrue(w.spore.revokedIDs.contains(liar))
+        XCTAssertEqual(w.spore.members[liar]?.status, .failed)
         XCTAssertThrowsError(try w.apply(.voteEvidence(sequence: 1, evidence: evidence.encoded()), by: 1), "slashed once")
         XCTAssertThrowsError(try w.apply(.voteEvidence(sequence: 7, evidence: evidence.encoded()), by: 1), "unknown round")
         var garbage = evidence.encoded(); garbage[garbage.count - 3] ^= 0xff
