@@ -128,8 +128,10 @@ extension Agent {
             }
             if spore.revoked[node] != nil { return refuse(.conflict, .nodeNotLive, "\(node) is already revoked") }
             let me = spore.members[nodeID]
-            guard spore.sclerotia.contains(nodeID) || me?.roles.contains(.inviter) == true else {
-                return refuse(.forbidden, .notAuthorized, "only a sclerotium or a member with the inviter role may revoke; this node has roles \(me?.roles.description ?? "none")")
+            guard spore.sclerotia.contains(nodeID) || (me?.roles.contains(.inviter) == true && !spore.sclerotia.contains(node)) else {
+                return refuse(.forbidden, .notAuthorized, spore.sclerotia.contains(node)
+                    ? "only a sclerotium may revoke a sclerotium; run this on one (see 'mycelium status')"
+                    : "only a sclerotium or a member with the inviter role may revoke; this node has roles \(me?.roles.description ?? "none")")
             }
             submit(.revoke(node: node, reason: String(reason.prefix(Revocation.maxReason))))
             processReady()

@@ -26,6 +26,7 @@ final class IdentityView: Sendable {
         var revoked: Set<NodeID> = []
         var keys = KeyRegistry()
         var inviters: [NodeID: PublicKey] = [:]
+        var maxLifetime: Int64?
         var epoch = SporeEpoch.zero
     }
 
@@ -50,7 +51,7 @@ final class IdentityView: Sendable {
 
     func policy(now: Int64) -> HandshakePolicy {
         state.withLockedValue { s in
-            HandshakePolicy(chain: s.chain, now: now, revoked: s.revoked, keys: s.keys, inviters: s.inviters)
+            HandshakePolicy(chain: s.chain, now: now, revoked: s.revoked, keys: s.keys, inviters: s.inviters, maxLifetime: s.maxLifetime)
         }
     }
 
@@ -64,6 +65,7 @@ final class IdentityView: Sendable {
             if spore.chain.generation >= s.chain.generation { s.chain = spore.chain }
             s.revoked = spore.revokedIDs
             s.keys = spore.keys
+            s.maxLifetime = spore.certificateLifetime > 0 ? spore.certificateLifetime : nil
             s.inviters = Dictionary(uniqueKeysWithValues: spore.presentMembers.filter { $0.roles.contains(.inviter) }.map { ($0.id, $0.key) })
             if let mine = spore.members[me]?.certificate, mine.nodeKey == key.publicKey, mine != s.certificate,
                mine.expiresAt > s.certificate.expiresAt || mine.roles != s.certificate.roles {

@@ -182,12 +182,16 @@ public struct HandshakePolicy: Sendable {
     public var keys: KeyRegistry
     /// Members that may invite now, with their current keys. Nil: this side does not admit joiners.
     public var inviters: [NodeID: PublicKey]?
+    /// The network's certificate lifetime, if known: a certificate valid for longer is refused (a
+    /// genesis key kept after the handoff cannot mint long-lived certificates).
+    public var maxLifetime: Int64?
 
     public var network: NetworkID { chain.network }
 
     public init(chain: SclerotiaChain, now: Int64, revoked: Set<NodeID> = [], keys: KeyRegistry = KeyRegistry(),
-                inviters: [NodeID: PublicKey]? = nil) {
+                inviters: [NodeID: PublicKey]? = nil, maxLifetime: Int64? = nil) {
         self.chain = chain; self.now = now; self.revoked = revoked; self.keys = keys; self.inviters = inviters
+        self.maxLifetime = maxLifetime
     }
 }
 
@@ -225,10 +229,13 @@ public enum HandshakeVerifier {
         var invite: Invite?
         switch hello.credential {
         case .member(let c):
-            do {
+            do throws(IdentityError) {
                 var chain = policy.chain
                 try chain.absorb(hello.links)
                 try c.verify(chain: chain, now: policy.now, revoked: policy.revoked)
+                if let max = policy.maxLifetime, c.lifetime > max {
+                    throw IdentityError(.malformed(what: "membership certificate", reason: "valid for \(c.lifetime) s, longer than the network's \(max) s"))
+                }
             } catch {
                 switch error.code {
                 case .expired, .notYetValid: throw HandshakeError(.expiredMember(error))

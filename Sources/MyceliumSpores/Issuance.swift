@@ -249,10 +249,14 @@ extension PrimarySpore {
             }
 
         case let .revoke(node, reason):
-            guard mayGovern(author) || members[author]?.roles.contains(.inviter) == true else {
-                throw SporeError(.notAuthorized(author, "revoke a member (a sclerotium or a member with the inviter role may)"))
-            }
+            // A sclerotium may revoke anyone; a member with the inviter role only members that are not
+            // sclerotia (one inviter cannot take the governing set apart on its own).
             guard let m = members[node] else { throw SporeError(.unknownMember(node)) }
+            let governs = mayGovern(author)
+            guard governs || (members[author]?.roles.contains(.inviter) == true && !sclerotia.contains(node)) else {
+                throw SporeError(.notAuthorized(author, sclerotia.contains(node)
+                    ? "revoke a sclerotium (only a sclerotium may)" : "revoke a member (a sclerotium or a member with the inviter role may)"))
+            }
             guard revoked[node] == nil else { throw SporeError(.invalid("\(node) is already revoked")) }
             guard revoked.count < IssuanceLimits.maxRevocations else { throw SporeError(.beyondLimits("revocations: \(IssuanceLimits.maxRevocations)")) }
             revokeMember(m, reason: String(reason.utf8.prefix(Revocation.maxReason)) ?? "revoked")

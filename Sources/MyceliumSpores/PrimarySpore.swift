@@ -167,6 +167,11 @@ public struct PrimarySpore: Sendable, Equatable {
             // The network (genesis key or a sclerotia quorum) vouches for the member; the member signs
             // its own admission request.
             do { try cert.verify(chain: chain, now: now, revoked: revokedIDs) } catch { throw SporeError(.refused(error)) }
+            // No certificate outlives the network's lifetime: a genesis key kept after the handoff
+            // cannot mint a long-lived, backdated generation-0 certificate (docs/MEMBERSHIP.md).
+            if certificateLifetime > 0 && cert.lifetime > certificateLifetime {
+                throw SporeError(.invalid("certificate of \(cert.nodeID) is valid for \(cert.lifetime) s, longer than the network's \(certificateLifetime) s"))
+            }
             guard s.author == cert.nodeID else { throw SporeError(.notAuthorized(s.author, "admit another node")) }
             key = cert.nodeKey
         case .rotateKey(let r):

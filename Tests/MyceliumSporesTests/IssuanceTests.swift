@@ -430,11 +430,11 @@ final class IssuanceTimeoutTests: XCTestCase {
         try w.apply(.requestCertificate(.renewal(node: w.ids[2])), by: 0)
         let iss = try XCTUnwrap(w.spore.issuance(for: w.ids[2]))
         try w.signIssuance(iss.id, by: 0)
-        try w.apply(.tick, by: 0, advance: iss.requestedAt + IssuanceLimits.issuanceTimeout - 1 - w.time)
+        try w.apply(.tick, by: 0, advance: iss.requestedAt + IssuanceLimits.issuanceTimeout(lifetime: w.spore.lifetime) - 1 - w.time)
         XCTAssertNotNil(w.spore.issuances[iss.id], "still within its time")
         try w.apply(.tick, by: 0)
-        XCTAssertEqual(w.time, iss.requestedAt + IssuanceLimits.issuanceTimeout)
-        XCTAssertNil(w.spore.issuances[iss.id], "\(IssuanceLimits.issuanceTimeout) s without a quorum: dropped")
+        XCTAssertEqual(w.time, iss.requestedAt + IssuanceLimits.issuanceTimeout(lifetime: w.spore.lifetime))
+        XCTAssertNil(w.spore.issuances[iss.id], "\(IssuanceLimits.issuanceTimeout(lifetime: w.spore.lifetime)) s without a quorum: dropped")
         let late = QuorumSignature(index: try w.signerIndex(of: 1, generation: 1), signature: w.keys[1].sign(iss.certificate.signedBytes))
         XCTAssertTrue(invalid(w.refused(.signCertificate(id: iss.id, late), by: 1)).contains("no certificate"))
         XCTAssertEqual(w.spore.members[w.ids[2]]?.certificate, w.certs[2], "the certificate is unchanged")
@@ -454,7 +454,7 @@ final class IssuanceTimeoutTests: XCTestCase {
         XCTAssertTrue((0...(bytes.count - 32)).contains { Array(bytes[$0..<$0 + 32]) == invite.secret },
                       "the pending admission holds the invite's secret in the spore's bytes")
         try w.signIssuance(first.id, by: 0)
-        try w.apply(.tick, by: 0, advance: IssuanceLimits.issuanceTimeout)
+        try w.apply(.tick, by: 0, advance: IssuanceLimits.issuanceTimeout(lifetime: w.spore.lifetime))
         XCTAssertNil(w.spore.issuances[first.id], "timed out")
         XCTAssertNil(w.spore.members[joinerID])
         // The pending issuance carried the whole invite, secret included, in the spore and its seed
