@@ -154,16 +154,17 @@ final class AgentCluster {
         processes[n] = nil
     }
 
-    /// Creates the network on n1 and starts it.
-    func createNetwork() throws {
-        XCTAssertEqual(try cli(["network", "create", "--home", home("n1")]).0, 0)
+    /// Creates the network on n1 and starts it (`validity`: the certificates' lifetime, e.g. "60s").
+    func createNetwork(validity: String? = nil) throws {
+        XCTAssertEqual(try cli(["network", "create", "--home", home("n1")] + (validity.map { ["--validity", $0] } ?? [])).0, 0)
         try writeConfig("n1")
         try start("n1")
     }
 
-    /// Invites `n`, has it join through n1, and starts its agent.
-    func join(_ n: String, inviter: String = "n1", startAgent: Bool = true) throws {
-        let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "\(listenHost(inviter)):\(port(inviter))"])
+    /// Invites `n` (with `roles`, if given), has it join through `inviter`, and starts its agent.
+    func join(_ n: String, inviter: String = "n1", roles: String? = nil, startAgent: Bool = true) throws {
+        let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "\(listenHost(inviter)):\(port(inviter))"]
+                                    + (roles.map { ["--roles", $0] } ?? []))
         XCTAssertEqual(code, 0, token)
         var lastError = ""
         for _ in 0..<100 {
