@@ -299,6 +299,7 @@ public actor Agent {
     /// (leader) publish a seed spore that a rate-limited write skipped.
     func everySecond() {
         if raft.role == .leader { writeSeedSpores(force: false) }
+        checkOwnCertificate()
         let admitted = spore.members[nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
         if admitted && !router.contactLinks.isEmpty && !router.links.isEmpty {
             // Admitted and connected through the spore's addresses: the introductions are done.

@@ -139,6 +139,24 @@ extension Agent {
         enforceRevocations()
     }
 
+    /// Says, once a minute, when this node's own certificate is in the last fifth of its lifetime (the
+    /// network has not renewed it: no leader, no quorum of sclerotia, or this node is not in good
+    /// standing) or has expired (peers refuse this node; it must rejoin with an invite).
+    func checkOwnCertificate() {
+        let c = certificate, now = Int64(Date().timeIntervalSince1970)
+        guard (c.expiresAt - now) * 5 < c.lifetime, ticks % (60 * ticksPerSecond) < ticksPerSecond else { return }
+        if c.expiresAt <= now {
+            logger.error("this node's membership certificate has expired: peers refuse it. Rejoin with an invite ('mycelium node join')",
+                         metadata: ["expired_at": "\(c.expiresAt)"])
+            note("certificate expired: rejoin with an invite")
+        } else {
+            let why = spore.renewalRefusal(nodeID).map { "the network does not renew it: \($0)" }
+                ?? (raft.leader == .none ? "there is no leader to renew it" : "its renewal has not landed yet")
+            logger.warning("this node's membership certificate expires soon", metadata: ["in_s": "\(c.expiresAt - now)", "reason": "\(why)"])
+            note("certificate expires in \(c.expiresAt - now) s: \(why)")
+        }
+    }
+
     /// Every channel to a revoked member is closed; the handshake policy refuses it from now on.
     func enforceRevocations() {
         for (node, r) in spore.revoked {

@@ -44,9 +44,9 @@ public struct GovernorSimulationOptions: Sendable {
     /// Keep the last trace lines of the run.
     public var trace = false
     /// Lifetime of every membership certificate, in simulated seconds (renewed at two thirds).
-    public var certificateLifetime: Int64 = 30
+    public var certificateLifetime: Int64 = 60
     /// Certificate lifetimes to run after the end checks, with leader crashes.
-    public var steadyLifetimes = 3
+    public var steadyLifetimes = 2
     /// Revoke a member during the faults (nil lets the seed choose; only with five nodes or more).
     public var revoke: Bool?
 
@@ -74,6 +74,9 @@ public struct GovernorSimulationResult: Sendable {
     /// Sclerotia links added to the chain, seen at the leader.
     public var linksAdded = 0
     public var revoked: Int?
+    /// Certificates that expired while the network could not commit for half their renewal window
+    /// (no quorum: nothing can be renewed then, by design).
+    public var expiredUnavailable = 0
     public var messages = 0
     public var steps = 0
     public var trace: [String] = []
@@ -85,7 +88,7 @@ public struct GovernorSimulationResult: Sendable {
         return "seed \(seed) nodes=\(nodeCount) liars=\(liars) \(status) | formed=\(formedAt.map { "\($0)ms" } ?? "never") "
             + "killed=\(killed.map { "n\($0)" } ?? "none") recorded=\(killedRecordedAt.map { "\($0)ms" } ?? "-") "
             + "rounds=\(roundsDecided)/\(roundsOpened) failures=\(failuresRecorded) leaders=\(leadersElected) "
-            + "certs=\(certificatesIssued) links=\(linksAdded) revoked=\(revoked.map { "n\($0)" } ?? "none") msgs=\(messages) | \(scenario)"
+            + "certs=\(certificatesIssued) links=\(linksAdded) expired-unavailable=\(expiredUnavailable) revoked=\(revoked.map { "n\($0)" } ?? "none") msgs=\(messages) | \(scenario)"
     }
 }
 
@@ -143,10 +146,14 @@ public struct GovernorSimulation {
     var restartAt: [Int: SimTime] = [:]
     var revokeAt: SimTime?
     var revokedSince: SimTime?
+    /// Steps at which no leader had a live, reachable majority of its voters (nothing can be renewed
+    /// then, by design), to tell a renewal the network could not make from one it failed to make.
+    var unavailableSteps: [SimTime] = []
 
     public static func run(_ options: GovernorSimulationOptions) -> GovernorSimulationResult {
         var sim = GovernorSimulation(options: options)
         sim.runAll()
+        if options.trace && sim.result.trace.isEmpty { sim.result.trace = sim.traceLines }
         return sim.result
     }
 
@@ -291,7 +298,17 @@ public struct GovernorSimulation {
         for i in nodes.indices where nodes[i].up { tick(i) }
         result.steps += 1
         checkInvariants()
+        if !leaderHasQuorum {
+            unavailableSteps.append(now)
+            if unavailableSteps.count > 20_000 { unavailableSteps.removeFirst(10_000) }
+        }
         if now % 1000 == 0 { checkMembership() }
+        if options.trace, now % 1000 == 0, let l = leaderIndex {
+            let sp = nodes[l].control.spore
+            func names(_ ks: [SclerotiumKey]) -> String { ks.map { k in nodes.firstIndex { $0.certificate.nodeID == k.id }.map { "n\($0)" } ?? "?" }.joined(separator: ",") }
+            trace("leader n\(l) links \(sp.chain.links.map { "[\(names($0.members))]" }.joined()) pending [\(sp.pendingLink.map { names($0.link.members) } ?? "")] sclerotia [\(names(sp.sclerotiaKeys()))]")
+            trace("leader n\(l) term \(nodes[l].raft!.term) spore now \(sp.now - Self.epochSeconds) gen \(sp.chain.generation) pending link \(sp.pendingLink.map { "\($0.link.generation) (\($0.signatures.count) sigs)" } ?? "none") issuances \(sp.issuances.count)")
+        }
     }
 
     // MARK: faults
@@ -633,6 +650,11 @@ public struct GovernorSimulation {
             guard let m = leader.members[nodes[i].certificate.nodeID], m.status == .alive || m.status == .suspect else { continue }
             let own = nodes[i].control.spore.members[nodes[i].certificate.nodeID]?.certificate
             let presented = [nodes[i].certificate, own].compactMap { $0 }.max { $0.expiresAt < $1.expiresAt }!
+            if presented.expiresAt <= sporeNow && networkUnavailable(from: presented.renewAt, to: presented.expiresAt) {
+                if nodes[i].checkedSerial != presented.serial &+ 1 << 63 { result.expiredUnavailable += 1 }
+                nodes[i].checkedSerial = presented.serial &+ 1 << 63
+                continue
+            }
             if presented.expiresAt <= sporeNow {
                 return fail("n\(i), up and a member, presents a certificate that expired \(sporeNow - presented.expiresAt) s ago (serial \(presented.serial))")
             }
@@ -652,6 +674,25 @@ public struct GovernorSimulation {
                 }
             }
         }
+    }
+
+    /// Whether, between spore times `from` and `to`, no leader had a quorum for half that window or
+    /// more (a renewal could not be made: certificates outlive only outages shorter than a third of
+    /// their lifetime).
+    func networkUnavailable(from: Int64, to: Int64) -> Bool {
+        let a = (from - Self.epochSeconds) * 1000, b = (to - Self.epochSeconds) * 1000
+        let down = SimTime(unavailableSteps.filter { $0 >= a && $0 <= b }.count) * Self.tickMs
+        return down * 2 >= b - a
+    }
+
+    /// Whether some leader has a majority of its voters up and on its side of any partition.
+    var leaderHasQuorum: Bool {
+        guard let l = leaderIndex, let raft = nodes[l].raft else { return false }
+        let reachable = raft.confState.voters.filter { id in
+            guard let j = byRaftID[id], nodes[j].up else { return false }
+            return partitioned.isEmpty || partitioned.contains(j) == partitioned.contains(l)
+        }
+        return reachable.count * 2 > raft.confState.voters.count
     }
 
     mutating func checkInvariants() {

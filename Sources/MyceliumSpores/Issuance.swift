@@ -144,15 +144,23 @@ extension PrimarySpore {
     }
 
     /// The sclerotia as a link names them (ID and current key), sorted.
-    func sclerotiaKeys() -> [SclerotiumKey] {
+    public func sclerotiaKeys() -> [SclerotiumKey] {
         sclerotia.compactMap { id in members[id].map { SclerotiumKey(id: id, key: $0.key) } }.sorted { $0.id < $1.id }
     }
 
-    /// Proposes a link for the current sclerotia when they differ from the chain's newest link.
-    mutating func proposeLinkIfChanged() {
+    /// Proposes a link for the current sclerotia when a sclerotium was added or re-keyed (or, with
+    /// `removing`, revoked). A sclerotium that merely failed stays in the newest link: its share of
+    /// the quorum cannot be used by a dead node, and dropping it would shrink the signing set below
+    /// what the next failure needs (two of {A, B} after C failed; B dies: nobody can sign again),
+    /// while the old set keeps a quorum as long as Raft does. The next addition makes a new link.
+    mutating func proposeLinkIfChanged(removing: Bool = false) {
         let keys = sclerotiaKeys()
         guard !keys.isEmpty else { return }
         if chain.latest?.members == keys { pendingLink = nil; return }
+        if !removing, let current = chain.latest?.members, Set(keys).isSubset(of: Set(current)) {
+            pendingLink = nil
+            return
+        }
         if pendingLink?.link.members == keys { return }
         pendingLink = PendingLink(link: .proposal(network: network.id, generation: chain.generation + 1, previous: chain.tipHash,
                                                   members: keys, issuedAt: now), signatures: [])
@@ -273,7 +281,7 @@ extension PrimarySpore {
         sclerotia.removeAll { $0 == m.id }
         approvedSclerotia.remove(m.id)
         issuances = issuances.filter { $0.value.certificate.nodeID != m.id }
-        proposeLinkIfChanged()
+        proposeLinkIfChanged(removing: true)
     }
 
     /// A quorum signed: the certificate becomes the member's (admitting it for an admission).
