@@ -652,3 +652,71 @@ extension MembershipCertificate {
 extension Array where Element == SigningKey {
     func sortedByNodeID() -> [SigningKey] { sorted { NodeID(publicKey: $0.publicKey) < NodeID(publicKey: $1.publicKey) } }
 }
+
+// MARK: - hostile numbers from a peer
+
+/// Values a peer chooses freely (a generation, its clock, an invite's times it signs itself) must
+/// be refused, and the refusal described for the log, without arithmetic overflow: a trap there is
+/// a remote crash of the node.
+final class HostileNumberTests: XCTestCase {
+    let t0: Int64 = 1_800_000_000
+
+    func testCertificateOfTheLastGenerationIsRefused() throws {
+        var w = QuorumWorld()
+        try w.extend(3, issuedAt: t0)
+        let node = w.fresh(1)[0]
+        for g in [UInt64.max, UInt64.max - 1, 2] {
+            let c = w.certificate(for: node, generation: 1, issuedAt: t0).withGeneration(g)
+            XCTAssertEqual(refusal { try MembershipCertificate(decoding: c.encoded()).verify(chain: w.chain, now: t0) },
+                           .unknownGeneration(generation: g, known: 1))
+        }
+        XCTAssertNil(w.chain.supersededAt(.max))
+        XCTAssertNil(w.chain.supersededAt(1))
+        XCTAssertEqual(w.chain.supersededAt(0), t0)
+    }
+
+    func testHelloTimeAtTheEndsOfTheRangeIsRefusedAsClockSkew() throws {
+        var w = QuorumWorld()
+        let key = w.fresh(1)[0]
+        let cert = w.certificate(for: key, generation: 0, issuedAt: t0)
+        let binding = [UInt8](repeating: 0xB1, count: 32), nonce = [UInt8](repeating: 0x0C, count: 32)
+        let proof = Proof.make(role: .client, network: w.chain.network, binding: binding, peerNonce: nonce, key: key)
+        for now in [t0, -t0, 0] {
+            for time in [Int64.min, Int64.min + 1, Int64.min &+ now, Int64.max, Int64.max - 1, now &+ Int64.max] {
+                let hello = Hello(networkID: w.chain.network, nonce: nonce, time: time, credential: .member(cert))
+                XCTAssertThrowsError(try HandshakeVerifier.verify(hello: try Hello(decoding: hello.encoded()), proof: proof, tlsKey: key.publicKey,
+                                                                  binding: binding, ourNonce: nonce, peerRole: .client,
+                                                                  policy: HandshakePolicy(chain: w.chain, now: now))) { e in
+                    XCTAssertEqual((e as! HandshakeError).code,
+                                   .clockSkew(IdentityError(.clockSkew(peerTime: time, now: now, allowed: maxClockSkew))), "time \(time) now \(now)")
+                    XCTAssertTrue("\(e)".contains("fix the clock"), "\(e)")
+                }
+            }
+        }
+    }
+
+    /// An invite is signed by a key its author picks, so its times are the author's choice.
+    func testInviteWithExtremeTimesIsRefusedAndDescribed() throws {
+        let w = QuorumWorld()
+        let mallory = SigningKey()
+        let inviter = NodeID(publicKey: mallory.publicKey)
+        let joiner = SigningKey()
+        let binding = [UInt8](repeating: 0xB1, count: 32), nonce = [UInt8](repeating: 0x0C, count: 32)
+        let proof = Proof.make(role: .client, network: w.chain.network, binding: binding, peerNonce: nonce, key: joiner)
+        for (issued, validFor) in [(Int64.min, Int64(0)), (Int64.min, Int64(1)), (Int64.max, Int64(0)), (Int64.max - 1, Int64(1))] {
+            let invite = try Invite.create(genesisKey: w.genesis.publicKey, inviter: inviter, key: mallory, addresses: [], roles: [.member],
+                                           issuedAt: issued, validFor: validFor)
+            let hello = Hello(networkID: w.chain.network, nonce: nonce, time: t0, credential: .invite(invite))
+            XCTAssertThrowsError(try HandshakeVerifier.verify(hello: hello, proof: proof, tlsKey: joiner.publicKey, binding: binding, ourNonce: nonce,
+                                                              peerRole: .client, policy: HandshakePolicy(chain: w.chain, now: t0,
+                                                                                                         inviters: [inviter: mallory.publicKey]))) { e in
+                guard case .inviteRefused(let ie) = (e as! HandshakeError).code else { return XCTFail("\(e)") }
+                switch ie.code {
+                case .expired, .notYetValid: break
+                default: XCTFail("\(ie)")
+                }
+                XCTAssertFalse("\(e)".isEmpty)
+            }
+        }
+    }
+}
