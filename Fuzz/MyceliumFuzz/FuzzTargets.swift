@@ -6,7 +6,8 @@
 // The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
-// anything accepted re-encodes to exactly the bytes that were accepted (no two spellings).
+// anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
+// refusal is also described, as the node's log line would be: describing it must not crash either.
 
 import MyceliumControl
 import MyceliumCore
@@ -52,7 +53,7 @@ enum FuzzTarget: String {
         case .invite:
             if let i = try? Invite(decoding: bytes) {
                 precondition(i.encoded() == bytes, "invite re-encoding differs")
-                _ = try? i.verify(network: nil, now: 1_800_000_000)
+                describingRefusal { try i.verify(network: nil, now: 1_800_000_000) }
             }
         case .token:
             if let i = try? Invite(token: String(decoding: bytes, as: UTF8.self)) {
@@ -61,9 +62,9 @@ enum FuzzTarget: String {
         case .certificate:
             if let c = try? MembershipCertificate(decoding: bytes) {
                 precondition(c.encoded() == bytes, "certificate re-encoding differs")
-                _ = try? c.verify(network: c.networkID, now: 1_800_000_000)
+                describingRefusal { try c.verify(network: c.networkID, now: 1_800_000_000) }
                 // A quorum of a real chain: only the seeded, genuinely signed certificates may pass.
-                if (try? c.verify(chain: FuzzChain.chain, now: FuzzChain.now)) != nil {
+                if describingRefusal({ try c.verify(chain: FuzzChain.chain, now: FuzzChain.now) }) {
                     precondition(c.generation <= FuzzChain.chain.generation, "a certificate of an unknown generation verified")
                     precondition(c.signatures.count >= quorumSize(of: FuzzChain.chain.signers(of: c.generation)!.count), "under a quorum verified")
                 }
@@ -73,7 +74,7 @@ enum FuzzTarget: String {
             guard let l = try? SclerotiaLink(decoding: bytes) else { return }
             precondition(l.encoded() == bytes && l.encodedSize == bytes.count, "link re-encoding differs")
             var c = FuzzChain.chain
-            if (try? c.append(l)) != nil {
+            if describingRefusal({ try c.append(l) }) {
                 precondition(c.generation == FuzzChain.chain.generation + 1 && c.latest == l, "append took a link out of order")
                 precondition(l.previous == FuzzChain.chain.tipHash, "append took a link that names another tip")
                 precondition(l.signatures.count >= quorumSize(of: FuzzChain.chain.latest!.members.count), "append took under a quorum")
@@ -88,7 +89,9 @@ enum FuzzTarget: String {
         case .chain:
             // A whole chain from disk or a spore, verified link by link from the genesis key.
             var r = ByteReader(bytes)
-            guard let c = try? SclerotiaChain(genesisKey: FuzzChain.genesis.publicKey, from: &r) else { return }
+            var decoded: SclerotiaChain?
+            describingRefusal { decoded = try SclerotiaChain(genesisKey: FuzzChain.genesis.publicKey, from: &r) }
+            guard let c = decoded else { return }
             var w = ByteWriter()
             c.encode(into: &w)
             precondition(w.bytes == Array(bytes.prefix(r.offset)), "chain re-encoding differs")
@@ -110,7 +113,23 @@ enum FuzzTarget: String {
             guard let kind = bytes.first else { return }
             let body = Array(bytes.dropFirst())
             switch kind % 3 {
-            case 0: if let h = try? Hello(decoding: body) { precondition(h.encoded() == body) }
+            case 0:
+                var hello: Hello?
+                describingRefusal { hello = try Hello(decoding: body) }
+                guard let h = hello else { return }
+                precondition(h.encoded() == body, "hello re-encoding differs")
+                // Judged as a listener judges it: network, clock, credential, links, proof.
+                var peer: VerifiedPeer?
+                describingRefusal {
+                    peer = try HandshakeVerifier.verify(hello: h, proof: HandshakeFuzz.proof, tlsKey: HandshakeFuzz.key.publicKey,
+                                                        binding: HandshakeFuzz.binding, ourNonce: HandshakeFuzz.nonce, peerRole: .client,
+                                                        policy: HandshakeFuzz.policy)
+                }
+                if let peer {
+                    precondition(peer.key == HandshakeFuzz.key.publicKey, "accepted a peer under another key than its TLS key")
+                    precondition(peer.clockSkew >= -maxClockSkew && peer.clockSkew <= maxClockSkew, "accepted a peer whose clock is off")
+                    precondition((peer.certificate == nil) == (peer.joiningWith != nil), "a peer is a member or a joiner")
+                }
             case 1: if let p = try? Proof(decoding: body) { precondition(p.encoded() == body) }
             default: if let v = try? Verdict(decoding: body) { precondition(v.encoded() == body) }
             }
@@ -193,6 +212,29 @@ enum FuzzTarget: String {
     }
 }
 
+/// Runs `body`; on a refusal, builds its description (what a node logs). True if it was accepted.
+@discardableResult
+func describingRefusal(_ body: () throws -> Void) -> Bool {
+    do {
+        try body()
+        return true
+    } catch {
+        _ = "\(error)"
+        return false
+    }
+}
+
+/// A listener's fixed side for the `handshake` target: the seeds' node (key seed 9) proved this
+/// connection, so a seeded hello can pass every check; the node may invite.
+enum HandshakeFuzz {
+    static let key = SigningKey(seed: [UInt8](repeating: 9, count: 32))
+    static let binding = [UInt8](repeating: 0xB1, count: 32)
+    static let nonce = [UInt8](repeating: 0x0C, count: 32)
+    static let proof = Proof.make(role: .client, network: FuzzChain.chain.network, binding: binding, peerNonce: nonce, key: key)
+    static let policy = HandshakePolicy(chain: FuzzChain.chain, now: FuzzChain.now,
+                                        inviters: [NodeID(publicKey: key.publicKey): key.publicKey])
+}
+
 func complain(_ s: String) {
     let line = Array((s + "\n").utf8)
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
@@ -273,6 +315,17 @@ func writeSeeds(to dir: String) {
     let quorumCert = FuzzChain.certificate(for: node)
     // Seeds must pass the checks they are meant to get past, or the fuzzer starts from refusals only.
     try! quorumCert.verify(chain: FuzzChain.chain, now: FuzzChain.now)
+    // Hellos the `handshake` target's listener accepts: a founder, a member of generation 2 with the links, a joiner.
+    let hellos = [
+        Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), time: FuzzChain.now, credential: .member(cert)),
+        Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), time: FuzzChain.now - 3, credential: .member(quorumCert),
+              links: FuzzChain.chain.suffix(upTo: 2, count: 2)),
+        Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 3, count: 32), time: FuzzChain.now + 3, credential: .invite(invite)),
+    ]
+    for h in hellos {
+        _ = try! HandshakeVerifier.verify(hello: h, proof: HandshakeFuzz.proof, tlsKey: HandshakeFuzz.key.publicKey, binding: HandshakeFuzz.binding,
+                                          ourNonce: HandshakeFuzz.nonce, peerRole: .client, policy: HandshakeFuzz.policy)
+    }
     let encodedChain: [UInt8] = {
         var c = FuzzChain.chain
         try! c.append(FuzzChain.next)
@@ -312,13 +365,7 @@ func writeSeeds(to dir: String) {
             _ = try? st.apply(Entry(term: 1, index: 2, data: ControlEntry.network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)).encoded()))
             return st.snapshot()
         }()),
-        ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), time: 1_800_000_000,
-                                  credential: .member(cert)).encoded()),
-        ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), time: 1_800_000_200,
-                                  credential: .member(quorumCert), links: FuzzChain.chain.suffix(upTo: 2, count: 2)).encoded()),
-        ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 3, count: 32), time: 1_800_000_000,
-                                  credential: .invite(invite)).encoded()),
-    ]
+    ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]
     for (target, bytes) in seeds {
