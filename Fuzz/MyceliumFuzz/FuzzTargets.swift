@@ -3,10 +3,11 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
-// anything accepted re-encodes to exactly the bytes that were accepted (no two spellings).
+// anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
+// refusal is also described, as the node's log line would be: describing it must not crash either.
 
 import MyceliumControl
 import MyceliumCore
@@ -20,12 +21,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer or control")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link or chain")
             exit(2)
         }
         return t
@@ -52,7 +53,7 @@ enum FuzzTarget: String {
         case .invite:
             if let i = try? Invite(decoding: bytes) {
                 precondition(i.encoded() == bytes, "invite re-encoding differs")
-                _ = try? i.verify(network: nil, now: 1_800_000_000)
+                describingRefusal { try i.verify(network: nil, now: 1_800_000_000) }
             }
         case .token:
             if let i = try? Invite(token: String(decoding: bytes, as: UTF8.self)) {
@@ -61,14 +62,74 @@ enum FuzzTarget: String {
         case .certificate:
             if let c = try? MembershipCertificate(decoding: bytes) {
                 precondition(c.encoded() == bytes, "certificate re-encoding differs")
-                _ = try? c.verify(network: c.networkID, now: 1_800_000_000)
+                describingRefusal { try c.verify(network: c.networkID, now: 1_800_000_000) }
+                // A quorum of a real chain: only the seeded, genuinely signed certificates may pass.
+                if describingRefusal({ try c.verify(chain: FuzzChain.chain, now: FuzzChain.now) }) {
+                    precondition(c.generation <= FuzzChain.chain.generation, "a certificate of an unknown generation verified")
+                    precondition(c.signatures.count >= quorumSize(of: FuzzChain.chain.signers(of: c.generation)!.count), "under a quorum verified")
+                }
+            }
+        case .link:
+            // A link a peer sent (in a hello, a spore or a seed spore), judged against a fixed chain.
+            guard let l = try? SclerotiaLink(decoding: bytes) else { return }
+            precondition(l.encoded() == bytes && l.encodedSize == bytes.count, "link re-encoding differs")
+            var c = FuzzChain.chain
+            if describingRefusal({ try c.append(l) }) {
+                precondition(c.generation == FuzzChain.chain.generation + 1 && c.latest == l, "append took a link out of order")
+                precondition(l.previous == FuzzChain.chain.tipHash, "append took a link that names another tip")
+                precondition(l.signatures.count >= quorumSize(of: FuzzChain.chain.latest!.members.count), "append took under a quorum")
+            } else {
+                precondition(c == FuzzChain.chain, "a refused link changed the chain")
+            }
+            // A link of a known generation is either the known one or a fork; it never rewrites the chain.
+            var d = FuzzChain.chain
+            if l.generation <= d.generation, (try? d.absorb([l])) != nil {
+                precondition(d == FuzzChain.chain && d.link(l.generation)!.hash == l.hash, "absorb rewrote a known link")
+            }
+        case .chain:
+            // A whole chain from disk or a spore, verified link by link from the genesis key.
+            var r = ByteReader(bytes)
+            var decoded: SclerotiaChain?
+            describingRefusal { decoded = try SclerotiaChain(genesisKey: FuzzChain.genesis.publicKey, from: &r) }
+            guard let c = decoded else { return }
+            var w = ByteWriter()
+            c.encode(into: &w)
+            precondition(w.bytes == Array(bytes.prefix(r.offset)), "chain re-encoding differs")
+            var again = SclerotiaChain(genesisKey: FuzzChain.genesis.publicKey)
+            for l in c.links {
+                precondition(l.networkID == FuzzChain.chain.network, "a link of another network was taken")
+                do { try again.append(l) } catch { preconditionFailure("a decoded chain does not verify again: \(error)") }
+            }
+            precondition(again == c)
+            // Adopted only if it extends the fixed chain: same link bodies (signatures may be another quorum's), never shorter.
+            var known = FuzzChain.chain
+            if (try? known.update(to: c)) != nil {
+                precondition(c.generation >= FuzzChain.chain.generation && known.links.map(\.hash) == c.links.map(\.hash),
+                             "update adopted a shorter or different chain")
+                precondition(Array(known.links.prefix(2)) == FuzzChain.chain.links, "update rewrote a known link")
             }
         case .handshake:
             // The first byte picks the message, the rest is its body.
             guard let kind = bytes.first else { return }
             let body = Array(bytes.dropFirst())
             switch kind % 3 {
-            case 0: if let h = try? Hello(decoding: body) { precondition(h.encoded() == body) }
+            case 0:
+                var hello: Hello?
+                describingRefusal { hello = try Hello(decoding: body) }
+                guard let h = hello else { return }
+                precondition(h.encoded() == body, "hello re-encoding differs")
+                // Judged as a listener judges it: network, clock, credential, links, proof.
+                var peer: VerifiedPeer?
+                describingRefusal {
+                    peer = try HandshakeVerifier.verify(hello: h, proof: HandshakeFuzz.proof, tlsKey: HandshakeFuzz.key.publicKey,
+                                                        binding: HandshakeFuzz.binding, ourNonce: HandshakeFuzz.nonce, peerRole: .client,
+                                                        policy: HandshakeFuzz.policy)
+                }
+                if let peer {
+                    precondition(peer.key == HandshakeFuzz.key.publicKey, "accepted a peer under another key than its TLS key")
+                    precondition(peer.clockSkew >= -maxClockSkew && peer.clockSkew <= maxClockSkew, "accepted a peer whose clock is off")
+                    precondition((peer.certificate == nil) == (peer.joiningWith != nil), "a peer is a member or a joiner")
+                }
             case 1: if let p = try? Proof(decoding: body) { precondition(p.encoded() == body) }
             default: if let v = try? Verdict(decoding: body) { precondition(v.encoded() == body) }
             }
@@ -151,6 +212,29 @@ enum FuzzTarget: String {
     }
 }
 
+/// Runs `body`; on a refusal, builds its description (what a node logs). True if it was accepted.
+@discardableResult
+func describingRefusal(_ body: () throws -> Void) -> Bool {
+    do {
+        try body()
+        return true
+    } catch {
+        _ = "\(error)"
+        return false
+    }
+}
+
+/// A listener's fixed side for the `handshake` target: the seeds' node (key seed 9) proved this
+/// connection, so a seeded hello can pass every check; the node may invite.
+enum HandshakeFuzz {
+    static let key = SigningKey(seed: [UInt8](repeating: 9, count: 32))
+    static let binding = [UInt8](repeating: 0xB1, count: 32)
+    static let nonce = [UInt8](repeating: 0x0C, count: 32)
+    static let proof = Proof.make(role: .client, network: FuzzChain.chain.network, binding: binding, peerNonce: nonce, key: key)
+    static let policy = HandshakePolicy(chain: FuzzChain.chain, now: FuzzChain.now,
+                                        inviters: [NodeID(publicKey: key.publicKey): key.publicKey])
+}
+
 func complain(_ s: String) {
     let line = Array((s + "\n").utf8)
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
@@ -174,20 +258,87 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
+/// A fixed sclerotia chain from the seeds' genesis key: generation 1 (three sclerotia, signed by
+/// the genesis key) and generation 2 (five, signed by two of generation 1), and what extends it.
+enum FuzzChain {
+    static let genesis = SigningKey(seed: [UInt8](repeating: 7, count: 32))
+    static let now: Int64 = 1_800_000_300
+    static let first = (11...13).map { SigningKey(seed: [UInt8](repeating: UInt8($0), count: 32)) }
+    static let second = (21...25).map { SigningKey(seed: [UInt8](repeating: UInt8($0), count: 32)) }
+    static let third = (31...33).map { SigningKey(seed: [UInt8](repeating: UInt8($0), count: 32)) }
+
+    static let chain: SclerotiaChain = {
+        var c = SclerotiaChain(genesisKey: genesis.publicKey)
+        try! c.append(link(after: c, members: first, issuedAt: 1_800_000_000))
+        try! c.append(link(after: c, members: second, issuedAt: 1_800_000_100))
+        return c
+    }()
+
+    /// Generation 3, signed by a quorum of generation 2: the link seed that appends.
+    static let next = link(after: chain, members: third, issuedAt: 1_800_000_200)
+
+    /// The next link after `c` naming `members`, signed by the first quorum of `c`'s newest generation.
+    static func link(after c: SclerotiaChain, members: [SigningKey], issuedAt: Int64) -> SclerotiaLink {
+        let p = SclerotiaLink.proposal(network: c.network, generation: c.generation + 1, previous: c.tipHash,
+                                       members: members.map { SclerotiumKey(id: NodeID(publicKey: $0.publicKey), key: $0.publicKey) },
+                                       issuedAt: issuedAt)
+        return p.withSignatures(signatures(over: p.signedBytes, generation: c.generation, in: c))
+    }
+
+    /// Signatures of the first quorum of `generation` of `c`.
+    static func signatures(over message: [UInt8], generation: UInt64, in c: SclerotiaChain) -> [QuorumSignature] {
+        let signers = c.signers(of: generation)!
+        let all = [genesis] + first + second + third
+        return (0..<quorumSize(of: signers.count)).map { i in
+            QuorumSignature(index: UInt8(i), signature: all.first { $0.publicKey == signers[i].key }!.sign(message))
+        }
+    }
+
+    /// A certificate for `node` issued by a quorum of generation 2.
+    static func certificate(for node: SigningKey) -> MembershipCertificate {
+        let body = MembershipCertificate.unsigned(network: NetworkIdentity(genesisKey: genesis.publicKey), nodeID: NodeID(publicKey: node.publicKey),
+                                                  nodeKey: node.publicKey, roles: [.member, .inviter], serial: 4,
+                                                  issuedAt: 1_800_000_150, expiresAt: 1_800_003_750, generation: 2)
+        return body.withSignatures(signatures(over: body.signedBytes, generation: 2, in: chain))
+    }
+}
+
 /// Valid samples of every format, so the fuzzer starts from inputs that pass the outer checks.
 func writeSeeds(to dir: String) {
-    let genesis = SigningKey(seed: [UInt8](repeating: 7, count: 32))
+    let genesis = FuzzChain.genesis
     let node = SigningKey(seed: [UInt8](repeating: 9, count: 32))
     let id = NodeID(publicKey: node.publicKey)
-    let invite = try! Invite.create(genesis: genesis, inviter: id, addresses: ["127.0.0.1:7946", "[::1]:7946"], roles: [.member],
-                                    issuedAt: 1_800_000_000, validFor: 3600, secret: [UInt8](repeating: 1, count: 32))
+    let invite = try! Invite.create(genesisKey: genesis.publicKey, inviter: id, key: node, addresses: ["127.0.0.1:7946", "[::1]:7946"],
+                                    roles: [.member], issuedAt: 1_800_000_000, validFor: 3600, secret: [UInt8](repeating: 1, count: 32))
     let cert = MembershipCertificate.issue(by: genesis, nodeID: id, nodeKey: node.publicKey, roles: [.member], serial: 3,
                                            issuedAt: 1_800_000_000, validFor: 3600)
+    let quorumCert = FuzzChain.certificate(for: node)
+    // Seeds must pass the checks they are meant to get past, or the fuzzer starts from refusals only.
+    try! quorumCert.verify(chain: FuzzChain.chain, now: FuzzChain.now)
+    // Hellos the `handshake` target's listener accepts: a founder, a member of generation 2 with the links, a joiner.
+    let hellos = [
+        Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), time: FuzzChain.now, credential: .member(cert)),
+        Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), time: FuzzChain.now - 3, credential: .member(quorumCert),
+              links: FuzzChain.chain.suffix(upTo: 2, count: 2)),
+        Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 3, count: 32), time: FuzzChain.now + 3, credential: .invite(invite)),
+    ]
+    for h in hellos {
+        _ = try! HandshakeVerifier.verify(hello: h, proof: HandshakeFuzz.proof, tlsKey: HandshakeFuzz.key.publicKey, binding: HandshakeFuzz.binding,
+                                          ourNonce: HandshakeFuzz.nonce, peerRole: .client, policy: HandshakeFuzz.policy)
+    }
+    let encodedChain: [UInt8] = {
+        var c = FuzzChain.chain
+        try! c.append(FuzzChain.next)
+        var w = ByteWriter()
+        c.encode(into: &w)
+        return w.bytes
+    }()
     let rot = KeyRotation.create(node: id, from: node, to: genesis, sequence: 1, issuedAt: 1_800_000_000)
     let frames = [Frame(type: 1, payload: []), Frame(type: 16, payload: Array("hello".utf8))].flatMap { $0.encoded() }
     let seeds: [(String, [UInt8])] = [
         ("frames", [3] + frames), ("invite", invite.encoded()), ("token", Array(invite.token.utf8)),
-        ("certificate", cert.encoded()), ("rotation", rot.encoded()),
+        ("certificate", cert.encoded()), ("certificate", quorumCert.encoded()), ("rotation", rot.encoded()),
+        ("link", FuzzChain.next.encoded()), ("link", FuzzChain.chain.link(2)!.encoded()), ("chain", encodedChain),
         ("vote", [0]),
         ("kvbatch", KVBatch([.put(key: Array("foo".utf8), value: Array("bar".utf8), prevKV: true),
                              .deleteRange(key: Array("a".utf8), rangeEnd: [0], prevKV: false),
@@ -214,13 +365,16 @@ func writeSeeds(to dir: String) {
             _ = try? st.apply(Entry(term: 1, index: 2, data: ControlEntry.network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)).encoded()))
             return st.snapshot()
         }()),
-        ("handshake", [0] + Hello(networkID: cert.networkID, nonce: [UInt8](repeating: 2, count: 32), credential: .member(cert)).encoded()),
-    ]
+    ] + hellos.map { ("handshake", [0] + $0.encoded()) }
+    // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
+    var written: [String: Int] = [:]
     for (target, bytes) in seeds {
-        try! AtomicFile.makeDirectory(dir + "/" + target, mode: 0o755)
-        try! AtomicFile.write(bytes, to: dir + "/" + target + "/seed")
+        let n = written[target, default: 0] + 1
+        written[target] = n
+        if n == 1 { try! AtomicFile.makeDirectory(dir + "/" + target, mode: 0o755) }
+        try! AtomicFile.write(bytes, to: dir + "/" + target + (n == 1 ? "/seed" : "/seed-\(n)"))
     }
-    print("wrote seeds for \(seeds.count) targets under \(dir)")
+    print("wrote \(seeds.count) seeds for \(written.count) targets under \(dir)")
 }
 
 #if FUZZING

@@ -219,8 +219,9 @@ public enum HandshakeVerifier {
         if hello.networkID != policy.network {
             throw HandshakeError(.wrongNetwork(expected: policy.network, actual: hello.networkID))
         }
-        let skew = hello.time - policy.now
-        if abs(skew) > maxClockSkew {
+        // The peer's time is any Int64 it likes: subtract without trapping.
+        let (skew, overflow) = hello.time.subtractingReportingOverflow(policy.now)
+        if overflow || skew < -maxClockSkew || skew > maxClockSkew {
             throw HandshakeError(.clockSkew(IdentityError(.clockSkew(peerTime: hello.time, now: policy.now, allowed: maxClockSkew))))
         }
         let claimedKey: PublicKey

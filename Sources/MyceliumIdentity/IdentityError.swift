@@ -50,9 +50,9 @@ public struct IdentityError: Error, Equatable, Sendable, CustomStringConvertible
         case let .notIssuedByGenesis(what):
             return "\(what) was not issued by this network's genesis key"
         case let .expired(what, at, now):
-            return "\(what) expired \(now - at) s ago (at unix time \(at)); ask for a new one"
+            return "\(what) expired \(seconds(now, minus: at)) s ago (at unix time \(at)); ask for a new one"
         case let .notYetValid(what, from, now):
-            return "\(what) is not valid for another \(from - now) s; check this machine's clock"
+            return "\(what) is not valid for another \(seconds(from, minus: now)) s; check this machine's clock"
         case let .revoked(node): return "member \(node) has been revoked"
         case let .keyMismatch(node):
             return "the key presented is not the key certified for \(node) (stolen certificate or man in the middle)"
@@ -81,7 +81,14 @@ public struct IdentityError: Error, Equatable, Sendable, CustomStringConvertible
         case let .inviterNotAllowed(inviter, reason):
             return "invite by \(inviter) is not honoured: \(reason)"
         case let .clockSkew(peer, now, allowed):
-            return "clock differs by \(peer - now) s from this node's (at most ±\(allowed) s is allowed); fix the clock (NTP) on the node that is off"
+            return "clock differs by \(seconds(peer, minus: now)) s from this node's (at most ±\(allowed) s is allowed); fix the clock (NTP) on the node that is off"
         }
     }
+}
+
+/// `a − b`, clamped to Int64's range: the times in these messages may come from a peer (its clock,
+/// the times of an invite it signed itself), and describing a refusal must not trap.
+func seconds(_ a: Int64, minus b: Int64) -> Int64 {
+    let (d, overflow) = a.subtractingReportingOverflow(b)
+    return overflow ? (a > b ? .max : .min) : d
 }

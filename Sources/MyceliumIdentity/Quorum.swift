@@ -184,7 +184,10 @@ public struct SclerotiaChain: Hashable, Sendable {
     }
 
     /// When `generation` stopped issuing (the next link's time), or nil while it is the newest.
-    public func supersededAt(_ generation: UInt64) -> Int64? { link(generation + 1)?.issuedAt }
+    /// (Compared before adding: a certificate's generation is the peer's choice, up to UInt64.max.)
+    public func supersededAt(_ generation: UInt64) -> Int64? {
+        generation < self.generation ? link(generation + 1)?.issuedAt : nil
+    }
 
     /// The hash the next link must name.
     public var tipHash: [UInt8] { latest?.hash ?? [UInt8](repeating: 0, count: 32) }

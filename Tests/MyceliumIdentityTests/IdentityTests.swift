@@ -74,8 +74,13 @@ final class CertificateTests: XCTestCase {
         let c = cert()
         let d = try MembershipCertificate(decoding: c.encoded())
         XCTAssertEqual(d, c)
-        XCTAssertEqual(c.encoded().count, MembershipCertificate.encodedSize)
+        XCTAssertEqual(d.generation, 0)
+        XCTAssertEqual(d.signatures.map(\.index), [0], "generation 0 is the genesis key alone, at index 0")
+        // The fixed body, a count byte and one (index, signature) pair.
+        XCTAssertEqual(c.encoded().count, 137 + 1 + 65)
+        XCTAssertLessThanOrEqual(c.encoded().count, MembershipCertificate.maxEncodedSize)
         XCTAssertNoThrow(try d.verify(network: net, now: now + 10))
+        XCTAssertNoThrow(try d.verify(chain: SclerotiaChain(genesisKey: genesis.publicKey), now: now + 10))
     }
 
     func testExpiryWrongNetworkAndRevocation() {
@@ -96,15 +101,24 @@ final class CertificateTests: XCTestCase {
         }
     }
 
-    func testForgedIssuerIsRefused() {
-        // A certificate claiming this network but signed by some other key.
+    func testForgedIssuerIsRefused() throws {
+        let chain = SclerotiaChain(genesisKey: genesis.publicKey)
+        // A certificate claiming this network but signed by some other key, which it carries as its genesis key.
         let mallory = SigningKey()
         let forged = MembershipCertificate.issue(by: mallory, nodeID: NodeID(publicKey: node.publicKey), nodeKey: node.publicKey,
                                                  roles: .member, serial: 1, issuedAt: now, validFor: 3600)
         var bytes = forged.encoded()
         bytes.replaceSubrange(5..<21, with: net.bytes)
-        XCTAssertThrowsError(try MembershipCertificate(decoding: bytes).verify(network: net, now: now)) { e in
+        let relabelled = try MembershipCertificate(decoding: bytes)
+        XCTAssertThrowsError(try relabelled.verify(chain: chain, now: now)) { e in
             guard case .notIssuedByGenesis = (e as! IdentityError).code else { return XCTFail("\(e)") }
+        }
+        XCTAssertThrowsError(try relabelled.verify(network: net, now: now), "a chain-less verifier refuses it too")
+        // The same, also naming the real genesis key: now only the signature gives it away.
+        bytes.replaceSubrange(21..<53, with: genesis.publicKey.bytes)
+        XCTAssertThrowsError(try MembershipCertificate(decoding: bytes).verify(chain: chain, now: now)) { e in
+            guard case .badQuorumSignature(_, let signer, 0) = (e as! IdentityError).code else { return XCTFail("\(e)") }
+            XCTAssertEqual(signer, NodeID(publicKey: self.genesis.publicKey))
         }
     }
 
@@ -128,76 +142,75 @@ final class CertificateTests: XCTestCase {
 
 final class InviteTests: XCTestCase {
     let genesis = SigningKey()
+    let inviterKey = SigningKey()
     let now: Int64 = 1_800_000_000
     var net: NetworkID { NetworkID(genesisKey: genesis.publicKey) }
-    var dir = ""
-    override func setUp() { dir = NSTemporaryDirectory() + "myc-inv-\(UUID().uuidString)"; try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+    var inviter: NodeID { NodeID(publicKey: inviterKey.publicKey) }
 
-    func invite(validFor: Int64 = 600) throws -> Invite {
-        try Invite.create(genesis: genesis, inviter: NodeID(publicKey: genesis.publicKey), addresses: ["127.0.0.1:7946", "[::1]:7946"],
-                          roles: .member, issuedAt: now, validFor: validFor)
+    func invite(validFor: Int64 = 600, issuedAt: Int64? = nil) throws -> Invite {
+        try Invite.create(genesisKey: genesis.publicKey, inviter: inviter, key: inviterKey, addresses: ["127.0.0.1:7946", "[::1]:7946"],
+                          roles: .member, issuedAt: issuedAt ?? now, validFor: validFor)
     }
 
     func testTokenRoundTrip() throws {
         let i = try invite()
         XCTAssertTrue(i.token.hasPrefix("myc-invite-"))
-        XCTAssertLessThan(i.token.count, 320, "compact enough to paste")
+        XCTAssertLessThan(i.token.count, 380, "compact enough to paste")
         let d = try Invite(token: "\n  " + i.token + "  \n")
         XCTAssertEqual(d, i)
+        XCTAssertEqual(d.inviterKey, inviterKey.publicKey)
+        XCTAssertEqual(d.networkID, net, "the joiner learns the network from the token alone")
         XCTAssertNoThrow(try d.verify(network: net, now: now + 1))
+        XCTAssertNoThrow(try d.verify(network: nil, now: now + 1))
+        XCTAssertNotEqual(try invite().ledgerKey, i.ledgerKey, "each invite has its own one-time secret")
     }
 
-    func testLedgerRefusesReuseAcrossRestart() throws {
-        let path = dir + "/invites"
-        var ledger = try InviteLedger(path: path)
-        let i = try invite()
-        try ledger.record(i, now: now)
-        try ledger.redeem(i, network: net, now: now + 1)
-        XCTAssertThrowsError(try ledger.redeem(i, network: net, now: now + 2)) { e in
-            XCTAssertEqual((e as! IdentityError).code, .inviteAlreadyUsed)
-        }
-        var reloaded = try InviteLedger(path: path)
-        XCTAssertThrowsError(try reloaded.redeem(i, network: net, now: now + 3)) { e in
-            XCTAssertEqual((e as! IdentityError).code, .inviteAlreadyUsed, "the used mark survives a restart")
-        }
-        XCTAssertThrowsError(try reloaded.redeem(try invite(), network: net, now: now + 3)) { e in
-            XCTAssertEqual((e as! IdentityError).code, .inviteUnknown)
-        }
-    }
-
-    func testExpiredTamperedAndWrongNetwork() throws {
-        var ledger = try InviteLedger(path: nil)
+    func testExpiredNotYetValidAndWrongNetwork() throws {
         let i = try invite(validFor: 60)
-        try ledger.record(i, now: now)
-        XCTAssertThrowsError(try ledger.redeem(i, network: net, now: now + 60)) { e in
+        XCTAssertThrowsError(try i.verify(network: net, now: now + 60)) { e in
             guard case .expired = (e as! IdentityError).code else { return XCTFail("\(e)") }
         }
+        XCTAssertNoThrow(try i.verify(network: net, now: now - maxClockSkew), "a clock this far behind is tolerated")
+        XCTAssertThrowsError(try i.verify(network: net, now: now - maxClockSkew - 1)) { e in
+            guard case .notYetValid = (e as! IdentityError).code else { return XCTFail("\(e)") }
+        }
         let other = NetworkID(genesisKey: SigningKey().publicKey)
-        XCTAssertThrowsError(try ledger.redeem(i, network: other, now: now)) { e in
+        XCTAssertThrowsError(try i.verify(network: other, now: now)) { e in
             guard case .wrongNetwork = (e as! IdentityError).code else { return XCTFail("\(e)") }
         }
-        XCTAssertEqual(ledger.records[i.ledgerKey]?.used, false, "refusals change nothing")
     }
 
-    /// Every single-byte flip of an invite is refused with an error, and the ledger is unchanged.
+    /// The invite must be signed by the key it names: a member cannot pass off an invite as another's.
+    func testSignedByAnotherKeyIsRefused() throws {
+        let mallory = SigningKey()
+        let forged = try Invite.create(genesisKey: genesis.publicKey, inviter: inviter, key: mallory, addresses: [], roles: .member,
+                                       issuedAt: now, validFor: 600)
+        var bytes = forged.encoded()
+        // Name the real inviter's key, keep mallory's signature.
+        bytes.replaceSubrange(69..<101, with: inviterKey.publicKey.bytes)
+        let d = try Invite(decoding: bytes)
+        XCTAssertEqual(d.inviterKey, inviterKey.publicKey)
+        XCTAssertThrowsError(try d.verify(network: net, now: now)) { e in
+            XCTAssertEqual((e as! IdentityError).code, .badSignature(what: "invite"))
+        }
+    }
+
+    /// Every single-byte flip of an invite is refused, by the decoder or by verification.
     func testEverySingleByteFlipIsRefused() throws {
-        var ledger = try InviteLedger(path: nil)
         let i = try invite()
-        try ledger.record(i, now: now)
         let good = i.encoded()
+        XCTAssertNoThrow(try Invite(decoding: good).verify(network: net, now: now + 1))
         for idx in 0..<good.count {
-            var b = good; b[idx] ^= 0x01
-            do {
-                let d = try Invite(decoding: b)
-                try ledger.redeem(d, network: net, now: now + 1)
-                XCTFail("flip of byte \(idx) was accepted")
-            } catch let e as IdentityError {
-                XCTAssertFalse(e.description.isEmpty)
+            for bit in [0x01, 0x80] as [UInt8] {
+                var b = good; b[idx] ^= bit
+                do {
+                    try Invite(decoding: b).verify(network: net, now: now + 1)
+                    XCTFail("flip of byte \(idx) bit \(bit) was accepted")
+                } catch {
+                    // Refused (the decoder and verify throw IdentityError only): what this test asks.
+                }
             }
         }
-        XCTAssertEqual(ledger.records[i.ledgerKey]?.used, false)
-        XCTAssertNoThrow(try ledger.redeem(i, network: net, now: now + 1), "the genuine invite still works")
         XCTAssertThrowsError(try Invite(token: "myc-invite-" + String(i.token.dropFirst(11).dropLast(5)))) // cut when copied
         XCTAssertThrowsError(try Invite(token: "hello"))
     }

@@ -20,8 +20,27 @@ struct TestNetwork {
         return NodeCredentials(key: key, network: id, credential: .member(cert))
     }
 
-    func policy(revoked: Set<NodeID> = []) -> HandshakePolicy {
-        HandshakePolicy(network: id, now: Int64(Date().timeIntervalSince1970), revoked: revoked)
+    /// The chain of a network still in its genesis generation: the genesis key alone signs.
+    var chain: SclerotiaChain { SclerotiaChain(genesisKey: genesis.publicKey) }
+
+    func policy(revoked: Set<NodeID> = [], keys: KeyRegistry = KeyRegistry(), inviters: [NodeID: PublicKey]? = nil) -> HandshakePolicy {
+        HandshakePolicy(chain: chain, now: Int64(Date().timeIntervalSince1970), revoked: revoked, keys: keys, inviters: inviters)
+    }
+}
+
+/// Stands in for the network's admission (the primary spore and a quorum of sclerotia in the
+/// agent): issues with the genesis key and refuses an invite it has seen, as the spore does.
+final class TestJoinAuthority: JoinAuthority {
+    let genesis: SigningKey
+    private let used = NIOLockedValueBox<Set<[UInt8]>>([])
+
+    init(genesis: SigningKey) { self.genesis = genesis }
+
+    func admit(invite: Invite, nodeKey: PublicKey, now: Int64) async throws(IdentityError) -> MembershipCertificate {
+        let fresh = used.withLockedValue { $0.insert(invite.ledgerKey).inserted }
+        if !fresh { throw IdentityError(.inviteAlreadyUsed) }
+        return MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: nodeKey), nodeKey: nodeKey, roles: invite.roles,
+                                           serial: 1, issuedAt: now, validFor: 3600)
     }
 }
 
@@ -64,12 +83,12 @@ final class ChannelTests: XCTestCase {
 
     /// Starts a listener that echoes application frames back with type+1.
     func echoServer(_ net: TestNetwork, creds: NodeCredentials? = nil, settings: ChannelSettings = ChannelSettings(),
-                    revoked: Set<NodeID> = [], authority: JoinAuthority? = nil,
+                    revoked: Set<NodeID> = [], authority: JoinAuthority? = nil, inviters: [NodeID: PublicKey]? = nil,
                     serverErrors: Refusals? = nil) async throws -> (PeerListener, Refusals) {
         let refusals = Refusals()
         let listener = try await PeerListener.start(
             host: "127.0.0.1", port: 0, credentials: creds ?? net.member(), settings: settings, group: group, logger: logger,
-            policy: { net.policy(revoked: revoked) }, joinAuthority: authority,
+            policy: { net.policy(revoked: revoked, inviters: inviters) }, joinAuthority: authority,
             onRefusal: { _, e in refusals.add(e) },
             onPeer: { peer in
                 do {
@@ -182,7 +201,7 @@ final class ChannelTests: XCTestCase {
         let refusals = Refusals()
         let listener = try await PeerListener.start(
             host: "127.0.0.1", port: 0, credentials: net.member(), group: group, logger: logger,
-            policy: { HandshakePolicy(network: net.id, now: Int64(Date().timeIntervalSince1970), keys: keys) },
+            policy: { net.policy(keys: keys) },
             onRefusal: { _, e in refusals.add(e) }, onPeer: { _ in })
         // The old key with its (still unexpired) old certificate.
         let oldCert = MembershipCertificate.issue(by: net.genesis, nodeID: id, nodeKey: oldKey.publicKey, roles: .member,
@@ -204,20 +223,21 @@ final class ChannelTests: XCTestCase {
 
     func testJoinWithInviteOnceOnly() async throws {
         let net = TestNetwork()
-        let authority = GenesisJoinAuthority(genesis: net.genesis, ledger: try InviteLedger(path: nil))
-        let (listener, refusals) = try await echoServer(net, authority: authority)
-        let invite = try Invite.create(genesis: net.genesis, inviter: NodeID(publicKey: net.genesis.publicKey),
+        let inviterKey = SigningKey()
+        let inviter = NodeID(publicKey: inviterKey.publicKey)
+        let authority = TestJoinAuthority(genesis: net.genesis)
+        let (listener, refusals) = try await echoServer(net, authority: authority, inviters: [inviter: inviterKey.publicKey])
+        let invite = try Invite.create(genesisKey: net.genesis.publicKey, inviter: inviter, key: inviterKey,
                                        addresses: ["127.0.0.1:\(listener.port)"], roles: [.member], issuedAt: net.now, validFor: 600)
-        try authority.record(invite, now: net.now)
         let joinerKey = SigningKey()
         let joiner = NodeCredentials(key: joinerKey, network: invite.networkID, credential: .invite(invite))
         let ch = try await PeerChannel.connect(host: "127.0.0.1", port: listener.port, credentials: joiner,
                                                group: group, logger: logger, policy: net.policy())
         let cert = try XCTUnwrap(ch.issuedCertificate)
         XCTAssertEqual(cert.nodeKey, joinerKey.publicKey)
-        XCTAssertNoThrow(try cert.verify(network: net.id, now: net.now))
+        XCTAssertNoThrow(try cert.verify(chain: net.chain, now: net.now))
         await ch.close()
-        // The same invite a second time.
+        // The same invite a second time: the authority's refusal reaches the server's log as such.
         await XCTAssertThrowsAsync(try await PeerChannel.connect(host: "127.0.0.1", port: listener.port,
                                                                  credentials: NodeCredentials(key: SigningKey(), network: net.id, credential: .invite(invite)),
                                                                  group: self.group, logger: self.logger, policy: net.policy()))
@@ -228,6 +248,37 @@ final class ChannelTests: XCTestCase {
                                                    credentials: NodeCredentials(key: joinerKey, network: net.id, credential: .member(cert)),
                                                    group: group, logger: logger, policy: net.policy())
         await member.close()
+        await listener.close()
+    }
+
+    /// An invite whose inviter the server does not know as an inviter never reaches the authority.
+    func testInviteFromAnUnknownInviterIsRefused() async throws {
+        let net = TestNetwork()
+        let inviterKey = SigningKey(), strangerKey = SigningKey()
+        let inviter = NodeID(publicKey: inviterKey.publicKey), stranger = NodeID(publicKey: strangerKey.publicKey)
+        let authority = TestJoinAuthority(genesis: net.genesis)
+        let (listener, refusals) = try await echoServer(net, authority: authority, inviters: [inviter: inviterKey.publicKey])
+        let invite = try Invite.create(genesisKey: net.genesis.publicKey, inviter: stranger, key: strangerKey,
+                                       addresses: [], roles: [.member], issuedAt: net.now, validFor: 600)
+        do {
+            _ = try await PeerChannel.connect(host: "127.0.0.1", port: listener.port,
+                                              credentials: NodeCredentials(key: SigningKey(), network: net.id, credential: .invite(invite)),
+                                              group: group, logger: logger, policy: net.policy())
+            XCTFail("an invite by a non-inviter was honoured")
+        } catch let e as HandshakeError {
+            guard case .refusedByPeer(let reason) = e.code else { return XCTFail("\(e)") }
+            XCTAssertTrue(reason.contains("inviter role"), reason)
+        }
+        let e = try await refusals.waitForOne()
+        guard case .inviteRefused(let ie) = e.code, case .inviterNotAllowed(stranger, _) = ie.code else { return XCTFail("\(e)") }
+        // The authority was never asked: the invite is still unused there.
+        let later = try Invite.create(genesisKey: net.genesis.publicKey, inviter: inviter, key: inviterKey, addresses: [], roles: [.member],
+                                      issuedAt: net.now, validFor: 600, secret: invite.secret)
+        let ch = try await PeerChannel.connect(host: "127.0.0.1", port: listener.port,
+                                               credentials: NodeCredentials(key: SigningKey(), network: net.id, credential: .invite(later)),
+                                               group: group, logger: logger, policy: net.policy())
+        XCTAssertNotNil(ch.issuedCertificate)
+        await ch.close()
         await listener.close()
     }
 
