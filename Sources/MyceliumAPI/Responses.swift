@@ -176,7 +176,7 @@ public struct CertificateInfo: Codable, Sendable, Equatable {
     }
 
     /// Within the last 20% of its lifetime: renewal is overdue.
-    public var nearExpiry: Bool { expiresInSeconds * 5 < lifetimeSeconds }
+    public var nearExpiry: Bool { expiresInSeconds < lifetimeSeconds / 5 }
 
     enum CodingKeys: String, CodingKey {
         case serial, generation, signers

@@ -196,7 +196,7 @@ extension Agent {
         }
         let now = max(spore.now, Int64(Date().timeIntervalSince1970))
         return CertificateInfo(serial: c.serial, generation: c.generation, signers: signers, issuedAt: c.issuedAt, expiresAt: c.expiresAt,
-                               expiresInSeconds: c.expiresAt - now, renewInSeconds: c.renewAt - now, lifetimeSeconds: c.lifetime)
+                               expiresInSeconds: c.expiresAt.saturatingSubtracting(now), renewInSeconds: c.renewAt.saturatingSubtracting(now), lifetimeSeconds: c.lifetime)
     }
 
     /// Members within 20% of their certificate's expiry, clocks that are off, a chain still at the genesis key.

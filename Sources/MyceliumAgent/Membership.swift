@@ -144,7 +144,8 @@ extension Agent {
     /// standing) or has expired (peers refuse this node; it must rejoin with an invite).
     func checkOwnCertificate() {
         let c = certificate, now = Int64(Date().timeIntervalSince1970)
-        guard (c.expiresAt - now) * 5 < c.lifetime, ticks % (60 * ticksPerSecond) < ticksPerSecond else { return }
+        let left = c.expiresAt.saturatingSubtracting(now)
+        guard left < c.lifetime / 5, ticks % (60 * ticksPerSecond) < ticksPerSecond else { return }
         if c.expiresAt <= now {
             logger.error("this node's membership certificate has expired: peers refuse it. Rejoin with an invite ('mycelium node join')",
                          metadata: ["expired_at": "\(c.expiresAt)"])
@@ -152,8 +153,8 @@ extension Agent {
         } else {
             let why = spore.renewalRefusal(nodeID).map { "the network does not renew it: \($0)" }
                 ?? (raft.leader == .none ? "there is no leader to renew it" : "its renewal has not landed yet")
-            logger.warning("this node's membership certificate expires soon", metadata: ["in_s": "\(c.expiresAt - now)", "reason": "\(why)"])
-            note("certificate expires in \(c.expiresAt - now) s: \(why)")
+            logger.warning("this node's membership certificate expires soon", metadata: ["in_s": "\(left)", "reason": "\(why)"])
+            note("certificate expires in \(left) s: \(why)")
         }
     }
 

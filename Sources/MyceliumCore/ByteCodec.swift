@@ -188,3 +188,17 @@ public struct ByteReader: Sendable {
         return v
     }
 }
+
+extension Int64 {
+    /// `self + other`, clamped to Int64's range: for times and durations a peer chooses.
+    public func saturatingAdding(_ other: Int64) -> Int64 {
+        let (r, o) = addingReportingOverflow(other)
+        return o ? (other > 0 ? .max : .min) : r
+    }
+
+    /// `self - other`, clamped to Int64's range.
+    public func saturatingSubtracting(_ other: Int64) -> Int64 {
+        let (r, o) = subtractingReportingOverflow(other)
+        return o ? (other < 0 ? .max : .min) : r
+    }
+}

@@ -75,9 +75,16 @@ public struct MembershipCertificate: Hashable, Sendable {
     public let generation: UInt64
     public let signatures: [QuorumSignature]
 
-    public var lifetime: Int64 { expiresAt - issuedAt }
+    /// Its lifetime in seconds; saturating, since a peer chooses both times (never traps).
+    public var lifetime: Int64 {
+        let (d, overflow) = expiresAt.subtractingReportingOverflow(issuedAt)
+        return overflow ? (expiresAt > issuedAt ? Int64.max : 0) : max(0, d)
+    }
     /// When the network renews it: at two thirds of its lifetime.
-    public var renewAt: Int64 { issuedAt + lifetime * 2 / 3 }
+    public var renewAt: Int64 {
+        let (t, overflow) = issuedAt.addingReportingOverflow(lifetime / 3 * 2)
+        return overflow ? Int64.max : t
+    }
 
     /// Issues a certificate signed by the genesis key (generation 0).
     public static func issue(by genesis: SigningKey, nodeID: NodeID, nodeKey: PublicKey, roles: Roles,

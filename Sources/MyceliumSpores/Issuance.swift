@@ -219,7 +219,7 @@ extension PrimarySpore {
                 }
                 usedInvites[invite.ledgerKey] = invite.expiresAt
                 body = .unsigned(network: network, nodeID: node, nodeKey: nodeKey, roles: invite.roles, serial: issuanceSequence + 1,
-                                 issuedAt: now, expiresAt: now + lifetime, generation: chain.generation)
+                                 issuedAt: now, expiresAt: now.saturatingAdding(lifetime), generation: chain.generation)
             case .renewal(let node), .roles(let node, _):
                 guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "ask for a \(request.label)")) }
                 if let why = renewalRefusal(node) { throw SporeError(.invalid("\(node) is not renewed: \(why)")) }
@@ -228,7 +228,7 @@ extension PrimarySpore {
                 var roles = m.roles
                 if case .roles(_, let r) = request { roles = r }
                 body = .unsigned(network: network, nodeID: node, nodeKey: m.key, roles: roles, serial: issuanceSequence + 1,
-                                 issuedAt: now, expiresAt: now + lifetime, generation: chain.generation)
+                                 issuedAt: now, expiresAt: now.saturatingAdding(lifetime), generation: chain.generation)
             }
             issuanceSequence += 1
             issuances[issuanceSequence] = Issuance(id: issuanceSequence, purpose: request, certificate: body, requestedAt: now, signatures: [])
@@ -312,9 +312,9 @@ extension PrimarySpore {
     /// invite's expiry, revocations older than any certificate the member could still hold.
     mutating func expireIssuance() {
         let timeout = IssuanceLimits.issuanceTimeout(lifetime: lifetime)
-        issuances = issuances.filter { $0.value.requestedAt + timeout > now }
-        usedInvites = usedInvites.filter { $0.value + maxClockSkew > now }
-        revoked = revoked.filter { $0.value.at + lifetime + maxClockSkew > now }
+        issuances = issuances.filter { $0.value.requestedAt.saturatingAdding(timeout) > now }
+        usedInvites = usedInvites.filter { $0.value.saturatingAdding(maxClockSkew) > now }
+        revoked = revoked.filter { $0.value.at.saturatingAdding(lifetime).saturatingAdding(maxClockSkew) > now }
     }
 
     // MARK: encoding (part of the spore's bytes)

@@ -283,8 +283,9 @@ final class QuorumSignatureTests: XCTestCase {
         try w.apply(sign(i1, w.keys[1]), by: 1)
         XCTAssertNil(w.spore.issuances[iss.id], "two of three: installed")
 
-        // The genesis key signs link 1 only: link 2 is generation 1's to sign.
-        try w.apply(.setSclerotia([w.ids[0], w.ids[1]]), by: 0)
+        // The genesis key signs link 1 only: link 2 is generation 1's to sign (a revoked sclerotium
+        // makes the next link; a network of five would need a vote to seat a new one).
+        try w.apply(.revoke(node: w.ids[2], reason: "test"), by: 0)
         let link2 = try w.pendingLink()
         XCTAssertEqual(link2.generation, 2)
         let genesisOn2 = QuorumSignature(index: i0, signature: w.genesis.sign(link2.signedBytes))
@@ -301,6 +302,25 @@ final class QuorumSignatureTests: XCTestCase {
 }
 
 final class SclerotiaLinkTests: XCTestCase {
+    /// A sclerotium that fails stays in the newest link until the next one is added: {0, 1, 2} with 2
+    /// failed keeps signing with two of three, and still can when a replacement joins, whereas a link
+    /// {0, 1} would need both and stall for good if one of them died next (simulation seed 42).
+    func testAFailedSclerotiumKeepsTheLinkUntilTheNextAddition() throws {
+        var w = SporeWorld(members: 4)
+        try w.handOff(to: [0, 1, 2])
+        try w.apply(.setSclerotia([w.ids[0], w.ids[1]]), by: 0)
+        XCTAssertNil(w.spore.pendingLink, "a smaller set makes no link")
+        XCTAssertEqual(w.spore.chain.generation, 1)
+        try w.apply(.requestCertificate(.renewal(node: w.ids[3])), by: 0)
+        try w.completeIssuance(w.spore.issuanceSequence)
+        XCTAssertEqual(w.spore.members[w.ids[3]]?.certificate.generation, 1, "generation 1 still issues")
+        try w.apply(.setSclerotia([w.ids[0], w.ids[1], w.ids[3]]), by: 0)
+        XCTAssertEqual(try w.pendingLink().members.map(\.id), [w.ids[0], w.ids[1], w.ids[3]].sorted(), "an addition makes the next link")
+        try w.signLink(by: 0)
+        try w.signLink(by: 1)
+        XCTAssertEqual(w.spore.chain.generation, 2, "two of generation 1's three sign it, without the failed one")
+    }
+
     func testChangingTheSclerotiaGrowsTheChainAtAQuorumOfThePreviousSet() throws {
         var w = SporeWorld(members: 4)
         XCTAssertNil(w.spore.pendingLink)
@@ -463,7 +483,7 @@ final class IssuanceTimeoutTests: XCTestCase {
         try w.apply(w.admission(try w.invite(by: 0, roles: [.member]), joiner), by: 1)
         let second = try XCTUnwrap(w.spore.issuance(for: joinerID))
         // The sclerotia change before it is signed: generation 1's issuance is dropped with its generation.
-        try w.apply(.setSclerotia([w.ids[0], w.ids[1]]), by: 0)
+        try w.apply(.setSclerotia([w.ids[0], w.ids[1], w.ids[3]]), by: 0)
         try w.signLink(by: 0)
         try w.signLink(by: 1)
         XCTAssertNil(w.spore.issuances[second.id])
@@ -484,7 +504,7 @@ final class IssuanceEncodingTests: XCTestCase {
         try w.signIssuance(w.spore.issuanceSequence, by: 1)
         try w.apply(w.admission(try w.invite(by: 0, roles: [.member]), SigningKey()), by: 3)
         try w.apply(.revoke(node: w.ids[4], reason: "lost laptop"), by: 0)
-        try w.apply(.setSclerotia([w.ids[0], w.ids[1]]), by: 0)
+        try w.apply(.setSclerotia([w.ids[0], w.ids[1], w.ids[3]]), by: 0)
         try w.signLink(by: 1)
         return w
     }
