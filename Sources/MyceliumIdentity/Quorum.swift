@@ -24,12 +24,12 @@ public struct QuorumSignature: Hashable, Sendable {
     public init(index: UInt8, signature: [UInt8]) { self.index = index; self.signature = signature }
 
     /// Signatures are written in strictly increasing index order, so a set has one encoding.
-    static func encode(_ sigs: [QuorumSignature], into w: inout ByteWriter) {
+    public static func encode(_ sigs: [QuorumSignature], into w: inout ByteWriter) {
         w.u8(UInt8(sigs.count))
         for s in sigs { w.u8(s.index); w.raw(s.signature) }
     }
 
-    static func decode(_ r: inout ByteReader, limit: Int) throws -> [QuorumSignature] {
+    public static func decode(_ r: inout ByteReader, limit: Int) throws -> [QuorumSignature] {
         let n = Int(try r.u8())
         if n > limit { throw DecodeError(.tooLong(field: "signatures", length: n, limit: limit), at: r.offset - 1) }
         var out: [QuorumSignature] = []

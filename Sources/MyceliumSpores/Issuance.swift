@@ -66,7 +66,7 @@ public struct Issuance: Sendable, Equatable {
 
     func encode(into w: inout ByteWriter) {
         w.u64(id); purpose.encode(into: &w); w.blob(certificate.encoded()); w.i64(requestedAt)
-        w.u8(UInt8(signatures.count)); for s in signatures { w.u8(s.index); w.raw(s.signature) }
+        QuorumSignature.encode(signatures, into: &w)
     }
 
     static func decode(_ r: inout ByteReader) throws -> Issuance {
@@ -74,14 +74,7 @@ public struct Issuance: Sendable, Equatable {
         let purpose = try CertificateRequest.decode(&r)
         let cert = try MembershipCertificate(decoding: r.blob("certificate", limit: MembershipCertificate.maxEncodedSize))
         let at = try r.i64()
-        let n = Int(try r.u8())
-        if n > maxLinkMembers { throw DecodeError(.tooLong(field: "issuance signatures", length: n, limit: maxLinkMembers), at: r.offset - 1) }
-        var sigs: [QuorumSignature] = []
-        for _ in 0..<n {
-            let s = QuorumSignature(index: try r.u8(), signature: try r.raw(64))
-            if let last = sigs.last, s.index <= last.index { throw DecodeError(.invalid(field: "issuance signature index", reason: "not increasing"), at: r.offset - 65) }
-            sigs.append(s)
-        }
+        let sigs = try QuorumSignature.decode(&r, limit: maxLinkMembers)
         return Issuance(id: id, purpose: purpose, certificate: cert, requestedAt: at, signatures: sigs)
     }
 }
@@ -248,6 +241,7 @@ extension PrimarySpore {
             guard !p.signatures.contains(where: { $0.index == sig.index }) else { throw SporeError(.invalid("link \(generation) already has signer #\(sig.index)")) }
             let signers = try checkSigner(author, sig, generation: generation - 1, over: p.link.signedBytes, what: "sclerotia link \(generation)")
             p.signatures.append(sig)
+            p.signatures.sort { $0.index < $1.index }
             pendingLink = p
             if p.signatures.count >= quorumSize(of: signers.count) {
                 do { try chain.append(p.link.withSignatures(p.signatures)) } catch { throw SporeError(.refused(error)) }
@@ -324,7 +318,7 @@ extension PrimarySpore {
         chain.encode(into: &w)
         if let p = pendingLink {
             w.bool(true); w.blob(p.link.encoded())
-            w.u8(UInt8(p.signatures.count)); for s in p.signatures { w.u8(s.index); w.raw(s.signature) }
+            QuorumSignature.encode(p.signatures.sorted { $0.index < $1.index }, into: &w)
         } else {
             w.bool(false)
         }
@@ -341,12 +335,7 @@ extension PrimarySpore {
         chain = try SclerotiaChain(genesisKey: network.genesisKey, from: &r)
         if try r.bool("pending link") {
             let link = try SclerotiaLink(decoding: r.blob("pending link", limit: 4096))
-            let n = Int(try r.u8())
-            if n > maxLinkMembers { throw DecodeError(.tooLong(field: "link signatures", length: n, limit: maxLinkMembers), at: r.offset - 1) }
-            var sigs: [QuorumSignature] = []
-            for _ in 0..<n { sigs.append(QuorumSignature(index: try r.u8(), signature: try r.raw(64))) }
-            if Set(sigs.map(\.index)).count != sigs.count { throw DecodeError(.invalid(field: "link signatures", reason: "a signer twice"), at: r.offset) }
-            pendingLink = PendingLink(link: link, signatures: sigs)
+            pendingLink = PendingLink(link: link, signatures: try QuorumSignature.decode(&r, limit: maxLinkMembers))
         }
         issuanceSequence = try r.u64()
         let ni = try r.count("issuances", limit: IssuanceLimits.maxIssuances)
