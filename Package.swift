@@ -32,6 +32,10 @@ let package = Package(
         .systemLibrary(
             name: "CSodium", path: "CSources/CSodium", pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]),
+        // libvirt's C API; `Libvirt` is its only importer (typed errors that keep libvirt's code and message).
+        .systemLibrary(
+            name: "CLibvirt", path: "CSources/CLibvirt", pkgConfig: "libvirt",
+            providers: [.apt(["libvirt-dev"])]),
 
         // MARK: pure foundations
         .target(name: "MyceliumCore"),
@@ -67,6 +71,8 @@ let package = Package(
         // The membership controller: signing, renewal and this node's certificate (pure core), and the
         // certificate file (driver).
         .target(name: "MembershipController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"]),
+        // libvirt through its C API: connections, domains, the QEMU monitor passthrough (no virsh).
+        .target(name: "Libvirt", dependencies: ["CLibvirt"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
@@ -217,6 +223,8 @@ let package = Package(
         .testTarget(
             name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium"],
             exclude: ["cnidriver"]),
+        // libvirt's built-in test driver (test:///default, in-process) for the wrapper's calls and errors.
+        .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

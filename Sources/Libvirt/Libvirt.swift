@@ -1,0 +1,207 @@
+// libvirt through its C API: the only importer of CLibvirt in the product.
+//
+// Mycelium is a libvirt client, not a replacement: a VM it runs is a libvirt domain under its own
+// name, visible to `virsh`. This module gives the agent what it needs of libvirt — connections,
+// domains (define, start, pause, resume, destroy, undefine, state, XML) and the QEMU monitor
+// passthrough that checkpoints use — with one error type that keeps libvirt's own error code,
+// domain and message, so a log line says exactly what libvirt said.
+//
+// Threads: libvirt connections and domain handles may be used from any thread (libvirt ≥ 0.6).
+// libvirt's last error is per thread, so every call reads it on the thread that failed, at once,
+// before anything else can run there (no `await` between the call and the read).
+
+import CLibvirt
+import Glibc
+
+/// A libvirt failure: libvirt's error number, the part of libvirt it came from, and its message.
+public struct LibvirtError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// libvirt's `virErrorNumber` (e.g. 42, `VIR_ERR_NO_DOMAIN`).
+    public let code: Int32
+    /// libvirt's `virErrorDomain` (which driver or subsystem raised it).
+    public let domain: Int32
+    /// libvirt's message, as libvirt wrote it.
+    public let message: String
+    /// What this module was doing ("define domain", "open qemu:///system", ...).
+    public let operation: String
+
+    public init(code: Int32, domain: Int32, message: String, operation: String) {
+        self.code = code; self.domain = domain; self.message = message; self.operation = operation
+    }
+
+    /// The failures the agent treats differently; everything else is `.other`.
+    public enum Kind: Sendable, Equatable {
+        case noDomain, operationInvalid, invalidXML, noSupport, connectionFailed, alreadyExists, other
+    }
+
+    public var kind: Kind {
+        switch UInt32(bitPattern: code) {
+        case VIR_ERR_NO_DOMAIN.rawValue: return .noDomain
+        case VIR_ERR_OPERATION_INVALID.rawValue: return .operationInvalid
+        case VIR_ERR_XML_ERROR.rawValue, VIR_ERR_XML_DETAIL.rawValue, VIR_ERR_XML_INVALID_SCHEMA.rawValue: return .invalidXML
+        case VIR_ERR_NO_SUPPORT.rawValue, VIR_ERR_OPERATION_UNSUPPORTED.rawValue, VIR_ERR_ARGUMENT_UNSUPPORTED.rawValue: return .noSupport
+        case VIR_ERR_NO_CONNECT.rawValue, VIR_ERR_SYSTEM_ERROR.rawValue, VIR_ERR_RPC.rawValue, VIR_ERR_AUTH_FAILED.rawValue: return .connectionFailed
+        case VIR_ERR_DOM_EXIST.rawValue: return .alreadyExists
+        default: return .other
+        }
+    }
+
+    public var description: String { "libvirt: \(operation) failed: \(message) (libvirt error \(code), domain \(domain))" }
+
+    /// libvirt's last error on this thread, for `operation`. The error is read before `operation` is
+    /// evaluated: every libvirt call (even `virDomainGetName` for the message) resets it.
+    static func last(_ operation: @autoclosure () -> String) -> LibvirtError {
+        guard let e = virGetLastError() else {
+            return LibvirtError(code: -1, domain: -1, message: "libvirt reported no error", operation: operation())
+        }
+        let code = e.pointee.code, domain = e.pointee.domain
+        let message = e.pointee.message.map { String(cString: $0) } ?? "no message"
+        virResetLastError()
+        return LibvirtError(code: code, domain: domain, message: message, operation: operation())
+    }
+}
+
+/// libvirt's process-wide setup, once: initialise, and keep libvirt from printing every error to
+/// stderr (each is returned as a `LibvirtError` instead).
+private let initialized: Bool = {
+    virInitialize()
+    virSetErrorFunc(nil) { _, _ in }
+    return true
+}()
+
+/// A connection to one libvirt daemon (or an in-process driver such as `test:///default`).
+public final class LibvirtConnection: @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): a virConnectPtr may be used from any thread (libvirt ≥ 0.6);
+    // the pointer itself never changes after init and is closed once, in deinit.
+    let handle: virConnectPtr
+    public let uri: String
+
+    /// Opens `uri` (e.g. `qemu:///system`, `qemu+unix:///system?socket=PATH`, `test:///default`).
+    public init(uri: String) throws(LibvirtError) {
+        _ = initialized
+        guard let c = virConnectOpen(uri) else { throw LibvirtError.last("open \(uri)") }
+        handle = c
+        self.uri = uri
+    }
+
+    deinit { virConnectClose(handle) }
+
+    /// The host name libvirt reports for this connection's host.
+    public func hostname() throws(LibvirtError) -> String {
+        guard let p = virConnectGetHostname(handle) else { throw LibvirtError.last("get the host name of \(uri)") }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// Defines (persistently) the domain `xml` describes; it is not started.
+    public func define(xml: String) throws(LibvirtError) -> LibvirtDomain {
+        guard let d = virDomainDefineXML(handle, xml) else { throw LibvirtError.last("define a domain on \(uri)") }
+        return LibvirtDomain(d, connection: self)
+    }
+
+    /// The domain called `name`; `.noDomain` if there is none.
+    public func domain(named name: String) throws(LibvirtError) -> LibvirtDomain {
+        guard let d = virDomainLookupByName(handle, name) else { throw LibvirtError.last("look up domain '\(name)' on \(uri)") }
+        return LibvirtDomain(d, connection: self)
+    }
+
+    /// Every domain, defined or running.
+    public func domains() throws(LibvirtError) -> [LibvirtDomain] {
+        var list: UnsafeMutablePointer<virDomainPtr?>?
+        let n = virConnectListAllDomains(handle, &list, 0)
+        if n < 0 { throw LibvirtError.last("list the domains on \(uri)") }
+        guard let list else { return [] }
+        defer { free(list) }
+        return (0..<Int(n)).compactMap { list[$0].map { LibvirtDomain($0, connection: self) } }
+    }
+}
+
+/// A domain's run state, as libvirt reports it.
+public enum DomainState: Sendable, Equatable, CustomStringConvertible {
+    case running, paused, shutOff, crashed, blocked, shuttingDown, suspended, other(Int32)
+
+    init(_ raw: Int32) {
+        switch UInt32(bitPattern: raw) {
+        case VIR_DOMAIN_RUNNING.rawValue: self = .running
+        case VIR_DOMAIN_PAUSED.rawValue: self = .paused
+        case VIR_DOMAIN_SHUTOFF.rawValue: self = .shutOff
+        case VIR_DOMAIN_CRASHED.rawValue: self = .crashed
+        case VIR_DOMAIN_BLOCKED.rawValue: self = .blocked
+        case VIR_DOMAIN_SHUTDOWN.rawValue: self = .shuttingDown
+        case VIR_DOMAIN_PMSUSPENDED.rawValue: self = .suspended
+        default: self = .other(raw)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .running: return "running"
+        case .paused: return "paused"
+        case .shutOff: return "shut off"
+        case .crashed: return "crashed"
+        case .blocked: return "blocked"
+        case .shuttingDown: return "shutting down"
+        case .suspended: return "suspended (power management)"
+        case .other(let r): return "state \(r)"
+        }
+    }
+}
+
+/// One libvirt domain. Holds its connection open while it lives.
+public final class LibvirtDomain: @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): a virDomainPtr may be used from any thread; freed once, in deinit.
+    let handle: virDomainPtr
+    public let connection: LibvirtConnection
+
+    init(_ handle: virDomainPtr, connection: LibvirtConnection) {
+        self.handle = handle
+        self.connection = connection
+    }
+
+    deinit { virDomainFree(handle) }
+
+    public var name: String { virDomainGetName(handle).map { String(cString: $0) } ?? "?" }
+
+    public var uuid: String {
+        var buf = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
+        guard virDomainGetUUIDString(handle, &buf) == 0 else { return "?" }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    public func state() throws(LibvirtError) -> DomainState {
+        var state: Int32 = 0, reason: Int32 = 0
+        guard virDomainGetState(handle, &state, &reason, 0) == 0 else { throw LibvirtError.last("read the state of '\(name)'") }
+        return DomainState(state)
+    }
+
+    /// The domain's XML as libvirt holds it now.
+    public func xml() throws(LibvirtError) -> String {
+        guard let p = virDomainGetXMLDesc(handle, 0) else { throw LibvirtError.last("read the XML of '\(name)'") }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// Starts a defined domain.
+    public func start() throws(LibvirtError) { try check(virDomainCreate(handle), "start '\(name)'") }
+    /// Pauses its vCPUs (the guest's memory stays as it is).
+    public func suspend() throws(LibvirtError) { try check(virDomainSuspend(handle), "pause '\(name)'") }
+    public func resume() throws(LibvirtError) { try check(virDomainResume(handle), "resume '\(name)'") }
+    /// Stops it at once (power off, no guest shutdown).
+    public func destroy() throws(LibvirtError) { try check(virDomainDestroy(handle), "destroy '\(name)'") }
+    /// Removes its definition (a running domain becomes transient and goes when it stops).
+    public func undefine() throws(LibvirtError) { try check(virDomainUndefine(handle), "undefine '\(name)'") }
+
+    /// Sends a QMP command (JSON) to the domain's QEMU monitor and returns QEMU's JSON reply. libvirt
+    /// marks the domain tainted (it cannot vouch for what the command did); checkpoints need it.
+    public func qemuMonitorCommand(_ json: String) throws(LibvirtError) -> String {
+        var reply: UnsafeMutablePointer<CChar>?
+        let r = virDomainQemuMonitorCommand(handle, json, &reply, UInt32(VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT.rawValue))
+        if r != 0 { throw LibvirtError.last("send a monitor command to '\(name)'") }
+        guard let reply else { return "" }
+        defer { free(reply) }
+        return String(cString: reply)
+    }
+
+    private func check(_ r: Int32, _ operation: @autoclosure () -> String) throws(LibvirtError) {
+        if r != 0 { throw LibvirtError.last(operation()) }
+    }
+}
