@@ -363,8 +363,11 @@ func writeSeeds(to dir: String) {
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)
             _ = try? st.apply(Entry(term: 1, index: 1, data: ControlEntry.spore(admit, time: 1_800_000_000).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 2, data: ControlEntry.network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 3, data: ControlEntry.vm(.create(VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1,
+                                                                                            kernel: "/boot/vmlinuz"), primary: id, replica: nil)).encoded()))
             return st.snapshot()
         }()),
+        ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
     ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]

@@ -23,8 +23,10 @@ public enum ControlEntry: Sendable, Equatable {
     case kv(KVBatch)
     /// A change to the pod-CIDR table, proposed by the leader's network controller.
     case network(NetworkCommand)
+    /// A change to the VM table (VMs.swift), proposed by the leader's VM controller.
+    case vm(VMCommand)
 
-    enum Tag: UInt8 { case spore = 1, kv = 2, network = 3 }
+    enum Tag: UInt8 { case spore = 1, kv = 2, network = 3, vm = 4 }
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 128)
@@ -35,6 +37,8 @@ public enum ControlEntry: Sendable, Equatable {
             w.u8(Tag.kv.rawValue); w.raw(batch.encoded())
         case .network(let command):
             w.u8(Tag.network.rawValue); w.raw(command.encoded())
+        case .vm(let command):
+            w.u8(Tag.vm.rawValue); w.raw(command.encoded())
         }
         return w.bytes
     }
@@ -57,6 +61,8 @@ public enum ControlEntry: Sendable, Equatable {
             do { return .kv(try KVBatch(decoding: body)) } catch { throw ControlError(.malformedEntry("kv batch: \(error)")) }
         case .network:
             do { return .network(try NetworkCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("network command: \(error)")) }
+        case .vm:
+            do { return .vm(try VMCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("vm command: \(error)")) }
         }
     }
 }
@@ -71,6 +77,8 @@ public enum ControlChange: Sendable {
     case podCIDR(node: MyceliumIdentity.NodeID, CIDR?)
     /// The pod-CIDR pool was configured.
     case podPool(CIDR, nodePrefix: UInt8)
+    /// A VM's record changed (nil: deleted).
+    case vm(name: String, VMRecord?)
     /// The whole state was replaced by a snapshot.
     case restored
 }
@@ -82,6 +90,7 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
         /// A well-formed command that the state machine refuses (identically everywhere).
         case refused(SporeError)
         case networkRefused(String)
+        case vmRefused(String)
         /// A snapshot that cannot be restored: the node cannot continue safely.
         case badSnapshot(String)
     }
@@ -92,6 +101,7 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
         case .malformedEntry(let s): return "malformed committed entry: \(s)"
         case .refused(let e): return "refused: \(e)"
         case .networkRefused(let s): return "network command refused: \(s)"
+        case .vmRefused(let s): return "vm command refused: \(s)"
         case .badSnapshot(let s): return "snapshot cannot be restored: \(s)"
         }
     }
@@ -102,6 +112,7 @@ public struct ControlState: Sendable, Equatable {
     public internal(set) var spore: PrimarySpore
     public internal(set) var kv: KVStore
     public internal(set) var pods: PodCIDRTable
+    public internal(set) var vms: VMTable
     /// The Raft index of the last entry applied (or of the snapshot restored).
     public internal(set) var appliedIndex: UInt64 = 0
 
@@ -109,6 +120,7 @@ public struct ControlState: Sendable, Equatable {
         spore = PrimarySpore(network: network)
         kv = KVStore()
         pods = PodCIDRTable()
+        vms = VMTable()
     }
 
     public var network: NetworkIdentity { spore.network }
@@ -138,20 +150,23 @@ public struct ControlState: Sendable, Equatable {
             return [.kv(index: entry.index, kv.apply(batch))]
         case .network(let command):
             return try pods.apply(command, spore: spore)
+        case .vm(let command):
+            return try vms.apply(command, spore: spore)
         }
     }
 
     // MARK: snapshot
 
     static let snapshotMagic: [UInt8] = Array("MYCS".utf8)
-    static let snapshotVersion: UInt16 = 1
+    /// 2 adds the VM table; 1 (without it) is still read.
+    static let snapshotVersion: UInt16 = 2
 
     /// One deterministic snapshot: magic, version, applied index, then each part as a blob.
     public func snapshot() -> [UInt8] {
-        let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded()
-        var w = ByteWriter(capacity: s.count + k.count + p.count + 32)
+        let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded(), v = vms.encoded()
+        var w = ByteWriter(capacity: s.count + k.count + p.count + v.count + 32)
         w.raw(Self.snapshotMagic); w.u16(Self.snapshotVersion); w.u64(appliedIndex)
-        w.blob(s); w.blob(k); w.blob(p)
+        w.blob(s); w.blob(k); w.blob(p); w.blob(v)
         return w.bytes
     }
 
@@ -162,7 +177,7 @@ public struct ControlState: Sendable, Equatable {
             var r = ByteReader(data)
             guard try r.raw(4) == snapshotMagic else { throw ControlError(.badSnapshot("not a control-state snapshot (bad magic)")) }
             let version = try r.u16()
-            guard version == snapshotVersion else {
+            guard version == snapshotVersion || version == 1 else {
                 throw ControlError(.badSnapshot("snapshot format \(version); this build reads \(snapshotVersion): upgrade this node"))
             }
             var state = ControlState(network: network)
@@ -170,6 +185,7 @@ public struct ControlState: Sendable, Equatable {
             let sporeBytes = try r.blob("spore", limit: 64 << 20)
             let kvBytes = try r.blob("kv", limit: 1 << 40)
             let podBytes = try r.blob("pods", limit: 16 << 20)
+            let vmBytes = version >= 2 ? try r.blob("vms", limit: 16 << 20) : [0, 0, 0, 0]
             try r.finish()
             state.spore = try PrimarySpore(decoding: sporeBytes)
             guard state.spore.network.id == network.id else {
@@ -177,6 +193,7 @@ public struct ControlState: Sendable, Equatable {
             }
             state.kv = try KVStore(snapshot: kvBytes)
             state.pods = try PodCIDRTable(decoding: podBytes)
+            state.vms = try VMTable(decoding: vmBytes)
             return state
         } catch let e as ControlError {
             throw e

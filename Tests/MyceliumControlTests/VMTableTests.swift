@@ -1,0 +1,138 @@
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumRaft
+import MyceliumSpores
+import XCTest
+
+/// The VM table's rules (issue 16): ownership moves only by compare-and-swap on the ownership epoch,
+/// failover only from a primary recorded failed whose lease lapsed, placement deterministic.
+final class VMTableTests: XCTestCase {
+    let genesis = SigningKey(seed: Array(repeating: 7, count: 32))
+    var network: NetworkIdentity { NetworkIdentity(genesisKey: genesis.publicKey) }
+    var index: UInt64 = 0
+    var time: Int64 = 1_800_000_010
+
+    func key(_ i: UInt8) -> SigningKey { SigningKey(seed: Array(repeating: i, count: 32)) }
+    func id(_ i: UInt8) -> MyceliumIdentity.NodeID { MyceliumIdentity.NodeID(publicKey: key(i).publicKey) }
+
+    func spore(_ s: inout ControlState, _ c: SporeCommand, by i: UInt8, advance: Int64 = 1) throws {
+        index += 1; time += advance
+        let e = ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), time: time)
+        _ = try s.apply(Entry(term: 1, index: index, data: e.encoded()))
+    }
+
+    @discardableResult
+    func vm(_ s: inout ControlState, _ c: VMCommand) throws -> [ControlChange] {
+        index += 1
+        return try s.apply(Entry(term: 1, index: index, data: ControlEntry.vm(c).encoded()))
+    }
+
+    func refusal(_ s: inout ControlState, _ c: VMCommand) -> String {
+        do { try vm(&s, c); return "accepted" } catch { return "\(error)" }
+    }
+
+    /// Three members (1 the founder with every role), each announcing `memory` MiB.
+    func world(memory: UInt32 = 4096) throws -> ControlState {
+        var s = ControlState(network: network)
+        for i: UInt8 in 1...3 {
+            let cert = MembershipCertificate.issue(by: genesis, nodeID: id(i), nodeKey: key(i).publicKey,
+                                                   roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i),
+                                                   issuedAt: 1_800_000_000, validFor: 86_400)
+            try spore(&s, .admit(cert), by: i)
+            try spore(&s, .refresh(Capabilities(cpus: 2, memoryMiB: memory)), by: i)
+        }
+        return s
+    }
+
+    let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1, kernel: "/boot/vmlinuz", initrd: "/boot/initrd")
+
+    func testOwnershipMovesOnlyByCompareAndSwapOnTheEpoch() throws {
+        var s = try world()
+        try vm(&s, .create(spec, primary: id(1), replica: id(2)))
+        XCTAssertEqual(s.vms.vms["web-1"]?.epoch, 1)
+        XCTAssertTrue(refusal(&s, .create(spec, primary: id(2), replica: nil)).contains("exists"))
+        // Planned migration to the replica: owner and replica swap, the epoch moves on.
+        try vm(&s, .migrate(name: "web-1", to: id(2), epoch: 1))
+        XCTAssertEqual(s.vms.vms["web-1"]?.primary, id(2))
+        XCTAssertEqual(s.vms.vms["web-1"]?.replica, id(1))
+        XCTAssertEqual(s.vms.vms["web-1"]?.epoch, 2)
+        // A command proposed against the old state is refused everywhere.
+        XCTAssertTrue(refusal(&s, .migrate(name: "web-1", to: id(1), epoch: 1)).contains("epoch 2, not 1"))
+        XCTAssertTrue(refusal(&s, .setReplica(name: "web-1", id(3), epoch: 1)).contains("epoch"))
+        try vm(&s, .setReplica(name: "web-1", id(3), epoch: 2))
+        XCTAssertEqual(s.vms.vms["web-1"]?.epoch, 2, "a new replica does not change the owner")
+        XCTAssertTrue(refusal(&s, .migrate(name: "web-1", to: id(1), epoch: 2)).contains("not the replica"))
+        XCTAssertTrue(refusal(&s, .setReplica(name: "web-1", id(2), epoch: 2)).contains("another node"))
+        let changes = try vm(&s, .delete(name: "web-1"))
+        guard case .vm("web-1", nil)? = changes.first else { return XCTFail("\(changes)") }
+        XCTAssertTrue(refusal(&s, .delete(name: "web-1")).contains("no VM"))
+    }
+
+    func testFailoverNeedsTheFailureRecordedAndTheLeaseLapsed() throws {
+        var s = try world()
+        try vm(&s, .create(spec, primary: id(2), replica: id(3)))
+        // The primary holds its ownership lease for 10 s of spore time.
+        try spore(&s, .acquireLease(name: VMTable.lease(for: "web-1"), ttlSeconds: 10), by: 2)
+        XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("not recorded failed"),
+                      "a live primary keeps its VM, whatever a leader proposes")
+        // Recorded failed (a network this small confirms without a vote), lease still running.
+        try spore(&s, .setStatus(node: id(2), .failed), by: 1)
+        XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("lease"),
+                      "the replica may not start while the old primary may still run its copy")
+        XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(1), epoch: 1)).contains("not the replica"))
+        // Ten seconds of spore time later the lease has lapsed: the replica takes over.
+        try spore(&s, .tick, by: 1, advance: 10)
+        try vm(&s, .failover(name: "web-1", to: id(3), epoch: 1))
+        let r = try XCTUnwrap(s.vms.vms["web-1"])
+        XCTAssertEqual(r.primary, id(3))
+        XCTAssertNil(r.replica, "a new replica is chosen next")
+        XCTAssertEqual(r.epoch, 2, "the fencing token moved: the old copy, if it comes back, is stale")
+        XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("epoch"), "applied once")
+    }
+
+    func testBadSpecsAndNonMembersAreRefused() throws {
+        var s = try world()
+        XCTAssertTrue(refusal(&s, .create(VMSpec(name: "Web", memoryMiB: 256, vcpus: 1), primary: id(1), replica: nil)).contains("lowercase"))
+        XCTAssertTrue(refusal(&s, .create(VMSpec(name: "a_b", memoryMiB: 256, vcpus: 1), primary: id(1), replica: nil)).contains("'-'"))
+        XCTAssertTrue(refusal(&s, .create(VMSpec(name: "tiny", memoryMiB: 8, vcpus: 1), primary: id(1), replica: nil)).contains("memory"))
+        XCTAssertTrue(refusal(&s, .create(VMSpec(name: "cpu", memoryMiB: 64, vcpus: 0), primary: id(1), replica: nil)).contains("vcpus"))
+        XCTAssertTrue(refusal(&s, .create(spec, primary: id(9), replica: nil)).contains("not a live member"))
+        XCTAssertTrue(refusal(&s, .create(spec, primary: id(1), replica: id(1))).contains("another node"))
+        XCTAssertTrue(s.vms.vms.isEmpty, "nothing recorded by a refused command")
+    }
+
+    func testPlacementIsDeterministicAndCountsWhatIsAlreadyPlaced() throws {
+        var s = try world(memory: 600)
+        let big = VMSpec(name: "big", memoryMiB: 400, vcpus: 1)
+        let first = s.vms.candidates(for: big, spore: s.spore, excluding: [id(1)])
+        XCTAssertEqual(Set(first), [id(2), id(3)])
+        XCTAssertEqual(first, s.vms.candidates(for: big, spore: s.spore, excluding: [id(1)]), "every leader chooses alike")
+        try vm(&s, .create(big, primary: id(1), replica: first[0]))
+        // The chosen replica now holds 400 of its 600 MiB: a second big VM cannot go there.
+        let second = s.vms.candidates(for: VMSpec(name: "big-2", memoryMiB: 400, vcpus: 1), spore: s.spore, excluding: [])
+        XCTAssertFalse(second.contains(first[0]))
+        XCTAssertFalse(second.contains(id(1)))
+        XCTAssertEqual(second, [first[1]])
+        try spore(&s, .setStatus(node: first[1], .failed), by: 1)
+        XCTAssertEqual(s.vms.candidates(for: VMSpec(name: "big-2", memoryMiB: 400, vcpus: 1), spore: s.spore, excluding: []), [],
+                       "a failed member is no candidate")
+    }
+
+    func testTheTableTravelsInTheSnapshotAndItsCommandsRoundTrip() throws {
+        var s = try world()
+        try vm(&s, .create(spec, primary: id(1), replica: id(2)))
+        try vm(&s, .create(VMSpec(name: "db", memoryMiB: 512, vcpus: 2), primary: id(3), replica: nil))
+        let restored = try ControlState.restore(s.snapshot(), network: network)
+        XCTAssertEqual(restored.vms, s.vms)
+        XCTAssertEqual(restored, s)
+        let commands: [VMCommand] = [.create(spec, primary: id(1), replica: nil), .create(spec, primary: id(1), replica: id(2)),
+                                     .setReplica(name: "a", nil, epoch: 3), .setReplica(name: "a", id(2), epoch: 3),
+                                     .failover(name: "a", to: id(2), epoch: 9), .migrate(name: "a", to: id(3), epoch: 1), .delete(name: "a")]
+        for c in commands {
+            let bytes = c.encoded()
+            XCTAssertEqual(try VMCommand(decoding: bytes), c)
+            for cut in 0..<bytes.count { XCTAssertThrowsError(try VMCommand(decoding: Array(bytes.prefix(cut))), "\(c) cut at \(cut)") }
+        }
+    }
+}
