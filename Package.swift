@@ -71,6 +71,8 @@ let package = Package(
         // The membership controller: signing, renewal and this node's certificate (pure core), and the
         // certificate file (driver).
         .target(name: "MembershipController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"]),
+        // The VM controller's core: failover, replica placement, ownership leases and self-fencing (pure).
+        .target(name: "VMController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         // libvirt through its C API: connections, domains, the QEMU monitor passthrough (no virsh).
         .target(name: "Libvirt", dependencies: ["CLibvirt"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
@@ -231,6 +233,6 @@ let package = Package(
         .testTarget(
             name: "MyceliumControlTests",
             dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController",
-                           "MembershipController", "MyceliumSim"]),
+                           "MembershipController", "VMController", "MyceliumSim"]),
     ]
 )

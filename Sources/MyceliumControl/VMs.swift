@@ -69,6 +69,9 @@ public struct VMRecord: Sendable, Equatable {
     public var replica: MyceliumIdentity.NodeID?
     /// The fencing token: bumped at every change of owner.
     public var epoch: UInt64
+    /// Spore time at which the primary's ownership lease ends, as last renewed (0: never held). Kept
+    /// here because the spore forgets a lease once it has ended.
+    public var leaseUntil: Int64 = 0
     public var name: String { spec.name }
 }
 
@@ -135,6 +138,10 @@ public struct VMTable: Sendable, Equatable {
     /// The spore lease a VM's primary keeps renewed while it runs the guest (its self-fencing clock).
     public static func lease(for name: String) -> String { "vm/" + name }
 
+    /// Seconds of spore time after a lease's end before the replica may take over: room for the
+    /// primary's late view of spore time and for leaders' clocks to differ (VMController.swift).
+    public static let takeoverSlack: Int64 = 1
+
     /// Applies `command` against the spore's view of the members and leases. Refusals change nothing
     /// and are identical on every replica.
     public mutating func apply(_ command: VMCommand, spore: PrimarySpore) throws(ControlError) -> [ControlChange] {
@@ -177,12 +184,13 @@ public struct VMTable: Sendable, Equatable {
             guard spore.members[r.primary].map({ $0.status == .failed || $0.status == .left }) ?? true else {
                 throw refuse("primary \(r.primary) of '\(name)' is not recorded failed")
             }
-            if let l = spore.leases[Self.lease(for: name)], l.holder == r.primary, l.expiresAt > spore.now {
-                throw refuse("the ownership lease of '\(name)' is held by \(r.primary) until \(l.expiresAt) (spore time \(spore.now))")
+            if r.leaseUntil.saturatingAdding(Self.takeoverSlack) > spore.now {
+                throw refuse("the ownership lease of '\(name)' is held by \(r.primary) until \(r.leaseUntil) (+\(Self.takeoverSlack) s; spore time \(spore.now))")
             }
             r.primary = to
             r.replica = nil
             r.epoch += 1
+            r.leaseUntil = 0
             vms[name] = r
             return [.vm(name: name, r)]
 
@@ -191,8 +199,10 @@ public struct VMTable: Sendable, Equatable {
             if epoch != r.epoch { throw refuse("'\(name)' is at ownership epoch \(r.epoch), not \(epoch)") }
             guard r.replica == to else { throw refuse("\(to) is not the replica of '\(name)': migrate to the synced replica") }
             guard live(to), live(r.primary) else { throw refuse("both ends of a planned migration must be live members") }
+            // Planned: the old primary hands over (it stops before the switch is proposed).
             (r.primary, r.replica) = (to, r.primary)
             r.epoch += 1
+            r.leaseUntil = 0
             vms[name] = r
             return [.vm(name: name, r)]
 
@@ -200,6 +210,15 @@ public struct VMTable: Sendable, Equatable {
             guard vms.removeValue(forKey: name) != nil else { throw refuse("no VM named '\(name)'") }
             return [.vm(name: name, nil)]
         }
+    }
+
+    /// The spore applied a lease renewal: a VM's primary renewed its ownership lease.
+    mutating func noteLease(_ leaseName: String, spore: PrimarySpore) {
+        guard leaseName.hasPrefix("vm/"), let l = spore.leases[leaseName] else { return }
+        let name = String(leaseName.dropFirst(3))
+        guard var r = vms[name], r.primary == l.holder else { return }
+        r.leaseUntil = max(r.leaseUntil, l.expiresAt)
+        vms[name] = r
     }
 
     // MARK: placement
@@ -230,7 +249,7 @@ public struct VMTable: Sendable, Equatable {
         var w = ByteWriter(capacity: 64 + vms.count * 96)
         w.u32(UInt32(vms.count))
         for r in vms.values.sorted(by: { $0.name < $1.name }) {
-            r.spec.encode(into: &w); w.raw(r.primary.bytes); w.u64(r.epoch)
+            r.spec.encode(into: &w); w.raw(r.primary.bytes); w.u64(r.epoch); w.i64(r.leaseUntil)
             if let replica = r.replica { w.bool(true); w.raw(replica.bytes) } else { w.bool(false) }
         }
         return w.bytes
@@ -244,9 +263,10 @@ public struct VMTable: Sendable, Equatable {
             for _ in 0..<n {
                 let spec = try VMSpec.decode(&r)
                 let primary = try MyceliumIdentity.NodeID(bytes: r.raw(16))
-                let epoch = try r.u64()
+                let epoch = try r.u64(), leaseUntil = try r.i64()
                 let replica = try r.bool("replica") ? try MyceliumIdentity.NodeID(bytes: r.raw(16)) : nil
-                if vms.updateValue(VMRecord(spec: spec, primary: primary, replica: replica, epoch: epoch), forKey: spec.name) != nil {
+                if vms.updateValue(VMRecord(spec: spec, primary: primary, replica: replica, epoch: epoch, leaseUntil: leaseUntil),
+                                   forKey: spec.name) != nil {
                     throw DecodeError(.invalid(field: "vm", reason: "'\(spec.name)' listed twice"), at: r.offset)
                 }
             }

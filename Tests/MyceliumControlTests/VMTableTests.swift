@@ -81,8 +81,10 @@ final class VMTableTests: XCTestCase {
         XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("lease"),
                       "the replica may not start while the old primary may still run its copy")
         XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(1), epoch: 1)).contains("not the replica"))
-        // Ten seconds of spore time later the lease has lapsed: the replica takes over.
-        try spore(&s, .tick, by: 1, advance: 10)
+        // At the lease's end the replica still waits VMTable.takeoverSlack; then it takes over.
+        try spore(&s, .tick, by: 1, advance: 9)
+        XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("lease"), "at the lease's end: slack")
+        try spore(&s, .tick, by: 1, advance: VMTable.takeoverSlack)
         try vm(&s, .failover(name: "web-1", to: id(3), epoch: 1))
         let r = try XCTUnwrap(s.vms.vms["web-1"])
         XCTAssertEqual(r.primary, id(3))

@@ -1,0 +1,117 @@
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumRaft
+import MyceliumSpores
+import VMController
+import XCTest
+
+/// The VM controller's rules: leases kept, self-fencing before a takeover is possible, failover and
+/// replica placement by the leader, stale copies destroyed.
+final class VMControllerTests: XCTestCase {
+    let genesis = SigningKey(seed: Array(repeating: 7, count: 32))
+    var network: NetworkIdentity { NetworkIdentity(genesisKey: genesis.publicKey) }
+    var index: UInt64 = 0
+    var time: Int64 = 1_800_000_010
+    var state = ControlState(network: NetworkIdentity(genesisKey: SigningKey(seed: Array(repeating: 7, count: 32)).publicKey))
+
+    func key(_ i: UInt8) -> SigningKey { SigningKey(seed: Array(repeating: i, count: 32)) }
+    func id(_ i: UInt8) -> MyceliumIdentity.NodeID { MyceliumIdentity.NodeID(publicKey: key(i).publicKey) }
+
+    func spore(_ c: SporeCommand, by i: UInt8, advance: Int64 = 0) throws {
+        index += 1; time += advance
+        let e = ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), time: time)
+        _ = try state.apply(Entry(term: 1, index: index, data: e.encoded()))
+    }
+
+    func vm(_ c: VMCommand) throws {
+        index += 1
+        _ = try state.apply(Entry(term: 1, index: index, data: ControlEntry.vm(c).encoded()))
+    }
+
+    override func setUp() async throws {
+        for i: UInt8 in 1...3 {
+            let cert = MembershipCertificate.issue(by: genesis, nodeID: id(i), nodeKey: key(i).publicKey,
+                                                   roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i),
+                                                   issuedAt: 1_800_000_000, validFor: 86_400)
+            try spore(.admit(cert), by: i)
+            try spore(.refresh(Capabilities(cpus: 2, memoryMiB: 4096)), by: i)
+        }
+    }
+
+    let tps: UInt64 = 10
+    func ctx(_ node: UInt8, tick: UInt64, leader: Bool = false) -> ControllerContext {
+        ControllerContext(node: id(node), isLeader: leader, state: state, tick: tick, ticksPerSecond: tps)
+    }
+
+    func actions(_ e: [ControllerEffect<VMAction>]) -> [VMAction] { e.compactMap { if case .act(let a) = $0 { return a } else { return nil } } }
+    func submits(_ e: [ControllerEffect<VMAction>]) -> [SporeCommand] { e.compactMap { if case .submit(let c) = $0 { return c } else { return nil } } }
+    func proposals(_ e: [ControllerEffect<VMAction>]) -> [VMCommand] {
+        e.compactMap { if case .propose(.vm(let c)) = $0 { return c } else { return nil } }
+    }
+
+    let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1)
+
+    func testThePrimaryRunsOnlyWithItsLeaseAndFencesBeforeATakeoverIsPossible() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var primary = VMController()
+        var t: UInt64 = 100
+        // No lease yet: it asks for one and does not run the guest.
+        var e = primary.tick(context: ctx(2, tick: t))
+        XCTAssertEqual(submits(e), [.acquireLease(name: "vm/web-1", ttlSeconds: 4)])
+        XCTAssertEqual(actions(e), [])
+        try spore(submits(e)[0], by: 2)
+        e = primary.applied(.spore(SignedCommand(submits(e)[0], author: id(2), key: key(2), network: network.id)), context: ctx(2, tick: t))
+        XCTAssertEqual(actions(e), [.run(state.vms.vms["web-1"]!)])
+        let leaseEnd = try XCTUnwrap(state.spore.leases["vm/web-1"]).expiresAt
+        // Cut off: no renewal lands, spore time stands still; the node's own ticks go on.
+        var fencedAt: UInt64?
+        for _ in 0..<100 {
+            t += 1
+            e = primary.tick(context: ctx(2, tick: t))
+            if actions(e).contains(where: { if case .fence = $0 { return true } else { return false } }) { fencedAt = t; break }
+        }
+        let fenced = try XCTUnwrap(fencedAt, "a primary that cannot renew pauses its guest")
+        // Its estimate at that moment, and the earliest spore time at which the table lets the replica in.
+        let estimateAtFence = time + Int64((fenced - 100) / tps)
+        XCTAssertLessThan(estimateAtFence, leaseEnd + VMTable.takeoverSlack, "fenced before a takeover can be accepted")
+        XCTAssertLessThanOrEqual(estimateAtFence, leaseEnd - 1, "with fenceMargin to spare")
+        // A renewal lands: the guest runs again.
+        try spore(.acquireLease(name: "vm/web-1", ttlSeconds: 4), by: 2, advance: Int64((fenced - 100) / tps))
+        e = primary.tick(context: ctx(2, tick: t + 1))
+        XCTAssertTrue(actions(e).contains(.run(state.vms.vms["web-1"]!)), "\(e)")
+    }
+
+    func testTheLeaderFailsOverOnlyAfterTheFailureAndTheLeaseAndThenPlacesAReplica() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        try spore(.acquireLease(name: "vm/web-1", ttlSeconds: 4), by: 2)
+        var leader = VMController()
+        XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 10, leader: true))), [], "a live primary keeps its VM")
+        try spore(.setStatus(node: id(2), .failed), by: 1)
+        XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 20, leader: true))), [], "the lease still runs")
+        try spore(.tick, by: 1, advance: 5)
+        let p = proposals(leader.tick(context: ctx(1, tick: 30, leader: true)))
+        XCTAssertEqual(p, [.failover(name: "web-1", to: id(3), epoch: 1)])
+        try vm(p[0])
+        // Now unprotected: the leader gives it a replica, never the failed node.
+        let r = proposals(leader.tick(context: ctx(1, tick: 40, leader: true)))
+        XCTAssertEqual(r, [.setReplica(name: "web-1", id(1), epoch: 2)])
+    }
+
+    func testAStaleCopyIsDestroyedAndANewReplicaHolds() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var old = VMController(), replica = VMController()
+        try spore(.acquireLease(name: "vm/web-1", ttlSeconds: 4), by: 2)
+        XCTAssertEqual(actions(old.tick(context: ctx(2, tick: 10))), [.run(state.vms.vms["web-1"]!)])
+        XCTAssertEqual(actions(replica.tick(context: ctx(3, tick: 10))), [.hold(state.vms.vms["web-1"]!)])
+        // The network moved on without node 2 (failed, lease lapsed, failover, node 1 the new replica).
+        try spore(.setStatus(node: id(2), .failed), by: 1, advance: 6)
+        try vm(.failover(name: "web-1", to: id(3), epoch: 1))
+        try vm(.setReplica(name: "web-1", id(1), epoch: 2))
+        // Node 2 comes back: its copy is of epoch 1, the VM is at epoch 2 elsewhere: destroyed, never resumed.
+        let back = actions(old.tick(context: ctx(2, tick: 20)))
+        XCTAssertEqual(back.count, 1)
+        guard case .destroy(name: "web-1", _)? = back.first else { return XCTFail("\(back)") }
+        XCTAssertFalse(back.contains { if case .run = $0 { return true } else { return false } })
+    }
+}
