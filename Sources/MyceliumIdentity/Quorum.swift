@@ -228,6 +228,12 @@ public struct SclerotiaChain: Hashable, Sendable {
         }
         if links.count >= Self.maxLinks { throw IdentityError(.malformed(what: "sclerotia chain", reason: "over \(Self.maxLinks) links")) }
         if link.previous != tipHash { throw IdentityError(.forkedChain(generation: link.generation)) }
+        // The decoder enforces this; a link built in memory must hold to it too (a member named twice
+        // would count twice towards every quorum).
+        let sortedUnique = zip(link.members, link.members.dropFirst()).allSatisfy { $0.id < $1.id }
+        if link.members.isEmpty || link.members.count > maxLinkMembers || !sortedUnique || Set(link.members.map(\.key)).count != link.members.count {
+            throw IdentityError(.malformed(what: "sclerotia link \(link.generation)", reason: "members must be 1…\(maxLinkMembers), sorted, each ID and key once"))
+        }
         if let prev = latest, link.issuedAt < prev.issuedAt {
             throw IdentityError(.malformed(what: "sclerotia link \(link.generation)", reason: "made before the link it follows"))
         }

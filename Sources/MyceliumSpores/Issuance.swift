@@ -103,6 +103,8 @@ public enum IssuanceLimits {
     /// Spore seconds an issuance may wait for its quorum before it is dropped (the leader asks again):
     /// a minute, or a sixth of a short lifetime, so a stuck issuance cannot outlast a renewal window.
     public static func issuanceTimeout(lifetime: Int64) -> Int64 { max(5, min(60, lifetime / 6)) }
+    /// The longest an invite may be valid (or the certificate lifetime, if longer).
+    public static let maxInviteValidity: Int64 = 7 * 86_400
     /// The certificate lifetime of a network whose founders' lifetime is unknown.
     public static let defaultLifetime: Int64 = 30 * 86_400
 }
@@ -141,22 +143,29 @@ extension PrimarySpore {
         sclerotia.compactMap { id in members[id].map { SclerotiumKey(id: id, key: $0.key) } }.sorted { $0.id < $1.id }
     }
 
-    /// Proposes a link for the current sclerotia when a sclerotium was added or re-keyed (or, with
-    /// `removing`, revoked). A sclerotium that merely failed stays in the newest link: its share of
-    /// the quorum cannot be used by a dead node, and dropping it would shrink the signing set below
-    /// what the next failure needs (two of {A, B} after C failed; B dies: nobody can sign again),
-    /// while the old set keeps a quorum as long as Raft does. The next addition makes a new link.
-    mutating func proposeLinkIfChanged(removing: Bool = false) {
+    /// Proposes the next link when a sclerotium was added or re-keyed (the link becomes the current
+    /// sclerotia), or when a member of the newest link was revoked (the link loses exactly the revoked
+    /// members). A sclerotium that merely failed stays in the newest link: its share of the quorum
+    /// cannot be used by a dead node, and dropping it would shrink the signing set below what the next
+    /// failure needs (two of {A, B} after C failed; B dies: nobody can sign again), while the old set
+    /// keeps a quorum as long as Raft does. The next addition makes a new link.
+    mutating func proposeLinkIfChanged() {
         let keys = sclerotiaKeys()
-        guard !keys.isEmpty else { return }
-        if chain.latest?.members == keys { pendingLink = nil; return }
-        if !removing, let current = chain.latest?.members, Set(keys).isSubset(of: Set(current)) {
+        let latest = chain.latest?.members ?? []
+        let target: [SclerotiumKey]
+        if latest.isEmpty || !Set(keys).isSubset(of: Set(latest)) {
+            target = keys
+        } else if latest.contains(where: { revoked[$0.id] != nil }) {
+            target = latest.filter { revoked[$0.id] == nil }
+        } else {
             pendingLink = nil
             return
         }
-        if pendingLink?.link.members == keys { return }
+        guard !target.isEmpty else { return }
+        if target == latest { pendingLink = nil; return }
+        if pendingLink?.link.members == target { return }
         pendingLink = PendingLink(link: .proposal(network: network.id, generation: chain.generation + 1, previous: chain.tipHash,
-                                                  members: keys, issuedAt: now), signatures: [])
+                                                  members: target, issuedAt: now), signatures: [])
     }
 
     /// Checks that `author` may add `sig` for `generation` (its own index; any member for the genesis key).
@@ -186,7 +195,7 @@ extension PrimarySpore {
                 guard let a = members[author], a.status == .alive || a.status == .suspect else { throw SporeError(.unknownMember(author)) }
                 do { try invite.verify(network: network.id, now: now) } catch { throw SporeError(.refused(error)) }
                 guard let inviter = members[invite.inviter], inviter.status == .alive || inviter.status == .suspect,
-                      inviter.roles.contains(.inviter) else {
+                      inviter.roles.contains(.inviter), revoked[invite.inviter] == nil else {
                     throw SporeError(.refused(IdentityError(.inviterNotAllowed(inviter: invite.inviter, reason: "it is not a present member with the inviter role"))))
                 }
                 guard inviter.key == invite.inviterKey else {
@@ -196,6 +205,12 @@ extension PrimarySpore {
                     throw SporeError(.refused(IdentityError(.inviterNotAllowed(inviter: invite.inviter, reason: "it may not grant roles it does not hold (\(invite.roles))"))))
                 }
                 guard usedInvites[invite.ledgerKey] == nil else { throw SporeError(.refused(IdentityError(.inviteAlreadyUsed))) }
+                // A used invite is remembered until it expires: one valid for years would hold its
+                // slot for years (4096 such would block every admission).
+                let longest = max(lifetime, IssuanceLimits.maxInviteValidity)
+                guard invite.expiresAt <= now.saturatingAdding(longest) else {
+                    throw SporeError(.invalid("the invite is valid until \(invite.expiresAt), longer than the \(longest) s an invite may live; ask for a new one"))
+                }
                 guard usedInvites.count < IssuanceLimits.maxUsedInvites else { throw SporeError(.beyondLimits("used invites: \(IssuanceLimits.maxUsedInvites)")) }
                 let node = NodeID(publicKey: nodeKey)
                 if revoked[node] != nil { throw SporeError(.refused(IdentityError(.revoked(node: node)))) }
@@ -275,7 +290,7 @@ extension PrimarySpore {
         sclerotia.removeAll { $0 == m.id }
         approvedSclerotia.remove(m.id)
         issuances = issuances.filter { $0.value.certificate.nodeID != m.id }
-        proposeLinkIfChanged(removing: true)
+        proposeLinkIfChanged()
     }
 
     /// A quorum signed: the certificate becomes the member's (admitting it for an admission).
@@ -297,7 +312,7 @@ extension PrimarySpore {
         if members[cert.nodeID] == nil && members.count >= limits.maxMembers { return }
         members[cert.nodeID] = Member(certificate: cert, key: cert.nodeKey, addresses: members[cert.nodeID]?.addresses ?? [],
                                       capabilities: members[cert.nodeID]?.capabilities ?? Capabilities(),
-                                      status: .alive, expiresAt: now + limits.memberTimeframe, since: now)
+                                      status: .alive, expiresAt: now.saturatingAdding(limits.memberTimeframe), since: now)
         keys.learn(node: cert.nodeID, key: cert.nodeKey)
         trust.admit(cert.nodeID, score: phase == .bootstrap ? limits.founderTrust : nil)
     }
@@ -308,7 +323,8 @@ extension PrimarySpore {
         let timeout = IssuanceLimits.issuanceTimeout(lifetime: lifetime)
         issuances = issuances.filter { $0.value.requestedAt.saturatingAdding(timeout) > now }
         usedInvites = usedInvites.filter { $0.value.saturatingAdding(maxClockSkew) > now }
-        revoked = revoked.filter { $0.value.at.saturatingAdding(lifetime).saturatingAdding(maxClockSkew) > now }
+        // Kept while the member's record exists, and until every certificate it could hold has expired.
+        revoked = revoked.filter { members[$0.key] != nil || $0.value.at.saturatingAdding(lifetime).saturatingAdding(maxClockSkew) > now }
     }
 
     // MARK: encoding (part of the spore's bytes)

@@ -213,7 +213,7 @@ public struct PrimarySpore: Sendable, Equatable {
         case let .refresh(capabilities):
             guard var m = members[author], m.status != .left else { throw SporeError(.unknownMember(author)) }
             m.capabilities = capabilities
-            m.expiresAt = now + limits.memberTimeframe
+            m.expiresAt = now.saturatingAdding(limits.memberTimeframe)
             if m.status != .alive { m.status = .alive; m.since = now }
             members[author] = m
 
@@ -232,6 +232,10 @@ public struct PrimarySpore: Sendable, Equatable {
             // the spore records, it does not judge.
             guard var m = members[node] else { throw SporeError(.unknownMember(node)) }
             if status == .left && node != author { throw SporeError(.notAuthorized(author, "make another node leave")) }
+            // Only a member itself says it is alive (and a refresh does that); a revoked member's
+            // status is the network's, not anyone's to change.
+            if status == .alive && node != author { throw SporeError(.notAuthorized(author, "record another node alive")) }
+            if revoked[node] != nil { throw SporeError(.notAuthorized(author, "change the status of revoked \(node)")) }
             // Only the governing nodes record judgements about others (the leader proposes them
             // after confirmation): a sclerotium, or the bootstrap agent before the handoff.
             if status != .left && status != .alive && !mayGovern(author) {
@@ -252,6 +256,7 @@ public struct PrimarySpore: Sendable, Equatable {
         case let .setSclerotia(ids):
             guard mayGovern(author) else { throw SporeError(.notAuthorized(author, "choose sclerotia")) }
             guard ids.count <= limits.maxSclerotia else { throw SporeError(.beyondLimits("sclerotia: \(limits.maxSclerotia)")) }
+            guard Set(ids).count == ids.count else { throw SporeError(.invalid("a sclerotium is named twice")) }
             for id in ids {
                 guard let m = members[id], m.status == .alive else { throw SporeError(.unknownMember(id)) }
                 guard m.roles.contains(.sclerotiumEligible) else { throw SporeError(.notAuthorized(id, "be a sclerotium")) }
@@ -278,7 +283,7 @@ public struct PrimarySpore: Sendable, Equatable {
             guard name.utf8.count <= limits.maxLeaseNameLength else { throw SporeError(.beyondLimits("lease name: \(limits.maxLeaseNameLength)")) }
             if let l = leases[name], l.holder != author, l.expiresAt > now { throw SporeError(.leaseHeld(name, by: l.holder)) }
             if leases[name] == nil && leases.count >= limits.maxLeases { throw SporeError(.beyondLimits("leases: \(limits.maxLeases)")) }
-            leases[name] = Lease(name: name, holder: author, expiresAt: now + Int64(ttl))
+            leases[name] = Lease(name: name, holder: author, expiresAt: now.saturatingAdding(Int64(ttl)))
 
         case let .releaseLease(name):
             guard let l = leases[name] else { return }
@@ -327,7 +332,7 @@ public struct PrimarySpore: Sendable, Equatable {
             if m.status == .alive && m.expiresAt <= now {
                 members[id]!.status = .suspect
                 members[id]!.since = now
-            } else if (m.status == .failed || m.status == .left) && m.since + limits.departedRetention <= now {
+            } else if (m.status == .failed || m.status == .left) && m.since.saturatingAdding(limits.departedRetention) <= now {
                 members[id] = nil
                 sclerotia.removeAll { $0 == id }
                 approvedSclerotia.remove(id)

@@ -582,3 +582,41 @@ final class IssuanceEncodingTests: XCTestCase {
                              "a reason over \(Revocation.maxReason) bytes")
     }
 }
+
+/// Findings of the review of issue 15, each pinned.
+final class IssuanceReviewTests: XCTestCase {
+    func testASclerotiumNamedTwiceIsRefused() throws {
+        var w = SporeWorld(members: 4)
+        try w.handOff(to: [0, 1, 2])
+        XCTAssertTrue(invalid(w.refused(.setSclerotia([w.ids[0], w.ids[0], w.ids[3]]), by: 0)).contains("twice"))
+    }
+
+    func testOnlyAMemberItselfSaysItIsAliveAndARevokedMembersStatusIsTheNetworks() throws {
+        var w = SporeWorld(members: 4)
+        try w.handOff(to: [0, 1, 2])
+        XCTAssertEqual(unauthorized(w.refused(.setStatus(node: w.ids[2], .alive), by: 3)), w.ids[3])
+        try w.apply(.revoke(node: w.ids[3], reason: "test"), by: 0)
+        XCTAssertNotNil(unauthorized(w.refused(.setStatus(node: w.ids[3], .alive), by: 0)), "nobody brings a revoked member back")
+        XCTAssertEqual(w.spore.members[w.ids[3]]?.status, .failed)
+    }
+
+    func testAnInviteValidForYearsIsRefused() throws {
+        var w = SporeWorld(members: 4)
+        try w.handOff(to: [0, 1, 2])
+        let forever = try Invite.create(genesisKey: w.genesis.publicKey, inviter: w.ids[0], key: w.keys[0], addresses: [], roles: [.member],
+                                        issuedAt: w.time, validFor: 10 * 365 * 86_400)
+        XCTAssertTrue(invalid(w.refused(w.admission(forever, SigningKey()), by: 0)).contains("longer"))
+    }
+
+    func testARevocationRemovesExactlyTheRevokedFromTheLinkAndKeepsTheFailed() throws {
+        var w = SporeWorld(members: 5)
+        try w.handOff(to: [0, 1, 2])
+        // 2 fails: it stays in the link. A plain member (4) is revoked: the link does not change.
+        try w.apply(.setSclerotia([w.ids[0], w.ids[1]]), by: 0)
+        try w.apply(.revoke(node: w.ids[4], reason: "test"), by: 0)
+        XCTAssertNil(w.spore.pendingLink, "a revoked non-sclerotium changes no link")
+        // Sclerotium 1 is revoked: the next link is the newest minus exactly 1 (2, failed, stays).
+        try w.apply(.revoke(node: w.ids[1], reason: "test"), by: 0)
+        XCTAssertEqual(try w.pendingLink().members.map(\.id), [w.ids[0], w.ids[2]].sorted())
+    }
+}
