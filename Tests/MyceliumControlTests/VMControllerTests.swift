@@ -52,6 +52,13 @@ final class VMControllerTests: XCTestCase {
 
     let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1)
 
+    /// Node `i` renews its lease on web-1 and its controller sees the renewal applied.
+    func renew(_ c: inout VMController, _ i: UInt8, tick: UInt64, advance: Int64 = 0) throws -> [ControllerEffect<VMAction>] {
+        let cmd = SporeCommand.acquireLease(name: "vm/web-1", ttlSeconds: 4)
+        try spore(cmd, by: i, advance: advance)
+        return c.applied(.spore(SignedCommand(cmd, author: id(i), key: key(i), network: network.id)), context: ctx(i, tick: tick))
+    }
+
     func testThePrimaryRunsOnlyWithItsLeaseAndFencesBeforeATakeoverIsPossible() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
         var primary = VMController()
@@ -77,9 +84,12 @@ final class VMControllerTests: XCTestCase {
         XCTAssertLessThan(estimateAtFence, leaseEnd + VMTable.takeoverSlack, "fenced before a takeover can be accepted")
         XCTAssertLessThanOrEqual(estimateAtFence, leaseEnd - 1, "with fenceMargin to spare")
         // A renewal lands: the guest runs again.
-        try spore(.acquireLease(name: "vm/web-1", ttlSeconds: 4), by: 2, advance: Int64((fenced - 100) / tps))
-        e = primary.tick(context: ctx(2, tick: t + 1))
+        e = try renew(&primary, 2, tick: t + 1, advance: Int64((fenced - 100) / tps))
         XCTAssertTrue(actions(e).contains(.run(state.vms.vms["web-1"]!)), "\(e)")
+        // A controller that did not see the renewal applied in its own run (a restarted node, whose
+        // spore and ticks say nothing of the time it was down) does not trust the lease.
+        var restarted = VMController()
+        XCTAssertEqual(actions(restarted.tick(context: ctx(2, tick: 1))), [], "no run on a lease from before the restart")
     }
 
     func testTheLeaderFailsOverOnlyAfterTheFailureAndTheLeaseAndThenPlacesAReplica() throws {
@@ -101,8 +111,7 @@ final class VMControllerTests: XCTestCase {
     func testAStaleCopyIsDestroyedAndANewReplicaHolds() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
         var old = VMController(), replica = VMController()
-        try spore(.acquireLease(name: "vm/web-1", ttlSeconds: 4), by: 2)
-        XCTAssertEqual(actions(old.tick(context: ctx(2, tick: 10))), [.run(state.vms.vms["web-1"]!)])
+        XCTAssertEqual(actions(try renew(&old, 2, tick: 10)), [.run(state.vms.vms["web-1"]!)])
         XCTAssertEqual(actions(replica.tick(context: ctx(3, tick: 10))), [.hold(state.vms.vms["web-1"]!)])
         // The network moved on without node 2 (failed, lease lapsed, failover, node 1 the new replica).
         try spore(.setStatus(node: id(2), .failed), by: 1, advance: 6)
