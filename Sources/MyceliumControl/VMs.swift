@@ -146,6 +146,12 @@ public struct VMTable: Sendable, Equatable {
     /// and are identical on every replica.
     public mutating func apply(_ command: VMCommand, spore: PrimarySpore) throws(ControlError) -> [ControlChange] {
         func refuse(_ why: String) -> ControlError { ControlError(.vmRefused(why)) }
+        /// The VM's record, if the command was proposed against its current ownership epoch.
+        func record(_ name: String, at epoch: UInt64) throws(ControlError) -> VMRecord {
+            guard let r = vms[name] else { throw refuse("no VM named '\(name)'") }
+            if epoch != r.epoch { throw refuse("'\(name)' is at ownership epoch \(r.epoch), not \(epoch)") }
+            return r
+        }
         func live(_ n: MyceliumIdentity.NodeID) -> Bool {
             guard let m = spore.members[n] else { return false }
             return m.status == .alive || m.status == .suspect
@@ -164,8 +170,7 @@ public struct VMTable: Sendable, Equatable {
             return [.vm(name: spec.name, vms[spec.name])]
 
         case let .setReplica(name, replica, epoch):
-            guard var r = vms[name] else { throw refuse("no VM named '\(name)'") }
-            if epoch != r.epoch { throw refuse("'\(name)' is at ownership epoch \(r.epoch), not \(epoch)") }
+            var r = try record(name, at: epoch)
             if let replica {
                 guard live(replica) else { throw refuse("replica \(replica) is not a live member") }
                 if replica == r.primary { throw refuse("the replica must be another node than the primary") }
@@ -175,8 +180,7 @@ public struct VMTable: Sendable, Equatable {
             return [.vm(name: name, r)]
 
         case let .failover(name, to, epoch):
-            guard var r = vms[name] else { throw refuse("no VM named '\(name)'") }
-            if epoch != r.epoch { throw refuse("'\(name)' is at ownership epoch \(r.epoch), not \(epoch)") }
+            var r = try record(name, at: epoch)
             guard r.replica == to else { throw refuse("\(to) is not the replica of '\(name)'") }
             guard live(to) else { throw refuse("\(to) is not a live member") }
             // Only a primary the network recorded failed, and only once its lease has lapsed: it has
@@ -195,8 +199,7 @@ public struct VMTable: Sendable, Equatable {
             return [.vm(name: name, r)]
 
         case let .migrate(name, to, epoch):
-            guard var r = vms[name] else { throw refuse("no VM named '\(name)'") }
-            if epoch != r.epoch { throw refuse("'\(name)' is at ownership epoch \(r.epoch), not \(epoch)") }
+            var r = try record(name, at: epoch)
             guard r.replica == to else { throw refuse("\(to) is not the replica of '\(name)': migrate to the synced replica") }
             guard live(to), live(r.primary) else { throw refuse("both ends of a planned migration must be live members") }
             // Planned: the old primary hands over (it stops before the switch is proposed).

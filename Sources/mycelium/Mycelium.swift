@@ -268,8 +268,8 @@ struct MemberCommandGroup: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Revoke a member: the network refuses it from then on.",
             discussion: """
-                A Raft-committed decision, proposed by the local agent (a sclerotium or a member with the inviter
-                role). Once it commits, every node closes its channels to the member and refuses its handshakes,
+                A Raft-committed decision, proposed by the local agent: a sclerotium may revoke anyone, a member
+                with the inviter role only members that are not sclerotia. Once it commits, every node closes its channels to the member and refuses its handshakes,
                 it is not renewed, it leaves the sclerotia, and the revocation travels in every seed spore.
                 Example: mycelium member revoke node-0h0687nea3yf5q99xxmqwj0se286y --reason "stolen laptop"
                 """)
