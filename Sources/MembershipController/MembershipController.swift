@@ -71,9 +71,8 @@ public struct MembershipController: Controller {
 
     /// The network issued this node a newer certificate: store it.
     mutating func adopt(_ context: ControllerContext) -> [ControllerEffect<MembershipAction>] {
-        guard let m = context.state.spore.members[context.node], m.certificate != current,
-              m.certificate.expiresAt > current.expiresAt || m.certificate.roles != current.roles,
-              m.certificate.nodeKey == key.publicKey else { return [] }
+        guard let m = context.state.spore.members[context.node], m.certificate.nodeKey == key.publicKey,
+              m.certificate.supersedes(current) else { return [] }
         current = m.certificate
         let issuer = current.generation == 0 ? "the genesis key" : "a quorum of sclerotia generation \(current.generation)"
         return [.act(.store(current)), .note("certificate #\(current.serial) issued by \(issuer), valid until \(current.expiresAt)")]

@@ -67,8 +67,7 @@ final class IdentityView: Sendable {
             s.keys = spore.keys
             s.maxLifetime = spore.certificateLifetime > 0 ? spore.certificateLifetime : nil
             s.inviters = Dictionary(uniqueKeysWithValues: spore.presentMembers.filter { $0.roles.contains(.inviter) }.map { ($0.id, $0.key) })
-            if let mine = spore.members[me]?.certificate, mine.nodeKey == key.publicKey, mine != s.certificate,
-               mine.expiresAt > s.certificate.expiresAt || mine.roles != s.certificate.roles {
+            if let mine = spore.members[me]?.certificate, mine.nodeKey == key.publicKey, mine.supersedes(s.certificate) {
                 s.certificate = mine
                 return mine
             }

@@ -86,6 +86,13 @@ public struct MembershipCertificate: Hashable, Sendable {
         return overflow ? Int64.max : t
     }
 
+    /// Whether this certificate, issued by the network for the same node and key, supersedes `held`
+    /// (a renewal: later expiry; a role change: other roles). The agent and the membership
+    /// controller both take a node's newest certificate by this rule.
+    public func supersedes(_ held: MembershipCertificate) -> Bool {
+        self != held && nodeID == held.nodeID && nodeKey == held.nodeKey && (expiresAt > held.expiresAt || roles != held.roles)
+    }
+
     /// Issues a certificate signed by the genesis key (generation 0).
     public static func issue(by genesis: SigningKey, nodeID: NodeID, nodeKey: PublicKey, roles: Roles,
                              serial: UInt64, issuedAt: Int64, validFor seconds: Int64) -> MembershipCertificate {
