@@ -99,6 +99,8 @@ public actor Agent {
     var readWaiters: [UInt64: ReadWaiter] = [:]
     var nextReadContext: UInt64 = 1
     var forwardWaiters: [UInt64: CheckedContinuation<KVAnswer, Never>] = [:]
+    /// Commands sent to another node to propose (see `proposalRoute`).
+    var proposalsSent = 0
     var kvServer: KVServer?
 
     public var spore: PrimarySpore { control.spore }
@@ -418,8 +420,12 @@ public actor Agent {
             } catch {
                 logger.debug("proposal refused", metadata: ["reason": "\(error)"])
             }
-        } else if raft.leader != .none {
-            sendPeer(raft.leader, .propose(signed))
+        } else {
+            proposalsSent += 1
+            if let to = proposalRoute(me: raft.id, leader: raft.leader, silentTicks: raft.ticksSinceLeader, patience: 2 * raft.config.electionTicks,
+                                      sclerotia: control.spore.sclerotia, attempt: proposalsSent) {
+                sendPeer(to, .propose(signed))
+            }
         }
     }
 

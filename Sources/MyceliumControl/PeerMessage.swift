@@ -126,3 +126,18 @@ public struct PeerMessageError: Error, Sendable, CustomStringConvertible {
     public let reason: String
     public var description: String { "malformed \(type) message: \(reason)" }
 }
+
+/// Where a node that does not lead sends a signed command to be proposed (a `PeerMessage.propose`).
+/// The leader it knows, while it hears from it. A node that has not heard from a leader for
+/// `silentTicks` ≥ `patience` (a learner removed as failed while cut off and back now: nobody sends it
+/// anything, and the leader it last knew may be dead) tries the sclerotia of its spore in turn
+/// (`attempt` counts its submissions); whichever it reaches forwards the command to the leader it
+/// knows. Without this a member whose last known leader died never gets its refresh to the network
+/// and stays recorded failed.
+public func proposalRoute(me: MyceliumRaft.NodeID, leader: MyceliumRaft.NodeID, silentTicks: Int, patience: Int,
+                          sclerotia: [MyceliumIdentity.NodeID], attempt: Int) -> MyceliumRaft.NodeID? {
+    if leader != .none && silentTicks < patience { return leader }
+    let others = sclerotia.map(\.compact).filter { $0 != me }
+    if others.isEmpty { return leader == .none ? nil : leader }
+    return others[abs(attempt % others.count)]
+}

@@ -200,6 +200,10 @@ public struct Raft: Sendable {
         return "match=\(p.match) next=\(p.next) state=\(p.state.rawValue)"
     }
 
+    /// Ticks since this node last heard from a leader (0 on the leader). A learner never campaigns, so
+    /// on one cut off from the leader this only grows; `leader` then names a leader that may be gone.
+    public var ticksSinceLeader: Int { role == .leader ? 0 : electionElapsed }
+
     // MARK: - Inputs
 
     /// Advances logical time by one tick (election timeouts, heartbeats, check-quorum).
