@@ -139,7 +139,10 @@ public struct ControlState: Sendable, Equatable {
             } catch {
                 throw ControlError(.refused(error))
             }
-            if case .acquireLease(let name, _) = signed.command { vms.noteLease(name, spore: spore) }
+            switch signed.command {
+            case .acquireLease(let name, _), .renewLease(let name, _, _): vms.noteLease(name, spore: spore)
+            default: break
+            }
             var changes: [ControlChange] = [.spore(signed)]
             // A member that left the spore for good gives its pod CIDR back.
             for node in pods.assignments.keys where spore.members[node] == nil {

@@ -14,6 +14,11 @@ public enum SporeCommand: Sendable, Equatable {
     /// The bootstrap agent hands control to the sclerotia.
     case handoff
     case acquireLease(name: String, ttlSeconds: UInt32)
+    /// `acquireLease` stamped with the holder's run token (a random number the holder picks at each
+    /// start). The spore treats both alike; the holder trusts a lease only from a renewal carrying
+    /// its current token, so a restarted holder replaying its own old renewals from the Raft log never
+    /// takes them for fresh ones.
+    case renewLease(name: String, ttlSeconds: UInt32, run: UInt64)
     case releaseLease(name: String)
     case setSetting(key: String, value: String)
     case rotateKey(KeyRotation)
@@ -61,6 +66,7 @@ public enum SporeCommand: Sendable, Equatable {
         case let .signCertificate(id, s): w.u8(17); w.u64(id); w.u8(s.index); w.raw(s.signature)
         case let .signLink(g, s): w.u8(18); w.u64(g); w.u8(s.index); w.raw(s.signature)
         case let .revoke(node, reason): w.u8(19); w.raw(node.bytes); w.string(reason)
+        case let .renewLease(name, ttl, run): w.u8(20); w.string(name); w.u32(ttl); w.u64(run)
         }
         return w.bytes
     }
@@ -100,6 +106,7 @@ public enum SporeCommand: Sendable, Equatable {
             case 17: self = .signCertificate(id: try r.u64(), QuorumSignature(index: try r.u8(), signature: try r.raw(64)))
             case 18: self = .signLink(generation: try r.u64(), QuorumSignature(index: try r.u8(), signature: try r.raw(64)))
             case 19: self = .revoke(node: try NodeID(bytes: r.raw(16)), reason: try r.string("reason", limit: Revocation.maxReason))
+            case 20: self = .renewLease(name: try r.string("lease", limit: 255), ttlSeconds: try r.u32(), run: try r.u64())
             default: throw DecodeError(.invalid(field: "command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()

@@ -279,7 +279,7 @@ public struct PrimarySpore: Sendable, Equatable {
             }
             phase = .distributed
 
-        case let .acquireLease(name, ttl):
+        case let .acquireLease(name, ttl), let .renewLease(name, ttl, _):
             guard name.utf8.count <= limits.maxLeaseNameLength else { throw SporeError(.beyondLimits("lease name: \(limits.maxLeaseNameLength)")) }
             if let l = leases[name], l.holder != author, l.expiresAt > now { throw SporeError(.leaseHeld(name, by: l.holder)) }
             if leases[name] == nil && leases.count >= limits.maxLeases { throw SporeError(.beyondLimits("leases: \(limits.maxLeases)")) }

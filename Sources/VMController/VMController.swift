@@ -14,16 +14,20 @@
 //    resumes it).
 // The driver (libvirt + the replication engine) carries out the actions; nothing here touches them.
 //
-// Not yet hosted by the agent (no driver yet). Known gap, found by the simulation (patch kept for the
-// next step): a primary restarted within its lease replays its own old renewal from its Raft log and
-// takes it for a fresh one, so for a moment it may run a copy the network already failed over; the
-// fix is to trust only renewals this run submitted and saw committed after it caught up.
+// A restarted primary re-applies its own old renewals from the Raft log. Taken for fresh ones, they
+// would let it run, for a moment, a copy the network already failed over (found by the simulation).
+// So every renewal carries a nonce from this run (`renewLease`: a token the node draws at each start
+// plus a count), and a lease counts only from a renewal this run sent. It counts from when it was
+// sent, not when it applied: the leader stamps it no earlier than that (to the second), so a node
+// that applies it late (catching up) still stops before the lease ends.
 //
-// Clock assumption: spore time is the leader's wall clock, in whole seconds. A primary estimates it
-// from the last spore time it saw plus its own ticks since, which lags the truth by at most the apply
-// delay; the table lets the replica take over only `VMTable.takeoverSlack` seconds after the lease's
-// end. Safe while leaders' clocks agree within takeoverSlack + fenceMargin − (apply delay), i.e. with
-// NTP (milliseconds). Membership tolerates 10 s of skew; VM fencing needs this tighter bound.
+// Clock assumption: spore time is the leader's wall clock in whole seconds, stamped on each entry when
+// it is proposed. A renewal sent at real time t is stamped no earlier than ⌊t⌋, so its lease ends no
+// earlier than t − 1 + L; the primary stops at t + L − fenceMargin by its own ticks; the leader lets
+// the replica take over only once its clock reads the lease's end + `VMTable.takeoverSlack`, i.e. at
+// t + L or later. With margin and slack at 1 s the two copies are apart by at least
+// 1 s − (leader clock error) − (tick drift over L) − (time to pause the guest): safe with NTP
+// (milliseconds). Membership tolerates 10 s of skew; VM fencing needs this tighter bound.
 
 import MyceliumControl
 import MyceliumCore
@@ -54,26 +58,40 @@ public struct VMSettings: Sendable, Equatable {
 public struct VMController: Controller {
     public var name: String { "vm" }
     public let settings: VMSettings
+    /// This run's token; renewals carry `run + n`. A renewal whose nonce this run did not send is an
+    /// old run's (or someone's replay).
+    public let run: UInt64
+    var renewalsSent = 0
+    /// Renewals sent and not yet applied: nonce → the tick it was sent at.
+    var pendingRenewals: [UInt64: UInt64] = [:]
     /// What this node was last asked to do per VM (the driver's view), with the epoch.
     public private(set) var local: [String: (role: Role, epoch: UInt64)] = [:]
     public enum Role: Sendable, Equatable { case primary, fenced, replica }
     var lastRenewal: UInt64?
-    /// Each lease renewal of ours this controller saw applied: the lease's end, the tick it applied
-    /// at, and the spore time it was stamped with. A node trusts a lease only from what it saw in this
-    /// run: after a restart its spore time is stale, and its ticks say nothing of the time it was down.
-    var leaseSeen: [String: (expiresAt: Int64, tick: UInt64, stamped: Int64)] = [:]
+    /// Per lease, the last tick (of this run) before which it is certainly ours: the latest applied
+    /// renewal this run sent, from its send tick plus its length minus the fence margin. A node trusts
+    /// only what it sent in this run: after a restart its spore time is stale, and its ticks say nothing
+    /// of the time it was down.
+    var leaseTrusted: [String: UInt64] = [:]
     var proposedAt: [String: UInt64] = [:]
     var sporeTimeSeen: (time: Int64, tick: UInt64) = (0, 0)
 
-    public init(settings: VMSettings = VMSettings()) { self.settings = settings }
+    /// `run` must differ between starts of the same node (the agent draws it at random at each start).
+    public init(settings: VMSettings = VMSettings(), run: UInt64) {
+        self.settings = settings
+        self.run = run
+    }
 
     public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<VMAction>] {
         switch change {
         case .vm, .restored: return reconcileLocal(context)
         case .spore(let s):
-            if case .acquireLease(let lease, _) = s.command {
-                if s.author == context.node, let l = context.state.spore.leases[lease], l.holder == context.node {
-                    leaseSeen[lease] = (l.expiresAt, context.tick, context.state.spore.now)
+            if case .renewLease(let lease, let ttl, let nonce) = s.command {
+                if s.author == context.node, let sent = pendingRenewals.removeValue(forKey: nonce),
+                   context.state.spore.leases[lease]?.holder == context.node {
+                    let left = Int64(ttl) - settings.fenceMarginSeconds
+                    let until = left > 0 ? sent + UInt64(left) * max(1, context.ticksPerSecond) : 0
+                    leaseTrusted[lease] = max(leaseTrusted[lease] ?? 0, until)
                 }
                 return reconcileLocal(context)
             }
@@ -89,8 +107,14 @@ public struct VMController: Controller {
         let tps = max(1, context.ticksPerSecond)
         if hasPrimary(context), lastRenewal.map({ context.tick >= $0 + settings.renewEverySeconds * tps }) ?? true {
             lastRenewal = context.tick
+            // Renewals older than a lease can no longer make one valid; forget them (lost submissions).
+            let horizon = UInt64(settings.leaseSeconds) * tps
+            pendingRenewals = pendingRenewals.filter { context.tick < $0.value + horizon }
             for r in context.state.vms.vms.values.sorted(by: { $0.name < $1.name }) where r.primary == context.node {
-                out.append(.submit(.acquireLease(name: VMTable.lease(for: r.name), ttlSeconds: settings.leaseSeconds)))
+                renewalsSent += 1
+                let nonce = run &+ UInt64(renewalsSent)
+                pendingRenewals[nonce] = context.tick
+                out.append(.submit(.renewLease(name: VMTable.lease(for: r.name), ttlSeconds: settings.leaseSeconds, run: nonce)))
             }
         }
         if context.isLeader && context.tick % tps == 0 { out += leaderDuties(context) }
@@ -108,16 +132,12 @@ public struct VMController: Controller {
         return t + Int64(since / max(1, context.ticksPerSecond))
     }
 
-    /// Whether this node's lease on `name` is certainly valid now: a renewal this run saw applied,
-    /// still the spore's, and less of its length gone (by this node's own ticks since it applied) than
-    /// the lease had left when stamped, minus the fence margin.
+    /// Whether this node's lease on `name` is certainly valid now: the spore names it the holder and a
+    /// renewal this run sent, applied, still has more than the fence margin left by this node's ticks.
     func holdsLease(_ name: String, _ context: ControllerContext) -> Bool {
         let lease = VMTable.lease(for: name)
-        guard let l = context.state.spore.leases[lease], l.holder == context.node,
-              let seen = leaseSeen[lease], seen.expiresAt == l.expiresAt else { return false }
-        let left = seen.expiresAt - seen.stamped - settings.fenceMarginSeconds
-        guard left > 0, context.tick >= seen.tick else { return false }
-        return context.tick - seen.tick < UInt64(left) * max(1, context.ticksPerSecond)
+        guard context.state.spore.leases[lease]?.holder == context.node, let until = leaseTrusted[lease] else { return false }
+        return context.tick < until
     }
 
     /// Brings this node's copies in line with the table and its lease.
@@ -169,15 +189,23 @@ public struct VMController: Controller {
             guard let m = spore.members[n] else { return true }
             return m.status == .failed || m.status == .left || spore.revoked[n] != nil
         }
-        func recently(_ key: String) -> Bool {
-            if let at = proposedAt[key], context.tick < at + 2 * max(1, context.ticksPerSecond) { return true }
+        func recently(_ key: String, seconds: UInt64 = 2) -> Bool {
+            if let at = proposedAt[key], context.tick < at + seconds * max(1, context.ticksPerSecond) { return true }
             proposedAt[key] = context.tick
             return false
         }
         for r in table.vms.values.sorted(by: { $0.name < $1.name }) {
             if gone(r.primary) {
                 guard let replica = r.replica, !gone(replica) else {
-                    out.append(.note("VM \(r.name) lost its primary \(r.primary) and has no live replica: it is down until the primary returns"))
+                    if !recently("down \(r.name) \(r.epoch)", seconds: 30) { out.append(.note("VM \(r.name) lost its primary \(r.primary) and has no live replica: it is down until the primary returns")) }
+                    continue
+                }
+                // A suspect replica may be dead too (not yet confirmed): moving the VM there could
+                // leave it on a dead host. Wait until it is alive again or recorded failed.
+                guard spore.members[replica]?.status == .alive else {
+                    if !recently("suspect replica \(r.name) \(r.epoch)", seconds: 30) {
+                        out.append(.note("VM \(r.name) lost its primary \(r.primary); its replica \(replica) is suspect: failing over once it answers"))
+                    }
                     continue
                 }
                 let lapsed = estimatedNow(context) >= r.leaseUntil.saturatingAdding(VMTable.takeoverSlack)

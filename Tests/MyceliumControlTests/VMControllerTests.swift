@@ -52,23 +52,33 @@ final class VMControllerTests: XCTestCase {
 
     let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1)
 
-    /// Node `i` renews its lease on web-1 and its controller sees the renewal applied.
-    func renew(_ c: inout VMController, _ i: UInt8, tick: UInt64, advance: Int64 = 0) throws -> [ControllerEffect<VMAction>] {
-        let cmd = SporeCommand.acquireLease(name: "vm/web-1", ttlSeconds: 4)
+    /// Commits `cmd` by node `i` and shows it, applied, to `c` at `tick`.
+    func land(_ cmd: SporeCommand, _ c: inout VMController, _ i: UInt8, tick: UInt64, advance: Int64 = 0) throws -> [ControllerEffect<VMAction>] {
         try spore(cmd, by: i, advance: advance)
         return c.applied(.spore(SignedCommand(cmd, author: id(i), key: key(i), network: network.id)), context: ctx(i, tick: tick))
     }
 
+    /// Node `i`'s controller sends its renewal of web-1 at `tick` and sees it applied at once.
+    func renew(_ c: inout VMController, _ i: UInt8, tick: UInt64, advance: Int64 = 0) throws -> [ControllerEffect<VMAction>] {
+        let sent = submits(c.tick(context: ctx(i, tick: tick)))
+        guard sent.count == 1 else { XCTFail("expected one renewal, got \(sent)"); return [] }
+        return try land(sent[0], &c, i, tick: tick, advance: advance)
+    }
+
+    func isRenewal(_ c: SporeCommand) -> Bool {
+        if case .renewLease(name: "vm/web-1", ttlSeconds: 4, _) = c { return true } else { return false }
+    }
+
     func testThePrimaryRunsOnlyWithItsLeaseAndFencesBeforeATakeoverIsPossible() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
-        var primary = VMController()
+        var primary = VMController(run: 1000)
         var t: UInt64 = 100
         // No lease yet: it asks for one and does not run the guest.
         var e = primary.tick(context: ctx(2, tick: t))
-        XCTAssertEqual(submits(e), [.acquireLease(name: "vm/web-1", ttlSeconds: 4)])
+        XCTAssertEqual(submits(e).count, 1)
+        XCTAssertTrue(submits(e).allSatisfy(isRenewal), "\(e)")
         XCTAssertEqual(actions(e), [])
-        try spore(submits(e)[0], by: 2)
-        e = primary.applied(.spore(SignedCommand(submits(e)[0], author: id(2), key: key(2), network: network.id)), context: ctx(2, tick: t))
+        e = try land(submits(e)[0], &primary, 2, tick: t)
         XCTAssertEqual(actions(e), [.run(state.vms.vms["web-1"]!)])
         let leaseEnd = try XCTUnwrap(state.spore.leases["vm/web-1"]).expiresAt
         // Cut off: no renewal lands, spore time stands still; the node's own ticks go on.
@@ -84,18 +94,54 @@ final class VMControllerTests: XCTestCase {
         XCTAssertLessThan(estimateAtFence, leaseEnd + VMTable.takeoverSlack, "fenced before a takeover can be accepted")
         XCTAssertLessThanOrEqual(estimateAtFence, leaseEnd - 1, "with fenceMargin to spare")
         // A renewal lands: the guest runs again.
-        e = try renew(&primary, 2, tick: t + 1, advance: Int64((fenced - 100) / tps))
+        e = try renew(&primary, 2, tick: t + tps, advance: Int64((fenced - 100) / tps))
         XCTAssertTrue(actions(e).contains(.run(state.vms.vms["web-1"]!)), "\(e)")
-        // A controller that did not see the renewal applied in its own run (a restarted node, whose
-        // spore and ticks say nothing of the time it was down) does not trust the lease.
-        var restarted = VMController()
-        XCTAssertEqual(actions(restarted.tick(context: ctx(2, tick: 1))), [], "no run on a lease from before the restart")
+    }
+
+    func testARestartedPrimaryDoesNotTrustRenewalsOfItsEarlierRun() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var before = VMController(run: 1000)
+        let old = submits(before.tick(context: ctx(2, tick: 10)))
+        XCTAssertEqual(old.count, 1)
+        // The node restarts before its renewal is applied; replaying its log, the new run applies it
+        // (with a fresh-looking stamp and at its own current tick): not its renewal, so no run.
+        var after = VMController(run: 777_000)
+        var e = after.tick(context: ctx(2, tick: 1))
+        let mine = submits(e)
+        XCTAssertEqual(actions(e), [], "no lease yet in this run")
+        e = try land(old[0], &after, 2, tick: 2)
+        XCTAssertEqual(actions(e), [], "a renewal from before the restart is not this run's: \(old[0])")
+        XCTAssertEqual(state.spore.leases["vm/web-1"]?.holder, id(2), "although the spore holds the lease for the node")
+        // Its own renewal lands: it runs.
+        e = try land(mine[0], &after, 2, tick: 3)
+        XCTAssertEqual(actions(e), [.run(state.vms.vms["web-1"]!)])
+    }
+
+    func testALateAppliedRenewalCountsFromWhenItWasSent() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var primary = VMController(run: 1)
+        let sent = submits(primary.tick(context: ctx(2, tick: 100)))
+        // Applied 3 s after it was sent (the node was catching up): of the 4 s lease, less than
+        // 4 − 1 (margin) − 3 = 0 s remain by the node's own count, so it must not run.
+        var e = try land(sent[0], &primary, 2, tick: 100 + 3 * tps)
+        XCTAssertEqual(actions(e), [], "\(e)")
+        // Applied 1 s late: it runs, and fences 3 s after sending, not 3 s after applying.
+        var p2 = VMController(run: 2)
+        let s2 = submits(p2.tick(context: ctx(2, tick: 200)))
+        e = try land(s2[0], &p2, 2, tick: 200 + tps)
+        XCTAssertTrue(actions(e).contains(.run(state.vms.vms["web-1"]!)))
+        var fencedAt: UInt64?
+        for t in (200 + tps)...(200 + 10 * tps) {
+            // Its own later renewals are lost (cut off).
+            if actions(p2.tick(context: ctx(2, tick: t))).contains(where: { if case .fence = $0 { return true } else { return false } }) { fencedAt = t; break }
+        }
+        XCTAssertEqual(fencedAt, 200 + 3 * tps)
     }
 
     func testTheLeaderFailsOverOnlyAfterTheFailureAndTheLeaseAndThenPlacesAReplica() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
-        try spore(.acquireLease(name: "vm/web-1", ttlSeconds: 4), by: 2)
-        var leader = VMController()
+        try spore(.renewLease(name: "vm/web-1", ttlSeconds: 4, run: 9), by: 2)
+        var leader = VMController(run: 1)
         XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 10, leader: true))), [], "a live primary keeps its VM")
         try spore(.setStatus(node: id(2), .failed), by: 1)
         XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 20, leader: true))), [], "the lease still runs")
@@ -110,7 +156,7 @@ final class VMControllerTests: XCTestCase {
 
     func testAStaleCopyIsDestroyedAndANewReplicaHolds() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
-        var old = VMController(), replica = VMController()
+        var old = VMController(run: 1), replica = VMController(run: 2)
         XCTAssertEqual(actions(try renew(&old, 2, tick: 10)), [.run(state.vms.vms["web-1"]!)])
         XCTAssertEqual(actions(replica.tick(context: ctx(3, tick: 10))), [.hold(state.vms.vms["web-1"]!)])
         // The network moved on without node 2 (failed, lease lapsed, failover, node 1 the new replica).

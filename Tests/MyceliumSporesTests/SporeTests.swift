@@ -202,6 +202,13 @@ final class PrimarySporeTests: XCTestCase {
         XCTAssertThrowsError(try w.apply(.acquireLease(name: "vm/db", ttlSeconds: 30), by: 2)) { e in
             XCTAssertEqual((e as! SporeError).code, .leaseHeld("vm/db", by: w.ids[1]))
         }
+        // A renewal stamped with a run nonce is the same lease to the spore: held, extended, refused to others.
+        try w.apply(.renewLease(name: "vm/db", ttlSeconds: 40, run: 0xfeed), by: 1)
+        XCTAssertEqual(w.spore.leases["vm/db"]?.expiresAt, w.spore.now + 40)
+        XCTAssertThrowsError(try w.apply(.renewLease(name: "vm/db", ttlSeconds: 30, run: 1), by: 2)) { e in
+            XCTAssertEqual((e as! SporeError).code, .leaseHeld("vm/db", by: w.ids[1]))
+        }
+        try w.apply(.acquireLease(name: "vm/db", ttlSeconds: 30), by: 1)
         try w.apply(.refresh(Capabilities()), by: 0, advance: 60)  // 0 refreshed; lease expired
         XCTAssertNil(w.spore.leases["vm/db"])
         try w.apply(.refresh(Capabilities()), by: 0, advance: 60)
