@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "MyceliumSim",
             dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores",
-                           "MyceliumMembership", "MyceliumControl", "NetworkController", "MembershipController"]),
+                           "MyceliumMembership", "MyceliumControl", "NetworkController", "MembershipController", "VMController"]),
         // Counts heap allocations by interposing malloc; link it into benchmarks only (mycelium-bench raft-sim).
         .target(name: "CMallocCounter", path: "CSources/CMallocCounter"),
 

@@ -20,6 +20,9 @@
 //  - a member killed for good is recorded failed within a bound, and leaves the Raft voters;
 //  - every vote round opened at an honest, live voter is decided there within a bound;
 //  - every live member has a pod CIDR;
+//  - VMs: one VM (its primary and replica chosen by the seed) never runs on two nodes at once, whatever
+//    the partitions and crashes (its primary fences itself when it cannot renew its lease; the replica
+//    starts only after the lease ended); after healing it runs on exactly one live node;
 //  - then `steadyLifetimes` more certificate lifetimes pass, with the leader crashed and restarted
 //    every half lifetime, and every honest live member stays valid throughout.
 
@@ -32,6 +35,7 @@ import MyceliumRaft
 import MyceliumSpores
 import MyceliumVote
 import NetworkController
+import VMController
 
 public struct GovernorSimulationOptions: Sendable {
     public var seed: UInt64
@@ -49,6 +53,8 @@ public struct GovernorSimulationOptions: Sendable {
     public var steadyLifetimes = 2
     /// Revoke a member during the faults (nil lets the seed choose; only with five nodes or more).
     public var revoke: Bool?
+    /// The VM controller's lease and fencing settings (tests break them to see the check fire).
+    public var vm = VMSettings()
 
     public init(seed: UInt64, nodeCount: Int? = nil, liars: Int? = nil, trace: Bool = false) {
         self.seed = seed; self.nodeCount = nodeCount; self.liars = liars; self.trace = trace
@@ -77,6 +83,11 @@ public struct GovernorSimulationResult: Sendable {
     /// Certificates that expired while the network could not commit for half their renewal window
     /// (no quorum: nothing can be renewed then, by design).
     public var expiredUnavailable = 0
+    /// The VM's ownership epoch at the end (1 = never moved) and where it ran then.
+    public var vmEpoch: UInt64 = 0
+    public var vmRunsOn: Int?
+    /// Steps at which a live node ran the VM (the rest it was down: fenced, failing over or restarting).
+    public var vmRunningSteps = 0
     public var messages = 0
     public var steps = 0
     public var trace: [String] = []
@@ -88,7 +99,7 @@ public struct GovernorSimulationResult: Sendable {
         return "seed \(seed) nodes=\(nodeCount) liars=\(liars) \(status) | formed=\(formedAt.map { "\($0)ms" } ?? "never") "
             + "killed=\(killed.map { "n\($0)" } ?? "none") recorded=\(killedRecordedAt.map { "\($0)ms" } ?? "-") "
             + "rounds=\(roundsDecided)/\(roundsOpened) failures=\(failuresRecorded) leaders=\(leadersElected) "
-            + "certs=\(certificatesIssued) links=\(linksAdded) expired-unavailable=\(expiredUnavailable) revoked=\(revoked.map { "n\($0)" } ?? "none") msgs=\(messages) | \(scenario)"
+            + "certs=\(certificatesIssued) links=\(linksAdded) expired-unavailable=\(expiredUnavailable) revoked=\(revoked.map { "n\($0)" } ?? "none") vm=epoch \(vmEpoch) on \(vmRunsOn.map { "n\($0)" } ?? "none") up \(steps > 0 ? vmRunningSteps * 100 / steps : 0)% msgs=\(messages) | \(scenario)"
     }
 }
 
@@ -109,6 +120,12 @@ public struct GovernorSimulation {
         /// The certificate on "disk": the newest the membership controller's driver stored.
         var certificate: MembershipCertificate
         var membership: MembershipController?
+        var vmc: VMController?
+        /// The VMs whose guest this node runs now (what its driver would have started and not paused).
+        var running: Set<String> = []
+        /// Commands this node sent to others to propose (picks the sclerotium to try when it is
+        /// outside the Raft configuration).
+        var proposals = 0
         /// The certificate last checked valid (its serial), so each is verified once.
         var checkedSerial: UInt64 = 0
         var raftID: UInt64 { certificate.nodeID.compact }
@@ -144,6 +161,8 @@ public struct GovernorSimulation {
     let genesis: SigningKey
     /// Crashed nodes to restart, with the time (crashes are short: a certificate outlives them).
     var restartAt: [Int: SimTime] = [:]
+    /// Where the VM ran, to report it.
+    var vmCreated = false
     var revokeAt: SimTime?
     var revokedSince: SimTime?
     /// Steps at which no leader had a live, reachable majority of its voters (nothing can be renewed
@@ -204,6 +223,7 @@ public struct GovernorSimulation {
         guard result.failure == nil else { return }
         guard formed else { return fail("the network did not form within \(formDeadline) ms") }
         result.formedAt = now
+        createVM()
 
         // Faults: restarts, partitions, message loss, and one node killed for good.
         let faultEnd = now + options.faultSeconds * 1000
@@ -225,10 +245,14 @@ public struct GovernorSimulation {
                 result.killed = victim
                 scenario.append("killed n\(victim) at \(now)ms")
             }
-            if let r = revokee, let at = revokeAt, now >= at, result.revoked == nil, let l = leaderIndex, nodes[l].governor != nil {
+            if let r = revokee, let at = revokeAt, now >= at, let l = leaderIndex, nodes[l].governor != nil,
+               nodes[l].control.spore.revoked[nodes[r].certificate.nodeID] == nil {
+                // The operator repeats a revocation that did not commit (it went to a leader that lost
+                // its majority): `member revoke` returns once submitted; `mycelium status` shows whether it landed.
                 submit(l, .revoke(node: nodes[r].certificate.nodeID, reason: "simulated operator decision"))
+                if result.revoked == nil { scenario.append("revoke n\(r) at \(now)ms") }
                 result.revoked = r
-                scenario.append("revoke n\(r) at \(now)ms")
+                revokeAt = now + 2000
             }
             if now >= nextFault {
                 scenario.append(injectFault())
@@ -300,6 +324,7 @@ public struct GovernorSimulation {
         for i in nodes.indices where nodes[i].up { tick(i) }
         result.steps += 1
         checkInvariants()
+        checkVMs()
         if !leaderHasQuorum {
             unavailableSteps.append(now)
             if unavailableSteps.count > 20_000 { unavailableSteps.removeFirst(10_000) }
@@ -363,6 +388,8 @@ public struct GovernorSimulation {
         nodes[i].raft = nil
         nodes[i].governor = nil
         nodes[i].membership = nil
+        nodes[i].vmc = nil
+        nodes[i].running = []  // the guest dies with its host
         network.dropAll(to: nodes[i].raftID)
         lastUnreachable[i] = now
         trace("n\(i) crashed\(forGood ? " for good" : "")")
@@ -388,6 +415,7 @@ public struct GovernorSimulation {
         n.governor = g
         n.membership = MembershipController(key: n.key, certificate: n.certificate, genesis: i == 0 ? genesis : nil)
         n.pods = PodCIDRController()
+        n.vmc = VMController(settings: options.vm, run: r.next())
         n.random = r
         nodes[i] = n
         if i == 0 && n.raft!.confState.voters == [n.raftID] && n.raft!.role != .leader {
@@ -412,6 +440,7 @@ public struct GovernorSimulation {
         guard nodes[i].up else { return }
         let ctx = context(i)
         carryControllers(i, nodes[i].pods.tick(context: ctx))
+        if nodes[i].up { carryVM(i, nodes[i].vmc!.tick(context: ctx)) }
         if nodes[i].up { carryMembership(i, nodes[i].membership!.tick(context: ctx)) }
         let g = nodes[i].governor!
         if g.ticks % (10 * Self.ticksPerSecond) == 0, nodes[i].control.spore.members[nodes[i].certificate.nodeID] != nil {
@@ -500,6 +529,20 @@ public struct GovernorSimulation {
         }
     }
 
+    /// The VM controller's effects; its driver's actions become which node runs which guest.
+    mutating func carryVM(_ i: Int, _ effects: [ControllerEffect<VMAction>]) {
+        for e in effects {
+            guard nodes[i].up else { return }
+            switch e {
+            case .act(.run(let r)): nodes[i].running.insert(r.name); trace("n\(i): runs VM \(r.name) at epoch \(r.epoch)")
+            case .act(.fence(let name, let why)): nodes[i].running.remove(name); trace("n\(i): fences VM \(name): \(why)")
+            case .act(.destroy(let name, let why)): nodes[i].running.remove(name); trace("n\(i): destroys VM \(name): \(why)")
+            case .act(.hold): break
+            default: carryControllers(i, [e])
+            }
+        }
+    }
+
     /// The membership controller's effects; its driver's "store" is the node's certificate on disk.
     mutating func carryMembership(_ i: Int, _ effects: [ControllerEffect<MembershipAction>]) {
         for e in effects {
@@ -536,8 +579,12 @@ public struct GovernorSimulation {
         if raft.role == .leader {
             let time = Self.epochSeconds + now / 1000
             _ = try? nodes[i].raft!.propose(ControlEntry.spore(s, time: time).encoded())
-        } else if raft.leader != .none {
-            send(i, to: raft.leader, .propose(s))
+        } else {
+            nodes[i].proposals += 1
+            if let to = proposalRoute(me: nodes[i].raftID, leader: raft.leader, silentTicks: raft.ticksSinceLeader, patience: 2 * raft.config.electionTicks,
+                                      sclerotia: nodes[i].control.spore.sclerotia, attempt: nodes[i].proposals) {
+                send(i, to: to, .propose(s))
+            }
         }
     }
 
@@ -554,6 +601,7 @@ public struct GovernorSimulation {
                 nodes[i].governor!.restored(state: nodes[i].control)
                 carryControllers(i, nodes[i].pods.applied(.restored, context: context(i)))
                 carryMembership(i, nodes[i].membership!.applied(.restored, context: context(i)))
+                carryVM(i, nodes[i].vmc!.applied(.restored, context: context(i)))
             }
             for e in rd.committedEntries where e.kind == .normal { apply(i, e) }
             let confChanged = rd.committedEntries.contains { $0.kind == .confChange }
@@ -595,6 +643,7 @@ public struct GovernorSimulation {
         for c in changes {
             carryControllers(i, nodes[i].pods.applied(c, context: ctx))
             if nodes[i].up { carryMembership(i, nodes[i].membership!.applied(c, context: ctx)) }
+            if nodes[i].up { carryVM(i, nodes[i].vmc!.applied(c, context: ctx)) }
         }
         var proposedAt = now
         if case .spore(_, let time)? = try? ControlEntry.decode(e.data) { proposedAt = (time - Self.epochSeconds) * 1000 }
@@ -696,6 +745,51 @@ public struct GovernorSimulation {
         return reachable.count * 2 > raft.confState.voters.count
     }
 
+    static let vmName = "vm-0"
+
+    /// The leader records one VM: primary and replica drawn by the seed.
+    mutating func createVM() {
+        let pair = Array(nodes.indices.shuffled(using: &random).prefix(2))
+        let spec = VMSpec(name: Self.vmName, memoryMiB: 256, vcpus: 1)
+        runUntil(now + 5000) { sim in sim.leaderIndex.map { sim.nodes[$0].control.vms.vms[Self.vmName] != nil } ?? false }
+        for _ in 0..<20 where !(leaderIndex.map { nodes[$0].control.vms.vms[Self.vmName] != nil } ?? false) {
+            if let l = leaderIndex {
+                let e = ControlEntry.vm(.create(spec, primary: nodes[pair[0]].certificate.nodeID, replica: nodes[pair[1]].certificate.nodeID))
+                _ = try? nodes[l].raft!.propose(e.encoded())
+            }
+            runUntil(now + 500) { sim in sim.leaderIndex.map { sim.nodes[$0].control.vms.vms[Self.vmName] != nil } ?? false }
+        }
+        vmCreated = leaderIndex.map { nodes[$0].control.vms.vms[Self.vmName] != nil } ?? false
+        if !vmCreated { fail("the VM could not be recorded") }
+        trace("VM \(Self.vmName): primary n\(pair[0]), replica n\(pair[1])")
+    }
+
+    /// Why the VM is not where it should be once settled, or nil: it runs on its recorded primary and
+    /// nowhere else; or, when that primary is gone for good (killed or revoked) with no live replica
+    /// to fail over to (both copies lost: a double failure), it runs nowhere.
+    func vmProblem(leader l: Int, victim: Int) -> String? {
+        guard vmCreated else { return nil }
+        guard let rec = nodes[l].control.vms.vms[Self.vmName] else { return "the VM's record is gone" }
+        let runners = nodes.indices.filter { nodes[$0].up && nodes[$0].running.contains(Self.vmName) }
+        let lost = [victim, result.revoked].compactMap { $0 }.contains { nodes[$0].certificate.nodeID == rec.primary }
+        if lost { return runners.isEmpty ? nil : "VM \(Self.vmName) runs on \(runners.map { "n\($0)" }) although its primary is gone" }
+        guard runners.count == 1, nodes[runners[0]].certificate.nodeID == rec.primary else {
+            return "VM \(Self.vmName) runs on \(runners.map { "n\($0)" }) but its primary is \(rec.primary) (epoch \(rec.epoch))"
+        }
+        return nil
+    }
+
+    /// Never two running copies of the VM.
+    mutating func checkVMs() {
+        let runners = nodes.indices.filter { nodes[$0].up && nodes[$0].running.contains(Self.vmName) }
+        if runners.count == 1 { result.vmRunningSteps += 1 }
+        result.vmRunsOn = runners.first
+        if let l = leaderIndex, let r = nodes[l].control.vms.vms[Self.vmName] { result.vmEpoch = r.epoch }
+        if runners.count > 1 {
+            fail("VM \(Self.vmName) runs on \(runners.map { "n\($0)" }.joined(separator: " and ")) at once")
+        }
+    }
+
     mutating func checkInvariants() {
         for i in nodes.indices where nodes[i].up {
             let pods = nodes[i].control.pods.assignments
@@ -757,6 +851,7 @@ public struct GovernorSimulation {
         let s = nodes[l].control.spore
         let voters = Set(nodes[l].raft!.confState.voters)
         let live = nodes.indices.filter { $0 != v && $0 != result.revoked }
+        if vmProblem(leader: l, victim: v) != nil { return false }
         return Set(s.sclerotia.map(\.compact)) == voters && !nodes[l].raft!.confState.isJoint
             && live.allSatisfy { s.members[nodes[$0].certificate.nodeID]?.status == .alive }
             && live.allSatisfy { nodes[l].control.pods.cidr(of: nodes[$0].certificate.nodeID) != nil }
@@ -774,6 +869,7 @@ public struct GovernorSimulation {
             if s.revoked[id] == nil { return fail("n\(r)'s revocation was never committed") }
             if voters.contains(id.compact) { return fail("n\(r), revoked, is still a Raft voter") }
         }
+        if let p = vmProblem(leader: l, victim: victim) { return fail("after settling, \(p)") }
         for i in nodes.indices where i != victim && i != result.revoked {
             let id = nodes[i].certificate.nodeID
             if s.members[id]?.status == .failed { return fail("n\(i), alive, is recorded failed") }

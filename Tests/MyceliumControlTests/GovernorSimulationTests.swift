@@ -27,7 +27,29 @@ final class GovernorSimulationTests: XCTestCase {
     ///         a leader that is not a sclerotium unable to govern;
     /// 9     — a quorum killed for good by the scenario itself (now never drawn);
     /// 101   — a failure record committed late removing a live voter while another was dead.
-    func testRegressionSeeds() { for s: UInt64 in [2, 9, 42, 101, 263] { runSeeds(s...s) } }
+    /// 5, 10, 28 — a primary restarted within its lease took its own renewals, replayed from its Raft
+    ///         log, for fresh ones and ran a copy the network had already failed over.
+    func testRegressionSeeds() { for s: UInt64 in [2, 5, 9, 10, 28, 42, 101, 263] { runSeeds(s...s) } }
+
+    /// The VM check is not vacuous: the VM fails over in some runs, and a primary that does not fence
+    /// (its margin broken so it runs a minute past its last renewal) is caught running next to the
+    /// replica that took over. (A margin broken by a few seconds is not: failure detection and the vote
+    /// take longer than that, so the lease is rarely what holds the replica back here.)
+    func testTheVMFailsOverAndABrokenFenceIsCaught() {
+        var moved = 0, caught = 0
+        for seed: UInt64 in 1...30 {
+            var o = GovernorSimulationOptions(seed: seed)
+            o.steadyLifetimes = 0
+            let r = GovernorSimulation.run(o)
+            XCTAssertTrue(r.passed, r.summary)
+            if r.vmEpoch > 1 { moved += 1 }
+            o.vm.fenceMarginSeconds = -60
+            let broken = GovernorSimulation.run(o)
+            if let f = broken.failure, f.contains("runs on") { caught += 1 }
+        }
+        XCTAssertGreaterThan(moved, 0, "the VM never failed over in 30 runs")
+        XCTAssertGreaterThan(caught, 0, "a primary that never fences was never caught next to its replica")
+    }
 
     func testEverySizeFormsAndRecordsItsDead() {
         for n in 3...7 {
