@@ -25,6 +25,10 @@ public enum APIRoute: Sendable, Equatable {
     case membership
     /// `POST /v1/revoke?node=ID&reason=TEXT`: asks the network to revoke a member (``ActionResponse``).
     case revoke(node: String, reason: String)
+    /// `GET /v1/vms`: the VM table (``VMsResponse``).
+    case vms
+    /// `POST /v1/vm/ACTION?QUERY`: create or delete a VM (``ActionResponse``); QUERY is percent-encoded.
+    case vm(action: String, query: String)
 
     /// `/v1/status`.
     public static let statusPath = "/v1/status"
@@ -42,12 +46,16 @@ public enum APIRoute: Sendable, Equatable {
     public static let membershipPath = "/v1/membership"
     /// The revocation's path up to its node ID: `/v1/revoke?node=`.
     public static let revokePrefix = "/v1/revoke?node="
+    /// `/v1/vms`.
+    public static let vmsPath = "/v1/vms"
+    /// The VM commands' path up to the action: `/v1/vm/`.
+    public static let vmPrefix = "/v1/vm/"
 
     /// The HTTP method the route answers to.
     public var method: String {
         switch self {
-        case .status, .spore, .sporeExport, .metrics, .membership: "GET"
-        case .leave, .failureVote, .revoke: "POST"
+        case .status, .spore, .sporeExport, .metrics, .membership, .vms: "GET"
+        case .leave, .failureVote, .revoke, .vm: "POST"
         }
     }
 
@@ -62,6 +70,8 @@ public enum APIRoute: Sendable, Equatable {
         case .metrics: Self.metricsPath
         case .membership: Self.membershipPath
         case let .revoke(node, reason): Self.revokePrefix + node + "&reason=" + reason
+        case .vms: Self.vmsPath
+        case let .vm(action, query): Self.vmPrefix + action + (query.isEmpty ? "" : "?" + query)
         }
     }
 
@@ -73,6 +83,12 @@ public enum APIRoute: Sendable, Equatable {
         case ("GET", Self.sporeExportPath): self = .sporeExport
         case ("GET", Self.metricsPath): self = .metrics
         case ("GET", Self.membershipPath): self = .membership
+        case ("GET", Self.vmsPath): self = .vms
+        case ("POST", _) where target.hasPrefix(Self.vmPrefix):
+            let rest = target.dropFirst(Self.vmPrefix.count)
+            let action = rest.prefix { $0 != "?" }
+            guard !action.isEmpty, action.allSatisfy({ $0.isLetter }) else { return nil }
+            self = .vm(action: String(action), query: String(rest.dropFirst(action.count + 1)))
         case ("POST", _) where target.hasPrefix(Self.revokePrefix):
             let rest = target.dropFirst(Self.revokePrefix.count)
             if let amp = rest.firstIndex(of: "&"), rest[amp...].hasPrefix("&reason=") {

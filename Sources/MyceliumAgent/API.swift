@@ -9,6 +9,9 @@
 //   POST /v1/vote/failure?node=ID  asks the network (a Byzantine-tolerant vote) whether ID has failed
 //   GET  /v1/membership    the sclerotia chain, certificates being issued, revocations
 //   POST /v1/revoke?node=ID&reason=TEXT  asks the network to revoke a member
+//   GET  /v1/vms           the VM table: where each VM runs, its replica, epoch and lease
+//   POST /v1/vm/create?name=&memory_mib=&vcpus=&kernel=&initrd=&cmdline=&on=&replica=auto|none|ID
+//   POST /v1/vm/delete?name=  (VMAPI.swift: proposed by the leader, forwarded there from any node)
 //   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation
@@ -72,7 +75,13 @@ final class APIHandler: ChannelInboundHandler, Sendable {
         let channel = context.channel
         let method = head.method, uri = head.uri, metricsOnly = self.metricsOnly
         Task {
-            let (status, type, body) = await agent.answer(method: method, uri: uri, metricsOnly: metricsOnly)
+            let (status, type, body): (HTTPResponseStatus, String, [UInt8])
+            if !metricsOnly, case let .vm(action, query)? = APIRoute(method: method.rawValue, target: uri) {
+                let (s, b) = await agent.answerVM(action: action, query: query)
+                (status, type, body) = (s, "application/json", b)
+            } else {
+                (status, type, body) = await agent.answer(method: method, uri: uri, metricsOnly: metricsOnly)
+            }
             channel.eventLoop.execute {
                 var headers = HTTPHeaders()
                 headers.add(name: "Content-Type", value: type)
@@ -155,6 +164,9 @@ extension Agent {
             requestFailureVote(node.compact)
             processReady()
             return accept("failure vote on \(node) requested; the leader opens at most one round per member every 3 s: watch 'mycelium status' (votes)")
+        case .vms: return (.ok, "application/json", json(vmsResponse()))
+        case .vm:  // answered by answerVM (it may wait for the leader)
+            return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         case .metrics, nil:
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         }

@@ -290,7 +290,10 @@ public actor Agent {
             lastLeader = raft.leader
             if raft.role != .leader { failReadWaiters("leadership changed; retry") }
         }
-        if spore.members[nodeID] != nil && ticks - lastRefresh >= 10 * ticksPerSecond {
+        // Every 10 s, and within a second when the spore does not hold what this node offers yet (just
+        // admitted, or memory changed): placement reads capabilities from the spore.
+        if let me = spore.members[nodeID],
+           ticks - lastRefresh >= 10 * ticksPerSecond || (ticks - lastRefresh >= ticksPerSecond && me.capabilities != localCapabilities()) {
             lastRefresh = ticks
             submit(.refresh(localCapabilities()))
         }

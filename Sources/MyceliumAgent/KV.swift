@@ -38,6 +38,8 @@ struct KVAnswer: Sendable {
 /// The gateway paths, numbered for forwarding.
 enum KVPath: UInt8, Sendable {
     case put = 1, range = 2, deleteRange = 3
+    /// Not KV: a VM command (VMAPI.swift) the leader proposes; forwarded the same way.
+    case vm = 4
     init?(uri: String) {
         switch uri {
         case "/v3/kv/put": self = .put
@@ -54,6 +56,8 @@ extension Agent {
         let limits = control.kv.limits
         do {
             switch path {
+            case .vm:
+                throw KVError(.invalidRequest("not a KV request"))
             case .range:
                 let r = try KVGateway.decodeRange(body, limits: limits)
                 try control.kv.validateRange(key: r.key, rangeEnd: r.rangeEnd)
@@ -223,7 +227,9 @@ extension Agent {
     func serveForwarded(_ id: UInt64, _ pathByte: UInt8, _ body: [UInt8], from peer: UInt64) {
         Task {
             var answer: KVAnswer
-            if let path = KVPath(rawValue: pathByte) {
+            if pathByte == KVPath.vm.rawValue {
+                answer = self.serveForwardedVM(body)
+            } else if let path = KVPath(rawValue: pathByte) {
                 answer = await self.serveKV(path, body, forwarded: true)
             } else {
                 answer = .error(KVError(.invalidRequest("unknown forwarded request \(pathByte)")))

@@ -231,6 +231,14 @@ public struct VMTable: Sendable, Equatable {
         vms.values.reduce(0) { $0 + (($1.primary == node || $1.replica == node) ? UInt64($1.spec.memoryMiB) : 0) }
     }
 
+    /// Why a copy of `spec` cannot go on `node` for lack of memory, or nil.
+    public func memoryProblem(for spec: VMSpec, on node: MyceliumIdentity.NodeID, spore: PrimarySpore) -> String? {
+        guard let m = spore.members[node] else { return "\(node) is not a member" }
+        let free = Int64(m.capabilities.memoryMiB) - Int64(committedMiB(on: node))
+        if free >= Int64(spec.memoryMiB) { return nil }
+        return "\(node) has \(max(0, free)) MiB left for VMs (\(m.capabilities.memoryMiB) MiB announced, \(committedMiB(on: node)) MiB placed); '\(spec.name)' needs \(spec.memoryMiB) MiB"
+    }
+
     /// Where a copy of `spec` may go: alive members other than `excluding`, with room for its memory
     /// (what they announced minus what the table already places there), most trusted first, then
     /// most free memory, then node ID (deterministic: every leader chooses alike).

@@ -1,0 +1,92 @@
+// The VM part of the local API (issue 16): the VM table as the agent holds it, and the operator's
+// commands on it. The records are Raft-committed (MyceliumControl's VMTable); these are their views.
+
+import Foundation
+
+/// One endophyte VM as the network records it.
+public struct VMInfo: Codable, Sendable, Equatable {
+    public var name: String
+    public var memoryMiB: UInt32
+    public var vcpus: UInt16
+    public var kernel: String
+    public var initrd: String
+    public var cmdline: String
+    /// The node that runs it (owns it at `epoch`).
+    public var primary: String
+    /// The node that holds its replicated image, if any.
+    public var replica: String?
+    /// The ownership epoch: the fencing token, bumped at every failover and migration.
+    public var epoch: UInt64
+    /// Seconds left on the primary's ownership lease, in spore time (negative: lapsed).
+    public var leaseLeftSeconds: Int64
+    /// "protected" (a replica is assigned) or "unprotected: REASON".
+    public var protection: String
+
+    public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String, initrd: String, cmdline: String,
+                primary: String, replica: String?, epoch: UInt64, leaseLeftSeconds: Int64, protection: String) {
+        self.name = name; self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.kernel = kernel; self.initrd = initrd
+        self.cmdline = cmdline; self.primary = primary; self.replica = replica; self.epoch = epoch
+        self.leaseLeftSeconds = leaseLeftSeconds; self.protection = protection
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection
+        case memoryMiB = "memory_mib"
+        case leaseLeftSeconds = "lease_left_s"
+    }
+}
+
+/// `GET /v1/vms`.
+public struct VMsResponse: Codable, Sendable, Equatable {
+    public var vms: [VMInfo]
+    public init(vms: [VMInfo]) { self.vms = vms }
+}
+
+extension APIErrorCode {
+    /// 409: the network refused the VM command (the message says why: a name taken, a node not live,
+    /// not enough memory, a stale epoch).
+    public static let vmRefused = APIErrorCode(rawValue: "vm_refused")
+    /// 400: the request is malformed (a missing or unreadable parameter).
+    public static let badRequest = APIErrorCode(rawValue: "bad_request")
+    /// 503: no leader is reachable to propose it; retry once the network has one.
+    public static let noLeader = APIErrorCode(rawValue: "no_leader")
+}
+
+/// Query strings of the API: `a=1&b=x%20y` → ["a": "1", "b": "x y"]. A repeated key keeps its last value.
+public enum APIQuery {
+    public static func parse(_ query: Substring) -> [String: String] {
+        var out: [String: String] = [:]
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = String(kv[0]).removingPercentEncoding ?? String(kv[0])
+            let value = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
+            out[key] = value
+        }
+        return out
+    }
+
+    /// `[("a", "1"), ("b", "x y")]` → `a=1&b=x%20y`, every value percent-encoded.
+    public static func encode(_ pairs: [(String, String)]) -> String {
+        pairs.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: unreserved) ?? "")" }.joined(separator: "&")
+    }
+
+    static let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+}
+
+extension AgentClient {
+    /// `GET /v1/vms`.
+    public func vms() async throws -> VMsResponse {
+        let body = try await send(.vms)
+        do { return try APIJSON.decode(VMsResponse.self, from: body) } catch {
+            throw AgentClientError(.malformedAnswer, "the agent answered /v1/vms with JSON this client cannot read (\(error))")
+        }
+    }
+
+    /// `POST /v1/vm/ACTION?PARAMETERS` (create, delete): the network's answer, or the refusal as an error.
+    public func vm(_ action: String, _ parameters: [(String, String)]) async throws -> ActionResponse {
+        let body = try await send(.vm(action: action, query: APIQuery.encode(parameters)))
+        do { return try APIJSON.decode(ActionResponse.self, from: body) } catch {
+            throw AgentClientError(.malformedAnswer, "the agent answered /v1/vm/\(action) with JSON this client cannot read (\(error))")
+        }
+    }
+}

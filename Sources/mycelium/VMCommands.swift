@@ -1,0 +1,127 @@
+import ArgumentParser
+import Foundation
+import MyceliumAPI
+
+/// `mycelium vm ...`: endophyte VMs as the network records them (issue 16).
+struct VMCommandGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vm",
+        abstract: "Create, list, show and delete endophyte VMs (RAM replicated to a second node).",
+        discussion: """
+            A VM is recorded in the primary spore (Raft-committed): its spec, the node that runs it (the
+            primary), the node that holds its replicated RAM (the replica) and an ownership epoch, the
+            fencing token bumped at every failover. Any node takes these commands; the leader decides.
+
+            Example:
+              mycelium vm create web-1 --memory 256M --vcpus 1 --kernel /srv/vmlinuz --initrd /srv/initrd.gz
+              mycelium vm list
+              mycelium vm show web-1 -o json
+              mycelium vm delete web-1
+            """,
+        subcommands: [Create.self, List.self, Show.self, Delete.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Record a new VM; it starts on its primary and is replicated to its replica.",
+            discussion: """
+                The primary is this node unless --on names another. The replica is chosen by the leader's
+                rule (alive, room for the memory, most trusted) unless --replica names one; --replica none
+                leaves it unprotected. Kernel and initrd are paths on the hosts (the same on each host
+                that may run it). The command waits until the network has recorded the VM.
+                """)
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "The VM's name, as libvirt and virsh show it: 1-63 of a-z, 0-9 and '-', starting with a letter.")
+        var name: String
+        @Option(help: "Guest memory: a number with M or G (256M, 1G); M if no unit.") var memory: String
+        @Option(help: "Virtual CPUs (1-64).") var vcpus: Int = 1
+        @Option(help: "Kernel image path on the hosts.") var kernel: String = ""
+        @Option(help: "Initrd path on the hosts.") var initrd: String = ""
+        @Option(help: "Kernel command line.") var cmdline: String = "console=ttyS0"
+        @Option(help: "The node to run it on (default: this node).") var on: String?
+        @Option(help: "auto, none, or the node ID of the replica.") var replica: String = "auto"
+        @Option(help: "Seconds to wait until the network has recorded it.") var wait: Double = 10
+
+        func run() async throws {
+            guard let mib = parseMiB(memory) else {
+                throw ValidationError("--memory '\(memory)' is not a size: use a number with M or G, e.g. 256M or 1G")
+            }
+            var p: [(String, String)] = [("name", name), ("memory_mib", "\(mib)"), ("vcpus", "\(vcpus)"), ("kernel", kernel),
+                                         ("initrd", initrd), ("cmdline", cmdline), ("replica", replica)]
+            if let on { p.append(("on", on)) }
+            let client = agent.client
+            let answer = try await client.vm("create", p)
+            let deadline = Date().addingTimeInterval(wait)
+            while Date() < deadline {
+                if let vm = try await client.vms().vms.first(where: { $0.name == name }) { return show(vm, out) }
+                try await Task.sleep(nanoseconds: 100_000_000)
+            }
+            throw ValidationError("\(answer.result), but it was not recorded within \(wait) s: is there a leader with a majority? ('mycelium status')")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the network's VMs.")
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+
+        func run() async throws {
+            if out.output == .json { print(String(decoding: try await agent.client.send(.vms), as: UTF8.self)); return }
+            let vms = try await agent.client.vms().vms
+            if vms.isEmpty { print("no VMs; create one with 'mycelium vm create'"); return }
+            print("NAME".padding(toLength: 20, withPad: " ", startingAt: 0) + "MEMORY  EPOCH  PRIMARY" + String(repeating: " ", count: 31) + "PROTECTION")
+            for v in vms {
+                print(v.name.padding(toLength: 20, withPad: " ", startingAt: 0) + "\(v.memoryMiB)M".padding(toLength: 8, withPad: " ", startingAt: 0)
+                      + "\(v.epoch)".padding(toLength: 7, withPad: " ", startingAt: 0) + v.primary.padding(toLength: 38, withPad: " ", startingAt: 0)
+                      + v.protection)
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one VM: where it runs, its replica, ownership epoch and lease.")
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "The VM's name.") var name: String
+
+        func run() async throws {
+            guard let vm = try await agent.client.vms().vms.first(where: { $0.name == name }) else {
+                throw ValidationError("no VM named '\(name)'; see 'mycelium vm list'")
+            }
+            show(vm, out)
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete a VM: its record leaves the spore and every node destroys its copy.")
+        @OptionGroup var agent: AgentOptions
+        @Argument(help: "The VM's name.") var name: String
+
+        func run() async throws {
+            print(try await agent.client.vm("delete", [("name", name)]).result)
+        }
+    }
+}
+
+/// "256M", "1G", "512" (MiB) → MiB.
+func parseMiB(_ text: String) -> UInt32? {
+    let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+    if let n = UInt32(t) { return n }
+    guard let unit = t.last, let n = UInt32(t.dropLast().replacingOccurrences(of: "I", with: "")) else { return nil }
+    switch unit {
+    case "M": return n
+    case "G": return n.multipliedReportingOverflow(by: 1024).overflow ? nil : n * 1024
+    default: return nil
+    }
+}
+
+private func show(_ v: VMInfo, _ out: OutputOptions) {
+    if out.output == .json {
+        if let b = try? APIJSON.encode(v) { print(String(decoding: b, as: UTF8.self)) }
+        return
+    }
+    out.emit(["name": v.name, "memory": "\(v.memoryMiB) MiB", "vcpus": v.vcpus, "primary": v.primary, "replica": v.replica ?? "none",
+              "protection": v.protection, "epoch": v.epoch, "lease": v.leaseLeftSeconds > 0 ? "\(v.leaseLeftSeconds) s left" : "not held",
+              "kernel": v.kernel.isEmpty ? "-" : v.kernel, "initrd": v.initrd.isEmpty ? "-" : v.initrd, "cmdline": v.cmdline])
+}

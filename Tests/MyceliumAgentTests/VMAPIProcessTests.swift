@@ -1,0 +1,66 @@
+import Foundation
+import MyceliumAPI
+@testable import MyceliumAgent
+import XCTest
+
+/// `mycelium vm create|list|show|delete` against a network of real agents: any node takes the
+/// command, the leader decides, a refused command leaves nothing in the spore. (The VMs are records
+/// here; running them under libvirt is the VM driver's, tested with real daemons elsewhere.)
+final class VMAPIProcessTests: XCTestCase {
+    func testVMsAreRecordedByTheNetworkFromAnyNodeAndBadRequestsLeaveNothing() async throws {
+        let c = try AgentCluster()
+        let names = ["n1", "n2", "n3"]
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
+        // Placement reads what each node announced (its first refresh, within a second of admission).
+        try await c.waitUntil("capabilities announced", nodes: names) { vs in vs.allSatisfy { $0.members.allSatisfy { $0.cpus > 0 } } }
+        let leaderID = await c.status("n1")!.leader
+        var follower = "", followerID = ""
+        for n in names { let s = await c.status(n)!; if s.node != leaderID { follower = n; followerID = s.node } }
+
+        // Created on a follower: forwarded to the leader, recorded with the follower as primary and
+        // another node as replica.
+        let (code, out) = try c.cli(["vm", "create", "web-1", "--memory", "256M", "--home", c.home(follower), "-o", "json"])
+        XCTAssertEqual(code, 0, out)
+        let created = try APIJSON.decode(VMInfo.self, from: Array(out.utf8))
+        XCTAssertEqual(created.primary, followerID)
+        XCTAssertNotNil(created.replica)
+        XCTAssertNotEqual(created.replica, followerID)
+        XCTAssertEqual(created.epoch, 1)
+        XCTAssertEqual(created.memoryMiB, 256)
+        XCTAssertEqual(created.protection, "protected")
+        // Every node holds the same record.
+        for n in names {
+            try await waitUntil("\(n) holds web-1") { (try? await AgentClient(socket: c.home(n) + "/agent.sock").vms().vms) == [created] }
+        }
+
+        // Bad input: each a clear error, and the table unchanged.
+        let bad: [([String], String)] = [
+            (["vm", "create", "web-1", "--memory", "64M"], "exists"),
+            (["vm", "create", "Web_2", "--memory", "64M"], "lowercase"),
+            (["vm", "create", "big", "--memory", "900G"], "MiB left for VMs"),
+            (["vm", "create", "lost", "--memory", "64M", "--replica", "node-0000000000000000000000000000"], "not a member"),
+            (["vm", "create", "odd", "--memory", "lots"], "is not a size"),
+            (["vm", "delete", "nope"], "no VM named 'nope'"),
+        ]
+        for (args, expected) in bad {
+            let (code, out) = try c.cli(args + ["--home", c.home("n1")])
+            XCTAssertNotEqual(code, 0, "\(args): \(out)")
+            XCTAssertTrue(out.contains(expected), "\(args) should say '\(expected)': \(out)")
+        }
+        let after = try await AgentClient(socket: c.home("n1") + "/agent.sock").vms().vms
+        XCTAssertEqual(after.map(\.name), ["web-1"], "refused commands left nothing")
+
+        // Shown and listed as text; deleted from another node; gone everywhere.
+        let (_, shown) = try c.cli(["vm", "show", "web-1", "--home", c.home("n1")])
+        XCTAssertTrue(shown.contains("protected") && shown.contains(followerID), shown)
+        let (dc, deleted) = try c.cli(["vm", "delete", "web-1", "--home", c.home("n1")])
+        XCTAssertEqual(dc, 0, deleted)
+        for n in names {
+            try await waitUntil("\(n) forgot web-1") { (try? await AgentClient(socket: c.home(n) + "/agent.sock").vms().vms.isEmpty) == true }
+        }
+        let (_, listed) = try c.cli(["vm", "list", "--home", c.home("n2")])
+        XCTAssertTrue(listed.contains("no VMs"), listed)
+    }
+}
