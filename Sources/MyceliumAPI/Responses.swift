@@ -131,21 +131,24 @@ public struct MemberInfo: Codable, Sendable, Equatable {
     public var clockSkewSeconds: Int64?
     /// Whether the network revoked it.
     public var revoked: Bool?
+    /// What it can run, as its agent fingerprinted it ("libvirt", or "none").
+    public var features: String?
 
     /// Whether the spore counts it as alive.
     public var isAlive: Bool { status == "alive" }
 
     public init(id: String, status: String, roles: String, addresses: [String], sclerotium: Bool, cpus: Int, key: String,
                 expiresInSeconds: Int64, trust: Int, jailed: Bool, approvedSclerotium: Bool,
-                certificate: CertificateInfo? = nil, clockSkewSeconds: Int64? = nil, revoked: Bool? = nil) {
+                certificate: CertificateInfo? = nil, clockSkewSeconds: Int64? = nil, revoked: Bool? = nil, features: String? = nil) {
         self.id = id; self.status = status; self.roles = roles; self.addresses = addresses; self.sclerotium = sclerotium
         self.cpus = cpus; self.key = key; self.expiresInSeconds = expiresInSeconds; self.trust = trust
         self.jailed = jailed; self.approvedSclerotium = approvedSclerotium
         self.certificate = certificate; self.clockSkewSeconds = clockSkewSeconds; self.revoked = revoked
+        self.features = features
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, status, roles, addresses, sclerotium, cpus, key, trust, jailed, certificate, revoked
+        case id, status, roles, addresses, sclerotium, cpus, key, trust, jailed, certificate, revoked, features
         case expiresInSeconds = "expires_in_s"
         case approvedSclerotium = "approved_sclerotium"
         case clockSkewSeconds = "clock_skew_s"

@@ -269,7 +269,7 @@ extension Agent {
                 expiresInSeconds: m.expiresAt - spore.now, trust: Int(spore.trust.score(of: m.id)),
                 jailed: spore.trust.isJailed(m.id), approvedSclerotium: spore.approvedSclerotia.contains(m.id),
                 certificate: certificateInfo(m.certificate), clockSkewSeconds: router.clockSkew[m.id.compact],
-                revoked: spore.revoked[m.id] != nil)
+                revoked: spore.revoked[m.id] != nil, features: "\(m.capabilities.features)")
         }
     }
 

@@ -12,6 +12,7 @@
 // the simulator (MyceliumSim) runs without this shell.
 
 import Foundation
+import Libvirt
 import Logging
 import MyceliumControl
 import MyceliumCore
@@ -48,6 +49,8 @@ public struct AgentError: Error, CustomStringConvertible {
 
 public actor Agent {
     public let config: AgentConfig
+    /// What this node can run (fingerprinted at start; announced in every refresh).
+    let features: CapabilityFeatures
     let paths: AgentPaths
     let logger: Logger
     let key: SigningKey
@@ -178,7 +181,10 @@ public actor Agent {
         let pods = PodNetworkSettings(pool: CIDR(config.podCIDRPool) ?? PodNetworkSettings.defaultPool,
                                       nodePrefix: UInt8(config.podCIDRNodePrefix))
 
+        let features = Self.fingerprint(config, logger: logger)
+
         self.config = config
+        self.features = features
         self.paths = paths
         self.logger = logger
         self.group = group
@@ -454,7 +460,26 @@ public actor Agent {
 
     func localCapabilities() -> Capabilities {
         Capabilities(cpus: UInt16(ProcessInfo.processInfo.activeProcessorCount),
-                     memoryMiB: UInt32(ProcessInfo.processInfo.physicalMemory >> 20), diskGiB: 0)
+                     memoryMiB: UInt32(ProcessInfo.processInfo.physicalMemory >> 20), diskGiB: 0, features: features)
+    }
+
+    /// What this node can run, found once at start (as Nomad fingerprints its drivers): VMs if the
+    /// libvirt daemon at `libvirt_uri` answers.
+    static func fingerprint(_ config: AgentConfig, logger: Logger) -> CapabilityFeatures {
+        var f: CapabilityFeatures = []
+        if config.libvirtURI.isEmpty {
+            logger.info("libvirt_uri is empty: this node runs no VMs")
+        } else {
+            do {
+                let c = try LibvirtConnection(uri: config.libvirtURI)
+                logger.info("libvirt answers: this node offers endophyte VMs", metadata: ["uri": "\(config.libvirtURI)", "host": "\((try? c.hostname()) ?? "?")"])
+                f.insert(.libvirt)
+            } catch {
+                logger.notice("libvirt does not answer: this node runs no VMs (start libvirtd, or set libvirt_uri = \"\" to say so)",
+                              metadata: ["uri": "\(config.libvirtURI)", "error": "\(error.message)"])
+            }
+        }
+        return f
     }
 }
 

@@ -58,6 +58,9 @@ public struct AgentConfig: Sendable, Equatable {
     /// Where this node's pod CIDR is written for mycelium-cni (empty: HOME/podcidr). Point the CNI
     /// configuration's ipam.podCIDRFile here.
     public var podCIDRFile = ""
+    /// The libvirt daemon this node runs endophyte VMs through; the node offers VMs only if it answers
+    /// (empty: this node runs no VMs).
+    public var libvirtURI = "qemu:///system"
 
     public init() {}
 
@@ -97,6 +100,7 @@ public struct AgentConfig: Sendable, Equatable {
         string("pod_cidr_pool", "The network's pod range (like K3s's cluster-cidr); the first leader records it and it never changes.", \.podCIDRPool),
         int("pod_cidr_node_prefix", "Prefix length of each node's block of the pod range (like K3s's node-cidr-mask-size).", \.podCIDRNodePrefix, 16...30),
         string("pod_cidr_file", "Where this node's pod CIDR is written for mycelium-cni's ipam.podCIDRFile (empty: HOME/podcidr).", \.podCIDRFile),
+        string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 
     /// Parses a configuration file's text. Unset keys keep their defaults.

@@ -94,7 +94,7 @@ extension Agent {
         func refuse(_ m: String) -> KVAnswer { KVAnswer(status: .conflict, body: json(APIErrorResponse(error: m, code: .vmRefused))) }
         if case let .create(spec, primary, replica) = command {
             for node in [primary] + (replica.map { [$0] } ?? []) {
-                if let p = control.vms.memoryProblem(for: spec, on: node, spore: spore) { return refuse(p) }
+                if let p = control.vms.placementProblem(for: spec, on: node, spore: spore) { return refuse(p) }
             }
         }
         var trial = control.vms

@@ -231,9 +231,12 @@ public struct VMTable: Sendable, Equatable {
         vms.values.reduce(0) { $0 + (($1.primary == node || $1.replica == node) ? UInt64($1.spec.memoryMiB) : 0) }
     }
 
-    /// Why a copy of `spec` cannot go on `node` for lack of memory, or nil.
-    public func memoryProblem(for spec: VMSpec, on node: MyceliumIdentity.NodeID, spore: PrimarySpore) -> String? {
+    /// Why a copy of `spec` cannot go on `node` (no libvirt, not enough memory), or nil.
+    public func placementProblem(for spec: VMSpec, on node: MyceliumIdentity.NodeID, spore: PrimarySpore) -> String? {
         guard let m = spore.members[node] else { return "\(node) is not a member" }
+        guard m.capabilities.features.contains(.libvirt) else {
+            return "\(node) has no libvirt (its agent found no libvirt daemon at libvirt_uri; start libvirtd there, or choose another node)"
+        }
         let free = Int64(m.capabilities.memoryMiB) - Int64(committedMiB(on: node))
         if free >= Int64(spec.memoryMiB) { return nil }
         return "\(node) has \(max(0, free)) MiB left for VMs (\(m.capabilities.memoryMiB) MiB announced, \(committedMiB(on: node)) MiB placed); '\(spec.name)' needs \(spec.memoryMiB) MiB"
@@ -244,7 +247,7 @@ public struct VMTable: Sendable, Equatable {
     /// most free memory, then node ID (deterministic: every leader chooses alike).
     public func candidates(for spec: VMSpec, spore: PrimarySpore, excluding: Set<MyceliumIdentity.NodeID>) -> [MyceliumIdentity.NodeID] {
         spore.members.values
-            .filter { $0.status == .alive && !excluding.contains($0.id) && spore.revoked[$0.id] == nil }
+            .filter { $0.status == .alive && !excluding.contains($0.id) && spore.revoked[$0.id] == nil && $0.capabilities.features.contains(.libvirt) }
             .map { m in (m, Int64(m.capabilities.memoryMiB) - Int64(committedMiB(on: m.id))) }
             .filter { $0.1 >= Int64(spec.memoryMiB) }
             .sorted { a, b in

@@ -444,7 +444,7 @@ public struct GovernorSimulation {
         if nodes[i].up { carryMembership(i, nodes[i].membership!.tick(context: ctx)) }
         let g = nodes[i].governor!
         if g.ticks % (10 * Self.ticksPerSecond) == 0, nodes[i].control.spore.members[nodes[i].certificate.nodeID] != nil {
-            submit(i, .refresh(Capabilities(cpus: 2, memoryMiB: 4096)))
+            submit(i, .refresh(Capabilities(cpus: 2, memoryMiB: 4096, features: .libvirt)))
         }
         processReady(i)
     }

@@ -48,7 +48,8 @@ public enum SporeCommand: Sendable, Equatable {
         var w = ByteWriter(capacity: 64)
         switch self {
         case .admit(let c): w.u8(1); w.blob(c.encoded())
-        case .refresh(let cap): w.u8(2); w.u16(cap.cpus); w.u32(cap.memoryMiB); w.u32(cap.diskGiB)
+        case .refresh(let cap) where cap.features.isEmpty: w.u8(2); w.u16(cap.cpus); w.u32(cap.memoryMiB); w.u32(cap.diskGiB)
+        case .refresh(let cap): w.u8(21); w.u16(cap.cpus); w.u32(cap.memoryMiB); w.u32(cap.diskGiB); w.u32(cap.features.rawValue)
         case let .confirmAddress(node, address): w.u8(3); w.raw(node.bytes); w.string(address)
         case let .setStatus(node, status): w.u8(4); w.raw(node.bytes); w.u8(status.rawValue)
         case .setSclerotia(let ids): w.u8(5); w.u16(UInt16(ids.count)); for i in ids { w.raw(i.bytes) }
@@ -106,6 +107,12 @@ public enum SporeCommand: Sendable, Equatable {
             case 17: self = .signCertificate(id: try r.u64(), QuorumSignature(index: try r.u8(), signature: try r.raw(64)))
             case 18: self = .signLink(generation: try r.u64(), QuorumSignature(index: try r.u8(), signature: try r.raw(64)))
             case 19: self = .revoke(node: try NodeID(bytes: r.raw(16)), reason: try r.string("reason", limit: Revocation.maxReason))
+            case 21:
+                let cap = Capabilities(cpus: try r.u16(), memoryMiB: try r.u32(), diskGiB: try r.u32(),
+                                       features: CapabilityFeatures(rawValue: try r.u32()))
+                // Tag 2 carries capabilities without features: one encoding per value.
+                guard !cap.features.isEmpty else { throw DecodeError(.invalid(field: "features", reason: "empty under tag 21"), at: 15) }
+                self = .refresh(cap)
             case 20: self = .renewLease(name: try r.string("lease", limit: 255), ttlSeconds: try r.u32(), run: try r.u64())
             default: throw DecodeError(.invalid(field: "command", reason: "unknown tag \(tag)"), at: 0)
             }

@@ -49,9 +49,27 @@ public struct Capabilities: Sendable, Equatable {
     public var cpus: UInt16
     public var memoryMiB: UInt32
     public var diskGiB: UInt32
+    /// What the node can run, as its agent found (fingerprinted) at start.
+    public var features: CapabilityFeatures
 
-    public init(cpus: UInt16 = 0, memoryMiB: UInt32 = 0, diskGiB: UInt32 = 0) {
-        self.cpus = cpus; self.memoryMiB = memoryMiB; self.diskGiB = diskGiB
+    public init(cpus: UInt16 = 0, memoryMiB: UInt32 = 0, diskGiB: UInt32 = 0, features: CapabilityFeatures = []) {
+        self.cpus = cpus; self.memoryMiB = memoryMiB; self.diskGiB = diskGiB; self.features = features
+    }
+}
+
+/// Workload drivers a node offers. Unknown bits from a newer agent are kept, and mean nothing here.
+public struct CapabilityFeatures: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// A libvirt daemon answered: the node can run (and hold replicas of) endophyte VMs.
+    public static let libvirt = CapabilityFeatures(rawValue: 1 << 0)
+
+    public var description: String {
+        var names: [String] = []
+        if contains(.libvirt) { names.append("libvirt") }
+        let unknown = rawValue & ~CapabilityFeatures.libvirt.rawValue
+        if unknown != 0 { names.append("0x" + String(unknown, radix: 16)) }
+        return names.isEmpty ? "none" : names.joined(separator: ",")
     }
 }
 

@@ -6,7 +6,8 @@ import MyceliumVote
 // produce the same bytes (and the same seed-spore signature input).
 
 extension PrimarySpore {
-    static let magic: [UInt8] = Array("MYS3".utf8)
+    /// v4: members' capabilities carry features (MYS3 had none; no network of it exists to read).
+    static let magic: [UInt8] = Array("MYS4".utf8)
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 256 + members.count * 200)
@@ -20,6 +21,7 @@ extension PrimarySpore {
             w.raw(m.key.bytes)
             w.u16(UInt16(m.addresses.count)); for a in m.addresses { w.string(a) }
             w.u16(m.capabilities.cpus); w.u32(m.capabilities.memoryMiB); w.u32(m.capabilities.diskGiB)
+            w.u32(m.capabilities.features.rawValue)
             w.u8(m.status.rawValue); w.i64(m.expiresAt); w.i64(m.since)
         }
         w.u16(UInt16(sclerotia.count)); for s in sclerotia { w.raw(s.bytes) }
@@ -55,7 +57,8 @@ extension PrimarySpore {
                 let na = try r.count("addresses", limit: limits.maxAddressesPerMember)
                 var addrs: [String] = []
                 for _ in 0..<na { addrs.append(try r.string("address", limit: limits.maxAddressLength)) }
-                let cap = Capabilities(cpus: try r.u16(), memoryMiB: try r.u32(), diskGiB: try r.u32())
+                let cap = Capabilities(cpus: try r.u16(), memoryMiB: try r.u32(), diskGiB: try r.u32(),
+                                       features: CapabilityFeatures(rawValue: try r.u32()))
                 let s = try r.u8()
                 guard let status = MemberStatus(rawValue: s) else { throw DecodeError(.invalid(field: "status", reason: "\(s)"), at: r.offset - 1) }
                 let m = Member(certificate: cert, key: key, addresses: addrs, capabilities: cap, status: status,

@@ -40,7 +40,8 @@ struct StatusCommand: AsyncParsableCommand {
             let cert = m.certificate.map { c in "cert gen \(c.generation) #\(c.serial) expires in \(duration(c.expiresInSeconds))" } ?? ""
             let skew = m.clockSkewSeconds.map { "skew \($0 >= 0 ? "+" : "")\($0)s" } ?? "skew -"
             let status = m.revoked == true ? "revoked" : m.status
-            print("  \(m.id)  \(scl)  \(status.padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(cert)  \(skew)  \(addrs)")
+            let runs = m.features.map { $0 == "none" ? "" : "runs \($0)  " } ?? ""
+            print("  \(m.id)  \(scl)  \(status.padding(toLength: 7, withPad: " ", startingAt: 0))  \(trust)  \(cert)  \(skew)  \(runs)\(addrs)")
         }
         if let w = s.warnings, !w.isEmpty {
             print("warnings:")

@@ -4,20 +4,27 @@ import MyceliumAPI
 import XCTest
 
 /// `mycelium vm create|list|show|delete` against a network of real agents: any node takes the
-/// command, the leader decides, a refused command leaves nothing in the spore. (The VMs are records
-/// here; running them under libvirt is the VM driver's, tested with real daemons elsewhere.)
+/// command, the leader decides, a refused command leaves nothing in the spore. The agents' libvirt is
+/// libvirt's own test driver (`test:///default`, a real libvirt connection to an in-process fake
+/// hypervisor), except n4's, which has none: it must never be chosen. (The VMs are records here;
+/// running them is the VM driver's, tested against real libvirt daemons and QEMU elsewhere.)
 final class VMAPIProcessTests: XCTestCase {
     func testVMsAreRecordedByTheNetworkFromAnyNodeAndBadRequestsLeaveNothing() async throws {
         let c = try AgentCluster()
-        let names = ["n1", "n2", "n3"]
+        let names = ["n1", "n2", "n3", "n4"]
+        c.extraConfig = { n in n == "n4" ? "libvirt_uri = \"\"\n" : "libvirt_uri = \"test:///default\"\n" }
         try c.createNetwork()
         for n in names.dropFirst() { try c.join(n) }
-        try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
+        try await c.waitUntil("4 nodes formed", nodes: names, AgentCluster.formed(4))
         // Placement reads what each node announced (its first refresh, within a second of admission).
         try await c.waitUntil("capabilities announced", nodes: names) { vs in vs.allSatisfy { $0.members.allSatisfy { $0.cpus > 0 } } }
         let leaderID = await c.status("n1")!.leader
         var follower = "", followerID = ""
-        for n in names { let s = await c.status(n)!; if s.node != leaderID { follower = n; followerID = s.node } }
+        var n4ID = ""
+        for n in names {
+            let s = await c.status(n)!
+            if n == "n4" { n4ID = s.node } else if s.node != leaderID { follower = n; followerID = s.node }
+        }
 
         // Created on a follower: forwarded to the leader, recorded with the follower as primary and
         // another node as replica.
@@ -27,6 +34,7 @@ final class VMAPIProcessTests: XCTestCase {
         XCTAssertEqual(created.primary, followerID)
         XCTAssertNotNil(created.replica)
         XCTAssertNotEqual(created.replica, followerID)
+        XCTAssertNotEqual(created.replica, n4ID, "a node without libvirt holds no copy")
         XCTAssertEqual(created.epoch, 1)
         XCTAssertEqual(created.memoryMiB, 256)
         XCTAssertEqual(created.protection, "protected")
@@ -43,6 +51,7 @@ final class VMAPIProcessTests: XCTestCase {
             (["vm", "create", "lost", "--memory", "64M", "--replica", "node-0000000000000000000000000000"], "not a member"),
             (["vm", "create", "odd", "--memory", "lots"], "is not a size"),
             (["vm", "delete", "nope"], "no VM named 'nope'"),
+            (["vm", "create", "there", "--memory", "64M", "--on", n4ID], "has no libvirt"),
         ]
         for (args, expected) in bad {
             let (code, out) = try c.cli(args + ["--home", c.home("n1")])

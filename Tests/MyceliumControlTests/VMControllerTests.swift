@@ -35,7 +35,7 @@ final class VMControllerTests: XCTestCase {
                                                    roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i),
                                                    issuedAt: 1_800_000_000, validFor: 86_400)
             try spore(.admit(cert), by: i)
-            try spore(.refresh(Capabilities(cpus: 2, memoryMiB: 4096)), by: i)
+            try spore(.refresh(Capabilities(cpus: 2, memoryMiB: 4096, features: .libvirt)), by: i)
         }
     }
 

@@ -40,7 +40,7 @@ final class VMTableTests: XCTestCase {
                                                    roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i),
                                                    issuedAt: 1_800_000_000, validFor: 86_400)
             try spore(&s, .admit(cert), by: i)
-            try spore(&s, .refresh(Capabilities(cpus: 2, memoryMiB: memory)), by: i)
+            try spore(&s, .refresh(Capabilities(cpus: 2, memoryMiB: memory, features: .libvirt)), by: i)
         }
         return s
     }
@@ -119,6 +119,17 @@ final class VMTableTests: XCTestCase {
         try spore(&s, .setStatus(node: first[1], .failed), by: 1)
         XCTAssertEqual(s.vms.candidates(for: VMSpec(name: "big-2", memoryMiB: 400, vcpus: 1), spore: s.spore, excluding: []), [],
                        "a failed member is no candidate")
+    }
+
+    func testOnlyNodesWithLibvirtAndRoomHoldACopy() throws {
+        var s = try world(memory: 600)
+        // Node 3 announces no libvirt (its agent found no daemon): never chosen, and named as the reason.
+        try spore(&s, .refresh(Capabilities(cpus: 2, memoryMiB: 600)), by: 3)
+        XCTAssertEqual(Set(s.vms.candidates(for: spec, spore: s.spore, excluding: [])), [id(1), id(2)])
+        XCTAssertTrue(s.vms.placementProblem(for: spec, on: id(3), spore: s.spore)?.contains("no libvirt") == true)
+        XCTAssertNil(s.vms.placementProblem(for: spec, on: id(2), spore: s.spore))
+        let big = VMSpec(name: "big", memoryMiB: 700, vcpus: 1)
+        XCTAssertTrue(s.vms.placementProblem(for: big, on: id(2), spore: s.spore)?.contains("600 MiB left") == true)
     }
 
     func testTheTableTravelsInTheSnapshotAndItsCommandsRoundTrip() throws {

@@ -133,6 +133,7 @@ final class PrimarySporeTests: XCTestCase {
     func testAdmitRefreshAddressesAndDeterministicBytes() throws {
         var w = SporeWorld(members: 3)
         try w.apply(.refresh(Capabilities(cpus: 4, memoryMiB: 8192, diskGiB: 100)), by: 0)
+        try w.apply(.refresh(Capabilities(cpus: 2, memoryMiB: 1024, features: .libvirt)), by: 2)
         try w.apply(.confirmAddress(node: w.ids[1], address: "10.0.0.2:7946"), by: 0)
         XCTAssertEqual(w.spore.members[w.ids[1]]?.addresses, ["10.0.0.2:7946"])
         XCTAssertEqual(w.spore.members[w.ids[0]]?.capabilities.cpus, 4)
@@ -141,6 +142,7 @@ final class PrimarySporeTests: XCTestCase {
         let decoded = try PrimarySpore(decoding: w.spore.encoded())
         XCTAssertEqual(decoded, w.spore)
         XCTAssertEqual(decoded.encoded(), w.spore.encoded(), "same state, same bytes")
+        XCTAssertEqual(decoded.members[w.ids[2]]?.capabilities.features, .libvirt)
     }
 
     func testSignaturesAreCheckedAgainstTheSporesKeys() throws {
