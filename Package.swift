@@ -93,6 +93,9 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
         .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+        // The host-side VM driver: one node's endophyte domains under its own libvirtd (domain XML,
+        // QEMU's guest-RAM memfd, checkpoint primitives, standby activation). No Raft or agent logic.
+        .target(name: "VMHost", dependencies: ["Libvirt", "MyceliumControl", "Endophyte", "DirtyPages", "MyceliumCore"]),
 
         // MARK: the CNI plugin: raw rtnetlink in C, the plugin in Swift (no Foundation: it runs per container)
         .target(
@@ -227,6 +230,9 @@ let package = Package(
             exclude: ["cnidriver"]),
         // libvirt's built-in test driver (test:///default, in-process) for the wrapper's calls and errors.
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
+        // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
+        // (scripts/vm-guest); needs root and QEMU.
+        .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

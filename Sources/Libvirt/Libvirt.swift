@@ -182,6 +182,12 @@ public final class LibvirtDomain: @unchecked Sendable {
 
     /// Starts a defined domain.
     public func start() throws(LibvirtError) { try check(virDomainCreate(handle), "start '\(name)'") }
+    /// Starts a defined domain; with `paused`, its vCPUs wait for `resume` (libvirt's
+    /// `VIR_DOMAIN_START_PAUSED`: QEMU is started with `-S` and never told `cont`).
+    public func start(paused: Bool) throws(LibvirtError) {
+        let flags = paused ? UInt32(VIR_DOMAIN_START_PAUSED.rawValue) : 0
+        try check(virDomainCreateWithFlags(handle, flags), "start '\(name)'\(paused ? " paused" : "")")
+    }
     /// Pauses its vCPUs (the guest's memory stays as it is).
     public func suspend() throws(LibvirtError) { try check(virDomainSuspend(handle), "pause '\(name)'") }
     public func resume() throws(LibvirtError) { try check(virDomainResume(handle), "resume '\(name)'") }
@@ -190,12 +196,96 @@ public final class LibvirtDomain: @unchecked Sendable {
     /// Removes its definition (a running domain becomes transient and goes when it stops).
     public func undefine() throws(LibvirtError) { try check(virDomainUndefine(handle), "undefine '\(name)'") }
 
+    /// What `undefine(_:)` removes besides the definition.
+    public struct UndefineOptions: OptionSet, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let managedSave = UndefineOptions(rawValue: UInt32(VIR_DOMAIN_UNDEFINE_MANAGED_SAVE.rawValue))
+        public static let snapshotsMetadata = UndefineOptions(rawValue: UInt32(VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA.rawValue))
+        public static let checkpointsMetadata = UndefineOptions(rawValue: UInt32(VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA.rawValue))
+        public static let nvram = UndefineOptions(rawValue: UInt32(VIR_DOMAIN_UNDEFINE_NVRAM.rawValue))
+        public static let tpm = UndefineOptions(rawValue: UInt32(VIR_DOMAIN_UNDEFINE_TPM.rawValue))
+        /// Everything libvirt keeps for a domain: nothing of it is left behind.
+        public static let everything: UndefineOptions = [.managedSave, .snapshotsMetadata, .checkpointsMetadata, .nvram, .tpm]
+    }
+
+    /// Removes its definition and what `options` names (`virDomainUndefineFlags`).
+    public func undefine(_ options: UndefineOptions) throws(LibvirtError) {
+        try check(virDomainUndefineFlags(handle, options.rawValue), "undefine '\(name)'")
+    }
+
+    /// True while the domain runs (running or paused: a QEMU process exists).
+    public func isActive() throws(LibvirtError) -> Bool {
+        let r = virDomainIsActive(handle)
+        if r < 0 { throw LibvirtError.last("ask whether '\(name)' is active") }
+        return r == 1
+    }
+
+    /// True when libvirt keeps a definition of the domain (it survives a stop).
+    public func isPersistent() throws(LibvirtError) -> Bool {
+        let r = virDomainIsPersistent(handle)
+        if r < 0 { throw LibvirtError.last("ask whether '\(name)' is persistent") }
+        return r == 1
+    }
+
+    /// The state and libvirt's reason for it (a `virDomain<State>Reason` value, e.g. `pausedUser`
+    /// after `suspend` or a paused start).
+    public func stateAndReason() throws(LibvirtError) -> (state: DomainState, reason: Int32) {
+        var state: Int32 = 0, reason: Int32 = 0
+        guard virDomainGetState(handle, &state, &reason, 0) == 0 else { throw LibvirtError.last("read the state of '\(name)'") }
+        return (DomainState(state), reason)
+    }
+
+    /// `VIR_DOMAIN_PAUSED_USER`: paused on request (`suspend`, a paused start, QMP `stop`).
+    public static let pausedUser = Int32(VIR_DOMAIN_PAUSED_USER.rawValue)
+
+    /// The domain's custom metadata element in namespace `namespaceURI`, as XML, or nil when it has
+    /// none. `live`: of the running domain; otherwise of its persistent definition.
+    public func metadata(namespaceURI: String, live: Bool = true) throws(LibvirtError) -> String? {
+        let flags = UInt32(live ? VIR_DOMAIN_AFFECT_LIVE.rawValue : VIR_DOMAIN_AFFECT_CONFIG.rawValue)
+        guard let p = virDomainGetMetadata(handle, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), namespaceURI, flags) else {
+            let e = LibvirtError.last("read the metadata \(namespaceURI) of '\(name)'")
+            if UInt32(bitPattern: e.code) == VIR_ERR_NO_DOMAIN_METADATA.rawValue { return nil }
+            throw e
+        }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// Replaces the custom metadata element in namespace `namespaceURI` (prefix `key`) with `xml`
+    /// (nil removes it), on the running domain and, when it has one, its persistent definition.
+    public func setMetadata(_ xml: String?, key: String, namespaceURI: String) throws(LibvirtError) {
+        var flags = UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)
+        if try isPersistent() { flags |= UInt32(VIR_DOMAIN_AFFECT_CONFIG.rawValue) }
+        if try !isActive() { flags = UInt32(VIR_DOMAIN_AFFECT_CONFIG.rawValue) }
+        try check(virDomainSetMetadata(handle, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), xml, key, namespaceURI, flags),
+                  "set the metadata \(namespaceURI) of '\(name)'")
+    }
+
     /// Sends a QMP command (JSON) to the domain's QEMU monitor and returns QEMU's JSON reply. libvirt
     /// marks the domain tainted (it cannot vouch for what the command did); checkpoints need it.
     public func qemuMonitorCommand(_ json: String) throws(LibvirtError) -> String {
         var reply: UnsafeMutablePointer<CChar>?
         let r = virDomainQemuMonitorCommand(handle, json, &reply, UInt32(VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT.rawValue))
         if r != 0 { throw LibvirtError.last("send a monitor command to '\(name)'") }
+        guard let reply else { return "" }
+        defer { free(reply) }
+        return String(cString: reply)
+    }
+
+    /// Sends a QMP command together with open file descriptors (`virDomainQemuMonitorCommandWithFiles`,
+    /// libvirt ≥ 8.2; Unix-socket connections only): QEMU receives them as with SCM_RIGHTS, so a
+    /// `getfd` names one for a later `migrate` to `fd:NAME`. libvirt passes one descriptor per
+    /// command. The caller keeps (and closes) its own copies.
+    public func qemuMonitorCommand(_ json: String, files: [Int32]) throws(LibvirtError) -> String {
+        var reply: UnsafeMutablePointer<CChar>?
+        var fds = files
+        // SAFETY: libvirt reads `fds.count` ints from the array during the call only.
+        let r = fds.withUnsafeMutableBufferPointer { buf in
+            virDomainQemuMonitorCommandWithFiles(handle, json, UInt32(buf.count), buf.baseAddress, nil, nil, &reply,
+                                                 UInt32(VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT.rawValue))
+        }
+        if r != 0 { throw LibvirtError.last("send a monitor command with \(files.count) file(s) to '\(name)'") }
         guard let reply else { return "" }
         defer { free(reply) }
         return String(cString: reply)

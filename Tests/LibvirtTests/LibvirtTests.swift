@@ -81,6 +81,52 @@ final class LibvirtTests: XCTestCase {
         try d.undefine()
     }
 
+    func testStateReasonsUndefineWithFlagsAndMetadataRoundTrip() throws {
+        let c = try LibvirtConnection(uri: "test:///default")
+        let d = try c.define(xml: domainXML("standby-1"))
+        XCTAssertTrue(try d.isPersistent())
+        XCTAssertFalse(try d.isActive())
+        let ns = "https://example.org/xmlns/probe/1"
+        XCTAssertNil(try d.metadata(namespaceURI: ns, live: false), "no such element yet")
+        try d.setMetadata("<probe epoch='7'/>", key: "probe", namespaceURI: ns)
+        let stored = try XCTUnwrap(try d.metadata(namespaceURI: ns, live: false))
+        XCTAssertTrue(stored.contains("epoch=\"7\"") || stored.contains("epoch='7'"), stored)
+
+        // The test driver has no paused start (the QEMU one does: VMHostTests' standbys); its
+        // refusal comes through as libvirt's.
+        XCTAssertThrowsError(try d.start(paused: true)) { error in
+            let e = error as! LibvirtError
+            XCTAssertEqual(e.code, 8, "libvirt's VIR_ERR_INVALID_ARG: \(e)")
+            XCTAssertTrue(e.message.contains("unsupported flags"), e.message)
+        }
+        try d.start(paused: false)
+        XCTAssertTrue(try d.isActive())
+        try d.suspend()
+        let (state, reason) = try d.stateAndReason()
+        XCTAssertEqual(state, .paused)
+        XCTAssertEqual(reason, LibvirtDomain.pausedUser)
+        try d.setMetadata("<probe epoch='8'/>", key: "probe", namespaceURI: ns)
+        XCTAssertTrue(try XCTUnwrap(try d.metadata(namespaceURI: ns)).contains("8"), "the running domain's copy changed")
+        try d.resume()
+        XCTAssertEqual(try d.state(), .running)
+        try d.destroy()
+        // The test driver knows these two of the flags (the QEMU driver all of `.everything`).
+        try d.undefine([.managedSave, .snapshotsMetadata])
+        XCTAssertEqual(try c.domains().map(\.name), ["test"], "nothing of standby-1 is left defined")
+    }
+
+    func testMonitorCommandsWithFilesNeedTheQEMUDriver() throws {
+        let c = try LibvirtConnection(uri: "test:///default")
+        var fds: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&fds), 0)
+        defer { close(fds[0]); close(fds[1]) }
+        XCTAssertThrowsError(try c.domain(named: "test").qemuMonitorCommand(#"{"execute":"getfd","arguments":{"fdname":"x"}}"#, files: [fds[1]])) { error in
+            let e = error as! LibvirtError
+            XCTAssertEqual(e.kind, .noSupport, "\(e)")
+            XCTAssertTrue(e.description.contains("1 file(s)"), e.description)
+        }
+    }
+
     func testAnUnknownDriverIsAConnectionError() {
         XCTAssertThrowsError(try LibvirtConnection(uri: "nosuchdriver:///nowhere")) { error in
             let e = error as! LibvirtError

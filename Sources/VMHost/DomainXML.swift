@@ -1,0 +1,192 @@
+// The libvirt domain of an endophyte VM, from the network's VMSpec.
+//
+// Both sides of a replicated VM run the same QEMU command line (a device state loads only into the
+// machine that saved it), so one function builds both: the standby differs only by `-incoming defer`
+// (QEMU waits for a migration stream instead of booting) and its metadata role. Guest RAM is a shared
+// memfd, so this host's engine can read it (replication) and write it (a standby's image).
+
+import MyceliumControl
+
+/// What a host's copy of an endophyte VM is for.
+public enum EndophyteRole: String, Sendable, Equatable {
+    /// Runs the guest; its RAM is replicated.
+    case primary
+    /// A QEMU started paused with `-incoming defer`, waiting to be given a RAM image and device state.
+    case standby
+}
+
+/// The dirty-page preload shim (CSources/CDirtyPages/shim/mdp_preload.c): QEMU registers its guest
+/// RAM with userfaultfd itself and writes `pid start length fd` to `report`, so the uffd-remote
+/// engine can track it. Both files must be readable by the user QEMU runs as.
+public struct DirtyPageShim: Sendable, Equatable {
+    public var library: String
+    public var report: String
+    public init(library: String, report: String) {
+        self.library = library
+        self.report = report
+    }
+}
+
+/// Everything about a host's domain that is not in the VMSpec.
+public struct EndophyteDomainConfig: Sendable, Equatable {
+    public var role: EndophyteRole
+    /// The VM's ownership epoch (the fencing token in the VM table) this copy runs under.
+    public var ownershipEpoch: UInt64
+    /// File the guest's first serial port is written to (appended).
+    public var serialLog: String
+    public var shim: DirtyPageShim?
+    /// QEMU machine type. Must name the same machine on both hosts; pin a versioned one
+    /// (`pc-i440fx-7.2`) when the hosts' QEMU versions may differ.
+    public var machine: String
+
+    public init(role: EndophyteRole, ownershipEpoch: UInt64, serialLog: String, shim: DirtyPageShim? = nil, machine: String = "pc") {
+        self.role = role
+        self.ownershipEpoch = ownershipEpoch
+        self.serialLog = serialLog
+        self.shim = shim
+        self.machine = machine
+    }
+}
+
+/// What the metadata element of a Mycelium-managed domain records.
+public struct EndophyteMetadata: Sendable, Equatable {
+    public var role: EndophyteRole
+    public var ownershipEpoch: UInt64
+    public init(role: EndophyteRole, ownershipEpoch: UInt64) {
+        self.role = role
+        self.ownershipEpoch = ownershipEpoch
+    }
+}
+
+public enum EndophyteDomainXML {
+    /// Namespace of the `<metadata>` element that marks a domain as Mycelium's.
+    public static let namespaceURI = "http://mycelium.dev/xmlns/endophyte/1"
+    public static let namespacePrefix = "mycelium"
+    static let qemuNamespace = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+    /// The domain XML for `spec` on this host. Every value from the spec or config is escaped;
+    /// values XML cannot carry (control characters) and invalid specs are refused.
+    public static func make(_ spec: VMSpec, _ config: EndophyteDomainConfig) throws(VMHostError) -> String {
+        if let p = spec.problem { throw VMHostError(.invalidSpec(p), domain: spec.name) }
+        guard !spec.kernel.isEmpty else {
+            throw VMHostError(.invalidSpec("no kernel: an endophyte boots its kernel directly (VMSpec.kernel)"), domain: spec.name)
+        }
+        let fields: [(String, String)] = [
+            ("kernel", spec.kernel), ("initrd", spec.initrd), ("cmdline", spec.cmdline), ("serial log", config.serialLog),
+            ("machine", config.machine), ("shim library", config.shim?.library ?? ""), ("shim report", config.shim?.report ?? ""),
+        ]
+        for (what, value) in fields where value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            throw VMHostError(.invalidSpec("\(what) contains a control character, which a domain XML cannot carry"), domain: spec.name)
+        }
+        guard !config.serialLog.isEmpty, config.serialLog.hasPrefix("/") else {
+            throw VMHostError(.invalidSpec("the serial log must be an absolute path (got '\(config.serialLog)')"), domain: spec.name)
+        }
+        guard !config.machine.isEmpty else { throw VMHostError(.invalidSpec("empty machine type"), domain: spec.name) }
+
+        var x = "<domain type='qemu' xmlns:qemu='\(qemuNamespace)'>\n"
+        x += "  <name>\(escape(spec.name))</name>\n"
+        x += "  <metadata>\n    \(metadataElement(EndophyteMetadata(role: config.role, ownershipEpoch: config.ownershipEpoch)))\n  </metadata>\n"
+        x += "  <memory unit='MiB'>\(spec.memoryMiB)</memory>\n"
+        x += "  <vcpu>\(spec.vcpus)</vcpu>\n"
+        // Shared memfd RAM: QEMU maps it MAP_SHARED, so this host can open it through /proc/PID/fd.
+        x += "  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>\n"
+        x += "  <os>\n    <type arch='x86_64' machine='\(escape(config.machine))'>hvm</type>\n"
+        x += "    <kernel>\(escape(spec.kernel))</kernel>\n"
+        if !spec.initrd.isEmpty { x += "    <initrd>\(escape(spec.initrd))</initrd>\n" }
+        if !spec.cmdline.isEmpty { x += "    <cmdline>\(escape(spec.cmdline))</cmdline>\n" }
+        x += "  </os>\n"
+        // Without <acpi/> libvirt adds -no-acpi; spelled out so both sides surely agree.
+        x += "  <features><acpi/></features>\n"
+        x += "  <clock offset='utc'/>\n"
+        x += "  <devices>\n"
+        x += "    <serial type='file'><source path='\(escape(config.serialLog))' append='on'/><target port='0'/></serial>\n"
+        // Devices libvirt would add by default and the guest does not need: less device state to carry.
+        x += "    <controller type='usb' model='none'/>\n"
+        x += "    <memballoon model='none'/>\n"
+        x += "  </devices>\n"
+        var qemu: [String] = []
+        if config.role == .standby {
+            qemu += ["    <qemu:arg value='-incoming'/>", "    <qemu:arg value='defer'/>"]
+        }
+        if let shim = config.shim {
+            qemu += ["    <qemu:env name='LD_PRELOAD' value='\(escape(shim.library))'/>",
+                     "    <qemu:env name='MDP_SHIM_REPORT' value='\(escape(shim.report))'/>"]
+        }
+        if !qemu.isEmpty { x += "  <qemu:commandline>\n" + qemu.joined(separator: "\n") + "\n  </qemu:commandline>\n" }
+        x += "</domain>\n"
+        return x
+    }
+
+    /// The metadata element as it appears in the domain XML, with its namespace.
+    public static func metadataElement(_ m: EndophyteMetadata) -> String {
+        "<\(namespacePrefix):endophyte xmlns:\(namespacePrefix)='\(namespaceURI)' \(metadataAttributes(m))/>"
+    }
+
+    /// The element as `virDomainSetMetadata` takes it: unqualified (libvirt puts it in the namespace
+    /// itself and refuses a second declaration of it).
+    static func metadataForSet(_ m: EndophyteMetadata) -> String { "<endophyte \(metadataAttributes(m))/>" }
+
+    private static func metadataAttributes(_ m: EndophyteMetadata) -> String {
+        "managed-by='mycelium' role='\(m.role.rawValue)' ownership-epoch='\(m.ownershipEpoch)'"
+    }
+
+    /// Reads the metadata element back, as libvirt returns it (its own quoting and prefixes), or nil
+    /// when `xml` is not a Mycelium endophyte element.
+    public static func parseMetadata(_ xml: String) -> EndophyteMetadata? {
+        guard attribute("managed-by", in: xml) == "mycelium",
+              let role = attribute("role", in: xml).flatMap(EndophyteRole.init(rawValue:)),
+              let epoch = attribute("ownership-epoch", in: xml).flatMap({ UInt64($0) })
+        else { return nil }
+        return EndophyteMetadata(role: role, ownershipEpoch: epoch)
+    }
+
+    /// The value of attribute `name` in the first element of `xml` (either quote style), unescaped.
+    static func attribute(_ name: String, in xml: String) -> String? {
+        let s = Array(xml.utf8)
+        let key = Array(" \(name)=".utf8)
+        guard s.count > key.count else { return nil }
+        var i = 0
+        while i + key.count < s.count {
+            if s[i] == UInt8(ascii: ">") { return nil }  // past the first tag
+            if Array(s[i..<i + key.count]) == key {
+                let q = s[i + key.count]
+                guard q == UInt8(ascii: "'") || q == UInt8(ascii: "\"") else { return nil }
+                let start = i + key.count + 1
+                guard let end = s[start...].firstIndex(of: q) else { return nil }
+                return unescape(String(decoding: s[start..<end], as: UTF8.self))
+            }
+            i += 1
+        }
+        return nil
+    }
+
+    /// XML text and attribute escaping (both quote characters, so any attribute quoting is safe).
+    public static func escape(_ s: String) -> String {
+        var out = ""
+        out.reserveCapacity(s.utf8.count)
+        for c in s.unicodeScalars {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "'": out += "&apos;"
+            case "\"": out += "&quot;"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
+
+    static func unescape(_ s: String) -> String {
+        guard s.contains("&") else { return s }
+        return s.replacingOccurrences("&lt;", "<").replacingOccurrences("&gt;", ">").replacingOccurrences("&apos;", "'")
+            .replacingOccurrences("&quot;", "\"").replacingOccurrences("&amp;", "&")
+    }
+}
+
+extension String {
+    /// Foundation-free replace (this file needs nothing else of Foundation).
+    fileprivate func replacingOccurrences(_ target: String, _ replacement: String) -> String {
+        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+}

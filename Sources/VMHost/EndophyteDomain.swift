@@ -1,0 +1,389 @@
+// One endophyte domain on this host: its QEMU process, its guest RAM, and the checkpoint primitives
+// the replication engine drives through `SourceHooks` (Remus §3: pause, take the last pages and the
+// device state, resume), plus a standby's activation from a committed epoch.
+//
+// The sequence is the one MACHINE.md proved on QEMU 7.2 under libvirt 9.0 ("VM checkpoint and resume
+// from a RAM replica plus device state"): with `x-ignore-shared` QEMU's migration stream leaves out
+// the shared guest RAM, so `migrate` to an fd is the device state alone (~280 KB, mostly ROMs), and
+// `migrate-incoming` of it into a QEMU whose memfd already holds the RAM image resumes the guest
+// at exactly that checkpoint.
+
+import DirtyPages
+import Endophyte
+import Libvirt
+import MyceliumCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A RAM image of one checkpoint, tagged with its replication epoch.
+public struct RAMImage: Sendable {
+    public let epoch: UInt64
+    public let region: MappedRegion
+    public init(epoch: UInt64, region: MappedRegion) {
+        self.epoch = epoch
+        self.region = region
+    }
+}
+
+/// QEMU's device state of one checkpoint (its migration stream without guest RAM), tagged with the
+/// same replication epoch as the RAM image it belongs to.
+public struct DeviceState: Sendable, Equatable {
+    public let epoch: UInt64
+    public let bytes: [UInt8]
+    public init(epoch: UInt64, bytes: [UInt8]) {
+        self.epoch = epoch
+        self.bytes = bytes
+    }
+}
+
+/// Where an activation's time went (seconds).
+public struct ActivationTimings: Sendable {
+    /// Checks, finding the memfd, and writing the RAM image into it.
+    public let checkAndCopy: Double
+    /// `getfd` + `migrate-incoming` until QEMU reports `completed`.
+    public let loadDeviceState: Double
+    /// libvirt's resume (QMP `cont`).
+    public let resume: Double
+    public var total: Double { checkAndCopy + loadDeviceState + resume }
+}
+
+/// How a dirty-page tracker for a domain's RAM was obtained.
+public struct GuestRAMTracking: Sendable {
+    public let tracker: DirtyTracker
+    /// Why the hash engine is used, when it is (nil for uffd-remote through the shim).
+    public let fallbackReason: String?
+}
+
+public final class EndophyteDomain: @unchecked Sendable {
+    // SAFETY (Sendable): libvirt handles may be used from any thread and libvirt serialises monitor
+    // commands per domain; this object's own mutable state is guarded by `lock`.
+    public let domain: LibvirtDomain
+    public let name: String
+    /// Directory where libvirt's QEMU driver writes `<name>.pid` (`/run/libvirt/qemu` for qemu:///system).
+    public let qemuRunDirectory: String
+    /// Bound on every wait for QEMU (device state save and load).
+    public let timeout: Double
+    private let lock = PthreadLock()
+    private var ignoreSharedSet = false
+    private var fdSerial = 0
+
+    init(domain: LibvirtDomain, qemuRunDirectory: String, timeout: Double) {
+        self.domain = domain
+        self.name = domain.name
+        self.qemuRunDirectory = qemuRunDirectory
+        self.timeout = timeout
+    }
+
+    var qmp: QMP { QMP(domain: domain, name: name) }
+
+    func error(_ code: VMHostError.Code) -> VMHostError { VMHostError(code, domain: name) }
+
+    // MARK: state
+
+    /// libvirt's view of the domain's state.
+    public func state() throws(VMHostError) -> DomainState {
+        do { return try domain.state() } catch { throw self.error(.libvirt(error)) }
+    }
+
+    /// The Mycelium metadata on the running domain (nil: not Mycelium's).
+    public func metadata() throws(VMHostError) -> EndophyteMetadata? {
+        let live: Bool
+        do { live = try domain.isActive() } catch { throw self.error(.libvirt(error)) }
+        do {
+            return try domain.metadata(namespaceURI: EndophyteDomainXML.namespaceURI, live: live).flatMap(EndophyteDomainXML.parseMetadata)
+        } catch {
+            throw self.error(.libvirt(error))
+        }
+    }
+
+    /// Records a new role and ownership epoch (after a failover or a planned switch), on the running
+    /// domain and its definition.
+    public func setOwnership(_ m: EndophyteMetadata) throws(VMHostError) {
+        do {
+            try domain.setMetadata(EndophyteDomainXML.metadataForSet(m), key: EndophyteDomainXML.namespacePrefix,
+                                   namespaceURI: EndophyteDomainXML.namespaceURI)
+        } catch {
+            throw self.error(.libvirt(error))
+        }
+    }
+
+    // MARK: the QEMU process and its RAM
+
+    /// The domain's QEMU process: libvirt's pid file, checked against /proc (a stale file from an
+    /// earlier run must not name someone else's process).
+    public func qemuPID() throws(VMHostError) -> Int32 {
+        let path = qemuRunDirectory + "/" + name + ".pid"
+        guard let text = readSmallFile(path) else {
+            throw error(.noQEMUProcess("cannot read \(path) (\(String(cString: strerror(errno))))"))
+        }
+        guard let pid = Int32(text.trimmingWhitespace()), pid > 0 else { throw error(.noQEMUProcess("\(path) holds '\(text)'")) }
+        guard let cmdline = readSmallFile("/proc/\(pid)/cmdline", limit: 1 << 20) else {
+            throw error(.noQEMUProcess("process \(pid) from \(path) does not exist"))
+        }
+        // libvirt names the guest on QEMU's command line: `-name guest=NAME,debug-threads=on`.
+        let args = cmdline.split(separator: "\0", omittingEmptySubsequences: false)
+        guard args.contains(where: { $0 == "guest=\(name)" || $0.hasPrefix("guest=\(name),") }) else {
+            throw error(.noQEMUProcess("process \(pid) from \(path) is not this domain's QEMU"))
+        }
+        return pid
+    }
+
+    /// The guest-RAM memfd of the running QEMU, mapped shared into this process. Both see the same
+    /// pages: a write here is a write to guest RAM.
+    public func openGuestRAM() throws(VMHostError) -> MappedRegion {
+        let pid = try qemuPID()
+        let dir = "/proc/\(pid)/fd"
+        guard let d = opendir(dir) else { throw error(.guestRAM("cannot list \(dir): \(String(cString: strerror(errno)))")) }
+        var found: [String] = []
+        while let e = readdir(d) {
+            let entry = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard Int(entry) != nil else { continue }
+            var buf = [CChar](repeating: 0, count: 256)
+            let n = readlink("\(dir)/\(entry)", &buf, buf.count - 1)
+            guard n > 0 else { continue }
+            let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            // libvirt names the backend pc.ram, QEMU names the memfd after the backend's type.
+            if target.hasPrefix("/memfd:memory-backend-memfd") { found.append("\(dir)/\(entry)") }
+        }
+        closedir(d)
+        guard found.count == 1, let path = found.first else {
+            throw error(.guestRAM(found.isEmpty ? "QEMU \(pid) holds no memory-backend-memfd"
+                                  : "QEMU \(pid) holds \(found.count) memfd backends (\(found.joined(separator: ", "))); one guest-RAM backend is supported"))
+        }
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 { throw error(.guestRAM("cannot open \(path): \(String(cString: strerror(errno)))")) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size > 0 else {
+            let e = errno
+            close(fd)
+            throw error(.guestRAM("cannot size \(path): \(String(cString: strerror(e)))"))
+        }
+        do {
+            // The memfd is sealed against growing and shrinking; MappedRegion's ftruncate to the
+            // size it already has is allowed.
+            return try MappedRegion(fd: fd, length: Int(st.st_size))
+        } catch {
+            throw self.error(.endophyte(error))
+        }
+    }
+
+    /// A dirty-page tracker for `region` (this domain's guest RAM): uffd-remote when the preload shim
+    /// registered the RAM inside this QEMU (its report names this pid and the RAM's length), else
+    /// the hash engine, with the reason.
+    public func openDirtyTracker(region: MappedRegion, shimReport: String?) throws(VMHostError) -> GuestRAMTracking {
+        var reason = "no dirty-page shim configured"
+        if let shimReport {
+            let pid = try qemuPID()
+            if let text = readSmallFile(shimReport, limit: 1 << 20) {
+                // "pid start length fd" per registration, or "pid error errno"; the newest line wins.
+                let mine = text.split(separator: "\n").map { $0.split(separator: " ") }.filter { $0.first == "\(pid)" }
+                if let last = mine.last, last.count == 4, let start = UInt64(last[1]), let length = Int(last[2]) {
+                    if length == region.length {
+                        do {
+                            return GuestRAMTracking(tracker: try DirtyTracker.uffdRemote(pid: pid, address: start, length: length), fallbackReason: nil)
+                        } catch {
+                            reason = "uffd-remote on QEMU \(pid): \(error)"
+                        }
+                    } else {
+                        reason = "the shim registered \(length) bytes in QEMU \(pid), the guest RAM has \(region.length)"
+                    }
+                } else if let last = mine.last, last.count >= 3, last[1] == "error" {
+                    reason = "the shim could not register guest RAM in QEMU \(pid) (errno \(last[2]))"
+                } else {
+                    reason = "the shim report \(shimReport) has no registration by QEMU \(pid)"
+                }
+            } else {
+                reason = "no shim report at \(shimReport)"
+            }
+        }
+        do {
+            return GuestRAMTracking(tracker: try DirtyTracker.hash(region: UnsafeRawBufferPointer(region.buffer)), fallbackReason: reason)
+        } catch {
+            throw self.error(.endophyte(EndophyteError(.dirtyPages(error))))
+        }
+    }
+
+    // MARK: checkpoint primitives (SourceHooks)
+
+    /// Stops the guest's vCPUs (QMP `stop`); its RAM and devices stay as they are.
+    public func pause() throws(VMHostError) { try qmp.run("stop") }
+
+    /// Lets the guest run again (QMP `cont`), also after a device-state save left it `postmigrate`.
+    public func resume() throws(VMHostError) { try qmp.run("cont") }
+
+    /// QEMU's device state now, without guest RAM. Call it while the guest is paused: the RAM copy
+    /// and this state then describe the same instant.
+    public func deviceState(epoch: UInt64) throws(VMHostError) -> DeviceState {
+        try ensureIgnoreShared()
+        let deadline = monotonicNow() + timeout
+        let pair = try FDPair.socketPair(domain: name)
+        let readEnd = pair.first
+        // Read on another thread from before `migrate` on: QEMU's migration thread blocks once the
+        // socket buffer is full, and nothing here may wait on it while holding the monitor.
+        let reader = IOThread { IOThread.readAll(readEnd, deadline: deadline) }
+        try reader.start()
+        let fdName = nextFDName("save")
+        var migrating = false
+        defer {
+            pair.closeSecond()
+            if !migrating { _ = try? qmp.run("closefd", ["fdname": fdName]) }  // QEMU's copy, so the reader sees EOF
+            _ = reader.join()
+        }
+        try qmp.run("getfd", ["fdname": fdName], files: [pair.second])
+        pair.closeSecond()  // QEMU holds the other end now; EOF comes when it closes it
+        try qmp.run("migrate", ["uri": "fd:\(fdName)"])
+        migrating = true
+        let outcome = reader.join()
+        let bytes: [UInt8]
+        switch outcome {
+        case .done(let b): bytes = b
+        case let .failed(op, e): throw error(.system(operation: "\(op) the device state", errno: e))
+        case .timedOut(let n): throw error(.timeout(operation: "reading the device state (\(n) bytes so far)", seconds: timeout))
+        }
+        // QEMU closes the stream after setting `completed` (or `failed`), so one query mostly suffices.
+        try qmp.waitForMigration("saving the device state", deadline: deadline, timeout: timeout)
+        try Self.checkStream(bytes, domain: name)
+        return DeviceState(epoch: epoch, bytes: bytes)
+    }
+
+    /// The engine's hooks for this domain. `throttle` receives the engine's level (0…1); QEMU's own
+    /// `cpu-throttle-percentage` acts only during its migrations, so the caller supplies one (a
+    /// cgroup CPU quota on QEMU, for example).
+    /// The engine commits the device-state bytes with its own epoch number, so no tag is needed here.
+    public func sourceHooks(throttle: @escaping @Sendable (Double) -> Void = { _ in }) -> SourceHooks {
+        SourceHooks(pause: { try self.pause() }, resume: { try self.resume() },
+                    deviceState: { try self.deviceState(epoch: 0).bytes }, throttle: throttle)
+    }
+
+    // MARK: standby
+
+    /// True for a standby that can still be activated: paused in libvirt's view, and its QEMU
+    /// waiting for an incoming stream (`inmigrate`: started with `-incoming defer`, never given one).
+    public func isWaitingForState() throws(VMHostError) -> Bool { try whyNotWaiting() == nil }
+
+    private func whyNotWaiting() throws(VMHostError) -> String? {
+        let state: DomainState
+        do { state = try domain.state() } catch { throw self.error(.libvirt(error)) }
+        guard state == .paused else { return "it is \(state), not paused" }
+        let status = try qmp.run("query-status")
+        let runState = (status as? [String: Any])?["status"] as? String ?? "?"
+        guard runState == "inmigrate" else { return "QEMU is '\(runState)', not 'inmigrate' (started without -incoming defer, or already given a state)" }
+        return nil
+    }
+
+    /// Turns a standby into the running guest of one committed epoch: writes `image` into its RAM,
+    /// loads `deviceState` (`migrate-incoming` from an fd) and resumes it. The pair must be of one
+    /// epoch and the domain a standby that was never resumed; otherwise nothing is touched.
+    @discardableResult
+    public func activate(image: RAMImage, deviceState: DeviceState) throws(VMHostError) -> ActivationTimings {
+        let t0 = monotonicNow()
+        guard image.epoch == deviceState.epoch else {
+            throw error(.epochMismatch(ramEpoch: image.epoch, deviceStateEpoch: deviceState.epoch))
+        }
+        try Self.checkStream(deviceState.bytes, domain: name)
+        if let why = try whyNotWaiting() { throw error(.notStandby(why)) }
+        let ram = try openGuestRAM()
+        guard ram.length == image.region.length else {
+            throw error(.sizeMismatch(imageBytes: image.region.length, guestBytes: ram.length))
+        }
+        // QEMU does not touch guest RAM while it waits for its stream, and x-ignore-shared keeps the
+        // stream from overwriting it: the image is the RAM the guest resumes with.
+        memcpy(ram.base, image.region.base, ram.length)
+        let copied = monotonicNow()
+        try ensureIgnoreShared()
+
+        let deadline = monotonicNow() + timeout
+        let pair = try FDPair.socketPair(domain: name)
+        let ours = pair.second
+        let bytes = deviceState.bytes
+        let writer = IOThread {
+            let r = IOThread.writeAll(bytes, to: ours, deadline: deadline)
+            shutdown(ours, Int32(SHUT_WR))  // end of stream: QEMU finishes loading
+            return r
+        }
+        let fdName = nextFDName("load")
+        try qmp.run("getfd", ["fdname": fdName], files: [pair.first])
+        pair.closeFirst()
+        var loading = false
+        defer {
+            if !loading { _ = try? qmp.run("closefd", ["fdname": fdName]) }  // QEMU's copy: the writer sees EPIPE
+            _ = writer.join()
+            pair.closeSecond()
+        }
+        try writer.start()
+        try qmp.run("migrate-incoming", ["uri": "fd:\(fdName)"])
+        loading = true
+        switch writer.join() {
+        case .done: break
+        case let .failed(op, e):
+            // A QEMU that rejects a stream exits (QEMU 7.2 ends the process on a failed incoming load).
+            throw error(.migration(operation: "loading the device state", status: "\(op) failed: \(String(cString: strerror(e)))",
+                                   detail: "QEMU stopped reading; it has probably exited"))
+        case .timedOut(let n): throw error(.timeout(operation: "writing the device state (\(n) of \(bytes.count) bytes)", seconds: timeout))
+        }
+        try qmp.waitForMigration("loading the device state", deadline: deadline, timeout: timeout)
+        let loaded = monotonicNow()
+        // libvirt did not start this migration, so it leaves the domain paused: resume it through
+        // libvirt, which then knows the guest runs.
+        do { try domain.resume() } catch { throw self.error(.libvirt(error)) }
+        let resumed = monotonicNow()
+        return ActivationTimings(checkAndCopy: copied - t0, loadDeviceState: loaded - copied, resume: resumed - loaded)
+    }
+
+    // MARK: helpers
+
+    /// `x-ignore-shared` leaves shared RAM blocks (the guest-RAM memfd) out of the migration stream.
+    /// A capability cannot change during a migration, so it is set once, before the first.
+    private func ensureIgnoreShared() throws(VMHostError) {
+        if lock.withLock({ ignoreSharedSet }) { return }
+        try qmp.run("migrate-set-capabilities", ["capabilities": [["capability": "x-ignore-shared", "state": true]]])
+        lock.withLock { ignoreSharedSet = true }
+    }
+
+    private func nextFDName(_ what: String) -> String {
+        lock.withLock {
+            fdSerial += 1
+            return "mycelium-\(what)-\(fdSerial)"
+        }
+    }
+
+    /// A QEMU migration stream starts with "QEVM" and version 3; anything else would make the
+    /// standby's QEMU exit mid-load, so it is refused before QEMU sees it.
+    static func checkStream(_ bytes: [UInt8], domain: String) throws(VMHostError) {
+        guard bytes.count >= 8 else {
+            throw VMHostError(.invalidDeviceState("\(bytes.count) bytes, shorter than a QEMU stream header"), domain: domain)
+        }
+        guard Array(bytes[0..<4]) == qemuStreamMagic else {
+            throw VMHostError(.invalidDeviceState("it does not start with QEMU's magic 'QEVM'"), domain: domain)
+        }
+        guard Array(bytes[4..<8]) == qemuStreamVersion else {
+            throw VMHostError(.invalidDeviceState("stream version \(bytes[4..<8].map { String($0) }.joined(separator: ".")), not 3"), domain: domain)
+        }
+    }
+}
+
+/// A small text file (pid files, /proc entries, the shim report), or nil.
+func readSmallFile(_ path: String, limit: Int = 4096) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return nil }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while out.count < limit {
+        // SAFETY: read writes at most chunk.count bytes into the array's storage.
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        out += chunk[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        let ws: Set<Character> = [" ", "\n", "\t", "\r"]
+        return String(drop { ws.contains($0) }.reversed().drop { ws.contains($0) }.reversed())
+    }
+}

@@ -1,0 +1,74 @@
+import MyceliumControl
+import VMHost
+import XCTest
+
+/// The domain XML alone (no libvirt): what both sides run, escaping, and the metadata.
+final class DomainXMLTests: XCTestCase {
+    let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 2, kernel: "/k/vmlinuz", initrd: "/k/initrd", cmdline: "console=ttyS0")
+
+    func config(_ role: EndophyteRole, shim: DirtyPageShim? = nil) -> EndophyteDomainConfig {
+        EndophyteDomainConfig(role: role, ownershipEpoch: 9, serialLog: "/var/log/web-1.serial", shim: shim)
+    }
+
+    func testPrimaryAndStandbyDifferOnlyInTheIncomingArgumentsAndTheirRole() throws {
+        let p = try EndophyteDomainXML.make(spec, config(.primary))
+        let s = try EndophyteDomainXML.make(spec, config(.standby))
+        XCTAssertFalse(p.contains("-incoming"))
+        XCTAssertTrue(s.contains("<qemu:arg value='-incoming'/>\n    <qemu:arg value='defer'/>"), s)
+        let strip = { (x: String) in
+            x.split(separator: "\n").filter { !$0.contains("qemu:") && !$0.contains("mycelium:endophyte") }.joined(separator: "\n")
+        }
+        XCTAssertEqual(strip(p), strip(s), "the same machine on both sides")
+        for needle in ["<domain type='qemu'", "<source type='memfd'/><access mode='shared'/>", "<features><acpi/></features>",
+                       "<memory unit='MiB'>256</memory>", "<vcpu>2</vcpu>", "<kernel>/k/vmlinuz</kernel>",
+                       "<serial type='file'><source path='/var/log/web-1.serial' append='on'/>"] {
+            XCTAssertTrue(p.contains(needle), "missing \(needle) in\n\(p)")
+        }
+        XCTAssertTrue(p.contains("role='primary' ownership-epoch='9'"), p)
+        XCTAssertTrue(s.contains("role='standby' ownership-epoch='9'"), s)
+    }
+
+    func testTheShimIsPreloadedWithItsReportPath() throws {
+        let x = try EndophyteDomainXML.make(spec, config(.primary, shim: DirtyPageShim(library: "/opt/libmdp_preload.so", report: "/run/web-1.ram")))
+        XCTAssertTrue(x.contains("<qemu:env name='LD_PRELOAD' value='/opt/libmdp_preload.so'/>"), x)
+        XCTAssertTrue(x.contains("<qemu:env name='MDP_SHIM_REPORT' value='/run/web-1.ram'/>"), x)
+        XCTAssertTrue(x.contains("xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'"))
+    }
+
+    func testEverythingFromTheSpecIsEscaped() throws {
+        var hostile = spec
+        hostile.kernel = "/k/a'b\"c<d>&e"
+        hostile.cmdline = "x</cmdline><devices><disk/></devices><cmdline>'"
+        let x = try EndophyteDomainXML.make(hostile, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/l/o'g"))
+        XCTAssertTrue(x.contains("<kernel>/k/a&apos;b&quot;c&lt;d&gt;&amp;e</kernel>"), x)
+        XCTAssertTrue(x.contains("<cmdline>x&lt;/cmdline&gt;&lt;devices&gt;&lt;disk/&gt;&lt;/devices&gt;&lt;cmdline&gt;&apos;</cmdline>"), x)
+        XCTAssertTrue(x.contains("path='/l/o&apos;g'"), x)
+        XCTAssertFalse(x.contains("<disk/>"))
+    }
+
+    func testWhatXMLCannotCarryOrTheNetworkWouldNotRecordIsRefused() {
+        var s = spec
+        s.cmdline = "a\u{1}b"
+        XCTAssertThrowsError(try EndophyteDomainXML.make(s, config(.primary))) { error in
+            guard case .invalidSpec(let why) = (error as! VMHostError).code else { return XCTFail("\(error)") }
+            XCTAssertTrue(why.contains("cmdline"), why)
+        }
+        s = spec
+        s.memoryMiB = 1
+        XCTAssertThrowsError(try EndophyteDomainXML.make(s, config(.primary)))
+        s = spec
+        s.kernel = ""
+        XCTAssertThrowsError(try EndophyteDomainXML.make(s, config(.primary)))
+        XCTAssertThrowsError(try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "relative.log")))
+    }
+
+    func testMetadataReadsBackInLibvirtsOwnQuoting() {
+        let m = EndophyteMetadata(role: .standby, ownershipEpoch: 12)
+        XCTAssertEqual(EndophyteDomainXML.parseMetadata(EndophyteDomainXML.metadataElement(m)), m)
+        // libvirt hands the element back with double quotes and its own prefix.
+        let fromLibvirt = "<endophyte xmlns=\"http://mycelium.dev/xmlns/endophyte/1\" managed-by=\"mycelium\" role=\"primary\" ownership-epoch=\"3\"/>"
+        XCTAssertEqual(EndophyteDomainXML.parseMetadata(fromLibvirt), EndophyteMetadata(role: .primary, ownershipEpoch: 3))
+        XCTAssertNil(EndophyteDomainXML.parseMetadata("<endophyte managed-by=\"someone-else\" role=\"primary\" ownership-epoch=\"3\"/>"))
+        XCTAssertNil(EndophyteDomainXML.parseMetadata("<endophyte managed-by=\"mycelium\" role=\"primary\" ownership-epoch=\"x\"/>"))
+    }
+}
