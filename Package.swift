@@ -96,6 +96,8 @@ let package = Package(
         // The host-side VM driver: one node's endophyte domains under its own libvirtd (domain XML,
         // QEMU's guest-RAM memfd, checkpoint primitives, standby activation). No Raft or agent logic.
         .target(name: "VMHost", dependencies: ["Libvirt", "MyceliumControl", "Endophyte", "DirtyPages", "MyceliumCore"]),
+        // The VM controller's driver: VMHost for the domains, Endophyte for the replicated RAM.
+        .target(name: "VMDriver", dependencies: ["VMController", "VMHost", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity"]),
 
         // MARK: the CNI plugin: raw rtnetlink in C, the plugin in Swift (no Foundation: it runs per container)
         .target(
@@ -132,7 +134,8 @@ let package = Package(
             name: "MyceliumAgent",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
-                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI", "Libvirt",
+                "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
+                "VMController", "VMDriver",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -218,7 +221,7 @@ let package = Package(
             name: "MyceliumAgentTests",
             dependencies: [
                 "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
-                "MyceliumSim",
+                "MyceliumSim", "VMTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -232,7 +235,10 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
-        .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore"]),
+        .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "VMTestSupport"]),
+        // The VM tests' harness (scripts/vmhost hosts, the scripts/vm-guest guest, serial logs), shared
+        // by the test targets that run real VMs; linked by no product.
+        .target(name: "VMTestSupport", dependencies: ["Endophyte"], path: "Tests/VMTestSupport"),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

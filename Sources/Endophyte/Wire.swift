@@ -35,6 +35,9 @@ public enum MessageType: UInt8, Sendable {
     /// Round trip that returns once the replica has staged everything sent before it.
     case sync = 18
     case synced = 19
+    /// Before `setup`, on a connection to a node that holds several replicas: which one (a name and
+    /// the ownership epoch the source holds it at).
+    case attach = 20
 }
 
 enum Wire {

@@ -21,16 +21,19 @@ public struct VMInfo: Codable, Sendable, Equatable {
     public var leaseLeftSeconds: Int64
     /// "protected" (a replica is assigned) or "unprotected: REASON".
     public var protection: String
+    /// What the answering node does with it, if anything: "primary: protected (engine hash ...)",
+    /// "replica: image at epoch 812", "fenced: ...".
+    public var here: String?
 
     public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String, initrd: String, cmdline: String,
-                primary: String, replica: String?, epoch: UInt64, leaseLeftSeconds: Int64, protection: String) {
+                primary: String, replica: String?, epoch: UInt64, leaseLeftSeconds: Int64, protection: String, here: String? = nil) {
         self.name = name; self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.kernel = kernel; self.initrd = initrd
         self.cmdline = cmdline; self.primary = primary; self.replica = replica; self.epoch = epoch
-        self.leaseLeftSeconds = leaseLeftSeconds; self.protection = protection
+        self.leaseLeftSeconds = leaseLeftSeconds; self.protection = protection; self.here = here
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection
+        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection, here
         case memoryMiB = "memory_mib"
         case leaseLeftSeconds = "lease_left_s"
     }

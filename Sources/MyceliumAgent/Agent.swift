@@ -12,7 +12,6 @@
 // the simulator (MyceliumSim) runs without this shell.
 
 import Foundation
-import Libvirt
 import Logging
 import MyceliumControl
 import MyceliumCore
@@ -23,6 +22,8 @@ import MyceliumTransport
 import MyceliumVote
 import MyceliumWAL
 import MembershipController
+import VMController
+import VMDriver
 import NetworkController
 import NIOCore
 import NIOPosix
@@ -51,6 +52,10 @@ public actor Agent {
     public let config: AgentConfig
     /// What this node can run (fingerprinted at start; announced in every refresh).
     let features: CapabilityFeatures
+    /// Replication endpoints of the members, for the VM driver's threads.
+    let vmPeers: ReplicationPeerBook
+    /// This node's VM driver (nil: libvirt did not answer at start).
+    let vmDriver: EndophyteDriver?
     let paths: AgentPaths
     let logger: Logger
     let key: SigningKey
@@ -181,10 +186,17 @@ public actor Agent {
         let pods = PodNetworkSettings(pool: CIDR(config.podCIDRPool) ?? PodNetworkSettings.defaultPool,
                                       nodePrefix: UInt8(config.podCIDRNodePrefix))
 
-        let features = Self.fingerprint(config, logger: logger)
+        // What this node can run, found once at start (as Nomad fingerprints its drivers): VMs if
+        // the libvirt daemon at libvirt_uri answers.
+        let vmPeers = ReplicationPeerBook()
+        vmPeers.update(from: control.spore, port: config.vmReplicationPort)
+        let (vmDriver, noVMs) = Self.makeVMDriver(config, key: key, network: network.id, peers: vmPeers, logger: logger)
+        let features: CapabilityFeatures = vmDriver == nil ? [] : .libvirt
 
         self.config = config
         self.features = features
+        self.vmPeers = vmPeers
+        self.vmDriver = vmDriver
         self.paths = paths
         self.logger = logger
         self.group = group
@@ -205,6 +217,8 @@ public actor Agent {
         self.controllers.host(PodCIDRController(settings: pods), driver: PodCIDRFile(path: config.podCIDRFilePath))
         self.controllers.host(MembershipController(key: key, certificate: identity.certificate, genesis: authority),
                               driver: CertificateFile(path: paths.nodeCert))
+        let vms = VMController(run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
+        if let vmDriver { self.controllers.host(vms, driver: vmDriver) } else { self.controllers.host(vms, driver: NoVMDriver(reason: noVMs)) }
         self.router.nodeIDs = [me: certificate.nodeID]
     }
 
@@ -265,6 +279,7 @@ public actor Agent {
         await metricsServer?.close()
         await kvServer?.close()
         failKVClients("agent stopping")
+        vmDriver?.close()
         wal.close()
         note("stopped")
         logger.info("agent stopped")
@@ -463,24 +478,6 @@ public actor Agent {
                      memoryMiB: UInt32(ProcessInfo.processInfo.physicalMemory >> 20), diskGiB: 0, features: features)
     }
 
-    /// What this node can run, found once at start (as Nomad fingerprints its drivers): VMs if the
-    /// libvirt daemon at `libvirt_uri` answers.
-    static func fingerprint(_ config: AgentConfig, logger: Logger) -> CapabilityFeatures {
-        var f: CapabilityFeatures = []
-        if config.libvirtURI.isEmpty {
-            logger.info("libvirt_uri is empty: this node runs no VMs")
-        } else {
-            do {
-                let c = try LibvirtConnection(uri: config.libvirtURI)
-                logger.info("libvirt answers: this node offers endophyte VMs", metadata: ["uri": "\(config.libvirtURI)", "host": "\((try? c.hostname()) ?? "?")"])
-                f.insert(.libvirt)
-            } catch {
-                logger.notice("libvirt does not answer: this node runs no VMs (start libvirtd, or set libvirt_uri = \"\" to say so)",
-                              metadata: ["uri": "\(config.libvirtURI)", "error": "\(error.message)"])
-            }
-        }
-        return f
-    }
 }
 
 extension Array where Element == ControlChange {

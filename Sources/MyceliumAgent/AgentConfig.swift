@@ -61,6 +61,14 @@ public struct AgentConfig: Sendable, Equatable {
     /// The libvirt daemon this node runs endophyte VMs through; the node offers VMs only if it answers
     /// (empty: this node runs no VMs).
     public var libvirtURI = "qemu:///system"
+    /// libvirt's QEMU run directory (where it writes `<domain>.pid`).
+    public var libvirtQEMURunDir = "/run/libvirt/qemu"
+    /// TCP port (on the `listen` host) where this node takes VM replication connections; the same on
+    /// every node of a network.
+    public var vmReplicationPort = 7947
+    /// The dirty-page preload shim QEMU gets (LD_PRELOAD) so guest RAM is tracked by uffd; empty:
+    /// the hash engine tracks it from outside.
+    public var dirtyPageShim = ""
 
     public init() {}
 
@@ -100,6 +108,9 @@ public struct AgentConfig: Sendable, Equatable {
         string("pod_cidr_pool", "The network's pod range (like K3s's cluster-cidr); the first leader records it and it never changes.", \.podCIDRPool),
         int("pod_cidr_node_prefix", "Prefix length of each node's block of the pod range (like K3s's node-cidr-mask-size).", \.podCIDRNodePrefix, 16...30),
         string("pod_cidr_file", "Where this node's pod CIDR is written for mycelium-cni's ipam.podCIDRFile (empty: HOME/podcidr).", \.podCIDRFile),
+        string("libvirt_qemu_run_dir", "libvirt's QEMU run directory, where it writes DOMAIN.pid.", \.libvirtQEMURunDir),
+        int("vm_replication_port", "TCP port on the listen host for VM replication (the same on every node).", \.vmReplicationPort, 1...65535),
+        string("dirty_page_shim", "Path of the dirty-page preload shim for QEMU (libmdp_preload.so); empty: the hash engine.", \.dirtyPageShim),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 

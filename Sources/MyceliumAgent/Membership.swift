@@ -130,6 +130,7 @@ extension Agent {
 
     /// After the spore changed: present a renewed certificate, and close channels to revoked members.
     func identityChanged() {
+        vmPeers.update(from: spore, port: config.vmReplicationPort)
         if let mine = identity.update(from: spore, me: nodeID) {
             governor.present(mine)
             logger.info("presenting a renewed certificate", metadata: ["serial": "\(mine.serial)", "generation": "\(mine.generation)",

@@ -15,7 +15,8 @@ import NIOHTTP1
 
 extension Agent {
     func vmsResponse() -> VMsResponse {
-        VMsResponse(vms: control.vms.vms.values.sorted { $0.name < $1.name }.map { r in
+        let local = vmDriver?.states() ?? [:]
+        return VMsResponse(vms: control.vms.vms.values.sorted { $0.name < $1.name }.map { r in
             let replicaProblem: String? = {
                 guard let replica = r.replica else { return "no replica assigned (waiting for a node with room)" }
                 guard let m = spore.members[replica] else { return "replica \(replica) left the network" }
@@ -24,7 +25,13 @@ extension Agent {
             return VMInfo(name: r.name, memoryMiB: r.spec.memoryMiB, vcpus: r.spec.vcpus, kernel: r.spec.kernel, initrd: r.spec.initrd,
                           cmdline: r.spec.cmdline, primary: "\(r.primary)", replica: r.replica.map { "\($0)" }, epoch: r.epoch,
                           leaseLeftSeconds: r.leaseUntil == 0 ? 0 : r.leaseUntil - spore.now,
-                          protection: replicaProblem.map { "unprotected: \($0)" } ?? "protected")
+                          protection: replicaProblem.map { "unprotected: \($0)" } ?? "protected",
+                          here: local[r.name].map { s in
+                              switch s.role {
+                              case .replica: "replica: image at replication epoch \(s.committedEpoch)"
+                              case .primary, .fenced: "\(s.role.rawValue): \(s.replication), dirty pages by \(s.engine ?? "?")"
+                              }
+                          })
         })
     }
 

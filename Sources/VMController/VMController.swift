@@ -35,7 +35,8 @@ import MyceliumIdentity
 import MyceliumSpores
 
 public enum VMAction: Sendable, Equatable {
-    /// Run (start, or resume after fencing) the guest as its primary at this epoch.
+    /// Run (start, resume after fencing, or take over from the replicated image) the guest as its
+    /// primary at this epoch, replicating to the record's replica; again when the replica changes.
     case run(VMRecord)
     /// Hold the replicated image of this VM at this epoch (receive its epochs).
     case hold(VMRecord)
@@ -65,7 +66,7 @@ public struct VMController: Controller {
     /// Renewals sent and not yet applied: nonce → the tick it was sent at.
     var pendingRenewals: [UInt64: UInt64] = [:]
     /// What this node was last asked to do per VM (the driver's view), with the epoch.
-    public private(set) var local: [String: (role: Role, epoch: UInt64)] = [:]
+    public private(set) var local: [String: (role: Role, epoch: UInt64, replica: MyceliumIdentity.NodeID?)] = [:]
     public enum Role: Sendable, Equatable { case primary, fenced, replica }
     var lastRenewal: UInt64?
     /// Per lease, the last tick (of this run) before which it is certainly ours: the latest applied
@@ -159,12 +160,13 @@ public struct VMController: Controller {
             if r.primary == context.node {
                 let valid = holdsLease(r.name, context)
                 let current = local[r.name]
-                if valid && (current?.role != .primary || current?.epoch != r.epoch) {
-                    local[r.name] = (.primary, r.epoch)
+                // Run again when the replica changed too: the driver then replicates to the new one.
+                if valid && (current?.role != .primary || current?.epoch != r.epoch || current?.replica != r.replica) {
+                    local[r.name] = (.primary, r.epoch, r.replica)
                     out.append(.act(.run(r)))
                     out.append(.note("running VM \(r.name) as its primary (epoch \(r.epoch))"))
                 } else if !valid && current?.role == .primary {
-                    local[r.name] = (.fenced, r.epoch)
+                    local[r.name] = (.fenced, r.epoch, r.replica)
                     out.append(.act(.fence(name: r.name, reason: "its ownership lease cannot be proven valid (no renewal landed)")))
                     out.append(.note("fenced VM \(r.name): lease not renewed; paused until it is"))
                 }
@@ -173,7 +175,7 @@ public struct VMController: Controller {
                     if local[r.name]?.role == .primary || local[r.name]?.role == .fenced {
                         out.append(.act(.fence(name: r.name, reason: "this node is the replica now (epoch \(r.epoch))")))
                     }
-                    local[r.name] = (.replica, r.epoch)
+                    local[r.name] = (.replica, r.epoch, r.replica)
                     out.append(.act(.hold(r)))
                 }
             }

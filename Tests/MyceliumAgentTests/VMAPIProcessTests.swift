@@ -12,7 +12,11 @@ final class VMAPIProcessTests: XCTestCase {
     func testVMsAreRecordedByTheNetworkFromAnyNodeAndBadRequestsLeaveNothing() async throws {
         let c = try AgentCluster()
         let names = ["n1", "n2", "n3", "n4"]
-        c.extraConfig = { n in n == "n4" ? "libvirt_uri = \"\"\n" : "libvirt_uri = \"test:///default\"\n" }
+        // Each node's replication listener on a port of the test's block (+10…+19 are the test's own).
+        c.extraConfig = { n in
+            (n == "n4" ? "libvirt_uri = \"\"\n" : "libvirt_uri = \"test:///default\"\n")
+                + "vm_replication_port = \(c.port("n1") - 1 + 10 + (Int(n.dropFirst()) ?? 0))\n"
+        }
         try c.createNetwork()
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("4 nodes formed", nodes: names, AgentCluster.formed(4))
@@ -40,7 +44,10 @@ final class VMAPIProcessTests: XCTestCase {
         XCTAssertEqual(created.protection, "protected")
         // Every node holds the same record.
         for n in names {
-            try await waitUntil("\(n) holds web-1") { (try? await AgentClient(socket: c.home(n) + "/agent.sock").vms().vms) == [created] }
+            try await waitUntil("\(n) holds web-1") {
+                let vms = (try? await AgentClient(socket: c.home(n) + "/agent.sock").vms().vms) ?? []
+                return vms.map { [$0.name, $0.primary, $0.replica ?? "-", "\($0.epoch)"] } == [[created.name, created.primary, created.replica ?? "-", "1"]]
+            }
         }
 
         // Bad input: each a clear error, and the table unchanged.

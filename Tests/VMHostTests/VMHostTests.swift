@@ -4,6 +4,7 @@ import Foundation
 import Libvirt
 import MyceliumControl
 import VMHost
+import VMTestSupport
 import XCTest
 
 /// The host-side VM driver against real libvirtd daemons (one per network namespace, scripts/vmhost)

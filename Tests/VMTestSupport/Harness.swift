@@ -1,18 +1,19 @@
 // The real-component harness: hosts made by scripts/vmhost (a network namespace each, with its own
 // libvirtd and virtlogd), the guest built by scripts/vm-guest, and helpers to read its serial log.
+// A library of the test targets that run VMs (VMHostTests, MyceliumAgentTests), never of a product.
 
 import Endophyte
 import Foundation
 import XCTest
 
-struct HarnessFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
+public struct HarnessFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
 }
 
 /// These tests run libvirtd in network namespaces and QEMU guests: not being root, or lacking QEMU or
 /// libvirt, is a failure with the reason, never a skip.
-func requireRootAndQEMU(file: StaticString = #filePath, line: UInt = #line) throws {
+public func requireRootAndQEMU(file: StaticString = #filePath, line: UInt = #line) throws {
     if getuid() != 0 {
         XCTFail("VMHostTests must run as root: they create network namespaces and bind mounts and run libvirtd and QEMU", file: file, line: line)
         throw HarnessFailure("not root")
@@ -24,19 +25,19 @@ func requireRootAndQEMU(file: StaticString = #filePath, line: UInt = #line) thro
     }
 }
 
-enum Repo {
+public enum Repo {
     /// The repository root (through a dev package's symlinks back to the real tree).
-    static var root: String {
+    public static var root: String {
         URL(fileURLWithPath: #filePath).resolvingSymlinksInPath()
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     }
-    static var vmhost: String { root + "/scripts/vmhost" }
+    public static var vmhost: String { root + "/scripts/vmhost" }
 }
 
 /// Runs a program to completion; its output goes through a file (a daemon it starts may keep
 /// inherited descriptors open, which would hold off the end of a pipe).
 @discardableResult
-func runTool(_ args: [String], allowFailure: Bool = false) throws -> String {
+public func runTool(_ args: [String], allowFailure: Bool = false) throws -> String {
     let out = NSTemporaryDirectory() + "vmhost-run-\(getpid())-\(UUID().uuidString)"
     defer { unlink(out) }
     var actions = posix_spawn_file_actions_t()
@@ -59,7 +60,7 @@ func runTool(_ args: [String], allowFailure: Bool = false) throws -> String {
 }
 
 /// Waits for `condition` with a deadline (never a fixed sleep standing in for it).
-func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
+public func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
     let deadline = monotonicSeconds() + timeout
     while true {
         if try condition() { return }
@@ -69,8 +70,8 @@ func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) 
 }
 
 /// The test guest (scripts/vm-guest), built once per machine into its cache.
-enum Guest {
-    static let files: Result<(kernel: String, initrd: String), HarnessFailure> = {
+public enum Guest {
+    public static let files: Result<(kernel: String, initrd: String), HarnessFailure> = {
         do {
             let out = try runTool([Repo.root + "/scripts/vm-guest"])
             var kernel = "", initrd = ""
@@ -84,33 +85,33 @@ enum Guest {
             return .failure(HarnessFailure("\(error)"))
         }
     }()
-    static let cmdline = "console=ttyS0 quiet panic=-1"
+    public static let cmdline = "console=ttyS0 quiet panic=-1"
 }
 
 /// Names unique to this test process (netns names, bridge, domains' files).
-enum Unique {
-    nonisolated(unsafe) static var counter = 0
-    static func next() -> Int {
+public enum Unique {
+    nonisolated(unsafe) public static var counter = 0
+    public static func next() -> Int {
         counter += 1
         return counter
     }
     /// Prefix of every host this process makes: `down-all` of it is the safety net. scripts/test
     /// sets MYCELIUM_VMHOST_PREFIX so its own trap can remove them even if this process is killed.
-    static var processPrefix: String {
+    public static var processPrefix: String {
         if let p = ProcessInfo.processInfo.environment["MYCELIUM_VMHOST_PREFIX"], !p.isEmpty, p.utf8.count <= 14 { return p }
         return "vmt\(getpid())x"
     }
 }
 
 /// Hosts for one test, torn down by `down()` (call it in a defer).
-final class TestHosts {
-    let prefix: String
-    let bridge: String
-    private(set) var names: [String] = []
-    let scratch: String
+public final class TestHosts {
+    public let prefix: String
+    public let bridge: String
+    public private(set) var names: [String] = []
+    public let scratch: String
 
     /// Hosts `a`, `b`, … on one bridge at 10.231.0.1, .2, …
-    init(_ hosts: [String]) throws {
+    public init(_ hosts: [String]) throws {
         let n = Unique.next()
         prefix = "\(Unique.processPrefix)\(n)-"
         bridge = "vmtbr\(getpid() % 100_000)x\(n)"
@@ -128,17 +129,21 @@ final class TestHosts {
         }
     }
 
-    func name(_ h: String) -> String { prefix + h }
-    func uri(_ h: String) -> String { "qemu:///system?socket=\(state(h))/run/libvirt/libvirt-sock" }
-    func qemuRunDirectory(_ h: String) -> String { state(h) + "/run/libvirt/qemu" }
+    public func name(_ h: String) -> String { prefix + h }
+    public func uri(_ h: String) -> String { "qemu:///system?socket=\(state(h))/run/libvirt/libvirt-sock" }
+    public func qemuRunDirectory(_ h: String) -> String { state(h) + "/run/libvirt/qemu" }
     /// libvirt's log of a domain's QEMU (its command line and stderr).
-    func qemuLog(_ h: String, _ domain: String) -> String { state(h) + "/log/qemu/\(domain).log" }
-    func state(_ h: String) -> String {
+    public func qemuLog(_ h: String, _ domain: String) -> String { state(h) + "/log/qemu/\(domain).log" }
+    public func state(_ h: String) -> String {
         (ProcessInfo.processInfo.environment["MYCELIUM_VMHOST_ROOT"] ?? "/tmp/mycelium-vmhost") + "/" + prefix + h
     }
 
+    /// Host `h` dies at once: every process in it (daemons, QEMUs, an agent run there) gets SIGKILL
+    /// and its link goes down; `down` still removes what is left.
+    public func kill(_ h: String) throws { try runTool([Repo.vmhost, "kill", name(h)]) }
+
     /// Everything the hosts made goes: domains, daemons, QEMUs, namespaces, the bridge, state.
-    func down() {
+    public func down() {
         do {
             try runTool([Repo.vmhost, "down-all", prefix])
         } catch {
@@ -151,17 +156,17 @@ final class TestHosts {
 }
 
 /// What a guest printed on its serial port so far.
-struct SerialLog {
+public struct SerialLog {
     /// Tags of `GUEST-READY <tag>` lines (one per boot).
-    var bootTags: [String] = []
+    public var bootTags: [String] = []
     /// `COUNT <tag> <n>` lines, complete ones only, in order.
-    var counts: [(tag: String, n: Int)] = []
+    public var counts: [(tag: String, n: Int)] = []
     /// The text after the last newline (a line QEMU was still printing).
-    var unfinishedLine = ""
+    public var unfinishedLine = ""
     /// Complete lines that are neither (the kernel's, or the rest of a line begun on another host).
-    var otherLines: [String] = []
+    public var otherLines: [String] = []
 
-    init(path: String) {
+    public init(path: String) {
         let bytes = (try? Data(contentsOf: URL(fileURLWithPath: path))).map { [UInt8]($0) } ?? []
         // The guest's tty writes "\r\n" (ONLCR), which Swift reads as one Character: split the bytes.
         var lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).map {
@@ -180,5 +185,5 @@ struct SerialLog {
         }
     }
 
-    var last: (tag: String, n: Int)? { counts.last }
+    public var last: (tag: String, n: Int)? { counts.last }
 }

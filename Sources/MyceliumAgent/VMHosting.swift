@@ -1,0 +1,68 @@
+// Hosting the VM controller (issue 16): the pure VMController decides, the EndophyteDriver (libvirt
+// through VMHost, RAM through Endophyte) carries it out. A node whose libvirt does not answer still
+// hosts the controller (its leader duties — failover, replica placement — run wherever the leader
+// is) with a driver that refuses to run anything; placement never sends it a VM.
+
+import Foundation
+import Logging
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumSpores
+import NIOConcurrencyHelpers
+import VMController
+import VMDriver
+
+/// Where each member takes replication connections, readable off the actor (the driver's threads
+/// ask); refreshed from the spore whenever it changes.
+final class ReplicationPeerBook: Sendable {
+    private let peers = NIOLockedValueBox<[MyceliumIdentity.NodeID: ReplicationPeer]>([:])
+
+    func lookup(_ n: MyceliumIdentity.NodeID) -> ReplicationPeer? { peers.withLockedValue { $0[n] } }
+
+    func update(from spore: PrimarySpore, port: Int) {
+        var next: [MyceliumIdentity.NodeID: ReplicationPeer] = [:]
+        for m in spore.members.values {
+            guard let a = m.addresses.first, let hp = splitAddress(a) else { continue }
+            next[m.id] = ReplicationPeer(host: hp.host, port: UInt16(port), key: m.key)
+        }
+        peers.withLockedValue { $0 = next }
+    }
+}
+
+/// The driver of a node without libvirt: it is never given a VM, and says so if it is.
+struct NoVMDriver: ControllerDriver {
+    let reason: String
+    func perform(_ action: VMAction) async throws {
+        if case .destroy = action { return }
+        throw VMDriverError("this node cannot run VMs: \(reason)")
+    }
+}
+
+extension Agent {
+    /// Connects to libvirt and opens the replication listener: the node then offers VMs. Nil (with
+    /// the reason logged) when libvirt does not answer or the listener cannot bind.
+    static func makeVMDriver(_ config: AgentConfig, key: SigningKey, network: NetworkID, peers: ReplicationPeerBook,
+                             logger: Logger) -> (EndophyteDriver?, String) {
+        guard !config.libvirtURI.isEmpty else {
+            logger.info("libvirt_uri is empty: this node runs no VMs")
+            return (nil, "libvirt_uri is empty")
+        }
+        let host = splitAddress(config.listen)?.host ?? "127.0.0.1"
+        let settings = EndophyteDriverSettings(
+            libvirtURI: config.libvirtURI, qemuRunDirectory: config.libvirtQEMURunDir, stateDirectory: config.home + "/vms",
+            shimLibrary: config.dirtyPageShim.isEmpty ? nil : config.dirtyPageShim,
+            listenHost: host, listenPort: UInt16(config.vmReplicationPort))
+        do {
+            let d = try EndophyteDriver(settings: settings, identity: key, network: network, peer: { peers.lookup($0) },
+                                        log: { logger.notice("\($0)") })
+            logger.info("libvirt answers: this node offers endophyte VMs",
+                        metadata: ["uri": "\(config.libvirtURI)", "replication": "\(host):\(d.port)"])
+            return (d, "")
+        } catch {
+            logger.notice("this node runs no VMs (start libvirtd, or set libvirt_uri = \"\" to say so)",
+                          metadata: ["uri": "\(config.libvirtURI)", "error": "\(error)"])
+            return (nil, "\(error)")
+        }
+    }
+}

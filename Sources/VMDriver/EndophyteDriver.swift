@@ -1,0 +1,384 @@
+// The VM controller's driver (issue 16): carries out `VMAction`s on this node's libvirt daemon
+// (VMHost) and replicates guest RAM with the Endophyte engine. The decisions (who runs, who holds,
+// when to fence) are the pure VMController's; this only makes them so.
+//
+//  - run: start the guest (cold boot), or take over from the replicated image (the replica became
+//    the primary: its standby domain, waiting in `-incoming defer`, gets the last committed RAM and
+//    device state and resumes), or resume it after fencing; then replicate to the record's replica,
+//    reconnecting until it answers (the guest runs unprotected meanwhile, and `vm show` says so).
+//  - hold: keep a replica image (a file under the state directory) and a standby domain; accept
+//    the primary's connection (one listener per node; the source names the VM first, `Attach`).
+//  - fence: stop replicating (its epochs would resume the guest) and pause the guest.
+//  - destroy: stop everything, remove the domain and the image.
+//
+// Blocking work (libvirt, QEMU, the replication loop) runs on its own threads; `perform` returns
+// when the action has taken effect locally.
+
+import DirtyPages
+import Endophyte
+import Foundation
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import VMController
+import VMHost
+
+public struct EndophyteDriverSettings: Sendable {
+    public var libvirtURI: String
+    /// libvirt's QEMU run directory, where it writes `<domain>.pid`.
+    public var qemuRunDirectory: String
+    /// Replica images and serial logs (one of each per VM).
+    public var stateDirectory: String
+    /// The dirty-page preload shim for QEMU (nil: the hash engine tracks guest RAM).
+    public var shimLibrary: String?
+    /// Where this node accepts replication connections.
+    public var listenHost: String
+    public var listenPort: UInt16
+    public var replication: ReplicationConfig
+
+    public init(libvirtURI: String, qemuRunDirectory: String = "/run/libvirt/qemu", stateDirectory: String, shimLibrary: String? = nil,
+                listenHost: String, listenPort: UInt16,
+                replication: ReplicationConfig = ReplicationConfig(epochInterval: 0.1, rpoBound: 2, emergencyPolicy: .continueUnprotected, ackTimeout: 2)) {
+        self.libvirtURI = libvirtURI; self.qemuRunDirectory = qemuRunDirectory; self.stateDirectory = stateDirectory
+        self.shimLibrary = shimLibrary; self.listenHost = listenHost; self.listenPort = listenPort; self.replication = replication
+    }
+}
+
+/// Where another node takes replication connections, and its key (the agent answers from its spore).
+public struct ReplicationPeer: Sendable, Equatable {
+    public var host: String
+    public var port: UInt16
+    public var key: PublicKey
+    public init(host: String, port: UInt16, key: PublicKey) { self.host = host; self.port = port; self.key = key }
+}
+
+/// What the driver reports of one VM here (for `vm show`, status and metrics).
+public struct LocalVMState: Sendable, Equatable {
+    public enum Role: String, Sendable { case primary, fenced, replica }
+    public var role: Role
+    public var ownershipEpoch: UInt64
+    /// Primary: the engine's protection state ("syncing", "protected", "unprotected: …"); replica: "holding".
+    public var replication: String
+    /// Primary: uffd-remote or hash (and why); replica: nil.
+    public var engine: String?
+    /// Replica: the last committed engine epoch of the image.
+    public var committedEpoch: UInt64
+}
+
+public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
+    // SAFETY (Sendable): the tables are guarded by `lock`; each VM's objects are touched by the
+    // action running on it (actions run one at a time, in order) and by its replication thread,
+    // which only reads `stopping` under the lock.
+    public typealias Action = VMAction
+
+    public let settings: EndophyteDriverSettings
+    let host: VMHost
+    let identity: SigningKey
+    let network: NetworkID
+    let peer: @Sendable (MyceliumIdentity.NodeID) -> ReplicationPeer?
+    let log: @Sendable (String) -> Void
+    let listener: ReplicationListener
+    let lock = PthreadLock()
+    var primaries: [String: Primary] = [:]
+    var replicas: [String: Replica] = [:]
+    var closed = false
+
+    final class Primary: @unchecked Sendable {
+        var record: VMRecord
+        let domain: EndophyteDomain
+        let region: MappedRegion
+        let tracking: GuestRAMTracking
+        var source: ReplicationSource?
+        var transport: ReplicationTransport?
+        var thread: Thread?
+        var stopping = false
+        var fenced = false
+        init(record: VMRecord, domain: EndophyteDomain, region: MappedRegion, tracking: GuestRAMTracking) {
+            self.record = record; self.domain = domain; self.region = region; self.tracking = tracking
+        }
+    }
+
+    final class Replica: @unchecked Sendable {
+        var record: VMRecord
+        let image: MappedRegion
+        let receiver: ReplicaReceiver
+        var standby: EndophyteDomain?
+        var transport: ReplicationTransport?
+        init(record: VMRecord, image: MappedRegion, receiver: ReplicaReceiver) {
+            self.record = record; self.image = image; self.receiver = receiver
+        }
+    }
+
+    public init(settings: EndophyteDriverSettings, identity: SigningKey, network: NetworkID,
+                peer: @escaping @Sendable (MyceliumIdentity.NodeID) -> ReplicationPeer?,
+                log: @escaping @Sendable (String) -> Void) throws {
+        self.settings = settings
+        self.identity = identity
+        self.network = network
+        self.peer = peer
+        self.log = log
+        try FileManager.default.createDirectory(atPath: settings.stateDirectory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        host = try VMHost(uri: settings.libvirtURI, qemuRunDirectory: settings.qemuRunDirectory)
+        listener = try ReplicationListener(host: settings.listenHost, port: settings.listenPort)
+        let t = Thread { [weak self] in self?.acceptLoop() }
+        t.name = "vm-replica-listener"
+        t.start()
+    }
+
+    public var port: UInt16 { listener.port }
+
+    /// Stops replication threads and the listener; leaves the guests as they are (an agent restart
+    /// must not take VMs down).
+    public func close() {
+        let (ps, rs) = lock.withLock { () -> ([Primary], [Replica]) in
+            closed = true
+            return (Array(primaries.values), Array(replicas.values))
+        }
+        listener.close()
+        for p in ps { stopReplication(p) }
+        for r in rs { r.transport?.close() }
+    }
+
+    public func states() -> [String: LocalVMState] {
+        lock.withLock {
+            var out: [String: LocalVMState] = [:]
+            for (n, p) in primaries {
+                let st = p.source?.status
+                out[n] = LocalVMState(role: p.fenced ? .fenced : .primary, ownershipEpoch: p.record.epoch,
+                                      replication: p.record.replica == nil ? "unprotected: no replica" : (st.map { "\($0.state)" } ?? "connecting"),
+                                      engine: "\(p.tracking.tracker.engine)" + (p.tracking.fallbackReason.map { " (\($0))" } ?? ""),
+                                      committedEpoch: 0)
+            }
+            for (n, r) in replicas {
+                out[n] = LocalVMState(role: .replica, ownershipEpoch: r.record.epoch, replication: "holding", engine: nil,
+                                      committedEpoch: r.receiver.committedEpoch)
+            }
+            return out
+        }
+    }
+
+    public func perform(_ action: VMAction) async throws {
+        switch action {
+        case .run(let r): try run(r)
+        case .hold(let r): try hold(r)
+        case let .fence(name, reason): fence(name, reason: reason)
+        case let .destroy(name, reason): try destroy(name, reason: reason)
+        }
+    }
+
+    // MARK: primary
+
+    func run(_ r: VMRecord) throws {
+        if let p = lock.withLock({ primaries[r.name] }) {
+            if p.fenced {
+                try p.domain.resume()
+                p.fenced = false
+                log("VM \(r.name): lease renewed, guest resumed (epoch \(r.epoch))")
+            }
+            let replicaChanged = p.record.replica != r.replica
+            p.record = r
+            if replicaChanged || p.thread == nil { startReplication(p) }
+            return
+        }
+        let domain: EndophyteDomain
+        if let rep = lock.withLock({ replicas.removeValue(forKey: r.name) }) {
+            domain = try takeOver(r, from: rep)
+        } else {
+            domain = try startOrAdopt(r)
+        }
+        let region = try domain.openGuestRAM()
+        let tracking = try domain.openDirtyTracker(region: region, shimReport: shimReport(r.name))
+        if let why = tracking.fallbackReason { log("VM \(r.name): guest RAM tracked by the hash engine: \(why)") }
+        let p = Primary(record: r, domain: domain, region: region, tracking: tracking)
+        lock.withLock { primaries[r.name] = p }
+        startReplication(p)
+    }
+
+    /// A domain of this VM already here at this epoch (the agent restarted) is adopted; one of an
+    /// older epoch is stale and removed; otherwise the guest boots.
+    func startOrAdopt(_ r: VMRecord) throws -> EndophyteDomain {
+        if let m = try host.managedDomains().first(where: { $0.name == r.name }) {
+            let d = try host.domain(named: r.name)
+            if m.metadata.role == .primary && m.metadata.ownershipEpoch == r.epoch, try d.state() != .shutOff {
+                log("VM \(r.name): found running here at epoch \(r.epoch); adopting it")
+                return d
+            }
+            log("VM \(r.name): removing a stale copy here (\(m.metadata.role) at epoch \(m.metadata.ownershipEpoch); the VM is at \(r.epoch))")
+            try host.remove(r.name)
+        }
+        let d = try host.start(r.spec, domainConfig(r, role: .primary))
+        log("VM \(r.name): started as its primary (epoch \(r.epoch))")
+        return d
+    }
+
+    /// Failover: the standby gets the replica's last committed epoch (RAM and device state together)
+    /// and resumes.
+    func takeOver(_ r: VMRecord, from rep: Replica) throws -> EndophyteDomain {
+        rep.transport?.close()
+        let epoch = rep.receiver.committedEpoch
+        guard epoch > 0 else {
+            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (the first full copy never finished); it cannot continue the guest")
+        }
+        let standby: EndophyteDomain
+        if let s = rep.standby, (try? s.isWaitingForState()) == true {
+            standby = s
+        } else {
+            try? host.remove(r.name)
+            standby = try host.start(r.spec, domainConfig(r, role: .standby))
+        }
+        let t = try standby.activate(image: RAMImage(epoch: epoch, region: rep.image),
+                                     deviceState: DeviceState(epoch: epoch, bytes: rep.receiver.deviceState))
+        try standby.setOwnership(EndophyteMetadata(role: .primary, ownershipEpoch: r.epoch))
+        log("VM \(r.name): took over at ownership epoch \(r.epoch) from replicated epoch \(epoch) in \(Int(t.total * 1000)) ms "
+            + "(copy \(Int(t.checkAndCopy * 1000)) ms, device state \(Int(t.loadDeviceState * 1000)) ms, resume \(Int(t.resume * 1000)) ms)")
+        try? FileManager.default.removeItem(atPath: imagePath(r.name))
+        return standby
+    }
+
+    func startReplication(_ p: Primary) {
+        stopReplication(p)
+        let name = p.record.name
+        guard let replica = p.record.replica else { return }
+        lock.withLock { p.stopping = false }
+        let t = Thread { [weak self] in self?.replicate(p, to: replica) }
+        t.name = "vm-\(name)-source"
+        p.thread = t
+        t.start()
+        log("VM \(name): replicating to \(replica)")
+    }
+
+    func stopReplication(_ p: Primary) {
+        guard let t = p.thread else { return }
+        lock.withLock { p.stopping = true }
+        p.source?.requestStop()
+        p.transport?.close()
+        while t.isExecuting { usleep(1000) }  // the loop leaves within one epoch once its transport is closed
+        p.thread = nil
+    }
+
+    func replicate(_ p: Primary, to replica: MyceliumIdentity.NodeID) {
+        let name = p.record.name
+        var lastError = ""
+        while !lock.withLock({ p.stopping || closed }) {
+            do {
+                guard let ep = peer(replica) else { throw VMDriverError("no replication address known for \(replica)") }
+                let t = try TCPReplicationTransport.connect(host: ep.host, port: ep.port, identity: identity, network: network) { $0 == ep.key }
+                p.transport = t
+                try t.sendAttach(Attach(name: name, ownershipEpoch: p.record.epoch))
+                let source = try ReplicationSource(region: p.region, tracker: p.tracking.tracker, config: settings.replication,
+                                                   hooks: p.domain.sourceHooks())
+                p.source = source
+                if lock.withLock({ p.stopping }) { break }
+                try source.connect(t)
+                log("VM \(name): protected (replica \(replica) holds a full image)")
+                lastError = ""
+                try source.run()
+            } catch {
+                let text = "\(error)"
+                if text != lastError { log("VM \(name): not protected: \(text); retrying") }
+                lastError = text
+            }
+            p.transport?.close()
+            for _ in 0..<10 where !lock.withLock({ p.stopping || closed }) { usleep(100_000) }
+        }
+    }
+
+    func fence(_ name: String, reason: String) {
+        guard let p = lock.withLock({ primaries[name] }) else { return }
+        stopReplication(p)
+        do { try p.domain.pause() } catch { log("VM \(name): pausing the guest to fence it failed: \(error)") }
+        p.fenced = true
+        log("VM \(name): fenced (guest paused): \(reason)")
+    }
+
+    // MARK: replica
+
+    func hold(_ r: VMRecord) throws {
+        if let p = lock.withLock({ primaries.removeValue(forKey: r.name) }) {
+            // This node ran it and is its replica now: its copy is the old owner's; let the new
+            // primary send a full image.
+            stopReplication(p)
+            try host.remove(r.name)
+        }
+        if let rep = lock.withLock({ replicas[r.name] }) {
+            rep.record = r
+            return
+        }
+        let bytes = Int(r.spec.memoryMiB) << 20
+        let image = try MappedRegion(path: imagePath(r.name), length: bytes)
+        let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256))
+        // A standby waiting in `-incoming defer` turns a failover into one device-state load and a
+        // resume (a cold start costs seconds under TCG).
+        do {
+            if try host.managedDomains().contains(where: { $0.name == r.name }) { try host.remove(r.name) }
+            rep.standby = try host.start(r.spec, domainConfig(r, role: .standby))
+        } catch {
+            log("VM \(r.name): no standby domain here (\(error)); a failover will start one then")
+        }
+        lock.withLock { replicas[r.name] = rep }
+        log("VM \(r.name): holding its replica (epoch \(r.epoch))")
+    }
+
+    func acceptLoop() {
+        while !lock.withLock({ closed }) {
+            let t: TCPReplicationTransport
+            do {
+                t = try listener.accept(identity: identity, network: network) { [weak self] key in
+                    // Only a member that is some VM's primary may send us one.
+                    guard let self else { return false }
+                    return self.lock.withLock { self.replicas.values.contains { self.peer($0.record.primary)?.key == key } }
+                }
+            } catch {
+                if lock.withLock({ closed }) { return }
+                continue
+            }
+            let th = Thread { [weak self] in self?.serve(t) }
+            th.name = "vm-replica"
+            th.start()
+        }
+    }
+
+    func serve(_ t: TCPReplicationTransport) {
+        do {
+            let a = try t.receiveAttach(timeout: 5)
+            guard let rep = lock.withLock({ replicas[a.name] }) else { throw VMDriverError("this node holds no replica of '\(a.name)'") }
+            guard a.ownershipEpoch == rep.record.epoch, peer(rep.record.primary)?.key == t.peerKey else {
+                throw VMDriverError("'\(a.name)' at ownership epoch \(a.ownershipEpoch) from a node that is not its primary at epoch \(rep.record.epoch)")
+            }
+            rep.transport = t
+            let end = rep.receiver.serve(t)
+            log("VM \(a.name): replication session ended: \(end) (image at epoch \(rep.receiver.committedEpoch))")
+        } catch {
+            log("replication connection refused: \(error)")
+            t.close()
+        }
+    }
+
+    // MARK: destroy
+
+    func destroy(_ name: String, reason: String) throws {
+        let (p, r) = lock.withLock { (primaries.removeValue(forKey: name), replicas.removeValue(forKey: name)) }
+        if let p { stopReplication(p) }
+        r?.transport?.close()
+        try host.remove(name)
+        try? FileManager.default.removeItem(atPath: imagePath(name))
+        log("VM \(name): copy here destroyed: \(reason)")
+    }
+
+    // MARK: paths
+
+    func imagePath(_ name: String) -> String { settings.stateDirectory + "/" + name + ".ram" }
+    func serialLog(_ name: String) -> String { settings.stateDirectory + "/" + name + ".serial" }
+    func shimReport(_ name: String) -> String? { settings.shimLibrary == nil ? nil : settings.stateDirectory + "/" + name + ".shim" }
+
+    func domainConfig(_ r: VMRecord, role: EndophyteRole) -> EndophyteDomainConfig {
+        EndophyteDomainConfig(role: role, ownershipEpoch: r.epoch, serialLog: serialLog(r.name),
+                              shim: settings.shimLibrary.map { DirtyPageShim(library: $0, report: shimReport(r.name)!) })
+    }
+}
+
+public struct VMDriverError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import MyceliumAPI
+@testable import MyceliumAgent
+import VMTestSupport
+import XCTest
+
+/// Endophyte VMs end to end with real parts: three hosts, each a network namespace with its own
+/// libvirtd (scripts/vmhost) and its own myceliumd; the guest is the real TCG guest
+/// (scripts/vm-guest) whose init counts in RAM on its serial port. Needs root and QEMU.
+final class VMFailoverProcessTests: XCTestCase {
+    let hostOf = ["n1": "a", "n2": "b", "n3": "c"]
+    let addressOf = ["a": "10.231.0.1", "b": "10.231.0.2", "c": "10.231.0.3"]
+
+    func agents(on hosts: TestHosts) throws -> AgentCluster {
+        let c = try AgentCluster()
+        c.netns = { [hostOf] n in hosts.name(hostOf[n]!) }
+        c.listenHost = { [hostOf, addressOf] n in addressOf[hostOf[n]!]! }
+        c.extraConfig = { [hostOf] n in
+            let h = hostOf[n]!
+            return "libvirt_uri = \"\(hosts.uri(h))\"\nlibvirt_qemu_run_dir = \"\(hosts.qemuRunDirectory(h))\"\n"
+        }
+        return c
+    }
+
+    func vms(_ c: AgentCluster, _ n: String) async -> [VMInfo] {
+        (try? await AgentClient(socket: c.home(n) + "/agent.sock").vms().vms) ?? []
+    }
+
+    /// Create → protected; the primary's whole host dies (agent, libvirtd, QEMU at once) → the
+    /// network records it failed, moves ownership to the replica (epoch 2), and the guest carries on
+    /// there from the last committed epoch: same boot, its counter continuing, never restarting.
+    func testAVMKeepsRunningWhenItsHostDies() async throws {
+        try requireRootAndQEMU()
+        let guest = try Guest.files.get()
+        let hosts = try TestHosts(["a", "b", "c"])
+        defer { hosts.down() }
+        let c = try agents(on: hosts)
+        defer { c.shutdown() }  // runs before hosts.down(): agents first, then their hosts
+        let names = ["n1", "n2", "n3"]
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
+        try await c.waitUntil("every node offers VMs", nodes: names) { vs in vs.allSatisfy { $0.members.allSatisfy { $0.features == "libvirt" } } }
+        let ids = Dictionary(uniqueKeysWithValues: await asyncMap(names) { ($0, await c.status($0)!.node) })
+
+        let (code, out) = try c.cli(["vm", "create", "web", "--memory", "128M", "--kernel", guest.kernel, "--initrd", guest.initrd,
+                                     "--cmdline", Guest.cmdline, "--on", ids["n1"]!, "--replica", ids["n2"]!, "--home", c.home("n1")])
+        XCTAssertEqual(code, 0, out)
+        let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
+        try await MyceliumAgentTests.waitUntil("the guest counts on n1", timeout: 60) { SerialLog(path: serialA).counts.count >= 3 }
+        try await MyceliumAgentTests.waitUntil("web protected", timeout: 60) {
+            await self.vms(c, "n1").first?.here?.contains("protected") == true
+        }
+        try await MyceliumAgentTests.waitUntil("n2 holds a committed image", timeout: 30) {
+            let here = await self.vms(c, "n2").first?.here ?? ""
+            return here.hasPrefix("replica: image at replication epoch") && here != "replica: image at replication epoch 0"
+        }
+        let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
+
+        // Host a dies. Whatever its guest printed last is the newest state anyone saw.
+        try hosts.kill("a")
+        let lastOnA = try XCTUnwrap(SerialLog(path: serialA).last)
+        XCTAssertEqual(lastOnA.tag, tag)
+
+        try await MyceliumAgentTests.waitUntil("the record moves web to n2 at epoch 2", timeout: 90) {
+            let v = await self.vms(c, "n2").first
+            return v?.primary == ids["n2"] && v?.epoch == 2
+        }
+        try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 60) {
+            SerialLog(path: serialB).counts.count >= 3
+        }
+        let onB = SerialLog(path: serialB)
+        XCTAssertEqual(onB.bootTags, [], "the guest on n2 did not boot: it continued (\(onB.otherLines.suffix(5)))")
+        XCTAssertTrue(onB.counts.allSatisfy { $0.tag == tag }, "the same boot, never another: \(onB.counts.prefix(5))")
+        let first = try XCTUnwrap(onB.counts.first).n
+        // At most what host a printed (+1: one line may have been cut off by the kill), and not from
+        // further back than a few epochs (100 ms each; the counter prints about every 100 ms).
+        XCTAssertLessThanOrEqual(first, lastOnA.n + 1, "continued from a state host a never reached")
+        XCTAssertGreaterThanOrEqual(first, lastOnA.n - 10, "continued from too far back (last on a: \(lastOnA.n))")
+        XCTAssertTrue(zip(onB.counts, onB.counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order")
+        print("VM-FAILOVER last-on-a=\(lastOnA.n) first-on-b=\(first) tag=\(tag)")
+
+        // Protected again without an operator: n3 becomes the replica and receives a full image.
+        try await MyceliumAgentTests.waitUntil("a new replica", timeout: 60) {
+            let v = await self.vms(c, "n2").first
+            return v?.replica == ids["n3"] && v?.here?.contains("protected") == true
+        }
+    }
+}
