@@ -185,6 +185,11 @@ let package = Package(
             dependencies: ["MyceliumAgent", "MyceliumSim", "MyceliumControl", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tests/ByzantineAgent"),
 
+        // FOR TESTS ONLY: threads inside a rhizomorph session while it is closed; run by RhizomorphTests
+        // and, built with AddressSanitizer in its own scratch path, by scripts/test.
+        .executableTarget(
+            name: "rhizomorph-stress", dependencies: ["Rhizomorph", "MyceliumIdentity"], path: "Tests/RhizomorphStress"),
+
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
             name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft"], path: "Fuzz/MyceliumFuzz",
@@ -220,7 +225,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph", "CRhizomorph", "MyceliumIdentity", "MyceliumCore", "Endophyte"]),
+        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph", "CRhizomorph", "MyceliumIdentity", "MyceliumCore", "Endophyte", "rhizomorph-stress"]),
         // Real namespaces, the built plugin, libcni (a Go driver) and podman; needs root.
         .testTarget(
             name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium"],
