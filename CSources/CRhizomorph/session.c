@@ -658,6 +658,10 @@ static void conn_parse(rz_session *s, conn *c) {
 static void conn_read(rz_session *s, conn *c) {
     for (int rounds = 0; rounds < 8 && c->state == CONN_UP && c->readable; rounds++) {
         int fd = c->fd;
+        /* A failed session parses nothing more (conn_parse stops), so its input is dropped instead of
+         * filling the buffer: a full buffer would make recv() return 0, read as "closed by peer",
+         * and the connection would die (with a reset) before it carried our CLOSE. */
+        if (s->failed) c->rx_len = 0;
         size_t room = RX_CAP - c->rx_len;
         pthread_mutex_unlock(&s->mu);
         ssize_t r = recv(fd, c->rx + c->rx_len, room, 0);
@@ -692,7 +696,9 @@ static void conn_write(rz_session *s, conn *c) {
         } else if (c->ctrl_off < c->ctrl_len) {
             p = c->ctrl + c->ctrl_off;
             n = c->ctrl_len - c->ctrl_off;
-        } else if (c->q_len) {
+        } else if (c->q_len && !s->closing && !s->failed) {
+            /* A closing or failed session starts no new data frame: its CLOSE must not wait behind a
+             * backlog that will not be delivered anyway (callers flush first when it matters). */
             uint64_t seq = c->q[c->q_head];
             c->user_bytes -= c->q_bytes[c->q_head];
             c->q_head = (c->q_head + 1) % USERQ_CAP;
@@ -1247,7 +1253,13 @@ void rz_session_close(rz_session *s) {
         bool pending = !s->close_sent;
         for (uint32_t i = 0; i < s->conn_count; i++) {
             conn *c = s->conns[i];
-            if (c->state == CONN_UP && c->ctrl_off < c->ctrl_len) pending = true;
+            if (c->state != CONN_UP) continue;
+            if (c->ctrl_off < c->ctrl_len || c->cur) pending = true;
+            /* Written is not enough: closing a socket that holds unread input sends a reset, and
+             * the reset drops whatever the kernel had not sent yet, our CLOSE included. Wait until
+             * the peer's TCP has it all. */
+            int outq = 0;
+            if (ioctl(c->fd, SIOCOUTQ, &outq) == 0 && outq > 0) pending = true;
         }
         if ((!pending && (s->peer_closed || s->failed)) || s->st.conns_live == 0) break;
         struct timespec step;
