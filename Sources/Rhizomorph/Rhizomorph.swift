@@ -54,6 +54,29 @@ public struct RhizomorphError: Error, CustomStringConvertible, Sendable {
         }
     }
 
+    /// A violation found by the Swift layer (a message that does not add up), as -EPROTO.
+    static func malformed(_ message: String) -> RhizomorphError {
+        var e = rz_error()
+        e.code = -EPROTO
+        copyCString(message, into: &e.message)
+        return RhizomorphError(rc: -EPROTO, error: e)
+    }
+
+    static func timedOut(_ message: String) -> RhizomorphError {
+        var e = rz_error()
+        e.code = -ETIMEDOUT
+        copyCString(message, into: &e.message)
+        return RhizomorphError(rc: -ETIMEDOUT, error: e)
+    }
+
+    /// The peer ended its direction (rz_send_end): nothing more will arrive.
+    static func peerEnded() -> RhizomorphError {
+        var e = rz_error()
+        e.code = -ECONNRESET
+        copyCString("the peer ended the session", into: &e.message)
+        return RhizomorphError(rc: -ECONNRESET, error: e)
+    }
+
     static func closed(_ what: String) -> RhizomorphError {
         var e = rz_error()
         e.code = -ESHUTDOWN
@@ -152,6 +175,8 @@ public struct Statistics: Sendable {
     public let duplicatesDropped, authenticationFailures, connectionsFailed, connectionsJoined: UInt64
     public let bytesSent, bytesReceived: UInt64
     public let liveConnections: UInt32
+    /// Bytes written on each path (all transmissions), in the order the paths were given.
+    public let bytesPerPath: [UInt64]
 }
 
 /// Accepts sessions on one port over several local addresses.
@@ -338,7 +363,8 @@ public final class Session: @unchecked Sendable {
             chunksReceived: s.chunks_received, duplicatesDropped: s.duplicates_dropped,
             authenticationFailures: s.auth_failures, connectionsFailed: s.conns_failed,
             connectionsJoined: s.conns_joined, bytesSent: s.bytes_sent, bytesReceived: s.bytes_received,
-            liveConnections: s.conns_live)
+            liveConnections: s.conns_live,
+            bytesPerPath: withUnsafeBytes(of: s.per_path_bytes) { Array($0.bindMemory(to: UInt64.self)) })
     }
 
     /// The 16-byte session ID, the same at both ends (all zero once the session is closed).
@@ -387,8 +413,9 @@ public final class Session: @unchecked Sendable {
     deinit { close() }
 }
 
-/// A mutex with one condition, for waiting until in-flight calls have left a session.
-private final class Gate: @unchecked Sendable {
+/// A mutex with one condition (on the monotonic clock): waiting until in-flight calls have left a
+/// session, or for a message to arrive.
+final class Gate: @unchecked Sendable {
     // SAFETY (Sendable): only touched through pthread calls; heap cells that never move, freed in deinit.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t> = .allocate(capacity: 1)
     private let cond: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
@@ -397,7 +424,11 @@ private final class Gate: @unchecked Sendable {
         mutex.initialize(to: pthread_mutex_t())
         cond.initialize(to: pthread_cond_t())
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
     }
 
     deinit {
@@ -415,8 +446,22 @@ private final class Gate: @unchecked Sendable {
 
     /// Only inside withLock.
     func wait() { pthread_cond_wait(cond, mutex) }
+    /// Only inside withLock. Returns false once the monotonic clock passed `deadline` (seconds).
+    func wait(until deadline: Double) -> Bool {
+        var ts = timespec()
+        ts.tv_sec = Int(deadline)
+        ts.tv_nsec = Int((deadline - Double(Int(deadline))) * 1e9)
+        return pthread_cond_timedwait(cond, mutex, &ts) != ETIMEDOUT
+    }
     /// Only inside withLock.
     func broadcast() { pthread_cond_broadcast(cond) }
+}
+
+/// Monotonic seconds, the clock `Gate.wait(until:)` uses.
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
 private final class CallbackBox {

@@ -6,7 +6,9 @@
 // from inside a page callback of one of its own receive calls. Every call must succeed, time out
 // (only the calls given a timeout), or end with `.closed`; every thread must return within a
 // deadline (a hang is a failure); once closed, calls fail at once and the counters read zero. The
-// peer's calls must end with `.closed` or a peer-gone error once the victim is gone.
+// peer's calls must end with `.closed` or a peer-gone error once the victim is gone. Each round is
+// followed by one on MessageChannels (the layer the replication transport uses): closed while two
+// threads send messages and one receives, with every message checked whole on arrival.
 //
 // The point is the memory safety of Session.close(): built with AddressSanitizer (scripts/test:
 // `swift build --sanitize=address --product rhizomorph-stress`), a close that freed the C session
@@ -151,8 +153,8 @@ let network = NetworkID(genesisKey: SigningKey(seed: [UInt8](repeating: 0x5E, co
 let serverKey = SigningKey(seed: [UInt8](repeating: 0x51, count: 32))
 let clientKey = SigningKey(seed: [UInt8](repeating: 0xC1, count: 32))
 
-/// Returns the problems found (empty: the round passed).
-func round(_ r: Int, closers: Closers, rng: inout SplitMix) throws -> [String] {
+/// A session over two loopback paths: (client, server).
+func connectedPair() throws -> (Session, Session) {
     let listener = try Listener(addresses: ["127.0.0.1", "127.0.0.2"])
     let accepted = Guarded<Result<Session, Error>?>(nil)
     let serverConfig = Configuration(identity: serverKey, network: network, peer: clientKey.publicKey)
@@ -165,8 +167,73 @@ func round(_ r: Int, closers: Closers, rng: inout SplitMix) throws -> [String] {
     config.chunkSize = 4096
     let client = try Session.connect(config, paths: [Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port),
                                                      Path(local: "127.0.0.2", remote: "127.0.0.2", port: listener.port)])
-    guard acceptor.join(within: 15), let result = accepted.get else { return ["round \(r): accept did not return"] }
-    let server = try result.get()
+    guard acceptor.join(within: 15), let result = accepted.get else { throw RhizomorphStressError("accept did not return") }
+    return (client, try result.get())
+}
+
+struct RhizomorphStressError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// One round on MessageChannels (Messages.swift) over a fresh session: two threads send messages
+/// of many sizes and one receives on the victim while the peer does the same, then the victim's
+/// channel is closed. Every message that arrives must be whole and intact.
+func channelRound(_ r: Int, rng: inout SplitMix) throws -> [String] {
+    let (client, server) = try connectedPair()
+    let victim = MessageChannel(session: r % 2 == 0 ? client : server, maxMessageBytes: 1 << 20, chunkSize: 4096)
+    let peer = MessageChannel(session: r % 2 == 0 ? server : client, maxMessageBytes: 1 << 20, chunkSize: 4096)
+    let vt = Guarded(Tally()), pt = Guarded(Tally())
+    let sizes = [0, 1, 100, 4096, 5000, 65536, 300_000]
+    func sender(_ name: String, _ ch: MessageChannel, _ side: Side, _ tally: Guarded<Tally>, fill: UInt8, seed: UInt64) -> Worker {
+        Worker(name) {
+            var rng = SplitMix(state: seed)
+            let body = [UInt8](repeating: fill, count: 300_000)
+            while attempt(name, side, timed: false, tally, {
+                let n = sizes[Int(rng.next() % UInt64(sizes.count))]
+                let cut = n / 3
+                try body.withUnsafeBytes { b in
+                    try ch.send(type: fill, parts: [UnsafeRawBufferPointer(rebasing: b[0..<cut]), UnsafeRawBufferPointer(rebasing: b[cut..<n])])
+                }
+            }) {}
+        }
+    }
+    func receiver(_ name: String, _ ch: MessageChannel, _ side: Side, _ tally: Guarded<Tally>, expect: UInt8) -> Worker {
+        Worker(name) {
+            while attempt(name, side, timed: true, tally, {
+                let m = try ch.receive(timeout: 0.005)
+                defer { ch.recycle(m) }
+                if m.type != expect || !sizes.contains(m.body.count) || m.body.contains(where: { $0 != expect }) {
+                    tally.with { $0.problems.append("\(name): a message of type \(m.type) and \(m.body.count) bytes is not what was sent") }
+                }
+            }) {}
+        }
+    }
+    let workers = [
+        sender("victim send 1", victim, .victim, vt, fill: 7, seed: rng.next()),
+        sender("victim send 2", victim, .victim, vt, fill: 7, seed: rng.next()),
+        receiver("victim receive", victim, .victim, vt, expect: 9),
+        sender("peer send", peer, .peer, pt, fill: 9, seed: rng.next()),
+        receiver("peer receive", peer, .peer, pt, expect: 7),
+    ]
+    let closeAfterCalls = 10 + Int(rng.next() % 100)
+    let deadline = now() + 10
+    while vt.get.calls < closeAfterCalls && now() < deadline { usleep(100) }  // polls with a deadline
+    var problems: [String] = []
+    if vt.get.calls < closeAfterCalls { problems.append("channel round \(r): only \(vt.get.calls) victim calls in 10 s") }
+    victim.close(linger: rng.next() % 2 == 0 ? 0 : 0.05)
+    for w in workers where !w.join(within: 10) { problems.append("channel round \(r): '\(w.name)' did not return within 10 s of the close") }
+    peer.close(linger: 0)
+    let v = vt.get, p = pt.get
+    problems += v.problems.map { "channel round \(r) victim: \($0)" } + p.problems.map { "channel round \(r) peer: \($0)" }
+    say("channel round \(r): closed the \(r % 2 == 0 ? "client" : "server") after \(v.calls) calls (ok \(v.ok), timed out \(v.timedOut), "
+        + "closed \(v.closed)); peer ok \(p.ok), gone \(p.peerGone), closed \(p.closed)")
+    return problems
+}
+
+/// Returns the problems found (empty: the round passed).
+func round(_ r: Int, closers: Closers, rng: inout SplitMix) throws -> [String] {
+    let (client, server) = try connectedPair()
 
     // Alternate which end is closed under load, and how.
     let victim = r % 2 == 0 ? client : server
@@ -306,6 +373,7 @@ var rng = SplitMix(state: seed)
 var failures: [String] = []
 for r in 0..<rounds {
     do { failures += try round(r, closers: closers, rng: &rng) } catch { failures.append("round \(r): setup failed: \(error)") }
+    do { failures += try channelRound(r, rng: &rng) } catch { failures.append("channel round \(r): setup failed: \(error)") }
 }
 if failures.isEmpty {
     say("rhizomorph-stress: \(rounds) rounds passed (seed \(seed))")
