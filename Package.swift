@@ -92,7 +92,8 @@ let package = Package(
             name: "CDatapath", path: "CSources/CDatapath", exclude: ["tests", "README.md"],
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
-        .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+        // Replicates over plain authenticated TCP or over rhizomorph (encrypted, multi-path).
+        .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),
 
         // MARK: the CNI plugin: raw rtnetlink in C, the plugin in Swift (no Foundation: it runs per container)
         .target(
@@ -169,7 +170,7 @@ let package = Package(
             name: "MyceliumBench",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
-                "DirtyPages", "Endophyte", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI",
+                "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -214,7 +215,7 @@ let package = Package(
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
-        .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+        .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),
         // Real agent processes; depending on the executables makes the test build build them.
         .testTarget(
             name: "MyceliumAgentTests",
