@@ -92,7 +92,8 @@ let package = Package(
             name: "CDatapath", path: "CSources/CDatapath", exclude: ["tests", "README.md"],
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
-        .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+        // Replicates over plain authenticated TCP or over rhizomorph (encrypted, multi-path).
+        .target(name: "Endophyte", dependencies: ["DirtyPages", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),
         // The host-side VM driver: one node's endophyte domains under its own libvirtd (domain XML,
         // QEMU's guest-RAM memfd, checkpoint primitives, standby activation). No Raft or agent logic.
         .target(name: "VMHost", dependencies: ["Libvirt", "MyceliumControl", "Endophyte", "DirtyPages", "MyceliumCore"]),
@@ -175,7 +176,7 @@ let package = Package(
             name: "MyceliumBench",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
-                "DirtyPages", "Endophyte", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI",
+                "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -191,9 +192,14 @@ let package = Package(
             dependencies: ["MyceliumAgent", "MyceliumSim", "MyceliumControl", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tests/ByzantineAgent"),
 
+        // FOR TESTS ONLY: threads inside a rhizomorph session while it is closed; run by RhizomorphTests
+        // and, built with AddressSanitizer in its own scratch path, by scripts/test.
+        .executableTarget(
+            name: "rhizomorph-stress", dependencies: ["Rhizomorph", "MyceliumIdentity"], path: "Tests/RhizomorphStress"),
+
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
-            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft"], path: "Fuzz/MyceliumFuzz",
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft", "Rhizomorph"], path: "Fuzz/MyceliumFuzz",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: tests
@@ -215,7 +221,7 @@ let package = Package(
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
-        .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity"]),
+        .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),
         // Real agent processes; depending on the executables makes the test build build them.
         .testTarget(
             name: "MyceliumAgentTests",
@@ -226,7 +232,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph", "CRhizomorph", "MyceliumIdentity", "MyceliumCore", "Endophyte"]),
+        .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph", "CRhizomorph", "MyceliumIdentity", "MyceliumCore", "Endophyte", "rhizomorph-stress"]),
         // Real namespaces, the built plugin, libcni (a Go driver) and podman; needs root.
         .testTarget(
             name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium"],

@@ -658,6 +658,10 @@ static void conn_parse(rz_session *s, conn *c) {
 static void conn_read(rz_session *s, conn *c) {
     for (int rounds = 0; rounds < 8 && c->state == CONN_UP && c->readable; rounds++) {
         int fd = c->fd;
+        /* A failed session parses nothing more (conn_parse stops), so its input is dropped instead of
+         * filling the buffer: a full buffer would make recv() return 0, read as "closed by peer",
+         * and the connection would die (with a reset) before it carried our CLOSE. */
+        if (s->failed) c->rx_len = 0;
         size_t room = RX_CAP - c->rx_len;
         pthread_mutex_unlock(&s->mu);
         ssize_t r = recv(fd, c->rx + c->rx_len, room, 0);
@@ -692,7 +696,9 @@ static void conn_write(rz_session *s, conn *c) {
         } else if (c->ctrl_off < c->ctrl_len) {
             p = c->ctrl + c->ctrl_off;
             n = c->ctrl_len - c->ctrl_off;
-        } else if (c->q_len) {
+        } else if (c->q_len && !s->closing && !s->failed) {
+            /* A closing or failed session starts no new data frame: its CLOSE must not wait behind a
+             * backlog that will not be delivered anyway (callers flush first when it matters). */
             uint64_t seq = c->q[c->q_head];
             c->user_bytes -= c->q_bytes[c->q_head];
             c->q_head = (c->q_head + 1) % USERQ_CAP;
@@ -1237,16 +1243,25 @@ void rz_session_close(rz_session *s) {
     ssize_t wr = write(s->evfd, &wake, sizeof wake);
     (void)wr;
     pthread_cond_broadcast(&s->cv);
-    /* Linger until our control frames are out and the peer said CLOSE (or every connection is gone). */
+    /* Linger until our control frames are out and the peer said CLOSE (or every connection is gone).
+     * A failed session (rz_session_shutdown included) waits for nothing from the peer, but still
+     * until its CLOSE is written: otherwise the peer learns of the end only when its connections
+     * die, which for the accepting side (no dialer to be refused) is the all-paths-down timeout. */
     struct timespec dl;
     abstime(&dl, 2000);
     for (;;) {
         bool pending = !s->close_sent;
         for (uint32_t i = 0; i < s->conn_count; i++) {
             conn *c = s->conns[i];
-            if (c->state == CONN_UP && c->ctrl_off < c->ctrl_len) pending = true;
+            if (c->state != CONN_UP) continue;
+            if (c->ctrl_off < c->ctrl_len || c->cur) pending = true;
+            /* Written is not enough: closing a socket that holds unread input sends a reset, and
+             * the reset drops whatever the kernel had not sent yet, our CLOSE included. Wait until
+             * the peer's TCP has it all. */
+            int outq = 0;
+            if (ioctl(c->fd, SIOCOUTQ, &outq) == 0 && outq > 0) pending = true;
         }
-        if ((!pending && s->peer_closed) || s->st.conns_live == 0 || s->failed) break;
+        if ((!pending && (s->peer_closed || s->failed)) || s->st.conns_live == 0) break;
         struct timespec step;
         abstime(&step, 10);
         pthread_cond_timedwait(&s->cv, &s->mu, &step);
@@ -1303,10 +1318,15 @@ int rz_session_id(rz_session *s, uint8_t out[16]) {
 
 /* Reserve the next sequence number once the window has room. Lock held. */
 static int reserve(rz_session *s, uint32_t payload, uint64_t *seq) {
-    while (!s->failed &&
-           (s->next_seq - s->peer_cum >= WINDOW_SLOTS || (s->window_used + payload > s->cfg.window_bytes && s->window_used > 0)))
+    for (;;) {
+        /* Nothing queued after the peer's CLOSE can be delivered: fail now rather than fill the
+         * window and wait for the connections to time out. */
+        if (s->peer_closed && !s->failed) session_fail(s, -ECONNRESET, "the peer closed the session");
+        if (s->failed) return s->failed;
+        if (s->next_seq - s->peer_cum < WINDOW_SLOTS && (s->window_used + payload <= s->cfg.window_bytes || s->window_used == 0))
+            break;
         wait_until(s, NULL);
-    if (s->failed) return s->failed;
+    }
     *seq = s->next_seq++;
     tx_slot *t = &s->tx[*seq & (WINDOW_SLOTS - 1)];
     memset(t, 0, sizeof *t);
@@ -1692,27 +1712,37 @@ int rz_listener_open(rz_listener **out, const char *const *addresses, uint32_t c
     pthread_mutex_init(&l->mu, NULL);
     cond_init(&l->cv);
     int rc = 0;
-    for (uint32_t i = 0; i < count; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl;
-        if (parse_addr(addresses[i], port, &ss, &sl) != 0) {
-            rc = rz_fail(error, -EINVAL, "bad listen address '%s'", addresses[i]);
-            break;
+    /* With port 0 the port is picked on the first address; a later address may already use it
+     * (say, as the local port of an outgoing connection): then start over with another pick. */
+    const uint16_t asked = port;
+    for (int attempt = 0; attempt < 16; attempt++) {
+        rc = 0;
+        port = asked;
+        for (uint32_t i = 0; i < count; i++) {
+            struct sockaddr_storage ss;
+            socklen_t sl;
+            if (parse_addr(addresses[i], port, &ss, &sl) != 0) {
+                rc = rz_fail(error, -EINVAL, "bad listen address '%s'", addresses[i]);
+                break;
+            }
+            int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (fd < 0 || bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 64) != 0) {
+                rc = rz_fail(error, -errno, "listen on %s:%u: %s", addresses[i], port, strerror(errno));
+                if (fd >= 0) close(fd);
+                break;
+            }
+            l->fds[l->nfds++] = fd;
+            if (port == 0) {
+                getsockname(fd, (struct sockaddr *)&ss, &sl);
+                port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                     : ((struct sockaddr_in6 *)&ss)->sin6_port);
+            }
         }
-        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (fd < 0 || bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 64) != 0) {
-            rc = rz_fail(error, -errno, "listen on %s:%u: %s", addresses[i], port, strerror(errno));
-            if (fd >= 0) close(fd);
-            break;
-        }
-        l->fds[l->nfds++] = fd;
-        if (port == 0) {
-            getsockname(fd, (struct sockaddr *)&ss, &sl);
-            port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                 : ((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
+        if (!(rc == -EADDRINUSE && asked == 0 && count > 1)) break;
+        for (uint32_t i = 0; i < l->nfds; i++) close(l->fds[i]);
+        l->nfds = 0;
     }
     l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (!rc && pthread_create(&l->thread, NULL, listen_main, l) != 0) rc = rz_fail(error, -EAGAIN, "cannot start listener");

@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -15,18 +15,19 @@ import MyceliumIdentity
 import MyceliumRaft
 import MyceliumSpores
 import MyceliumVote
+import Rhizomorph
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link or chain")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain or rzmessages")
             exit(2)
         }
         return t
@@ -153,6 +154,8 @@ enum FuzzTarget: String {
             default:
                 precondition((try? StreamFuzz.server.receiveProof(body)) == nil, "a forged PROOF authenticated")
             }
+        case .rzmessages:
+            fuzzMessageAssembly(bytes)
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
             fuzzVoteDecoders(bytes)
@@ -303,6 +306,47 @@ enum FuzzChain {
     }
 }
 
+/// Rhizomorph's message layer (what RhizomorphReplicationTransport receives) as a peer drives it:
+/// a sequence of delivered chunks and barriers, each `0 | u32 offset | u16 length | bytes` or
+/// `1 | u64 label`. Whatever arrives, nothing is written past the message limit, and a message is
+/// accepted only with exactly the bytes its label announced.
+func fuzzMessageAssembly(_ bytes: [UInt8]) {
+    let limit = 1 << 16
+    let assembler = MessageAssembler(maxMessageBytes: limit, initialCapacity: 512)
+    var r = bytes[...]
+    func take(_ n: Int) -> [UInt8]? {
+        guard r.count >= n else { return nil }
+        defer { r = r.dropFirst(n) }
+        return Array(r.prefix(n))
+    }
+    var sum = 0
+    var written: [Int: UInt8] = [:]  // the last byte written at each offset of the open message
+    while let op = take(1)?[0] {
+        if op % 2 == 0 {
+            guard let h = take(6) else { return }
+            let offset = UInt64(h[0]) << 24 | UInt64(h[1]) << 16 | UInt64(h[2]) << 8 | UInt64(h[3])
+            let len = min(Int(h[4]) << 8 | Int(h[5]), r.count)
+            let data = take(len)!
+            do {
+                try data.withUnsafeBytes { try assembler.page(offset: offset, $0) }
+                sum += len
+                for (i, b) in data.enumerated() { written[Int(offset) + i] = b }
+            } catch {
+                precondition(offset + UInt64(len) > UInt64(limit) || sum + len > limit, "a chunk inside the limit was refused")
+                return
+            }
+        } else {
+            guard let l = take(8) else { return }
+            let label = l.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            guard let (_, buffer) = try? assembler.complete(label: label) else { return }
+            precondition(buffer.count == sum && buffer.count <= limit, "a message was accepted with \(sum) bytes for \(buffer.count) announced")
+            for (offset, b) in written { precondition(buffer.body[offset] == b, "message byte \(offset) is not what arrived") }
+            sum = 0
+            written = [:]
+        }
+    }
+}
+
 /// Valid samples of every format, so the fuzzer starts from inputs that pass the outer checks.
 func writeSeeds(to dir: String) {
     let genesis = FuzzChain.genesis
@@ -350,6 +394,8 @@ func writeSeeds(to dir: String) {
             return kv.encodedSnapshot()
         }()),
         ("stream", [1] + StreamFuzz.client.hello),
+        // Two chunks of a 6-byte message of type 12 (pages), then its barrier; then an empty message.
+        ("rzmessages", [0, 0, 0, 0, 0, 0, 4, 3, 3, 3, 3] + [0, 0, 0, 0, 4, 0, 2, 9, 9] + [1, 1, 12, 0, 0, 0, 0, 0, 6] + [1, 1, 14, 0, 0, 0, 0, 0, 0]),
         ("spore", [0] + {
             var sp = PrimarySpore(network: NetworkIdentity(genesisKey: genesis.publicKey))
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)

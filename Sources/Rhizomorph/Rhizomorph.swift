@@ -54,6 +54,29 @@ public struct RhizomorphError: Error, CustomStringConvertible, Sendable {
         }
     }
 
+    /// A violation found by the Swift layer (a message that does not add up), as -EPROTO.
+    static func malformed(_ message: String) -> RhizomorphError {
+        var e = rz_error()
+        e.code = -EPROTO
+        copyCString(message, into: &e.message)
+        return RhizomorphError(rc: -EPROTO, error: e)
+    }
+
+    static func timedOut(_ message: String) -> RhizomorphError {
+        var e = rz_error()
+        e.code = -ETIMEDOUT
+        copyCString(message, into: &e.message)
+        return RhizomorphError(rc: -ETIMEDOUT, error: e)
+    }
+
+    /// The peer ended its direction (rz_send_end): nothing more will arrive.
+    static func peerEnded() -> RhizomorphError {
+        var e = rz_error()
+        e.code = -ECONNRESET
+        copyCString("the peer ended the session", into: &e.message)
+        return RhizomorphError(rc: -ECONNRESET, error: e)
+    }
+
     static func closed(_ what: String) -> RhizomorphError {
         var e = rz_error()
         e.code = -ESHUTDOWN
@@ -152,6 +175,8 @@ public struct Statistics: Sendable {
     public let duplicatesDropped, authenticationFailures, connectionsFailed, connectionsJoined: UInt64
     public let bytesSent, bytesReceived: UInt64
     public let liveConnections: UInt32
+    /// Bytes written on each path (all transmissions), in the order the paths were given.
+    public let bytesPerPath: [UInt64]
 }
 
 /// Accepts sessions on one port over several local addresses.
@@ -178,26 +203,39 @@ public final class Listener: @unchecked Sendable {
     public func accept(_ configuration: Configuration, timeoutMilliseconds: Int32 = -1) throws -> Session {
         var out: OpaquePointer?
         try configuration.withRaw { cfg in try check { rz_accept(handle, &cfg, timeoutMilliseconds, &out, $0) } }
-        return Session(handle: out!)
+        // The session keeps this listener alive: closing an accepted C session unregisters it from
+        // its listener, so the listener must not be freed first (rhizomorph.h: "Close its sessions first").
+        return Session(handle: out!, listener: self)
     }
 
     deinit { rz_listener_close(handle) }
 }
 
-/// One authenticated multi-path session. One thread may send while another receives, and any
-/// thread may `close()` while they do: their calls return `.closed` and the C session is freed only
-/// after the last of them has left it.
+/// One authenticated multi-path session. Any thread may call anything, including `close()` while
+/// other threads are inside calls (and from inside a `receivePages` callback): calls in progress
+/// return `.closed` (or the session's failure), and the C session is freed only after the last of
+/// them has left it.
 public final class Session: @unchecked Sendable {
-    // SAFETY (Sendable): the C session is locked internally; sending and receiving may run on
-    // different threads, as documented in rhizomorph.h. `handle`, `inFlight` and `closing` are
-    // guarded by `gate`; a call holds the handle only between enter() and leave(), and close()
-    // frees it only when no call holds it, so a pointer is never used after rz_session_close.
+    // SAFETY (Sendable): `handle`, `holders`, `closing` and `freed` are guarded by `gate`. A call
+    // holds the handle only between enter() and leave(); the handle is freed only once `closing` is
+    // set and no call holds it, by close() or by the last call to leave, so a pointer is never used
+    // after rz_session_close. Sending calls are also serialized by `sendSerial`: rz_send_* update
+    // per-direction state (the epoch index, the stream offset) outside the C session's lock, so the
+    // C API allows one sending thread at a time.
     private let gate = Gate()
+    private let sendSerial = Gate()
     private var handle: OpaquePointer?
-    private var inFlight = 0
+    /// One entry per call in progress (a thread appears twice when a callback calls in again).
+    private var holders: [pthread_t] = []
     private var closing = false
+    private var freed = false
+    /// Accepted sessions keep their listener alive (see Listener.accept).
+    private let listener: Listener?
 
-    fileprivate init(handle: OpaquePointer) { self.handle = handle }
+    fileprivate init(handle: OpaquePointer, listener: Listener? = nil) {
+        self.handle = handle
+        self.listener = listener
+    }
 
     public static func connect(_ configuration: Configuration, paths: [Path]) throws -> Session {
         var out: OpaquePointer?
@@ -206,32 +244,56 @@ public final class Session: @unchecked Sendable {
         return Session(handle: out!)
     }
 
+    private func enter() -> OpaquePointer? {
+        gate.withLock {
+            guard let h = handle, !closing else { return nil }
+            holders.append(pthread_self())
+            return h
+        }
+    }
+
+    /// Drops this thread's newest hold; the last hold to go after close() frees the C session.
+    private func leave() {
+        let me = pthread_self()
+        let last: OpaquePointer? = gate.withLock {
+            if let i = holders.lastIndex(where: { pthread_equal($0, me) != 0 }) { holders.remove(at: i) }
+            guard closing, holders.isEmpty, let h = handle else { return nil }
+            handle = nil
+            return h
+        }
+        if let last { release(last) }
+    }
+
+    private func release(_ h: OpaquePointer) {
+        rz_session_close(h)
+        gate.withLock {
+            freed = true
+            gate.broadcast()
+        }
+    }
+
     /// Runs `body` with the live handle, holding it open against a concurrent close().
     private func using<T>(_ what: String, _ body: (OpaquePointer) throws -> T) throws -> T {
-        guard let h = gate.withLock({ () -> OpaquePointer? in
-            guard let h = handle, !closing else { return nil }
-            inFlight += 1
-            return h
-        }) else { throw RhizomorphError.closed(what) }
-        defer {
-            gate.withLock {
-                inFlight -= 1
-                if inFlight == 0 { gate.broadcast() }
-            }
-        }
+        guard let h = enter() else { throw RhizomorphError.closed(what) }
+        defer { leave() }
         return try body(h)
+    }
+
+    /// As `using`, one sending call at a time.
+    private func sending<T>(_ what: String, _ body: (OpaquePointer) throws -> T) throws -> T {
+        try using(what) { h in try sendSerial.withLock { try body(h) } }
     }
 
     /// Send `length` bytes (nil: until EOF) read from `fd` as an ordered stream; returns when the
     /// peer has written them all.
     public func send(fromFileDescriptor fd: Int32, length: UInt64? = nil) throws {
-        try using("send") { h in try check { rz_send_fd(h, fd, length ?? UInt64.max, $0) } }
+        try sending("send") { h in try check { rz_send_fd(h, fd, length ?? UInt64.max, $0) } }
     }
 
     /// Send bytes as part of an ordered stream; `end` finishes the stream and waits for delivery.
     public func send(_ bytes: [UInt8], end: Bool) throws {
         try bytes.withUnsafeBufferPointer { b in
-            try using("send") { h in try check { rz_send_bytes(h, b.baseAddress, UInt64(b.count), end ? 1 : 0, $0) } }
+            try sending("send") { h in try check { rz_send_bytes(h, b.baseAddress, UInt64(b.count), end ? 1 : 0, $0) } }
         }
     }
 
@@ -243,9 +305,9 @@ public final class Session: @unchecked Sendable {
         return got
     }
 
-    /// Queue an idempotent write of `data` at `offset`.
+    /// Queue an idempotent write of `data` at `offset` (copied; blocks only while the send window is full).
     public func sendPage(offset: UInt64, _ data: UnsafeRawBufferPointer) throws {
-        try using("sendPage") { h in
+        try sending("sendPage") { h in
             try check { rz_send_page(h, offset, data.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt32(data.count), $0) }
         }
     }
@@ -256,7 +318,7 @@ public final class Session: @unchecked Sendable {
 
     /// Close epoch `epoch`: the peer sees it only after every page sent before it.
     public func sendBarrier(epoch: UInt64) throws {
-        try using("sendBarrier") { h in try check { rz_send_barrier(h, epoch, $0) } }
+        try sending("sendBarrier") { h in try check { rz_send_barrier(h, epoch, $0) } }
     }
 
     /// Wait until the peer delivered everything queued so far.
@@ -266,11 +328,13 @@ public final class Session: @unchecked Sendable {
 
     /// Finish this direction and wait for the peer to deliver everything.
     public func end(timeoutMilliseconds: Int32 = -1) throws {
-        try using("end") { h in try check { rz_send_end(h, timeoutMilliseconds, $0) } }
+        try sending("end") { h in try check { rz_send_end(h, timeoutMilliseconds, $0) } }
     }
 
     /// Deliver pages and barriers to the closures on this thread until the sender ends the direction.
     /// Throws `.timedOut` if nothing deliverable arrives within the timeout (call again to continue).
+    /// A closure that throws fails the whole session (the C library has no other way to stop), and
+    /// its error is rethrown here.
     public func receivePages(
         timeoutMilliseconds: Int32 = -1,
         onPage: (UInt64, UnsafeRawBufferPointer) throws -> Void,
@@ -299,7 +363,8 @@ public final class Session: @unchecked Sendable {
             chunksReceived: s.chunks_received, duplicatesDropped: s.duplicates_dropped,
             authenticationFailures: s.auth_failures, connectionsFailed: s.conns_failed,
             connectionsJoined: s.conns_joined, bytesSent: s.bytes_sent, bytesReceived: s.bytes_received,
-            liveConnections: s.conns_live)
+            liveConnections: s.conns_live,
+            bytesPerPath: withUnsafeBytes(of: s.per_path_bytes) { Array($0.bindMemory(to: UInt64.self)) })
     }
 
     /// The 16-byte session ID, the same at both ends (all zero once the session is closed).
@@ -314,30 +379,43 @@ public final class Session: @unchecked Sendable {
         (try? using("waitForConnections") { h in rz_session_wait_conns(h, count, timeoutMilliseconds) == 0 }) ?? false
     }
 
-    /// Flush acknowledgements, tell the peer, free everything. Idempotent. Calls in progress on
-    /// other threads are failed with `.closed` first and waited for, so never call this from inside
-    /// a `receivePages` callback of the same session.
+    /// Tell the peer, free everything. Idempotent, from any thread. Calls in progress on other
+    /// threads are failed with `.closed` first (rz_session_shutdown) and waited for. Called from
+    /// inside a `receivePages` callback, it cannot wait for its own call: it returns at once, the
+    /// call then ends with `.closed`, and the session is freed as that call leaves.
     public func close() {
-        let h: OpaquePointer? = gate.withLock {
-            guard let h = handle, !closing else { return nil }
+        let me = pthread_self()
+        let (h, busy, nested): (OpaquePointer?, Bool, Bool) = gate.withLock {
+            let nested = holders.contains { pthread_equal($0, me) != 0 }
+            guard !closing, let h = handle else { return (nil, false, nested) }
             closing = true
-            return h
+            if holders.isEmpty {
+                handle = nil
+                return (h, false, nested)
+            }
+            holders.append(me)  // held like a call, so the handle outlives rz_session_shutdown below
+            return (h, true, nested)
         }
-        guard let h else { return }
-        // Not under `gate`: a page callback running inside the C session may be waiting for it.
-        if gate.withLock({ inFlight > 0 }) { rz_session_shutdown(h) }
-        gate.withLock {
-            while inFlight > 0 { gate.wait() }
-            handle = nil
+        if let h {
+            if busy {
+                // Outside `gate`, so that no C lock is ever taken while `gate` is held (one lock
+                // order); the hold taken above keeps the handle valid until leave().
+                rz_session_shutdown(h)
+                leave()
+            } else {
+                release(h)
+            }
         }
-        rz_session_close(h)
+        if nested { return }
+        gate.withLock { while !freed { gate.wait() } }
     }
 
     deinit { close() }
 }
 
-/// A mutex with one condition, for waiting until in-flight calls have left a session.
-private final class Gate: @unchecked Sendable {
+/// A mutex with one condition (on the monotonic clock): waiting until in-flight calls have left a
+/// session, or for a message to arrive.
+final class Gate: @unchecked Sendable {
     // SAFETY (Sendable): only touched through pthread calls; heap cells that never move, freed in deinit.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t> = .allocate(capacity: 1)
     private let cond: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
@@ -346,7 +424,11 @@ private final class Gate: @unchecked Sendable {
         mutex.initialize(to: pthread_mutex_t())
         cond.initialize(to: pthread_cond_t())
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
     }
 
     deinit {
@@ -364,8 +446,22 @@ private final class Gate: @unchecked Sendable {
 
     /// Only inside withLock.
     func wait() { pthread_cond_wait(cond, mutex) }
+    /// Only inside withLock. Returns false once the monotonic clock passed `deadline` (seconds).
+    func wait(until deadline: Double) -> Bool {
+        var ts = timespec()
+        ts.tv_sec = Int(deadline)
+        ts.tv_nsec = Int((deadline - Double(Int(deadline))) * 1e9)
+        return pthread_cond_timedwait(cond, mutex, &ts) != ETIMEDOUT
+    }
     /// Only inside withLock.
     func broadcast() { pthread_cond_broadcast(cond) }
+}
+
+/// Monotonic seconds, the clock `Gate.wait(until:)` uses.
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
 private final class CallbackBox {

@@ -3,6 +3,7 @@ import DirtyPages
 import Foundation
 import MyceliumCore
 import MyceliumIdentity
+import Rhizomorph
 import XCTest
 
 final class ThrottleAndStateMachineTests: XCTestCase {
@@ -76,8 +77,11 @@ final class ThrottleAndStateMachineTests: XCTestCase {
 }
 
 final class TransportTests: XCTestCase {
-    func testHandshakeProvesBothIdentities() throws {
-        let pair = try Pair()
+    func testHandshakeProvesBothIdentities() throws { try handshakeProvesBothIdentities(over: .tcp) }
+    func testHandshakeProvesBothIdentitiesOverRhizomorph() throws { try handshakeProvesBothIdentities(over: .rhizomorph) }
+
+    private func handshakeProvesBothIdentities(over link: Link) throws {
+        let pair = try Pair(link)
         let (t, bg) = try pair.connect { r in r.peerKey }
         XCTAssertEqual(t.peerKey, pair.replicaKey.publicKey)
         XCTAssertEqual(bg.join(), pair.sourceKey.publicKey)
@@ -115,11 +119,11 @@ final class ReplicationTests: XCTestCase {
 
     /// Replicates a running workload for a few epochs with `engine`, stops it, checkpoints once
     /// more and requires the replica image to equal the source byte for byte.
-    private func replicate(engine: DirtyPageEngine) throws {
+    private func replicate(engine: DirtyPageEngine, over link: Link = .tcp) throws {
         let src = try MappedRegion(memfdNamed: "endo-src", length: pages * dirtyPageSize)
         let dst = try MappedRegion(memfdNamed: "endo-dst", length: pages * dirtyPageSize)
         let replica = ReplicaReceiver(region: dst)
-        let pair = try Pair()
+        let pair = try Pair(link)
         let (t, bg) = try pair.connect { r in replica.serve(r) }
         let tracker: DirtyTracker
         switch engine {
@@ -151,20 +155,28 @@ final class ReplicationTests: XCTestCase {
         XCTAssertGreaterThan(work.writes.load(ordering: .relaxed), 0)
         XCTAssertEqual(work.pauses.load(ordering: .relaxed), work.resumes.load(ordering: .relaxed), "every pause was resumed")
         XCTAssertTrue(log.events.contains { if case .epochCommitted = $0 { return true }; return false })
+        if let rz = t as? RhizomorphReplicationTransport {
+            // Striped: both paths carried the pages, and nothing was lost on the way.
+            let st = rz.session.statistics
+            XCTAssertGreaterThan(st.bytesPerPath[0], UInt64(256 << 10), "path 1 carried little: \(st.bytesPerPath)")
+            XCTAssertGreaterThan(st.bytesPerPath[1], UInt64(256 << 10), "path 2 carried little: \(st.bytesPerPath)")
+            XCTAssertEqual(st.connectionsFailed, 0)
+        }
         source.detach()
         XCTAssertEqual(bg.join(), .sourceGone(discardedPages: 0))
     }
 
     func testReplicatesRunningWorkloadExactlyWithUffd() throws { try replicate(engine: .uffdAsync) }
     func testReplicatesRunningWorkloadExactlyWithHash() throws { try replicate(engine: .hash) }
+    func testReplicatesRunningWorkloadExactlyOverRhizomorph() throws { try replicate(engine: .uffdAsync, over: .rhizomorph) }
 
     /// The source "crashes" (its connection is cut) mid-epoch; the replica must hold exactly the
     /// last committed epoch: the image taken at that epoch's pause, and its device state.
-    private func crashMidEpoch(beforeCommit: Bool) throws {
+    private func crashMidEpoch(beforeCommit: Bool, over link: Link = .tcp) throws {
         let src = try MappedRegion(memfdNamed: "endo-src", length: pages * dirtyPageSize)
         let dst = try MappedRegion(memfdNamed: "endo-dst", length: pages * dirtyPageSize)
         let replica = ReplicaReceiver(region: dst)
-        let pair = try Pair()
+        let pair = try Pair(link)
         let (tcp, bg) = try pair.connect { r in replica.serve(r) }
         let crashEpoch: UInt64 = 5
         let t = CrashingTransport(tcp, crashEpoch: crashEpoch, afterPagesMessages: 1, beforeCommit: beforeCommit)
@@ -208,12 +220,17 @@ final class ReplicationTests: XCTestCase {
 
     func testPrimaryCrashMidEpochLeavesExactlyLastCommittedEpoch() throws { try crashMidEpoch(beforeCommit: false) }
     func testPrimaryCrashBeforeCommitLeavesExactlyLastCommittedEpoch() throws { try crashMidEpoch(beforeCommit: true) }
+    func testPrimaryCrashMidEpochOverRhizomorph() throws { try crashMidEpoch(beforeCommit: false, over: .rhizomorph) }
+    func testPrimaryCrashBeforeCommitOverRhizomorph() throws { try crashMidEpoch(beforeCommit: true, over: .rhizomorph) }
 
-    func testUnreachableReplicaPausesSourceUnderPausePolicy() throws {
+    func testUnreachableReplicaPausesSourceUnderPausePolicy() throws { try unreachableReplicaPausesSource(over: .tcp) }
+    func testUnreachableReplicaPausesSourceUnderPausePolicyOverRhizomorph() throws { try unreachableReplicaPausesSource(over: .rhizomorph) }
+
+    private func unreachableReplicaPausesSource(over link: Link) throws {
         let src = try MappedRegion(memfdNamed: "endo-src", length: 256 * dirtyPageSize)
         let dst = try MappedRegion(memfdNamed: "endo-dst", length: 256 * dirtyPageSize)
         let replica = ReplicaReceiver(region: dst)
-        let pair = try Pair()
+        let pair = try Pair(link)
         // The replica serves, then its host "dies": the connection is closed after epoch 3 commits.
         let (t, bg) = try pair.connect { r in
             let killer = ReplicaKiller(transport: r, afterEpoch: 3, replica: replica)
@@ -273,12 +290,15 @@ final class ReplicationTests: XCTestCase {
         }
     }
 
-    func testPlannedMigrationSwitchesAtomically() throws {
+    func testPlannedMigrationSwitchesAtomically() throws { try plannedMigrationSwitchesAtomically(over: .tcp) }
+    func testPlannedMigrationSwitchesAtomicallyOverRhizomorph() throws { try plannedMigrationSwitchesAtomically(over: .rhizomorph) }
+
+    private func plannedMigrationSwitchesAtomically(over link: Link) throws {
         let src = try MappedRegion(memfdNamed: "endo-src", length: pages * dirtyPageSize)
         let dst = try MappedRegion(memfdNamed: "endo-dst", length: pages * dirtyPageSize)
         let replica = ReplicaReceiver(region: dst)
         let owner = OwnerRecord()
-        let pair = try Pair()
+        let pair = try Pair(link)
         let (t, bg) = try pair.connect { r in
             replica.serve(r, onActivate: { epoch, state in
                 // The destination may only start once it is the recorded owner.
@@ -309,11 +329,14 @@ final class ReplicationTests: XCTestCase {
         work.finish()
     }
 
-    func testMigrationRollsBackWhenOwnerCannotBeRecorded() throws {
+    func testMigrationRollsBackWhenOwnerCannotBeRecorded() throws { try migrationRollsBack(over: .tcp) }
+    func testMigrationRollsBackWhenOwnerCannotBeRecordedOverRhizomorph() throws { try migrationRollsBack(over: .rhizomorph) }
+
+    private func migrationRollsBack(over link: Link) throws {
         let src = try MappedRegion(memfdNamed: "endo-src", length: 1024 * dirtyPageSize)
         let dst = try MappedRegion(memfdNamed: "endo-dst", length: 1024 * dirtyPageSize)
         let replica = ReplicaReceiver(region: dst)
-        let pair = try Pair()
+        let pair = try Pair(link)
         let activated = Counter()
         let (t, bg) = try pair.connect { r in replica.serve(r, onActivate: { _, _ in _ = activated.next() }) }
         let work = Workload(region: src)
@@ -337,11 +360,14 @@ final class ReplicationTests: XCTestCase {
         guard case .sourceGone = bg.join() else { return XCTFail() }
     }
 
-    func testReplicaRejectsRegionOfAnotherSize() throws {
+    func testReplicaRejectsRegionOfAnotherSize() throws { try replicaRejectsRegionOfAnotherSize(over: .tcp) }
+    func testReplicaRejectsRegionOfAnotherSizeOverRhizomorph() throws { try replicaRejectsRegionOfAnotherSize(over: .rhizomorph) }
+
+    private func replicaRejectsRegionOfAnotherSize(over link: Link) throws {
         let src = try MappedRegion(memfdNamed: "endo-src", length: 64 * dirtyPageSize)
         let dst = try MappedRegion(memfdNamed: "endo-dst", length: 32 * dirtyPageSize)
         let replica = ReplicaReceiver(region: dst)
-        let pair = try Pair()
+        let pair = try Pair(link)
         let (t, bg) = try pair.connect { r in replica.serve(r) }
         let source = try ReplicationSource(region: src, tracker: try DirtyTracker.hash(region: UnsafeRawBufferPointer(src.buffer)),
                                            config: ReplicationConfig(), hooks: SourceHooks(pause: {}, resume: {}))

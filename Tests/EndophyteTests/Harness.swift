@@ -3,6 +3,7 @@ import Endophyte
 import Foundation
 import MyceliumCore
 import MyceliumIdentity
+import Rhizomorph
 import Synchronization
 
 /// A synthetic workload: one thread writing random pages of a region, with a pause gate that
@@ -88,6 +89,11 @@ final class Background<T: Sendable>: @unchecked Sendable {
         sem.wait()
         return result!
     }
+    /// The result if the thread finishes within `seconds`, nil otherwise (and it keeps running).
+    func join(within seconds: Double) -> T? {
+        guard sem.wait(timeout: .now() + seconds) == .success else { return nil }
+        return result!
+    }
 }
 
 final class EventLog: @unchecked Sendable {
@@ -98,25 +104,66 @@ final class EventLog: @unchecked Sendable {
     var sink: @Sendable (EndophyteEvent) -> Void { { [self] e in append(e) } }
 }
 
-/// A source and replica connected over loopback TCP with Ed25519-authenticated identities.
+/// Which transport a test replicates over.
+enum Link: Sendable {
+    /// One loopback TCP stream, authenticated by the stream handshake.
+    case tcp
+    /// A rhizomorph session over two loopback paths (127.0.0.1 and 127.0.0.2), one connection each.
+    case rhizomorph
+}
+
+/// A source and replica connected over loopback with Ed25519-authenticated identities.
 struct Pair {
     let sourceKey = SigningKey()
     let replicaKey = SigningKey()
     let network = NetworkID(genesisKey: SigningKey().publicKey)
-    let listener: ReplicationListener
+    let link: Link
+    let listener: ReplicationListener?
+    let rzListener: Listener?
 
-    init() throws { listener = try ReplicationListener(host: "127.0.0.1", port: 0) }
-
-    /// Connects; the replica side's transport is handed to `replicaSide` on its own thread.
-    func connect<T: Sendable>(replicaSide: @escaping @Sendable (TCPReplicationTransport) -> T) throws -> (TCPReplicationTransport, Background<T?>) {
-        let rk = replicaKey, sk = sourceKey.publicKey, l = listener, net = network
-        let bg = Background<T?> {
-            guard let t = try? l.accept(identity: rk, network: net, authorize: { $0 == sk }) else { return nil }
-            return replicaSide(t)
+    init(_ link: Link = .tcp) throws {
+        self.link = link
+        switch link {
+        case .tcp:
+            listener = try ReplicationListener(host: "127.0.0.1", port: 0)
+            rzListener = nil
+        case .rhizomorph:
+            listener = nil
+            rzListener = try Listener(addresses: ["127.0.0.1", "127.0.0.2"])
         }
-        let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                    network: network, accept: { $0 == replicaKey.publicKey })
-        return (t, bg)
+    }
+
+    /// Both rhizomorph paths, straight to the listener.
+    var paths: [Rhizomorph.Path] {
+        ["127.0.0.1", "127.0.0.2"].map { Rhizomorph.Path(local: $0, remote: $0, port: rzListener!.port) }
+    }
+
+    /// Connects (over `paths`, for rhizomorph: by default both direct ones); the replica side's
+    /// transport is handed to `replicaSide` on its own thread.
+    func connect<T: Sendable>(paths: [Rhizomorph.Path]? = nil,
+                              replicaSide: @escaping @Sendable (ReplicationTransport) -> T) throws -> (ReplicationTransport, Background<T?>) {
+        let rk = replicaKey, sk = sourceKey.publicKey, net = network
+        switch link {
+        case .tcp:
+            let l = listener!
+            let bg = Background<T?> {
+                guard let t = try? l.accept(identity: rk, network: net, authorize: { $0 == sk }) else { return nil }
+                return replicaSide(t)
+            }
+            let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: l.port, identity: sourceKey,
+                                                        network: network, accept: { $0 == replicaKey.publicKey })
+            return (t, bg)
+        case .rhizomorph:
+            let l = rzListener!
+            let bg = Background<T?> {
+                guard let t = try? RhizomorphReplicationTransport.accept(from: l, identity: rk, network: net, peerKey: sk, timeout: 10,
+                                                                         configure: { $0.connectionsPerPath = 1 }) else { return nil }
+                return replicaSide(t)
+            }
+            let t = try RhizomorphReplicationTransport.connect(paths: paths ?? self.paths, identity: sourceKey, network: network,
+                                                               peerKey: replicaKey.publicKey, configure: { $0.connectionsPerPath = 1 })
+            return (t, bg)
+        }
     }
 }
 

@@ -3,10 +3,11 @@ import Endophyte
 import Foundation
 import MyceliumCore
 import MyceliumIdentity
+import Rhizomorph
 import Synchronization
 
 /// `mycelium-bench ram [--size-mib N] [--seconds S] [--dirty-rate PAGES_PER_S] [--pattern random|sequential|hot10|hot1|hot0.1]
-///                     [--engines uffd,remote,kvm,hash] [--hash-threads N] [--qemu]`
+///                     [--engines uffd,remote,kvm,hash] [--hash-threads N] [--transport tcp|rhizomorph] [--qemu]`
 ///
 /// Reports, for one region size, in one run:
 ///   - baselines: memcpy bandwidth (the physical limit) and one plain TCP stream on loopback;
@@ -17,6 +18,9 @@ import Synchronization
 ///   - RPO: pages and time lost when the primary is killed at a random instant;
 ///   - planned migration: total time and blackout;
 ///   - the engine's own memory (tracker, bitmaps, replica staging) against the region.
+/// Replication runs over `--transport`: `tcp` (one authenticated TCP stream, the default) or
+/// `rhizomorph` (encrypted, striped over two loopback paths, 127.0.0.1 and 127.0.0.2, two
+/// connections each); run the bench once with each to compare them on the same machine.
 /// QEMU's own live migration is the peer for migration when `--qemu` is given and
 /// qemu-system-x86_64 plus a kernel are installed; otherwise the report says it was skipped.
 func runRAMBench(_ args: [String]) async throws {
@@ -31,6 +35,11 @@ func runRAMBench(_ args: [String]) async throws {
     let engines = Set((opt("--engines") ?? "uffd,remote,kvm,hash").split(separator: ",").map(String.init))
     let hashThreads = Int(opt("--hash-threads") ?? "2") ?? 2
     let sections = Set((opt("--sections") ?? "cost,slowdown,copy,pause,rpo,migration").split(separator: ",").map(String.init))
+    let transport = opt("--transport") ?? "tcp"
+    guard transport == "tcp" || transport == "rhizomorph" else {
+        print("ram: unknown --transport '\(transport)'; use tcp or rhizomorph")
+        exit(2)
+    }
     let bytes = sizeMiB << 20
     let pages = bytes / dirtyPageSize
     let gib = Double(bytes) / Double(1 << 30)
@@ -152,21 +161,38 @@ func runRAMBench(_ args: [String]) async throws {
     }
 
     // MARK: replication
-    print("\nreplication over authenticated loopback TCP (uffd engine unless noted)")
-    let listener = try ReplicationListener()
+    print(transport == "tcp" ? "\nreplication over authenticated loopback TCP (uffd engine unless noted)"
+                             : "\nreplication over rhizomorph, 2 loopback paths x 2 connections, AEAD (uffd engine unless noted)")
+    let tcpListener = transport == "tcp" ? try ReplicationListener() : nil
+    let rzListener = transport == "rhizomorph" ? try Listener(addresses: ["127.0.0.1", "127.0.0.2"]) : nil
     let sourceKey = SigningKey(), replicaKey = SigningKey()
     let network = NetworkID(genesisKey: SigningKey().publicKey)
+    /// A source transport to a replica that serves `replica` on its own thread and signals `done` when it ends.
+    func link(serving replica: ReplicaReceiver, done: DispatchSemaphore) throws -> ReplicationTransport {
+        let rk = replicaKey, sk = sourceKey.publicKey
+        if let l = tcpListener {
+            Thread {
+                if let t = try? l.accept(identity: rk, network: network, authorize: { $0 == sk }) { _ = replica.serve(t) }
+                done.signal()
+            }.start()
+            return try TCPReplicationTransport.connect(host: "127.0.0.1", port: l.port, identity: sourceKey,
+                                                       network: network, accept: { $0 == replicaKey.publicKey })
+        }
+        let l = rzListener!
+        Thread {
+            if let t = try? RhizomorphReplicationTransport.accept(from: l, identity: rk, network: network, peerKey: sk, timeout: 10) {
+                _ = replica.serve(t)
+            }
+            done.signal()
+        }.start()
+        return try RhizomorphReplicationTransport.connect(paths: ["127.0.0.1", "127.0.0.2"].map { Path(local: $0, remote: $0, port: l.port) },
+                                                          identity: sourceKey, network: network, peerKey: replicaKey.publicKey)
+    }
     func session(engine: DirtyPageEngine, config: ReplicationConfig, workload: BenchWorkload,
                  replicaRegion: MappedRegion) throws -> BenchSession {
         let replica = ReplicaReceiver(region: replicaRegion)
         let done = DispatchSemaphore(value: 0)
-        let l = listener, rk = replicaKey, sk = sourceKey.publicKey
-        Thread {
-            if let t = try? l.accept(identity: rk, network: network, authorize: { $0 == sk }) { _ = replica.serve(t) }
-            done.signal()
-        }.start()
-        let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                    network: network, accept: { $0 == replicaKey.publicKey })
+        let t = try link(serving: replica, done: done)
         let tracker = engine == .hash ? try DirtyTracker.hash(region: UnsafeRawBufferPointer(region.buffer), threads: hashThreads)
                                       : try DirtyTracker.uffd(region: region.buffer)
         let source = try ReplicationSource(region: region, tracker: tracker, config: config, hooks: workload.hooks)
@@ -191,13 +217,7 @@ func runRAMBench(_ args: [String]) async throws {
         let fresh = try MappedRegion(memfdNamed: "bench-fresh", length: bytes)
         let replica = ReplicaReceiver(region: other)
         let done = DispatchSemaphore(value: 0)
-        let l = listener, rk = replicaKey, sk = sourceKey.publicKey
-        Thread {
-            if let t = try? l.accept(identity: rk, network: network, authorize: { $0 == sk }) { _ = replica.serve(t) }
-            done.signal()
-        }.start()
-        let t = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
-                                                    network: network, accept: { $0 == replicaKey.publicKey })
+        let t = try link(serving: replica, done: done)
         let source = try ReplicationSource(region: fresh, tracker: try DirtyTracker.uffd(region: fresh.buffer),
                                            config: ReplicationConfig(), hooks: SourceHooks(pause: {}, resume: {}))
         let t0 = now()
@@ -293,7 +313,7 @@ func runRAMBench(_ args: [String]) async throws {
         for tr in report.transitions { print("      \(tr)") }
         source.tracker.stop()
     }
-    listener.close()
+    tcpListener?.close()
 
     print("\nQEMU live-migration peer (TCG guest, \(sizeMiB) MiB, tcp on loopback): ", terminator: "")
     if args.contains("--qemu") {
@@ -315,7 +335,7 @@ fileprivate enum BenchPattern: String {
 fileprivate struct BenchSession {
     let source: ReplicationSource
     let replica: ReplicaReceiver
-    let transport: TCPReplicationTransport
+    let transport: ReplicationTransport
     let done: DispatchSemaphore
 }
 
