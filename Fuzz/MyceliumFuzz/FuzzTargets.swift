@@ -3,12 +3,13 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
 // refusal is also described, as the node's log line would be: describing it must not crash either.
 
+import Endophyte
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
@@ -22,12 +23,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain or rzmessages")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages or attach")
             exit(2)
         }
         return t
@@ -156,6 +157,9 @@ enum FuzzTarget: String {
             }
         case .rzmessages:
             fuzzMessageAssembly(bytes)
+        case .attach:
+            // The first message on a VM replication connection (which replica, at which ownership epoch).
+            if let a = try? Attach(decoding: bytes) { precondition(a.encoded() == bytes, "attach re-encoding differs") }
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
             fuzzVoteDecoders(bytes)
@@ -394,6 +398,7 @@ func writeSeeds(to dir: String) {
             return kv.encodedSnapshot()
         }()),
         ("stream", [1] + StreamFuzz.client.hello),
+        ("attach", Attach(name: "web-1", ownershipEpoch: 7).encoded()),
         // Two chunks of a 6-byte message of type 12 (pages), then its barrier; then an empty message.
         ("rzmessages", [0, 0, 0, 0, 0, 0, 4, 3, 3, 3, 3] + [0, 0, 0, 0, 4, 0, 2, 9, 9] + [1, 1, 12, 0, 0, 0, 0, 0, 6] + [1, 1, 14, 0, 0, 0, 0, 0, 0]),
         ("spore", [0] + {
