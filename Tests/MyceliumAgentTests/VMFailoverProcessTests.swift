@@ -1,4 +1,5 @@
 import Foundation
+import Libvirt
 import MyceliumAPI
 @testable import MyceliumAgent
 import VMTestSupport
@@ -29,24 +30,20 @@ final class VMFailoverProcessTests: XCTestCase {
     /// Create → protected; the primary's whole host dies (agent, libvirtd, QEMU at once) → the
     /// network records it failed, moves ownership to the replica (epoch 2), and the guest carries on
     /// there from the last committed epoch: same boot, its counter continuing, never restarting.
-    func testAVMKeepsRunningWhenItsHostDies() async throws {
-        try requireRootAndQEMU()
+    /// Three hosts with agents; VM `web` created on n1 with its replica on n2, counting, protected, and
+    /// n2 holding a committed image. Returns the node IDs.
+    func protectedVM(_ c: AgentCluster) async throws -> [String: String] {
         let guest = try Guest.files.get()
-        let hosts = try TestHosts(["a", "b", "c"])
-        defer { hosts.down() }
-        let c = try agents(on: hosts)
-        defer { c.shutdown() }  // runs before hosts.down(): agents first, then their hosts
         let names = ["n1", "n2", "n3"]
         try c.createNetwork()
         for n in names.dropFirst() { try c.join(n) }
         try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
         try await c.waitUntil("every node offers VMs", nodes: names) { vs in vs.allSatisfy { $0.members.allSatisfy { $0.features == "libvirt" } } }
         let ids = Dictionary(uniqueKeysWithValues: await asyncMap(names) { ($0, await c.status($0)!.node) })
-
         let (code, out) = try c.cli(["vm", "create", "web", "--memory", "128M", "--kernel", guest.kernel, "--initrd", guest.initrd,
                                      "--cmdline", Guest.cmdline, "--on", ids["n1"]!, "--replica", ids["n2"]!, "--home", c.home("n1")])
         XCTAssertEqual(code, 0, out)
-        let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
+        let serialA = c.home("n1") + "/vms/web.serial"
         try await MyceliumAgentTests.waitUntil("the guest counts on n1", timeout: 60) { SerialLog(path: serialA).counts.count >= 3 }
         try await MyceliumAgentTests.waitUntil("web protected", timeout: 60) {
             await self.vms(c, "n1").first?.here?.contains("protected") == true
@@ -55,6 +52,17 @@ final class VMFailoverProcessTests: XCTestCase {
             let here = await self.vms(c, "n2").first?.here ?? ""
             return here.hasPrefix("replica: image at replication epoch") && here != "replica: image at replication epoch 0"
         }
+        return ids
+    }
+
+    func testAVMKeepsRunningWhenItsHostDies() async throws {
+        try requireRootAndQEMU()
+        let hosts = try TestHosts(["a", "b", "c"])
+        defer { hosts.down() }
+        let c = try agents(on: hosts)
+        defer { c.shutdown() }  // runs before hosts.down(): agents first, then their hosts
+        let ids = try await protectedVM(c)
+        let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
         let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
 
         // Host a dies. Whatever its guest printed last is the newest state anyone saw.
@@ -85,5 +93,56 @@ final class VMFailoverProcessTests: XCTestCase {
             let v = await self.vms(c, "n2").first
             return v?.replica == ids["n3"] && v?.here?.contains("protected") == true
         }
+    }
+
+    /// A primary that is merely cut off (its link down; its agent, libvirtd and QEMU run on) pauses its
+    /// guest when it can no longer renew its lease, before the replica may start; after healing,
+    /// exactly one copy runs and the stale one never resumes. Both hosts' libvirt are polled all along:
+    /// never are both domains running.
+    func testACutOffPrimaryFencesItselfAndExactlyOneCopyRunsAfterHealing() async throws {
+        try requireRootAndQEMU()
+        let hosts = try TestHosts(["a", "b", "c"])
+        defer { hosts.down() }
+        let c = try agents(on: hosts)
+        defer { c.shutdown() }
+        let ids = try await protectedVM(c)
+        let la = try LibvirtConnection(uri: hosts.uri("a")), lb = try LibvirtConnection(uri: hosts.uri("b"))
+        func running(_ l: LibvirtConnection) -> Bool { (try? l.domain(named: "web").state()) == .running }
+        var both = 0, aStopped: Date?, bStarted: Date?
+        /// One look at both hosts.
+        func look() {
+            let (ra, rb) = (running(la), running(lb))
+            if ra && rb { both += 1 }
+            if !ra && aStopped == nil { aStopped = Date() }
+            if rb && bStarted == nil { bStarted = Date() }
+        }
+        XCTAssertTrue(running(la))
+        let cutAt = Date()
+        try hosts.cut("a")
+        try await MyceliumAgentTests.waitUntil("the replica runs the guest", timeout: 120, poll: 0.02) {
+            look()
+            return bStarted != nil
+        }
+        try await MyceliumAgentTests.waitUntil("n2 owns web at epoch 2", timeout: 30, poll: 0.02) {
+            look()
+            let v = await self.vms(c, "n2").first
+            return v?.primary == ids["n2"] && v?.epoch == 2
+        }
+        let stopped = try XCTUnwrap(aStopped, "the cut-off primary kept running")
+        let started = try XCTUnwrap(bStarted)
+        XCTAssertLessThan(stopped, started, "fenced before the replica started")
+        print("VM-FENCE fenced-after=\(String(format: "%.2f", stopped.timeIntervalSince(cutAt)))s replica-started-after=\(String(format: "%.2f", started.timeIntervalSince(cutAt)))s gap=\(String(format: "%.2f", started.timeIntervalSince(stopped)))s")
+        try hosts.heal("a")
+        // Healed: n1 learns the newer epoch and its copy goes (or becomes a paused standby if the
+        // leader makes n1 the new replica); it never runs again.
+        try await MyceliumAgentTests.waitUntil("n1's stale copy gone", timeout: 90, poll: 0.02) {
+            look()
+            let meta = try? la.domain(named: "web").xml()
+            return meta == nil || meta?.contains("role='standby'") == true || meta?.contains("role=\"standby\"") == true
+        }
+        for _ in 0..<50 { look(); try await Task.sleep(nanoseconds: 20_000_000) }  // keep watching a second (sampling, not synchronisation)
+        XCTAssertEqual(both, 0, "both copies ran at once in \(both) samples")
+        XCTAssertTrue(running(lb))
+        XCTAssertFalse(running(la))
     }
 }

@@ -142,6 +142,10 @@ public final class TestHosts {
     /// and its link goes down; `down` still removes what is left.
     public func kill(_ h: String) throws { try runTool([Repo.vmhost, "kill", name(h)]) }
 
+    /// Host `h` is cut off (its link down; everything in it runs on), or joined again.
+    public func cut(_ h: String) throws { try runTool([Repo.vmhost, "cut", name(h)]) }
+    public func heal(_ h: String) throws { try runTool([Repo.vmhost, "heal", name(h)]) }
+
     /// Everything the hosts made goes: domains, daemons, QEMUs, namespaces, the bridge, state.
     public func down() {
         do {
