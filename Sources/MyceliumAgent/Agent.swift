@@ -56,6 +56,8 @@ public actor Agent {
     let vmPeers: ReplicationPeerBook
     /// This node's VM driver (nil: libvirt did not answer at start).
     let vmDriver: EndophyteDriver?
+    /// What the driver's threads reported since the last tick.
+    let vmEvents: VMEventInbox
     let paths: AgentPaths
     let logger: Logger
     let key: SigningKey
@@ -190,13 +192,15 @@ public actor Agent {
         // the libvirt daemon at libvirt_uri answers.
         let vmPeers = ReplicationPeerBook()
         vmPeers.update(from: control.spore, port: config.vmReplicationPort)
-        let (vmDriver, noVMs) = Self.makeVMDriver(config, key: key, network: network.id, peers: vmPeers, logger: logger)
+        let vmEvents = VMEventInbox()
+        let (vmDriver, noVMs) = Self.makeVMDriver(config, key: key, network: network.id, peers: vmPeers, inbox: vmEvents, logger: logger)
         let features: CapabilityFeatures = vmDriver == nil ? [] : .libvirt
 
         self.config = config
         self.features = features
         self.vmPeers = vmPeers
         self.vmDriver = vmDriver
+        self.vmEvents = vmEvents
         self.paths = paths
         self.logger = logger
         self.group = group
@@ -298,6 +302,7 @@ public actor Agent {
     // MARK: ticks and Ready
 
     func onTick() {
+        drainVMEvents()
         guard !stopped else { return }
         ticks += 1
         raft.tick()

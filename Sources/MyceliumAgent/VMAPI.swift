@@ -66,6 +66,11 @@ extension Agent {
             case let text:
                 switch member(text, "replica") { case .success(let id): replica = id; case .failure(let e): return (.badRequest, json(e)) }
             }
+            // Checked here when this node is to run it (the default): a kernel that is not there or a
+            // domain libvirt refuses is an error now, not a record that can never start.
+            if primary == nodeID, let vmDriver {
+                do { try vmDriver.validate(spec) } catch { return (.badRequest, json(APIErrorResponse(error: "\(error)", code: .vmRefused))) }
+            }
             command = .create(spec, primary: primary, replica: replica)
         case "delete":
             guard let name = q["name"], !name.isEmpty else { return bad("delete needs name=NAME") }

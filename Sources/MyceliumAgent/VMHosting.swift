@@ -30,6 +30,14 @@ final class ReplicationPeerBook: Sendable {
     }
 }
 
+/// What the VM driver's threads report (started, protected, took over, fenced, destroyed), kept
+/// until the agent's next tick moves it into its events (`mycelium status`).
+final class VMEventInbox: Sendable {
+    private let lines = NIOLockedValueBox<[String]>([])
+    func post(_ s: String) { lines.withLockedValue { $0.append(s); if $0.count > 100 { $0.removeFirst($0.count - 100) } } }
+    func drain() -> [String] { lines.withLockedValue { l in defer { l = [] }; return l } }
+}
+
 /// The driver of a node without libvirt: it is never given a VM, and says so if it is.
 struct NoVMDriver: ControllerDriver {
     let reason: String
@@ -40,10 +48,15 @@ struct NoVMDriver: ControllerDriver {
 }
 
 extension Agent {
+    /// Moves what the VM driver reported into the events.
+    func drainVMEvents() {
+        for line in vmEvents.drain() { note(line) }
+    }
+
     /// Connects to libvirt and opens the replication listener: the node then offers VMs. Nil (with
     /// the reason logged) when libvirt does not answer or the listener cannot bind.
     static func makeVMDriver(_ config: AgentConfig, key: SigningKey, network: NetworkID, peers: ReplicationPeerBook,
-                             logger: Logger) -> (EndophyteDriver?, String) {
+                             inbox: VMEventInbox, logger: Logger) -> (EndophyteDriver?, String) {
         guard !config.libvirtURI.isEmpty else {
             logger.info("libvirt_uri is empty: this node runs no VMs")
             return (nil, "libvirt_uri is empty")
@@ -55,7 +68,7 @@ extension Agent {
             listenHost: host, listenPort: UInt16(config.vmReplicationPort))
         do {
             let d = try EndophyteDriver(settings: settings, identity: key, network: network, peer: { peers.lookup($0) },
-                                        log: { logger.notice("\($0)") })
+                                        log: { logger.notice("\($0)"); inbox.post($0) })
             logger.info("libvirt answers: this node offers endophyte VMs",
                         metadata: ["uri": "\(config.libvirtURI)", "replication": "\(host):\(d.port)"])
             return (d, "")

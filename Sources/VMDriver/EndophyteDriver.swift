@@ -366,6 +366,28 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         log("VM \(name): copy here destroyed: \(reason)")
     }
 
+    // MARK: checks
+
+    /// Checks a spec on this node before the network records it here: the kernel and initrd can be
+    /// read, and libvirt accepts the domain's definition (defined under a throwaway name, then
+    /// undefined at once). Throws what is wrong, in libvirt's words where it is libvirt's.
+    public func validate(_ spec: VMSpec) throws {
+        for (what, path) in [("kernel", spec.kernel), ("initrd", spec.initrd)] where !path.isEmpty {
+            guard access(path, R_OK) == 0 else {
+                throw VMDriverError("the \(what) '\(path)' cannot be read on this node (\(String(cString: strerror(errno)))); every host that may run the VM needs it at that path")
+            }
+        }
+        var probe = spec
+        probe.name = "mycelium-check-\(UInt32.random(in: 0...UInt32.max))"
+        let xml = try EndophyteDomainXML.make(probe, EndophyteDomainConfig(role: .primary, ownershipEpoch: 0, serialLog: serialLog(probe.name)))
+        do {
+            let d = try host.connection.define(xml: xml)
+            try? d.undefine()
+        } catch {
+            throw VMDriverError("libvirt refuses this VM: \(error.message)")
+        }
+    }
+
     // MARK: paths
 
     func imagePath(_ name: String) -> String { settings.stateDirectory + "/" + name + ".ram" }

@@ -32,7 +32,9 @@ final class VMAPIProcessTests: XCTestCase {
 
         // Created on a follower: forwarded to the leader, recorded with the follower as primary and
         // another node as replica.
-        let (code, out) = try c.cli(["vm", "create", "web-1", "--memory", "256M", "--home", c.home(follower), "-o", "json"])
+        // Any readable file passes for a kernel with libvirt's test driver (it boots nothing).
+        let k = ["--kernel", "/bin/sh"]
+        let (code, out) = try c.cli(["vm", "create", "web-1", "--memory", "256M", "--home", c.home(follower), "-o", "json"] + k)
         XCTAssertEqual(code, 0, out)
         let created = try APIJSON.decode(VMInfo.self, from: Array(out.utf8))
         XCTAssertEqual(created.primary, followerID)
@@ -52,13 +54,15 @@ final class VMAPIProcessTests: XCTestCase {
 
         // Bad input: each a clear error, and the table unchanged.
         let bad: [([String], String)] = [
-            (["vm", "create", "web-1", "--memory", "64M"], "exists"),
-            (["vm", "create", "Web_2", "--memory", "64M"], "lowercase"),
-            (["vm", "create", "big", "--memory", "900G"], "MiB left for VMs"),
-            (["vm", "create", "lost", "--memory", "64M", "--replica", "node-0000000000000000000000000000"], "not a member"),
-            (["vm", "create", "odd", "--memory", "lots"], "is not a size"),
+            (["vm", "create", "web-1", "--memory", "64M"] + k, "exists"),
+            (["vm", "create", "Web_2", "--memory", "64M"] + k, "lowercase"),
+            (["vm", "create", "big", "--memory", "900G"] + k, "MiB left for VMs"),
+            (["vm", "create", "lost", "--memory", "64M", "--replica", "node-0000000000000000000000000000"] + k, "not a member"),
+            (["vm", "create", "odd", "--memory", "lots"] + k, "is not a size"),
+            (["vm", "create", "nokernel", "--memory", "64M", "--kernel", "/nonexistent/vmlinuz"], "cannot be read on this node"),
+            (["vm", "create", "bootless", "--memory", "64M"], "no kernel"),
             (["vm", "delete", "nope"], "no VM named 'nope'"),
-            (["vm", "create", "there", "--memory", "64M", "--on", n4ID], "has no libvirt"),
+            (["vm", "create", "there", "--memory", "64M", "--on", n4ID] + k, "has no libvirt"),
         ]
         for (args, expected) in bad {
             let (code, out) = try c.cli(args + ["--home", c.home("n1")])
