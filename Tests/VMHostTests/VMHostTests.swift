@@ -24,15 +24,6 @@ final class VMHostTests: XCTestCase {
         return VMSpec(name: "endophyte", memoryMiB: Self.memoryMiB, vcpus: 1, kernel: kernel ?? g.kernel, initrd: g.initrd, cmdline: Guest.cmdline)
     }
 
-    /// The dirty-page preload shim, built from the tree like CSources/CDirtyPages/shim/qemu-selftest.sh does.
-    func buildShim(into dir: String) throws -> String {
-        let src = Repo.root + "/CSources/CDirtyPages"
-        let lib = dir + "/libmdp_preload.so"
-        try runTool(["/usr/bin/cc", "-O2", "-shared", "-fPIC", "-o", lib, src + "/shim/mdp_preload.c", src + "/uffd.c", src + "/common.c",
-                 "-I" + src + "/include", "-I" + src])
-        return lib
-    }
-
     /// Boots `spec` as the primary on `host` and waits until it counts.
     func bootPrimary(_ host: VMHost, _ spec: VMSpec, serial: String, qemuLog: String, shim: DirtyPageShim? = nil) throws -> (EndophyteDomain, Double) {
         let t0 = monotonicSeconds()

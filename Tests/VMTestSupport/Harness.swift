@@ -69,6 +69,14 @@ public func waitUntil(_ what: String, timeout: Double, _ condition: () throws ->
     }
 }
 
+/// The dirty-page preload shim, built from the tree like CSources/CDirtyPages/shim/qemu-selftest.sh
+/// does (scripts/build-shim), into `dir`.
+public func buildShim(into dir: String) throws -> String {
+    let lib = dir + "/libmdp_preload.so"
+    try runTool([Repo.root + "/scripts/build-shim", lib])
+    return lib
+}
+
 /// The test guest (scripts/vm-guest), built once per machine into its cache.
 public enum Guest {
     public static let files: Result<(kernel: String, initrd: String), HarnessFailure> = {
