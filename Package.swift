@@ -98,7 +98,7 @@ let package = Package(
         // QEMU's guest-RAM memfd, checkpoint primitives, standby activation). No Raft or agent logic.
         .target(name: "VMHost", dependencies: ["Libvirt", "MyceliumControl", "Endophyte", "DirtyPages", "MyceliumCore"]),
         // The VM controller's driver: VMHost for the domains, Endophyte for the replicated RAM.
-        .target(name: "VMDriver", dependencies: ["VMController", "VMHost", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity"]),
+        .target(name: "VMDriver", dependencies: ["VMController", "VMHost", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),
 
         // MARK: the CNI plugin: raw rtnetlink in C, the plugin in Swift (no Foundation: it runs per container)
         .target(

@@ -181,9 +181,12 @@ static int reject(uint8_t *reply, size_t *reply_len, uint8_t reason, rz_error *e
     return rz_fail(error, code, "%s", text);
 }
 
-/* The checks on the peer's first message, in the order of the spec: network, then identity. */
-static int check_peer(const rz_config *cfg, const uint8_t network[16], const uint8_t identity[32], uint8_t *out,
-                      size_t *out_len, rz_error *error) {
+/* The checks on the peer's first message, in the order of the spec: network, then identity. The
+ * identity must be one of `count` allowed keys (32 bytes each); *index gets which. Every key is
+ * compared, so the time taken says nothing about which one matched. */
+static int check_peer(const rz_config *cfg, const uint8_t network[16], const uint8_t identity[32],
+                      const uint8_t *allowed, uint32_t count, uint32_t *index, uint8_t *out, size_t *out_len,
+                      rz_error *error) {
     char text[RZ_REJECT_MAX_TEXT], a[17], b[17];
     if (sodium_memcmp(network, cfg->network_id, 16) != 0) {
         hex8(a, network);
@@ -191,12 +194,21 @@ static int check_peer(const rz_config *cfg, const uint8_t network[16], const uin
         snprintf(text, sizeof text, "wrong network: peer is in network %s..., we are in %s...", a, b);
         return reject(out, out_len, RZ_REJECT_WRONG_NETWORK, error, -ENONET, text);
     }
-    if (sodium_memcmp(identity, cfg->peer_public_key, 32) != 0) {
+    uint32_t found = UINT32_MAX;
+    for (uint32_t i = 0; i < count; i++)
+        if (sodium_memcmp(identity, allowed + (size_t)i * 32, 32) == 0 && found == UINT32_MAX) found = i;
+    if (found == UINT32_MAX) {
         hex8(a, identity);
-        hex8(b, cfg->peer_public_key);
-        snprintf(text, sizeof text, "wrong peer identity: peer presented key %s..., expected %s...", a, b);
+        if (count == 1) {
+            hex8(b, allowed);
+            snprintf(text, sizeof text, "wrong peer identity: peer presented key %s..., expected %s...", a, b);
+        } else {
+            snprintf(text, sizeof text, "wrong peer identity: peer presented key %s..., not one of the %u allowed keys",
+                     a, count);
+        }
         return reject(out, out_len, RZ_REJECT_WRONG_IDENTITY, error, -EACCES, text);
     }
+    if (index) *index = found;
     return 0;
 }
 
@@ -237,13 +249,20 @@ static int refuse_undecodable(int rc, const uint8_t *msg, const char *what, uint
 
 int rz_hs_server(const rz_config *cfg, const uint8_t *msg, size_t len, uint8_t *reply, size_t *reply_len, rz_keys *k,
                  rz_hs_server_state *st, rz_error *error) {
+    return rz_hs_server_any(cfg, cfg->peer_public_key, 1, msg, len, reply, reply_len, k, st, NULL, error);
+}
+
+int rz_hs_server_any(const rz_config *cfg, const uint8_t *allowed, uint32_t count, const uint8_t *msg, size_t len,
+                     uint8_t *reply, size_t *reply_len, rz_keys *k, rz_hs_server_state *st, uint32_t *index,
+                     rz_error *error) {
     *reply_len = 0;
     if (sodium_init() < 0) return rz_fail(error, -EIO, "libsodium failed to initialise");
+    if (!allowed || count == 0) return rz_fail(error, -EINVAL, "no allowed peer keys");
     if (is_reject(msg, len)) return explain_reject(msg, len, error);
     rz_hello h;
     int rc = rz_hello_decode(msg, len, &h);
     if (rc) return refuse_undecodable(rc, msg, "HELLO", reply, reply_len, error);
-    rc = check_peer(cfg, h.network_id, h.identity, reply, reply_len, error);
+    rc = check_peer(cfg, h.network_id, h.identity, allowed, count, index, reply, reply_len, error);
     if (rc) return rc;
 
     rz_reply r;
@@ -303,7 +322,7 @@ int rz_hs_client_finish(rz_hs_client *st, const rz_config *cfg, const uint8_t *m
     rz_reply r;
     rc = rz_reply_decode(msg, len, &r);
     if (rc) return refuse_undecodable(rc, msg, "REPLY", out, out_len, error);
-    rc = check_peer(cfg, r.network_id, r.identity, out, out_len, error);
+    rc = check_peer(cfg, r.network_id, r.identity, cfg->peer_public_key, 1, NULL, out, out_len, error);
     if (rc) return rc;
     uint8_t binding[32], signed_bytes[PROOF_SIGNED_LEN];
     binding_of(binding, st->hello, msg);

@@ -234,6 +234,11 @@ int rz_hs_client_hello(rz_hs_client *st, const rz_config *cfg, uint8_t *out, siz
  * (when *reply_len > 0). */
 int rz_hs_server(const rz_config *cfg, const uint8_t *hello, size_t hello_len, uint8_t *reply, size_t *reply_len,
                  rz_keys *keys, rz_hs_server_state *st, rz_error *error);
+/* The same, accepting a HELLO from any of `count` identity keys (32 bytes each, `allowed`); *index
+ * (may be NULL) gets the position of the peer's key. The PROOF is then checked against that key. */
+int rz_hs_server_any(const rz_config *cfg, const uint8_t *allowed, uint32_t count, const uint8_t *hello,
+                     size_t hello_len, uint8_t *reply, size_t *reply_len, rz_keys *keys, rz_hs_server_state *st,
+                     uint32_t *index, rz_error *error);
 /* Judge the client's PROOF; *out gets the ACCEPT, or a REJECT on failure (when *out_len > 0). */
 int rz_hs_server_finish(const rz_hs_server_state *st, const uint8_t *proof, size_t proof_len, uint8_t *out,
                         size_t *out_len, rz_error *error);

@@ -1757,7 +1757,8 @@ int rz_listener_open(rz_listener **out, const char *const *addresses, uint32_t c
     return 0;
 }
 
-int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_session **out, rz_error *error) {
+static int accept_from(rz_listener *l, const rz_config *config, const uint8_t *allowed, uint32_t count, int timeout_ms,
+                       rz_session **out, uint32_t *index, rz_error *error) {
     struct timespec dl;
     if (timeout_ms >= 0) abstime(&dl, timeout_ms);
     pthread_mutex_lock(&l->mu);
@@ -1779,12 +1780,15 @@ int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_sessio
     size_t reply_len = 0, proof_len = 0;
     rz_keys keys;
     rz_hs_server_state hs;
+    uint32_t which = 0;
     int rc;
     if (p.err) {
         rc = rz_fail(error, -EPROTO, "malformed handshake: %s", p.why);
         reply_len = rz_reject_encode(reply, RZ_REJECT_MALFORMED, p.why);
     } else {
-        rc = rz_hs_server(&cfg, p.msg, p.len, reply, &reply_len, &keys, &hs, error);
+        rc = rz_hs_server_any(&cfg, allowed, count, p.msg, p.len, reply, &reply_len, &keys, &hs, &which, error);
+        /* The session knows its peer as the key that matched (the PROOF is checked against it). */
+        if (!rc) memmove(cfg.peer_public_key, allowed + (size_t)which * 32, 32);
     }
     if (!rc) {
         /* REPLY out, the client's PROOF in; the verdict (ACCEPT or REJECT) goes back in `reply`. */
@@ -1845,7 +1849,19 @@ int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_sessio
         return rc;
     }
     *out = s;
+    if (index) *index = which;
     return 0;
+}
+
+int rz_accept(rz_listener *l, const rz_config *config, int timeout_ms, rz_session **out, rz_error *error) {
+    return accept_from(l, config, config->peer_public_key, 1, timeout_ms, out, NULL, error);
+}
+
+int rz_accept_any(rz_listener *l, const rz_config *config, const uint8_t *allowed_keys, uint32_t count, int timeout_ms,
+                  rz_session **out, uint32_t *index, rz_error *error) {
+    if (!allowed_keys || count == 0 || count > RZ_MAX_ALLOWED_PEERS)
+        return rz_fail(error, -EINVAL, "rz_accept_any needs 1..%u allowed peer keys, got %u", RZ_MAX_ALLOWED_PEERS, count);
+    return accept_from(l, config, allowed_keys, count, timeout_ms, out, index, error);
 }
 
 void rz_listener_close(rz_listener *l) {

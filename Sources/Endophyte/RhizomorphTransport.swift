@@ -78,6 +78,26 @@ public final class RhizomorphReplicationTransport: ReplicationTransport, @unchec
         }
     }
 
+    /// The replica's side for a node that holds replicas of several sources: waits up to `timeout`
+    /// seconds for a source whose key is one of `allowedPeers`; the transport's `peerKey` is the key
+    /// that source proved. Any other key is refused (`.authenticationFailed`), and the listener keeps going.
+    public static func accept(from listener: Listener, identity: SigningKey, network: NetworkID, allowedPeers: [PublicKey],
+                              timeout: Double = 5,
+                              configure: (inout Configuration) -> Void = { _ in }) throws(EndophyteError) -> RhizomorphReplicationTransport {
+        guard let first = allowedPeers.first else {
+            throw EndophyteError(.invalidState("accept a source on port \(listener.port): no allowed source keys"))
+        }
+        var config = Configuration(identity: identity, network: network, peer: first)
+        configure(&config)
+        do {
+            let (s, key) = try listener.accept(config, allowedPeers: allowedPeers,
+                                               timeoutMilliseconds: Int32(clamping: Int((timeout * 1000).rounded())))
+            return RhizomorphReplicationTransport(session: s, peerKey: key, chunkSize: config.chunkSize)
+        } catch {
+            throw Self.translate(error, "accept a source on port \(listener.port)")
+        }
+    }
+
     public var bytesSent: UInt64 { channel.bytesSent }
 
     /// The library stripes every message over all connections already; nothing to add.

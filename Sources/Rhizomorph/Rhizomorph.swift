@@ -208,6 +208,28 @@ public final class Listener: @unchecked Sendable {
         return Session(handle: out!, listener: self)
     }
 
+    /// Wait for one peer whose key is any of `allowedPeers` (the configuration's `peer` is ignored) and
+    /// authenticate it; returns the session and which key it proved. A key not in the set throws
+    /// `.wrongPeerIdentity`, a proof not signed by the presented key `.badSignature`; the listener keeps
+    /// going. One listener can so serve every peer a node expects (say, the sources of all its replicas).
+    public func accept(_ configuration: Configuration, allowedPeers: [PublicKey],
+                       timeoutMilliseconds: Int32 = -1) throws -> (Session, PublicKey) {
+        var out: OpaquePointer?
+        var index: UInt32 = 0
+        let keys = allowedPeers.flatMap(\.bytes)
+        try configuration.withRaw { cfg in
+            try keys.withUnsafeBufferPointer { k in
+                // SAFETY: `k` holds allowedPeers.count keys of 32 bytes back to back (PublicKey checks its
+                // length), valid for the whole call; the C side reads count * 32 bytes and keeps no pointer.
+                try check {
+                    rz_accept_any(handle, &cfg, k.baseAddress, UInt32(clamping: allowedPeers.count), timeoutMilliseconds,
+                                  &out, &index, $0)
+                }
+            }
+        }
+        return (Session(handle: out!, listener: self), allowedPeers[Int(index)])
+    }
+
     deinit { rz_listener_close(handle) }
 }
 

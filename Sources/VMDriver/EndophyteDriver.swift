@@ -8,6 +8,11 @@
 //    reconnecting until it answers (the guest runs unprotected meanwhile, and `vm show` says so).
 //  - hold: keep a replica image (a file under the state directory) and a standby domain; accept
 //    the primary's connection (one listener per node; the source names the VM first, `Attach`).
+//
+// Replication runs over rhizomorph (encrypted and authenticated chunk by chunk, striped over the
+// session's connections). One rhizomorph listener serves every VM this node holds a replica of: it
+// accepts any of the keys of those VMs' primaries (rz_accept_any), and the key a source proved must
+// then be the primary of the VM it attaches to.
 //  - fence: stop replicating (its epochs would resume the guest) and pause the guest.
 //  - destroy: stop everything, remove the domain and the image.
 //
@@ -20,6 +25,7 @@ import Foundation
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
+import Rhizomorph
 import VMController
 import VMHost
 
@@ -77,7 +83,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     let network: NetworkID
     let peer: @Sendable (MyceliumIdentity.NodeID) -> ReplicationPeer?
     let log: @Sendable (String) -> Void
-    let listener: ReplicationListener
+    let listener: Rhizomorph.Listener
     let lock = PthreadLock()
     var primaries: [String: Primary] = [:]
     var replicas: [String: Replica] = [:]
@@ -120,7 +126,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: settings.stateDirectory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         host = try VMHost(uri: settings.libvirtURI, qemuRunDirectory: settings.qemuRunDirectory)
-        listener = try ReplicationListener(host: settings.listenHost, port: settings.listenPort)
+        listener = try Rhizomorph.Listener(addresses: [settings.listenHost], port: settings.listenPort)
         let t = Thread { [weak self] in self?.acceptLoop() }
         t.name = "vm-replica-listener"
         t.start()
@@ -135,9 +141,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             closed = true
             return (Array(primaries.values), Array(replicas.values))
         }
-        listener.close()
         for p in ps { stopReplication(p) }
         for r in rs { r.transport?.close() }
+        // The accept loop leaves within one accept timeout; the listener itself is freed with the
+        // last session that holds it (Rhizomorph.Listener's deinit).
     }
 
     public func states() -> [String: LocalVMState] {
@@ -263,7 +270,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         while !lock.withLock({ p.stopping || closed }) {
             do {
                 guard let ep = peer(replica) else { throw VMDriverError("no replication address known for \(replica)") }
-                let t = try TCPReplicationTransport.connect(host: ep.host, port: ep.port, identity: identity, network: network) { $0 == ep.key }
+                let path = Rhizomorph.Path(local: localAddress, remote: ep.host, port: ep.port)
+                let t = try RhizomorphReplicationTransport.connect(paths: [path], identity: identity, network: network, peerKey: ep.key)
                 p.transport = t
                 try t.sendAttach(Attach(name: name, ownershipEpoch: p.record.epoch))
                 let source = try ReplicationSource(region: p.region, tracker: p.tracking.tracker, config: settings.replication,
@@ -320,17 +328,37 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         log("VM \(r.name): holding its replica (epoch \(r.epoch))")
     }
 
+    /// How long one accept waits before the set of allowed sources is read again (a replica added
+    /// meanwhile, a primary replaced).
+    static let acceptRecheck = 0.5
+
+    /// The keys that may connect: the primaries of the replicas held here.
+    func allowedSources() -> [PublicKey] {
+        let primaries = lock.withLock { Set(replicas.values.map(\.record.primary)) }
+        return Array(Set(primaries.compactMap { peer($0)?.key }))
+    }
+
     func acceptLoop() {
+        var lastError = ""
         while !lock.withLock({ closed }) {
-            let t: TCPReplicationTransport
+            let allowed = allowedSources()
+            guard !allowed.isEmpty else {
+                // Nobody may connect: a source that tries waits in the listener's queue until a
+                // replica of its VM is held here, or gives up and retries.
+                usleep(UInt32(Self.acceptRecheck * 1_000_000))
+                continue
+            }
+            let t: RhizomorphReplicationTransport
             do {
-                t = try listener.accept(identity: identity, network: network) { [weak self] key in
-                    // Only a member that is some VM's primary may send us one.
-                    guard let self else { return false }
-                    return self.lock.withLock { self.replicas.values.contains { self.peer($0.record.primary)?.key == key } }
-                }
+                t = try RhizomorphReplicationTransport.accept(from: listener, identity: identity, network: network,
+                                                              allowedPeers: allowed, timeout: Self.acceptRecheck)
+                lastError = ""
             } catch {
                 if lock.withLock({ closed }) { return }
+                if case .timeout = error.code { continue }
+                let text = "\(error)"
+                if text != lastError { log("replication connection refused: \(text)") }
+                lastError = text
                 continue
             }
             let th = Thread { [weak self] in self?.serve(t) }
@@ -339,7 +367,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         }
     }
 
-    func serve(_ t: TCPReplicationTransport) {
+    func serve(_ t: RhizomorphReplicationTransport) {
         do {
             let a = try t.receiveAttach(timeout: 5)
             guard let rep = lock.withLock({ replicas[a.name] }) else { throw VMDriverError("this node holds no replica of '\(a.name)'") }
@@ -389,6 +417,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     }
 
     // MARK: paths
+
+    /// The address replication leaves from: the listen host, or any when it is a wildcard (the
+    /// kernel then picks by route, in the remote's address family).
+    var localAddress: String { ["", "0.0.0.0", "::"].contains(settings.listenHost) ? "" : settings.listenHost }
 
     func imagePath(_ name: String) -> String { settings.stateDirectory + "/" + name + ".ram" }
     func serialLog(_ name: String) -> String { settings.stateDirectory + "/" + name + ".serial" }

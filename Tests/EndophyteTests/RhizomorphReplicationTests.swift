@@ -46,6 +46,50 @@ final class RhizomorphReplicationTests: XCTestCase {
         XCTAssertNotNil(answering.join(), "the replica's accept must fail when the source walks away")
     }
 
+    /// One replica listener, several sources (a node holding replicas of VMs whose primaries differ):
+    /// each allowed source is accepted and named by the key it proved, messages flow, and a source
+    /// outside the set is refused on both sides.
+    func testOneListenerAcceptsAnyOfSeveralSources() throws {
+        let listener = try Listener(addresses: ["127.0.0.1"])
+        let replicaKey = SigningKey(), stranger = SigningKey()
+        let sources = [SigningKey(), SigningKey(), SigningKey()]
+        let network = NetworkID(genesisKey: SigningKey().publicKey)
+        let paths = [Rhizomorph.Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)]
+        let allowed = sources.map(\.publicKey)
+        for source in [sources[2], sources[0]] {
+            let accepting = Background<Result<(PublicKey, [UInt8]), EndophyteError>> {
+                do {
+                    let t = try RhizomorphReplicationTransport.accept(from: listener, identity: replicaKey, network: network,
+                                                                      allowedPeers: allowed, timeout: 10)
+                    defer { t.close() }
+                    let body = try t.receive(timeout: 10) { (_, b) throws(EndophyteError) in Array(b) }
+                    return .success((t.peerKey, body))
+                } catch { return .failure(error as! EndophyteError) }
+            }
+            let t = try RhizomorphReplicationTransport.connect(paths: paths, identity: source, network: network,
+                                                               peerKey: replicaKey.publicKey)
+            try t.send(.ack, header: [1, 2, 3], pages: [])
+            let (key, body) = try accepting.join().get()
+            t.close()
+            XCTAssertEqual(key, source.publicKey)
+            XCTAssertEqual(body, [1, 2, 3])
+        }
+
+        let refusing = Background<EndophyteError?> {
+            do {
+                _ = try RhizomorphReplicationTransport.accept(from: listener, identity: replicaKey, network: network,
+                                                              allowedPeers: allowed, timeout: 10)
+                return nil
+            } catch { return error as? EndophyteError }
+        }
+        XCTAssertThrowsError(try RhizomorphReplicationTransport.connect(paths: paths, identity: stranger, network: network,
+                                                                        peerKey: replicaKey.publicKey)) { e in
+            guard case .authenticationFailed = (e as? EndophyteError)?.code else { return XCTFail("stranger saw \(e)") }
+        }
+        guard case .authenticationFailed(let reason)? = refusing.join()?.code else { return XCTFail("the replica accepted a stranger") }
+        XCTAssertTrue(reason.contains("not one of the 3 allowed keys"), reason)
+    }
+
     /// Path 2 runs through a proxy that is killed while epoch 4 streams: the chunks it held are
     /// resent on path 1, every epoch commits, and the replica ends up equal to the source.
     func testLosingOnePathMidReplicationLosesNoEpoch() throws {

@@ -48,6 +48,8 @@ extern "C" {
 #define RZ_MAX_CONNS 32u
 /** Upper bound on paths in one session. */
 #define RZ_MAX_PATHS 8u
+/** Upper bound on the allowed peer keys of one rz_accept_any call. */
+#define RZ_MAX_ALLOWED_PEERS 4096u
 
 /** A readable error: the negative errno that was returned and what happened. */
 typedef struct rz_error {
@@ -133,6 +135,13 @@ int rz_listener_open(rz_listener **out, const char *const *addresses, uint32_t c
  * handshake returns its error (the listener keeps running); call again for the next peer. */
 int rz_accept(rz_listener *listener, const rz_config *config, int timeout_ms, rz_session **out,
               rz_error *error);
+/** rz_accept for a listener that serves several peers: the peer's identity key must be one of
+ * `count` keys (allowed_keys holds them back to back, 32 bytes each; config->peer_public_key is
+ * ignored). *index (may be NULL) gets the position of the peer's key. A key not in the set is
+ * refused with -EACCES, a PROOF not signed by the key the peer presented with -EKEYREJECTED, as
+ * in rz_accept. count is 1..RZ_MAX_ALLOWED_PEERS, else -EINVAL. */
+int rz_accept_any(rz_listener *listener, const rz_config *config, const uint8_t *allowed_keys, uint32_t count,
+                  int timeout_ms, rz_session **out, uint32_t *index, rz_error *error);
 /** Stop the listener. Close its sessions first. */
 void rz_listener_close(rz_listener *listener);
 

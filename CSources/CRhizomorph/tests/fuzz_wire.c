@@ -43,7 +43,7 @@ static void setup(void) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     setup();
     if (size < 1) return 0;
-    uint8_t which = data[0] % 11;
+    uint8_t which = data[0] % 12;
     const uint8_t *p = data + 1;
     size_t n = size - 1;
     uint8_t out[RZ_HS_MAX_MSG + 64];
@@ -63,6 +63,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         rz_hs_server_state st;
         rz_hs_server(&server_cfg, p, n, out, &out_len, &k, &st, &err);
         if (rz_hs_server_finish(&server_state, p, n, out, &out_len, &err) == 0) abort();
+        break;
+    }
+    case 11: {
+        /* The server side with a set of allowed keys: the index stays in the set, and no PROOF that
+         * follows a HELLO from the fuzzer verifies. */
+        static uint8_t allowed[3 * 32];
+        memcpy(allowed, server_cfg.identity.public_key, 32);
+        memcpy(allowed + 32, client_cfg.identity.public_key, 32);
+        memset(allowed + 64, 0x33, 32);
+        rz_keys k;
+        rz_hs_server_state st;
+        uint32_t index = UINT32_MAX;
+        size_t half = n / 2;
+        if (rz_hs_server_any(&server_cfg, allowed, 3, p, half, out, &out_len, &k, &st, &index, &err) == 0) {
+            if (index >= 3) abort();
+            if (rz_hs_server_finish(&st, p + half, n - half, out, &out_len, &err) == 0) abort();
+        }
         break;
     }
     case 8: {

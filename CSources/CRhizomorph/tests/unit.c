@@ -229,6 +229,71 @@ static void test_crypto(void) {
     CHECK(rz_join_decode(join, jl, &j) == 0 && rz_join_check(&kb, &j, join, jl, ok, &okl, &eb) == -EKEYREJECTED);
 }
 
+/* rz_hs_server_any: one server, several allowed peers. The key that matched is reported, a key not in
+ * the set is refused as a wrong identity, and presenting an allowed key without its secret (the PROOF
+ * signed by another key) fails the signature check. */
+static void test_crypto_any(void) {
+    rz_identity srv, a, b, c, mallory;
+    identity_named(&srv, "server");
+    identity_named(&a, "alice");
+    identity_named(&b, "bob");
+    identity_named(&c, "carol");
+    identity_named(&mallory, "mallory");
+    uint8_t net[16];
+    network_named(net, "net");
+    uint8_t allowed[3 * 32];
+    memcpy(allowed, a.public_key, 32);
+    memcpy(allowed + 32, b.public_key, 32);
+    memcpy(allowed + 64, c.public_key, 32);
+    rz_config sc;
+    rz_config_init(&sc, &srv, net, NULL);
+    const rz_identity *clients[] = {&a, &b, &c, &mallory};
+    for (uint32_t i = 0; i < 4; i++) {
+        rz_config cc;
+        rz_config_init(&cc, clients[i], net, srv.public_key);
+        rz_hs_client hs;
+        rz_hs_server_state ss;
+        rz_keys ck, sk;
+        rz_error ce = {0, ""}, se = {0, ""};
+        uint8_t hello[RZ_HS_MAX_MSG], reply[RZ_HS_MAX_MSG], proof[RZ_HS_MAX_MSG], verdict[RZ_HS_MAX_MSG];
+        size_t hl, rl, pl = 0, vl = 0;
+        uint32_t index = 99;
+        rz_hs_client_hello(&hs, &cc, hello, &hl);
+        int rc = rz_hs_server_any(&sc, allowed, 3, hello, hl, reply, &rl, &sk, &ss, &index, &se);
+        if (i < 3) {
+            CHECK(rc == 0 && index == i);
+            CHECK(rz_hs_client_finish(&hs, &cc, reply, rl, &ck, proof, &pl, &ce) == 0);
+            CHECK(rz_hs_server_finish(&ss, proof, pl, verdict, &vl, &se) == 0);
+            CHECK(rz_hs_client_verdict(verdict, vl, &ce) == 0);
+            CHECK(memcmp(ck.tx, sk.rx, 32) == 0 && memcmp(ck.session_id, sk.session_id, 16) == 0);
+        } else {
+            CHECK(rc == -EACCES && index == 99 && strstr(se.message, "not one of the 3 allowed keys"));
+            CHECK(rz_hs_client_finish(&hs, &cc, reply, rl, &ck, proof, &pl, &ce) == -EACCES);
+        }
+    }
+    /* Mallory presents Bob's key but can only sign with her own. */
+    rz_identity forged = mallory;
+    memcpy(forged.public_key, b.public_key, 32);
+    rz_config fc;
+    rz_config_init(&fc, &forged, net, srv.public_key);
+    rz_hs_client hs;
+    rz_hs_server_state ss;
+    rz_keys ck, sk;
+    rz_error ce = {0, ""}, se = {0, ""};
+    uint8_t hello[RZ_HS_MAX_MSG], reply[RZ_HS_MAX_MSG], proof[RZ_HS_MAX_MSG], verdict[RZ_HS_MAX_MSG];
+    size_t hl, rl, pl = 0, vl = 0;
+    uint32_t index = 99;
+    rz_hs_client_hello(&hs, &fc, hello, &hl);
+    CHECK(rz_hs_server_any(&sc, allowed, 3, hello, hl, reply, &rl, &sk, &ss, &index, &se) == 0 && index == 1);
+    CHECK(rz_hs_client_finish(&hs, &fc, reply, rl, &ck, proof, &pl, &ce) == 0);
+    CHECK(rz_hs_server_finish(&ss, proof, pl, verdict, &vl, &se) == -EKEYREJECTED && strstr(se.message, "bad signature"));
+    CHECK(rz_hs_client_verdict(verdict, vl, &ce) == -EKEYREJECTED);
+    /* A set of one says what it expected, as rz_hs_server does. */
+    CHECK(rz_hs_server_any(&sc, allowed, 1, hello, hl, reply, &rl, &sk, &ss, &index, &se) == -EACCES &&
+          strstr(se.message, "expected"));
+    CHECK(rz_hs_server_any(&sc, allowed, 0, hello, hl, reply, &rl, &sk, &ss, &index, &se) == -EINVAL);
+}
+
 static void test_sched(void) {
     /* 100, 200, 400 MB/s with queues: an idle slow path loses to a fast path with a short queue. */
     rz_sched_conn c[3] = {
@@ -513,6 +578,97 @@ static void test_loopback_refusals(void) {
     rz_listener_close(l);
 }
 
+/* One listener, several allowed clients (rz_accept_any): the right index and a working session for an
+ * allowed key, -EACCES on both sides for a key not in the set, -EKEYREJECTED for a forged proof. */
+typedef struct any_job {
+    rz_listener *l;
+    rz_config cfg;
+    const uint8_t *allowed;
+    uint32_t count;
+    int rc;
+    uint32_t index;
+    rz_error err;
+    rz_session *s;
+} any_job;
+
+static void *accept_any_thread(void *arg) {
+    any_job *j = arg;
+    j->index = 99;
+    j->rc = rz_accept_any(j->l, &j->cfg, j->allowed, j->count, 5000, &j->s, &j->index, &j->err);
+    return NULL;
+}
+
+static void test_loopback_accept_any(void) {
+    rz_identity srv, a, b, c, mallory;
+    identity_named(&srv, "server");
+    identity_named(&a, "alice");
+    identity_named(&b, "bob");
+    identity_named(&c, "carol");
+    identity_named(&mallory, "mallory");
+    uint8_t net[16];
+    network_named(net, "mycelium");
+    uint8_t allowed[3 * 32];
+    memcpy(allowed, a.public_key, 32);
+    memcpy(allowed + 32, b.public_key, 32);
+    memcpy(allowed + 64, c.public_key, 32);
+    rz_identity forged = mallory;
+    memcpy(forged.public_key, c.public_key, 32);
+    const char *addrs[] = {"127.0.0.1"};
+    rz_listener *l;
+    uint16_t port;
+    rz_error e;
+    if (rz_listener_open(&l, addrs, 1, 0, &port, &e) != 0) {
+        fprintf(stderr, "listener: %s\n", e.message);
+        failures++;
+        return;
+    }
+    rz_path path = {.local_addr = "127.0.0.1", .remote_addr = "127.0.0.1", .remote_port = port};
+    struct {
+        const char *name;
+        const rz_identity *id;
+        int client_code, server_code;
+        uint32_t index;
+        const char *words;
+    } cases[] = {
+        {"bob among three", &b, 0, 0, 1, NULL},
+        {"carol among three", &c, 0, 0, 2, NULL},
+        {"unknown key", &mallory, -EACCES, -EACCES, 99, "not one of the 3 allowed keys"},
+        {"forged proof for carol", &forged, -EKEYREJECTED, -EKEYREJECTED, 99, "bad signature"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        any_job job = {.l = l, .allowed = allowed, .count = 3};
+        rz_config_init(&job.cfg, &srv, net, NULL);
+        pthread_t th;
+        pthread_create(&th, NULL, accept_any_thread, &job);
+        rz_config cc;
+        rz_config_init(&cc, cases[i].id, net, srv.public_key);
+        rz_session *s = NULL;
+        rz_error ce = {0, ""};
+        int rc = rz_connect(&cc, &path, 1, &s, &ce);
+        pthread_join(th, NULL);
+        printf("accept_any '%s': client %d \"%s\"; server %d index %u \"%s\"\n", cases[i].name, rc,
+               rc ? ce.message : "(connected)", job.rc, job.index, job.rc ? job.err.message : "(accepted)");
+        CHECK(rc == cases[i].client_code && job.rc == cases[i].server_code);
+        CHECK(job.index == cases[i].index); /* set only for a session that was accepted */
+        if (cases[i].words) CHECK(strstr(job.err.message, cases[i].words) != NULL);
+        if (rc == 0 && job.rc == 0) {
+            /* Both ends hold the same session. */
+            uint8_t sid_c[16], sid_s[16];
+            CHECK(rz_session_id(s, sid_c) == 0 && rz_session_id(job.s, sid_s) == 0 && memcmp(sid_c, sid_s, 16) == 0);
+        }
+        if (s) rz_session_close(s);
+        if (job.rc == 0) rz_session_close(job.s);
+    }
+    any_job bad = {.l = l, .allowed = allowed, .count = 0};
+    rz_config_init(&bad.cfg, &srv, net, NULL);
+    accept_any_thread(&bad);
+    CHECK(bad.rc == -EINVAL);
+    bad.count = RZ_MAX_ALLOWED_PEERS + 1;
+    accept_any_thread(&bad);
+    CHECK(bad.rc == -EINVAL);
+    rz_listener_close(l);
+}
+
 /* A session on loopback: 2 paths, send 8 MiB as a stream and some pages with barriers. */
 typedef struct server_job {
     rz_listener *l;
@@ -774,12 +930,14 @@ int main(int argc, char **argv) {
     bool net = argc > 1 && strcmp(argv[1], "--loopback") == 0;
     test_codec();
     test_crypto();
+    test_crypto_any();
     test_sched();
     test_rxwin();
     test_rdma();
     printf("unit: %s\n", failures ? "FAILED" : "ok");
     if (net) {
         test_loopback_refusals();
+        test_loopback_accept_any();
         test_loopback_session();
         test_receiver_failure_reaches_sender();
         test_pipe_stream();
