@@ -176,7 +176,7 @@ let package = Package(
             name: "MyceliumBench",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
-                "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI",
+                "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI", "VMHost", "MyceliumControl",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -25,14 +25,7 @@ func runRhizomorphBench(_ args: [String]) async throws {
 }
 
 func runScript(_ relative: String, _ args: [String]) throws {
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    while !FileManager.default.fileExists(atPath: dir.appendingPathComponent(relative).path) && dir.path != "/" {
-        dir = dir.deletingLastPathComponent()
-    }
-    let script = dir.appendingPathComponent(relative).path
-    guard FileManager.default.fileExists(atPath: script) else {
-        throw BenchError("\(relative) not found above \(CommandLine.arguments[0]); run from the source tree")
-    }
+    let script = try repositoryRoot(containing: relative) + "/" + relative
     print("\(relative) on \(machineLine())")
     // The script prints its own table as it goes; pass it through unchanged.
     let quoted = ([script] + args).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
