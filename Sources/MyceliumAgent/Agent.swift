@@ -58,6 +58,7 @@ public actor Agent {
     let vmDriver: EndophyteDriver?
     /// What the driver's threads reported since the last tick.
     let vmEvents: VMEventInbox
+    let vmInstruments = VMInstruments()
     let paths: AgentPaths
     let logger: Logger
     let key: SigningKey

@@ -5,6 +5,7 @@
 
 import Foundation
 import Logging
+import Metrics
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
@@ -33,9 +34,16 @@ final class ReplicationPeerBook: Sendable {
 /// What the VM driver's threads report (started, protected, took over, fenced, destroyed), kept
 /// until the agent's next tick moves it into its events (`mycelium status`).
 final class VMEventInbox: Sendable {
-    private let lines = NIOLockedValueBox<[String]>([])
-    func post(_ s: String) { lines.withLockedValue { $0.append(s); if $0.count > 100 { $0.removeFirst($0.count - 100) } } }
-    func drain() -> [String] { lines.withLockedValue { l in defer { l = [] }; return l } }
+    private let lines = NIOLockedValueBox<[(VMTransition, String)]>([])
+    func post(_ kind: VMTransition, _ s: String) { lines.withLockedValue { $0.append((kind, s)); if $0.count > 100 { $0.removeFirst($0.count - 100) } } }
+    func drain() -> [(VMTransition, String)] { lines.withLockedValue { l in defer { l = [] }; return l } }
+}
+
+/// `mycelium_vm_transitions_total{kind="..."}`: one counter per kind of transition.
+struct VMInstruments {
+    let transitions: [VMTransition: Counter] = Dictionary(uniqueKeysWithValues: VMTransition.allCases.filter { $0 != .notice }.map {
+        ($0, Counter(label: "mycelium_vm_transitions_total", dimensions: [("kind", $0.rawValue)]))
+    })
 }
 
 /// The driver of a node without libvirt: it is never given a VM, and says so if it is.
@@ -48,9 +56,12 @@ struct NoVMDriver: ControllerDriver {
 }
 
 extension Agent {
-    /// Moves what the VM driver reported into the events.
+    /// Moves what the VM driver reported into the events, and counts the transitions.
     func drainVMEvents() {
-        for line in vmEvents.drain() { note(line) }
+        for (kind, line) in vmEvents.drain() {
+            note(line)
+            vmInstruments.transitions[kind]?.increment()
+        }
     }
 
     /// Connects to libvirt and opens the replication listener: the node then offers VMs. Nil (with
@@ -68,7 +79,7 @@ extension Agent {
             listenHost: host, listenPort: UInt16(config.vmReplicationPort))
         do {
             let d = try EndophyteDriver(settings: settings, identity: key, network: network, peer: { peers.lookup($0) },
-                                        log: { logger.notice("\($0)"); inbox.post($0) })
+                                        report: { kind, line in logger.notice("\(line)"); inbox.post(kind, line) })
             logger.info("libvirt answers: this node offers endophyte VMs",
                         metadata: ["uri": "\(config.libvirtURI)", "replication": "\(host):\(d.port)"])
             return (d, "")

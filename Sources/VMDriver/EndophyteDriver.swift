@@ -58,6 +58,13 @@ public struct ReplicationPeer: Sendable, Equatable {
     public init(host: String, port: UInt16, key: PublicKey) { self.host = host; self.port = port; self.key = key }
 }
 
+/// A transition of a VM on this node, for events and metrics (`mycelium_vm_transitions_total{kind}`).
+public enum VMTransition: String, Sendable, CaseIterable {
+    case started, adopted, resumed, replicating, protected, unprotected, tookOver = "took_over", fenced, holding, destroyed
+    /// Not a transition: a line worth an operator's attention (a refused connection, a fallback).
+    case notice
+}
+
 /// What the driver reports of one VM here (for `vm show`, status and metrics).
 public struct LocalVMState: Sendable, Equatable {
     public enum Role: String, Sendable { case primary, fenced, replica }
@@ -82,7 +89,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     let identity: SigningKey
     let network: NetworkID
     let peer: @Sendable (MyceliumIdentity.NodeID) -> ReplicationPeer?
-    let log: @Sendable (String) -> Void
+    let report: @Sendable (VMTransition, String) -> Void
     let listener: Rhizomorph.Listener
     let lock = PthreadLock()
     var primaries: [String: Primary] = [:]
@@ -117,12 +124,12 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     public init(settings: EndophyteDriverSettings, identity: SigningKey, network: NetworkID,
                 peer: @escaping @Sendable (MyceliumIdentity.NodeID) -> ReplicationPeer?,
-                log: @escaping @Sendable (String) -> Void) throws {
+                report: @escaping @Sendable (VMTransition, String) -> Void) throws {
         self.settings = settings
         self.identity = identity
         self.network = network
         self.peer = peer
-        self.log = log
+        self.report = report
         try FileManager.default.createDirectory(atPath: settings.stateDirectory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         host = try VMHost(uri: settings.libvirtURI, qemuRunDirectory: settings.qemuRunDirectory)
@@ -181,7 +188,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             if p.fenced {
                 try p.domain.resume()
                 p.fenced = false
-                log("VM \(r.name): lease renewed, guest resumed (epoch \(r.epoch))")
+                report(.resumed, "VM \(r.name): lease renewed, guest resumed (epoch \(r.epoch))")
             }
             let replicaChanged = p.record.replica != r.replica
             p.record = r
@@ -196,7 +203,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         }
         let region = try domain.openGuestRAM()
         let tracking = try domain.openDirtyTracker(region: region, shimReport: shimReport(r.name))
-        if let why = tracking.fallbackReason { log("VM \(r.name): guest RAM tracked by the hash engine: \(why)") }
+        if let why = tracking.fallbackReason { report(.notice, "VM \(r.name): guest RAM tracked by the hash engine: \(why)") }
         let p = Primary(record: r, domain: domain, region: region, tracking: tracking)
         lock.withLock { primaries[r.name] = p }
         startReplication(p)
@@ -208,14 +215,14 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         if let m = try host.managedDomains().first(where: { $0.name == r.name }) {
             let d = try host.domain(named: r.name)
             if m.metadata.role == .primary && m.metadata.ownershipEpoch == r.epoch, try d.state() != .shutOff {
-                log("VM \(r.name): found running here at epoch \(r.epoch); adopting it")
+                report(.adopted, "VM \(r.name): found running here at epoch \(r.epoch); adopting it")
                 return d
             }
-            log("VM \(r.name): removing a stale copy here (\(m.metadata.role) at epoch \(m.metadata.ownershipEpoch); the VM is at \(r.epoch))")
+            report(.destroyed, "VM \(r.name): removing a stale copy here (\(m.metadata.role) at epoch \(m.metadata.ownershipEpoch); the VM is at \(r.epoch))")
             try host.remove(r.name)
         }
         let d = try host.start(r.spec, domainConfig(r, role: .primary))
-        log("VM \(r.name): started as its primary (epoch \(r.epoch))")
+        report(.started, "VM \(r.name): started as its primary (epoch \(r.epoch))")
         return d
     }
 
@@ -237,7 +244,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         let t = try standby.activate(image: RAMImage(epoch: epoch, region: rep.image),
                                      deviceState: DeviceState(epoch: epoch, bytes: rep.receiver.deviceState))
         try standby.setOwnership(EndophyteMetadata(role: .primary, ownershipEpoch: r.epoch))
-        log("VM \(r.name): took over at ownership epoch \(r.epoch) from replicated epoch \(epoch) in \(Int(t.total * 1000)) ms "
+        report(.tookOver, "VM \(r.name): took over at ownership epoch \(r.epoch) from replicated epoch \(epoch) in \(Int(t.total * 1000)) ms "
             + "(copy \(Int(t.checkAndCopy * 1000)) ms, device state \(Int(t.loadDeviceState * 1000)) ms, resume \(Int(t.resume * 1000)) ms)")
         try? FileManager.default.removeItem(atPath: imagePath(r.name))
         return standby
@@ -252,7 +259,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         t.name = "vm-\(name)-source"
         p.thread = t
         t.start()
-        log("VM \(name): replicating to \(replica)")
+        report(.replicating, "VM \(name): replicating to \(replica)")
     }
 
     func stopReplication(_ p: Primary) {
@@ -279,12 +286,12 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 p.source = source
                 if lock.withLock({ p.stopping }) { break }
                 try source.connect(t)
-                log("VM \(name): protected (replica \(replica) holds a full image)")
+                report(.protected, "VM \(name): protected (replica \(replica) holds a full image)")
                 lastError = ""
                 try source.run()
             } catch {
                 let text = "\(error)"
-                if text != lastError { log("VM \(name): not protected: \(text); retrying") }
+                if text != lastError { report(.unprotected, "VM \(name): not protected: \(text); retrying") }
                 lastError = text
             }
             p.transport?.close()
@@ -295,9 +302,9 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     func fence(_ name: String, reason: String) {
         guard let p = lock.withLock({ primaries[name] }) else { return }
         stopReplication(p)
-        do { try p.domain.pause() } catch { log("VM \(name): pausing the guest to fence it failed: \(error)") }
+        do { try p.domain.pause() } catch { report(.notice, "VM \(name): pausing the guest to fence it failed: \(error)") }
         p.fenced = true
-        log("VM \(name): fenced (guest paused): \(reason)")
+        report(.fenced, "VM \(name): fenced (guest paused): \(reason)")
     }
 
     // MARK: replica
@@ -322,10 +329,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             if try host.managedDomains().contains(where: { $0.name == r.name }) { try host.remove(r.name) }
             rep.standby = try host.start(r.spec, domainConfig(r, role: .standby))
         } catch {
-            log("VM \(r.name): no standby domain here (\(error)); a failover will start one then")
+            report(.notice, "VM \(r.name): no standby domain here (\(error)); a failover will start one then")
         }
         lock.withLock { replicas[r.name] = rep }
-        log("VM \(r.name): holding its replica (epoch \(r.epoch))")
+        report(.holding, "VM \(r.name): holding its replica (epoch \(r.epoch))")
     }
 
     /// How long one accept waits before the set of allowed sources is read again (a replica added
@@ -357,7 +364,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 if lock.withLock({ closed }) { return }
                 if case .timeout = error.code { continue }
                 let text = "\(error)"
-                if text != lastError { log("replication connection refused: \(text)") }
+                if text != lastError { report(.notice, "replication connection refused: \(text)") }
                 lastError = text
                 continue
             }
@@ -376,9 +383,9 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             }
             rep.transport = t
             let end = rep.receiver.serve(t)
-            log("VM \(a.name): replication session ended: \(end) (image at epoch \(rep.receiver.committedEpoch))")
+            report(.notice, "VM \(a.name): replication session ended: \(end) (image at epoch \(rep.receiver.committedEpoch))")
         } catch {
-            log("replication connection refused: \(error)")
+            report(.notice, "replication connection refused: \(error)")
             t.close()
         }
     }
@@ -391,7 +398,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         r?.transport?.close()
         try host.remove(name)
         try? FileManager.default.removeItem(atPath: imagePath(name))
-        log("VM \(name): copy here destroyed: \(reason)")
+        report(.destroyed, "VM \(name): copy here destroyed: \(reason)")
     }
 
     // MARK: checks

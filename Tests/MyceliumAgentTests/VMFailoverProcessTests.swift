@@ -91,6 +91,13 @@ final class VMFailoverProcessTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(first, lastOnA.n - 10, "continued from too far back (last on a: \(lastOnA.n))")
         XCTAssertTrue(zip(onB.counts, onB.counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order")
         print("VM-FAILOVER last-on-a=\(lastOnA.n) first-on-b=\(first) tag=\(tag)")
+        // The transition is an event in n2's status and a metric on its /metrics.
+        try await MyceliumAgentTests.waitUntil("n2 reports the takeover", timeout: 10) {
+            let (_, body) = try await AgentClient(socket: c.home("n2") + "/agent.sock").request(method: "GET", path: "/metrics")
+            let events = await c.status("n2")?.events ?? []
+            return String(decoding: body, as: UTF8.self).contains("mycelium_vm_transitions_total{kind=\"took_over\"} 1")
+                && events.contains { $0.contains("VM web: took over at ownership epoch 2") }
+        }
 
         // Protected again without an operator: n3 becomes the replica and receives a full image.
         try await MyceliumAgentTests.waitUntil("a new replica", timeout: 60) {
