@@ -157,4 +157,35 @@ final class VMFailoverProcessTests: XCTestCase {
         XCTAssertTrue(running(lb))
         XCTAssertFalse(running(la))
     }
+
+    /// A VM deleted while its first full copy is still in flight: the record goes, both copies go
+    /// (nothing left defined in either libvirt), and the replica's image file is removed.
+    func testDeletingAVMMidSyncLeavesNothingBehind() async throws {
+        try requireRootAndQEMU()
+        let guest = try Guest.files.get()
+        let hosts = try TestHosts(["a", "b", "c"])
+        defer { hosts.down() }
+        let c = try agents(on: hosts)
+        defer { c.shutdown() }
+        let names = ["n1", "n2", "n3"]
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: names, AgentCluster.formed(3))
+        try await c.waitUntil("every node offers VMs", nodes: names) { vs in vs.allSatisfy { $0.members.allSatisfy { $0.features == "libvirt" } } }
+        let ids = Dictionary(uniqueKeysWithValues: await asyncMap(names) { ($0, await c.status($0)!.node) })
+        let (code, out) = try c.cli(["vm", "create", "web", "--memory", "256M", "--kernel", guest.kernel, "--initrd", guest.initrd,
+                                     "--cmdline", Guest.cmdline, "--on", ids["n1"]!, "--replica", ids["n2"]!, "--home", c.home("n1")])
+        XCTAssertEqual(code, 0, out)
+        let la = try LibvirtConnection(uri: hosts.uri("a")), lb = try LibvirtConnection(uri: hosts.uri("b"))
+        func defined(_ l: LibvirtConnection) -> Bool { (try? l.domain(named: "web")) != nil }
+        // Both copies exist (the primary booting, the replica's standby waiting): delete now, mid-sync.
+        try await MyceliumAgentTests.waitUntil("the domain on both hosts", timeout: 60, poll: 0.02) { defined(la) && defined(lb) }
+        let (dc, deleted) = try c.cli(["vm", "delete", "web", "--home", c.home("n3")])
+        XCTAssertEqual(dc, 0, deleted)
+        try await MyceliumAgentTests.waitUntil("both copies gone", timeout: 60) { !defined(la) && !defined(lb) }
+        for n in names { let v = await vms(c, n); XCTAssertEqual(v, [], "\(n) still records \(v)") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: c.home("n2") + "/vms/web.ram"), "the replica's image is removed")
+        XCTAssertEqual((try? la.domains())?.count, 0, "nothing else defined on host a")
+        XCTAssertEqual((try? lb.domains())?.count, 0, "nothing else defined on host b")
+    }
 }
