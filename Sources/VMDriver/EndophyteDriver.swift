@@ -79,9 +79,9 @@ public struct LocalVMState: Sendable, Equatable {
 }
 
 public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
-    // SAFETY (Sendable): the tables are guarded by `lock`; each VM's objects are touched by the
-    // action running on it (actions run one at a time, in order) and by its replication thread,
-    // which only reads `stopping` under the lock.
+    // SAFETY (Sendable): the tables, and each VM's `record`, `fenced`, `source`, `transport` and `stopping` (shared with
+    // its replication or serving thread), are guarded by `lock`; the rest of a VM's objects is touched
+    // only by the action running on it (actions run one at a time, in order).
     public typealias Action = VMAction
 
     public let settings: EndophyteDriverSettings
@@ -149,7 +149,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             return (Array(primaries.values), Array(replicas.values))
         }
         for p in ps { stopReplication(p) }
-        for r in rs { r.transport?.close() }
+        for t in lock.withLock({ rs.compactMap(\.transport) }) { t.close() }
         // The accept loop leaves within one accept timeout; the listener itself is freed with the
         // last session that holds it (Rhizomorph.Listener's deinit).
     }
@@ -187,11 +187,13 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         if let p = lock.withLock({ primaries[r.name] }) {
             if p.fenced {
                 try p.domain.resume()
-                p.fenced = false
+                lock.withLock { p.fenced = false }
                 report(.resumed, "VM \(r.name): lease renewed, guest resumed (epoch \(r.epoch))")
             }
-            let replicaChanged = p.record.replica != r.replica
-            p.record = r
+            let replicaChanged = lock.withLock { () -> Bool in
+                defer { p.record = r }
+                return p.record.replica != r.replica
+            }
             if replicaChanged || p.thread == nil { startReplication(p) }
             return
         }
@@ -229,7 +231,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     /// Failover: the standby gets the replica's last committed epoch (RAM and device state together)
     /// and resumes.
     func takeOver(_ r: VMRecord, from rep: Replica) throws -> EndophyteDomain {
-        rep.transport?.close()
+        lock.withLock { rep.transport }?.close()
         let epoch = rep.receiver.committedEpoch
         guard epoch > 0 else {
             throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (the first full copy never finished); it cannot continue the guest")
@@ -264,9 +266,12 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     func stopReplication(_ p: Primary) {
         guard let t = p.thread else { return }
-        lock.withLock { p.stopping = true }
-        p.source?.requestStop()
-        p.transport?.close()
+        let (source, transport) = lock.withLock { () -> (ReplicationSource?, ReplicationTransport?) in
+            p.stopping = true
+            return (p.source, p.transport)
+        }
+        source?.requestStop()
+        transport?.close()
         while t.isExecuting { usleep(1000) }  // the loop leaves within one epoch once its transport is closed
         p.thread = nil
     }
@@ -279,12 +284,17 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 guard let ep = peer(replica) else { throw VMDriverError("no replication address known for \(replica)") }
                 let path = Rhizomorph.Path(local: localAddress, remote: ep.host, port: ep.port)
                 let t = try RhizomorphReplicationTransport.connect(paths: [path], identity: identity, network: network, peerKey: ep.key)
-                p.transport = t
-                try t.sendAttach(Attach(name: name, ownershipEpoch: p.record.epoch))
+                try t.sendAttach(Attach(name: name, ownershipEpoch: lock.withLock { p.record.epoch }))
                 let source = try ReplicationSource(region: p.region, tracker: p.tracking.tracker, config: settings.replication,
                                                    hooks: p.domain.sourceHooks())
-                p.source = source
-                if lock.withLock({ p.stopping }) { break }
+                // Published under the lock, and checked against a stop that came meanwhile (which
+                // could not close what it did not see).
+                let stop = lock.withLock { () -> Bool in
+                    p.transport = t
+                    p.source = source
+                    return p.stopping
+                }
+                if stop { t.close(); break }
                 try source.connect(t)
                 report(.protected, "VM \(name): protected (replica \(replica) holds a full image)")
                 lastError = ""
@@ -294,7 +304,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 if text != lastError { report(.unprotected, "VM \(name): not protected: \(text); retrying") }
                 lastError = text
             }
-            p.transport?.close()
+            lock.withLock { p.transport }?.close()
             for _ in 0..<10 where !lock.withLock({ p.stopping || closed }) { usleep(100_000) }
         }
     }
@@ -303,7 +313,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         guard let p = lock.withLock({ primaries[name] }) else { return }
         stopReplication(p)
         do { try p.domain.pause() } catch { report(.notice, "VM \(name): pausing the guest to fence it failed: \(error)") }
-        p.fenced = true
+        lock.withLock { p.fenced = true }
         report(.fenced, "VM \(name): fenced (guest paused): \(reason)")
     }
 
@@ -316,10 +326,12 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             stopReplication(p)
             try host.remove(r.name)
         }
-        if let rep = lock.withLock({ replicas[r.name] }) {
+        let held = lock.withLock { () -> Bool in
+            guard let rep = replicas[r.name] else { return false }
             rep.record = r
-            return
+            return true
         }
+        if held { return }
         let bytes = Int(r.spec.memoryMiB) << 20
         let image = try MappedRegion(path: imagePath(r.name), length: bytes)
         let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256))
@@ -377,11 +389,14 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     func serve(_ t: RhizomorphReplicationTransport) {
         do {
             let a = try t.receiveAttach(timeout: 5)
-            guard let rep = lock.withLock({ replicas[a.name] }) else { throw VMDriverError("this node holds no replica of '\(a.name)'") }
-            guard a.ownershipEpoch == rep.record.epoch, peer(rep.record.primary)?.key == t.peerKey else {
-                throw VMDriverError("'\(a.name)' at ownership epoch \(a.ownershipEpoch) from a node that is not its primary at epoch \(rep.record.epoch)")
+            let rep = try lock.withLock { () throws -> Replica in
+                guard let rep = replicas[a.name] else { throw VMDriverError("this node holds no replica of '\(a.name)'") }
+                guard a.ownershipEpoch == rep.record.epoch, peer(rep.record.primary)?.key == t.peerKey else {
+                    throw VMDriverError("'\(a.name)' at ownership epoch \(a.ownershipEpoch) from a node that is not its primary at epoch \(rep.record.epoch)")
+                }
+                rep.transport = t
+                return rep
             }
-            rep.transport = t
             let end = rep.receiver.serve(t)
             report(.notice, "VM \(a.name): replication session ended: \(end) (image at epoch \(rep.receiver.committedEpoch))")
         } catch {
@@ -395,7 +410,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     func destroy(_ name: String, reason: String) throws {
         let (p, r) = lock.withLock { (primaries.removeValue(forKey: name), replicas.removeValue(forKey: name)) }
         if let p { stopReplication(p) }
-        r?.transport?.close()
+        lock.withLock { r?.transport }?.close()
         try host.remove(name)
         try? FileManager.default.removeItem(atPath: imagePath(name))
         report(.destroyed, "VM \(name): copy here destroyed: \(reason)")
