@@ -8,12 +8,14 @@ struct VMCommandGroup: AsyncParsableCommand {
         commandName: "vm",
         abstract: "Create, list, show and delete endophyte VMs (RAM replicated to a second node).",
         discussion: """
-            A VM is recorded in the primary spore (Raft-committed): its spec, the node that runs it (the
-            primary), the node that holds its replicated RAM (the replica) and an ownership epoch, the
-            fencing token bumped at every failover. Any node takes these commands; the leader decides.
+            A VM is recorded in the primary spore (Raft-committed): its spec, the node that runs it \
+            (the primary), the node that holds its replicated RAM (the replica) and an ownership epoch, \
+            the fencing token bumped at every failover. Any node takes these commands; the leader \
+            decides. When the primary's host dies, the replica continues the guest from its last \
+            committed state. 'virsh -c URI list' on a host shows the domain under the same name.
 
             Example:
-              mycelium vm create web-1 --memory 256M --vcpus 1 --kernel /srv/vmlinuz --initrd /srv/initrd.gz
+              mycelium vm create web-1 --memory 256M --kernel /srv/vmlinuz --initrd /srv/initrd.gz
               mycelium vm list
               mycelium vm show web-1 -o json
               mycelium vm delete web-1
@@ -24,10 +26,12 @@ struct VMCommandGroup: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Record a new VM; it starts on its primary and is replicated to its replica.",
             discussion: """
-                The primary is this node unless --on names another. The replica is chosen by the leader's
-                rule (alive, room for the memory, most trusted) unless --replica names one; --replica none
-                leaves it unprotected. Kernel and initrd are paths on the hosts (the same on each host
-                that may run it). The command waits until the network has recorded the VM.
+                The primary is this node unless --on names another. The replica is chosen by the \
+                leader's rule (alive, libvirt, room for the memory, most trusted) unless --replica names \
+                one; --replica none leaves it unprotected. Kernel and initrd are paths on the hosts (the \
+                same on each host that may run it); on this node they are checked, with the domain's \
+                definition, before anything is recorded. The command waits until the network has \
+                recorded the VM.
                 """)
         @OptionGroup var agent: AgentOptions
         @OptionGroup var out: OutputOptions
