@@ -152,7 +152,7 @@ let package = Package(
         .executableTarget(
             name: "myceliumd",
             dependencies: [
-                "MyceliumAgent", "MyceliumCore",
+                "MyceliumAgent", "MyceliumCore", "VMDriver",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -50,12 +50,49 @@ struct VMInstruments {
 struct NoVMDriver: ControllerDriver {
     let reason: String
     func perform(_ action: VMAction) async throws {
-        if case .destroy = action { return }
+        switch action {
+        case .destroy, .keepAlive: return
+        default: break
+        }
         throw VMDriverError("this node cannot run VMs: \(reason)")
     }
 }
 
 extension Agent {
+    /// Starts the fencing watchdog (VMDriver/Watchdog.swift): this executable again, in a session of
+    /// its own so it outlives the agent, told the agent's pid. An older watchdog leaves when it sees
+    /// the new one's pid in the state directory.
+    static func startWatchdog(_ s: EndophyteDriverSettings, logger: Logger) {
+        let argv = ["/proc/self/exe", "--vm-watchdog", s.stateDirectory, "--libvirt-uri", s.libvirtURI,
+                    "--qemu-run-dir", s.qemuRunDirectory, "--agent-pid", "\(getpid())"]
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        posix_spawnattr_setflags(&attr, Int16(0x80))  // POSIX_SPAWN_SETSID
+        // Nothing of the agent's but stdin/out/err: an inherited descriptor (a socket, the pipe a
+        // supervisor watches to see the agent exit) would outlive the agent in the watchdog.
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        // glibc ≥ 2.34 has it, but Swift's Glibc module does not declare it (it is a GNU extension).
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        guard let sym = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else {
+            logger.error("the fencing watchdog did not start: this libc lacks posix_spawn_file_actions_addclosefrom_np (glibc 2.34+)")
+            return
+        }
+        _ = unsafeBitCast(sym, to: CloseFrom.self)(&actions, 3)
+        let cargs = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
+        if rc == 0 {
+            logger.info("fencing watchdog started", metadata: ["pid": "\(pid)"])
+        } else {
+            logger.error("the fencing watchdog did not start: a guest here is then fenced only while this agent lives",
+                         metadata: ["error": "\(String(cString: strerror(rc)))"])
+        }
+    }
+
     /// Moves what the VM driver reported into the events, and counts the transitions.
     func drainVMEvents() {
         for (kind, line) in vmEvents.drain() {
@@ -82,6 +119,7 @@ extension Agent {
                                         report: { kind, line in logger.notice("\(line)"); inbox.post(kind, line) })
             logger.info("libvirt answers: this node offers endophyte VMs",
                         metadata: ["uri": "\(config.libvirtURI)", "replication": "\(host):\(d.port)"])
+            startWatchdog(settings, logger: logger)
             return (d, "")
         } catch {
             logger.notice("this node runs no VMs (start libvirtd, or set libvirt_uri = \"\" to say so)",

@@ -537,7 +537,7 @@ public struct GovernorSimulation {
             case .act(.run(let r)): nodes[i].running.insert(r.name); trace("n\(i): runs VM \(r.name) at epoch \(r.epoch)")
             case .act(.fence(let name, let why)): nodes[i].running.remove(name); trace("n\(i): fences VM \(name): \(why)")
             case .act(.destroy(let name, let why)): nodes[i].running.remove(name); trace("n\(i): destroys VM \(name): \(why)")
-            case .act(.hold): break
+            case .act(.hold), .act(.keepAlive): break
             default: carryControllers(i, [e])
             }
         }

@@ -40,6 +40,11 @@ public enum VMAction: Sendable, Equatable {
     case run(VMRecord)
     /// Hold the replicated image of this VM at this epoch (receive its epochs).
     case hold(VMRecord)
+    /// This node's guest of `name` may run `seconds` more from now, unless a later keepAlive extends
+    /// it: what the lease allows, minus the fence margin. The driver hands it to a watchdog that
+    /// outlives the agent, so a guest whose agent died is paused in time too. Comes before the `run`
+    /// it covers.
+    case keepAlive(name: String, seconds: Double)
     /// Pause the guest at once: this node can no longer prove it owns the VM.
     case fence(name: String, reason: String)
     /// Destroy this node's copy (stale epoch, or the VM moved or was deleted).
@@ -74,6 +79,8 @@ public struct VMController: Controller {
     /// only what it sent in this run: after a restart its spore time is stale, and its ticks say nothing
     /// of the time it was down.
     var leaseTrusted: [String: UInt64] = [:]
+    /// The trusted-until tick last told to the driver per VM (a keepAlive per renewal, not per tick).
+    var toldUntil: [String: UInt64] = [:]
     var proposedAt: [String: UInt64] = [:]
     var sporeTimeSeen: (time: Int64, tick: UInt64) = (0, 0)
 
@@ -160,6 +167,11 @@ public struct VMController: Controller {
             if r.primary == context.node {
                 let valid = holdsLease(r.name, context)
                 let current = local[r.name]
+                if valid, let until = leaseTrusted[VMTable.lease(for: r.name)], toldUntil[r.name] != until {
+                    toldUntil[r.name] = until
+                    let left = Double(until - context.tick) / Double(max(1, context.ticksPerSecond))
+                    out.append(.act(.keepAlive(name: r.name, seconds: left)))
+                }
                 // Run again when the replica changed too: the driver then replicates to the new one.
                 if valid && (current?.role != .primary || current?.epoch != r.epoch || current?.replica != r.replica) {
                     local[r.name] = (.primary, r.epoch, r.replica)

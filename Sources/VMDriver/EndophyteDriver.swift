@@ -95,6 +95,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     var primaries: [String: Primary] = [:]
     var replicas: [String: Replica] = [:]
     var closed = false
+    /// Per VM run here as primary: the monotonic ms until which its lease lets it run (the watchdog's).
+    var deadlines: [String: UInt64] = [:]
 
     final class Primary: @unchecked Sendable {
         var record: VMRecord
@@ -175,6 +177,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     public func perform(_ action: VMAction) async throws {
         switch action {
         case .run(let r): try run(r)
+        case let .keepAlive(name, seconds): try keepAlive(name, seconds: seconds)
         case .hold(let r): try hold(r)
         case let .fence(name, reason): fence(name, reason: reason)
         case let .destroy(name, reason): try destroy(name, reason: reason)
@@ -182,6 +185,24 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     }
 
     // MARK: primary
+
+    /// The watchdog's deadline for `name` moves to `seconds` from now.
+    func keepAlive(_ name: String, seconds: Double) throws {
+        let until = VMWatchdog.monotonicMilliseconds() + UInt64(max(0, seconds) * 1000)
+        let all = lock.withLock { () -> [String: UInt64] in
+            deadlines[name] = until
+            return deadlines
+        }
+        try VMWatchdog.write(all, to: settings.stateDirectory)
+    }
+
+    func forgetDeadline(_ name: String) {
+        let all = lock.withLock { () -> [String: UInt64] in
+            deadlines[name] = nil
+            return deadlines
+        }
+        try? VMWatchdog.write(all, to: settings.stateDirectory)
+    }
 
     func run(_ r: VMRecord) throws {
         if let p = lock.withLock({ primaries[r.name] }) {
@@ -217,7 +238,9 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         if let m = try host.managedDomains().first(where: { $0.name == r.name }) {
             let d = try host.domain(named: r.name)
             if m.metadata.role == .primary && m.metadata.ownershipEpoch == r.epoch, try d.state() != .shutOff {
-                report(.adopted, "VM \(r.name): found running here at epoch \(r.epoch); adopting it")
+                // Paused by the watchdog while the agent was away, or fenced: the lease is valid again.
+                if try d.state() == .paused { try d.resume() }
+                report(.adopted, "VM \(r.name): found here at epoch \(r.epoch); adopting it")
                 return d
             }
             report(.destroyed, "VM \(r.name): removing a stale copy here (\(m.metadata.role) at epoch \(m.metadata.ownershipEpoch); the VM is at \(r.epoch))")
@@ -324,6 +347,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             // This node ran it and is its replica now: its copy is the old owner's; let the new
             // primary send a full image.
             stopReplication(p)
+            forgetDeadline(r.name)
             try host.remove(r.name)
         }
         let held = lock.withLock { () -> Bool in
@@ -411,6 +435,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         let (p, r) = lock.withLock { (primaries.removeValue(forKey: name), replicas.removeValue(forKey: name)) }
         if let p { stopReplication(p) }
         lock.withLock { r?.transport }?.close()
+        forgetDeadline(name)
         try host.remove(name)
         try? FileManager.default.removeItem(atPath: imagePath(name))
         report(.destroyed, "VM \(name): copy here destroyed: \(reason)")

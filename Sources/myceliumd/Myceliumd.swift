@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MyceliumAgent
+import VMDriver
 
 @main
 struct Myceliumd: AsyncParsableCommand {
@@ -20,8 +21,19 @@ struct Myceliumd: AsyncParsableCommand {
     @Option(help: "State directory; overrides 'home' in the file.") var home: String?
     @Option(help: "host:port to listen on; overrides 'listen' in the file.") var listen: String?
     @Flag(help: "Print the documented configuration (defaults, or the file's values) and exit.") var printConfig = false
+    // The fencing watchdog the agent starts for itself (VMDriver/Watchdog.swift); not for operators.
+    @Option(help: .hidden) var vmWatchdog: String?
+    @Option(help: .hidden) var libvirtUri: String?
+    @Option(help: .hidden) var qemuRunDir: String?
+    @Option(help: .hidden) var agentPid: Int32?
 
     func run() async throws {
+        if let dir = vmWatchdog, let uri = libvirtUri, let run = qemuRunDir, let pid = agentPid {
+            let code = VMWatchdog.run(stateDirectory: dir, libvirtURI: uri, qemuRunDirectory: run, agentPID: pid) {
+                FileHandle.standardError.write(Data("\($0)\n".utf8))
+            }
+            _exit(code)
+        }
         let code: Int32
         do {
             code = try await AgentMain.run(configPath: config, home: home, listen: listen, printConfig: printConfig)

@@ -163,17 +163,24 @@ final class AgentCluster {
 
     /// Invites `n` (with `roles`, if given), has it join through `inviter`, and starts its agent.
     func join(_ n: String, inviter: String = "n1", roles: String? = nil, startAgent: Bool = true) throws {
-        let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "\(listenHost(inviter)):\(port(inviter))"]
-                                    + (roles.map { ["--roles", $0] } ?? []))
-        XCTAssertEqual(code, 0, token)
+        func invite() throws -> String {
+            let (code, token) = try cli(["invite", "create", "--home", home(inviter), "--address", "\(listenHost(inviter)):\(port(inviter))"]
+                                        + (roles.map { ["--roles", $0] } ?? []))
+            XCTAssertEqual(code, 0, token)
+            return token.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        var token = try invite()
         var lastError = ""
         for _ in 0..<100 {
-            let (c, out) = try cli(["node", "join", "--home", home(n), token.trimmingCharacters(in: .whitespacesAndNewlines)], netns: netns?(n))
+            let (c, out) = try cli(["node", "join", "--home", home(n), token], netns: netns?(n))
             if c == 0 {
                 try writeConfig(n)
                 if startAgent { try start(n) }
                 return
             }
+            // An attempt that gave up waiting (a loaded machine) may still have been admitted, which
+            // used the invite: join again with a new one, as an operator would.
+            if out.contains("already been used") { token = try invite() }
             lastError = out
             Thread.sleep(forTimeInterval: 0.1)  // polls until the inviter accepts joins, 100 tries at most
         }

@@ -44,7 +44,13 @@ final class VMControllerTests: XCTestCase {
         ControllerContext(node: id(node), isLeader: leader, state: state, tick: tick, ticksPerSecond: tps)
     }
 
-    func actions(_ e: [ControllerEffect<VMAction>]) -> [VMAction] { e.compactMap { if case .act(let a) = $0 { return a } else { return nil } } }
+    /// The driver's actions, without the watchdog's keepAlives (see `keepAlives`).
+    func actions(_ e: [ControllerEffect<VMAction>]) -> [VMAction] {
+        e.compactMap { if case .act(let a) = $0, !a.isKeepAlive { return a } else { return nil } }
+    }
+    func keepAlives(_ e: [ControllerEffect<VMAction>]) -> [Double] {
+        e.compactMap { if case .act(.keepAlive(_, let s)) = $0 { return s } else { return nil } }
+    }
     func submits(_ e: [ControllerEffect<VMAction>]) -> [SporeCommand] { e.compactMap { if case .submit(let c) = $0 { return c } else { return nil } } }
     func proposals(_ e: [ControllerEffect<VMAction>]) -> [VMCommand] {
         e.compactMap { if case .propose(.vm(let c)) = $0 { return c } else { return nil } }
@@ -80,6 +86,12 @@ final class VMControllerTests: XCTestCase {
         XCTAssertEqual(actions(e), [])
         e = try land(submits(e)[0], &primary, 2, tick: t)
         XCTAssertEqual(actions(e), [.run(state.vms.vms["web-1"]!)])
+        // Before the run, what the watchdog may allow if the agent dies: the lease (4 s) minus the
+        // fence margin (1 s), from when the renewal was sent (this tick).
+        XCTAssertEqual(keepAlives(e), [3.0])
+        guard case .act(.keepAlive)? = e.first(where: { if case .act = $0 { return true } else { return false } }) else {
+            return XCTFail("the keepAlive comes before the run: \(e)")
+        }
         let leaseEnd = try XCTUnwrap(state.spore.leases["vm/web-1"]).expiresAt
         // Cut off: no renewal lands, spore time stands still; the node's own ticks go on.
         var fencedAt: UInt64?
@@ -169,4 +181,8 @@ final class VMControllerTests: XCTestCase {
         guard case .destroy(name: "web-1", _)? = back.first else { return XCTFail("\(back)") }
         XCTAssertFalse(back.contains { if case .run = $0 { return true } else { return false } })
     }
+}
+
+extension VMAction {
+    var isKeepAlive: Bool { if case .keepAlive = self { return true } else { return false } }
 }
