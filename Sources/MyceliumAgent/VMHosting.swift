@@ -63,6 +63,13 @@ extension Agent {
     /// its own so it outlives the agent, told the agent's pid. An older watchdog leaves when it sees
     /// the new one's pid in the state directory.
     static func startWatchdog(_ s: EndophyteDriverSettings, logger: Logger) {
+        // Only myceliumd knows --vm-watchdog (an agent hosted by another program, a test for one,
+        // must not start a copy of that program).
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        guard URL(fileURLWithPath: exe).lastPathComponent == "myceliumd" else {
+            logger.warning("no fencing watchdog: this agent does not run as myceliumd", metadata: ["executable": "\(exe)"])
+            return
+        }
         let argv = ["/proc/self/exe", "--vm-watchdog", s.stateDirectory, "--libvirt-uri", s.libvirtURI,
                     "--qemu-run-dir", s.qemuRunDirectory, "--agent-pid", "\(getpid())"]
         var attr = posix_spawnattr_t()
