@@ -25,6 +25,17 @@ final class VMFailoverProcessTests: XCTestCase {
         return c
     }
 
+    /// Runs `body` with three VM hosts (a, b, c: namespaces with their own libvirtd) and an agent
+    /// cluster on them; afterwards the agents stop first, then the hosts go, also on failure.
+    func onThreeHosts(_ body: (TestHosts, AgentCluster) async throws -> Void) async throws {
+        try requireRootAndQEMU()
+        let hosts = try TestHosts(["a", "b", "c"])
+        defer { hosts.down() }
+        let c = try agents(on: hosts)
+        defer { c.shutdown() }  // runs before hosts.down(): agents first, then their hosts
+        try await body(hosts, c)
+    }
+
     func vms(_ c: AgentCluster, _ n: String) async -> [VMInfo] {
         (try? await AgentClient(socket: c.home(n) + "/agent.sock").vms().vms) ?? []
     }
@@ -66,49 +77,46 @@ final class VMFailoverProcessTests: XCTestCase {
     }
 
     func testAVMKeepsRunningWhenItsHostDies() async throws {
-        try requireRootAndQEMU()
-        let hosts = try TestHosts(["a", "b", "c"])
-        defer { hosts.down() }
-        let c = try agents(on: hosts)
-        defer { c.shutdown() }  // runs before hosts.down(): agents first, then their hosts
-        let ids = try await protectedVM(c)
-        let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
-        let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
+            let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
 
-        // Host a dies. Whatever its guest printed last is the newest state anyone saw.
-        try hosts.kill("a")
-        let lastOnA = try XCTUnwrap(SerialLog(path: serialA).last)
-        XCTAssertEqual(lastOnA.tag, tag)
+            // Host a dies. Whatever its guest printed last is the newest state anyone saw.
+            try hosts.kill("a")
+            let lastOnA = try XCTUnwrap(SerialLog(path: serialA).last)
+            XCTAssertEqual(lastOnA.tag, tag)
 
-        try await MyceliumAgentTests.waitUntil("the record moves web to n2 at epoch 2", timeout: 90) {
-            let v = await self.vms(c, "n2").first
-            return v?.primary == ids["n2"] && v?.epoch == 2
-        }
-        try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 60) {
-            SerialLog(path: serialB).counts.count >= 3
-        }
-        let onB = SerialLog(path: serialB)
-        XCTAssertEqual(onB.bootTags, [], "the guest on n2 did not boot: it continued (\(onB.otherLines.suffix(5)))")
-        XCTAssertTrue(onB.counts.allSatisfy { $0.tag == tag }, "the same boot, never another: \(onB.counts.prefix(5))")
-        let first = try XCTUnwrap(onB.counts.first).n
-        // At most what host a printed (+1: one line may have been cut off by the kill), and not from
-        // further back than a few epochs (100 ms each; the counter prints about every 100 ms).
-        XCTAssertLessThanOrEqual(first, lastOnA.n + 1, "continued from a state host a never reached")
-        XCTAssertGreaterThanOrEqual(first, lastOnA.n - 10, "continued from too far back (last on a: \(lastOnA.n))")
-        XCTAssertTrue(zip(onB.counts, onB.counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order")
-        print("VM-FAILOVER last-on-a=\(lastOnA.n) first-on-b=\(first) tag=\(tag)")
-        // The transition is an event in n2's status and a metric on its /metrics.
-        try await MyceliumAgentTests.waitUntil("n2 reports the takeover", timeout: 10) {
-            let (_, body) = try await AgentClient(socket: c.home("n2") + "/agent.sock").request(method: "GET", path: "/metrics")
-            let events = await c.status("n2")?.events ?? []
-            return String(decoding: body, as: UTF8.self).contains("mycelium_vm_transitions_total{kind=\"took_over\"} 1")
-                && events.contains { $0.contains("VM web: took over at ownership epoch 2") }
-        }
+            try await MyceliumAgentTests.waitUntil("the record moves web to n2 at epoch 2", timeout: 90) {
+                let v = await self.vms(c, "n2").first
+                return v?.primary == ids["n2"] && v?.epoch == 2
+            }
+            try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 60) {
+                SerialLog(path: serialB).counts.count >= 3
+            }
+            let onB = SerialLog(path: serialB)
+            XCTAssertEqual(onB.bootTags, [], "the guest on n2 did not boot: it continued (\(onB.otherLines.suffix(5)))")
+            XCTAssertTrue(onB.counts.allSatisfy { $0.tag == tag }, "the same boot, never another: \(onB.counts.prefix(5))")
+            let first = try XCTUnwrap(onB.counts.first).n
+            // At most what host a printed (+1: one line may have been cut off by the kill), and not from
+            // further back than a few epochs (100 ms each; the counter prints about every 100 ms).
+            XCTAssertLessThanOrEqual(first, lastOnA.n + 1, "continued from a state host a never reached")
+            XCTAssertGreaterThanOrEqual(first, lastOnA.n - 10, "continued from too far back (last on a: \(lastOnA.n))")
+            XCTAssertTrue(zip(onB.counts, onB.counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order")
+            print("VM-FAILOVER last-on-a=\(lastOnA.n) first-on-b=\(first) tag=\(tag)")
+            // The transition is an event in n2's status and a metric on its /metrics.
+            try await MyceliumAgentTests.waitUntil("n2 reports the takeover", timeout: 10) {
+                let (_, body) = try await AgentClient(socket: c.home("n2") + "/agent.sock").request(method: "GET", path: "/metrics")
+                let events = await c.status("n2")?.events ?? []
+                return String(decoding: body, as: UTF8.self).contains("mycelium_vm_transitions_total{kind=\"took_over\"} 1")
+                    && events.contains { $0.contains("VM web: took over at ownership epoch 2") }
+            }
 
-        // Protected again without an operator: n3 becomes the replica and receives a full image.
-        try await MyceliumAgentTests.waitUntil("a new replica", timeout: 60) {
-            let v = await self.vms(c, "n2").first
-            return v?.replica == ids["n3"] && v?.here?.contains("protected") == true
+            // Protected again without an operator: n3 becomes the replica and receives a full image.
+            try await MyceliumAgentTests.waitUntil("a new replica", timeout: 60) {
+                let v = await self.vms(c, "n2").first
+                return v?.replica == ids["n3"] && v?.here?.contains("protected") == true
+            }
         }
     }
 
@@ -117,26 +125,20 @@ final class VMFailoverProcessTests: XCTestCase {
     /// exactly one copy runs and the stale one never resumes. Both hosts' libvirt are polled all along:
     /// never are both domains running.
     func testACutOffPrimaryFencesItselfAndExactlyOneCopyRunsAfterHealing() async throws {
-        try requireRootAndQEMU()
-        let hosts = try TestHosts(["a", "b", "c"])
-        defer { hosts.down() }
-        let c = try agents(on: hosts)
-        defer { c.shutdown() }
-        let ids = try await protectedVM(c)
-        try await ownershipMovesSafely(c, hosts, ids, what: "VM-FENCE") { try hosts.cut("a") }
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            try await ownershipMovesSafely(c, hosts, ids, what: "VM-FENCE") { try hosts.cut("a") }
+        }
     }
 
     /// Only the primary's agent dies (SIGKILL); its libvirtd and QEMU live on, and nothing of the
     /// agent is left to fence the guest: its watchdog pauses it when the lease runs out, before the
     /// replica may start; both hosts' libvirt are polled all along: never both running.
     func testWhenOnlyThePrimarysAgentDiesItsWatchdogFencesTheGuest() async throws {
-        try requireRootAndQEMU()
-        let hosts = try TestHosts(["a", "b", "c"])
-        defer { hosts.down() }
-        let c = try agents(on: hosts)
-        defer { c.shutdown() }
-        let ids = try await protectedVM(c)
-        try await ownershipMovesSafely(c, hosts, ids, what: "VM-WATCHDOG", healAfter: false) { c.kill9("n1") }
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            try await ownershipMovesSafely(c, hosts, ids, what: "VM-WATCHDOG", healAfter: false) { c.kill9("n1") }
+        }
     }
 
     /// Does `fault` to host a (n1, the primary of web) and checks, polling both hosts' libvirt every
@@ -198,23 +200,20 @@ final class VMFailoverProcessTests: XCTestCase {
     /// A VM deleted while its first full copy is still in flight: the record goes, both copies go
     /// (nothing left defined in either libvirt), and the replica's image file is removed.
     func testDeletingAVMMidSyncLeavesNothingBehind() async throws {
-        try requireRootAndQEMU()
-        let hosts = try TestHosts(["a", "b", "c"])
-        defer { hosts.down() }
-        let c = try agents(on: hosts)
-        defer { c.shutdown() }
-        _ = try await createdVM(c, mib: 256)
-        let names = ["n1", "n2", "n3"]
-        let la = try LibvirtConnection(uri: hosts.uri("a")), lb = try LibvirtConnection(uri: hosts.uri("b"))
-        func defined(_ l: LibvirtConnection) -> Bool { (try? l.domain(named: "web")) != nil }
-        // Both copies exist (the primary booting, the replica's standby waiting): delete now, mid-sync.
-        try await MyceliumAgentTests.waitUntil("the domain on both hosts", timeout: 60, poll: 0.02) { defined(la) && defined(lb) }
-        let (dc, deleted) = try c.cli(["vm", "delete", "web", "--home", c.home("n3")])
-        XCTAssertEqual(dc, 0, deleted)
-        try await MyceliumAgentTests.waitUntil("both copies gone", timeout: 60) { !defined(la) && !defined(lb) }
-        for n in names { let v = await vms(c, n); XCTAssertEqual(v, [], "\(n) still records \(v)") }
-        XCTAssertFalse(FileManager.default.fileExists(atPath: c.home("n2") + "/vms/web.ram"), "the replica's image is removed")
-        XCTAssertEqual((try? la.domains())?.count, 0, "nothing else defined on host a")
-        XCTAssertEqual((try? lb.domains())?.count, 0, "nothing else defined on host b")
+        try await onThreeHosts { hosts, c in
+            _ = try await createdVM(c, mib: 256)
+            let names = ["n1", "n2", "n3"]
+            let la = try LibvirtConnection(uri: hosts.uri("a")), lb = try LibvirtConnection(uri: hosts.uri("b"))
+            func defined(_ l: LibvirtConnection) -> Bool { (try? l.domain(named: "web")) != nil }
+            // Both copies exist (the primary booting, the replica's standby waiting): delete now, mid-sync.
+            try await MyceliumAgentTests.waitUntil("the domain on both hosts", timeout: 60, poll: 0.02) { defined(la) && defined(lb) }
+            let (dc, deleted) = try c.cli(["vm", "delete", "web", "--home", c.home("n3")])
+            XCTAssertEqual(dc, 0, deleted)
+            try await MyceliumAgentTests.waitUntil("both copies gone", timeout: 60) { !defined(la) && !defined(lb) }
+            for n in names { let v = await vms(c, n); XCTAssertEqual(v, [], "\(n) still records \(v)") }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: c.home("n2") + "/vms/web.ram"), "the replica's image is removed")
+            XCTAssertEqual((try? la.domains())?.count, 0, "nothing else defined on host a")
+            XCTAssertEqual((try? lb.domains())?.count, 0, "nothing else defined on host b")
+        }
     }
 }
