@@ -155,10 +155,15 @@ public struct MigrationHooks: Sendable {
     public var recordOwner: @Sendable () throws -> Void
     /// Gives replication a larger share of the link (turbo); 0...1.
     public var setBandwidthShare: @Sendable (Double) -> Void
+    /// Asked at a rollback: may the source resume? False leaves it paused (the caller knows it no
+    /// longer may run it, e.g. its lease lapsed meanwhile) and resumes it later, or never.
+    public var mayResume: @Sendable () -> Bool
 
-    public init(recordOwner: @escaping @Sendable () throws -> Void, setBandwidthShare: @escaping @Sendable (Double) -> Void = { _ in }) {
+    public init(recordOwner: @escaping @Sendable () throws -> Void, setBandwidthShare: @escaping @Sendable (Double) -> Void = { _ in },
+                mayResume: @escaping @Sendable () -> Bool = { true }) {
         self.recordOwner = recordOwner
         self.setBandwidthShare = setBandwidthShare
+        self.mayResume = mayResume
     }
 }
 
@@ -243,7 +248,7 @@ public enum PlannedMigration {
             source.hooks.throttle(0)
             hooks.setBandwidthShare(0)
             t.setStreamCount(1)
-            try source.resumeSource()
+            if hooks.mayResume() { try source.resumeSource() }
             if case .migrationRolledBack = error.code { throw error }
             throw EndophyteError(.migrationRolledBack(reason: "\(error)"))
         }

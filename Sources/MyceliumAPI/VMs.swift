@@ -24,18 +24,25 @@ public struct VMInfo: Codable, Sendable, Equatable {
     /// What the answering node does with it, if anything: "primary: protected (engine hash ...)",
     /// "replica: image at epoch 812", "fenced: ...".
     public var here: String?
+    /// A planned migration in progress: "to NODE (requested N s ago)".
+    public var migration: String?
+    /// How the last planned migration ended ("switched to ...", "aborted: ..."), if there was one.
+    public var lastMigration: String?
 
     public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String, initrd: String, cmdline: String,
-                primary: String, replica: String?, epoch: UInt64, leaseLeftSeconds: Int64, protection: String, here: String? = nil) {
+                primary: String, replica: String?, epoch: UInt64, leaseLeftSeconds: Int64, protection: String, here: String? = nil,
+                migration: String? = nil, lastMigration: String? = nil) {
         self.name = name; self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.kernel = kernel; self.initrd = initrd
         self.cmdline = cmdline; self.primary = primary; self.replica = replica; self.epoch = epoch
         self.leaseLeftSeconds = leaseLeftSeconds; self.protection = protection; self.here = here
+        self.migration = migration; self.lastMigration = lastMigration
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection, here
+        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection, here, migration
         case memoryMiB = "memory_mib"
         case leaseLeftSeconds = "lease_left_s"
+        case lastMigration = "last_migration"
     }
 }
 

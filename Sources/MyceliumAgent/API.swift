@@ -12,6 +12,7 @@
 //   GET  /v1/vms           the VM table: where each VM runs, its replica, epoch and lease
 //   POST /v1/vm/create?name=&memory_mib=&vcpus=&kernel=&initrd=&cmdline=&on=&replica=auto|none|ID
 //   POST /v1/vm/delete?name=  (VMAPI.swift: proposed by the leader, forwarded there from any node)
+//   POST /v1/vm/migrate?name=&to=  (to: a node ID; default the VM's replica)
 //   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation

@@ -85,6 +85,7 @@ public actor Agent {
     /// Links to peers, contacts and the listener (PeerRouter.swift).
     var router = RouterState()
     var tickTask: Task<Void, Never>?
+    var reportTask: Task<Void, Never>?
     var api: APIServer?
     var metricsServer: APIServer?
 
@@ -267,6 +268,13 @@ public actor Agent {
                 processReady()
             }
         }
+        // Drivers' reports reach their controllers in the order they were made, at once (a VM
+        // handed over waits paused for what its controller does with the report).
+        let (reports, sink) = AsyncStream.makeStream(of: (String, any Sendable).self)
+        controllers.attach { name, report in sink.yield((name, report)) }
+        reportTask = Task { [weak self] in
+            for await (name, report) in reports { await self?.controllerReported(report, by: name) }
+        }
         let tickNs = UInt64(config.tickMilliseconds) * 1_000_000
         tickTask = Task { [weak self] in
             while !Task.isCancelled {
@@ -279,6 +287,7 @@ public actor Agent {
     public func stop() async {
         stopped = true
         tickTask?.cancel()
+        reportTask?.cancel()
         await stopRouter()
         await api?.close()
         await metricsServer?.close()
@@ -301,6 +310,12 @@ public actor Agent {
     }
 
     // MARK: ticks and Ready
+
+    func controllerReported(_ report: any Sendable, by name: String) {
+        guard !stopped else { return }
+        carry(controllers.reported(report, by: name, context: controllerContext))
+        processReady()
+    }
 
     func onTick() {
         drainVMEvents()

@@ -17,10 +17,13 @@ protocol HostedController: Sendable {
     var name: String { get }
     mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerRequest]
     mutating func tick(context: ControllerContext) -> [ControllerRequest]
+    /// Where the driver's reports go (tagged with this controller's name).
+    func attach(_ sink: @escaping @Sendable (String, any Sendable) -> Void)
+    mutating func reported(_ report: any Sendable, context: ControllerContext) -> [ControllerRequest]
 }
 
 /// A controller and its driver; actions are chained so they run in order.
-struct Hosted<C: Controller, D: ControllerDriver>: HostedController where C.Action == D.Action {
+struct Hosted<C: Controller, D: ControllerDriver>: HostedController where C.Action == D.Action, C.Report == D.Report {
     var core: C
     let driver: D
     let logger: Logger
@@ -34,6 +37,16 @@ struct Hosted<C: Controller, D: ControllerDriver>: HostedController where C.Acti
 
     mutating func tick(context: ControllerContext) -> [ControllerRequest] {
         carry(core.tick(context: context))
+    }
+
+    func attach(_ sink: @escaping @Sendable (String, any Sendable) -> Void) {
+        let name = core.name
+        driver.reportTo { sink(name, $0) }
+    }
+
+    mutating func reported(_ report: any Sendable, context: ControllerContext) -> [ControllerRequest] {
+        guard let r = report as? C.Report else { return [] }
+        return carry(core.reported(r, context: context))
     }
 
     mutating func carry(_ effects: [ControllerEffect<C.Action>]) -> [ControllerRequest] {
@@ -63,8 +76,18 @@ struct ControllerHost: Sendable {
 
     init(logger: Logger) { self.logger = logger }
 
-    mutating func host<C: Controller, D: ControllerDriver>(_ core: C, driver: D) where C.Action == D.Action {
+    mutating func host<C: Controller, D: ControllerDriver>(_ core: C, driver: D) where C.Action == D.Action, C.Report == D.Report {
         controllers.append(Hosted(core: core, driver: driver, logger: logger))
+    }
+
+    /// Sends every driver's reports to `sink` (once, when the agent starts).
+    func attach(_ sink: @escaping @Sendable (String, any Sendable) -> Void) {
+        for c in controllers { c.attach(sink) }
+    }
+
+    mutating func reported(_ report: any Sendable, by name: String, context: ControllerContext) -> [ControllerRequest] {
+        guard let i = controllers.firstIndex(where: { $0.name == name }) else { return [] }
+        return controllers[i].reported(report, context: context)
     }
 
     mutating func applied(_ changes: [ControlChange], context: ControllerContext) -> [ControllerRequest] {

@@ -1,4 +1,4 @@
-// The VM commands of the local API (issue 16): `mycelium vm create|delete` and `GET /v1/vms`.
+// The VM commands of the local API (issue 16): `mycelium vm create|delete|migrate` and `GET /v1/vms`.
 //
 // Any node takes the request; the names in it are resolved against its spore, and the command goes
 // to the leader (forwarded over the peer channel like a KV write), which checks it against the VM
@@ -31,7 +31,9 @@ extension Agent {
                               case .replica: "replica: image at replication epoch \(s.committedEpoch)"
                               case .primary, .fenced: "\(s.role.rawValue): \(s.replication), dirty pages by \(s.engine ?? "?")"
                               }
-                          })
+                          },
+                          migration: r.migration.map { "to \($0.to) (requested \(max(0, spore.now - $0.since)) s ago)" },
+                          lastMigration: r.migrationOutcome.isEmpty ? nil : r.migrationOutcome)
         })
     }
 
@@ -75,8 +77,23 @@ extension Agent {
         case "delete":
             guard let name = q["name"], !name.isEmpty else { return bad("delete needs name=NAME") }
             command = .delete(name: name)
+        case "migrate":
+            guard let name = q["name"], !name.isEmpty else { return bad("migrate needs name=NAME") }
+            guard let r = control.vms.vms[name] else {
+                return (.conflict, json(APIErrorResponse(error: "no VM named '\(name)'; see 'mycelium vm list'", code: .vmRefused)))
+            }
+            var to: MyceliumIdentity.NodeID
+            if let text = q["to"], !text.isEmpty {
+                switch member(text, "target") { case .success(let id): to = id; case .failure(let e): return (.badRequest, json(e)) }
+            } else {
+                guard let replica = r.replica else {
+                    return (.conflict, json(APIErrorResponse(error: "'\(name)' has no replica to migrate to; name a node with to=NODE", code: .vmRefused)))
+                }
+                to = replica
+            }
+            command = .requestMigration(name: name, to: to, epoch: r.epoch)
         default:
-            return (.notFound, json(APIErrorResponse(error: "no VM action '\(action)'; there are create and delete", code: .notFound)))
+            return (.notFound, json(APIErrorResponse(error: "no VM action '\(action)'; there are create, delete and migrate", code: .notFound)))
         }
         if raft.role == .leader {
             let a = proposeVM(command)
@@ -109,6 +126,11 @@ extension Agent {
                 if let p = control.vms.placementProblem(for: spec, on: node, spore: spore) { return refuse(p) }
             }
         }
+        // A target that is not the replica yet becomes it: it needs libvirt and room.
+        if case let .requestMigration(name, to, _) = command, let r = control.vms.vms[name], r.replica != to, to != r.primary,
+           let p = control.vms.placementProblem(for: r.spec, on: to, spore: spore) {
+            return refuse(p)
+        }
         var trial = control.vms
         do { _ = try trial.apply(command, spore: spore) } catch { return refuse("\(error)") }
         do { _ = try raft.propose(ControlEntry.vm(command).encoded()) } catch {
@@ -120,6 +142,7 @@ extension Agent {
         case let .create(spec, primary, replica):
             what = "VM \(spec.name) proposed: primary \(primary), " + (replica.map { "replica \($0)" } ?? "no replica (unprotected until a node has room)")
         case .delete(let name): what = "deletion of VM \(name) proposed"
+        case let .requestMigration(name, to, _): what = "planned migration of VM \(name) to \(to) proposed"
         default: what = "VM command proposed"
         }
         return KVAnswer(status: .accepted, body: json(ActionResponse(result: what + "; watch 'mycelium vm list'")))

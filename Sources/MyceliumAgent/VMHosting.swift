@@ -48,6 +48,7 @@ struct VMInstruments {
 
 /// The driver of a node without libvirt: it is never given a VM, and says so if it is.
 struct NoVMDriver: ControllerDriver {
+    typealias Report = VMDriverReport
     let reason: String
     func perform(_ action: VMAction) async throws {
         switch action {

@@ -134,16 +134,27 @@ public struct ControlState: Sendable, Equatable {
         guard let decoded = try ControlEntry.decode(entry.data) else { return [] }
         switch decoded {
         case let .spore(signed, time):
+            // A VM's planned switch or abort, signed by its primary: the VM table must accept it, or
+            // the whole entry is refused (nothing changes).
+            var vmsNext = vms, vmChanges: [ControlChange] = []
+            switch signed.command {
+            case let .vmSwitch(name, to, epoch):
+                vmChanges = try vmsNext.apply(.migrate(name: name, to: to, epoch: epoch), spore: spore, author: signed.author)
+            case let .vmAbortMigration(name, epoch, reason):
+                vmChanges = try vmsNext.apply(.abortMigration(name: name, epoch: epoch, reason: reason), spore: spore, author: signed.author)
+            default: break
+            }
             do {
                 try spore.apply(signed, epoch: SporeEpoch(term: entry.term, index: entry.index), time: time)
             } catch {
                 throw ControlError(.refused(error))
             }
+            vms = vmsNext
             switch signed.command {
             case .acquireLease(let name, _), .renewLease(let name, _, _): vms.noteLease(name, spore: spore)
             default: break
             }
-            var changes: [ControlChange] = [.spore(signed)]
+            var changes: [ControlChange] = [.spore(signed)] + vmChanges
             // A member that left the spore for good gives its pod CIDR back.
             for node in pods.assignments.keys where spore.members[node] == nil {
                 pods.assignments[node] = nil
@@ -155,6 +166,9 @@ public struct ControlState: Sendable, Equatable {
         case .network(let command):
             return try pods.apply(command, spore: spore)
         case .vm(let command):
+            if case .migrate = command {
+                throw ControlError(.vmRefused("a planned switch is signed by the VM's primary (SporeCommand.vmSwitch), never a leader's entry"))
+            }
             return try vms.apply(command, spore: spore)
         }
     }
@@ -162,8 +176,8 @@ public struct ControlState: Sendable, Equatable {
     // MARK: snapshot
 
     static let snapshotMagic: [UInt8] = Array("MYCS".utf8)
-    /// 2 adds the VM table; 1 (without it) is still read.
-    static let snapshotVersion: UInt16 = 2
+    /// 2 adds the VM table, 3 its planned migrations; 1 and 2 are still read.
+    static let snapshotVersion: UInt16 = 3
 
     /// One deterministic snapshot: magic, version, applied index, then each part as a blob.
     public func snapshot() -> [UInt8] {
@@ -181,7 +195,7 @@ public struct ControlState: Sendable, Equatable {
             var r = ByteReader(data)
             guard try r.raw(4) == snapshotMagic else { throw ControlError(.badSnapshot("not a control-state snapshot (bad magic)")) }
             let version = try r.u16()
-            guard version == snapshotVersion || version == 1 else {
+            guard (1...snapshotVersion).contains(version) else {
                 throw ControlError(.badSnapshot("snapshot format \(version); this build reads \(snapshotVersion): upgrade this node"))
             }
             var state = ControlState(network: network)
@@ -197,7 +211,7 @@ public struct ControlState: Sendable, Equatable {
             }
             state.kv = try KVStore(snapshot: kvBytes)
             state.pods = try PodCIDRTable(decoding: podBytes)
-            state.vms = try VMTable(decoding: vmBytes)
+            state.vms = try VMTable(decoding: vmBytes, version: version)
             return state
         } catch let e as ControlError {
             throw e

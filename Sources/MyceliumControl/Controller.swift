@@ -39,16 +39,32 @@ public enum ControllerEffect<Action: Sendable>: Sendable {
 
 public protocol Controller: Sendable {
     associatedtype Action: Sendable
+    /// What the driver tells its controller of its own accord: an outcome only the driver can know
+    /// (a VM paused at a committed epoch, ready to be handed over). `Never` for most controllers.
+    associatedtype Report: Sendable = Never
     /// A short name for logs and status ("network", "vm", ...).
     var name: String { get }
     /// The control state applied `change`.
     mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<Action>]
     /// Called on every tick.
     mutating func tick(context: ControllerContext) -> [ControllerEffect<Action>]
+    /// The driver reported something (in the order it reported).
+    mutating func reported(_ report: Report, context: ControllerContext) -> [ControllerEffect<Action>]
+}
+
+extension Controller where Report == Never {
+    public mutating func reported(_ report: Never, context: ControllerContext) -> [ControllerEffect<Action>] {}
 }
 
 /// The I/O half of a controller. Actions are performed one at a time, in order.
 public protocol ControllerDriver: Sendable {
     associatedtype Action: Sendable
+    associatedtype Report: Sendable = Never
     func perform(_ action: Action) async throws
+    /// The host calls this once, before the first action: where the driver's reports go.
+    func reportTo(_ sink: @escaping @Sendable (Report) -> Void)
+}
+
+extension ControllerDriver {
+    public func reportTo(_ sink: @escaping @Sendable (Report) -> Void) {}
 }

@@ -8,6 +8,14 @@
 // primary is recorded failed in the spore (by the Byzantine-tolerant vote where one can be formed)
 // and its ownership lease (`lease(for:)` in the spore's leases) has lapsed, whatever a faulty leader
 // proposes: the replica may start only once the old primary has certainly fenced itself.
+//
+// A planned migration is three steps, each a committed entry: the operator's request
+// (`requestMigration`, through the leader: the target becomes the replica if it is not already),
+// then either the switch, signed by the primary itself once it has paused its guest at an epoch the
+// target committed (`SporeCommand.vmSwitch`: a leader cannot forge it), or an abort (the leader's at
+// a deadline, or the primary's when its driver gave up). Both are compare-and-swaps on the epoch and
+// the pending migration, so Raft's order, not a timer, decides which copy runs: the target starts
+// only after the switch applied, the old primary resumes only after the abort applied.
 
 import MyceliumCore
 import MyceliumIdentity
@@ -72,7 +80,38 @@ public struct VMRecord: Sendable, Equatable {
     /// Spore time at which the primary's ownership lease ends, as last renewed (0: never held). Kept
     /// here because the spore forgets a lease once it has ended.
     public var leaseUntil: Int64 = 0
+    /// A planned migration the operator asked for and that neither switched nor aborted yet.
+    public var migration: VMMigration?
+    /// How the last planned migration ended, for the operator ("" before the first).
+    public var migrationOutcome: String = ""
     public var name: String { spec.name }
+
+    public init(spec: VMSpec, primary: MyceliumIdentity.NodeID, replica: MyceliumIdentity.NodeID?, epoch: UInt64,
+                leaseUntil: Int64 = 0, migration: VMMigration? = nil, migrationOutcome: String = "") {
+        self.spec = spec; self.primary = primary; self.replica = replica; self.epoch = epoch
+        self.leaseUntil = leaseUntil; self.migration = migration; self.migrationOutcome = migrationOutcome
+    }
+}
+
+/// A planned migration in progress: to which node, since when (spore time).
+public struct VMMigration: Sendable, Equatable {
+    public var to: MyceliumIdentity.NodeID
+    public var since: Int64
+    public init(to: MyceliumIdentity.NodeID, since: Int64) { self.to = to; self.since = since }
+    /// The longest outcome text kept in a record.
+    public static let maxOutcome = 200
+
+    /// `text` cut to at most `limit` UTF-8 bytes, at a character boundary.
+    public static func clipped(_ text: String, _ limit: Int) -> String {
+        if text.utf8.count <= limit { return text }
+        var out = "", n = 0
+        for c in text {
+            let k = c.utf8.count
+            if n + k > limit { break }
+            out.append(c); n += k
+        }
+        return out
+    }
 }
 
 /// A change to the VM table, proposed by a leader's VM controller (or an operator's request).
@@ -82,9 +121,15 @@ public enum VMCommand: Sendable, Equatable {
     case setReplica(name: String, MyceliumIdentity.NodeID?, epoch: UInt64)
     /// The replica takes over a primary recorded failed whose lease lapsed.
     case failover(name: String, to: MyceliumIdentity.NodeID, epoch: UInt64)
-    /// Planned switch to the (synced) replica; the old primary becomes the replica.
+    /// The planned switch to the migration's target; the old primary becomes the replica. Only the
+    /// primary may make it (`SporeCommand.vmSwitch`, signed): it has paused the guest at an epoch the
+    /// target committed. Refused as a leader's `ControlEntry.vm`.
     case migrate(name: String, to: MyceliumIdentity.NodeID, epoch: UInt64)
     case delete(name: String)
+    /// The operator asks for a planned migration to `to` (made the replica if it is not).
+    case requestMigration(name: String, to: MyceliumIdentity.NodeID, epoch: UInt64)
+    /// The pending migration ends without a switch; the primary keeps (or resumes) the guest.
+    case abortMigration(name: String, epoch: UInt64, reason: String)
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 96)
@@ -98,6 +143,8 @@ public enum VMCommand: Sendable, Equatable {
         case let .failover(name, to, epoch): w.u8(3); w.string(name); w.raw(to.bytes); w.u64(epoch)
         case let .migrate(name, to, epoch): w.u8(4); w.string(name); w.raw(to.bytes); w.u64(epoch)
         case let .delete(name): w.u8(5); w.string(name)
+        case let .requestMigration(name, to, epoch): w.u8(6); w.string(name); w.raw(to.bytes); w.u64(epoch)
+        case let .abortMigration(name, epoch, reason): w.u8(7); w.string(name); w.u64(epoch); w.string(VMMigration.clipped(reason, VMMigration.maxOutcome))
         }
         return w.bytes
     }
@@ -117,6 +164,9 @@ public enum VMCommand: Sendable, Equatable {
             case 3: self = .failover(name: try r.string("vm name", limit: 63), to: try MyceliumIdentity.NodeID(bytes: r.raw(16)), epoch: try r.u64())
             case 4: self = .migrate(name: try r.string("vm name", limit: 63), to: try MyceliumIdentity.NodeID(bytes: r.raw(16)), epoch: try r.u64())
             case 5: self = .delete(name: try r.string("vm name", limit: 63))
+            case 6: self = .requestMigration(name: try r.string("vm name", limit: 63), to: try MyceliumIdentity.NodeID(bytes: r.raw(16)), epoch: try r.u64())
+            case 7: self = .abortMigration(name: try r.string("vm name", limit: 63), epoch: try r.u64(),
+                                           reason: try r.string("reason", limit: VMMigration.maxOutcome))
             default: throw DecodeError(.invalid(field: "vm command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()
@@ -136,15 +186,18 @@ public struct VMTable: Sendable, Equatable {
     public init() {}
 
     /// The spore lease a VM's primary keeps renewed while it runs the guest (its self-fencing clock).
-    public static func lease(for name: String) -> String { "vm/" + name }
+    /// One per ownership epoch: after a planned switch the new primary takes a lease of its own at
+    /// once, while the old one's runs out unused (the old primary paused before the switch).
+    public static func lease(for record: VMRecord) -> String { "vm/\(record.name)@\(record.epoch)" }
 
     /// Seconds of spore time after a lease's end before the replica may take over: room for the
     /// primary's late view of spore time and for leaders' clocks to differ (VMController.swift).
     public static let takeoverSlack: Int64 = 1
 
     /// Applies `command` against the spore's view of the members and leases. Refusals change nothing
-    /// and are identical on every replica.
-    public mutating func apply(_ command: VMCommand, spore: PrimarySpore) throws(ControlError) -> [ControlChange] {
+    /// and are identical on every replica. `author` is the node that signed the command (a spore
+    /// command's author); nil for a leader's entry.
+    public mutating func apply(_ command: VMCommand, spore: PrimarySpore, author: MyceliumIdentity.NodeID? = nil) throws(ControlError) -> [ControlChange] {
         func refuse(_ why: String) -> ControlError { ControlError(.vmRefused(why)) }
         /// The VM's record, if the command was proposed against its current ownership epoch.
         func record(_ name: String, at epoch: UInt64) throws(ControlError) -> VMRecord {
@@ -176,6 +229,10 @@ public struct VMTable: Sendable, Equatable {
                 if replica == r.primary { throw refuse("the replica must be another node than the primary") }
             }
             r.replica = replica
+            if let m = r.migration, m.to != replica {
+                r.migration = nil
+                r.migrationOutcome = "aborted: the target \(m.to) is no longer the replica"
+            }
             vms[name] = r
             return [.vm(name: name, r)]
 
@@ -195,21 +252,48 @@ public struct VMTable: Sendable, Equatable {
             r.replica = nil
             r.epoch += 1
             r.leaseUntil = 0
+            if r.migration != nil { r.migration = nil; r.migrationOutcome = VMMigration.clipped("aborted: the primary failed; failed over to \(to)", VMMigration.maxOutcome) }
             vms[name] = r
             return [.vm(name: name, r)]
 
         case let .migrate(name, to, epoch):
             var r = try record(name, at: epoch)
-            guard r.replica == to else { throw refuse("\(to) is not the replica of '\(name)': migrate to the synced replica") }
-            guard live(to), live(r.primary) else { throw refuse("both ends of a planned migration must be live members") }
-            // Planned: the old primary hands over (it stops before the switch is proposed).
+            guard author == r.primary else { throw refuse("only the primary of '\(name)' switches it (it pauses the guest first)") }
+            guard let m = r.migration, m.to == to else { throw refuse("no planned migration of '\(name)' to \(to) is pending") }
+            guard r.replica == to else { throw refuse("\(to) is not the replica of '\(name)'") }
+            guard live(to) else { throw refuse("the target \(to) is not a live member") }
             (r.primary, r.replica) = (to, r.primary)
             r.epoch += 1
             r.leaseUntil = 0
+            r.migration = nil
+            r.migrationOutcome = VMMigration.clipped("switched to \(to) at epoch \(r.epoch) (spore time \(spore.now), \(max(0, spore.now - m.since)) s after the request)", VMMigration.maxOutcome)
+            vms[name] = r
+            return [.vm(name: name, r)]
+
+        case let .requestMigration(name, to, epoch):
+            var r = try record(name, at: epoch)
+            if let m = r.migration { throw refuse("'\(name)' is already migrating to \(m.to)") }
+            if to == r.primary { throw refuse("'\(name)' already runs on \(to)") }
+            guard spore.members[to]?.status == .alive else { throw refuse("the target \(to) is not an alive member") }
+            guard spore.members[r.primary]?.status == .alive else { throw refuse("the primary \(r.primary) of '\(name)' is not alive: it cannot hand over") }
+            // The target holds the replica during the migration: the old replica's copy is dropped.
+            r.replica = to
+            r.migration = VMMigration(to: to, since: spore.now)
+            r.migrationOutcome = ""
+            vms[name] = r
+            return [.vm(name: name, r)]
+
+        case let .abortMigration(name, epoch, reason):
+            var r = try record(name, at: epoch)
+            guard r.migration != nil else { throw refuse("no planned migration of '\(name)' is pending") }
+            if let author, author != r.primary { throw refuse("only the primary of '\(name)' or the leader aborts its migration") }
+            r.migration = nil
+            r.migrationOutcome = VMMigration.clipped("aborted: " + reason, VMMigration.maxOutcome)
             vms[name] = r
             return [.vm(name: name, r)]
 
         case let .delete(name):
+            if author != nil { throw refuse("a VM is deleted through the leader") }
             guard vms.removeValue(forKey: name) != nil else { throw refuse("no VM named '\(name)'") }
             return [.vm(name: name, nil)]
         }
@@ -217,9 +301,9 @@ public struct VMTable: Sendable, Equatable {
 
     /// The spore applied a lease renewal: a VM's primary renewed its ownership lease.
     mutating func noteLease(_ leaseName: String, spore: PrimarySpore) {
-        guard leaseName.hasPrefix("vm/"), let l = spore.leases[leaseName] else { return }
-        let name = String(leaseName.dropFirst(3))
-        guard var r = vms[name], r.primary == l.holder else { return }
+        guard leaseName.hasPrefix("vm/"), let l = spore.leases[leaseName], let at = leaseName.lastIndex(of: "@") else { return }
+        let name = String(leaseName[leaseName.index(leaseName.startIndex, offsetBy: 3)..<at])
+        guard var r = vms[name], r.primary == l.holder, Self.lease(for: r) == leaseName else { return }
         r.leaseUntil = max(r.leaseUntil, l.expiresAt)
         vms[name] = r
     }
@@ -265,11 +349,14 @@ public struct VMTable: Sendable, Equatable {
         for r in vms.values.sorted(by: { $0.name < $1.name }) {
             r.spec.encode(into: &w); w.raw(r.primary.bytes); w.u64(r.epoch); w.i64(r.leaseUntil)
             if let replica = r.replica { w.bool(true); w.raw(replica.bytes) } else { w.bool(false) }
+            if let m = r.migration { w.bool(true); w.raw(m.to.bytes); w.i64(m.since) } else { w.bool(false) }
+            w.string(r.migrationOutcome)
         }
         return w.bytes
     }
 
-    public init(decoding bytes: [UInt8]) throws(DecodeError) {
+    /// `version` 2 (snapshot format 2) has no migration fields; 3 has them.
+    public init(decoding bytes: [UInt8], version: UInt16 = 3) throws(DecodeError) {
         do {
             var r = ByteReader(bytes)
             let n = Int(try r.u32())
@@ -279,7 +366,13 @@ public struct VMTable: Sendable, Equatable {
                 let primary = try MyceliumIdentity.NodeID(bytes: r.raw(16))
                 let epoch = try r.u64(), leaseUntil = try r.i64()
                 let replica = try r.bool("replica") ? try MyceliumIdentity.NodeID(bytes: r.raw(16)) : nil
-                if vms.updateValue(VMRecord(spec: spec, primary: primary, replica: replica, epoch: epoch, leaseUntil: leaseUntil),
+                var migration: VMMigration?, outcome = ""
+                if version >= 3 {
+                    if try r.bool("migration") { migration = VMMigration(to: try MyceliumIdentity.NodeID(bytes: r.raw(16)), since: try r.i64()) }
+                    outcome = try r.string("migration outcome", limit: VMMigration.maxOutcome)
+                }
+                if vms.updateValue(VMRecord(spec: spec, primary: primary, replica: replica, epoch: epoch, leaseUntil: leaseUntil,
+                                            migration: migration, migrationOutcome: outcome),
                                    forKey: spec.name) != nil {
                     throw DecodeError(.invalid(field: "vm", reason: "'\(spec.name)' listed twice"), at: r.offset)
                 }

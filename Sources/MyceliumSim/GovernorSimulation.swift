@@ -55,6 +55,11 @@ public struct GovernorSimulationOptions: Sendable {
     public var revoke: Bool?
     /// The VM controller's lease and fencing settings (tests break them to see the check fire).
     public var vm = VMSettings()
+    /// The operator asks for planned migrations of the VM during the fault phase.
+    public var migrations = true
+    /// The simulated driver pauses the guest before it reports it ready to switch (false: a broken
+    /// driver that leaves it running, which the two-copies check must catch).
+    public var handOverPauses = true
 
     public init(seed: UInt64, nodeCount: Int? = nil, liars: Int? = nil, trace: Bool = false) {
         self.seed = seed; self.nodeCount = nodeCount; self.liars = liars; self.trace = trace
@@ -88,6 +93,9 @@ public struct GovernorSimulationResult: Sendable {
     public var vmRunsOn: Int?
     /// Steps at which a live node ran the VM (the rest it was down: fenced, failing over or restarting).
     public var vmRunningSteps = 0
+    /// Planned migrations the operator asked for, and how many switched (the rest aborted).
+    public var migrationsRequested = 0
+    public var migrationsSwitched = 0
     public var messages = 0
     public var steps = 0
     public var trace: [String] = []
@@ -99,7 +107,7 @@ public struct GovernorSimulationResult: Sendable {
         return "seed \(seed) nodes=\(nodeCount) liars=\(liars) \(status) | formed=\(formedAt.map { "\($0)ms" } ?? "never") "
             + "killed=\(killed.map { "n\($0)" } ?? "none") recorded=\(killedRecordedAt.map { "\($0)ms" } ?? "-") "
             + "rounds=\(roundsDecided)/\(roundsOpened) failures=\(failuresRecorded) leaders=\(leadersElected) "
-            + "certs=\(certificatesIssued) links=\(linksAdded) expired-unavailable=\(expiredUnavailable) revoked=\(revoked.map { "n\($0)" } ?? "none") vm=epoch \(vmEpoch) on \(vmRunsOn.map { "n\($0)" } ?? "none") up \(steps > 0 ? vmRunningSteps * 100 / steps : 0)% msgs=\(messages) | \(scenario)"
+            + "certs=\(certificatesIssued) links=\(linksAdded) expired-unavailable=\(expiredUnavailable) revoked=\(revoked.map { "n\($0)" } ?? "none") vm=epoch \(vmEpoch) on \(vmRunsOn.map { "n\($0)" } ?? "none") up \(steps > 0 ? vmRunningSteps * 100 / steps : 0)% migrations=\(migrationsSwitched)/\(migrationsRequested) msgs=\(messages) | \(scenario)"
     }
 }
 
@@ -163,6 +171,10 @@ public struct GovernorSimulation {
     var restartAt: [Int: SimTime] = [:]
     /// Where the VM ran, to report it.
     var vmCreated = false
+    /// What simulated VM drivers will report, when (a hand-over pauses the guest after a converge).
+    var driverReports: [(at: SimTime, node: Int, report: VMDriverReport)] = []
+    var nextMigrationAt: SimTime = .max
+    var migrationTargets = 0
     var revokeAt: SimTime?
     var revokedSince: SimTime?
     /// Steps at which no leader had a live, reachable majority of its voters (nothing can be renewed
@@ -224,6 +236,7 @@ public struct GovernorSimulation {
         guard formed else { return fail("the network did not form within \(formDeadline) ms") }
         result.formedAt = now
         createVM()
+        if options.migrations { nextMigrationAt = now + 2000 }
 
         // Faults: restarts, partitions, message loss, and one node killed for good.
         let faultEnd = now + options.faultSeconds * 1000
@@ -253,6 +266,10 @@ public struct GovernorSimulation {
                 if result.revoked == nil { scenario.append("revoke n\(r) at \(now)ms") }
                 result.revoked = r
                 revokeAt = now + 2000
+            }
+            if now >= nextMigrationAt {
+                requestMigration()
+                nextMigrationAt = now + 4000 + SimTime(result.migrationsRequested % 3) * 1500
             }
             if now >= nextFault {
                 scenario.append(injectFault())
@@ -390,6 +407,7 @@ public struct GovernorSimulation {
         nodes[i].membership = nil
         nodes[i].vmc = nil
         nodes[i].running = []  // the guest dies with its host
+        driverReports.removeAll { $0.node == i }
         network.dropAll(to: nodes[i].raftID)
         lastUnreachable[i] = now
         trace("n\(i) crashed\(forGood ? " for good" : "")")
@@ -441,6 +459,14 @@ public struct GovernorSimulation {
         let ctx = context(i)
         carryControllers(i, nodes[i].pods.tick(context: ctx))
         if nodes[i].up { carryVM(i, nodes[i].vmc!.tick(context: ctx)) }
+        for d in driverReports where d.node == i && d.at <= now {
+            guard nodes[i].up else { break }
+            if case .readyToSwitch(let name, _) = d.report, options.handOverPauses {
+                nodes[i].running.remove(name); trace("n\(i): paused VM \(name) for the switch")
+            }
+            carryVM(i, nodes[i].vmc!.reported(d.report, context: context(i)))
+        }
+        driverReports.removeAll { $0.node == i && $0.at <= now }
         if nodes[i].up { carryMembership(i, nodes[i].membership!.tick(context: ctx)) }
         let g = nodes[i].governor!
         if g.ticks % (10 * Self.ticksPerSecond) == 0, nodes[i].control.spore.members[nodes[i].certificate.nodeID] != nil {
@@ -535,8 +561,25 @@ public struct GovernorSimulation {
             guard nodes[i].up else { return }
             switch e {
             case .act(.run(let r)): nodes[i].running.insert(r.name); trace("n\(i): runs VM \(r.name) at epoch \(r.epoch)")
-            case .act(.fence(let name, let why)): nodes[i].running.remove(name); trace("n\(i): fences VM \(name): \(why)")
-            case .act(.destroy(let name, let why)): nodes[i].running.remove(name); trace("n\(i): destroys VM \(name): \(why)")
+            case .act(.fence(let name, let why)):
+                nodes[i].running.remove(name); trace("n\(i): fences VM \(name): \(why)")
+                driverReports.removeAll { $0.node == i }
+            case .act(.destroy(let name, let why)):
+                nodes[i].running.remove(name); trace("n\(i): destroys VM \(name): \(why)")
+                driverReports.removeAll { $0.node == i }
+            case .act(.handOver(let r)):
+                // The driver converges while the guest runs, then pauses it and reports; one hand-over
+                // in four fails before the pause instead (the guest runs on).
+                migrationTargets += 1
+                let report: VMDriverReport = migrationTargets % 4 == 0
+                    ? .handOverFailed(name: r.name, epoch: r.epoch, reason: "simulated converge failure")
+                    : .readyToSwitch(name: r.name, epoch: r.epoch)
+                driverReports.append((now + 300 + SimTime(migrationTargets % 5) * 200, i, report))
+                trace("n\(i): hands VM \(r.name) over at epoch \(r.epoch)")
+            case .act(.handOverDecided(let name, let switched, let resume)):
+                driverReports.removeAll { $0.node == i }
+                if !switched && resume { nodes[i].running.insert(name) }
+                trace("n\(i): hand-over of VM \(name) decided: \(switched ? "switched" : resume ? "aborted, resumes" : "aborted, stays paused")")
             case .act(.hold), .act(.keepAlive): break
             default: carryControllers(i, [e])
             }
@@ -631,6 +674,7 @@ public struct GovernorSimulation {
         if i == leaderIndex {
             for case .spore(let sc) in changes {
                 if case let .setStatus(_, status) = sc.command, status == .failed { result.failuresRecorded += 1 }
+                if case .vmSwitch = sc.command { result.migrationsSwitched += 1 }
                 if case let .decideVote(seq, _) = sc.command, let round = nodes[i].control.spore.rounds[seq],
                    round.kind == .failure, round.decision == .yes { result.failuresRecorded += 1 }
             }
@@ -762,6 +806,22 @@ public struct GovernorSimulation {
         vmCreated = leaderIndex.map { nodes[$0].control.vms.vms[Self.vmName] != nil } ?? false
         if !vmCreated { fail("the VM could not be recorded") }
         trace("VM \(Self.vmName): primary n\(pair[0]), replica n\(pair[1])")
+    }
+
+    /// The operator asks for a planned migration of the VM to another alive node (taking turns);
+    /// no random draw, so the rest of the run's randomness is what it was without migrations.
+    mutating func requestMigration() {
+        guard vmCreated, let l = leaderIndex, let r = nodes[l].control.vms.vms[Self.vmName], r.migration == nil else { return }
+        let spore = nodes[l].control.spore
+        let alive = nodes.indices.filter { j in
+            let id = nodes[j].certificate.nodeID
+            return id != r.primary && spore.members[id]?.status == .alive && spore.revoked[id] == nil
+        }
+        guard !alive.isEmpty else { return }
+        let to = alive[result.migrationsRequested % alive.count]
+        result.migrationsRequested += 1
+        _ = try? nodes[l].raft!.propose(ControlEntry.vm(.requestMigration(name: Self.vmName, to: nodes[to].certificate.nodeID, epoch: r.epoch)).encoded())
+        trace("operator: migrate VM \(Self.vmName) to n\(to) (epoch \(r.epoch))")
     }
 
     /// Why the VM is not where it should be once settled, or nil: it runs on its recorded primary and

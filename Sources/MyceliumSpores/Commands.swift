@@ -40,6 +40,11 @@ public enum SporeCommand: Sendable, Equatable {
     case signLink(generation: UInt64, QuorumSignature)
     /// The network refuses `node` from now on (an operator's decision).
     case revoke(node: NodeID, reason: String)
+    /// A VM's primary hands it over to `to` (a planned migration): it has paused the guest at an
+    /// epoch `to` committed. The spore only checks the signature; the VM table decides (MyceliumControl).
+    case vmSwitch(name: String, to: NodeID, epoch: UInt64)
+    /// A VM's primary gives up its pending planned migration (its guest keeps running there).
+    case vmAbortMigration(name: String, epoch: UInt64, reason: String)
 
     /// Large enough for a decision certificate or evidence of a few hundred voters.
     static let maxEncoded = 96 * 1024
@@ -54,6 +59,8 @@ public enum SporeCommand: Sendable, Equatable {
         case let .setStatus(node, status): w.u8(4); w.raw(node.bytes); w.u8(status.rawValue)
         case .setSclerotia(let ids): w.u8(5); w.u16(UInt16(ids.count)); for i in ids { w.raw(i.bytes) }
         case .handoff: w.u8(6)
+        case let .vmSwitch(name, to, epoch): w.u8(22); w.string(name); w.raw(to.bytes); w.u64(epoch)
+        case let .vmAbortMigration(name, epoch, reason): w.u8(23); w.string(name); w.u64(epoch); w.string(reason)
         case let .acquireLease(name, ttl): w.u8(7); w.string(name); w.u32(ttl)
         case let .releaseLease(name): w.u8(8); w.string(name)
         case let .setSetting(k, v): w.u8(9); w.string(k); w.string(v)
@@ -113,6 +120,8 @@ public enum SporeCommand: Sendable, Equatable {
                 // Tag 2 carries capabilities without features: one encoding per value.
                 guard !cap.features.isEmpty else { throw DecodeError(.invalid(field: "features", reason: "empty under tag 21"), at: 15) }
                 self = .refresh(cap)
+            case 22: self = .vmSwitch(name: try r.string("vm name", limit: 63), to: try NodeID(bytes: r.raw(16)), epoch: try r.u64())
+            case 23: self = .vmAbortMigration(name: try r.string("vm name", limit: 63), epoch: try r.u64(), reason: try r.string("reason", limit: 200))
             case 20: self = .renewLease(name: try r.string("lease", limit: 255), ttlSeconds: try r.u32(), run: try r.u64())
             default: throw DecodeError(.invalid(field: "command", reason: "unknown tag \(tag)"), at: 0)
             }

@@ -324,6 +324,11 @@ public struct PrimarySpore: Sendable, Equatable {
         case .tick:
             break  // advances `now` only; expiry happens after every command
 
+        case let .vmSwitch(name, _, _), let .vmAbortMigration(name, _, _):
+            // The VM table (MyceliumControl) checks and applies these; here only the author's
+            // signature and membership count.
+            guard name.utf8.count <= 63 else { throw SporeError(.beyondLimits("vm name: 63")) }
+
         case .openVote, .decideVote, .voteEvidence, .closeVote:
             try performVote(c, author: author)
 

@@ -14,6 +14,17 @@
 //    resumes it).
 // The driver (libvirt + the replication engine) carries out the actions; nothing here touches them.
 //
+// Planned migration (VMs.swift has the table's side). When the record names a pending migration to
+// the replica and this node runs the guest with a valid lease, it asks its driver to hand the guest
+// over (`handOver`): converge while the guest runs, pause it at an epoch the target committed, then
+// report `readyToSwitch` and wait, paused. The controller then submits the switch, signed by this
+// node (`SporeCommand.vmSwitch`). If the switch applies, the target renews a lease of its own (at
+// once: a new primary does not wait for the next renewal round) and takes over as in a failover; this
+// node becomes the replica and its paused copy is dropped (`handOverDecided(switched: true)`, then
+// `hold`). If an abort applies first (the leader's deadline, or the driver's failure), the guest
+// resumes here (`handOverDecided(switched: false, resume:)`, only while the lease is valid). Which of
+// the two entries Raft orders first decides; no copy runs before its entry applied.
+//
 // A restarted primary re-applies its own old renewals from the Raft log. Taken for fresh ones, they
 // would let it run, for a moment, a copy the network already failed over (found by the simulation).
 // So every renewal carries a nonce from this run (`renewLease`: a token the node draws at each start
@@ -49,6 +60,22 @@ public enum VMAction: Sendable, Equatable {
     case fence(name: String, reason: String)
     /// Destroy this node's copy (stale epoch, or the VM moved or was deleted).
     case destroy(name: String, reason: String)
+    /// Hand the guest over to the record's migration target (its replica): converge while it runs,
+    /// pause it at an epoch the target committed, report `readyToSwitch`, and wait for the decision.
+    case handOver(VMRecord)
+    /// The planned switch applied (`switched`: the guest stays paused here, the target runs it), or
+    /// the migration was aborted: the guest resumes here if `resume` (the lease allows it), else it
+    /// stays paused until a later `run`.
+    case handOverDecided(name: String, switched: Bool, resume: Bool)
+}
+
+/// What the VM driver tells its controller.
+public enum VMDriverReport: Sendable, Equatable {
+    /// The guest is paused at ownership epoch `epoch` and the target committed its last state: the
+    /// switch may be made.
+    case readyToSwitch(name: String, epoch: UInt64)
+    /// The hand-over failed before the guest was paused for good (the guest runs on here).
+    case handOverFailed(name: String, epoch: UInt64, reason: String)
 }
 
 public struct VMSettings: Sendable, Equatable {
@@ -58,21 +85,24 @@ public struct VMSettings: Sendable, Equatable {
     public var renewEverySeconds: UInt64 = 1
     /// The primary pauses its guest this long before its lease ends, by its own estimate.
     public var fenceMarginSeconds: Int64 = 1
+    /// The leader aborts a planned migration that has not switched after this long (spore seconds).
+    public var migrationTimeoutSeconds: Int64 = 60
     public init() {}
 }
 
 public struct VMController: Controller {
+    public typealias Report = VMDriverReport
     public var name: String { "vm" }
     public let settings: VMSettings
     /// This run's token; renewals carry `run + n`. A renewal whose nonce this run did not send is an
     /// old run's (or someone's replay).
     public let run: UInt64
     var renewalsSent = 0
-    /// Renewals sent and not yet applied: nonce → the tick it was sent at.
-    var pendingRenewals: [UInt64: UInt64] = [:]
+    /// Renewals sent and not yet applied: nonce → the tick it was sent at and the lease.
+    var pendingRenewals: [UInt64: (tick: UInt64, lease: String)] = [:]
     /// What this node was last asked to do per VM (the driver's view), with the epoch.
     public private(set) var local: [String: (role: Role, epoch: UInt64, replica: MyceliumIdentity.NodeID?)] = [:]
-    public enum Role: Sendable, Equatable { case primary, fenced, replica }
+    public enum Role: Sendable, Equatable { case primary, fenced, replica, handingOver }
     var lastRenewal: UInt64?
     /// Per lease, the last tick (of this run) before which it is certainly ours: the latest applied
     /// renewal this run sent, from its send tick plus its length minus the fence margin. A node trusts
@@ -82,6 +112,10 @@ public struct VMController: Controller {
     /// The trusted-until tick last told to the driver per VM (a keepAlive per renewal, not per tick).
     var toldUntil: [String: UInt64] = [:]
     var proposedAt: [String: UInt64] = [:]
+    /// Planned migrations this node tried to hand over (name, epoch, request time): one attempt each.
+    var handOversTried: Set<String> = []
+    /// VMs paused here for a switch: the tick the switch was last submitted (resent until decided).
+    var switchSentAt: [String: UInt64] = [:]
     var sporeTimeSeen: (time: Int64, tick: UInt64) = (0, 0)
 
     /// `run` must differ between starts of the same node (the agent draws it at random at each start).
@@ -95,7 +129,7 @@ public struct VMController: Controller {
         case .vm, .restored: return reconcileLocal(context)
         case .spore(let s):
             if case .renewLease(let lease, let ttl, let nonce) = s.command {
-                if s.author == context.node, let sent = pendingRenewals.removeValue(forKey: nonce),
+                if s.author == context.node, let (sent, forLease) = pendingRenewals.removeValue(forKey: nonce), forLease == lease,
                    context.state.spore.leases[lease]?.holder == context.node {
                     let left = Int64(ttl) - settings.fenceMarginSeconds
                     let until = left > 0 ? sent + UInt64(left) * max(1, context.ticksPerSecond) : 0
@@ -117,16 +151,51 @@ public struct VMController: Controller {
             lastRenewal = context.tick
             // Renewals older than a lease can no longer make one valid; forget them (lost submissions).
             let horizon = UInt64(settings.leaseSeconds) * tps
-            pendingRenewals = pendingRenewals.filter { context.tick < $0.value + horizon }
+            pendingRenewals = pendingRenewals.filter { context.tick < $0.value.tick + horizon }
             for r in context.state.vms.vms.values.sorted(by: { $0.name < $1.name }) where r.primary == context.node {
-                renewalsSent += 1
-                let nonce = run &+ UInt64(renewalsSent)
-                pendingRenewals[nonce] = context.tick
-                out.append(.submit(.renewLease(name: VMTable.lease(for: r.name), ttlSeconds: settings.leaseSeconds, run: nonce)))
+                // Not twice in one tick (reconcileLocal renews a new primary's lease at once).
+                let lease = VMTable.lease(for: r)
+                if pendingRenewals.values.contains(where: { $0.lease == lease && $0.tick == context.tick }) { continue }
+                out.append(renew(r, context))
             }
+        }
+        // A switch not applied yet is sent again (a lost submission; a duplicate is refused by the table).
+        for (name, at) in switchSentAt.sorted(by: { $0.key < $1.key }) where context.tick >= at + 2 * tps {
+            guard let r = context.state.vms.vms[name], r.primary == context.node, let m = r.migration,
+                  local[name]?.role == .handingOver, local[name]?.epoch == r.epoch else { switchSentAt[name] = nil; continue }
+            switchSentAt[name] = context.tick
+            out.append(.submit(.vmSwitch(name: name, to: m.to, epoch: r.epoch)))
         }
         if context.isLeader && context.tick % tps == 0 { out += leaderDuties(context) }
         return out
+    }
+
+    /// A renewal of `r`'s lease, with a nonce of this run.
+    mutating func renew(_ r: VMRecord, _ context: ControllerContext) -> ControllerEffect<VMAction> {
+        renewalsSent += 1
+        let nonce = run &+ UInt64(renewalsSent)
+        let lease = VMTable.lease(for: r)
+        pendingRenewals[nonce] = (context.tick, lease)
+        return .submit(.renewLease(name: lease, ttlSeconds: settings.leaseSeconds, run: nonce))
+    }
+
+    public mutating func reported(_ report: VMDriverReport, context: ControllerContext) -> [ControllerEffect<VMAction>] {
+        switch report {
+        case let .readyToSwitch(name, epoch):
+            // Aborted, fenced or moved meanwhile: the decision was made without this report.
+            guard let r = context.state.vms.vms[name], r.primary == context.node, r.epoch == epoch, let m = r.migration,
+                  local[name]?.role == .handingOver, local[name]?.epoch == epoch else { return [] }
+            switchSentAt[name] = context.tick
+            return [.submit(.vmSwitch(name: name, to: m.to, epoch: epoch)),
+                    .note("VM \(name) paused here at a state \(m.to) committed; switching it over (epoch \(epoch) → \(epoch + 1))")]
+        case let .handOverFailed(name, epoch, reason):
+            guard let r = context.state.vms.vms[name], r.primary == context.node, r.epoch == epoch,
+                  local[name]?.role == .handingOver, local[name]?.epoch == epoch else { return [] }
+            local[name] = (.primary, r.epoch, r.replica)
+            var out: [ControllerEffect<VMAction>] = [.note("planned migration of VM \(name) failed here: \(reason); it runs on here")]
+            if r.migration != nil { out.insert(.submit(.vmAbortMigration(name: name, epoch: epoch, reason: reason)), at: 0) }
+            return out
+        }
     }
 
     func hasPrimary(_ context: ControllerContext) -> Bool {
@@ -142,8 +211,8 @@ public struct VMController: Controller {
 
     /// Whether this node's lease on `name` is certainly valid now: the spore names it the holder and a
     /// renewal this run sent, applied, still has more than the fence margin left by this node's ticks.
-    func holdsLease(_ name: String, _ context: ControllerContext) -> Bool {
-        let lease = VMTable.lease(for: name)
+    func holdsLease(_ r: VMRecord, _ context: ControllerContext) -> Bool {
+        let lease = VMTable.lease(for: r)
         guard context.state.spore.leases[lease]?.holder == context.node, let until = leaseTrusted[lease] else { return false }
         return context.tick < until
     }
@@ -158,19 +227,53 @@ public struct VMController: Controller {
                 local[name] = nil
                 continue
             }
-            if r.epoch > mine.epoch && r.primary != context.node && r.replica != context.node {
-                out.append(.act(.destroy(name: name, reason: "ownership moved to \(r.primary) at epoch \(r.epoch); this copy (epoch \(mine.epoch)) is stale")))
+            if r.primary != context.node && r.replica != context.node {
+                let why = r.epoch > mine.epoch
+                    ? "ownership moved to \(r.primary) at epoch \(r.epoch); this copy (epoch \(mine.epoch)) is stale"
+                    : "this node no longer holds it (its replica is \(r.replica.map { "\($0)" } ?? "none"))"
+                out.append(.act(.destroy(name: name, reason: why)))
                 local[name] = nil
+                switchSentAt[name] = nil
             }
         }
         for r in table.values.sorted(by: { $0.name < $1.name }) {
             if r.primary == context.node {
-                let valid = holdsLease(r.name, context)
+                let lease = VMTable.lease(for: r)
+                let valid = holdsLease(r, context)
                 let current = local[r.name]
-                if valid, let until = leaseTrusted[VMTable.lease(for: r.name)], toldUntil[r.name] != until {
+                // A new primary (after a switch or a failover) renews at once, not at the next round.
+                if leaseTrusted[lease] == nil && !pendingRenewals.values.contains(where: { $0.lease == lease }) {
+                    out.append(renew(r, context))
+                }
+                if valid, let until = leaseTrusted[lease], toldUntil[r.name] != until {
                     toldUntil[r.name] = until
                     let left = Double(until - context.tick) / Double(max(1, context.ticksPerSecond))
                     out.append(.act(.keepAlive(name: r.name, seconds: left)))
+                }
+                let attempt = "\(r.name)@\(r.epoch)/\(r.migration.map { "\($0.to)@\($0.since)" } ?? "")"
+                if current?.role == .handingOver && current?.epoch == r.epoch {
+                    if !valid {
+                        // Converging (the guest runs) or paused for the switch: either way it must
+                        // not run past the lease. The switch may still apply; the copy stays paused.
+                        local[r.name] = (.fenced, r.epoch, r.replica)
+                        switchSentAt[r.name] = nil
+                        out.append(.act(.fence(name: r.name, reason: "its ownership lease cannot be proven valid during a hand-over")))
+                        out.append(.note("fenced VM \(r.name) during its hand-over: lease not renewed"))
+                    } else if r.migration == nil {
+                        local[r.name] = (.primary, r.epoch, r.replica)
+                        switchSentAt[r.name] = nil
+                        out.append(.act(.handOverDecided(name: r.name, switched: false, resume: true)))
+                        out.append(.note("VM \(r.name) stays here: \(r.migrationOutcome.isEmpty ? "its migration was aborted" : r.migrationOutcome)"))
+                    }
+                    continue
+                }
+                if valid, let m = r.migration, m.to == r.replica, current?.role == .primary, current?.epoch == r.epoch,
+                   current?.replica == r.replica, !handOversTried.contains(attempt) {
+                    handOversTried.insert(attempt)
+                    local[r.name] = (.handingOver, r.epoch, r.replica)
+                    out.append(.act(.handOver(r)))
+                    out.append(.note("handing VM \(r.name) over to \(m.to) (planned migration)"))
+                    continue
                 }
                 // Run again when the replica changed too: the driver then replicates to the new one.
                 if valid && (current?.role != .primary || current?.epoch != r.epoch || current?.replica != r.replica) {
@@ -184,7 +287,12 @@ public struct VMController: Controller {
                 }
             } else if r.replica == context.node {
                 if local[r.name]?.role != .replica || local[r.name]?.epoch != r.epoch {
-                    if local[r.name]?.role == .primary || local[r.name]?.role == .fenced {
+                    if local[r.name]?.role == .handingOver {
+                        // The switch applied: the target runs the guest now; this copy stays paused.
+                        switchSentAt[r.name] = nil
+                        out.append(.act(.handOverDecided(name: r.name, switched: true, resume: false)))
+                        out.append(.note("VM \(r.name) switched to \(r.primary) (epoch \(r.epoch)); this node holds its replica now"))
+                    } else if local[r.name]?.role == .primary || local[r.name]?.role == .fenced {
                         out.append(.act(.fence(name: r.name, reason: "this node is the replica now (epoch \(r.epoch))")))
                     }
                     local[r.name] = (.replica, r.epoch, r.replica)
@@ -209,6 +317,19 @@ public struct VMController: Controller {
             return false
         }
         for r in table.vms.values.sorted(by: { $0.name < $1.name }) {
+            if let m = r.migration, !gone(r.primary) {
+                var why: String?
+                if spore.members[m.to]?.status != .alive || spore.revoked[m.to] != nil {
+                    why = "the target \(m.to) is not alive"
+                } else if estimatedNow(context) - m.since >= settings.migrationTimeoutSeconds {
+                    why = "not switched within \(settings.migrationTimeoutSeconds) s"
+                }
+                if let why, !recently("abort \(r.name) \(r.epoch)") {
+                    out.append(.propose(.vm(.abortMigration(name: r.name, epoch: r.epoch, reason: why))))
+                    out.append(.note("aborting the planned migration of VM \(r.name) to \(m.to): \(why)"))
+                }
+                if why != nil { continue }
+            }
             if gone(r.primary) {
                 guard let replica = r.replica, !gone(replica) else {
                     if !recently("down \(r.name) \(r.epoch)", seconds: 30) { out.append(.note("VM \(r.name) lost its primary \(r.primary) and has no live replica: it is down until the primary returns")) }

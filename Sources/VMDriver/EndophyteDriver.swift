@@ -15,6 +15,11 @@
 // then be the primary of the VM it attaches to.
 //  - fence: stop replicating (its epochs would resume the guest) and pause the guest.
 //  - destroy: stop everything, remove the domain and the image.
+//  - handOver (planned migration): the replication thread, once protected, runs the Endophyte
+//    migration (converge while the guest runs, blackout: pause, last pages and device state,
+//    commit on the target), then reports `readyToSwitch` to the controller and waits, paused, for
+//    `handOverDecided`: switched (the guest stays paused; `hold` then drops it) or aborted (it
+//    resumes, if the lease allows, and replication goes on over the same connection).
 //
 // Blocking work (libvirt, QEMU, the replication loop) runs on its own threads; `perform` returns
 // when the action has taken effect locally.
@@ -61,6 +66,7 @@ public struct ReplicationPeer: Sendable, Equatable {
 /// A transition of a VM on this node, for events and metrics (`mycelium_vm_transitions_total{kind}`).
 public enum VMTransition: String, Sendable, CaseIterable {
     case started, adopted, resumed, replicating, protected, unprotected, tookOver = "took_over", fenced, holding, destroyed
+    case migrated, rolledBack = "rolled_back"
     /// Not a transition: a line worth an operator's attention (a refused connection, a fallback).
     case notice
 }
@@ -83,6 +89,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     // its replication or serving thread), are guarded by `lock`; the rest of a VM's objects is touched
     // only by the action running on it (actions run one at a time, in order).
     public typealias Action = VMAction
+    public typealias Report = VMDriverReport
 
     public let settings: EndophyteDriverSettings
     let host: VMHost
@@ -97,6 +104,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     var closed = false
     /// Per VM run here as primary: the monotonic ms until which its lease lets it run (the watchdog's).
     var deadlines: [String: UInt64] = [:]
+    var reportSink: (@Sendable (VMDriverReport) -> Void)?
 
     final class Primary: @unchecked Sendable {
         var record: VMRecord
@@ -108,10 +116,16 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         var thread: Thread?
         var stopping = false
         var fenced = false
+        /// A hand-over asked for and not yet taken up by the replication thread.
+        var handOver: VMRecord?
+        /// The controller's decision on the hand-over in progress (nil: none yet).
+        var decision: HandOverDecision?
         init(record: VMRecord, domain: EndophyteDomain, region: MappedRegion, tracking: GuestRAMTracking) {
             self.record = record; self.domain = domain; self.region = region; self.tracking = tracking
         }
     }
+
+    enum HandOverDecision: Equatable { case switched, aborted(resume: Bool) }
 
     final class Replica: @unchecked Sendable {
         var record: VMRecord
@@ -174,6 +188,14 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         }
     }
 
+    public func reportTo(_ sink: @escaping @Sendable (VMDriverReport) -> Void) {
+        lock.withLock { reportSink = sink }
+    }
+
+    func tellController(_ r: VMDriverReport) {
+        lock.withLock { reportSink }?(r)
+    }
+
     public func perform(_ action: VMAction) async throws {
         switch action {
         case .run(let r): try run(r)
@@ -181,6 +203,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         case .hold(let r): try hold(r)
         case let .fence(name, reason): fence(name, reason: reason)
         case let .destroy(name, reason): try destroy(name, reason: reason)
+        case .handOver(let r): handOver(r)
+        case let .handOverDecided(name, switched, resume): handOverDecided(name, switched ? .switched : .aborted(resume: resume))
         }
     }
 
@@ -206,7 +230,11 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     func run(_ r: VMRecord) throws {
         if let p = lock.withLock({ primaries[r.name] }) {
-            if p.fenced {
+            let wasFenced = lock.withLock { p.fenced }
+            if wasFenced {
+                // Its replication thread has stopped (fenced, or paused for a hand-over that did
+                // not switch): the guest resumes and replication starts again.
+                stopReplication(p)
                 try p.domain.resume()
                 lock.withLock { p.fenced = false }
                 report(.resumed, "VM \(r.name): lease renewed, guest resumed (epoch \(r.epoch))")
@@ -321,7 +349,18 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 try source.connect(t)
                 report(.protected, "VM \(name): protected (replica \(replica) holds a full image)")
                 lastError = ""
-                try source.run()
+                while !lock.withLock({ p.stopping || closed }) {
+                    if let h = lock.withLock({ () -> VMRecord? in
+                        defer { p.handOver = nil; p.decision = nil }
+                        return p.handOver
+                    }) {
+                        // The guest stays paused after a switch, or after an abort it may not resume
+                        // from: this thread ends; a later `run` resumes it (and replicates anew).
+                        if !handOver(p, source, h) { return }
+                        continue
+                    }
+                    try source.checkpoint()
+                }
             } catch {
                 let text = "\(error)"
                 if text != lastError { report(.unprotected, "VM \(name): not protected: \(text); retrying") }
@@ -329,6 +368,84 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             }
             lock.withLock { p.transport }?.close()
             for _ in 0..<10 where !lock.withLock({ p.stopping || closed }) { usleep(100_000) }
+        }
+    }
+
+    // MARK: planned migration
+
+    func handOver(_ r: VMRecord) {
+        guard let p = lock.withLock({ primaries[r.name] }), let target = r.migration?.to else { return }
+        let problem = lock.withLock { () -> String? in
+            if p.record.epoch != r.epoch { return "this node runs it at epoch \(p.record.epoch), not \(r.epoch)" }
+            if p.record.replica != target || p.thread == nil { return "it is not replicating to the target \(target)" }
+            if p.fenced { return "the guest is fenced here" }
+            p.handOver = r
+            return nil
+        }
+        if let problem {
+            report(.notice, "VM \(r.name): cannot hand over: \(problem)")
+            tellController(.handOverFailed(name: r.name, epoch: r.epoch, reason: problem))
+            return
+        }
+        report(.notice, "VM \(r.name): handing over to \(target) once its replica is protected")
+    }
+
+    func handOverDecided(_ name: String, _ d: HandOverDecision) {
+        guard let p = lock.withLock({ primaries[name] }) else { return }
+        lock.withLock {
+            // Not taken up yet: an abort just forgets it (the guest never paused).
+            if p.handOver != nil { p.handOver = nil } else { p.decision = d }
+        }
+    }
+
+    /// Runs the hand-over on the replication thread. True: the guest runs here (rolled back), keep
+    /// replicating. False: it stays paused (switched, or not allowed to resume); the thread ends.
+    func handOver(_ p: Primary, _ source: ReplicationSource, _ r: VMRecord) -> Bool {
+        let name = r.name, epoch = r.epoch, target = r.migration?.to.description ?? "?"
+        let stop: @Sendable () -> Bool = { [lock] in lock.withLock { p.stopping || self.closed } }
+        let hooks = MigrationHooks(
+            recordOwner: { [self] in
+                // Paused at an epoch the target committed (its ack came back): the switch may be made.
+                report(.notice, "VM \(name): paused for the switch to \(target) at replication epoch \(source.status.committedEpoch); waiting for it to apply")
+                tellController(.readyToSwitch(name: name, epoch: epoch))
+                while true {
+                    if stop() { throw VMDriverError("the hand-over was stopped (fenced or destroyed)") }
+                    switch lock.withLock({ p.decision }) {
+                    case .switched?: return
+                    case .aborted?: throw VMDriverError("the migration was aborted before the switch")
+                    case nil: usleep(500)
+                    }
+                }
+            },
+            mayResume: { [lock] in
+                if stop() { return false }
+                switch lock.withLock({ p.decision }) {
+                case .aborted(let resume)?: return resume
+                case .switched?: return false
+                case nil: return true  // failed before the pause was reported: nobody else runs it
+                }
+            })
+        do {
+            let m = try PlannedMigration.run(source: source, policy: MigrationPolicy(), hooks: hooks)
+            lock.withLock { p.fenced = true }
+            report(.migrated, "VM \(name): switched to \(target); paused here for good (blackout here \(Int(m.blackoutSeconds * 1000)) ms "
+                + "from the pause, \(m.convergeRounds + m.turboRounds) pre-copy rounds, \(m.bytesSent >> 20) MiB, total \(Int(m.totalSeconds * 1000)) ms)")
+            return false
+        } catch {
+            let decided = lock.withLock { p.decision }
+            if case .aborted(let resume)? = decided {
+                if !resume { lock.withLock { p.fenced = true } }
+                report(.rolledBack, "VM \(name): migration aborted; the guest \(resume ? "runs on here" : "stays paused until its lease is renewed")")
+                return resume
+            }
+            if stop() {
+                lock.withLock { p.fenced = true }
+                return false
+            }
+            // Failed before the pause was reported: the guest was resumed by the rollback.
+            report(.rolledBack, "VM \(name): hand-over to \(target) failed, the guest runs on here: \(error)")
+            tellController(.handOverFailed(name: name, epoch: epoch, reason: "\(error)"))
+            return true
         }
     }
 

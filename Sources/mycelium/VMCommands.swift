@@ -6,7 +6,7 @@ import MyceliumAPI
 struct VMCommandGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
-        abstract: "Create, list, show and delete endophyte VMs (RAM replicated to a second node).",
+        abstract: "Create, list, show, migrate and delete endophyte VMs (RAM replicated to a second node).",
         discussion: """
             A VM is recorded in the primary spore (Raft-committed): its spec, the node that runs it \
             (the primary), the node that holds its replicated RAM (the replica) and an ownership epoch, \
@@ -18,9 +18,11 @@ struct VMCommandGroup: AsyncParsableCommand {
               mycelium vm create web-1 --memory 256M --kernel /srv/vmlinuz --initrd /srv/initrd.gz
               mycelium vm list
               mycelium vm show web-1 -o json
+              mycelium vm migrate web-1              # to its replica (already in sync: fastest)
+              mycelium vm migrate web-1 --to NODE    # NODE becomes the replica first, then takes over
               mycelium vm delete web-1
             """,
-        subcommands: [Create.self, List.self, Show.self, Delete.self])
+        subcommands: [Create.self, List.self, Show.self, Migrate.self, Delete.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -96,6 +98,55 @@ struct VMCommandGroup: AsyncParsableCommand {
         }
     }
 
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a running VM to another node with a short pause (planned migration).",
+            discussion: """
+                The target (by default the VM's replica) holds the replica during the migration: if it \
+                is another node it becomes the replica and receives a full copy first. The primary then \
+                copies what the guest dirties while it runs, pauses it, sends the last pages and the \
+                device state, and signs the switch; the network records it (the ownership epoch moves \
+                on) and the target resumes the guest from exactly that state. The old primary becomes \
+                the replica. If anything fails before the switch is recorded, or it is not recorded \
+                within a minute, the migration is aborted and the guest keeps running where it was. \
+                The command waits for the outcome.
+                """)
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "The VM's name.") var name: String
+        @Option(help: "The node ID to move it to (default: its replica).") var to: String?
+        @Option(help: "Seconds to wait for the switch or the abort.") var wait: Double = 90
+
+        func run() async throws {
+            let client = agent.client
+            guard let before = try await client.vms().vms.first(where: { $0.name == name }) else {
+                throw ValidationError("no VM named '\(name)'; see 'mycelium vm list'")
+            }
+            var p: [(String, String)] = [("name", name)]
+            if let to { p.append(("to", to)) }
+            let answer = try await client.vm("migrate", p)
+            if out.output != .json { print(answer.result) }
+            let deadline = Date().addingTimeInterval(wait)
+            var seenPending = false
+            while Date() < deadline {
+                guard let vm = try await client.vms().vms.first(where: { $0.name == name }) else {
+                    throw ValidationError("VM '\(name)' was deleted during its migration")
+                }
+                if vm.epoch > before.epoch {
+                    if out.output == .json { return show(vm, out) }
+                    print(vm.lastMigration ?? "VM \(name) now runs on \(vm.primary) (epoch \(vm.epoch))")
+                    return
+                }
+                if vm.migration != nil { seenPending = true }
+                if vm.migration == nil && (seenPending || vm.lastMigration != before.lastMigration) {
+                    throw ValidationError("VM \(name) stays on \(vm.primary): \(vm.lastMigration ?? "the migration was aborted")")
+                }
+                try await Task.sleep(nanoseconds: 100_000_000)
+            }
+            throw ValidationError("VM \(name) did not switch within \(wait) s; 'mycelium vm show \(name)' tells whether it is still migrating")
+        }
+    }
+
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Delete a VM: its record leaves the spore and every node destroys its copy.")
@@ -127,5 +178,6 @@ private func show(_ v: VMInfo, _ out: OutputOptions) {
     }
     out.emit(["name": v.name, "memory": "\(v.memoryMiB) MiB", "vcpus": v.vcpus, "primary": v.primary, "replica": v.replica ?? "none",
               "protection": v.protection, "here": v.here ?? "-", "epoch": v.epoch, "lease": v.leaseLeftSeconds > 0 ? "\(v.leaseLeftSeconds) s left" : "not held",
+              "migration": v.migration ?? "-", "last migration": v.lastMigration ?? "-",
               "kernel": v.kernel.isEmpty ? "-" : v.kernel, "initrd": v.initrd.isEmpty ? "-" : v.initrd, "cmdline": v.cmdline])
 }

@@ -139,6 +139,12 @@ final class AgentCluster {
         processes[n] = nil
     }
 
+    /// Sends `sig` to n's agent (SIGSTOP freezes it: alive to the kernel, silent to the network).
+    func signal(_ n: String, _ sig: Int32) {
+        guard let p = processes[n] else { return }
+        kill(p.processIdentifier, sig)
+    }
+
     /// SIGTERM, and SIGKILL if the agent has not stopped within 10 s (then the test fails: a
     /// graceful stop must finish).
     func terminate(_ n: String, file: StaticString = #filePath, line: UInt = #line) {

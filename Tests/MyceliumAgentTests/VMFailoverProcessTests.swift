@@ -197,6 +197,75 @@ final class VMFailoverProcessTests: XCTestCase {
         XCTAssertEqual(aRuns, 0, "the copy on n1 never runs again")
     }
 
+    /// A planned migration of the busy guest to its replica (`mycelium vm migrate`, from a third
+    /// node): the record switches (epoch 2, the old primary now the replica), the guest continues on
+    /// the target from the exact state it was paused in, never running on both hosts, and is
+    /// protected again. Then a migration back whose target is cut off before the switch: aborted, and
+    /// the guest keeps running where it was.
+    func testAPlannedMigrationMovesTheBusyGuestAndAFailedOneLeavesItWhereItWas() async throws {
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
+            let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
+            let watch = try BothHostsWatch(a: hosts.uri("a"), b: hosts.uri("b"))
+            defer { watch.stop() }
+            let (code, out) = try c.cli(["vm", "migrate", "web", "--home", c.home("n3")])
+            XCTAssertEqual(code, 0, out)
+            XCTAssertTrue(out.contains("switched to \(ids["n2"]!)"), out)
+            let v = await vms(c, "n2").first
+            XCTAssertEqual(v?.primary, ids["n2"])
+            XCTAssertEqual(v?.replica, ids["n1"], "the old primary holds the replica now")
+            XCTAssertEqual(v?.epoch, 2)
+            try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 30) { SerialLog(path: serialB).counts.count >= 3 }
+            let lastOnA = try XCTUnwrap(SerialLog(path: serialA).counts.last)
+            let onB = SerialLog(path: serialB)
+            XCTAssertEqual(onB.bootTags, [], "continued, not booted: \(onB.otherLines.suffix(5))")
+            XCTAssertTrue(onB.counts.allSatisfy { $0.tag == tag }, "the same boot: \(onB.counts.prefix(3))")
+            let first = try XCTUnwrap(onB.counts.first).n
+            // From exactly where n1 paused: the next count (or the line being printed at the pause again).
+            XCTAssertTrue((lastOnA.n...lastOnA.n + 1).contains(first), "n1 printed up to \(lastOnA.n); n2 began at \(first)")
+            let m = watch.summary()
+            XCTAssertEqual(m.both, 0, "both copies ran at once in \(m.both) samples")
+            print("VM-MIGRATE last-on-a=\(lastOnA.n) first-on-b=\(first) blackout=\(String(format: "%.3f", m.longestNeither))s (both hosts polled every 5 ms, \(m.samples) samples)")
+            try await MyceliumAgentTests.waitUntil("protected again, n1 the replica", timeout: 60) {
+                await self.vms(c, "n2").first?.here?.contains("protected") == true
+            }
+            try await MyceliumAgentTests.waitUntil("n1 holds a committed image", timeout: 30) {
+                let here = await self.vms(c, "n1").first?.here ?? ""
+                return here.hasPrefix("replica: image at replication epoch") && here != "replica: image at replication epoch 0"
+            }
+
+            // Then a migration that cannot finish: its target's agent is frozen (SIGSTOP: its
+            // host up, its agent silent) before anything reaches it. The target never gets a
+            // synced copy, the leader aborts once the target is no longer alive, and the guest runs
+            // on n2 throughout.
+            let leader = await c.status("n2")?.leader
+            let target = leader == ids["n3"] ? "n1" : "n3"
+            c.signal(target, SIGSTOP)
+            defer { c.signal(target, SIGCONT) }
+            let countsBefore = SerialLog(path: serialB).counts.count
+            var back: (Int32, String) = (0, "")
+            for _ in 0..<50 {
+                back = try c.cli(["vm", "migrate", "web", "--to", ids[target]!, "--home", c.home("n2")])
+                if !back.1.contains("retry") { break }  // no leader for a moment: the operator retries
+            }
+            XCTAssertNotEqual(back.0, 0, back.1)
+            XCTAssertTrue(back.1.contains("stays on \(ids["n2"]!)"), back.1)
+            c.signal(target, SIGCONT)
+            let after = await vms(c, "n2").first
+            XCTAssertEqual(after?.epoch, 2, "nothing switched")
+            XCTAssertEqual(after?.primary, ids["n2"])
+            XCTAssertTrue(after?.lastMigration?.hasPrefix("aborted") == true, "\(after?.lastMigration ?? "-")")
+            try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 30) { SerialLog(path: serialB).counts.count >= countsBefore + 5 }
+            let counts = SerialLog(path: serialB).counts
+            XCTAssertTrue(zip(counts, counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order, on n2")
+            let end = watch.summary()
+            XCTAssertEqual(end.both, 0, "both copies ran at once in \(end.both) samples")
+            XCTAssertEqual(end.aRunsAfterSwitch, 0, "the copy on n1 never ran after the switch")
+            print("VM-MIGRATE-ABORT \(after?.lastMigration ?? "-") samples=\(end.samples)")
+        }
+    }
+
     /// A VM deleted while its first full copy is still in flight: the record goes, both copies go
     /// (nothing left defined in either libvirt), and the replica's image file is removed.
     func testDeletingAVMMidSyncLeavesNothingBehind() async throws {
@@ -215,5 +284,50 @@ final class VMFailoverProcessTests: XCTestCase {
             XCTAssertEqual((try? la.domains())?.count, 0, "nothing else defined on host a")
             XCTAssertEqual((try? lb.domains())?.count, 0, "nothing else defined on host b")
         }
+    }
+}
+
+/// Polls the domain "web" on two hosts' libvirt every 5 ms on its own thread (sampling, for the
+/// assertions and the printed blackout; never a synchronisation).
+final class BothHostsWatch: @unchecked Sendable {
+    // SAFETY (Sendable): the samples and the stop flag are guarded by `lock`.
+    let a: LibvirtConnection, b: LibvirtConnection
+    let lock = NSLock()
+    var samples: [(at: Double, a: Bool, b: Bool)] = []
+    var stopped = false
+    var thread: Thread?
+
+    init(a: String, b: String) throws {
+        self.a = try LibvirtConnection(uri: a)
+        self.b = try LibvirtConnection(uri: b)
+        let t = Thread { [weak self] in self?.loop() }
+        thread = t
+        t.start()
+    }
+
+    func loop() {
+        func running(_ l: LibvirtConnection) -> Bool { (try? l.domain(named: "web").state()) == .running }
+        while !lock.withLock({ stopped }) {
+            let s = (Date().timeIntervalSince1970, running(a), running(b))
+            lock.withLock { samples.append(s) }
+            usleep(5000)
+        }
+    }
+
+    func stop() {
+        lock.withLock { stopped = true }
+        while thread?.isExecuting == true { usleep(1000) }
+    }
+
+    /// Samples with both running; the longest stretch with neither running between a's last
+    /// running sample before b first ran (the blackout as seen from outside); samples of a running
+    /// after b first ran.
+    func summary() -> (both: Int, longestNeither: Double, aRunsAfterSwitch: Int, samples: String) {
+        let s = lock.withLock { samples }
+        let both = s.filter { $0.a && $0.b }.count
+        let text = "\(s.count) (a running \(s.filter(\.a).count), b running \(s.filter(\.b).count))"
+        guard let firstB = s.firstIndex(where: { $0.b }) else { return (both, .nan, 0, text) }
+        let lastA = s[..<firstB].lastIndex(where: { $0.a }).map { s[$0].at } ?? s[0].at
+        return (both, s[firstB].at - lastA, s[firstB...].filter { $0.a }.count, text)
     }
 }

@@ -51,6 +51,27 @@ final class GovernorSimulationTests: XCTestCase {
         XCTAssertGreaterThan(caught, 0, "a primary that never fences was never caught next to its replica")
     }
 
+    /// The operator asks for planned migrations through partitions, crashes and a killed node: most
+    /// switch, the rest abort, and the VM never runs on two nodes; a driver that leaves the guest
+    /// running when it reports it ready to switch is caught next to the target.
+    func testPlannedMigrationsSwitchOrAbortAndABrokenHandOverIsCaught() {
+        var requested = 0, switched = 0, caught = 0
+        for seed: UInt64 in 1...20 {
+            var o = GovernorSimulationOptions(seed: seed)
+            o.steadyLifetimes = 0
+            let r = GovernorSimulation.run(o)
+            XCTAssertTrue(r.passed, r.summary)
+            requested += r.migrationsRequested
+            switched += r.migrationsSwitched
+            o.handOverPauses = false
+            let broken = GovernorSimulation.run(o)
+            if let f = broken.failure, f.contains("at once") { caught += 1 }
+        }
+        XCTAssertGreaterThan(switched, 0, "no planned migration switched in 20 runs (\(requested) requested)")
+        XCTAssertLessThan(switched, requested, "no migration ever aborted: the abort path went untested")
+        XCTAssertGreaterThan(caught, 0, "a hand-over that leaves the guest running was never caught")
+    }
+
     func testEverySizeFormsAndRecordsItsDead() {
         for n in 3...7 {
             let r = GovernorSimulation.run(GovernorSimulationOptions(seed: 500 + UInt64(n), nodeCount: n, liars: n >= 6 ? 1 : 0))

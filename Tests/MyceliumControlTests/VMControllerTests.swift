@@ -66,13 +66,13 @@ final class VMControllerTests: XCTestCase {
 
     /// Node `i`'s controller sends its renewal of web-1 at `tick` and sees it applied at once.
     func renew(_ c: inout VMController, _ i: UInt8, tick: UInt64, advance: Int64 = 0) throws -> [ControllerEffect<VMAction>] {
-        let sent = submits(c.tick(context: ctx(i, tick: tick)))
+        let sent = submits(c.tick(context: ctx(i, tick: tick))).filter { if case .renewLease = $0 { true } else { false } }
         guard sent.count == 1 else { XCTFail("expected one renewal, got \(sent)"); return [] }
         return try land(sent[0], &c, i, tick: tick, advance: advance)
     }
 
     func isRenewal(_ c: SporeCommand) -> Bool {
-        if case .renewLease(name: "vm/web-1", ttlSeconds: 4, _) = c { return true } else { return false }
+        if case .renewLease(name: "vm/web-1@1", ttlSeconds: 4, _) = c { return true } else { return false }
     }
 
     func testThePrimaryRunsOnlyWithItsLeaseAndFencesBeforeATakeoverIsPossible() throws {
@@ -92,7 +92,7 @@ final class VMControllerTests: XCTestCase {
         guard case .act(.keepAlive)? = e.first(where: { if case .act = $0 { return true } else { return false } }) else {
             return XCTFail("the keepAlive comes before the run: \(e)")
         }
-        let leaseEnd = try XCTUnwrap(state.spore.leases["vm/web-1"]).expiresAt
+        let leaseEnd = try XCTUnwrap(state.spore.leases["vm/web-1@1"]).expiresAt
         // Cut off: no renewal lands, spore time stands still; the node's own ticks go on.
         var fencedAt: UInt64?
         for _ in 0..<100 {
@@ -123,7 +123,7 @@ final class VMControllerTests: XCTestCase {
         XCTAssertEqual(actions(e), [], "no lease yet in this run")
         e = try land(old[0], &after, 2, tick: 2)
         XCTAssertEqual(actions(e), [], "a renewal from before the restart is not this run's: \(old[0])")
-        XCTAssertEqual(state.spore.leases["vm/web-1"]?.holder, id(2), "although the spore holds the lease for the node")
+        XCTAssertEqual(state.spore.leases["vm/web-1@1"]?.holder, id(2), "although the spore holds the lease for the node")
         // Its own renewal lands: it runs.
         e = try land(mine[0], &after, 2, tick: 3)
         XCTAssertEqual(actions(e), [.run(state.vms.vms["web-1"]!)])
@@ -152,7 +152,7 @@ final class VMControllerTests: XCTestCase {
 
     func testTheLeaderFailsOverOnlyAfterTheFailureAndTheLeaseAndThenPlacesAReplica() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
-        try spore(.renewLease(name: "vm/web-1", ttlSeconds: 4, run: 9), by: 2)
+        try spore(.renewLease(name: "vm/web-1@1", ttlSeconds: 4, run: 9), by: 2)
         var leader = VMController(run: 1)
         XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 10, leader: true))), [], "a live primary keeps its VM")
         try spore(.setStatus(node: id(2), .failed), by: 1)
@@ -180,6 +180,97 @@ final class VMControllerTests: XCTestCase {
         XCTAssertEqual(back.count, 1)
         guard case .destroy(name: "web-1", _)? = back.first else { return XCTFail("\(back)") }
         XCTAssertFalse(back.contains { if case .run = $0 { return true } else { return false } })
+    }
+
+    /// The view of a committed entry that `c` gets: the spore command and the VM record it changed.
+    func landBoth(_ cmd: SporeCommand, _ c: inout VMController, _ i: UInt8, by author: UInt8, tick: UInt64) throws -> [ControllerEffect<VMAction>] {
+        try spore(cmd, by: author)
+        var e = c.applied(.spore(SignedCommand(cmd, author: id(author), key: key(author), network: network.id)), context: ctx(i, tick: tick))
+        e += c.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(i, tick: tick))
+        return e
+    }
+
+    func testAPlannedMigrationHandsOverThenSwitchesAndTheTargetTakesItsOwnLease() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var primary = VMController(run: 1000), target = VMController(run: 2000)
+        XCTAssertEqual(actions(try renew(&primary, 2, tick: 10)), [.run(state.vms.vms["web-1"]!)])
+        XCTAssertEqual(actions(target.tick(context: ctx(3, tick: 10))), [.hold(state.vms.vms["web-1"]!)])
+        try vm(.requestMigration(name: "web-1", to: id(3), epoch: 1))
+        let r1 = try XCTUnwrap(state.vms.vms["web-1"])
+        var e = primary.applied(.vm(name: "web-1", r1), context: ctx(2, tick: 11))
+        XCTAssertEqual(actions(e), [.handOver(r1)], "a valid lease and a synced replica: hand over")
+        XCTAssertEqual(actions(primary.tick(context: ctx(2, tick: 12))), [], "once")
+        XCTAssertEqual(actions(target.applied(.vm(name: "web-1", r1), context: ctx(3, tick: 11))), [], "the target keeps holding")
+        // The driver paused the guest at a state the target committed: the primary signs the switch.
+        e = primary.reported(.readyToSwitch(name: "web-1", epoch: 1), context: ctx(2, tick: 13))
+        XCTAssertEqual(submits(e), [.vmSwitch(name: "web-1", to: id(3), epoch: 1)])
+        // Not applied within 2 s: sent again.
+        XCTAssertEqual(submits(primary.tick(context: ctx(2, tick: 13 + 2 * tps))).filter { if case .vmSwitch = $0 { true } else { false } }.count, 1)
+        // It applies: the old primary keeps its copy paused and holds the replica; the target has no
+        // lease of its own yet and asks for one at once, without running the guest.
+        e = try landBoth(.vmSwitch(name: "web-1", to: id(3), epoch: 1), &primary, 2, by: 2, tick: 40)
+        let r2 = try XCTUnwrap(state.vms.vms["web-1"])
+        XCTAssertEqual(r2.epoch, 2)
+        XCTAssertEqual(actions(e), [.handOverDecided(name: "web-1", switched: true, resume: false), .hold(r2)])
+        var t = target.applied(.vm(name: "web-1", r2), context: ctx(3, tick: 40))
+        XCTAssertEqual(actions(t), [])
+        let renewal = submits(t)
+        XCTAssertEqual(renewal.count, 1)
+        guard case .renewLease(name: "vm/web-1@2", _, _)? = renewal.first else { return XCTFail("\(renewal)") }
+        t = try land(renewal[0], &target, 3, tick: 41)
+        XCTAssertEqual(actions(t), [.run(state.vms.vms["web-1"]!)], "the target runs it once its own lease lands")
+        // The old primary's lease (epoch 1) no longer counts for anything.
+        XCTAssertEqual(state.vms.vms["web-1"]?.leaseUntil, state.spore.leases["vm/web-1@2"]?.expiresAt)
+    }
+
+    func testAnAbortedOrFailedHandOverResumesTheGuestWhereItWas() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var primary = VMController(run: 1000), leader = VMController(run: 1)
+        _ = try renew(&primary, 2, tick: 10)
+        try vm(.requestMigration(name: "web-1", to: id(3), epoch: 1))
+        _ = primary.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(2, tick: 11))
+        _ = primary.reported(.readyToSwitch(name: "web-1", epoch: 1), context: ctx(2, tick: 12))
+        // Not switched within the migration timeout: the leader aborts it.
+        XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 20, leader: true))), [])
+        // A minute passes; the paused primary keeps renewing its lease every second.
+        var t: UInt64 = 20
+        for _ in 0..<VMSettings().migrationTimeoutSeconds {
+            t += tps
+            _ = try renew(&primary, 2, tick: t, advance: 1)
+        }
+        let abort = proposals(leader.tick(context: ctx(1, tick: t, leader: true)))
+        XCTAssertEqual(abort.count, 1)
+        guard case .abortMigration(name: "web-1", epoch: 1, _)? = abort.first else { return XCTFail("\(abort)") }
+        // The abort applies: the paused guest resumes here.
+        try vm(abort[0])
+        let e = primary.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(2, tick: t + 1))
+        XCTAssertEqual(actions(e), [.handOverDecided(name: "web-1", switched: false, resume: true)])
+        XCTAssertTrue(state.vms.vms["web-1"]?.migrationOutcome.contains("not switched within") == true)
+        // A switch report arriving after the abort is ignored.
+        XCTAssertEqual(submits(primary.reported(.readyToSwitch(name: "web-1", epoch: 1), context: ctx(2, tick: t + 2))), [])
+        // A second request; the driver fails before the pause: the primary gives the migration up.
+        try vm(.requestMigration(name: "web-1", to: id(3), epoch: 1))
+        XCTAssertEqual(actions(primary.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(2, tick: t + 3))),
+                       [.handOver(state.vms.vms["web-1"]!)])
+        let f = primary.reported(.handOverFailed(name: "web-1", epoch: 1, reason: "the replica went away"), context: ctx(2, tick: t + 4))
+        XCTAssertEqual(submits(f), [.vmAbortMigration(name: "web-1", epoch: 1, reason: "the replica went away")])
+        try spore(.vmAbortMigration(name: "web-1", epoch: 1, reason: "the replica went away"), by: 2)
+        XCTAssertEqual(actions(primary.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(2, tick: t + 5))), [],
+                       "it never stopped running: nothing to resume")
+    }
+
+    func testAHandOverWithoutAValidLeaseFencesInsteadOfWaiting() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var primary = VMController(run: 1000)
+        _ = try renew(&primary, 2, tick: 10)
+        try vm(.requestMigration(name: "web-1", to: id(3), epoch: 1))
+        _ = primary.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(2, tick: 11))
+        // Cut off mid-hand-over: no renewal lands; the guest must not run past the lease.
+        var fenced = false
+        for t in UInt64(12)...80 {
+            if actions(primary.tick(context: ctx(2, tick: t))).contains(where: { if case .fence = $0 { true } else { false } }) { fenced = true; break }
+        }
+        XCTAssertTrue(fenced)
     }
 }
 

@@ -52,28 +52,77 @@ final class VMTableTests: XCTestCase {
         try vm(&s, .create(spec, primary: id(1), replica: id(2)))
         XCTAssertEqual(s.vms.vms["web-1"]?.epoch, 1)
         XCTAssertTrue(refusal(&s, .create(spec, primary: id(2), replica: nil)).contains("exists"))
-        // Planned migration to the replica: owner and replica swap, the epoch moves on.
-        try vm(&s, .migrate(name: "web-1", to: id(2), epoch: 1))
+        // Planned migration to the replica: requested, then switched by the primary; owner and
+        // replica swap, the epoch moves on.
+        try vm(&s, .requestMigration(name: "web-1", to: id(2), epoch: 1))
+        try spore(&s, .vmSwitch(name: "web-1", to: id(2), epoch: 1), by: 1)
         XCTAssertEqual(s.vms.vms["web-1"]?.primary, id(2))
         XCTAssertEqual(s.vms.vms["web-1"]?.replica, id(1))
         XCTAssertEqual(s.vms.vms["web-1"]?.epoch, 2)
+        XCTAssertNil(s.vms.vms["web-1"]?.migration)
+        XCTAssertTrue(s.vms.vms["web-1"]?.migrationOutcome.hasPrefix("switched to") == true)
         // A command proposed against the old state is refused everywhere.
-        XCTAssertTrue(refusal(&s, .migrate(name: "web-1", to: id(1), epoch: 1)).contains("epoch 2, not 1"))
+        XCTAssertTrue(refusal(&s, .requestMigration(name: "web-1", to: id(1), epoch: 1)).contains("epoch 2, not 1"))
         XCTAssertTrue(refusal(&s, .setReplica(name: "web-1", id(3), epoch: 1)).contains("epoch"))
         try vm(&s, .setReplica(name: "web-1", id(3), epoch: 2))
         XCTAssertEqual(s.vms.vms["web-1"]?.epoch, 2, "a new replica does not change the owner")
-        XCTAssertTrue(refusal(&s, .migrate(name: "web-1", to: id(1), epoch: 2)).contains("not the replica"))
         XCTAssertTrue(refusal(&s, .setReplica(name: "web-1", id(2), epoch: 2)).contains("another node"))
         let changes = try vm(&s, .delete(name: "web-1"))
         guard case .vm("web-1", nil)? = changes.first else { return XCTFail("\(changes)") }
         XCTAssertTrue(refusal(&s, .delete(name: "web-1")).contains("no VM"))
     }
 
+    /// The switch is the primary's to sign, only for the pending migration; an abort and a switch
+    /// exclude each other whatever order Raft gives them.
+    func testOnlyThePrimarySwitchesAPendingMigrationAndAnAbortExcludesIt() throws {
+        var s = try world()
+        try vm(&s, .create(spec, primary: id(1), replica: id(2)))
+        func switchRefusal(by i: UInt8, to: UInt8, epoch: UInt64 = 1) -> String {
+            do { try spore(&s, .vmSwitch(name: "web-1", to: id(to), epoch: epoch), by: i); return "accepted" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(switchRefusal(by: 1, to: 2).contains("no planned migration"), "no switch without a request")
+        XCTAssertTrue(refusal(&s, .migrate(name: "web-1", to: id(2), epoch: 1)).contains("signed by the VM's primary"),
+                      "a leader cannot switch a VM on its own")
+        XCTAssertTrue(refusal(&s, .requestMigration(name: "web-1", to: id(1), epoch: 1)).contains("already runs"))
+        // To a node that is not the replica: it becomes the replica.
+        try vm(&s, .requestMigration(name: "web-1", to: id(3), epoch: 1))
+        XCTAssertEqual(s.vms.vms["web-1"]?.replica, id(3))
+        XCTAssertEqual(s.vms.vms["web-1"]?.migration?.to, id(3))
+        XCTAssertTrue(refusal(&s, .requestMigration(name: "web-1", to: id(2), epoch: 1)).contains("already migrating"))
+        XCTAssertTrue(switchRefusal(by: 3, to: 3).contains("only the primary"), "the target cannot take it")
+        XCTAssertTrue(switchRefusal(by: 1, to: 2).contains("no planned migration of 'web-1' to"), "only to the requested target")
+        let indexBefore = s.appliedIndex
+        // The leader's abort lands first: the primary's switch, ordered after it, is refused.
+        try vm(&s, .abortMigration(name: "web-1", epoch: 1, reason: "not switched within 60 s"))
+        XCTAssertNil(s.vms.vms["web-1"]?.migration)
+        XCTAssertEqual(s.vms.vms["web-1"]?.migrationOutcome, "aborted: not switched within 60 s")
+        XCTAssertTrue(switchRefusal(by: 1, to: 3).contains("no planned migration"))
+        XCTAssertEqual(s.vms.vms["web-1"]?.primary, id(1), "the guest stays where it was")
+        XCTAssertGreaterThan(s.appliedIndex, indexBefore)
+        // Switch first: the abort, ordered after it, is refused (the epoch moved on).
+        try vm(&s, .requestMigration(name: "web-1", to: id(3), epoch: 1))
+        try spore(&s, .vmSwitch(name: "web-1", to: id(3), epoch: 1), by: 1)
+        XCTAssertTrue(refusal(&s, .abortMigration(name: "web-1", epoch: 1, reason: "late")).contains("epoch 2, not 1"))
+        XCTAssertEqual(s.vms.vms["web-1"]?.primary, id(3))
+        // The primary gives up its own migration; another node may not.
+        try vm(&s, .requestMigration(name: "web-1", to: id(1), epoch: 2))
+        XCTAssertThrowsError(try spore(&s, .vmAbortMigration(name: "web-1", epoch: 2, reason: "x"), by: 2))
+        try spore(&s, .vmAbortMigration(name: "web-1", epoch: 2, reason: "converge failed"), by: 3)
+        XCTAssertEqual(s.vms.vms["web-1"]?.migrationOutcome, "aborted: converge failed")
+        // A migration pending when the primary fails ends with the failover.
+        try vm(&s, .requestMigration(name: "web-1", to: id(1), epoch: 2))
+        try spore(&s, .setStatus(node: id(3), .failed), by: 1)
+        try spore(&s, .tick, by: 1, advance: 20)
+        try vm(&s, .failover(name: "web-1", to: id(1), epoch: 2))
+        XCTAssertNil(s.vms.vms["web-1"]?.migration)
+        XCTAssertTrue(s.vms.vms["web-1"]?.migrationOutcome.contains("failed over") == true)
+    }
+
     func testFailoverNeedsTheFailureRecordedAndTheLeaseLapsed() throws {
         var s = try world()
         try vm(&s, .create(spec, primary: id(2), replica: id(3)))
         // The primary holds its ownership lease for 10 s of spore time.
-        try spore(&s, .acquireLease(name: VMTable.lease(for: "web-1"), ttlSeconds: 10), by: 2)
+        try spore(&s, .acquireLease(name: VMTable.lease(for: try XCTUnwrap(s.vms.vms["web-1"])), ttlSeconds: 10), by: 2)
         XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("not recorded failed"),
                       "a live primary keeps its VM, whatever a leader proposes")
         // Recorded failed (a network this small confirms without a vote), lease still running.
@@ -136,12 +185,14 @@ final class VMTableTests: XCTestCase {
         var s = try world()
         try vm(&s, .create(spec, primary: id(1), replica: id(2)))
         try vm(&s, .create(VMSpec(name: "db", memoryMiB: 512, vcpus: 2), primary: id(3), replica: nil))
+        try vm(&s, .requestMigration(name: "web-1", to: id(3), epoch: 1))
         let restored = try ControlState.restore(s.snapshot(), network: network)
         XCTAssertEqual(restored.vms, s.vms)
         XCTAssertEqual(restored, s)
         let commands: [VMCommand] = [.create(spec, primary: id(1), replica: nil), .create(spec, primary: id(1), replica: id(2)),
                                      .setReplica(name: "a", nil, epoch: 3), .setReplica(name: "a", id(2), epoch: 3),
-                                     .failover(name: "a", to: id(2), epoch: 9), .migrate(name: "a", to: id(3), epoch: 1), .delete(name: "a")]
+                                     .failover(name: "a", to: id(2), epoch: 9), .migrate(name: "a", to: id(3), epoch: 1), .delete(name: "a"),
+                                     .requestMigration(name: "a", to: id(2), epoch: 4), .abortMigration(name: "a", epoch: 4, reason: "late ✓")]
         for c in commands {
             let bytes = c.encoded()
             XCTAssertEqual(try VMCommand(decoding: bytes), c)
