@@ -30,6 +30,7 @@ extension Agent {
                               switch s.role {
                               case .replica: "replica: image at replication epoch \(s.committedEpoch)"
                               case .primary, .fenced: "\(s.role.rawValue): \(s.replication), dirty pages by \(s.engine ?? "?")"
+                                  + (s.lastSync.map { "; last sync: \($0)" } ?? "")
                               }
                           })
         })

@@ -76,6 +76,14 @@ public struct LocalVMState: Sendable, Equatable {
     public var engine: String?
     /// Replica: the last committed engine epoch of the image.
     public var committedEpoch: UInt64
+    /// Primary: how the last connection synced the replica ("resync by hashes: 312 of 65536 pages
+    /// differed, 1.2 MiB sent", "full copy: …").
+    public var lastSync: String?
+
+    public init(role: Role, ownershipEpoch: UInt64, replication: String, engine: String?, committedEpoch: UInt64, lastSync: String? = nil) {
+        self.role = role; self.ownershipEpoch = ownershipEpoch; self.replication = replication
+        self.engine = engine; self.committedEpoch = committedEpoch; self.lastSync = lastSync
+    }
 }
 
 public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
@@ -164,7 +172,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 out[n] = LocalVMState(role: p.fenced ? .fenced : .primary, ownershipEpoch: p.record.epoch,
                                       replication: p.record.replica == nil ? "unprotected: no replica" : (st.map { "\($0.state)" } ?? "connecting"),
                                       engine: "\(p.tracking.tracker.engine)" + (p.tracking.fallbackReason.map { " (\($0))" } ?? ""),
-                                      committedEpoch: 0)
+                                      committedEpoch: 0, lastSync: st?.lastSync.map { "\($0)" })
             }
             for (n, r) in replicas {
                 out[n] = LocalVMState(role: .replica, ownershipEpoch: r.record.epoch, replication: "holding", engine: nil,
@@ -257,7 +265,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         lock.withLock { rep.transport }?.close()
         let epoch = rep.receiver.committedEpoch
         guard epoch > 0 else {
-            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (the first full copy never finished); it cannot continue the guest")
+            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (no sync committed since this agent started: a kept image is only a base for a resync, possibly mixed); it cannot continue the guest")
         }
         let standby: EndophyteDomain
         if let s = rep.standby, (try? s.isWaitingForState()) == true {
@@ -318,8 +326,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                     return p.stopping
                 }
                 if stop { t.close(); break }
-                try source.connect(t)
-                report(.protected, "VM \(name): protected (replica \(replica) holds a full image)")
+                let sync = try source.connect(t)
+                report(.protected, "VM \(name): protected (\(sync); replica \(replica))")
                 lastError = ""
                 try source.run()
             } catch {
@@ -357,8 +365,15 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         }
         if held { return }
         let bytes = Int(r.spec.memoryMiB) << 20
-        let image = try MappedRegion(path: imagePath(r.name), length: bytes)
-        let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256))
+        // An image kept from before (this agent restarted) is a base: the primary resyncs it by
+        // hashes instead of sending the whole region. Only a base: the receiver starts at committed
+        // epoch 0, so it cannot be taken over before that resync commits (the agent may have died
+        // mid-apply). It is this VM's: the file is named after it, and a source must name the VM
+        // and its ownership epoch (Attach) and be its primary. Even an image of an older life of the
+        // VM would only cost more pages: the resync is exact for any base.
+        let (image, reused) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
+        if reused { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
+        let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256, imageIsBase: reused))
         // A standby waiting in `-incoming defer` turns a failover into one device-state load and a
         // resume (a cold start costs seconds under TCG).
         do {
