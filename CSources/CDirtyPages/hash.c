@@ -121,3 +121,8 @@ int mdp_hash_open(const void *addr, size_t len, unsigned threads, mdp_tracker **
     *out = &h->base;
     return 0;
 }
+
+void mdp_hash_pages(const void *addr, uint64_t npages, uint64_t seed, uint64_t *out) {
+    const unsigned char *p = addr;
+    for (uint64_t i = 0; i < npages; i++) out[i] = XXH3_64bits_withSeed(p + i * MDP_PAGE_SIZE, MDP_PAGE_SIZE, seed);
+}

@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -23,12 +23,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages or attach")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach or resync")
             exit(2)
         }
         return t
@@ -160,6 +160,19 @@ enum FuzzTarget: String {
         case .attach:
             // The first message on a VM replication connection (which replica, at which ownership epoch).
             if let a = try? Attach(decoding: bytes) { precondition(a.encoded() == bytes, "attach re-encoding differs") }
+        case .resync:
+            // What a VM replication connection reads before any page: `setup` (replica side),
+            // `ready` and the replica's page hashes (source side). The first byte picks.
+            let body = Array(bytes.dropFirst())
+            switch (bytes.first ?? 0) % 3 {
+            case 0: if let v = try? ReplicationSetup(decoding: body) { precondition(v.encoded() == body, "setup re-encoding differs") }
+            case 1: if let v = try? ResyncOffer(decoding: body) { precondition(v.encoded() == body, "ready re-encoding differs") }
+            default:
+                if let v = try? PageHashChunk(decoding: body) {
+                    precondition(v.encoded() == body, "hashes re-encoding differs")
+                    precondition(!v.hashes.isEmpty && v.hashes.count <= PageHashChunk.maxHashes, "unbounded hash chunk")
+                }
+            }
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
             fuzzVoteDecoders(bytes)
@@ -399,6 +412,9 @@ func writeSeeds(to dir: String) {
         }()),
         ("stream", [1] + StreamFuzz.client.hello),
         ("attach", Attach(name: "web-1", ownershipEpoch: 7).encoded()),
+        ("resync", [0] + ReplicationSetup(regionBytes: 256 << 20, pageSize: 4096, sourceEpoch: 3, hashSeed: 0x1234_5678_9abc_def0).encoded()),
+        ("resync", [1] + ResyncOffer(committedEpoch: 41, offersHashes: true).encoded()),
+        ("resync", [2] + PageHashChunk(firstPage: 16_384, hashes: [1, 2, 0xffff_ffff_ffff_ffff]).encoded()),
         // Two chunks of a 6-byte message of type 12 (pages), then its barrier; then an empty message.
         ("rzmessages", [0, 0, 0, 0, 0, 0, 4, 3, 3, 3, 3] + [0, 0, 0, 0, 4, 0, 2, 9, 9] + [1, 1, 12, 0, 0, 0, 0, 0, 6] + [1, 1, 14, 0, 0, 0, 0, 0, 0]),
         ("spore", [0] + {

@@ -357,3 +357,16 @@ public func createMemfd(name: String) throws(DirtyPagesError) -> Int32 {
     if fd < 0 { throw dirtyPagesError(fd, engine: nil, operation: "memfd_create") }
     return fd
 }
+
+/// The seeded XXH3-64 of each page of `pages` (a whole number of pages), written to `into` (one
+/// value per page). The hash engine's page hash with a seed: a resync compares a replica's image
+/// with the source by these values, and a seed chosen per resync keeps pages from being crafted to
+/// collide. With seed 0 it equals the hash engine's value.
+public func hashPages(_ pages: UnsafeRawBufferPointer, seed: UInt64, into out: UnsafeMutableBufferPointer<UInt64>) {
+    let n = pages.count / dirtyPageSize
+    precondition(pages.count % dirtyPageSize == 0 && out.count >= n, "hashPages: \(pages.count) bytes into \(out.count) values")
+    guard n > 0 else { return }
+    // SAFETY: `pages` holds n whole pages and `out` at least n values (checked); the C side reads and
+    // writes exactly that and keeps no pointer.
+    mdp_hash_pages(pages.baseAddress!, UInt64(n), seed, out.baseAddress!)
+}

@@ -57,6 +57,8 @@ public struct EpochReport: Sendable, Equatable {
 
 public enum EndophyteEvent: Sendable, Equatable {
     case connected(replicaEpoch: UInt64)
+    /// A connection brought the replica up to date (a full copy or a resync by hashes).
+    case synced(SyncReport)
     case epochCommitted(EpochReport)
     case throttleChanged(level: Double, pressure: Double)
     case emergency(reason: String, policy: EmergencyPolicy)
@@ -87,4 +89,6 @@ public struct ReplicationStatus: Sendable, Equatable {
     public var lastPauseSeconds: Double = 0
     /// Bytes the tracker holds (hashes, vectors) plus the engine's bitmaps.
     public var trackingFootprintBytes: Int = 0
+    /// How the last connection synced the replica.
+    public var lastSync: SyncReport?
 }

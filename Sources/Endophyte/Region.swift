@@ -73,27 +73,43 @@ public final class MappedRegion: @unchecked Sendable {
     public func dataAndHolePages() -> (data: [Int], holes: [Int]) {
         var data: [Int] = [], holes: [Int] = []
         data.reserveCapacity(pageCount)
-        var offset: off_t = 0
-        let end = off_t(length)
+        var next = 0
+        for run in dataRuns(in: 0..<pageCount) {
+            holes.append(contentsOf: next..<run.lowerBound)
+            data.append(contentsOf: run)
+            next = run.upperBound
+        }
+        holes.append(contentsOf: next..<pageCount)
+        return (data, holes)
+    }
+
+    /// The runs of `pages` backed by data (ascending, disjoint); the pages between them are holes.
+    public func dataRuns(in pages: Range<Int>) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        var offset = off_t(pages.lowerBound * dirtyPageSize)
+        let end = off_t(pages.upperBound * dirtyPageSize)
         while offset < end {
             let d = lseek(descriptor, offset, seekData)
             let e = errno
             if d < 0 && e != ENXIO {  // no hole support: treat the rest as data
-                data.append(contentsOf: Int(offset) / dirtyPageSize..<pageCount)
-                return (data, holes)
+                runs.append(Int(offset) / dirtyPageSize..<pages.upperBound)
+                return runs
             }
             let dataStart = d < 0 ? end : min(d, end)  // ENXIO: only a hole remains
-            holes.append(contentsOf: Int(offset) / dirtyPageSize..<Int(dataStart) / dirtyPageSize)
             if dataStart >= end { break }
             let h = lseek(descriptor, dataStart, seekHole)
             let dataEnd = h < 0 ? end : min(h, end)
             // Round outwards: a partly-data page is data.
             let first = Int(dataStart) / dirtyPageSize
-            let last = (Int(dataEnd) + dirtyPageSize - 1) / dirtyPageSize
-            data.append(contentsOf: first..<last)
+            let last = min((Int(dataEnd) + dirtyPageSize - 1) / dirtyPageSize, pages.upperBound)
+            if let prev = runs.last, prev.upperBound >= first {
+                runs[runs.count - 1] = prev.lowerBound..<max(prev.upperBound, last)
+            } else {
+                runs.append(first..<last)
+            }
             offset = off_t(last * dirtyPageSize)
         }
-        return (data, holes)
+        return runs
     }
 
     /// True when both regions hold the same bytes.

@@ -5,8 +5,11 @@
 // checkpoint, "buffered until the checkpoint is complete").
 //
 // Limit: the apply itself is not crash-atomic on disk. If the *replica* process dies while applying,
-// its image is mixed and must be re-synced from scratch (the source does a full copy on every
-// connection, so this is automatic).
+// its image is mixed. That is why a receiver started over an existing image (an agent restart) holds
+// committed epoch 0 whatever the image was: the image is then only a *base* for a resync by hashes
+// (Resync.swift), never an epoch that may be taken over, until the resync commits. The resync is
+// exact for any base, a mixed one included (every page whose bytes differ is sent), so nothing needs
+// to know whether the last apply finished.
 
 import DirtyPages
 import MyceliumCore
@@ -33,6 +36,9 @@ public final class ReplicaReceiver: @unchecked Sendable {
     private var committed: UInt64 = 0
     private var committedState: [UInt8] = []
     private var serving = false
+    /// The image may hold useful bytes (kept from before a restart, or written by a session): offer
+    /// its hashes. False only for a fresh image nothing was written to, where hashing is wasted.
+    private var imageIsBase: Bool
     private let onEvent: @Sendable (EndophyteEvent) -> Void
 
     // Staging: page data in a growable buffer, and where each page of the open epoch sits in it.
@@ -49,9 +55,13 @@ public final class ReplicaReceiver: @unchecked Sendable {
 
     /// `stagingReservePages` are allocated and faulted in up front, so the first epochs do not pay
     /// for page faults inside the source's pause; size it to a typical epoch's dirty set.
-    public init(region: MappedRegion, stagingReservePages: Int = 2048,
+    /// `imageIsBase`: `region` already holds an image of this replica (kept across a restart, see
+    /// `MappedRegion.openImage`); the source then resyncs it by hashes instead of a full copy. It is
+    /// a base only: the committed epoch stays 0, and nothing may take it over, until a sync commits.
+    public init(region: MappedRegion, stagingReservePages: Int = 2048, imageIsBase: Bool = false,
                 onEvent: @escaping @Sendable (EndophyteEvent) -> Void = { _ in }) {
         self.region = region
+        self.imageIsBase = imageIsBase
         self.onEvent = onEvent
         let reserve = min(max(0, stagingReservePages), region.pageCount)
         if reserve > 0 {
@@ -95,7 +105,7 @@ public final class ReplicaReceiver: @unchecked Sendable {
             t.close()
         }
         do {
-            let setup = try Wire.Setup.decode(try t.expect(.setup, timeout: ackTimeout))
+            let setup = try ReplicationSetup(decoding: try t.expect(.setup, timeout: ackTimeout))
             guard setup.pageSize == UInt32(dirtyPageSize) else {
                 throw EndophyteError(.protocolViolation(reason: "page size \(setup.pageSize), expected \(dirtyPageSize)"))
             }
@@ -104,7 +114,11 @@ public final class ReplicaReceiver: @unchecked Sendable {
             }
             let epoch = committedEpoch
             beginStaging(epoch: epoch + 1)
-            try t.send(.ready, Wire.u64Body(epoch))
+            let offersHashes = imageIsBase || epoch > 0
+            try t.send(.ready, ResyncOffer(committedEpoch: epoch, offersHashes: offersHashes).encoded())
+            // The image does not change until the source's pages arrive, which it sends only after
+            // the last hash: the hashes describe exactly the image the resync epoch is applied to.
+            if offersHashes { _ = try t.sendPageHashes(of: region, seed: setup.hashSeed) }
             while true {
                 let outcome = try t.receive(timeout: nil) { (type, body) throws(EndophyteError) -> ReplicaSessionEnd? in
                     try handle(type, body, t, onActivate)
@@ -202,8 +216,11 @@ public final class ReplicaReceiver: @unchecked Sendable {
         }
         // Before the first commit the image holds no epoch at all, so there is nothing to protect:
         // the first full copy goes straight into the image instead of doubling memory in staging.
-        // (Until it commits, `committedEpoch` stays 0 and the image means nothing.)
+        // (Until it commits, `committedEpoch` stays 0 and the image means nothing.) The same holds
+        // for a base kept across a restart: it is never taken over, and a resync cut half-way leaves
+        // a base that is still correct to resync from (any bytes are, Resync.swift), just closer.
         let direct = stagingEpoch == 1 && committedEpoch == 0
+        if direct && count > 0 { imageIsBase = true }
         for i in 0..<count {
             let page = body.loadUnaligned(fromByteOffset: fixed + 4 * i, as: UInt32.self).bigEndian
             guard Int(page) < region.pageCount else {

@@ -118,33 +118,72 @@ public final class ReplicationSource: @unchecked Sendable {
 
     // MARK: connection and full copy
 
-    /// Attaches a replica: agrees on the region, then sends the whole region as one epoch (the
-    /// source keeps running while it streams, except when an emergency already paused it) and
-    /// commits it. Protected on return.
-    public func connect(_ t: ReplicationTransport) throws(EndophyteError) {
+    /// Attaches a replica and brings it up to date as one epoch, committed on return (protected).
+    /// A replica that offers its image as a base gets only the pages whose hash differs from the
+    /// region's (Resync.swift says why that is exact); one without an image gets the whole region.
+    /// Either way the source keeps running while pages stream, except when an emergency already
+    /// paused it, and what it writes meanwhile is sent at the boundary.
+    @discardableResult
+    public func connect(_ t: ReplicationTransport) throws(EndophyteError) -> SyncReport {
         transport = t
-        try t.send(.setup, Wire.Setup(regionBytes: UInt64(region.length), pageSize: UInt32(dirtyPageSize), sourceEpoch: nextEpoch - 1).encoded())
-        let ready = try t.expect(.ready, timeout: config.ackTimeout)
-        let replicaEpoch = try Wire.decodeU64(ready, field: "ready epoch")
-        nextEpoch = replicaEpoch + 1
-        onEvent(.connected(replicaEpoch: replicaEpoch))
+        let start = monotonicSeconds(), bytesBefore = t.bytesSent
+        // Drawn per connection and never shown to the guest: pages cannot be crafted to collide.
+        let seed = UInt64.random(in: 0...UInt64.max)
+        try t.send(.setup, ReplicationSetup(regionBytes: UInt64(region.length), pageSize: UInt32(dirtyPageSize),
+                                            sourceEpoch: nextEpoch - 1, hashSeed: seed).encoded())
+        let offer = try ResyncOffer(decoding: try t.expect(.ready, timeout: config.ackTimeout))
+        nextEpoch = offer.committedEpoch + 1
+        onEvent(.connected(replicaEpoch: offer.committedEpoch))
         updateStatus { $0.state = .syncing }
-        // Arm before reading anything: a write during the full copy is then caught by the first
-        // collect. Every page is sent in this epoch, so the replica ends up with a complete image.
+        // Arm before reading anything: a write during the copy or the hashing is then caught by a
+        // collect of this epoch, so the replica ends up with a complete image.
         do { try tracker.rearm() } catch { throw EndophyteError(.dirtyPages(error)) }
         let epochStart = monotonicSeconds()
         var sendSeconds = 0.0
-        // Holes of the backing file (never-written guest RAM) are zeros: send them as indexes without
-        // reading them, which would fault in (allocate) every page. A hole filled after the lseek was
-        // written after arming, so it is dirty and goes out at the boundary.
-        let (data, holes) = region.dataAndHolePages()
-        try sendPages(data[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
-        try sendPages(holes[...], epoch: nextEpoch, sendSeconds: &sendSeconds, knownZero: true)
-        let report = try boundary(epochStart: epochStart, streamed: data.count + holes.count, streamedSendSeconds: sendSeconds,
+        let streamed: Int, differing: Int
+        var hashBytes = 0
+        if offer.offersHashes {
+            // The replica hashes its image meanwhile; its chunks wait in the transport.
+            let own = region.pageHashes(seed: seed, pages: 0..<region.pageCount)
+            // Every hash is read before any page is sent: the replica reads nothing while it sends
+            // hashes, so pages sent now could fill both directions' buffers and block both sides.
+            var differ: [Int] = []
+            var next = 0
+            while next < region.pageCount {
+                let chunk = try PageHashChunk(decoding: try t.expect(.hashes, timeout: max(config.ackTimeout, 10)))
+                guard chunk.firstPage == UInt64(next), chunk.hashes.count <= region.pageCount - next else {
+                    throw EndophyteError(.protocolViolation(reason: "hashes for pages \(chunk.firstPage)+\(chunk.hashes.count), expected page \(next) of \(region.pageCount)"))
+                }
+                for (i, h) in chunk.hashes.enumerated() where own[next + i] != h { differ.append(next + i) }
+                next += chunk.hashes.count
+                hashBytes += 12 + 8 * chunk.hashes.count
+            }
+            try sendPages(differ[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
+            streamed = differ.count
+            differing = differ.count
+        } else {
+            // Holes of the backing file (never-written guest RAM) are zeros: send them as indexes
+            // without reading them, which would fault in (allocate) every page. A hole filled after
+            // the lseek was written after arming, so it is dirty and goes out at the boundary.
+            let (data, holes) = region.dataAndHolePages()
+            try sendPages(data[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
+            try sendPages(holes[...], epoch: nextEpoch, sendSeconds: &sendSeconds, knownZero: true)
+            streamed = data.count + holes.count
+            differing = region.pageCount
+        }
+        let report = try boundary(epochStart: epochStart, streamed: streamed, streamedSendSeconds: sendSeconds,
                                   resumeAfter: true, fullCopy: true)
+        let sync = SyncReport(method: offer.offersHashes ? .hashResync : .fullCopy, epoch: report.epoch, regionPages: region.pageCount,
+                              differingPages: differing, pagesSent: report.pagesStreamed + report.pagesAtPause,
+                              bytesSent: t.bytesSent - bytesBefore, hashBytesReceived: hashBytes, seconds: monotonicSeconds() - start)
         emergencyActive = false
-        updateStatus { $0.state = .protected }
+        updateStatus {
+            $0.state = .protected
+            $0.lastSync = sync
+        }
+        onEvent(.synced(sync))
         onEvent(.protectionRestored(epoch: report.epoch))
+        return sync
     }
 
     // MARK: epochs
@@ -406,7 +445,7 @@ func fmtSeconds(_ s: Double) -> String {
 
 /// A zeroed page to compare against (memcmp is vectorised in libc).
 // SAFETY (concurrency): written once during lazy initialisation, read-only afterwards.
-nonisolated(unsafe) private let zeroPage: UnsafeMutableRawPointer = {
+nonisolated(unsafe) let zeroPage: UnsafeMutableRawPointer = {
     // SAFETY: allocated once, zero-filled, never written or freed.
     let p = UnsafeMutableRawPointer.allocate(byteCount: dirtyPageSize, alignment: dirtyPageSize)
     p.initializeMemory(as: UInt8.self, repeating: 0, count: dirtyPageSize)

@@ -5,8 +5,11 @@
 // Exchange (Remus §3 "checkpoint" with our staging on the replica):
 //   source                         replica
 //   stream handshake <----------->                     docs/HANDSHAKE.md, raw RHIZ messages before any frame
-//   setup(region bytes, epoch)  -->                    replica checks size, answers ready
-//                               <--  ready(committed epoch)
+//   setup(region bytes, epoch,  -->                    replica checks size, answers ready
+//         hash seed)
+//                               <--  ready(committed epoch, offers hashes)
+//                               <--  hashes(first, u64 × n) ...  only when offered (Resync.swift): the
+//                                                  source then sends only the pages that differ
 //   pages(epoch, idx[], data)   -->  staged            while the source runs (all-zero pages: index only)
 //   ...                                                at the boundary, source paused:
 //   sync                        -->                    drain: the source still runs while the
@@ -38,6 +41,8 @@ public enum MessageType: UInt8, Sendable {
     /// Before `setup`, on a connection to a node that holds several replicas: which one (a name and
     /// the ownership epoch the source holds it at).
     case attach = 20
+    /// After `ready`, from a replica that offers its image as a base: seeded page hashes (Resync.swift).
+    case hashes = 21
 }
 
 enum Wire {
@@ -49,27 +54,6 @@ enum Wire {
     /// Largest body accepted: one full pages message plus its index table, or a device-state blob.
     static let maxBody = 64 << 20
     static let maxDeviceState = 32 << 20
-
-    struct Setup: Equatable {
-        var regionBytes: UInt64
-        var pageSize: UInt32
-        var sourceEpoch: UInt64
-        func encoded() -> [UInt8] {
-            var w = ByteWriter(capacity: 20)
-            w.u64(regionBytes)
-            w.u32(pageSize)
-            w.u64(sourceEpoch)
-            return w.bytes
-        }
-        static func decode(_ b: [UInt8]) throws(DecodeError) -> Setup {
-            do {
-                var r = ByteReader(b)
-                let s = Setup(regionBytes: try r.u64(), pageSize: try r.u32(), sourceEpoch: try r.u64())
-                try r.finish()
-                return s
-            } catch let e as DecodeError { throw e } catch { throw DecodeError(.invalid(field: "setup", reason: "\(error)"), at: 0) }
-        }
-    }
 
     static func u64Body(_ v: UInt64) -> [UInt8] {
         var w = ByteWriter(capacity: 8)

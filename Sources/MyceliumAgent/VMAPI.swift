@@ -30,6 +30,7 @@ extension Agent {
                               switch s.role {
                               case .replica: "replica: image at replication epoch \(s.committedEpoch)"
                               case .primary, .fenced: "\(s.role.rawValue): \(s.replication), dirty pages by \(s.engine ?? "?")"
+                                  + (s.lastSync.map { "; last sync: \($0)" } ?? "")
                               }
                           },
                           migration: r.migration.map { "to \($0.to) (requested \(max(0, spore.now - $0.since)) s ago)" },

@@ -82,6 +82,14 @@ public struct LocalVMState: Sendable, Equatable {
     public var engine: String?
     /// Replica: the last committed engine epoch of the image.
     public var committedEpoch: UInt64
+    /// Primary: how the last connection synced the replica ("resync by hashes: 312 of 65536 pages
+    /// differed, 1.2 MiB sent", "full copy: …").
+    public var lastSync: String?
+
+    public init(role: Role, ownershipEpoch: UInt64, replication: String, engine: String?, committedEpoch: UInt64, lastSync: String? = nil) {
+        self.role = role; self.ownershipEpoch = ownershipEpoch; self.replication = replication
+        self.engine = engine; self.committedEpoch = committedEpoch; self.lastSync = lastSync
+    }
 }
 
 public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
@@ -178,7 +186,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 out[n] = LocalVMState(role: p.fenced ? .fenced : .primary, ownershipEpoch: p.record.epoch,
                                       replication: p.record.replica == nil ? "unprotected: no replica" : (st.map { "\($0.state)" } ?? "connecting"),
                                       engine: "\(p.tracking.tracker.engine)" + (p.tracking.fallbackReason.map { " (\($0))" } ?? ""),
-                                      committedEpoch: 0)
+                                      committedEpoch: 0, lastSync: st?.lastSync.map { "\($0)" })
             }
             for (n, r) in replicas {
                 out[n] = LocalVMState(role: .replica, ownershipEpoch: r.record.epoch, replication: "holding", engine: nil,
@@ -285,7 +293,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         lock.withLock { rep.transport }?.close()
         let epoch = rep.receiver.committedEpoch
         guard epoch > 0 else {
-            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (the first full copy never finished); it cannot continue the guest")
+            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (no sync committed since this agent started: a kept image is only a base for a resync, possibly mixed); it cannot continue the guest")
         }
         let standby: EndophyteDomain
         if let s = rep.standby, (try? s.isWaitingForState()) == true {
@@ -346,8 +354,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                     return p.stopping
                 }
                 if stop { t.close(); break }
-                try source.connect(t)
-                report(.protected, "VM \(name): protected (replica \(replica) holds a full image)")
+                let sync = try source.connect(t)
+                report(.protected, "VM \(name): protected (\(sync); replica \(replica))")
                 lastError = ""
                 while !lock.withLock({ p.stopping || closed }) {
                     if let h = lock.withLock({ () -> VMRecord? in
@@ -461,10 +469,16 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     func hold(_ r: VMRecord) throws {
         if let p = lock.withLock({ primaries.removeValue(forKey: r.name) }) {
-            // This node ran it and is its replica now: its copy is the old owner's; let the new
-            // primary send a full image.
+            // This node ran it and is its replica now (a planned switch, or it was fenced). Its
+            // guest's RAM, paused, is the best base for the image it holds from now on: the new
+            // primary resyncs it by hashes and sends what changed since, not the whole region.
             stopReplication(p)
             forgetDeadline(r.name)
+            if p.region.length == Int(r.spec.memoryMiB) << 20 {
+                do { try Self.saveBase(p.region, to: imagePath(r.name)) } catch {
+                    report(.notice, "VM \(r.name): could not keep the guest's RAM as the replica's base (\(error)); it gets a full copy")
+                }
+            }
             try host.remove(r.name)
         }
         let held = lock.withLock { () -> Bool in
@@ -474,8 +488,15 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         }
         if held { return }
         let bytes = Int(r.spec.memoryMiB) << 20
-        let image = try MappedRegion(path: imagePath(r.name), length: bytes)
-        let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256))
+        // An image kept from before (this agent restarted) is a base: the primary resyncs it by
+        // hashes instead of sending the whole region. Only a base: the receiver starts at committed
+        // epoch 0, so it cannot be taken over before that resync commits (the agent may have died
+        // mid-apply). It is this VM's: the file is named after it, and a source must name the VM
+        // and its ownership epoch (Attach) and be its primary. Even an image of an older life of the
+        // VM would only cost more pages: the resync is exact for any base.
+        let (image, reused) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
+        if reused { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
+        let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256, imageIsBase: reused))
         // A standby waiting in `-incoming defer` turns a failover into one device-state load and a
         // resume (a cold start costs seconds under TCG).
         do {
@@ -577,6 +598,31 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             try? d.undefine()
         } catch {
             throw VMDriverError("libvirt refuses this VM: \(error.message)")
+        }
+    }
+
+    /// Writes `region` to `path` (through a temporary file and a rename: a crash leaves the old
+    /// file or the new one, and either is only a base for a resync).
+    static func saveBase(_ region: MappedRegion, to path: String) throws {
+        let tmp = path + ".base"
+        let fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VMDriverError("cannot create \(tmp): \(String(cString: strerror(errno)))") }
+        var done = 0
+        while done < region.length {
+            let n = write(fd, region.base + done, min(region.length - done, 8 << 20))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let e = String(cString: strerror(errno))
+                Glibc.close(fd); unlink(tmp)
+                throw VMDriverError("cannot write \(tmp): \(e)")
+            }
+            done += n
+        }
+        Glibc.close(fd)
+        guard rename(tmp, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            unlink(tmp)
+            throw VMDriverError("cannot rename \(tmp): \(e)")
         }
     }
 

@@ -234,6 +234,11 @@ final class VMFailoverProcessTests: XCTestCase {
                 let here = await self.vms(c, "n1").first?.here ?? ""
                 return here.hasPrefix("replica: image at replication epoch") && here != "replica: image at replication epoch 0"
             }
+            // n1 kept its paused guest's RAM as the base of its image: re-protecting it took a
+            // resync by hashes of what changed since the switch, not a full copy.
+            let resync = try await XCTUnwrapAsync(await resyncCounts(c, "n2"), "n2's last sync: \(await vms(c, "n2").first?.here ?? "-")")
+            XCTAssertLessThan(resync.differed, resync.of / 4, "re-protected by a resync of what changed")
+            print("VM-MIGRATE-REPROTECT differed=\(resync.differed) of=\(resync.of)")
 
             // Then a migration that cannot finish: its target's agent is frozen (SIGSTOP: its
             // host up, its agent silent) before anything reaches it. The target never gets a
@@ -263,6 +268,77 @@ final class VMFailoverProcessTests: XCTestCase {
             XCTAssertEqual(end.both, 0, "both copies ran at once in \(end.both) samples")
             XCTAssertEqual(end.aRunsAfterSwitch, 0, "the copy on n1 never ran after the switch")
             print("VM-MIGRATE-ABORT \(after?.lastMigration ?? "-") samples=\(end.samples)")
+        }
+    }
+
+    /// The primary's sync as `vm show` reports it on `n`: (pages that differed, pages of the region)
+    /// of a resync by hashes, nil while another kind of sync (or none) is shown.
+    func resyncCounts(_ c: AgentCluster, _ n: String) async -> (differed: Int, of: Int)? {
+        guard let here = await vms(c, n).first?.here, let r = here.range(of: "last sync: resync by hashes: ") else { return nil }
+        let words = here[r.upperBound...].split(separator: " ")
+        guard words.count >= 3, words[1] == "of", let d = Int(words[0]), let total = Int(words[2]) else { return nil }
+        return (d, total)
+    }
+
+    /// Only the primary's agent dies (SIGKILL; libvirtd and QEMU live on) and is restarted within
+    /// the lease: it adopts its running guest (same boot, counting on) and protection comes back by
+    /// a resync by hashes that sends a small part of the region, not a full copy.
+    func testARestartedPrimaryAgentAdoptsItsGuestAndResyncsByHashes() async throws {
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            let serialA = c.home("n1") + "/vms/web.serial"
+            let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
+            let here = await vms(c, "n1").first?.here ?? ""
+            XCTAssertTrue(here.contains("last sync: full copy"), "the first sync is a full copy: \(here)")
+            c.kill9("n1")
+            try c.start("n1")
+            try await MyceliumAgentTests.waitUntil("n1 adopts web and resyncs it by hashes", timeout: 60) {
+                await self.resyncCounts(c, "n1") != nil
+            }
+            let counts = await resyncCounts(c, "n1")
+            let (differed, total) = try XCTUnwrap(counts)
+            XCTAssertEqual(total, 128 << 8, "128 MiB of 4 KiB pages")
+            XCTAssertLessThan(differed * 4, total, "a resync sends a small part of the region (\(differed) of \(total) pages differed)")
+            let events = await c.status("n1")?.events ?? []
+            XCTAssertTrue(events.contains { $0.contains("VM web: found here at epoch 1; adopting it") }, "\(events)")
+            XCTAssertFalse(events.contains { $0.contains("VM web: started") }, "the guest was adopted, not started again: \(events)")
+            let v = await vms(c, "n1").first
+            XCTAssertEqual(v?.primary, ids["n1"])
+            XCTAssertEqual(v?.epoch, 1, "no failover happened")
+            let before = SerialLog(path: serialA).counts.count
+            try await MyceliumAgentTests.waitUntil("the guest counts on after the restart", timeout: 30) { SerialLog(path: serialA).counts.count >= before + 3 }
+            let log = SerialLog(path: serialA)
+            XCTAssertEqual(log.bootTags.count, 1, "one boot only")
+            XCTAssertTrue(log.counts.allSatisfy { $0.tag == tag }, "the same boot all along")
+            print("VM-RESYNC-PRIMARY differed=\(differed) of=\(total)")
+        }
+    }
+
+    /// Only the replica's agent dies (SIGKILL) and is restarted: it keeps its image file as a base,
+    /// which is not an epoch (image at replication epoch 0) until the primary, reconnecting, has
+    /// resynced it by hashes (a small part of the region sent) and committed.
+    func testARestartedReplicaAgentKeepsItsImageAndIsResyncedByHashes() async throws {
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            c.kill9("n2")
+            try c.start("n2")
+            try await MyceliumAgentTests.waitUntil("n1 resyncs n2 by hashes", timeout: 60) {
+                await self.resyncCounts(c, "n1") != nil
+            }
+            let counts = await resyncCounts(c, "n1")
+            let (differed, total) = try XCTUnwrap(counts)
+            XCTAssertEqual(total, 128 << 8)
+            XCTAssertLessThan(differed * 4, total, "a resync sends a small part of the region (\(differed) of \(total) pages differed)")
+            try await MyceliumAgentTests.waitUntil("n2 holds a committed image again", timeout: 30) {
+                let here = await self.vms(c, "n2").first?.here ?? ""
+                return here.hasPrefix("replica: image at replication epoch") && here != "replica: image at replication epoch 0"
+            }
+            let events = await c.status("n2")?.events ?? []
+            XCTAssertTrue(events.contains { $0.contains("VM web: keeping the image found here as a base for a resync by hashes") }, "\(events)")
+            let v = await vms(c, "n1").first
+            XCTAssertEqual(v?.replica, ids["n2"], "the replica stayed n2")
+            XCTAssertEqual(v?.epoch, 1)
+            print("VM-RESYNC-REPLICA differed=\(differed) of=\(total)")
         }
     }
 
@@ -330,4 +406,11 @@ final class BothHostsWatch: @unchecked Sendable {
         let lastA = s[..<firstB].lastIndex(where: { $0.a }).map { s[$0].at } ?? s[0].at
         return (both, s[firstB].at - lastA, s[firstB...].filter { $0.a }.count, text)
     }
+}
+
+func XCTUnwrapAsync<T>(_ value: T?, _ message: @autoclosure () async -> String) async throws -> T {
+    if let value { return value }
+    let m = await message()
+    XCTFail(m)
+    throw AgentTestError(m)
 }

@@ -75,6 +75,11 @@ int mdp_kvm_open(int vm_fd, uint32_t slot, uint64_t npages, mdp_tracker **out);
 /* Hashes [addr, addr+len) with `threads` threads (0 = 1). The baseline is taken now. */
 int mdp_hash_open(const void *addr, size_t len, unsigned threads, mdp_tracker **out);
 
+/* Writes the seeded XXH3-64 of each of `npages` pages at `addr` into `out` (the hash engine's page
+ * hash, with a seed so that pages cannot be crafted to collide without knowing it). Used to resync
+ * a replica image by comparing hashes instead of sending the pages. */
+void mdp_hash_pages(const void *addr, uint64_t npages, uint64_t seed, uint64_t *out);
+
 /* Fills `bitmap` (bit i of word i/64 = page i) with the pages written since the last collect or
  * re-arm and returns their count in *ndirty. `words` must be >= (pages+63)/64 (else -ENOSPC).
  * With `rearm` nonzero the reported pages are re-protected atomically with the report (uffd,
