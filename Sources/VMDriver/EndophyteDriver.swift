@@ -85,10 +85,50 @@ public struct LocalVMState: Sendable, Equatable {
     /// Primary: how the last connection synced the replica ("resync by hashes: 312 of 65536 pages
     /// differed, 1.2 MiB sent", "full copy: …").
     public var lastSync: String?
+    /// Primary: checkpoints over the last minute (nil before the first).
+    public var recent: EpochWindow.Summary?
+    /// Primary: seconds since the last committed checkpoint (what a crash would lose now), the
+    /// throttle level (0…1).
+    public var rpoSeconds: Double?
+    public var throttle: Double?
 
-    public init(role: Role, ownershipEpoch: UInt64, replication: String, engine: String?, committedEpoch: UInt64, lastSync: String? = nil) {
+    public init(role: Role, ownershipEpoch: UInt64, replication: String, engine: String?, committedEpoch: UInt64, lastSync: String? = nil,
+                recent: EpochWindow.Summary? = nil, rpoSeconds: Double? = nil, throttle: Double? = nil) {
         self.role = role; self.ownershipEpoch = ownershipEpoch; self.replication = replication
         self.engine = engine; self.committedEpoch = committedEpoch; self.lastSync = lastSync
+        self.recent = recent; self.rpoSeconds = rpoSeconds; self.throttle = throttle
+    }
+}
+
+/// A primary's checkpoints over the last minute: pause percentiles and bytes shipped per second.
+public final class EpochWindow: @unchecked Sendable {
+    // SAFETY (Sendable): `entries` is guarded by `lock`.
+    public struct Summary: Sendable, Equatable {
+        public var epochs: Int
+        public var pauseP50: Double
+        public var pauseP99: Double
+        public var bytesPerSecond: Double
+    }
+    let lock = PthreadLock()
+    var entries: [(at: Double, pause: Double, bytes: Int)] = []
+    public static let span = 60.0
+
+    public init() {}
+
+    public func record(_ r: EpochReport, at now: Double) {
+        lock.withLock {
+            entries.append((now, r.pauseSeconds, r.bytesSent))
+            if let cut = entries.firstIndex(where: { $0.at >= now - Self.span }), cut > 0 { entries.removeFirst(cut) }
+        }
+    }
+
+    public func summary(at now: Double) -> Summary? {
+        let e = lock.withLock { entries.filter { $0.at >= now - Self.span } }
+        guard let first = e.first else { return nil }
+        let pauses = e.map(\.pause).sorted()
+        func pct(_ p: Double) -> Double { pauses[min(pauses.count - 1, Int((Double(pauses.count - 1) * p).rounded()))] }
+        let seconds = max(1, now - first.at)
+        return Summary(epochs: e.count, pauseP50: pct(0.5), pauseP99: pct(0.99), bytesPerSecond: Double(e.reduce(0) { $0 + $1.bytes }) / seconds)
     }
 }
 
@@ -126,6 +166,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         var fenced = false
         /// A hand-over asked for and not yet taken up by the replication thread.
         var handOver: VMRecord?
+        let window = EpochWindow()
         /// The controller's decision on the hand-over in progress (nil: none yet).
         var decision: HandOverDecision?
         init(record: VMRecord, domain: EndophyteDomain, region: MappedRegion, tracking: GuestRAMTracking) {
@@ -186,7 +227,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 out[n] = LocalVMState(role: p.fenced ? .fenced : .primary, ownershipEpoch: p.record.epoch,
                                       replication: p.record.replica == nil ? "unprotected: no replica" : (st.map { "\($0.state)" } ?? "connecting"),
                                       engine: "\(p.tracking.tracker.engine)" + (p.tracking.fallbackReason.map { " (\($0))" } ?? ""),
-                                      committedEpoch: 0, lastSync: st?.lastSync.map { "\($0)" })
+                                      committedEpoch: st?.committedEpoch ?? 0, lastSync: st?.lastSync.map { "\($0)" },
+                                      recent: p.window.summary(at: Double(VMWatchdog.monotonicMilliseconds()) / 1000),
+                                      rpoSeconds: st.flatMap { $0.secondsSinceCommit.isFinite ? $0.secondsSinceCommit : nil },
+                                      throttle: st?.throttleLevel)
             }
             for (n, r) in replicas {
                 out[n] = LocalVMState(role: .replica, ownershipEpoch: r.record.epoch, replication: "holding", engine: nil,
@@ -344,8 +388,11 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 let path = Rhizomorph.Path(local: localAddress, remote: ep.host, port: ep.port)
                 let t = try RhizomorphReplicationTransport.connect(paths: [path], identity: identity, network: network, peerKey: ep.key)
                 try t.sendAttach(Attach(name: name, ownershipEpoch: lock.withLock { p.record.epoch }))
+                let window = p.window
                 let source = try ReplicationSource(region: p.region, tracker: p.tracking.tracker, config: settings.replication,
-                                                   hooks: p.domain.sourceHooks())
+                                                   hooks: p.domain.sourceHooks(), onEvent: { e in
+                    if case .epochCommitted(let r) = e { window.record(r, at: Double(VMWatchdog.monotonicMilliseconds()) / 1000) }
+                })
                 // Published under the lock, and checked against a stop that came meanwhile (which
                 // could not close what it did not see).
                 let stop = lock.withLock { () -> Bool in

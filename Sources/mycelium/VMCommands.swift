@@ -179,5 +179,18 @@ private func show(_ v: VMInfo, _ out: OutputOptions) {
     out.emit(["name": v.name, "memory": "\(v.memoryMiB) MiB", "vcpus": v.vcpus, "primary": v.primary, "replica": v.replica ?? "none",
               "protection": v.protection, "here": v.here ?? "-", "epoch": v.epoch, "lease": v.leaseLeftSeconds > 0 ? "\(v.leaseLeftSeconds) s left" : "not held",
               "migration": v.migration ?? "-", "last migration": v.lastMigration ?? "-",
+              "replication": v.replication.map(describe) ?? "- (shown on the node that runs it)",
               "kernel": v.kernel.isEmpty ? "-" : v.kernel, "initrd": v.initrd.isEmpty ? "-" : v.initrd, "cmdline": v.cmdline])
+}
+
+/// "epoch 812, RPO 80 ms, pause p50 14.2 ms p99 25.1 ms (590 checkpoints in the last minute), 3.1 MB/s, throttle 0%"
+func describe(_ r: VMReplicationInfo) -> String {
+    var parts = ["committed epoch \(r.committedEpoch)"]
+    if let rpo = r.rpoMilliseconds { parts.append("RPO \(Int(rpo)) ms") }
+    if let p50 = r.pauseP50Milliseconds, let p99 = r.pauseP99Milliseconds {
+        parts.append("pause p50 \(p50) ms p99 \(p99) ms (\(r.epochsLastMinute) checkpoints in the last minute)")
+    }
+    if let b = r.bytesPerSecond { parts.append(String(format: "%.1f MB/s", b / 1e6)) }
+    if let t = r.throttlePercent { parts.append("throttle \(t)%") }
+    return parts.joined(separator: ", ")
 }

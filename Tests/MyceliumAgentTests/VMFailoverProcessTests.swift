@@ -69,6 +69,21 @@ final class VMFailoverProcessTests: XCTestCase {
         }
         let here = await vms(c, "n1").first?.here ?? ""
         XCTAssertTrue(here.contains("uffd"), "guest RAM tracked through the shim: \(here)")
+        // The primary shows its checkpoints: RPO, pause percentiles over the last minute, traffic.
+        try await MyceliumAgentTests.waitUntil("checkpoints shown on n1", timeout: 20) {
+            (await self.vms(c, "n1").first?.replication?.epochsLastMinute ?? 0) > 3
+        }
+        let shownOnN1 = await vms(c, "n1").first?.replication
+        let rep = try XCTUnwrap(shownOnN1)
+        XCTAssertNotNil(rep.rpoMilliseconds)
+        XCTAssertGreaterThan(try XCTUnwrap(rep.pauseP99Milliseconds), 0)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(rep.pauseP99Milliseconds), try XCTUnwrap(rep.pauseP50Milliseconds))
+        XCTAssertGreaterThan(rep.committedEpoch, 0)
+        let (sc, shown) = try c.cli(["vm", "show", "web", "--home", c.home("n1")])
+        XCTAssertEqual(sc, 0, shown)
+        XCTAssertTrue(shown.contains("pause p50"), shown)
+        let shownOnN2 = await vms(c, "n2").first?.replication
+        XCTAssertNil(shownOnN2, "only the primary reports its replication")
         try await MyceliumAgentTests.waitUntil("n2 holds a committed image", timeout: 30) {
             let here = await self.vms(c, "n2").first?.here ?? ""
             return here.hasPrefix("replica: image at replication epoch") && here != "replica: image at replication epoch 0"
