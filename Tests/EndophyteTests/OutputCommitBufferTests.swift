@@ -108,7 +108,7 @@ final class OutputCommitBufferTests: XCTestCase {
                 case 0...4:
                     sent += 1
                     let size = 4 + Int(rng.next() % 16)
-                    var pkt = withUnsafeBytes(of: sent.bigEndian, Array.init)
+                    var pkt = withUnsafeBytes(of: sent.bigEndian) { [UInt8]($0) }
                     pkt += [UInt8](repeating: 0, count: size - 4)
                     switch b.accept(pkt) {
                     case .held(let e): epochOf[sent] = e
