@@ -84,14 +84,12 @@ public final class OutputCommitGate: @unchecked Sendable {
         let outPair = try FDPair.socketPair(domain: domain.name)
         let inPair = try FDPair.socketPair(domain: domain.name)
         var done = false
+        // Our ends are taken from the pairs only at the end; until then a failure closes them with
+        // the pairs (QEMU's ends are closed either way: QEMU holds its own copies once `getfd` ran).
         defer {
             outPair.closeSecond()
             inPair.closeSecond()
-            if !done {
-                outPair.closeFirst()
-                inPair.closeFirst()
-                Self.removeFilters(domain)
-            }
+            if !done { Self.removeFilters(domain) }
         }
         let qmp = domain.qmp
         try qmp.run("getfd", ["fdname": Self.chardevOut], files: [outPair.second])
@@ -103,8 +101,8 @@ public final class OutputCommitGate: @unchecked Sendable {
         // The indev redirector first: rx filters run newest first (see the top of this file).
         try qmp.run("object-add", ["qom-type": "filter-redirector", "id": Self.filterIn, "netdev": netdev, "queue": "rx", "indev": Self.chardevIn])
         try qmp.run("object-add", ["qom-type": "filter-redirector", "id": Self.filterOut, "netdev": netdev, "queue": "rx", "outdev": Self.chardevOut])
-        fromGuest = outPair.first
-        toGuestNetwork = inPair.first
+        fromGuest = outPair.takeFirst()
+        toGuestNetwork = inPair.takeFirst()
         _ = fcntl(fromGuest, F_SETFL, fcntl(fromGuest, F_GETFL) | O_NONBLOCK)
         _ = fcntl(toGuestNetwork, F_SETFL, fcntl(toGuestNetwork, F_GETFL) | O_NONBLOCK)
         var pipeFDs: [Int32] = [-1, -1]

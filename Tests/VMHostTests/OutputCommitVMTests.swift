@@ -113,7 +113,7 @@ final class OutputCommitVMTests: XCTestCase {
         XCTAssertEqual(failure.notes, [])
 
         // Warm-up: ARP both ways (the guest's ARP reply is output too, held like any other).
-        XCTAssertNotNil(try ping(ns, timeout: Int(Self.epochSeconds * 4)), "a reply comes once its epochs commit")
+        XCTAssertNotNil(try ping(ns, timeout: Int(Self.epochSeconds * 4)), "a reply comes once its epochs commit; gate: \(gates.current!.status)")
 
         // Just after a commit the next boundary is an epoch away: the guest runs, answers, and the
         // reply is held.
