@@ -83,7 +83,7 @@ public struct LocalVMState: Sendable, Equatable {
     public var engine: String?
     /// Replica: the last committed engine epoch of the image.
     public var committedEpoch: UInt64
-    /// Primary: "on (N packets held, M dropped)", "on, passing through (…)" or "off (…)"; replica: nil.
+    /// Primary: "on (N packets held, M dropped)", "on, passing through until …" or "off (…)"; replica: nil.
     public var outputCommit: String? = nil
 }
 
@@ -196,7 +196,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         if let why = s.broken { return "on, but broken: \(why); restart the agent to attach it again" }
         switch s.mode {
         case .holding: return "on (\(s.heldPackets) packets held, \(s.dropped) dropped)"
-        case .passingThrough: return "on, passing through: the guest is unprotected (\(s.dropped) dropped)"
+        // Worded without "protected": the replication field says whether the guest is.
+        case .passingThrough: return "on, passing through until a replica holds a checkpoint (\(s.dropped) dropped)"
         }
     }
 
