@@ -1,6 +1,7 @@
-// Output commit (Remus §2.2, §3.2): what a replicated guest sends on its network leaves the host only
-// once the replica holds a checkpoint taken after it was sent. A failover then never contradicts
-// anything the world has seen: every reply a client got comes from a state the replica also has.
+// Output commit (Remus, NSDI 2008: network buffering): what a replicated guest sends on its network
+// leaves the host only once the replica holds a checkpoint taken after it was sent. A failover then
+// never contradicts anything the world has seen: every reply a client got comes from a state the
+// replica also has.
 //
 // This file is the pure part: the buffer that holds packets per epoch and decides what may go out,
 // and the decoder of the framing QEMU's `filter-redirector` uses on its chardev. The shell that

@@ -69,7 +69,7 @@ public struct AgentConfig: Sendable, Equatable {
     /// The dirty-page preload shim QEMU gets (LD_PRELOAD) so guest RAM is tracked by uffd; empty:
     /// the hash engine tracks it from outside.
     public var dirtyPageShim = ""
-    /// Output commit for endophyte VMs run here (Remus §2.2): a guest's network output leaves the
+    /// Output commit for endophyte VMs run here (Remus network buffering): a guest's network output leaves the
     /// node only once its replica holds the checkpoint after it. Off: lower latency, and a failover
     /// may contradict what clients saw.
     public var vmOutputCommit = true

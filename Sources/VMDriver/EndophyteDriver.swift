@@ -41,7 +41,7 @@ public struct EndophyteDriverSettings: Sendable {
     public var listenHost: String
     public var listenPort: UInt16
     public var replication: ReplicationConfig
-    /// Output commit (Remus §2.2): the guest's network output leaves this host only once the
+    /// Output commit (Remus network buffering): the guest's network output leaves this host only once the
     /// replica has committed the checkpoint that follows it. Off: packets go out at once, and a
     /// failover may contradict replies clients already saw.
     public var outputCommit: Bool

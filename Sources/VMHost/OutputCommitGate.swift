@@ -1,4 +1,4 @@
-// The shell of output commit (Remus §2.2): QEMU hands every packet the guest sends to this process,
+// The shell of output commit (Remus network buffering): QEMU hands every packet the guest sends to this process,
 // which holds it (Endophyte's `OutputCommitBuffer`) until the checkpoint covering it is committed,
 // then hands it back to QEMU, which sends it on the tap.
 //

@@ -8,12 +8,12 @@
 // checkpoint pays in the same run: QMP stop, the device-state save and QMP cont, with nothing else.
 // COLO with multifd reports a 31 ms p99 (cited, not run here: COLO deadlocks under TCG in 7.2).
 //
-// Output commit (Remus §2.2): the latency it adds to the guest's network. A 128 MiB guest with a
+// Output commit (Remus network buffering): the latency it adds to the guest's network. A 128 MiB guest with a
 // virtio NIC (`mycelium.ip=`) answers ping from its host's namespace while it is replicated at
 // 25/50/100 ms epochs, with its output behind an OutputCommitGate and without; runs interleaved
 // (off, on, off, on), each with its own replication session. Reports RTT medians and p99, and the
-// ratio on/off. Remus §4 measured the same thing (its ping RTT grew with the epoch, ~ half an epoch
-// plus the checkpoint on average).
+// ratio on/off. A reply waits for the end of the epoch it was sent in, then for that checkpoint's
+// pause and ack: expect on ≈ off + about half an epoch + the pause.
 //
 //   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024] [--sections pause,output-commit] [--pings 200]   (root)
 
@@ -217,7 +217,7 @@ func outputCommitLatency(host: VMHost, hostName: String, work: String, kernel: S
               + "\(fmt(p(on, 99) / p(off, 99), 1).leftPad(9))×  \(String(lost[false]!).leftPad(7))/\(lost[true]!)  \(String(heldMax).leftPad(8))  \(String(dropped).leftPad(7))")
     }
     print("  on = replies held until the replica acknowledged the checkpoint after them (OutputCommitGate); off = straight to the tap. "
-          + "Expect on ≈ off + about half an epoch + the checkpoint pause (Remus §4).")
+          + "A reply waits for the end of its epoch and that checkpoint's ack: expect on ≈ off + about half an epoch + the pause.")
 }
 
 /// A flag one thread clears and another polls.
