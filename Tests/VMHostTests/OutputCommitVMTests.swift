@@ -15,7 +15,9 @@ import XCTest
 /// The engine never lets the guest run past a boundary the replica has not acknowledged (it waits for
 /// the ack while paused), so "the replica has not acknowledged yet while the guest runs" is the
 /// span of an epoch. With 3 s epochs that span is long enough to watch: the guest counts and answers
-/// pings, and with output commit on none of its replies leaves until the boundary's commit.
+/// pings, and with output commit on none of its replies leaves until the boundary's commit. Then the
+/// replica's acks are held back from the source: no reply leaves until they get through. Then the
+/// gate is removed (output commit off): the same ping at the same point of an epoch is answered at once.
 final class OutputCommitVMTests: XCTestCase {
     static let guestAddress = "10.78.0.2"
     static let hostAddress = "10.78.0.1/24"
@@ -27,7 +29,7 @@ final class OutputCommitVMTests: XCTestCase {
     }
 
     /// One ping from namespace `ns`; its round-trip time in ms, or nil when no reply came in `timeout` s.
-    func ping(_ ns: String, timeout: Int) throws -> Double? {
+    static func ping(_ ns: String, timeout: Int) throws -> Double? {
         let out = try runTool(["/usr/sbin/ip", "netns", "exec", ns, "/usr/bin/ping", "-n", "-c", "1", "-W", "\(timeout)", Self.guestAddress],
                               allowFailure: true)
         guard out.contains(" 1 received") else { return nil }
@@ -55,7 +57,7 @@ final class OutputCommitVMTests: XCTestCase {
         }
         try runTool(["/usr/sbin/ip", "-n", ns, "addr", "add", Self.hostAddress, "dev", nic.tap])
         // Before any gate: the guest answers at once.
-        XCTAssertNotNil(try ping(ns, timeout: 5), "the guest answers ping before output commit is attached")
+        XCTAssertNotNil(try Self.ping(ns, timeout: 5), "the guest answers ping before output commit is attached")
 
         let gates = GateBox(try OutputCommitGate(domain: d, mode: .passingThrough))
         defer { gates.take()?.detach(flush: false) }
@@ -75,8 +77,8 @@ final class OutputCommitVMTests: XCTestCase {
             _ = receiver.serve(t)
         }
         server.start()
-        let transport = try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey, network: network,
-                                                            accept: { $0 == replicaPublic })
+        let transport = AckStall(try TCPReplicationTransport.connect(host: "127.0.0.1", port: listener.port, identity: sourceKey,
+                                                                     network: network, accept: { $0 == replicaPublic }))
         let source = try ReplicationSource(
             region: ram, tracker: tracking.tracker,
             config: ReplicationConfig(epochInterval: Self.epochSeconds, rpoBound: 60, emergencyPolicy: .pauseSource, ackTimeout: 20, streamInterval: 0.25),
@@ -86,8 +88,9 @@ final class OutputCommitVMTests: XCTestCase {
                 switch event {
                 case .connected: gates.current?.setMode(.holding)
                 case .epochCommitted:
-                    gates.current?.releaseCommitted()
+                    // Noted before the release, so a reply can never seem to precede its commit.
                     commits.add()
+                    gates.current?.releaseCommitted()
                 default: break
                 }
             })
@@ -102,6 +105,7 @@ final class OutputCommitVMTests: XCTestCase {
         }
         runner.start()
         defer {
+            transport.resumeAcks()  // a failure mid-stall must not keep the engine waiting
             source.requestStop()
             let deadline = monotonicSeconds() + Self.epochSeconds + 25
             while runner.isExecuting && monotonicSeconds() < deadline { usleep(10_000) }
@@ -113,7 +117,7 @@ final class OutputCommitVMTests: XCTestCase {
         XCTAssertEqual(failure.notes, [])
 
         // Warm-up: ARP both ways (the guest's ARP reply is output too, held like any other).
-        XCTAssertNotNil(try ping(ns, timeout: Int(Self.epochSeconds * 4)), "a reply comes once its epochs commit; gate: \(gates.current!.status)")
+        XCTAssertNotNil(try Self.ping(ns, timeout: Int(Self.epochSeconds * 4)), "a reply comes once its epochs commit; gate: \(gates.current!.status)")
 
         // Just after a commit the next boundary is an epoch away: the guest runs, answers, and the
         // reply is held.
@@ -122,7 +126,7 @@ final class OutputCommitVMTests: XCTestCase {
         let countBefore = SerialLog(path: serial).last?.n ?? 0
         let heldBefore = gates.current!.status.heldPackets
         let t0 = monotonicSeconds()
-        let held = try ping(ns, timeout: 1)
+        let held = try Self.ping(ns, timeout: 1)
         let t1 = monotonicSeconds()
         XCTAssertNil(held, "a reply left the host before the replica acknowledged its epoch")
         XCTAssertEqual(commits.countBetween(t0...t1), 0, "no commit happened during that ping (it would have released the reply)")
@@ -134,11 +138,29 @@ final class OutputCommitVMTests: XCTestCase {
         // that followed its request.
         for _ in 0..<2 {
             let s0 = monotonicSeconds()
-            let rtt = try XCTUnwrap(try ping(ns, timeout: Int(Self.epochSeconds * 3)), "no reply even after the commits")
+            let rtt = try XCTUnwrap(try Self.ping(ns, timeout: Int(Self.epochSeconds * 3)), "no reply even after the commits")
             let s1 = monotonicSeconds()
             XCTAssertGreaterThan(commits.countBetween(s0...s1), 0, "a reply (rtt \(rtt) ms) came without a commit in between")
         }
         XCTAssertEqual(gates.current!.status.dropped, 0)
+
+        // The replica's acks stop reaching the source. The boundary's commit then hangs (and the
+        // guest stays paused: the engine never runs past an unacknowledged boundary); the replica
+        // even holds the epoch already, but until the source sees the ack nothing is released.
+        c = commits.count
+        try waitUntil("a commit", timeout: Self.epochSeconds * 3) { commits.count > c }
+        transport.stallAcks()
+        let pinger = Pinger { try? OutputCommitVMTests.ping(ns, timeout: 20) }
+        try waitUntil("the next boundary's ack to arrive and be held back", timeout: Self.epochSeconds * 3) { transport.isHoldingAnAck }
+        try? waitUntil("(observing) a reply during the stall", timeout: 1) { pinger.isDone }
+        XCTAssertFalse(pinger.isDone, "a reply left the host while the ack of its epoch was held back")
+        XCTAssertGreaterThan(gates.current!.status.heldPackets, 0, "the reply sits in the gate during the stall")
+        XCTAssertEqual(try d.state(), .paused, "the guest waits for the ack, paused")
+        let resumedAt = monotonicSeconds()
+        transport.resumeAcks()
+        let stalledRTT = pinger.join()
+        XCTAssertNotNil(stalledRTT, "the reply leaves once the ack arrives")
+        XCTAssertGreaterThan(pinger.finishedAt, resumedAt, "…and not before")
 
         // Output commit off (the driver then attaches no gate): the same guest, the same epochs,
         // the replica still acknowledging only at boundaries, and replies leave at once.
@@ -146,13 +168,89 @@ final class OutputCommitVMTests: XCTestCase {
         c = commits.count
         try waitUntil("a commit", timeout: Self.epochSeconds * 3) { commits.count > c }
         let u0 = monotonicSeconds()
-        let rtt = try ping(ns, timeout: 1)
+        let rtt = try Self.ping(ns, timeout: 1)
         let u1 = monotonicSeconds()
         XCTAssertNotNil(rtt, "without output commit the reply leaves at once")
         XCTAssertEqual(commits.countBetween(u0...u1), 0, "…without waiting for a commit")
         XCTAssertEqual(failure.notes, [], "replication ran throughout")
         print("OUTPUT-COMMIT-VM epochs=\(commits.count) rtt-off=\(rtt.map { "\($0)" } ?? "-") ms")
     }
+}
+
+/// A replication transport whose acks can be held back (the replica "stops acknowledging" as far
+/// as the source can tell), and let through again.
+final class AckStall: ReplicationTransport, @unchecked Sendable {
+    // SAFETY (Sendable): `stalled` and `holding` are guarded by `condition`; `inner` is used as the
+    // engine uses any transport (one thread receives).
+    let inner: ReplicationTransport
+    private let condition = NSCondition()
+    private var stalled = false
+    private var holding = false
+    init(_ t: ReplicationTransport) { inner = t }
+
+    var peerKey: PublicKey { inner.peerKey }
+    var bytesSent: UInt64 { inner.bytesSent }
+    func setStreamCount(_ count: Int) { inner.setStreamCount(count) }
+    func close() {
+        resumeAcks()
+        inner.close()
+    }
+    func send(_ type: MessageType, header: [UInt8], pages: [UnsafeRawBufferPointer]) throws(EndophyteError) {
+        try inner.send(type, header: header, pages: pages)
+    }
+    func receive<R>(timeout: Double?, _ body: (MessageType, UnsafeRawBufferPointer) throws(EndophyteError) -> R) throws(EndophyteError) -> R {
+        try inner.receive(timeout: timeout) { (type, bytes) throws(EndophyteError) -> R in
+            if type == .ack {
+                condition.lock()
+                while stalled {
+                    holding = true
+                    condition.wait()
+                }
+                holding = false
+                condition.unlock()
+            }
+            return try body(type, bytes)
+        }
+    }
+
+    func stallAcks() { condition.withLock { stalled = true } }
+    func resumeAcks() {
+        condition.withLock {
+            stalled = false
+            condition.broadcast()
+        }
+    }
+    /// True while an ack has arrived and is being held back.
+    var isHoldingAnAck: Bool { condition.withLock { holding } }
+}
+
+/// One ping on its own thread, so the test can watch whether it has finished.
+final class Pinger: @unchecked Sendable {
+    // SAFETY (Sendable): `result` and `finished` are guarded by `lock`.
+    private let lock = NSLock()
+    private var result: Double??
+    private var finished = 0.0
+    private let thread: Thread
+    init(_ body: @escaping @Sendable () -> Double?) {
+        let box = PingerBox()
+        thread = Thread { box.pinger?.finish(body()) }
+        box.pinger = self
+        thread.start()
+    }
+    private func finish(_ r: Double?) { lock.withLock { result = .some(r); finished = monotonicSeconds() } }
+    var isDone: Bool { lock.withLock { result != nil } }
+    /// When the ping returned (monotonic seconds).
+    var finishedAt: Double { lock.withLock { finished } }
+    /// Waits for the ping (it ends by its own timeout) and returns its RTT, if a reply came.
+    func join() -> Double? {
+        while !isDone { usleep(10_000) }
+        return lock.withLock { result ?? nil }
+    }
+}
+
+private final class PingerBox: @unchecked Sendable {
+    // SAFETY (Sendable): set once before the thread starts, read by it afterwards.
+    weak var pinger: Pinger?
 }
 
 /// The gate the engine's hooks reach, replaceable (nil: output commit off) while the engine runs.
