@@ -52,6 +52,8 @@ public final class OutputCommitGate: @unchecked Sendable {
     private let lock = PthreadLock()
     private var buffer: OutputCommitBuffer
     private var decoder = RedirectorFrameDecoder()
+    /// Receive buffer, reused (guarded by `lock` like the decoder).
+    private var chunk = [UInt8](repeating: 0, count: 65536)
     /// Encoded frames for QEMU's indev, not yet written (the socket was full).
     private var pending: [UInt8] = []
     private var pendingHead = 0
@@ -238,7 +240,6 @@ public final class OutputCommitGate: @unchecked Sendable {
     /// Reads what QEMU has written (up to `limit` bytes), under `lock`.
     private func readAvailable(limit: Int) {
         guard broken == nil else { return }
-        var chunk = [UInt8](repeating: 0, count: 65536)
         var total = 0
         while total < limit {
             // SAFETY: recv writes at most chunk.count bytes into the array's storage.
