@@ -241,7 +241,7 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
-        .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "VMTestSupport"]),
+        .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),
         // The VM tests' harness (scripts/vmhost hosts, the scripts/vm-guest guest, serial logs), shared
         // by the test targets that run real VMs; linked by no product.
         .target(name: "VMTestSupport", dependencies: ["Endophyte"], path: "Tests/VMTestSupport"),

@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -23,12 +23,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach or resync")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync or redirector")
             exit(2)
         }
         return t
@@ -172,6 +172,30 @@ enum FuzzTarget: String {
                     precondition(v.encoded() == body, "hashes re-encoding differs")
                     precondition(!v.hashes.isEmpty && v.hashes.count <= PageHashChunk.maxHashes, "unbounded hash chunk")
                 }
+            }
+        case .redirector:
+            // What QEMU's filter-redirector writes to output commit's chardev (the guest's packets). The
+            // first byte picks the vnet-header variant and a split point for incremental decoding.
+            let body = Array(bytes.dropFirst())
+            var d = RedirectorFrameDecoder(vnetHeaderSupport: (bytes.first ?? 0) & 1 == 1)
+            let cut = body.isEmpty ? 0 : Int(bytes[0] >> 1) % (body.count + 1)
+            var frames: [RedirectorFrame] = []
+            do {
+                d.append(body[0..<cut])
+                while let f = try d.next() { frames.append(f) }
+                d.append(body[cut...])
+                while let f = try d.next() { frames.append(f) }
+                precondition(d.bufferedByteCount <= RedirectorFrame.maxPacketBytes + 8, "decoder buffered more than one frame")
+                let encoded = frames.flatMap { $0.encoded() }
+                precondition(Array(body.prefix(encoded.count)) == encoded, "redirector frame re-encoding differs")
+                // Whatever was accepted goes through the buffer as a guest's packets would.
+                var b = OutputCommitBuffer(limits: OutputCommitLimits(maxPackets: 4, maxBytes: 4096))
+                for f in frames { _ = b.accept(f.packet) }
+                let s = b.seal()
+                precondition(b.release(upTo: s).count + Int(b.dropped) == frames.count, "a packet was lost or duplicated")
+            } catch {
+                precondition(d.bufferedByteCount == 0, "a failed decoder keeps no bytes")
+                _ = "\(error)"
             }
         case .vote:
             // Commit/reveal/summary messages, evidence, certificates and round specs; the first byte picks.
@@ -415,6 +439,10 @@ func writeSeeds(to dir: String) {
         ("resync", [0] + ReplicationSetup(regionBytes: 256 << 20, pageSize: 4096, sourceEpoch: 3, hashSeed: 0x1234_5678_9abc_def0).encoded()),
         ("resync", [1] + ResyncOffer(committedEpoch: 41, offersHashes: true).encoded()),
         ("resync", [2] + PageHashChunk(firstPage: 16_384, hashes: [1, 2, 0xffff_ffff_ffff_ffff]).encoded()),
+        // An ARP request as QEMU 7.2 redirected it here (12-byte virtio-net header, zeros), then a short packet.
+        ("redirector", [6] + RedirectorFrame(packet: [UInt8](repeating: 0, count: 12) + [UInt8](repeating: 0xff, count: 6) + [UInt8](repeating: 1, count: 36)).encoded()
+            + RedirectorFrame(packet: [1, 2, 3]).encoded()),
+        ("redirector", [1] + RedirectorFrame(packet: [UInt8](repeating: 7, count: 60), vnetHeaderLength: 12).encoded()),
         // Two chunks of a 6-byte message of type 12 (pages), then its barrier; then an empty message.
         ("rzmessages", [0, 0, 0, 0, 0, 0, 4, 3, 3, 3, 3] + [0, 0, 0, 0, 4, 0, 2, 9, 9] + [1, 1, 12, 0, 0, 0, 0, 0, 6] + [1, 1, 14, 0, 0, 0, 0, 0, 0]),
         ("spore", [0] + {

@@ -8,8 +8,10 @@
 //      send it with the opaque device-state blob and `commit`.
 //   3. Wait for the replica's ack, then resume. The replica applies the epoch atomically, so a crash
 //      of this side at any point leaves the replica on the previous committed epoch.
-// Unlike Remus we do not resume before the ack (Remus buffers outbound network output instead, §3.2):
+// Unlike Remus we do not resume before the ack (Remus buffers outbound network output instead):
 // the caller's workload may have side effects we cannot hold back, so the pause includes one ack RTT.
+// For a VM's NIC the output is held as well (output commit: `OutputCommitBuffer`, VMHost's gate);
+// its serial port and any other device are not, so the pause still covers the ack.
 
 import DirtyPages
 import MyceliumCore

@@ -69,6 +69,10 @@ public struct AgentConfig: Sendable, Equatable {
     /// The dirty-page preload shim QEMU gets (LD_PRELOAD) so guest RAM is tracked by uffd; empty:
     /// the hash engine tracks it from outside.
     public var dirtyPageShim = ""
+    /// Output commit for endophyte VMs run here (Remus network buffering): a guest's network output leaves the
+    /// node only once its replica holds the checkpoint after it. Off: lower latency, and a failover
+    /// may contradict what clients saw.
+    public var vmOutputCommit = true
 
     public init() {}
 
@@ -110,6 +114,7 @@ public struct AgentConfig: Sendable, Equatable {
         string("pod_cidr_file", "Where this node's pod CIDR is written for mycelium-cni's ipam.podCIDRFile (empty: HOME/podcidr).", \.podCIDRFile),
         string("libvirt_qemu_run_dir", "libvirt's QEMU run directory, where it writes DOMAIN.pid.", \.libvirtQEMURunDir),
         int("vm_replication_port", "TCP port on the listen host for VM replication (the same on every node).", \.vmReplicationPort, 1...65535),
+        bool("vm_output_commit", "Hold a replicated VM's network output until its replica has committed the checkpoint after it (Remus output commit); false: lower latency, but a failover may contradict replies clients already got. 'mycelium vm show' says when it is off.", \.vmOutputCommit),
         string("dirty_page_shim", "Path of the dirty-page preload shim for QEMU (libmdp_preload.so); empty: the hash engine.", \.dirtyPageShim),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]

@@ -29,7 +29,7 @@ extension Agent {
                           here: local[r.name].map { s in
                               switch s.role {
                               case .replica: "replica: image at replication epoch \(s.committedEpoch)"
-                              case .primary, .fenced: "\(s.role.rawValue): \(s.replication), dirty pages by \(s.engine ?? "?")"
+                              case .primary, .fenced: "\(s.role.rawValue): \(s.replication), dirty pages by \(s.engine ?? "?"), output commit: \(s.outputCommit ?? "off")"
                                   + (s.lastSync.map { "; last sync: \($0)" } ?? "")
                               }
                           },

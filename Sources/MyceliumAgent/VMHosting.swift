@@ -121,7 +121,7 @@ extension Agent {
         let settings = EndophyteDriverSettings(
             libvirtURI: config.libvirtURI, qemuRunDirectory: config.libvirtQEMURunDir, stateDirectory: config.home + "/vms",
             shimLibrary: config.dirtyPageShim.isEmpty ? nil : config.dirtyPageShim,
-            listenHost: host, listenPort: UInt16(config.vmReplicationPort))
+            listenHost: host, listenPort: UInt16(config.vmReplicationPort), outputCommit: config.vmOutputCommit)
         do {
             let d = try EndophyteDriver(settings: settings, identity: key, network: network, peer: { peers.lookup($0) },
                                         report: { kind, line in logger.notice("\(line)"); inbox.post(kind, line) })

@@ -46,12 +46,19 @@ public struct EndophyteDriverSettings: Sendable {
     public var listenHost: String
     public var listenPort: UInt16
     public var replication: ReplicationConfig
+    /// Output commit (Remus network buffering): the guest's network output leaves this host only once the
+    /// replica has committed the checkpoint that follows it. Off: packets go out at once, and a
+    /// failover may contradict replies clients already saw.
+    public var outputCommit: Bool
+    public var outputCommitLimits: OutputCommitLimits
 
     public init(libvirtURI: String, qemuRunDirectory: String = "/run/libvirt/qemu", stateDirectory: String, shimLibrary: String? = nil,
                 listenHost: String, listenPort: UInt16,
-                replication: ReplicationConfig = ReplicationConfig(epochInterval: 0.1, rpoBound: 2, emergencyPolicy: .continueUnprotected, ackTimeout: 2)) {
+                replication: ReplicationConfig = ReplicationConfig(epochInterval: 0.1, rpoBound: 2, emergencyPolicy: .continueUnprotected, ackTimeout: 2),
+                outputCommit: Bool = true, outputCommitLimits: OutputCommitLimits = OutputCommitLimits()) {
         self.libvirtURI = libvirtURI; self.qemuRunDirectory = qemuRunDirectory; self.stateDirectory = stateDirectory
         self.shimLibrary = shimLibrary; self.listenHost = listenHost; self.listenPort = listenPort; self.replication = replication
+        self.outputCommit = outputCommit; self.outputCommitLimits = outputCommitLimits
     }
 }
 
@@ -91,12 +98,14 @@ public struct LocalVMState: Sendable, Equatable {
     /// throttle level (0…1).
     public var rpoSeconds: Double?
     public var throttle: Double?
+    /// Primary: "on (N packets held, M dropped)", "on, passing through until …" or "off (…)"; replica: nil.
+    public var outputCommit: String?
 
     public init(role: Role, ownershipEpoch: UInt64, replication: String, engine: String?, committedEpoch: UInt64, lastSync: String? = nil,
-                recent: EpochWindow.Summary? = nil, rpoSeconds: Double? = nil, throttle: Double? = nil) {
+                recent: EpochWindow.Summary? = nil, rpoSeconds: Double? = nil, throttle: Double? = nil, outputCommit: String? = nil) {
         self.role = role; self.ownershipEpoch = ownershipEpoch; self.replication = replication
         self.engine = engine; self.committedEpoch = committedEpoch; self.lastSync = lastSync
-        self.recent = recent; self.rpoSeconds = rpoSeconds; self.throttle = throttle
+        self.recent = recent; self.rpoSeconds = rpoSeconds; self.throttle = throttle; self.outputCommit = outputCommit
     }
 }
 
@@ -169,6 +178,9 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         let window = EpochWindow()
         /// The controller's decision on the hand-over in progress (nil: none yet).
         var decision: HandOverDecision?
+        /// Output commit on the guest's NIC (nil: off, or it could not be attached: `outputCommitOff`).
+        var gate: OutputCommitGate?
+        var outputCommitOff = "off"
         init(record: VMRecord, domain: EndophyteDomain, region: MappedRegion, tracking: GuestRAMTracking) {
             self.record = record; self.domain = domain; self.region = region; self.tracking = tracking
         }
@@ -213,7 +225,12 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             closed = true
             return (Array(primaries.values), Array(replicas.values))
         }
-        for p in ps { stopReplication(p) }
+        for p in ps {
+            stopReplication(p)
+            // The guest runs on without this agent, unprotected: its network must not wait for
+            // commits that will not come (held packets are sent; the filters go).
+            p.gate?.detach(flush: true)
+        }
         for t in lock.withLock({ rs.compactMap(\.transport) }) { t.close() }
         // The accept loop leaves within one accept timeout; the listener itself is freed with the
         // last session that holds it (Rhizomorph.Listener's deinit).
@@ -230,7 +247,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                                       committedEpoch: st?.committedEpoch ?? 0, lastSync: st?.lastSync.map { "\($0)" },
                                       recent: p.window.summary(at: Double(VMWatchdog.monotonicMilliseconds()) / 1000),
                                       rpoSeconds: st.flatMap { $0.secondsSinceCommit.isFinite ? $0.secondsSinceCommit : nil },
-                                      throttle: st?.throttleLevel)
+                                      throttle: st?.throttleLevel, outputCommit: p.gate.map(Self.describe) ?? p.outputCommitOff)
             }
             for (n, r) in replicas {
                 out[n] = LocalVMState(role: .replica, ownershipEpoch: r.record.epoch, replication: "holding", engine: nil,
@@ -246,6 +263,16 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     func tellController(_ r: VMDriverReport) {
         lock.withLock { reportSink }?(r)
+    }
+
+    static func describe(_ g: OutputCommitGate) -> String {
+        let s = g.status
+        if let why = s.broken { return "on, but broken: \(why); restart the agent to attach it again" }
+        switch s.mode {
+        case .holding: return "on (\(s.heldPackets) packets held, \(s.dropped) dropped)"
+        // Worded without "protected": the replication field says whether the guest is.
+        case .passingThrough: return "on, passing through until a replica holds a checkpoint (\(s.dropped) dropped)"
+        }
     }
 
     public func perform(_ action: VMAction) async throws {
@@ -308,6 +335,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         let tracking = try domain.openDirtyTracker(region: region, shimReport: shimReport(r.name))
         if let why = tracking.fallbackReason { report(.notice, "VM \(r.name): guest RAM tracked by the hash engine: \(why)") }
         let p = Primary(record: r, domain: domain, region: region, tracking: tracking)
+        attachOutputCommit(p)
         lock.withLock { primaries[r.name] = p }
         startReplication(p)
     }
@@ -355,10 +383,29 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         return standby
     }
 
+    /// Puts the guest's network output behind an output commit gate (when on). It passes packets
+    /// through until a replica is connected. A guest without the NIC (a domain from an older agent)
+    /// runs without, and `vm show` says why.
+    func attachOutputCommit(_ p: Primary) {
+        guard settings.outputCommit else {
+            p.outputCommitOff = "off (vm_output_commit = false: replies may leave before the replica has the state they come from)"
+            return
+        }
+        do {
+            p.gate = try OutputCommitGate(domain: p.domain, limits: settings.outputCommitLimits, mode: .passingThrough)
+        } catch {
+            p.outputCommitOff = "off: could not attach it to the guest's NIC: \(error)"
+            report(.notice, "VM \(p.record.name): output commit is off: \(error)")
+        }
+    }
+
     func startReplication(_ p: Primary) {
         stopReplication(p)
         let name = p.record.name
-        guard let replica = p.record.replica else { return }
+        guard let replica = p.record.replica else {
+            p.gate?.setMode(.passingThrough)
+            return
+        }
         lock.withLock { p.stopping = false }
         let t = Thread { [weak self] in self?.replicate(p, to: replica) }
         t.name = "vm-\(name)-source"
@@ -382,7 +429,12 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     func replicate(_ p: Primary, to replica: MyceliumIdentity.NodeID) {
         let name = p.record.name
         var lastError = ""
+        let gate = p.gate
+        let policy = settings.replication.emergencyPolicy
         while !lock.withLock({ p.stopping || closed }) {
+            // Not connected: unprotected, unless the policy keeps the guest paused until a replica
+            // has a checkpoint (its held packets then wait for that commit).
+            if policy == .continueUnprotected { gate?.setMode(.passingThrough) }
             do {
                 guard let ep = peer(replica) else { throw VMDriverError("no replication address known for \(replica)") }
                 let path = Rhizomorph.Path(local: localAddress, remote: ep.host, port: ep.port)
@@ -390,7 +442,9 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 try t.sendAttach(Attach(name: name, ownershipEpoch: lock.withLock { p.record.epoch }))
                 let window = p.window
                 let source = try ReplicationSource(region: p.region, tracker: p.tracking.tracker, config: settings.replication,
-                                                   hooks: p.domain.sourceHooks(), onEvent: { e in
+                                                   hooks: p.domain.sourceHooks(afterPause: { gate?.sealAtPause() }),
+                                                   onEvent: { e in
+                    Self.steer(gate, by: e)
                     if case .epochCommitted(let r) = e { window.record(r, at: Double(VMWatchdog.monotonicMilliseconds()) / 1000) }
                 })
                 // Published under the lock, and checked against a stop that came meanwhile (which
@@ -423,6 +477,18 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             }
             lock.withLock { p.transport }?.close()
             for _ in 0..<10 where !lock.withLock({ p.stopping || closed }) { usleep(100_000) }
+        }
+    }
+
+    /// Output commit follows the engine: a boundary's commit releases what the guest sent before its
+    /// pause; holding starts when a replica connects and stops when the guest runs unprotected.
+    static func steer(_ gate: OutputCommitGate?, by event: EndophyteEvent) {
+        guard let gate else { return }
+        switch event {
+        case .connected, .protectionRestored: gate.setMode(.holding)
+        case .epochCommitted: gate.releaseCommitted()
+        case .emergency(_, .continueUnprotected): gate.setMode(.passingThrough)
+        default: break
         }
     }
 
@@ -508,6 +574,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         guard let p = lock.withLock({ primaries[name] }) else { return }
         stopReplication(p)
         do { try p.domain.pause() } catch { report(.notice, "VM \(name): pausing the guest to fence it failed: \(error)") }
+        // What it sent since the last commit must never leave: the replica may take over from there.
+        if let n = p.gate?.discardHeld(), n > 0 { report(.notice, "VM \(name): discarded \(n) held packets of the fenced guest") }
         lock.withLock { p.fenced = true }
         report(.fenced, "VM \(name): fenced (guest paused): \(reason)")
     }
@@ -520,6 +588,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             // guest's RAM, paused, is the best base for the image it holds from now on: the new
             // primary resyncs it by hashes and sends what changed since, not the whole region.
             stopReplication(p)
+            p.gate?.detach(flush: false)
             forgetDeadline(r.name)
             if p.region.length == Int(r.spec.memoryMiB) << 20 {
                 do { try Self.saveBase(p.region, to: imagePath(r.name)) } catch {
@@ -618,7 +687,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     func destroy(_ name: String, reason: String) throws {
         let (p, r) = lock.withLock { (primaries.removeValue(forKey: name), replicas.removeValue(forKey: name)) }
-        if let p { stopReplication(p) }
+        if let p {
+            stopReplication(p)
+            p.gate?.detach(flush: false)
+        }
         lock.withLock { r?.transport }?.close()
         forgetDeadline(name)
         try host.remove(name)
@@ -685,7 +757,17 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     func domainConfig(_ r: VMRecord, role: EndophyteRole) -> EndophyteDomainConfig {
         EndophyteDomainConfig(role: role, ownershipEpoch: r.epoch, serialLog: serialLog(r.name),
-                              shim: settings.shimLibrary.map { DirtyPageShim(library: $0, report: shimReport(r.name)!) })
+                              shim: settings.shimLibrary.map { DirtyPageShim(library: $0, report: shimReport(r.name)!) },
+                              nic: Self.nic(for: r.name))
+    }
+
+    /// Every endophyte gets one virtio NIC on a tap named after the VM (`myc` + 8 hex digits of a
+    /// hash of its name, the same on every host); wiring the tap is the host's business.
+    static func nic(for name: String) -> GuestNIC {
+        var h: UInt32 = 0x811c_9dc5
+        for b in name.utf8 { h = (h ^ UInt32(b)) &* 0x0100_0193 }
+        let hex = String(h, radix: 16)
+        return GuestNIC(mac: GuestNIC.mac(for: name), tap: "myc" + String(repeating: "0", count: 8 - hex.count) + hex)
     }
 }
 

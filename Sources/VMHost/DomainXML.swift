@@ -27,6 +27,47 @@ public struct DirtyPageShim: Sendable, Equatable {
     }
 }
 
+/// The guest's network card: a virtio NIC on a tap libvirt creates (`<interface type='ethernet'>`).
+/// What the tap is attached to (a bridge, an address, routes) is the host's business, not the
+/// domain's. Both copies of a replicated VM carry the same NIC (the device state names its MAC).
+public struct GuestNIC: Sendable, Equatable {
+    /// The guest's MAC address; the same on the primary and the standby.
+    public var mac: String
+    /// Name of the host-side tap (1-15 characters), so the host can find and wire it.
+    public var tap: String
+
+    public init(mac: String, tap: String) {
+        self.mac = mac
+        self.tap = tap
+    }
+
+    /// libvirt's id of the NIC's backend (`-netdev …,id=hostnet0` for the first interface): the
+    /// netdev output commit's filters attach to.
+    public static let netdevID = "hostnet0"
+
+    /// A locally administered unicast MAC derived from `name` (FNV-1a): stable across hosts and
+    /// restarts, so the primary and the standby agree without recording it.
+    public static func mac(for name: String) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let bytes = [0x52, 0x54, 0x00, UInt8(truncatingIfNeeded: h >> 16), UInt8(truncatingIfNeeded: h >> 8), UInt8(truncatingIfNeeded: h)]
+        return bytes.map { b in let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }.joined(separator: ":")
+    }
+
+    var problem: String? {
+        let hex = Set("0123456789abcdefABCDEF")
+        let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && $0.allSatisfy(hex.contains) }) else {
+            return "MAC '\(mac)' is not six colon-separated hex bytes"
+        }
+        guard let first = UInt8(parts[0], radix: 16), first & 1 == 0 else { return "MAC '\(mac)' is a multicast address" }
+        guard (1...15).contains(tap.utf8.count),
+              tap.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || $0.properties.numericType != nil || "._-".unicodeScalars.contains($0)) })
+        else { return "tap name '\(tap)' must be 1-15 of [A-Za-z0-9._-]" }
+        return nil
+    }
+}
+
 /// Everything about a host's domain that is not in the VMSpec.
 public struct EndophyteDomainConfig: Sendable, Equatable {
     public var role: EndophyteRole
@@ -38,13 +79,17 @@ public struct EndophyteDomainConfig: Sendable, Equatable {
     /// QEMU machine type. Must name the same machine on both hosts; pin a versioned one
     /// (`pc-i440fx-7.2`) when the hosts' QEMU versions may differ.
     public var machine: String
+    /// The guest's NIC (nil: no network card, as before).
+    public var nic: GuestNIC?
 
-    public init(role: EndophyteRole, ownershipEpoch: UInt64, serialLog: String, shim: DirtyPageShim? = nil, machine: String = "pc") {
+    public init(role: EndophyteRole, ownershipEpoch: UInt64, serialLog: String, shim: DirtyPageShim? = nil, machine: String = "pc",
+                nic: GuestNIC? = nil) {
         self.role = role
         self.ownershipEpoch = ownershipEpoch
         self.serialLog = serialLog
         self.shim = shim
         self.machine = machine
+        self.nic = nic
     }
 }
 
@@ -82,6 +127,7 @@ public enum EndophyteDomainXML {
             throw VMHostError(.invalidSpec("the serial log must be an absolute path (got '\(config.serialLog)')"), domain: spec.name)
         }
         guard !config.machine.isEmpty else { throw VMHostError(.invalidSpec("empty machine type"), domain: spec.name) }
+        if let why = config.nic?.problem { throw VMHostError(.invalidSpec(why), domain: spec.name) }
 
         var x = "<domain type='qemu' xmlns:qemu='\(qemuNamespace)'>\n"
         x += "  <name>\(escape(spec.name))</name>\n"
@@ -100,6 +146,12 @@ public enum EndophyteDomainXML {
         x += "  <clock offset='utc'/>\n"
         x += "  <devices>\n"
         x += "    <serial type='file'><source path='\(escape(config.serialLog))' append='on'/><target port='0'/></serial>\n"
+        if let nic = config.nic {
+            // Output commit's filters are added at run time over QMP (OutputCommitGate), not here:
+            // the command line stays the same on both copies, and an agent that restarts can
+            // attach them again.
+            x += "    <interface type='ethernet'><mac address='\(escape(nic.mac))'/><target dev='\(escape(nic.tap))' managed='yes'/><model type='virtio'/></interface>\n"
+        }
         // Devices libvirt would add by default and the guest does not need: less device state to carry.
         x += "    <controller type='usb' model='none'/>\n"
         x += "    <memballoon model='none'/>\n"

@@ -252,8 +252,11 @@ public final class EndophyteDomain: @unchecked Sendable {
     /// `cpu-throttle-percentage` acts only during its migrations, so the caller supplies one (a
     /// cgroup CPU quota on QEMU, for example).
     /// The engine commits the device-state bytes with its own epoch number, so no tag is needed here.
-    public func sourceHooks(throttle: @escaping @Sendable (Double) -> Void = { _ in }) -> SourceHooks {
-        SourceHooks(pause: { try self.pause() }, resume: { try self.resume() },
+    /// `afterPause` runs once the guest is stopped, before anything of the checkpoint is taken (output
+    /// commit seals its epoch there: `OutputCommitGate.sealAtPause`).
+    public func sourceHooks(throttle: @escaping @Sendable (Double) -> Void = { _ in },
+                            afterPause: @escaping @Sendable () -> Void = {}) -> SourceHooks {
+        SourceHooks(pause: { try self.pause(); afterPause() }, resume: { try self.resume() },
                     deviceState: { try self.deviceState(epoch: 0).bytes }, throttle: throttle)
     }
 

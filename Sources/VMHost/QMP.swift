@@ -103,6 +103,15 @@ final class FDPair: @unchecked Sendable {
     var second: Int32 { lock.withLock { ends[1] } }
 
     func closeFirst() { close(0) }
+
+    /// Hands the first end to the caller, who closes it from now on (this object no longer will).
+    func takeFirst() -> Int32 {
+        lock.withLock {
+            let fd = ends[0]
+            ends[0] = -1
+            return fd
+        }
+    }
     func closeSecond() { close(1) }
 
     private func close(_ i: Int) {

@@ -67,6 +67,10 @@ final class VMFailoverProcessTests: XCTestCase {
         try await MyceliumAgentTests.waitUntil("web protected", timeout: 60) {
             await self.vms(c, "n1").first?.here?.contains("protected") == true
         }
+        // Output commit is on by default: once protected, the guest's packets are held per epoch.
+        try await MyceliumAgentTests.waitUntil("n1 holds its guest's output until commits", timeout: 30) {
+            await self.vms(c, "n1").first?.here?.contains("output commit: on (") == true
+        }
         let here = await vms(c, "n1").first?.here ?? ""
         XCTAssertTrue(here.contains("uffd"), "guest RAM tracked through the shim: \(here)")
         // The primary shows its checkpoints: RPO, pause percentiles over the last minute, traffic.
@@ -131,6 +135,10 @@ final class VMFailoverProcessTests: XCTestCase {
             try await MyceliumAgentTests.waitUntil("a new replica", timeout: 60) {
                 let v = await self.vms(c, "n2").first
                 return v?.replica == ids["n3"] && v?.here?.contains("protected") == true
+            }
+            // The guest that took over is behind output commit too (the gate is attached after the resume).
+            try await MyceliumAgentTests.waitUntil("n2 holds its guest's output until commits", timeout: 30) {
+                await self.vms(c, "n2").first?.here?.contains("output commit: on (") == true
             }
         }
     }

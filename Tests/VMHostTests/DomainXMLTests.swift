@@ -72,3 +72,34 @@ final class DomainXMLTests: XCTestCase {
         XCTAssertNil(EndophyteDomainXML.parseMetadata("<endophyte managed-by=\"mycelium\" role=\"primary\" ownership-epoch=\"x\"/>"))
     }
 }
+
+/// The guest NIC in the domain XML: the same on both copies, validated, absent unless asked for.
+final class GuestNICXMLTests: XCTestCase {
+    let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1, kernel: "/k/vmlinuz")
+
+    func testTheNICIsAVirtioTapWithAFixedMACOnBothCopies() throws {
+        let nic = GuestNIC(mac: GuestNIC.mac(for: "web-1"), tap: "myc0001")
+        let p = try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/s", nic: nic))
+        let s = try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .standby, ownershipEpoch: 1, serialLog: "/s", nic: nic))
+        let line = "<interface type='ethernet'><mac address='\(nic.mac)'/><target dev='myc0001' managed='yes'/><model type='virtio'/></interface>"
+        XCTAssertTrue(p.contains(line), p)
+        XCTAssertTrue(s.contains(line), s)
+        XCTAssertFalse(p.contains("filter-redirector"), "output commit's filters are attached over QMP, not on the command line")
+        XCTAssertEqual(GuestNIC.mac(for: "web-1"), GuestNIC.mac(for: "web-1"))
+        XCTAssertNotEqual(GuestNIC.mac(for: "web-1"), GuestNIC.mac(for: "web-2"))
+        XCTAssertTrue(GuestNIC.mac(for: "web-1").hasPrefix("52:54:00:"))
+        XCTAssertEqual(GuestNIC.mac(for: "web-1").count, 17)
+        let without = try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/s"))
+        XCTAssertFalse(without.contains("<interface"), "no NIC unless configured")
+    }
+
+    func testABadMACOrTapNameIsRefused() {
+        for nic in [GuestNIC(mac: "52:54:00:12:34", tap: "t0"), GuestNIC(mac: "53:54:00:12:34:56", tap: "t0"),
+                    GuestNIC(mac: "52:54:00:12:34:zz", tap: "t0"), GuestNIC(mac: "52:54:00:12:34:56", tap: ""),
+                    GuestNIC(mac: "52:54:00:12:34:56", tap: "a-tap-name-too-long"), GuestNIC(mac: "52:54:00:12:34:56", tap: "t'0")] {
+            XCTAssertThrowsError(try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/s", nic: nic))) { e in
+                guard let e = e as? VMHostError, case .invalidSpec = e.code else { return XCTFail("\(e)") }
+            }
+        }
+    }
+}

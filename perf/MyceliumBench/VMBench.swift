@@ -8,7 +8,14 @@
 // checkpoint pays in the same run: QMP stop, the device-state save and QMP cont, with nothing else.
 // COLO with multifd reports a 31 ms p99 (cited, not run here: COLO deadlocks under TCG in 7.2).
 //
-//   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024]      (root)
+// Output commit (Remus network buffering): the latency it adds to the guest's network. A 128 MiB guest with a
+// virtio NIC (`mycelium.ip=`) answers ping from its host's namespace while it is replicated at
+// 25/50/100 ms epochs, with its output behind an OutputCommitGate and without; runs interleaved
+// (off, on, off, on), each with its own replication session. Reports RTT medians and p99, and the
+// ratio on/off. A reply waits for the end of the epoch it was sent in, then for that checkpoint's
+// pause and ack: expect on ≈ off + about half an epoch + the pause.
+//
+//   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024] [--sections pause,output-commit] [--pings 200]   (root)
 
 import Endophyte
 import Foundation
@@ -20,14 +27,22 @@ import VMHost
 func runVMBench(_ args: [String]) async throws {
     guard getuid() == 0 else { throw BenchError("mycelium-bench vm needs root (network namespaces, libvirtd, QEMU)") }
     var seconds = 8.0, memories: [UInt32] = [256, 1024]
+    var sections: Set<String> = ["pause", "output-commit"]
+    var pings = 200
     var i = 0
     while i < args.count {
+        guard i + 1 < args.count else { throw BenchError("\(args[i]) needs a value") }
         switch args[i] {
         case "--seconds": i += 1; seconds = Double(args[i]) ?? seconds
         case "--memory": i += 1; memories = args[i].split(separator: ",").compactMap { UInt32($0) }
-        default: throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024")
+        case "--sections": i += 1; sections = Set(args[i].split(separator: ",").map(String.init))
+        case "--pings": i += 1; pings = max(2, Int(args[i]) ?? pings)
+        default: throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit --pings N")
         }
         i += 1
+    }
+    if let bad = sections.first(where: { !["pause", "output-commit"].contains($0) }) {
+        throw BenchError("unknown section '\(bad)'; the sections are pause and output-commit")
     }
     let root = try repositoryRoot(containing: "scripts/vmhost")
     let work = "/tmp/mycelium-bench-vm-\(getpid())"
@@ -49,10 +64,11 @@ func runVMBench(_ args: [String]) async throws {
     let uri = capture([root + "/scripts/vmhost", "uri", hostName])!.trimmingCharacters(in: .whitespacesAndNewlines)
     let host = try VMHost(uri: uri, qemuRunDirectory: state + "/run/libvirt/qemu")
 
-    print("mycelium-bench vm on \(machineLine()); QEMU TCG guest (scripts/vm-guest: counts and writes 256 KiB of random bytes every ~100 ms), RAM tracked through the shim, replica over rhizomorph on loopback; \(Int(seconds)) s per row")
-    print("  memory  epoch   epochs  pause p50   pause p99   pause max   floor p50  p50/floor   pause hook  collect  send+commit  ack wait  resume   pages/epoch")
     let sourceKey = SigningKey(seed: (0..<32).map { UInt8($0) }), replicaKey = SigningKey(seed: (0..<32).map { UInt8(100 + $0) })
     let network = NetworkID(genesisKey: SigningKey().publicKey)
+    if sections.contains("pause") {
+    print("mycelium-bench vm on \(machineLine()); QEMU TCG guest (scripts/vm-guest: counts and writes 256 KiB of random bytes every ~100 ms), RAM tracked through the shim, replica over rhizomorph on loopback; \(Int(seconds)) s per row")
+    print("  memory  epoch   epochs  pause p50   pause p99   pause max   floor p50  p50/floor   pause hook  collect  send+commit  ack wait  resume   pages/epoch")
     for mib in memories {
         let spec = VMSpec(name: "bench\(mib)", memoryMiB: mib, vcpus: 1, kernel: String(kernel), initrd: String(initrd),
                           cmdline: "console=ttyS0 quiet panic=-1")
@@ -109,6 +125,108 @@ func runVMBench(_ args: [String]) async throws {
     }
     print("  floor = QMP stop + device-state save (x-ignore-shared, fd: migration) + QMP cont through libvirt, nothing else; "
           + "pause = what the guest sees per checkpoint. COLO (multifd) reports 31 ms p99 (cited).")
+    }
+    if sections.contains("output-commit") {
+        try outputCommitLatency(host: host, hostName: hostName, work: work, kernel: String(kernel), initrd: String(initrd), shim: shim,
+                                pings: pings, sourceKey: sourceKey, replicaKey: replicaKey, network: network)
+    }
+}
+
+/// Ping RTT to a replicated guest with and without output commit, at 25/50/100 ms epochs.
+func outputCommitLatency(host: VMHost, hostName: String, work: String, kernel: String, initrd: String, shim: String, pings: Int,
+                         sourceKey: SigningKey, replicaKey: SigningKey, network: NetworkID) throws {
+    let guestAddress = "10.79.0.2"
+    let spec = VMSpec(name: "benchoc", memoryMiB: 128, vcpus: 1, kernel: kernel, initrd: initrd,
+                      cmdline: "console=ttyS0 quiet panic=-1 mycelium.ip=\(guestAddress)/24")
+    let serial = work + "/benchoc.serial", report = work + "/benchoc.shim"
+    let nic = GuestNIC(mac: GuestNIC.mac(for: spec.name), tap: "benchoc0")
+    let d = try host.start(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: serial,
+                                                       shim: DirtyPageShim(library: shim, report: report), nic: nic))
+    defer { try? host.remove(spec.name) }
+    let bootDeadline = now() + 180
+    while !((try? String(contentsOfFile: serial, encoding: .utf8))?.contains("NET-READY") ?? false) {
+        if now() > bootDeadline { throw BenchError("the guest's network did not come up within 180 s (serial log \(serial))") }
+        usleep(100_000)
+    }
+    guard capture(["ip", "-n", hostName, "addr", "add", "10.79.0.1/24", "dev", nic.tap]) != nil else {
+        throw BenchError("cannot put 10.79.0.1/24 on the guest's tap \(nic.tap) in \(hostName)")
+    }
+    let ram = try d.openGuestRAM()
+    let tracking = try d.openDirtyTracker(region: ram, shimReport: report)
+    let listener = try Listener(addresses: ["127.0.0.1"], port: 0)
+    let image = try MappedRegion(memfdNamed: "bench-oc-replica", length: ram.length)
+    let receiver = ReplicaReceiver(region: image)
+
+    /// RTTs (ms) of `count` pings 20 ms apart, and how many got no reply within 2 s.
+    func pingGuest(_ count: Int) -> (rtts: [Double], lost: Int) {
+        let out = capture(["/bin/sh", "-c", "ip netns exec \(hostName) ping -n -c \(count) -i 0.02 -W 2 \(guestAddress); exit 0"]) ?? ""
+        let rtts = out.split(separator: "\n").compactMap { line -> Double? in
+            guard let r = line.range(of: "time=") else { return nil }
+            return Double(line[r.upperBound...].prefix { $0 == "." || $0.isNumber })
+        }
+        return (rtts, max(0, count - rtts.count))
+    }
+    _ = pingGuest(3)  // ARP both ways, before anything is measured
+
+    print("")
+    print("output commit: ping RTT to a replicated 128 MiB guest from its host, \(pings) pings per cell (interleaved runs: off, on, off, on)")
+    print("  epoch   off p50    off p99     on p50     on p99   on/off p50  on/off p99   lost off/on  held max  dropped")
+    for epochMs in [25, 50, 100] {
+        var rtts: [Bool: [Double]] = [false: [], true: []], lost: [Bool: Int] = [false: 0, true: 0]
+        var heldMax = 0, dropped: UInt64 = 0
+        for on in [false, true, false, true] {
+            let gate = on ? try OutputCommitGate(domain: d, mode: .passingThrough) : nil
+            let server = Thread {
+                guard let t = try? RhizomorphReplicationTransport.accept(from: listener, identity: replicaKey, network: network,
+                                                                         peerKey: sourceKey.publicKey, timeout: 20) else { return }
+                _ = receiver.serve(t)
+            }
+            server.start()
+            let t = try RhizomorphReplicationTransport.connect(paths: [Rhizomorph.Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)],
+                                                               identity: sourceKey, network: network, peerKey: replicaKey.publicKey)
+            let source = try ReplicationSource(region: ram, tracker: tracking.tracker,
+                                               config: ReplicationConfig(epochInterval: Double(epochMs) / 1000, rpoBound: 5, ackTimeout: 10),
+                                               hooks: d.sourceHooks(afterPause: { gate?.sealAtPause() }),
+                                               onEvent: { e in
+                                                   switch e {
+                                                   case .connected: gate?.setMode(.holding)
+                                                   case .epochCommitted: gate?.releaseCommitted()
+                                                   default: break
+                                                   }
+                                               })
+            try source.connect(t)
+            let looping = RunningFlag()
+            let loop = Thread {
+                while looping.isSet { if (try? source.checkpoint()) == nil { break } }
+            }
+            loop.start()
+            let r = pingGuest(pings / 2)
+            if let s = gate?.status { heldMax = max(heldMax, s.heldPackets); dropped += s.dropped }
+            looping.clear()
+            while loop.isExecuting { usleep(1000) }
+            source.detach()
+            while server.isExecuting { usleep(1000) }
+            gate?.detach(flush: true)
+            rtts[on]! += r.rtts
+            lost[on]! += r.lost
+        }
+        func p(_ xs: [Double], _ q: Double) -> Double { vmPercentile(xs, q) }
+        let off = rtts[false]!, on = rtts[true]!
+        print("  \(String(epochMs).leftPad(3)) ms  \(fmt(p(off, 50), 2).leftPad(6)) ms  \(fmt(p(off, 99), 2).leftPad(6)) ms  "
+              + "\(fmt(p(on, 50), 2).leftPad(7)) ms  \(fmt(p(on, 99), 2).leftPad(7)) ms  \(fmt(p(on, 50) / p(off, 50), 1).leftPad(9))×  "
+              + "\(fmt(p(on, 99) / p(off, 99), 1).leftPad(9))×  \(String(lost[false]!).leftPad(7))/\(lost[true]!)  \(String(heldMax).leftPad(8))  \(String(dropped).leftPad(7))")
+    }
+    print("  on = replies held until the replica acknowledged the checkpoint after them (OutputCommitGate); off = straight to the tap. "
+          + "A reply waits for the end of its epoch and that checkpoint's ack: expect on ≈ off + about half an epoch + the pause.")
+}
+
+/// A flag one thread clears and another polls.
+fileprivate final class RunningFlag: @unchecked Sendable {
+    // SAFETY (Sendable): guarded by `lock`.
+    private let lock = NSLock()
+    private var value = true
+    var isSet: Bool { lock.withLock { value } }
+    func clear() { lock.withLock { value = false } }
 }
 
 func repositoryRoot(containing relative: String) throws -> String {
