@@ -76,6 +76,10 @@ public enum VMDriverReport: Sendable, Equatable {
     case readyToSwitch(name: String, epoch: UInt64)
     /// The hand-over failed before the guest was paused for good (the guest runs on here).
     case handOverFailed(name: String, epoch: UInt64, reason: String)
+    /// A `run` or `hold` of the VM at `epoch` failed here (libvirt did not answer, a takeover could
+    /// not start the standby): the controller asks again later, so a VM does not stay down for want
+    /// of a second attempt.
+    case actionFailed(name: String, epoch: UInt64, reason: String)
 }
 
 public struct VMSettings: Sendable, Equatable {
@@ -116,6 +120,10 @@ public struct VMController: Controller {
     var handOversTried: Set<String> = []
     /// VMs paused here for a switch: the tick the switch was last submitted (resent until decided).
     var switchSentAt: [String: UInt64] = [:]
+    /// VMs whose last run/hold failed here: not asked again before this tick.
+    var retryAt: [String: UInt64] = [:]
+    /// Seconds between attempts after a failed run or hold.
+    public static let retrySeconds: UInt64 = 5
     var sporeTimeSeen: (time: Int64, tick: UInt64) = (0, 0)
 
     /// `run` must differ between starts of the same node (the agent draws it at random at each start).
@@ -188,6 +196,11 @@ public struct VMController: Controller {
             switchSentAt[name] = context.tick
             return [.submit(.vmSwitch(name: name, to: m.to, epoch: epoch)),
                     .note("VM \(name) paused here at a state \(m.to) committed; switching it over (epoch \(epoch) → \(epoch + 1))")]
+        case let .actionFailed(name, epoch, reason):
+            guard let mine = local[name], mine.epoch == epoch, mine.role != .fenced else { return [] }
+            local[name] = nil
+            retryAt[name] = context.tick + Self.retrySeconds * max(1, context.ticksPerSecond)
+            return [.note("VM \(name): \(mine.role == .replica ? "holding its replica" : "running it") failed here (\(reason)); trying again in \(Self.retrySeconds) s")]
         case let .handOverFailed(name, epoch, reason):
             guard let r = context.state.vms.vms[name], r.primary == context.node, r.epoch == epoch,
                   local[name]?.role == .handingOver, local[name]?.epoch == epoch else { return [] }
@@ -275,6 +288,7 @@ public struct VMController: Controller {
                     out.append(.note("handing VM \(r.name) over to \(m.to) (planned migration)"))
                     continue
                 }
+                if let at = retryAt[r.name], context.tick < at { continue }
                 // Run again when the replica changed too: the driver then replicates to the new one.
                 if valid && (current?.role != .primary || current?.epoch != r.epoch || current?.replica != r.replica) {
                     local[r.name] = (.primary, r.epoch, r.replica)
@@ -286,6 +300,7 @@ public struct VMController: Controller {
                     out.append(.note("fenced VM \(r.name): lease not renewed; paused until it is"))
                 }
             } else if r.replica == context.node {
+                if let at = retryAt[r.name], context.tick < at { continue }
                 if local[r.name]?.role != .replica || local[r.name]?.epoch != r.epoch {
                     if local[r.name]?.role == .handingOver {
                         // The switch applied: the target runs the guest now; this copy stays paused.

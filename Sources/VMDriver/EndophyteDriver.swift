@@ -277,9 +277,19 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
 
     public func perform(_ action: VMAction) async throws {
         switch action {
-        case .run(let r): try run(r)
+        case .run(let r):
+            do { try run(r) } catch {
+                // A guest started (or taken over) but not made a primary here must not run untracked.
+                if lock.withLock({ primaries[r.name] }) == nil { try? host.domain(named: r.name).pause() }
+                tellController(.actionFailed(name: r.name, epoch: r.epoch, reason: "\(error)"))
+                throw error
+            }
         case let .keepAlive(name, seconds): try keepAlive(name, seconds: seconds)
-        case .hold(let r): try hold(r)
+        case .hold(let r):
+            do { try hold(r) } catch {
+                tellController(.actionFailed(name: r.name, epoch: r.epoch, reason: "\(error)"))
+                throw error
+            }
         case let .fence(name, reason): fence(name, reason: reason)
         case let .destroy(name, reason): try destroy(name, reason: reason)
         case .handOver(let r): handOver(r)

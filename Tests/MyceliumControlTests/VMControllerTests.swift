@@ -259,6 +259,23 @@ final class VMControllerTests: XCTestCase {
                        "it never stopped running: nothing to resume")
     }
 
+    /// A run that failed here (libvirt down, a standby that would not start) is asked for again
+    /// after a while, not left failed for good.
+    func testAFailedRunIsRetried() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        var primary = VMController(run: 1000)
+        XCTAssertEqual(actions(try renew(&primary, 2, tick: 10)), [.run(state.vms.vms["web-1"]!)])
+        _ = primary.reported(.actionFailed(name: "web-1", epoch: 1, reason: "libvirt: connection refused"), context: ctx(2, tick: 11))
+        var again: UInt64?
+        for t in UInt64(12)...200 {
+            let e = t % tps == 0 ? try renew(&primary, 2, tick: t) : primary.tick(context: ctx(2, tick: t))
+            if actions(e).contains(.run(state.vms.vms["web-1"]!)) { again = t; break }
+        }
+        XCTAssertEqual(again, 11 + VMController.retrySeconds * tps, "asked again after \(VMController.retrySeconds) s")
+        // A report about an older epoch changes nothing.
+        XCTAssertEqual(primary.reported(.actionFailed(name: "web-1", epoch: 0, reason: "old"), context: ctx(2, tick: 90)).count, 0)
+    }
+
     func testAHandOverWithoutAValidLeaseFencesInsteadOfWaiting() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
         var primary = VMController(run: 1000)
