@@ -220,38 +220,41 @@ final class VMFailoverProcessTests: XCTestCase {
         XCTAssertEqual(aRuns, 0, "the copy on n1 never runs again")
     }
 
-    /// A planned migration of the busy guest to its replica (`mycelium vm migrate`, from a third
-    /// node): the record switches (epoch 2, the old primary now the replica), the guest continues on
-    /// the target from the exact state it was paused in, never running on both hosts, and is
-    /// protected again. Then a migration back whose target is cut off before the switch: aborted, and
-    /// the guest keeps running where it was.
+    /// A planned migration of the busy guest to a third node (`mycelium vm migrate --to`, asked on
+    /// the replica's node): the target becomes the replica and gets a full copy, the old replica's
+    /// copy goes, then the switch is recorded (epoch 2, the old primary now the replica) and the
+    /// guest continues on the target from the exact state it was paused in, never running on two
+    /// hosts, and is protected again by a resync. Then a migration whose target is frozen before
+    /// anything reaches it: aborted, and the guest keeps running where it was.
     func testAPlannedMigrationMovesTheBusyGuestAndAFailedOneLeavesItWhereItWas() async throws {
         try await onThreeHosts { hosts, c in
             let ids = try await protectedVM(c)
-            let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
+            let serialA = c.home("n1") + "/vms/web.serial", serialC = c.home("n3") + "/vms/web.serial"
             let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
-            let watch = try BothHostsWatch(a: hosts.uri("a"), b: hosts.uri("b"))
+            let watch = try BothHostsWatch(a: hosts.uri("a"), b: hosts.uri("c"))
             defer { watch.stop() }
-            let (code, out) = try c.cli(["vm", "migrate", "web", "--home", c.home("n3")])
+            let lb = try LibvirtConnection(uri: hosts.uri("b"))
+            let (code, out) = try c.cli(["vm", "migrate", "web", "--to", ids["n3"]!, "--home", c.home("n2")])
             XCTAssertEqual(code, 0, out)
-            XCTAssertTrue(out.contains("switched to \(ids["n2"]!)"), out)
-            let v = await vms(c, "n2").first
-            XCTAssertEqual(v?.primary, ids["n2"])
+            XCTAssertTrue(out.contains("switched to \(ids["n3"]!)"), out)
+            let v = await vms(c, "n3").first
+            XCTAssertEqual(v?.primary, ids["n3"])
             XCTAssertEqual(v?.replica, ids["n1"], "the old primary holds the replica now")
             XCTAssertEqual(v?.epoch, 2)
-            try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 30) { SerialLog(path: serialB).counts.count >= 3 }
+            try await MyceliumAgentTests.waitUntil("the guest counts on n3", timeout: 30) { SerialLog(path: serialC).counts.count >= 3 }
+            try await MyceliumAgentTests.waitUntil("the old replica's copy on n2 gone", timeout: 30) { (try? lb.domain(named: "web")) == nil }
             let lastOnA = try XCTUnwrap(SerialLog(path: serialA).counts.last)
-            let onB = SerialLog(path: serialB)
-            XCTAssertEqual(onB.bootTags, [], "continued, not booted: \(onB.otherLines.suffix(5))")
-            XCTAssertTrue(onB.counts.allSatisfy { $0.tag == tag }, "the same boot: \(onB.counts.prefix(3))")
-            let first = try XCTUnwrap(onB.counts.first).n
+            let onC = SerialLog(path: serialC)
+            XCTAssertEqual(onC.bootTags, [], "continued, not booted: \(onC.otherLines.suffix(5))")
+            XCTAssertTrue(onC.counts.allSatisfy { $0.tag == tag }, "the same boot: \(onC.counts.prefix(3))")
+            let first = try XCTUnwrap(onC.counts.first).n
             // From exactly where n1 paused: the next count (or the line being printed at the pause again).
-            XCTAssertTrue((lastOnA.n...lastOnA.n + 1).contains(first), "n1 printed up to \(lastOnA.n); n2 began at \(first)")
+            XCTAssertTrue((lastOnA.n...lastOnA.n + 1).contains(first), "n1 printed up to \(lastOnA.n); n3 began at \(first)")
             let m = watch.summary()
             XCTAssertEqual(m.both, 0, "both copies ran at once in \(m.both) samples")
-            print("VM-MIGRATE last-on-a=\(lastOnA.n) first-on-b=\(first) blackout=\(String(format: "%.3f", m.longestNeither))s (both hosts polled every 5 ms, \(m.samples) samples)")
+            print("VM-MIGRATE last-on-a=\(lastOnA.n) first-on-c=\(first) blackout=\(String(format: "%.3f", m.longestNeither))s (both hosts polled every 5 ms, \(m.samples) samples)")
             try await MyceliumAgentTests.waitUntil("protected again, n1 the replica", timeout: 60) {
-                await self.vms(c, "n2").first?.here?.contains("protected") == true
+                await self.vms(c, "n3").first?.here?.contains("protected") == true
             }
             try await MyceliumAgentTests.waitUntil("n1 holds a committed image", timeout: 30) {
                 let here = await self.vms(c, "n1").first?.here ?? ""
@@ -259,34 +262,34 @@ final class VMFailoverProcessTests: XCTestCase {
             }
             // n1 kept its paused guest's RAM as the base of its image: re-protecting it took a
             // resync by hashes of what changed since the switch, not a full copy.
-            let resync = try await XCTUnwrapAsync(await resyncCounts(c, "n2"), "n2's last sync: \(await vms(c, "n2").first?.here ?? "-")")
+            let resync = try await XCTUnwrapAsync(await resyncCounts(c, "n3"), "n3's last sync: \(await vms(c, "n3").first?.here ?? "-")")
             XCTAssertLessThan(resync.differed, resync.of / 4, "re-protected by a resync of what changed")
             print("VM-MIGRATE-REPROTECT differed=\(resync.differed) of=\(resync.of)")
 
             // Then a migration that cannot finish: its target's agent is frozen (SIGSTOP: its
             // host up, its agent silent) before anything reaches it. The target never gets a
             // synced copy, the leader aborts once the target is no longer alive, and the guest runs
-            // on n2 throughout.
-            let leader = await c.status("n2")?.leader
-            let target = leader == ids["n3"] ? "n1" : "n3"
+            // on n3 throughout.
+            let leader = await c.status("n3")?.leader
+            let target = leader == ids["n2"] ? "n1" : "n2"
             c.signal(target, SIGSTOP)
             defer { c.signal(target, SIGCONT) }
-            let countsBefore = SerialLog(path: serialB).counts.count
+            let countsBefore = SerialLog(path: serialC).counts.count
             var back: (Int32, String) = (0, "")
             for _ in 0..<50 {
-                back = try c.cli(["vm", "migrate", "web", "--to", ids[target]!, "--home", c.home("n2")])
+                back = try c.cli(["vm", "migrate", "web", "--to", ids[target]!, "--home", c.home("n3")])
                 if !back.1.contains("retry") { break }  // no leader for a moment: the operator retries
             }
             XCTAssertNotEqual(back.0, 0, back.1)
-            XCTAssertTrue(back.1.contains("stays on \(ids["n2"]!)"), back.1)
+            XCTAssertTrue(back.1.contains("stays on \(ids["n3"]!)"), back.1)
             c.signal(target, SIGCONT)
-            let after = await vms(c, "n2").first
+            let after = await vms(c, "n3").first
             XCTAssertEqual(after?.epoch, 2, "nothing switched")
-            XCTAssertEqual(after?.primary, ids["n2"])
+            XCTAssertEqual(after?.primary, ids["n3"])
             XCTAssertTrue(after?.lastMigration?.hasPrefix("aborted") == true, "\(after?.lastMigration ?? "-")")
-            try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 30) { SerialLog(path: serialB).counts.count >= countsBefore + 5 }
-            let counts = SerialLog(path: serialB).counts
-            XCTAssertTrue(zip(counts, counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order, on n2")
+            try await MyceliumAgentTests.waitUntil("the guest counts on n3", timeout: 30) { SerialLog(path: serialC).counts.count >= countsBefore + 5 }
+            let counts = SerialLog(path: serialC).counts
+            XCTAssertTrue(zip(counts, counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order, on n3")
             let end = watch.summary()
             XCTAssertEqual(end.both, 0, "both copies ran at once in \(end.both) samples")
             XCTAssertEqual(end.aRunsAfterSwitch, 0, "the copy on n1 never ran after the switch")
