@@ -3,13 +3,14 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
 // refusal is also described, as the node's log line would be: describing it must not crash either.
 
 import Endophyte
+import MyceliumAPI
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
@@ -23,12 +24,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync or redirector")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector or domainxml")
             exit(2)
         }
         return t
@@ -172,6 +173,11 @@ enum FuzzTarget: String {
                     precondition(v.encoded() == body, "hashes re-encoding differs")
                     precondition(!v.hashes.isEmpty && v.hashes.count <= PageHashChunk.maxHashes, "unbounded hash chunk")
                 }
+            }
+        case .domainxml:
+            // An operator's libvirt domain definition (`vm create --xml`): a result or a clear error.
+            if let d = try? DomainImport.parse(String(decoding: bytes, as: UTF8.self)) {
+                precondition(d.memoryMiB > 0 || d.kernel.isEmpty == false, "a domain without memory accepted")
             }
         case .redirector:
             // What QEMU's filter-redirector writes to output commit's chardev (the guest's packets). The
@@ -443,6 +449,7 @@ func writeSeeds(to dir: String) {
         ("redirector", [6] + RedirectorFrame(packet: [UInt8](repeating: 0, count: 12) + [UInt8](repeating: 0xff, count: 6) + [UInt8](repeating: 1, count: 36)).encoded()
             + RedirectorFrame(packet: [1, 2, 3]).encoded()),
         ("redirector", [1] + RedirectorFrame(packet: [UInt8](repeating: 7, count: 60), vnetHeaderLength: 12).encoded()),
+        ("domainxml", Array("<domain type='kvm'><name>web</name><memory unit='MiB'>256</memory><vcpu>2</vcpu><os><kernel>/k</kernel><initrd>/i</initrd></os><devices><graphics/></devices></domain>".utf8)),
         // Two chunks of a 6-byte message of type 12 (pages), then its barrier; then an empty message.
         ("rzmessages", [0, 0, 0, 0, 0, 0, 4, 3, 3, 3, 3] + [0, 0, 0, 0, 4, 0, 2, 9, 9] + [1, 1, 12, 0, 0, 0, 0, 0, 6] + [1, 1, 14, 0, 0, 0, 0, 0, 0]),
         ("spore", [0] + {

@@ -540,20 +540,22 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 report(.notice, "VM \(name): paused for the switch to \(target) at replication epoch \(source.status.committedEpoch); waiting for it to apply")
                 tellController(.readyToSwitch(name: name, epoch: epoch))
                 while true {
-                    if stop() { throw VMDriverError("the hand-over was stopped (fenced or destroyed)") }
+                    // The decision first: a switch is followed at once by `hold`, which stops this
+                    // thread; the switch must still be seen as one.
                     switch lock.withLock({ p.decision }) {
                     case .switched?: return
                     case .aborted?: throw VMDriverError("the migration was aborted before the switch")
-                    case nil: usleep(500)
+                    case nil:
+                        if stop() { throw VMDriverError("the hand-over was stopped (fenced or destroyed)") }
+                        usleep(500)
                     }
                 }
             },
             mayResume: { [lock] in
-                if stop() { return false }
                 switch lock.withLock({ p.decision }) {
-                case .aborted(let resume)?: return resume
+                case .aborted(let resume)?: return resume && !stop()
                 case .switched?: return false
-                case nil: return true  // failed before the pause was reported: nobody else runs it
+                case nil: return !stop()  // failed before the pause was reported: nobody else runs it
                 }
             })
         do {

@@ -16,6 +16,7 @@ struct VMCommandGroup: AsyncParsableCommand {
 
             Example:
               mycelium vm create web-1 --memory 256M --kernel /srv/vmlinuz --initrd /srv/initrd.gz
+              mycelium vm create --xml web-2.xml     # a libvirt domain definition of your own, adapted
               mycelium vm list
               mycelium vm show web-1 -o json
               mycelium vm migrate web-1              # to its replica (already in sync: fastest)
@@ -37,23 +38,44 @@ struct VMCommandGroup: AsyncParsableCommand {
                 """)
         @OptionGroup var agent: AgentOptions
         @OptionGroup var out: OutputOptions
-        @Argument(help: "The VM's name, as libvirt and virsh show it: 1-63 of a-z, 0-9 and '-', starting with a letter.")
-        var name: String
-        @Option(help: "Guest memory: a number with M or G (256M, 1G); M if no unit.") var memory: String
-        @Option(help: "Virtual CPUs (1-64).") var vcpus: Int = 1
-        @Option(help: "Kernel image path on the hosts.") var kernel: String = ""
-        @Option(help: "Initrd path on the hosts.") var initrd: String = ""
-        @Option(help: "Kernel command line.") var cmdline: String = "console=ttyS0"
+        @Argument(help: "The VM's name, as libvirt and virsh show it: 1-63 of a-z, 0-9 and '-', starting with a letter (with --xml: the file's <name> unless given).")
+        var name: String?
+        @Option(help: "Guest memory: a number with M or G (256M, 1G); M if no unit.") var memory: String?
+        @Option(help: "Virtual CPUs (1-64).") var vcpus: Int?
+        @Option(help: "Kernel image path on the hosts.") var kernel: String?
+        @Option(help: "Initrd path on the hosts.") var initrd: String?
+        @Option(help: "Kernel command line (default console=ttyS0).") var cmdline: String?
+        @Option(help: "A libvirt domain definition of your own: its name, memory, vCPUs, kernel, initrd and command line are taken; Mycelium writes the domain itself.")
+        var xml: String?
         @Option(help: "The node to run it on (default: this node).") var on: String?
         @Option(help: "auto, none, or the node ID of the replica.") var replica: String = "auto"
         @Option(help: "Seconds to wait until the network has recorded it.") var wait: Double = 10
 
         func run() async throws {
-            guard let mib = parseMiB(memory) else {
-                throw ValidationError("--memory '\(memory)' is not a size: use a number with M or G, e.g. 256M or 1G")
+            var spec = (name: name ?? "", mib: UInt32(0), vcpus: vcpus ?? 1, kernel: kernel ?? "", initrd: initrd ?? "", cmdline: cmdline ?? "console=ttyS0")
+            if let xml {
+                let given = [("--memory", memory), ("--vcpus", vcpus.map { "\($0)" }), ("--kernel", kernel), ("--initrd", initrd), ("--cmdline", cmdline)]
+                    .filter { $0.1 != nil }.map(\.0)
+                if !given.isEmpty {
+                    throw ValidationError("--xml takes memory, vCPUs, kernel, initrd and command line from the file; leave out \(given.joined(separator: ", "))")
+                }
+                let d: ImportedDomain
+                do { d = try DomainImport.read(path: xml) } catch { throw ValidationError("--xml \(xml): \(error)") }
+                spec = (name ?? d.name, d.memoryMiB, d.vcpus, d.kernel, d.initrd, d.cmdline)
+                if !d.ignored.isEmpty {
+                    FileHandle.standardError.write(Data("note: ignored from \(xml) (Mycelium writes the domain itself): \(d.ignored.joined(separator: ", "))\n".utf8))
+                }
+            } else {
+                guard let memory else { throw ValidationError("give --memory (e.g. 256M), or --xml FILE with a domain definition") }
+                guard let mib = parseMiB(memory) else {
+                    throw ValidationError("--memory '\(memory)' is not a size: use a number with M or G, e.g. 256M or 1G")
+                }
+                spec.mib = mib
             }
-            var p: [(String, String)] = [("name", name), ("memory_mib", "\(mib)"), ("vcpus", "\(vcpus)"), ("kernel", kernel),
-                                         ("initrd", initrd), ("cmdline", cmdline), ("replica", replica)]
+            guard !spec.name.isEmpty else { throw ValidationError("give the VM a name (the file has no <name>)") }
+            let name = spec.name
+            var p: [(String, String)] = [("name", name), ("memory_mib", "\(spec.mib)"), ("vcpus", "\(spec.vcpus)"), ("kernel", spec.kernel),
+                                         ("initrd", spec.initrd), ("cmdline", spec.cmdline), ("replica", replica)]
             if let on { p.append(("on", on)) }
             let client = agent.client
             let answer = try await client.vm("create", p)

@@ -69,6 +69,48 @@ final class VMAPIProcessTests: XCTestCase {
             XCTAssertNotEqual(code, 0, "\(args): \(out)")
             XCTAssertTrue(out.contains(expected), "\(args) should say '\(expected)': \(out)")
         }
+        // A libvirt domain definition of the operator's own: what the network records is taken
+        // from it, what cannot follow a VM between hosts is refused before anything is sent.
+        let dir = NSTemporaryDirectory() + "vm-xml-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func file(_ name: String, _ xml: String) throws -> String {
+            let path = dir + "/" + name
+            try xml.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let own = try file("own.xml", """
+            <domain type='kvm'><name>imported</name><memory unit='MiB'>96</memory><vcpu>2</vcpu>
+            <os><type>hvm</type><kernel>/bin/sh</kernel><cmdline>console=ttyS0 quiet</cmdline></os>
+            <devices><graphics type='vnc'/></devices></domain>
+            """)
+        let (xc, xout) = try c.cli(["vm", "create", "--xml", own, "--home", c.home("n1"), "-o", "json"])
+        XCTAssertEqual(xc, 0, xout)
+        XCTAssertTrue(xout.contains("ignored from") && xout.contains("devices/graphics"), xout)
+        let all = try await AgentClient(socket: c.home("n1") + "/agent.sock").vms().vms
+        let imported = try XCTUnwrap(all.first { $0.name == "imported" })
+        XCTAssertEqual([imported.memoryMiB, UInt32(imported.vcpus)], [96, 2])
+        XCTAssertEqual(imported.cmdline, "console=ttyS0 quiet")
+        let badXML: [(String, String)] = [
+            (try file("disk.xml", "<domain><name>d</name><memory>65536</memory><os><kernel>/bin/sh</kernel></os><devices><disk type='file'/></devices></domain>"),
+             "disks are not replicated yet"),
+            (try file("nokernel.xml", "<domain><name>d</name><memory>65536</memory></domain>"), "no <os><kernel>"),
+            (try file("entity.xml", "<!DOCTYPE domain [<!ENTITY x SYSTEM \"file:///etc/hostname\">]><domain><name>&x;</name></domain>"), "entities"),
+            (try file("broken.xml", "<domain><name>d</name>"), "not well-formed"),
+            (try file("nic.xml", "<domain><name>d</name><memory>65536</memory><os><kernel>/bin/sh</kernel></os><devices><interface type='network'/></devices></domain>"),
+             "its own NIC"),
+        ]
+        for (path, expected) in badXML {
+            let (code, out) = try c.cli(["vm", "create", "--xml", path, "--home", c.home("n1")])
+            XCTAssertNotEqual(code, 0, "\(path): \(out)")
+            XCTAssertTrue(out.contains(expected), "\(path) should say '\(expected)': \(out)")
+        }
+        let (dx, dxout) = try c.cli(["vm", "delete", "imported", "--home", c.home("n1")])
+        XCTAssertEqual(dx, 0, dxout)
+        try await waitUntil("imported deleted") {
+            (try? await AgentClient(socket: c.home("n1") + "/agent.sock").vms().vms.map(\.name)) == ["web-1"]
+        }
+
         let after = try await AgentClient(socket: c.home("n1") + "/agent.sock").vms().vms
         XCTAssertEqual(after.map(\.name), ["web-1"], "refused commands left nothing")
 

@@ -243,6 +243,13 @@ final class VMFailoverProcessTests: XCTestCase {
             XCTAssertEqual(v?.epoch, 2)
             try await MyceliumAgentTests.waitUntil("the guest counts on n3", timeout: 30) { SerialLog(path: serialC).counts.count >= 3 }
             try await MyceliumAgentTests.waitUntil("the old replica's copy on n2 gone", timeout: 30) { (try? lb.domain(named: "web")) == nil }
+            // The old primary reports the hand-over as a migration (event and metric), not a rollback.
+            try await MyceliumAgentTests.waitUntil("n1 reports the migration", timeout: 10) {
+                let (_, body) = try await AgentClient(socket: c.home("n1") + "/agent.sock").request(method: "GET", path: "/metrics")
+                let metrics = String(decoding: body, as: UTF8.self)
+                return metrics.contains("mycelium_vm_transitions_total{kind=\"migrated\"} 1")
+                    && metrics.contains("mycelium_vm_transitions_total{kind=\"rolled_back\"} 0")
+            }
             let lastOnA = try XCTUnwrap(SerialLog(path: serialA).counts.last)
             let onC = SerialLog(path: serialC)
             XCTAssertEqual(onC.bootTags, [], "continued, not booted: \(onC.otherLines.suffix(5))")
