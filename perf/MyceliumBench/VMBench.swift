@@ -9,25 +9,46 @@
 // COLO with multifd reports a 31 ms p99 (cited, not run here: COLO deadlocks under TCG in 7.2).
 //
 //   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024]      (root)
+//       [--sections pause,migration,failover] [--reps 3] [--vm-memory 256]
+// The migration and failover sections are in VMMigrationBench.swift; they need the release
+// `myceliumd` and `mycelium` next to the benchmark.
 
 import Endophyte
 import Foundation
 import MyceliumControl
 import MyceliumIdentity
 import Rhizomorph
+import VMHarness
 import VMHost
 
 func runVMBench(_ args: [String]) async throws {
     guard getuid() == 0 else { throw BenchError("mycelium-bench vm needs root (network namespaces, libvirtd, QEMU)") }
-    var seconds = 8.0, memories: [UInt32] = [256, 1024]
+    var seconds = 8.0, memories: [UInt32] = [256, 1024], sections: Set<String> = ["pause"], reps = 3, vmMemory = 256
     var i = 0
-    while i < args.count {
+    while i + 1 < args.count {
         switch args[i] {
-        case "--seconds": i += 1; seconds = Double(args[i]) ?? seconds
-        case "--memory": i += 1; memories = args[i].split(separator: ",").compactMap { UInt32($0) }
-        default: throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024")
+        case "--seconds": seconds = Double(args[i + 1]) ?? seconds
+        case "--memory": memories = args[i + 1].split(separator: ",").compactMap { UInt32($0) }
+        case "--sections": sections = Set(args[i + 1].split(separator: ",").map(String.init))
+        case "--reps": reps = max(1, Int(args[i + 1]) ?? reps)
+        case "--vm-memory": vmMemory = Int(args[i + 1]) ?? vmMemory
+        default: throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,migration,failover --reps N --vm-memory MiB")
         }
-        i += 1
+        i += 2
+    }
+    if i < args.count { throw BenchError("option \(args[i]) needs a value") }
+    let unknown = sections.subtracting(["pause", "migration", "failover"])
+    guard unknown.isEmpty else { throw BenchError("unknown section(s) \(unknown.sorted()); the sections are pause, migration, failover") }
+    if !sections.isDisjoint(with: ["migration", "failover"]) {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        for tool in ["myceliumd", "mycelium"] where !FileManager.default.isExecutableFile(atPath: bin + "/" + tool) {
+            throw BenchError("\(bin)/\(tool) not found: build it in the same configuration (swift build -c release --scratch-path .build-release --product \(tool))")
+        }
+        let guest = try Guest.files.get()
+        print("mycelium-bench vm on \(machineLine()); QEMU TCG guest (scripts/vm-guest), 1 vCPU")
+        if sections.contains("migration") { try await runMigrationSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest) }
+        if sections.contains("failover") { try await runFailoverSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest) }
+        guard sections.contains("pause") else { return }
     }
     let root = try repositoryRoot(containing: "scripts/vmhost")
     let work = "/tmp/mycelium-bench-vm-\(getpid())"
