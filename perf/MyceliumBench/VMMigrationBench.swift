@@ -308,7 +308,7 @@ func runMigrationSection(memoryMiB: Int, reps: Int, bin: String, guest: (kernel:
             // Where the time went, as the drivers report it.
             try await waitFor("n\(dst) reports its takeover", timeout: 10) { await cluster.lastEvent(dst, containing: "took over at ownership epoch \(r + 2)") != nil }
             let took = await cluster.lastEvent(dst, containing: "took over at ownership epoch \(r + 2)") ?? ""
-            let switched = await cluster.lastEvent(src, containing: "switched to") ?? ""
+            let switched = await cluster.lastEvent(src, containing: "paused here for good") ?? ""
             let t = milliseconds(in: took)  // [total, copy, device state, resume]
             let activation = t.first.map { Double($0) / 1000 } ?? .nan
             sample.detail = "activation on the target \(t.first.map { "\($0) ms" } ?? "?")"
@@ -380,6 +380,7 @@ private func failoverOnce(_ hosts: VMHosts, memoryMiB: Int, bin: String, guest: 
     let lineInterval = c1 > c0 ? (t1 - t0) / Double(c1 - c0) : .nan
     try await Task.sleep(nanoseconds: UInt64.random(in: 0..<1_000_000_000))
 
+    let n1Led = await cluster.net.status(2)?.leader == cluster.ids[1]
     let tKill = mono()
     try hosts.kill("a")
     let lastOnA = SerialLog(path: cluster.serial(1)).last
@@ -413,7 +414,8 @@ private func failoverOnce(_ hosts: VMHosts, memoryMiB: Int, bin: String, guest: 
                           untilProposed: proposed.map { $0.at - recorded.at },
                           linesLost: lost, lineInterval: lineInterval, epochAge: epochAge,
                           activation: "activation \(t.first.map { "\($0) ms" } ?? "?")" + (t.count >= 4 ? " (copy \(t[1]), device state \(t[2]), resume \(t[3]) ms)" : "")
-                              + "; last on a \(lastOnA?.n ?? -1), first on b \(firstOnB?.n ?? -1)")
+                              + "; last on a \(lastOnA?.n ?? -1), first on b \(firstOnB?.n ?? -1)"
+                              + (n1Led ? "; n1 led Raft (the vote waited for a new leader)" : ""))
 }
 
 private func waitForEvent(_ log: LifecycleLog, _ host: String, _ domain: String, _ kind: DomainLifecycleEvent.Kind, after t: Double,
