@@ -308,6 +308,11 @@ func runMigrationSection(memoryMiB: Int, reps: Int, bin: String, guest: (kernel:
             // Where the time went, as the drivers report it.
             try await waitFor("n\(dst) reports its takeover", timeout: 10) { await cluster.lastEvent(dst, containing: "took over at ownership epoch \(r + 2)") != nil }
             let took = await cluster.lastEvent(dst, containing: "took over at ownership epoch \(r + 2)") ?? ""
+            // The source's driver reports its side once the switch's decision reached it, which may
+            // be after the target resumed: waited for briefly, left out if it does not come.
+            try? await waitFor("n\(src) reports its hand-over", timeout: 5) {
+                await cluster.lastEvent(src, containing: "switched to \(cluster.ids[dst] ?? "?"); paused here for good") != nil
+            }
             let switched = await cluster.lastEvent(src, containing: "paused here for good") ?? ""
             let t = milliseconds(in: took)  // [total, copy, device state, resume]
             let activation = t.first.map { Double($0) / 1000 } ?? .nan
