@@ -85,27 +85,29 @@ public final class LifecycleEventSubscription: @unchecked Sendable {
     // may be called from any thread.
     private let connection: LibvirtConnection
     private var callbackID: Int32?
-    private var lock = pthread_mutex_t()
+    // On the heap: a mutex must not move, and a stored property's address is not stable in Swift.
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     init(connection: LibvirtConnection, callbackID: Int32) {
         self.connection = connection
         self.callbackID = callbackID
-        pthread_mutex_init(&lock, nil)
+        pthread_mutex_init(lock, nil)
     }
 
     /// Stops delivery (events already queued in the loop may still arrive once). Idempotent.
     public func cancel() {
-        pthread_mutex_lock(&lock)
+        pthread_mutex_lock(lock)
         let id = callbackID
         callbackID = nil
-        pthread_mutex_unlock(&lock)
+        pthread_mutex_unlock(lock)
         // libvirt frees the handler (the retained box) itself once the loop has let go of it.
         if let id { _ = virConnectDomainEventDeregisterAny(connection.handle, id) }
     }
 
     deinit {
         cancel()
-        pthread_mutex_destroy(&lock)
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
     }
 }
 

@@ -230,8 +230,11 @@ private func medianMs(_ xs: [Double]) -> String { xs.isEmpty ? "-" : ms(median(x
 /// a signal that stops the run.
 func withVMHosts<T>(_ letters: [String], _ body: (VMHosts) async throws -> T) async throws -> T {
     let hosts = try VMHosts(letters)
-    let prefix = hosts.prefix
-    BenchHygiene.atSignal(hosts) { _ = try? runTool([Repo.vmhost, "down-all", prefix]) }
+    let (prefix, scratch) = (hosts.prefix, hosts.scratch)
+    BenchHygiene.atSignal(hosts) {
+        _ = try? runTool([Repo.vmhost, "down-all", prefix])
+        try? FileManager.default.removeItem(atPath: scratch)
+    }
     defer {
         BenchHygiene.forgetCleanup(hosts)
         for problem in hosts.tearDown() { print("  WARNING: \(problem)") }
