@@ -259,7 +259,8 @@ func runMigrationSection(memoryMiB: Int, reps: Int, bin: String, guest: (kernel:
         try log.watch("b", uri: hosts.uri("b"))
 
         // (b) libvirt's own live migration of a plain guest of the same spec, before any agent runs
-        // (an agent would remove a Mycelium-marked domain it does not know).
+        // (the agents' fencing watchdog pauses a Mycelium-marked primary it holds no lease for, and
+        // the plain guest has the same domain XML).
         var plain: [MigrationSample] = []
         do {
             let spec = VMSpec(name: "plain", memoryMiB: UInt32(memoryMiB), vcpus: 1, kernel: guest.kernel, initrd: guest.initrd, cmdline: Guest.cmdline)
