@@ -80,52 +80,95 @@ public struct DomainLifecycleEvent: Sendable, Equatable, CustomStringConvertible
 }
 
 /// A registration of a lifecycle handler on one connection; `cancel()` (or dropping it) ends it.
-public final class LifecycleEventSubscription: @unchecked Sendable {
-    // SAFETY (@unchecked Sendable): `callbackID` is cleared once under `lock`; libvirt's deregister
-    // may be called from any thread.
+public final class LifecycleEventSubscription: Sendable {
     private let connection: LibvirtConnection
-    private var callbackID: Int32?
-    // On the heap: a mutex must not move, and a stored property's address is not stable in Swift.
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let token: Int
 
-    init(connection: LibvirtConnection, callbackID: Int32) {
+    init(connection: LibvirtConnection, token: Int) {
         self.connection = connection
-        self.callbackID = callbackID
-        pthread_mutex_init(lock, nil)
+        self.token = token
     }
 
-    /// Stops delivery (events already queued in the loop may still arrive once). Idempotent.
-    public func cancel() {
-        pthread_mutex_lock(lock)
-        let id = callbackID
-        callbackID = nil
-        pthread_mutex_unlock(lock)
-        // libvirt frees the handler (the retained box) itself once the loop has let go of it.
-        if let id { _ = virConnectDomainEventDeregisterAny(connection.handle, id) }
-    }
+    /// Stops delivery to this handler (an event being dispatched right now may still reach it once).
+    /// Idempotent.
+    public func cancel() { connection.lifecycleHandlers.remove(token, on: connection) }
+
+    deinit { cancel() }
+}
+
+/// Every lifecycle handler of one connection behind one libvirt registration: libvirt refuses the
+/// same C callback twice on a connection for the same event ("event callback already tracked"), so
+/// the first subscriber registers and the last one's cancel deregisters.
+final class LifecycleFanout: @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): every field is guarded by `lock`, a mutex on the heap (a mutex
+    // must not move; a stored property's address is not stable in Swift).
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var handlers: [Int: @Sendable (DomainLifecycleEvent) -> Void] = [:]
+    private var nextToken = 0
+    private var callbackID: Int32?
+
+    init() { pthread_mutex_init(lock, nil) }
 
     deinit {
-        cancel()
         pthread_mutex_destroy(lock)
         lock.deallocate()
     }
-}
 
-/// The handler, retained for libvirt as the callback's opaque pointer and released by its free callback.
-private final class LifecycleHandlerBox {
-    let handler: @Sendable (DomainLifecycleEvent) -> Void
-    init(_ handler: @escaping @Sendable (DomainLifecycleEvent) -> Void) { self.handler = handler }
+    private func locked<T>(_ body: () throws(LibvirtError) -> T) throws(LibvirtError) -> T {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return try body()
+    }
+
+    func add(_ handler: @escaping @Sendable (DomainLifecycleEvent) -> Void, on connection: LibvirtConnection) throws(LibvirtError) -> Int {
+        try locked { () throws(LibvirtError) -> Int in
+            if callbackID == nil {
+                // Retained for libvirt, released by its free callback once the loop has let go of it
+                // (a dispatch may still be running when a deregister returns).
+                let opaque = Unmanaged.passRetained(self).toOpaque()
+                // SAFETY: libvirt calls a lifecycle callback with the lifecycle signature; the generic
+                // type is only how the C API takes every kind of callback (VIR_DOMAIN_EVENT_CALLBACK).
+                let generic = unsafeBitCast(lifecycleCallback, to: virConnectDomainEventGenericCallback.self)
+                let id = virConnectDomainEventRegisterAny(connection.handle, nil, Int32(VIR_DOMAIN_EVENT_ID_LIFECYCLE.rawValue), generic, opaque) { p in
+                    if let p { Unmanaged<LifecycleFanout>.fromOpaque(p).release() }
+                }
+                if id < 0 {
+                    let e = LibvirtError.last("subscribe to the domain lifecycle events of \(connection.uri)")
+                    Unmanaged<LifecycleFanout>.fromOpaque(opaque).release()
+                    throw e
+                }
+                callbackID = id
+            }
+            nextToken += 1
+            handlers[nextToken] = handler
+            return nextToken
+        }
+    }
+
+    func remove(_ token: Int, on connection: LibvirtConnection) {
+        let id: Int32? = (try? locked { () -> Int32? in
+            guard handlers.removeValue(forKey: token) != nil, handlers.isEmpty, let id = callbackID else { return nil }
+            callbackID = nil
+            return id
+        }) ?? nil
+        if let id { _ = virConnectDomainEventDeregisterAny(connection.handle, id) }
+    }
+
+    func deliver(_ event: DomainLifecycleEvent) {
+        let current = (try? locked { handlers.sorted { $0.key < $1.key }.map(\.value) }) ?? []
+        for h in current { h(event) }
+    }
 }
 
 private let lifecycleCallback: @convention(c) (virConnectPtr?, virDomainPtr?, Int32, Int32, UnsafeMutableRawPointer?) -> Int32 = {
     _, dom, event, detail, opaque in
     let at = LibvirtEventLoop.monotonicSeconds()
     guard let opaque else { return 0 }
-    // SAFETY: `opaque` is the box retained at registration; libvirt calls the free callback, which
-    // releases it, only after the last delivery.
-    let box = Unmanaged<LifecycleHandlerBox>.fromOpaque(opaque).takeUnretainedValue()
+    // SAFETY: `opaque` is the fan-out retained at registration; libvirt calls the free callback,
+    // which releases it, only after the last delivery.
+    let fanout = Unmanaged<LifecycleFanout>.fromOpaque(opaque).takeUnretainedValue()
     let name = dom.flatMap { virDomainGetName($0) }.map { String(cString: $0) } ?? "?"
-    box.handler(DomainLifecycleEvent(domain: name, kind: .init(event), detail: detail, receivedAt: at))
+    fanout.deliver(DomainLifecycleEvent(domain: name, kind: .init(event), detail: detail, receivedAt: at))
     return 0
 }
 
@@ -137,18 +180,7 @@ extension LibvirtConnection {
     public func subscribeToLifecycleEvents(_ handler: @escaping @Sendable (DomainLifecycleEvent) -> Void)
         throws(LibvirtError) -> LifecycleEventSubscription {
         try LibvirtEventLoop.start()
-        let opaque = Unmanaged.passRetained(LifecycleHandlerBox(handler)).toOpaque()
-        // SAFETY: libvirt calls a lifecycle callback with the lifecycle signature; the generic type
-        // is only how the C API takes every kind of callback (VIR_DOMAIN_EVENT_CALLBACK).
-        let generic = unsafeBitCast(lifecycleCallback, to: virConnectDomainEventGenericCallback.self)
-        let id = virConnectDomainEventRegisterAny(handle, nil, Int32(VIR_DOMAIN_EVENT_ID_LIFECYCLE.rawValue), generic, opaque) { p in
-            if let p { Unmanaged<LifecycleHandlerBox>.fromOpaque(p).release() }
-        }
-        if id < 0 {
-            let e = LibvirtError.last("subscribe to the domain lifecycle events of \(uri)")
-            Unmanaged<LifecycleHandlerBox>.fromOpaque(opaque).release()
-            throw e
-        }
-        return LifecycleEventSubscription(connection: self, callbackID: id)
+        let token = try lifecycleHandlers.add(handler, on: self)
+        return LifecycleEventSubscription(connection: self, token: token)
     }
 }

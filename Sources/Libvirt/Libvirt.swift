@@ -76,6 +76,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     // the pointer itself never changes after init and is closed once, in deinit.
     let handle: virConnectPtr
     public let uri: String
+    /// The lifecycle handlers subscribed on this connection (Events.swift).
+    let lifecycleHandlers = LifecycleFanout()
 
     /// Opens `uri` (e.g. `qemu:///system`, `qemu+unix:///system?socket=PATH`, `test:///default`).
     public init(uri: String) throws(LibvirtError) {
