@@ -177,6 +177,7 @@ let package = Package(
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
                 "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI", "VMHost", "MyceliumControl",
+                "Libvirt", "VMHarness",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -242,9 +243,11 @@ let package = Package(
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),
-        // The VM tests' harness (scripts/vmhost hosts, the scripts/vm-guest guest, serial logs), shared
-        // by the test targets that run real VMs; linked by no product.
-        .target(name: "VMTestSupport", dependencies: ["Endophyte"], path: "Tests/VMTestSupport"),
+        // The VM harness (scripts/vmhost hosts, the scripts/vm-guest guest, serial logs), without XCTest:
+        // shared by the tests that run real VMs (through VMTestSupport, their XCTest glue) and by
+        // mycelium-bench vm; linked by no shipped product.
+        .target(name: "VMHarness", dependencies: ["Endophyte"], path: "Tests/VMHarness"),
+        .target(name: "VMTestSupport", dependencies: ["VMHarness"], path: "Tests/VMTestSupport"),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),

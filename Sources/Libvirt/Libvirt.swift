@@ -3,7 +3,9 @@
 // Mycelium is a libvirt client, not a replacement: a VM it runs is a libvirt domain under its own
 // name, visible to `virsh`. This module gives the agent what it needs of libvirt — connections,
 // domains (define, start, pause, resume, destroy, undefine, state, XML) and the QEMU monitor
-// passthrough that checkpoints use — with one error type that keeps libvirt's own error code,
+// passthrough that checkpoints use — and the benchmarks what they compare against (libvirt's own
+// live migration and its job statistics, domain lifecycle events: Migration.swift, Events.swift),
+// with one error type that keeps libvirt's own error code,
 // domain and message, so a log line says exactly what libvirt said.
 //
 // Threads: libvirt connections and domain handles may be used from any thread (libvirt ≥ 0.6).
@@ -62,7 +64,7 @@ public struct LibvirtError: Error, Equatable, Sendable, CustomStringConvertible 
 
 /// libvirt's process-wide setup, once: initialise, and keep libvirt from printing every error to
 /// stderr (each is returned as a `LibvirtError` instead).
-private let initialized: Bool = {
+let initialized: Bool = {
     virInitialize()
     virSetErrorFunc(nil) { _, _ in }
     return true
@@ -74,6 +76,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     // the pointer itself never changes after init and is closed once, in deinit.
     let handle: virConnectPtr
     public let uri: String
+    /// The lifecycle handlers subscribed on this connection (Events.swift).
+    let lifecycleHandlers = LifecycleFanout()
 
     /// Opens `uri` (e.g. `qemu:///system`, `qemu+unix:///system?socket=PATH`, `test:///default`).
     public init(uri: String) throws(LibvirtError) {

@@ -48,8 +48,9 @@ private func formOnce(n: Int, bin: String) async throws -> Double {
     return elapsed
 }
 
-/// N pre-provisioned agents on loopback (keys, genesis-issued certificates, the genesis node's
-/// address), started as real `myceliumd` processes; removed and killed by `stop()`.
+/// N pre-provisioned agents (keys, genesis-issued certificates, the genesis node's address), started
+/// as real `myceliumd` processes; removed and killed by `stop()`. On loopback, or each in a network
+/// namespace of its own (`mycelium-bench vm`: the VM hosts of scripts/vmhost).
 final class LoopbackNetwork {
     let n: Int
     let bin: String
@@ -57,15 +58,24 @@ final class LoopbackNetwork {
     var procs: [Process] = []
     /// Node i listens on base + i: free ports below the kernel's ephemeral range (see BenchHygiene).
     let base: Int
+    /// Where node i listens, and the network namespace it runs in (nil: this one).
+    let listenHost: (Int) -> String
+    let netns: ((Int) -> String)?
+    /// Each agent's output goes to `dir/nI.log` (for a post-mortem while the run is alive).
+    let keepLogs: Bool
 
     convenience init(n: Int, bin: String, extraConfig: String = "") throws {
         try self.init(n: n, bin: bin, perNode: { _ in extraConfig })
     }
 
     /// `perNode(i)` gives node i (1-based) extra configuration lines.
-    init(n: Int, bin: String, perNode: (Int) -> String) throws {
+    init(n: Int, bin: String, perNode: (Int) -> String, listenHost: @escaping (Int) -> String = { _ in "127.0.0.1" },
+         netns: ((Int) -> String)? = nil, keepLogs: Bool = false) throws {
         self.n = n
         self.bin = bin
+        self.listenHost = listenHost
+        self.netns = netns
+        self.keepLogs = keepLogs
         base = try BenchHygiene.ports(n + 1)
         BenchHygiene.ownDirectory(dir)
         let genesis = SigningKey()
@@ -82,9 +92,9 @@ final class LoopbackNetwork {
             if i == 1 {
                 try KeyFile.write(genesis, to: home + "/network.key", kind: FileKind.networkSecretKey)
             } else {
-                try AtomicFile.write(Array("127.0.0.1:\(base + 1)".utf8), to: home + "/join.peers")
+                try AtomicFile.write(Array("\(listenHost(1)):\(base + 1)".utf8), to: home + "/join.peers")
             }
-            try "home = \"\(home)\"\nlisten = \"127.0.0.1:\(base + i)\"\nlog_level = \"warning\"\n\(perNode(i))"
+            try "home = \"\(home)\"\nlisten = \"\(listenHost(i)):\(base + i)\"\nlog_level = \"warning\"\n\(perNode(i))"
                 .write(toFile: home + ".conf", atomically: true, encoding: .utf8)
         }
     }
@@ -92,11 +102,22 @@ final class LoopbackNetwork {
     func startAll() throws {
         for i in 1...n {
             let p = Process()
-            p.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
-            p.arguments = ["--config", dir + "/n\(i).conf"]
+            if let netns {
+                p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+                p.arguments = ["netns", "exec", netns(i), bin + "/myceliumd", "--config", dir + "/n\(i).conf"]
+            } else {
+                p.executableURL = URL(fileURLWithPath: bin + "/myceliumd")
+                p.arguments = ["--config", dir + "/n\(i).conf"]
+            }
             p.environment = BenchHygiene.agentEnvironment
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
+            if keepLogs, FileManager.default.createFile(atPath: dir + "/n\(i).log", contents: nil),
+               let log = FileHandle(forWritingAtPath: dir + "/n\(i).log") {
+                p.standardOutput = log
+                p.standardError = log
+            } else {
+                p.standardOutput = FileHandle.nullDevice
+                p.standardError = FileHandle.nullDevice
+            }
             try BenchHygiene.run(p)
             procs.append(p)
         }

@@ -13,6 +13,7 @@ enum BenchHygiene {
     nonisolated(unsafe) private static var children: [ObjectIdentifier: Process] = [:]
     nonisolated(unsafe) private static var dirs: Set<String> = []
     nonisolated(unsafe) private static var signalSources: [DispatchSourceSignal] = []
+    nonisolated(unsafe) private static var cleanups: [ObjectIdentifier: @Sendable () -> Void] = [:]
     private static let lock = NSLock()
 
     /// `count` consecutive ports, each free now and not handed out before in this run.
@@ -52,6 +53,15 @@ enum BenchHygiene {
 
     static func disownDirectory(_ path: String) { _ = lock.withLock { dirs.remove(path) } }
 
+    /// `cleanup` runs if a signal ends the run before `forgetCleanup(owner)` (after the children are
+    /// killed, before the directories go): e.g. tearing down VM hosts, which no child kill removes.
+    static func atSignal(_ owner: AnyObject, _ cleanup: @escaping @Sendable () -> Void) {
+        installSignalHandlers()
+        lock.withLock { cleanups[ObjectIdentifier(owner)] = cleanup }
+    }
+
+    static func forgetCleanup(_ owner: AnyObject) { _ = lock.withLock { cleanups.removeValue(forKey: ObjectIdentifier(owner)) } }
+
     /// SIGINT/SIGTERM (Ctrl-C, `timeout`): SIGKILL every child, remove every directory, then die of
     /// the signal. `defer` blocks do not run when a signal ends the process; this does.
     private static func installSignalHandlers() {
@@ -62,9 +72,10 @@ enum BenchHygiene {
                 signal(sig, SIG_IGN)
                 let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
                 s.setEventHandler {
-                    let (procs, paths) = lock.withLock { (Array(children.values), Array(dirs)) }
+                    let (procs, paths, hooks) = lock.withLock { (Array(children.values), Array(dirs), Array(cleanups.values)) }
                     for p in procs where p.isRunning { kill(p.processIdentifier, SIGKILL) }
                     for p in procs { p.waitUntilExit() }
+                    for h in hooks { h() }
                     for d in paths { try? FileManager.default.removeItem(atPath: d) }
                     FileHandle.standardError.write(Data("mycelium-bench: stopped by signal \(sig); killed \(procs.count) children, removed \(paths.count) directories\n".utf8))
                     signal(sig, SIG_DFL)

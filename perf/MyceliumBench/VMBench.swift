@@ -15,34 +15,50 @@
 // ratio on/off. A reply waits for the end of the epoch it was sent in, then for that checkpoint's
 // pause and ack: expect on ≈ off + about half an epoch + the pause.
 //
-//   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024] [--sections pause,output-commit] [--pings 200]   (root)
+//   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024]      (root)
+//       [--sections pause,output-commit,migration,failover] [--pings 200] [--reps 3] [--vm-memory 256]
+// The migration and failover sections are in VMMigrationBench.swift; they need the release
+// `myceliumd` and `mycelium` next to the benchmark.
 
 import Endophyte
 import Foundation
 import MyceliumControl
 import MyceliumIdentity
 import Rhizomorph
+import VMHarness
 import VMHost
 
 func runVMBench(_ args: [String]) async throws {
     guard getuid() == 0 else { throw BenchError("mycelium-bench vm needs root (network namespaces, libvirtd, QEMU)") }
-    var seconds = 8.0, memories: [UInt32] = [256, 1024]
-    var sections: Set<String> = ["pause", "output-commit"]
+    var seconds = 8.0, memories: [UInt32] = [256, 1024], sections: Set<String> = ["pause", "output-commit"], reps = 3, vmMemory = 256
     var pings = 200
     var i = 0
-    while i < args.count {
-        guard i + 1 < args.count else { throw BenchError("\(args[i]) needs a value") }
+    while i + 1 < args.count {
         switch args[i] {
-        case "--seconds": i += 1; seconds = Double(args[i]) ?? seconds
-        case "--memory": i += 1; memories = args[i].split(separator: ",").compactMap { UInt32($0) }
-        case "--sections": i += 1; sections = Set(args[i].split(separator: ",").map(String.init))
-        case "--pings": i += 1; pings = max(2, Int(args[i]) ?? pings)
-        default: throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit --pings N")
+        case "--seconds": seconds = Double(args[i + 1]) ?? seconds
+        case "--memory": memories = args[i + 1].split(separator: ",").compactMap { UInt32($0) }
+        case "--sections": sections = Set(args[i + 1].split(separator: ",").map(String.init))
+        case "--pings": pings = max(2, Int(args[i + 1]) ?? pings)
+        case "--reps": reps = max(1, Int(args[i + 1]) ?? reps)
+        case "--vm-memory": vmMemory = Int(args[i + 1]) ?? vmMemory
+        default:
+            throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit,migration,failover --pings N --reps N --vm-memory MiB")
         }
-        i += 1
+        i += 2
     }
-    if let bad = sections.first(where: { !["pause", "output-commit"].contains($0) }) {
-        throw BenchError("unknown section '\(bad)'; the sections are pause and output-commit")
+    if i < args.count { throw BenchError("option \(args[i]) needs a value") }
+    let unknown = sections.subtracting(["pause", "output-commit", "migration", "failover"])
+    guard unknown.isEmpty else { throw BenchError("unknown section(s) \(unknown.sorted()); the sections are pause, output-commit, migration, failover") }
+    if !sections.isDisjoint(with: ["migration", "failover"]) {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        for tool in ["myceliumd", "mycelium"] where !FileManager.default.isExecutableFile(atPath: bin + "/" + tool) {
+            throw BenchError("\(bin)/\(tool) not found: build it in the same configuration (swift build -c release --scratch-path .build-release --product \(tool))")
+        }
+        let guest = try Guest.files.get()
+        print("mycelium-bench vm on \(machineLine()); QEMU TCG guest (scripts/vm-guest), 1 vCPU")
+        if sections.contains("migration") { try await runMigrationSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest) }
+        if sections.contains("failover") { try await runFailoverSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest) }
+        guard !sections.isDisjoint(with: ["pause", "output-commit"]) else { return }
     }
     let root = try repositoryRoot(containing: "scripts/vmhost")
     let work = "/tmp/mycelium-bench-vm-\(getpid())"

@@ -11,7 +11,7 @@ let scenarios: [(name: String, about: String, run: ([String]) async throws -> Vo
     ("ram", "dirty-page tracking cost, replication throughput and checkpoint pauses against memcpy and TCP", runRAMBench),
     ("etcd", "our Raft group next to etcd 3.4: writes/s and p50/p99 at 1/16/64 clients, leader failover, memory", runEtcdBench),
     ("rhizomorph", "striped multi-path transport: aggregate vs the sum of paths, the best path and MPTCP; loopback vs plain TCP", runRhizomorphBench),
-    ("vm", "a real guest under libvirt: checkpoint pause p50/p99 at 25/50/100 ms epochs against stop+device state+cont (root)", runVMBench),
+    ("vm", "a real guest under libvirt: checkpoint pauses against stop+device state+cont; planned migration against libvirt's live migration; failover phases and RPO (root)", runVMBench),
     ("datapath", "pod-to-pod throughput and latency: our eBPF datapath vs the CNI bridge plugin vs a bare veth pair", runDatapathBench),
 ]
 

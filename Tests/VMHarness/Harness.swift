@@ -1,33 +1,20 @@
 // The real-component harness: hosts made by scripts/vmhost (a network namespace each, with its own
 // libvirtd and virtlogd), the guest built by scripts/vm-guest, and helpers to read its serial log.
-// A library of the test targets that run VMs (VMHostTests, MyceliumAgentTests), never of a product.
+// Shared by the tests that run VMs (through VMTestSupport, which adds their XCTest glue) and by
+// `mycelium-bench vm`; no XCTest here, so the release benchmark can link it. Never in a shipped product.
 
 import Endophyte
 import Foundation
-import XCTest
 
 public struct HarnessFailure: Error, CustomStringConvertible {
     public let description: String
     public init(_ d: String) { description = d }
 }
 
-/// These tests run libvirtd in network namespaces and QEMU guests: not being root, or lacking QEMU or
-/// libvirt, is a failure with the reason, never a skip.
-public func requireRootAndQEMU(file: StaticString = #filePath, line: UInt = #line) throws {
-    if getuid() != 0 {
-        XCTFail("VMHostTests must run as root: they create network namespaces and bind mounts and run libvirtd and QEMU", file: file, line: line)
-        throw HarnessFailure("not root")
-    }
-    for tool in ["/usr/bin/qemu-system-x86_64", "/usr/sbin/libvirtd", "/usr/sbin/virtlogd", "/usr/bin/virsh"] where access(tool, X_OK) != 0 {
-        XCTFail("VMHostTests need \(tool): run scripts/setup (qemu-system-x86, libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients)",
-                file: file, line: line)
-        throw HarnessFailure("missing \(tool)")
-    }
-}
-
 public enum Repo {
     /// The repository root (through a dev package's symlinks back to the real tree).
     public static var root: String {
+        // Tests/VMHarness/Harness.swift: three levels below the root.
         URL(fileURLWithPath: #filePath).resolvingSymlinksInPath()
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     }
@@ -111,8 +98,9 @@ public enum Unique {
     }
 }
 
-/// Hosts for one test, torn down by `down()` (call it in a defer).
-public final class TestHosts {
+/// Simulated VM hosts for one test or benchmark run, torn down by `tearDown()` (call it in a defer;
+/// the tests' `TestHosts.down()` fails the test on what it reports).
+open class VMHosts {
     public let prefix: String
     public let bridge: String
     public private(set) var names: [String] = []
@@ -132,12 +120,14 @@ public final class TestHosts {
                 try runTool([Repo.vmhost, "up", name, "10.231.0.\(i + 1)/24", bridge])
             }
         } catch {
-            down()
+            tearDown()
             throw error
         }
     }
 
     public func name(_ h: String) -> String { prefix + h }
+    /// Host `h`'s address on the bridge (where its libvirtd listens on TCP, and its agent may).
+    public func address(_ h: String) -> String { "10.231.0.\((names.firstIndex(of: prefix + h) ?? -1) + 1)" }
     public func uri(_ h: String) -> String { "qemu:///system?socket=\(state(h))/run/libvirt/libvirt-sock" }
     public func qemuRunDirectory(_ h: String) -> String { state(h) + "/run/libvirt/qemu" }
     /// libvirt's log of a domain's QEMU (its command line and stderr).
@@ -155,15 +145,19 @@ public final class TestHosts {
     public func heal(_ h: String) throws { try runTool([Repo.vmhost, "heal", name(h)]) }
 
     /// Everything the hosts made goes: domains, daemons, QEMUs, namespaces, the bridge, state.
-    public func down() {
+    /// Returns what went wrong (empty: nothing is left).
+    @discardableResult
+    public func tearDown() -> [String] {
+        var problems: [String] = []
         do {
             try runTool([Repo.vmhost, "down-all", prefix])
         } catch {
-            XCTFail("tearing down the test hosts failed: \(error)")
+            problems.append("tearing down the hosts \(prefix)* failed: \(error)")
         }
         let left = ((try? runTool(["/usr/sbin/ip", "netns", "list"])) ?? "").split(separator: "\n").filter { $0.hasPrefix(prefix) }
-        XCTAssertEqual(left, [], "network namespaces left behind")
+        if !left.isEmpty { problems.append("network namespaces left behind: \(left)") }
         try? FileManager.default.removeItem(atPath: scratch)
+        return problems
     }
 }
 
