@@ -297,6 +297,7 @@ public final class EndophyteDomain: @unchecked Sendable {
                 d.close()
                 direct = nil
                 directUnusableReason = "\(error)"
+                directRetryAt = monotonicNow() + Self.directRetryInterval
                 return nil
             }
         }
