@@ -467,6 +467,9 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 if stop { t.close(); break }
                 let sync = try source.connect(t)
                 report(.protected, "VM \(name): protected (\(sync); replica \(replica))")
+                if case .libvirt(let why) = p.domain.controlChannel() {
+                    report(.notice, "VM \(name): checkpoints go through libvirt's monitor passthrough (pauses 4-5 ms longer): \(why)")
+                }
                 lastError = ""
                 while !lock.withLock({ p.stopping || closed }) {
                     if let h = lock.withLock({ () -> VMRecord? in

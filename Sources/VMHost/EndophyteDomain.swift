@@ -73,7 +73,8 @@ public enum ControlChannel: Sendable, Equatable, CustomStringConvertible {
 
 public final class EndophyteDomain: @unchecked Sendable {
     // SAFETY (Sendable): libvirt handles may be used from any thread and libvirt serialises monitor
-    // commands per domain; this object's own mutable state is guarded by `lock`.
+    // commands per domain; this object's own mutable state is guarded by `lock`, the direct
+    // monitor and its state by `channelLock`.
     public let domain: LibvirtDomain
     public let name: String
     /// Directory where libvirt's QEMU driver writes `<name>.pid` (`/run/libvirt/qemu` for qemu:///system).
