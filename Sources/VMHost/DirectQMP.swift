@@ -17,19 +17,20 @@ import Glibc
 
 /// Splits what QEMU's monitor sends into lines (one JSON object each), holding at most `maxLine`
 /// bytes of an unfinished line: a monitor that never sends a newline cannot make this grow.
-struct QMPLineBuffer {
-    let maxLine: Int
-    private(set) var buffered: [UInt8] = []
+/// Public for the fuzz target (`qmp`).
+public struct QMPLineBuffer: Sendable {
+    public let maxLine: Int
+    public private(set) var buffered: [UInt8] = []
     private var scanned = 0
 
-    init(maxLine: Int) { self.maxLine = maxLine }
+    public init(maxLine: Int) { self.maxLine = maxLine }
 
-    enum Failure: Error, Equatable { case lineTooLong(Int) }
+    public enum Failure: Error, Equatable { case lineTooLong(Int) }
 
-    mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 { buffered.append(contentsOf: bytes) }
+    public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 { buffered.append(contentsOf: bytes) }
 
     /// The next complete line without its terminator (`\n` or `\r\n`), or nil when none is complete.
-    mutating func nextLine() throws(Failure) -> [UInt8]? {
+    public mutating func nextLine() throws(Failure) -> [UInt8]? {
         guard let nl = buffered[scanned...].firstIndex(of: UInt8(ascii: "\n")) else {
             scanned = buffered.count
             if buffered.count > maxLine { throw .lineTooLong(buffered.count) }
@@ -45,20 +46,20 @@ struct QMPLineBuffer {
     }
 }
 
-/// One message from QEMU's monitor, as far as this client cares.
-enum QMPMessage {
+/// One message from QEMU's monitor, as far as this client cares. Public for the fuzz target.
+public enum QMPMessage {
     case greeting
     /// A command's reply: `return` (any JSON value) or `error` (class, description), with its id.
     case reply(id: String?, result: Result<Any, QMPRefusal>)
     case event(name: String)
 
-    struct QMPRefusal: Error {
-        let errorClass: String
-        let description: String
+    public struct QMPRefusal: Error {
+        public let errorClass: String
+        public let description: String
     }
 
     /// nil for a line that is not a JSON object of one of these shapes.
-    static func parse(_ line: [UInt8]) -> QMPMessage? {
+    public static func parse(_ line: [UInt8]) -> QMPMessage? {
         guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { return nil }
         if object["QMP"] != nil { return .greeting }
         if let name = object["event"] as? String { return .event(name: name) }
