@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -18,18 +18,19 @@ import MyceliumRaft
 import MyceliumSpores
 import MyceliumVote
 import Rhizomorph
+import VMHost
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector or domainxml")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml or qmp")
             exit(2)
         }
         return t
@@ -178,6 +179,24 @@ enum FuzzTarget: String {
             // An operator's libvirt domain definition (`vm create --xml`): a result or a clear error.
             if let d = try? DomainImport.parse(String(decoding: bytes, as: UTF8.self)) {
                 precondition(d.memoryMiB > 0 || d.kernel.isEmpty == false, "a domain without memory accepted")
+            }
+        case .qmp:
+            // What QEMU's monitor sends the direct QMP client: lines of JSON, read in two pieces (the first
+            // byte picks the split), each line bounded and parsed as greeting, reply or event.
+            let body = Array(bytes.dropFirst())
+            let cut = body.isEmpty ? 0 : Int(bytes[0]) % (body.count + 1)
+            var b = QMPLineBuffer(maxLine: 256)
+            do {
+                for piece in [body[0..<cut], body[cut...]] {
+                    b.append(piece)
+                    while let line = try b.nextLine() {
+                        precondition(line.count <= 256 && !line.contains(UInt8(ascii: "\n")), "an overlong or unsplit line came out")
+                        _ = QMPMessage.parse(line)
+                    }
+                    precondition(b.buffered.count <= 256, "the reader holds more than one bounded line")
+                }
+            } catch {
+                _ = "\(error)"
             }
         case .redirector:
             // What QEMU's filter-redirector writes to output commit's chardev (the guest's packets). The
@@ -450,6 +469,10 @@ func writeSeeds(to dir: String) {
             + RedirectorFrame(packet: [1, 2, 3]).encoded()),
         ("redirector", [1] + RedirectorFrame(packet: [UInt8](repeating: 7, count: 60), vnetHeaderLength: 12).encoded()),
         ("domainxml", Array("<domain type='kvm'><name>web</name><memory unit='MiB'>256</memory><vcpu>2</vcpu><os><kernel>/k</kernel><initrd>/i</initrd></os><devices><graphics/></devices></domain>".utf8)),
+        // QEMU 7.2's greeting, a reply and an event as its monitor sends them, split inside the reply.
+        ("qmp", [150] + Array(("{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n"
+            + "{\"return\": {}, \"id\": \"myc-1\"}\r\n{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n"
+            + "{\"id\": \"myc-2\", \"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}}\r\n").utf8)),
         // Two chunks of a 6-byte message of type 12 (pages), then its barrier; then an empty message.
         ("rzmessages", [0, 0, 0, 0, 0, 0, 4, 3, 3, 3, 3] + [0, 0, 0, 0, 4, 0, 2, 9, 9] + [1, 1, 12, 0, 0, 0, 0, 0, 6] + [1, 1, 14, 0, 0, 0, 0, 0, 0]),
         ("spore", [0] + {

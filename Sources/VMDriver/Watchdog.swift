@@ -69,7 +69,7 @@ public enum VMWatchdog {
                         running += 1
                         continue
                     }
-                    try d.pause()
+                    try d.pauseThroughLibvirt()  // the agent may hold the direct monitor
                     say("watchdog: paused VM \(name): " + (deadlines[name] == nil ? "its agent gave it no lease deadline"
                                                            : "its ownership lease lapsed \(now - deadlines[name]!) ms ago and its agent did not renew it")
                         + (agentAlive ? "" : " (the agent is gone)"))

@@ -81,9 +81,16 @@ public struct EndophyteDomainConfig: Sendable, Equatable {
     public var machine: String
     /// The guest's NIC (nil: no network card, as before).
     public var nic: GuestNIC?
+    /// Unix socket of the domain's second QMP monitor, which the checkpoint's `stop`, `cont` and
+    /// device-state save use instead of libvirt's passthrough (nil: none, libvirt only). QEMU
+    /// creates it, so its directory must be writable by the user QEMU runs as and allowed by its
+    /// AppArmor profile; an absolute path of at most 107 bytes without commas. Give the standby one
+    /// too: both copies keep the same command line.
+    public var controlSocket: String?
 
     public init(role: EndophyteRole, ownershipEpoch: UInt64, serialLog: String, shim: DirtyPageShim? = nil, machine: String = "pc",
-                nic: GuestNIC? = nil) {
+                nic: GuestNIC? = nil, controlSocket: String? = nil) {
+        self.controlSocket = controlSocket
         self.role = role
         self.ownershipEpoch = ownershipEpoch
         self.serialLog = serialLog
@@ -108,6 +115,30 @@ public enum EndophyteDomainXML {
     public static let namespaceURI = "http://mycelium.dev/xmlns/endophyte/1"
     public static let namespacePrefix = "mycelium"
     static let qemuNamespace = "http://libvirt.org/schemas/domain/qemu/1.0"
+    /// QEMU's id of the direct monitor's chardev.
+    static let controlChardev = "mycctl"
+    /// sun_path holds 108 bytes with the terminating NUL.
+    public static let maxControlSocketPath = 107
+
+    /// Why `path` cannot be a direct monitor socket, or nil.
+    public static func controlSocketProblem(_ path: String) -> String? {
+        guard path.hasPrefix("/") else { return "the direct monitor socket must be an absolute path (got '\(path)')" }
+        guard path.utf8.count <= maxControlSocketPath else {
+            return "the direct monitor socket path has \(path.utf8.count) bytes; a Unix socket path holds at most \(maxControlSocketPath)"
+        }
+        // A comma separates QEMU's option fields (`,,` would escape it; refusing is simpler).
+        guard !path.contains(",") else { return "the direct monitor socket path '\(path)' contains a comma" }
+        return nil
+    }
+
+    /// The direct monitor's socket named by a domain XML (as libvirt returns it), or nil.
+    public static func controlSocket(inDomainXML xml: String) -> String? {
+        let key = "socket,id=\(controlChardev),path="
+        guard let start = xml.firstRange(of: key)?.upperBound else { return nil }
+        let rest = xml[start...]
+        guard let end = rest.firstRange(of: ",server=on")?.lowerBound else { return nil }
+        return unescape(String(rest[..<end]))
+    }
 
     /// The domain XML for `spec` on this host. Every value from the spec or config is escaped;
     /// values XML cannot carry (control characters) and invalid specs are refused.
@@ -119,6 +150,7 @@ public enum EndophyteDomainXML {
         let fields: [(String, String)] = [
             ("kernel", spec.kernel), ("initrd", spec.initrd), ("cmdline", spec.cmdline), ("serial log", config.serialLog),
             ("machine", config.machine), ("shim library", config.shim?.library ?? ""), ("shim report", config.shim?.report ?? ""),
+            ("direct monitor socket", config.controlSocket ?? ""),
         ]
         for (what, value) in fields where value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
             throw VMHostError(.invalidSpec("\(what) contains a control character, which a domain XML cannot carry"), domain: spec.name)
@@ -128,6 +160,7 @@ public enum EndophyteDomainXML {
         }
         guard !config.machine.isEmpty else { throw VMHostError(.invalidSpec("empty machine type"), domain: spec.name) }
         if let why = config.nic?.problem { throw VMHostError(.invalidSpec(why), domain: spec.name) }
+        if let why = config.controlSocket.flatMap(controlSocketProblem) { throw VMHostError(.invalidSpec(why), domain: spec.name) }
 
         var x = "<domain type='qemu' xmlns:qemu='\(qemuNamespace)'>\n"
         x += "  <name>\(escape(spec.name))</name>\n"
@@ -159,6 +192,14 @@ public enum EndophyteDomainXML {
         var qemu: [String] = []
         if config.role == .standby {
             qemu += ["    <qemu:arg value='-incoming'/>", "    <qemu:arg value='defer'/>"]
+        }
+        if let path = config.controlSocket {
+            // A second QMP monitor, the agent's own (libvirt keeps its monitor). server=on,wait=off:
+            // QEMU listens from the start and does not wait for a client; it replaces a stale
+            // socket file and removes the socket when it exits.
+            qemu += ["    <qemu:arg value='-chardev'/>",
+                     "    <qemu:arg value='socket,id=\(controlChardev),path=\(escape(path)),server=on,wait=off'/>",
+                     "    <qemu:arg value='-mon'/>", "    <qemu:arg value='chardev=\(controlChardev),mode=control'/>"]
         }
         if let shim = config.shim {
             qemu += ["    <qemu:env name='LD_PRELOAD' value='\(escape(shim.library))'/>",

@@ -56,9 +56,25 @@ public struct GuestRAMTracking: Sendable {
     public let fallbackReason: String?
 }
 
+/// Which monitor the checkpoint's commands (`stop`, `cont`, the device-state save) go through.
+public enum ControlChannel: Sendable, Equatable, CustomStringConvertible {
+    /// The domain's own second QMP monitor on a Unix socket (~0.3-0.5 ms a command).
+    case direct(path: String)
+    /// libvirt's monitor passthrough (2-3 ms a command), and why the direct monitor is not used.
+    case libvirt(reason: String)
+
+    public var description: String {
+        switch self {
+        case .direct(let path): return "direct QMP monitor \(path)"
+        case .libvirt(let reason): return "libvirt monitor passthrough (\(reason))"
+        }
+    }
+}
+
 public final class EndophyteDomain: @unchecked Sendable {
     // SAFETY (Sendable): libvirt handles may be used from any thread and libvirt serialises monitor
-    // commands per domain; this object's own mutable state is guarded by `lock`.
+    // commands per domain; this object's own mutable state is guarded by `lock`, the direct
+    // monitor and its state by `channelLock`.
     public let domain: LibvirtDomain
     public let name: String
     /// Directory where libvirt's QEMU driver writes `<name>.pid` (`/run/libvirt/qemu` for qemu:///system).
@@ -69,11 +85,22 @@ public final class EndophyteDomain: @unchecked Sendable {
     private var ignoreSharedSet = false
     private var fdSerial = 0
 
-    init(domain: LibvirtDomain, qemuRunDirectory: String, timeout: Double) {
+    // The direct monitor. `channelLock` serialises its conversation and guards these.
+    private let channelLock = PthreadLock()
+    /// nil: not known yet (read from the live domain XML on first use); .some(nil): the domain has none.
+    private var controlSocket: String??
+    private var direct: DirectQMP?
+    private var directUnusableReason = "not tried yet"
+    private var directRetryAt = 0.0
+    /// After the direct monitor failed, how long the libvirt channel is used before trying it again.
+    static let directRetryInterval = 10.0
+
+    init(domain: LibvirtDomain, qemuRunDirectory: String, timeout: Double, controlSocket: String?? = nil) {
         self.domain = domain
         self.name = domain.name
         self.qemuRunDirectory = qemuRunDirectory
         self.timeout = timeout
+        self.controlSocket = controlSocket
     }
 
     var qmp: QMP { QMP(domain: domain, name: name) }
@@ -205,18 +232,121 @@ public final class EndophyteDomain: @unchecked Sendable {
         }
     }
 
+    // MARK: the direct monitor
+
+    /// The channel the checkpoint's commands use now, connecting the direct monitor if it is due a
+    /// try (so a caller can report it before the first checkpoint).
+    public func controlChannel() -> ControlChannel {
+        channelLock.withLock {
+            if let d = connectedDirect() { return .direct(path: d.path) }
+            return .libvirt(reason: directUnusableReason)
+        }
+    }
+
+    /// Drops the direct monitor's connection (QEMU then accepts another client); the next command
+    /// connects again.
+    public func closeControlChannel() {
+        channelLock.withLock {
+            direct?.close()
+            direct = nil
+            directRetryAt = 0
+            directUnusableReason = "closed by this host"
+        }
+    }
+
+    /// The connected direct monitor, connecting it when due; nil (the reason recorded) when it
+    /// cannot be had. Called under `channelLock`.
+    private func connectedDirect() -> DirectQMP? {
+        if let direct { return direct }
+        let now = monotonicNow()
+        guard now >= directRetryAt else { return nil }
+        directRetryAt = now + Self.directRetryInterval
+        if controlSocket == nil {
+            do {
+                controlSocket = .some(EndophyteDomainXML.controlSocket(inDomainXML: try domain.xml()))
+            } catch {
+                directUnusableReason = "cannot read the domain XML for its direct monitor: \(error)"
+                return nil
+            }
+        }
+        guard let path = controlSocket ?? nil else {
+            directUnusableReason = "the domain has no direct monitor (EndophyteDomainConfig.controlSocket)"
+            directRetryAt = .infinity
+            return nil
+        }
+        do {
+            // QEMU greets at once; silence means another client holds the monitor.
+            direct = try DirectQMP(path: path, domain: name, greetingTimeout: min(timeout, 0.5), timeout: timeout)
+            directUnusableReason = ""
+            return direct
+        } catch {
+            directUnusableReason = "\(error)"
+            return nil
+        }
+    }
+
+    /// Runs `command` on the direct monitor. Returns nil, with the reason recorded, when the
+    /// monitor cannot be used or failed as a channel (it is dropped: the caller falls back to
+    /// libvirt); QEMU's refusal of the command is thrown as with libvirt.
+    fileprivate func runDirect(_ command: String, _ arguments: [String: Any]?, files: [Int32]) throws(VMHostError) -> Any? {
+        try channelLock.withLock { () throws(VMHostError) -> Any? in
+            guard let d = connectedDirect() else { return nil }
+            do throws(VMHostError) {
+                return try d.run(command, arguments, files: files, timeout: timeout)
+            } catch {
+                if case .qmp = error.code { throw error }
+                d.close()
+                direct = nil
+                directUnusableReason = "\(error)"
+                directRetryAt = monotonicNow() + Self.directRetryInterval
+                return nil
+            }
+        }
+    }
+
+    /// The direct monitor's path and why it is not in use now.
+    fileprivate var directProblem: (String, String) {
+        channelLock.withLock { ((controlSocket ?? nil) ?? "(none)", directUnusableReason) }
+    }
+
+    /// `command` on the direct monitor, or through libvirt when the direct one cannot be used.
+    @discardableResult
+    private func runControl(_ command: String) throws(VMHostError) -> Any {
+        if let r = try runDirect(command, nil, files: []) { return r }
+        return try qmp.run(command)
+    }
+
     // MARK: checkpoint primitives (SourceHooks)
 
-    /// Stops the guest's vCPUs (QMP `stop`); its RAM and devices stay as they are.
-    public func pause() throws(VMHostError) { try qmp.run("stop") }
+    /// Stops the guest's vCPUs (QMP `stop`); its RAM and devices stay as they are. Through the
+    /// direct monitor when there is one (libvirt learns of it from QEMU's STOP event).
+    public func pause() throws(VMHostError) { try runControl("stop") }
+
+    /// Stops the guest through libvirt only: for a caller that is not this host's checkpointing
+    /// object (a watchdog, a fence), which must not wait on a direct monitor another client holds.
+    public func pauseThroughLibvirt() throws(VMHostError) { try qmp.run("stop") }
 
     /// Lets the guest run again (QMP `cont`), also after a device-state save left it `postmigrate`.
-    public func resume() throws(VMHostError) { try qmp.run("cont") }
+    public func resume() throws(VMHostError) { try runControl("cont") }
 
     /// QEMU's device state now, without guest RAM. Call it while the guest is paused: the RAM copy
-    /// and this state then describe the same instant.
+    /// and this state then describe the same instant. Saved over the direct monitor when there is
+    /// one; when it fails as a channel before the save began, through libvirt.
     public func deviceState(epoch: UInt64) throws(VMHostError) -> DeviceState {
-        try ensureIgnoreShared()
+        if channelLock.withLock({ connectedDirect() }) != nil {
+            var migrationIssued = false
+            do throws(VMHostError) {
+                return try deviceState(epoch: epoch, via: DirectChannel(owner: self), migrationIssued: &migrationIssued)
+            } catch {
+                guard case .monitorChannel = error.code, !migrationIssued else { throw error }
+            }
+        }
+        var migrationIssued = false
+        return try deviceState(epoch: epoch, via: qmp, migrationIssued: &migrationIssued)
+    }
+
+    private func deviceState(epoch: UInt64, via qmp: some QMPChannel, migrationIssued: inout Bool) throws(VMHostError) -> DeviceState {
+        try ensureIgnoreShared(via: qmp)
         let deadline = monotonicNow() + timeout
         let pair = try FDPair.socketPair(domain: name)
         let readEnd = pair.first
@@ -233,6 +363,7 @@ public final class EndophyteDomain: @unchecked Sendable {
         }
         try qmp.run("getfd", ["fdname": fdName], files: [pair.second])
         pair.closeSecond()  // QEMU holds the other end now; EOF comes when it closes it
+        migrationIssued = true
         try qmp.run("migrate", ["uri": "fd:\(fdName)"])
         migrating = true
         let outcome = reader.join()
@@ -295,7 +426,7 @@ public final class EndophyteDomain: @unchecked Sendable {
         // stream from overwriting it: the image is the RAM the guest resumes with.
         memcpy(ram.base, image.region.base, ram.length)
         let copied = monotonicNow()
-        try ensureIgnoreShared()
+        try ensureIgnoreShared(via: qmp)
 
         let deadline = monotonicNow() + timeout
         let pair = try FDPair.socketPair(domain: name)
@@ -339,7 +470,7 @@ public final class EndophyteDomain: @unchecked Sendable {
 
     /// `x-ignore-shared` leaves shared RAM blocks (the guest-RAM memfd) out of the migration stream.
     /// A capability cannot change during a migration, so it is set once, before the first.
-    private func ensureIgnoreShared() throws(VMHostError) {
+    private func ensureIgnoreShared(via qmp: some QMPChannel) throws(VMHostError) {
         if lock.withLock({ ignoreSharedSet }) { return }
         try qmp.run("migrate-set-capabilities", ["capabilities": [["capability": "x-ignore-shared", "state": true]]])
         lock.withLock { ignoreSharedSet = true }
@@ -364,6 +495,20 @@ public final class EndophyteDomain: @unchecked Sendable {
         guard Array(bytes[4..<8]) == qemuStreamVersion else {
             throw VMHostError(.invalidDeviceState("stream version \(bytes[4..<8].map { String($0) }.joined(separator: ".")), not 3"), domain: domain)
         }
+    }
+}
+
+/// The direct monitor as a QMPChannel for the device-state save: a channel failure is thrown (as
+/// `.monitorChannel`) so the save can fall back to libvirt while it has not begun.
+private struct DirectChannel: QMPChannel {
+    let owner: EndophyteDomain
+    var name: String { owner.name }
+    func run(_ command: String, _ arguments: [String: Any]?, files: [Int32]) throws(VMHostError) -> Any {
+        guard let r = try owner.runDirect(command, arguments, files: files) else {
+            let (path, why) = owner.directProblem
+            throw VMHostError(.monitorChannel(path: path, problem: "'\(command)' could not use it: \(why)"), domain: owner.name)
+        }
+        return r
     }
 }
 

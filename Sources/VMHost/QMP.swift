@@ -15,37 +15,16 @@ import Glibc
 let qemuStreamMagic: [UInt8] = [0x51, 0x45, 0x56, 0x4d]
 let qemuStreamVersion: [UInt8] = [0x00, 0x00, 0x00, 0x03]
 
-struct QMP {
-    let domain: LibvirtDomain
-    let name: String
-
-    /// Runs `command` and returns QEMU's `return` value (a dictionary, array or scalar).
+/// A QMP conversation: libvirt's passthrough (`QMP`) or the domain's direct monitor.
+protocol QMPChannel {
+    var name: String { get }
     @discardableResult
-    func run(_ command: String, _ arguments: [String: Any]? = nil, files: [Int32] = []) throws(VMHostError) -> Any {
-        var message: [String: Any] = ["execute": command]
-        if let arguments { message["arguments"] = arguments }
-        let json: String
-        do {
-            json = String(decoding: try JSONSerialization.data(withJSONObject: message, options: [.sortedKeys]), as: UTF8.self)
-        } catch {
-            throw VMHostError(.qmpReply(command: command, reply: "cannot encode the arguments: \(error)"), domain: name)
-        }
-        let reply: String
-        do {
-            reply = files.isEmpty ? try domain.qemuMonitorCommand(json) : try domain.qemuMonitorCommand(json, files: files)
-        } catch {
-            throw VMHostError(.libvirt(error), domain: name)
-        }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any] else {
-            throw VMHostError(.qmpReply(command: command, reply: reply), domain: name)
-        }
-        if let error = object["error"] as? [String: Any] {
-            throw VMHostError(.qmp(command: command, errorClass: error["class"] as? String ?? "?", message: error["desc"] as? String ?? reply),
-                              domain: name)
-        }
-        guard let value = object["return"] else { throw VMHostError(.qmpReply(command: command, reply: reply), domain: name) }
-        return value
-    }
+    func run(_ command: String, _ arguments: [String: Any]?, files: [Int32]) throws(VMHostError) -> Any
+}
+
+extension QMPChannel {
+    @discardableResult
+    func run(_ command: String, _ arguments: [String: Any]? = nil) throws(VMHostError) -> Any { try run(command, arguments, files: []) }
 
     /// `query-migrate`'s status and, when it failed, QEMU's reason.
     func migrationStatus() throws(VMHostError) -> (status: String, detail: String) {
@@ -69,6 +48,39 @@ struct QMP {
             usleep(pollInterval)
             pollInterval = min(pollInterval * 2, 20_000)
         }
+    }
+}
+
+struct QMP: QMPChannel {
+    let domain: LibvirtDomain
+    let name: String
+
+    /// Runs `command` and returns QEMU's `return` value (a dictionary, array or scalar).
+    @discardableResult
+    func run(_ command: String, _ arguments: [String: Any]?, files: [Int32]) throws(VMHostError) -> Any {
+        var message: [String: Any] = ["execute": command]
+        if let arguments { message["arguments"] = arguments }
+        let json: String
+        do {
+            json = String(decoding: try JSONSerialization.data(withJSONObject: message, options: [.sortedKeys]), as: UTF8.self)
+        } catch {
+            throw VMHostError(.qmpReply(command: command, reply: "cannot encode the arguments: \(error)"), domain: name)
+        }
+        let reply: String
+        do {
+            reply = files.isEmpty ? try domain.qemuMonitorCommand(json) : try domain.qemuMonitorCommand(json, files: files)
+        } catch {
+            throw VMHostError(.libvirt(error), domain: name)
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any] else {
+            throw VMHostError(.qmpReply(command: command, reply: reply), domain: name)
+        }
+        if let error = object["error"] as? [String: Any] {
+            throw VMHostError(.qmp(command: command, errorClass: error["class"] as? String ?? "?", message: error["desc"] as? String ?? reply),
+                              domain: name)
+        }
+        guard let value = object["return"] else { throw VMHostError(.qmpReply(command: command, reply: reply), domain: name) }
+        return value
     }
 }
 

@@ -24,8 +24,21 @@ public final class VMHost: @unchecked Sendable {
     /// Defines and starts `spec` here. A primary boots; a standby's QEMU starts paused with
     /// `-incoming defer` and waits for `activate`. Refuses a name already defined here. When libvirt
     /// or QEMU refuses the domain, nothing of it is left defined and libvirt's error is thrown.
+    /// A direct monitor QEMU cannot create (a directory it may not write, AppArmor) makes QEMU
+    /// refuse to start; the domain is then started once more without it, on libvirt's channel.
     @discardableResult
     public func start(_ spec: VMSpec, _ config: EndophyteDomainConfig) throws(VMHostError) -> EndophyteDomain {
+        do {
+            return try startOnce(spec, config)
+        } catch {
+            guard let path = config.controlSocket, let lv = error.libvirtError, lv.message.contains(path) else { throw error }
+            var without = config
+            without.controlSocket = nil
+            return try startOnce(spec, without)
+        }
+    }
+
+    private func startOnce(_ spec: VMSpec, _ config: EndophyteDomainConfig) throws(VMHostError) -> EndophyteDomain {
         let xml = try EndophyteDomainXML.make(spec, config)
         let existing: LibvirtDomain?
         do {
@@ -46,7 +59,7 @@ public final class VMHost: @unchecked Sendable {
             try? d.undefine(.everything)
             throw VMHostError(.libvirt(error), domain: spec.name)
         }
-        return EndophyteDomain(domain: d, qemuRunDirectory: qemuRunDirectory, timeout: timeout)
+        return EndophyteDomain(domain: d, qemuRunDirectory: qemuRunDirectory, timeout: timeout, controlSocket: .some(config.controlSocket))
     }
 
     /// The domain called `name` on this host (running or not).

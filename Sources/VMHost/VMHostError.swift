@@ -14,6 +14,10 @@ public struct VMHostError: Error, Sendable, CustomStringConvertible {
         case libvirt(LibvirtError)
         /// QEMU answered a QMP command with an error (class and description as QEMU wrote them).
         case qmp(command: String, errorClass: String, message: String)
+        /// The direct QMP monitor (the domain's second monitor, on a Unix socket) cannot be used:
+        /// not there, not answering, closed or misbehaving. Its callers fall back to libvirt's
+        /// monitor passthrough where they can.
+        case monitorChannel(path: String, problem: String)
         /// A QMP reply this driver cannot read.
         case qmpReply(command: String, reply: String)
         /// Saving or loading the device state failed inside QEMU (`query-migrate` status and error).
@@ -58,6 +62,8 @@ public struct VMHostError: Error, Sendable, CustomStringConvertible {
         case let .invalidSpec(why): return "\(d)invalid VM spec: \(why); fix the spec"
         case let .libvirt(e): return "\(d)\(e)"
         case let .qmp(cmd, cls, msg): return "\(d)QEMU refused '\(cmd)': \(msg) (\(cls))"
+        case let .monitorChannel(path, problem):
+            return "\(d)direct QMP monitor \(path): \(problem); libvirt's monitor passthrough is used instead (slower pauses)"
         case let .qmpReply(cmd, reply): return "\(d)unreadable QEMU reply to '\(cmd)': \(reply.prefix(200))"
         case let .migration(op, status, detail):
             return "\(d)\(op) failed in QEMU (migration status '\(status)'\(detail.isEmpty ? "" : ": \(detail)")); see the domain's QEMU log"

@@ -103,3 +103,34 @@ final class GuestNICXMLTests: XCTestCase {
         }
     }
 }
+
+/// The direct QMP monitor in the domain XML: the same on both copies, validated, found again.
+final class ControlSocketXMLTests: XCTestCase {
+    let spec = VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1, kernel: "/k/vmlinuz")
+
+    func testBothCopiesGetASecondMonitorOnTheConfiguredSocketAndItIsFoundAgainInTheXML() throws {
+        let path = "/var/lib/mycelium/vm/web-1.qmp"
+        let p = try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/s", controlSocket: path))
+        let s = try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .standby, ownershipEpoch: 1, serialLog: "/s", controlSocket: path))
+        let args = "    <qemu:arg value='-chardev'/>\n    <qemu:arg value='socket,id=mycctl,path=\(path),server=on,wait=off'/>\n"
+            + "    <qemu:arg value='-mon'/>\n    <qemu:arg value='chardev=mycctl,mode=control'/>"
+        XCTAssertTrue(p.contains(args), p)
+        XCTAssertTrue(s.contains(args), s)
+        XCTAssertEqual(EndophyteDomainXML.controlSocket(inDomainXML: p), path)
+        // libvirt hands the XML back with its own quoting and escaping.
+        let fromLibvirt = "<qemu:arg value=\"socket,id=mycctl,path=/v/a&amp;b.qmp,server=on,wait=off\"/>"
+        XCTAssertEqual(EndophyteDomainXML.controlSocket(inDomainXML: fromLibvirt), "/v/a&b.qmp")
+        let without = try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/s"))
+        XCTAssertFalse(without.contains("mycctl"), "no second monitor unless configured")
+        XCTAssertNil(EndophyteDomainXML.controlSocket(inDomainXML: without))
+    }
+
+    func testASocketPathQEMUOrTheKernelCannotTakeIsRefused() {
+        for bad in ["relative.qmp", "/a,b.qmp", "/" + String(repeating: "x", count: 107), "/a\u{1}.qmp"] {
+            XCTAssertThrowsError(try EndophyteDomainXML.make(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: "/s", controlSocket: bad))) { e in
+                guard let e = e as? VMHostError, case .invalidSpec = e.code else { return XCTFail("\(e)") }
+            }
+        }
+        XCTAssertNil(EndophyteDomainXML.controlSocketProblem("/" + String(repeating: "x", count: 106)), "107 bytes fit")
+    }
+}

@@ -25,9 +25,10 @@ final class VMHostTests: XCTestCase {
     }
 
     /// Boots `spec` as the primary on `host` and waits until it counts.
-    func bootPrimary(_ host: VMHost, _ spec: VMSpec, serial: String, qemuLog: String, shim: DirtyPageShim? = nil) throws -> (EndophyteDomain, Double) {
+    func bootPrimary(_ host: VMHost, _ spec: VMSpec, serial: String, qemuLog: String, shim: DirtyPageShim? = nil,
+                     controlSocket: String? = nil) throws -> (EndophyteDomain, Double) {
         let t0 = monotonicSeconds()
-        let d = try host.start(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: serial, shim: shim))
+        let d = try host.start(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: serial, shim: shim, controlSocket: controlSocket))
         do {
             try waitUntil("the guest to boot and count to 3", timeout: 60) { SerialLog(path: serial).counts.count >= 3 }
         } catch {
@@ -53,7 +54,8 @@ final class VMHostTests: XCTestCase {
         var t = monotonicSeconds()
         try d.pause()
         let pauseSeconds = monotonicSeconds() - t
-        XCTAssertEqual(try d.state(), .paused, "libvirt saw QEMU's STOP")
+        // Through the direct monitor libvirt learns of the pause from QEMU's STOP event, a moment later.
+        try waitUntil("libvirt to see QEMU's STOP", timeout: 5) { try d.state() == .paused }
         let atPause = SerialLog(path: serial)
         t = monotonicSeconds()
         let image = try MappedRegion(memfdNamed: "checkpoint-\(epoch)", length: ram.length)

@@ -7,6 +7,9 @@
 // guest sees per checkpoint (p50/p99/max) and where it goes, against the floor any libvirt-driven
 // checkpoint pays in the same run: QMP stop, the device-state save and QMP cont, with nothing else.
 // COLO with multifd reports a 31 ms p99 (cited, not run here: COLO deadlocks under TCG in 7.2).
+// `--control direct` (default) gives each domain the agent's direct QMP monitor, as the driver does, so
+// stop/cont/device state skip libvirt's passthrough; `--control libvirt` measures the passthrough. Each
+// row's header line names the channel actually used (the direct one falls back to libvirt on its own).
 //
 // Output commit (Remus network buffering): the latency it adds to the guest's network. A 128 MiB guest with a
 // virtio NIC (`mycelium.ip=`) answers ping from its host's namespace while it is replicated at
@@ -17,6 +20,7 @@
 //
 //   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024]      (root)
 //       [--sections pause,output-commit,migration,failover] [--pings 200] [--reps 3] [--vm-memory 256]
+//       [--control direct|libvirt]
 // The migration and failover sections are in VMMigrationBench.swift; they need the release
 // `myceliumd` and `mycelium` next to the benchmark.
 
@@ -32,6 +36,7 @@ func runVMBench(_ args: [String]) async throws {
     guard getuid() == 0 else { throw BenchError("mycelium-bench vm needs root (network namespaces, libvirtd, QEMU)") }
     var seconds = 8.0, memories: [UInt32] = [256, 1024], sections: Set<String> = ["pause", "output-commit"], reps = 3, vmMemory = 256
     var pings = 200
+    var control = "direct"
     var i = 0
     while i + 1 < args.count {
         switch args[i] {
@@ -41,8 +46,11 @@ func runVMBench(_ args: [String]) async throws {
         case "--pings": pings = max(2, Int(args[i + 1]) ?? pings)
         case "--reps": reps = max(1, Int(args[i + 1]) ?? reps)
         case "--vm-memory": vmMemory = Int(args[i + 1]) ?? vmMemory
+        case "--control":
+            control = args[i + 1]
+            guard ["direct", "libvirt"].contains(control) else { throw BenchError("--control is direct or libvirt, not '\(control)'") }
         default:
-            throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit,migration,failover --pings N --reps N --vm-memory MiB")
+            throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit,migration,failover --pings N --reps N --vm-memory MiB --control direct|libvirt")
         }
         i += 2
     }
@@ -90,7 +98,8 @@ func runVMBench(_ args: [String]) async throws {
                           cmdline: "console=ttyS0 quiet panic=-1")
         let serial = work + "/\(spec.name).serial", report = work + "/\(spec.name).shim"
         let d = try host.start(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: serial,
-                                                           shim: DirtyPageShim(library: shim, report: report)))
+                                                           shim: DirtyPageShim(library: shim, report: report),
+                                                           controlSocket: control == "direct" ? work + "/\(spec.name).qmp" : nil))
         defer { try? host.remove(spec.name) }
         let bootDeadline = now() + 180
         while !((try? String(contentsOfFile: serial, encoding: .utf8))?.contains("COUNT") ?? false) {
@@ -100,6 +109,7 @@ func runVMBench(_ args: [String]) async throws {
         let ram = try d.openGuestRAM()
         let tracking = try d.openDirtyTracker(region: ram, shimReport: report)
         if let why = tracking.fallbackReason { print("  (\(mib) MiB: the hash engine tracks RAM: \(why))") }
+        print("  (\(mib) MiB: stop/cont/device state over the \(d.controlChannel()))")
         // The floor: what the hooks alone cost.
         var floor: [Double] = []
         for _ in 0..<20 {
@@ -129,6 +139,7 @@ func runVMBench(_ args: [String]) async throws {
             while now() < end { reports.append(try source.checkpoint()) }
             source.detach()
             while server.isExecuting { usleep(1000) }
+            if control == "direct", case .libvirt(let why) = d.controlChannel() { print("  (the direct monitor failed during the run: \(why))") }
             let pauses = reports.map { $0.pauseSeconds * 1000 }
             func med(_ f: (EpochReport) -> Double) -> String { fmt(median(reports.map { f($0) * 1000 }), 2).leftPad(6) + " ms" }
             let fp50 = median(floor) * 1000
@@ -139,17 +150,17 @@ func runVMBench(_ args: [String]) async throws {
                   + fmt(median(reports.map { Double($0.pagesStreamed + $0.pagesAtPause) }), 0).leftPad(11))
         }
     }
-    print("  floor = QMP stop + device-state save (x-ignore-shared, fd: migration) + QMP cont through libvirt, nothing else; "
+    print("  floor = QMP stop + device-state save (x-ignore-shared, fd: migration) + QMP cont over the channel named above, nothing else; "
           + "pause = what the guest sees per checkpoint. COLO (multifd) reports 31 ms p99 (cited).")
     }
     if sections.contains("output-commit") {
         try outputCommitLatency(host: host, hostName: hostName, work: work, kernel: String(kernel), initrd: String(initrd), shim: shim,
-                                pings: pings, sourceKey: sourceKey, replicaKey: replicaKey, network: network)
+                                pings: pings, directControl: control == "direct", sourceKey: sourceKey, replicaKey: replicaKey, network: network)
     }
 }
 
 /// Ping RTT to a replicated guest with and without output commit, at 25/50/100 ms epochs.
-func outputCommitLatency(host: VMHost, hostName: String, work: String, kernel: String, initrd: String, shim: String, pings: Int,
+func outputCommitLatency(host: VMHost, hostName: String, work: String, kernel: String, initrd: String, shim: String, pings: Int, directControl: Bool,
                          sourceKey: SigningKey, replicaKey: SigningKey, network: NetworkID) throws {
     let guestAddress = "10.79.0.2"
     let spec = VMSpec(name: "benchoc", memoryMiB: 128, vcpus: 1, kernel: kernel, initrd: initrd,
@@ -157,7 +168,8 @@ func outputCommitLatency(host: VMHost, hostName: String, work: String, kernel: S
     let serial = work + "/benchoc.serial", report = work + "/benchoc.shim"
     let nic = GuestNIC(mac: GuestNIC.mac(for: spec.name), tap: "benchoc0")
     let d = try host.start(spec, EndophyteDomainConfig(role: .primary, ownershipEpoch: 1, serialLog: serial,
-                                                       shim: DirtyPageShim(library: shim, report: report), nic: nic))
+                                                       shim: DirtyPageShim(library: shim, report: report), nic: nic,
+                                                       controlSocket: directControl ? work + "/benchoc.qmp" : nil))
     defer { try? host.remove(spec.name) }
     let bootDeadline = now() + 180
     while !((try? String(contentsOfFile: serial, encoding: .utf8))?.contains("NET-READY") ?? false) {
