@@ -193,9 +193,11 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         let image: MappedRegion
         let receiver: ReplicaReceiver
         var standby: EndophyteDomain?
+        /// The image is the standby's own guest RAM (its memfd): a takeover copies nothing.
+        let imageInStandby: Bool
         var transport: ReplicationTransport?
-        init(record: VMRecord, image: MappedRegion, receiver: ReplicaReceiver) {
-            self.record = record; self.image = image; self.receiver = receiver
+        init(record: VMRecord, image: MappedRegion, receiver: ReplicaReceiver, standby: EndophyteDomain?, imageInStandby: Bool) {
+            self.record = record; self.image = image; self.receiver = receiver; self.standby = standby; self.imageInStandby = imageInStandby
         }
     }
 
@@ -377,18 +379,20 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         guard epoch > 0 else {
             throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (no sync committed since this agent started: a kept image is only a base for a resync, possibly mixed); it cannot continue the guest")
         }
-        let standby: EndophyteDomain
+        let standby: EndophyteDomain, inPlace: Bool
         if let s = rep.standby, (try? s.isWaitingForState()) == true {
-            standby = s
+            (standby, inPlace) = (s, rep.imageInStandby)
         } else {
+            // The standby is gone (its QEMU died): a new one gets a copy of the image (our mapping
+            // of the old one's memory outlives it).
             try? host.remove(r.name)
-            standby = try host.start(r.spec, domainConfig(r, role: .standby))
+            (standby, inPlace) = (try host.start(r.spec, domainConfig(r, role: .standby)), false)
         }
         let t = try standby.activate(image: RAMImage(epoch: epoch, region: rep.image),
-                                     deviceState: DeviceState(epoch: epoch, bytes: rep.receiver.deviceState))
+                                     deviceState: DeviceState(epoch: epoch, bytes: rep.receiver.deviceState), imageInGuestRAM: inPlace)
         try standby.setOwnership(EndophyteMetadata(role: .primary, ownershipEpoch: r.epoch))
         report(.tookOver, "VM \(r.name): took over at ownership epoch \(r.epoch) from replicated epoch \(epoch) in \(Int(t.total * 1000)) ms "
-            + "(copy \(Int(t.checkAndCopy * 1000)) ms, device state \(Int(t.loadDeviceState * 1000)) ms, resume \(Int(t.resume * 1000)) ms)")
+            + "(\(inPlace ? "in place, checks" : "copy") \(Int(t.checkAndCopy * 1000)) ms, device state \(Int(t.loadDeviceState * 1000)) ms, resume \(Int(t.resume * 1000)) ms)")
         try? FileManager.default.removeItem(atPath: imagePath(r.name))
         return standby
     }
@@ -619,23 +623,51 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         }
         if held { return }
         let bytes = Int(r.spec.memoryMiB) << 20
-        // An image kept from before (this agent restarted) is a base: the primary resyncs it by
-        // hashes instead of sending the whole region. Only a base: the receiver starts at committed
-        // epoch 0, so it cannot be taken over before that resync commits (the agent may have died
-        // mid-apply). It is this VM's: the file is named after it, and a source must name the VM
-        // and its ownership epoch (Attach) and be its primary. Even an image of an older life of the
-        // VM would only cost more pages: the resync is exact for any base.
-        let (image, reused) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
-        if reused { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
-        let rep = Replica(record: r, image: image, receiver: ReplicaReceiver(region: image, stagingReservePages: 256, imageIsBase: reused))
         // A standby waiting in `-incoming defer` turns a failover into one device-state load and a
-        // resume (a cold start costs seconds under TCG).
+        // resume (a cold start costs seconds under TCG). The replica writes its epochs straight into
+        // the standby's guest RAM (a memfd QEMU leaves alone while it waits for its stream), so a
+        // takeover copies nothing either; the image is a file only when no standby can run here.
+        //
+        // A base for a resync by hashes: the RAM of a standby this agent finds waiting (it
+        // restarted), or an image file (kept by an agent without a standby, or the paused guest's RAM
+        // of a primary that became the replica). Only a base: the receiver starts at committed epoch
+        // 0, so it cannot be taken over before that resync commits (the agent may have died mid-apply).
+        // It is this VM's: named after it, and a source must name the VM and its ownership epoch
+        // (Attach) and be its primary. Even a base from an older life of the VM only costs pages: the
+        // resync is exact for any base.
+        var standby: EndophyteDomain?, image: MappedRegion?, reused = false
         do {
-            if try host.managedDomains().contains(where: { $0.name == r.name }) { try host.remove(r.name) }
-            rep.standby = try host.start(r.spec, domainConfig(r, role: .standby))
+            let found = try host.managedDomains().first { $0.name == r.name }
+            if let found, found.metadata.role == .standby, let d = try? host.domain(named: r.name), (try? d.isWaitingForState()) == true,
+               let ram = try? d.openGuestRAM(), ram.length == bytes {
+                try d.setOwnership(EndophyteMetadata(role: .standby, ownershipEpoch: r.epoch))
+                (standby, image, reused) = (d, ram, true)
+                report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes (the RAM of the standby waiting here)")
+            } else {
+                if found != nil { try host.remove(r.name) }
+                let d = try host.start(r.spec, domainConfig(r, role: .standby))
+                standby = d
+                let ram = try d.openGuestRAM()
+                guard ram.length == bytes else { throw VMDriverError("the standby's RAM is \(ram.length) bytes, not \(bytes)") }
+                if FileManager.default.fileExists(atPath: imagePath(r.name)) {
+                    let (file, kept) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
+                    if kept { memcpy(ram.base, file.base, bytes); reused = true }
+                }
+                try? FileManager.default.removeItem(atPath: imagePath(r.name))
+                image = ram
+                if reused { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
+            }
         } catch {
-            report(.notice, "VM \(r.name): no standby domain here (\(error)); a failover will start one then")
+            report(.notice, "VM \(r.name): no standby domain here (\(error)); the replica is a file and a failover starts a standby then")
         }
+        let inStandby = image != nil
+        if image == nil {
+            let (file, kept) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
+            if kept { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
+            (image, reused) = (file, kept)
+        }
+        let rep = Replica(record: r, image: image!, receiver: ReplicaReceiver(region: image!, stagingReservePages: 256, imageIsBase: reused),
+                          standby: standby, imageInStandby: inStandby)
         lock.withLock { replicas[r.name] = rep }
         report(.holding, "VM \(r.name): holding its replica (epoch \(r.epoch))")
     }

@@ -411,7 +411,10 @@ public final class EndophyteDomain: @unchecked Sendable {
     /// loads `deviceState` (`migrate-incoming` from an fd) and resumes it. The pair must be of one
     /// epoch and the domain a standby that was never resumed; otherwise nothing is touched.
     @discardableResult
-    public func activate(image: RAMImage, deviceState: DeviceState) throws(VMHostError) -> ActivationTimings {
+    /// `imageInGuestRAM`: the image already is this standby's guest RAM (the replica wrote its
+    /// epochs there, `openGuestRAM`), so nothing is copied: the takeover is a device-state load and
+    /// a resume.
+    public func activate(image: RAMImage, deviceState: DeviceState, imageInGuestRAM: Bool = false) throws(VMHostError) -> ActivationTimings {
         let t0 = monotonicNow()
         guard image.epoch == deviceState.epoch else {
             throw error(.epochMismatch(ramEpoch: image.epoch, deviceStateEpoch: deviceState.epoch))
@@ -424,7 +427,7 @@ public final class EndophyteDomain: @unchecked Sendable {
         }
         // QEMU does not touch guest RAM while it waits for its stream, and x-ignore-shared keeps the
         // stream from overwriting it: the image is the RAM the guest resumes with.
-        memcpy(ram.base, image.region.base, ram.length)
+        if !imageInGuestRAM { memcpy(ram.base, image.region.base, ram.length) }
         let copied = monotonicNow()
         try ensureIgnoreShared(via: qmp)
 
