@@ -360,6 +360,10 @@ public struct VMController: Controller {
                 }
                 let lapsed = estimatedNow(context) >= r.leaseUntil.saturatingAdding(VMTable.takeoverSlack)
                 if lapsed && !recently("failover \(r.name) \(r.epoch)") {
+                    // The table checks the lease against spore time, which moves only with spore
+                    // entries; with the primary dead (no more renewals) it can lag seconds behind.
+                    // A tick, committed just before, brings it to this leader's clock.
+                    if spore.now < r.leaseUntil.saturatingAdding(VMTable.takeoverSlack) { out.append(.submit(.tick)) }
                     out.append(.propose(.vm(.failover(name: r.name, to: replica, epoch: r.epoch))))
                     out.append(.note("failing VM \(r.name) over from \(r.primary) to \(replica) (epoch \(r.epoch) → \(r.epoch + 1))"))
                 }

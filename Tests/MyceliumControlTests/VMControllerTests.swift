@@ -160,6 +160,7 @@ final class VMControllerTests: XCTestCase {
         try spore(.tick, by: 1, advance: 5)
         let p = proposals(leader.tick(context: ctx(1, tick: 30, leader: true)))
         XCTAssertEqual(p, [.failover(name: "web-1", to: id(3), epoch: 1)])
+        XCTAssertTrue(submits(leader.tick(context: ctx(1, tick: 30, leader: true))).isEmpty, "spore time already past the lease: no tick")
         try vm(p[0])
         // Now unprotected: the leader gives it a replica, never the failed node.
         let r = proposals(leader.tick(context: ctx(1, tick: 40, leader: true)))
@@ -257,6 +258,29 @@ final class VMControllerTests: XCTestCase {
         try spore(.vmAbortMigration(name: "web-1", epoch: 1, reason: "the replica went away"), by: 2)
         XCTAssertEqual(actions(primary.applied(.vm(name: "web-1", state.vms.vms["web-1"]), context: ctx(2, tick: t + 5))), [],
                        "it never stopped running: nothing to resume")
+    }
+
+    /// Spore time moves only with spore entries; with the primary dead it can lag. A leader whose own
+    /// clock says the lease lapsed commits a tick right before the failover, so the table (which
+    /// checks spore time) accepts it at once instead of seconds later.
+    func testTheLeaderAdvancesStaleSporeTimeBeforeAFailover() throws {
+        try vm(.create(spec, primary: id(2), replica: id(3)))
+        try spore(.renewLease(name: "vm/web-1@1", ttlSeconds: 4, run: 9), by: 2)
+        try spore(.setStatus(node: id(2), .failed), by: 1)
+        var leader = VMController(run: 1)
+        // No spore entry for 10 s of the leader's ticks: spore time stands still at the lease's start.
+        var e = leader.tick(context: ctx(1, tick: 10, leader: true))
+        XCTAssertEqual(proposals(e), [], "the lease still runs by the leader's clock")
+        e = leader.tick(context: ctx(1, tick: 10 + 10 * tps, leader: true))
+        XCTAssertEqual(submits(e), [.tick], "a tick first")
+        XCTAssertEqual(proposals(e), [.failover(name: "web-1", to: id(3), epoch: 1)])
+        guard let ti = e.firstIndex(where: { if case .submit(.tick) = $0 { true } else { false } }),
+              let fi = e.firstIndex(where: { if case .propose = $0 { true } else { false } }) else { return XCTFail("\(e)") }
+        XCTAssertLessThan(ti, fi, "the tick is proposed before the failover")
+        // Committed in that order, the failover is accepted.
+        try spore(.tick, by: 1, advance: 10)
+        try vm(.failover(name: "web-1", to: id(3), epoch: 1))
+        XCTAssertEqual(state.vms.vms["web-1"]?.primary, id(3))
     }
 
     /// A run that failed here (libvirt down, a standby that would not start) is asked for again
