@@ -359,7 +359,9 @@ public struct VMController: Controller {
                     continue
                 }
                 let lapsed = estimatedNow(context) >= r.leaseUntil.saturatingAdding(VMTable.takeoverSlack)
-                if lapsed && !recently("failover \(r.name) \(r.epoch)") {
+                // Again every second: a renewal the dead primary sent before it died may still commit
+                // ahead of this proposal and extend the lease (the table then refuses it, rightly).
+                if lapsed && !recently("failover \(r.name) \(r.epoch)", seconds: 1) {
                     // The table checks the lease against spore time, which moves only with spore
                     // entries; with the primary dead (no more renewals) it can lag seconds behind.
                     // A tick, committed just before, brings it to this leader's clock.
