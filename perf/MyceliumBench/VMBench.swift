@@ -122,14 +122,7 @@ func runVMBench(_ args: [String]) async throws {
         let image = try MappedRegion(memfdNamed: "bench-replica", length: ram.length)
         let receiver = ReplicaReceiver(region: image)
         for epochMs in [25, 50, 100] {
-            let server = Thread {
-                guard let t = try? RhizomorphReplicationTransport.accept(from: listener, identity: replicaKey, network: network,
-                                                                         peerKey: sourceKey.publicKey, timeout: 20) else { return }
-                _ = receiver.serve(t)
-            }
-            server.start()
-            let t = try RhizomorphReplicationTransport.connect(paths: [Rhizomorph.Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)],
-                                                               identity: sourceKey, network: network, peerKey: replicaKey.publicKey)
+            let (t, server) = try loopbackSession(listener: listener, receiver: receiver, sourceKey: sourceKey, replicaKey: replicaKey, network: network)
             let source = try ReplicationSource(region: ram, tracker: tracking.tracker,
                                                config: ReplicationConfig(epochInterval: Double(epochMs) / 1000, rpoBound: 5, ackTimeout: 10),
                                                hooks: d.sourceHooks())
@@ -204,14 +197,7 @@ func outputCommitLatency(host: VMHost, hostName: String, work: String, kernel: S
         var heldMax = 0, dropped: UInt64 = 0
         for on in [false, true, false, true] {
             let gate = on ? try OutputCommitGate(domain: d, mode: .passingThrough) : nil
-            let server = Thread {
-                guard let t = try? RhizomorphReplicationTransport.accept(from: listener, identity: replicaKey, network: network,
-                                                                         peerKey: sourceKey.publicKey, timeout: 20) else { return }
-                _ = receiver.serve(t)
-            }
-            server.start()
-            let t = try RhizomorphReplicationTransport.connect(paths: [Rhizomorph.Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)],
-                                                               identity: sourceKey, network: network, peerKey: replicaKey.publicKey)
+            let (t, server) = try loopbackSession(listener: listener, receiver: receiver, sourceKey: sourceKey, replicaKey: replicaKey, network: network)
             let source = try ReplicationSource(region: ram, tracker: tracking.tracker,
                                                config: ReplicationConfig(epochInterval: Double(epochMs) / 1000, rpoBound: 5, ackTimeout: 10),
                                                hooks: d.sourceHooks(afterPause: { gate?.sealAtPause() }),
@@ -272,4 +258,19 @@ private func vmPercentile(_ xs: [Double], _ p: Double) -> Double {
     let s = xs.sorted()
     guard !s.isEmpty else { return .nan }
     return s[min(s.count - 1, Int((p / 100 * Double(s.count)).rounded(.up)) - 1 < 0 ? 0 : Int((p / 100 * Double(s.count)).rounded(.up)) - 1)]
+}
+
+/// A replication session over rhizomorph on loopback: `receiver` serves it on its own thread (the
+/// bench process plays the replica; the thread ends with the session), and the source's end.
+func loopbackSession(listener: Listener, receiver: ReplicaReceiver, sourceKey: SigningKey, replicaKey: SigningKey,
+                     network: NetworkID) throws -> (RhizomorphReplicationTransport, Thread) {
+    let server = Thread {
+        guard let t = try? RhizomorphReplicationTransport.accept(from: listener, identity: replicaKey, network: network,
+                                                                 peerKey: sourceKey.publicKey, timeout: 20) else { return }
+        _ = receiver.serve(t)
+    }
+    server.start()
+    let t = try RhizomorphReplicationTransport.connect(paths: [Rhizomorph.Path(local: "127.0.0.1", remote: "127.0.0.1", port: listener.port)],
+                                                       identity: sourceKey, network: network, peerKey: replicaKey.publicKey)
+    return (t, server)
 }
