@@ -164,6 +164,13 @@ int main(int argc, char **argv)
     const char *obj = argv[1];
     pin = argv[2];
 
+    /* No IPv6 in this namespace: a veth coming up sends MLD reports and router solicitations from the
+     * pod side, which the pod program counts as the endpoint's tx (non-IPv4 goes to the host, counted):
+     * an MLDv2 report of 110 bytes landed in the first tx check at random (2 packets, 220 bytes). */
+    if (system("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1") != 0) {
+        fprintf(stderr, "FATAL: cannot disable IPv6 in the test namespace\n");
+        exit(1);
+    }
     uint32_t if_a = make_veth("uta", "uta-p"), if_b = make_veth("utb", "utb-p"), if_c = make_veth("utc", "utc-p");
     uint32_t if_stray = make_veth("utx", "utx-p"), if_up = make_veth("utu", "utu-p");
 
