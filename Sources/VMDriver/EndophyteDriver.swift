@@ -602,18 +602,17 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     // MARK: replica
 
     func hold(_ r: VMRecord) throws {
+        // This node ran it and is its replica now (a planned switch, or it was fenced). Its guest's
+        // RAM, paused, is the best base for the image it holds from now on: the new primary resyncs it
+        // by hashes and sends what changed since, not the whole region. Our mapping of that memfd
+        // outlives the domain, so it is copied straight into the new standby's RAM below (a file only
+        // when no standby can run here).
+        var oldGuestRAM: MappedRegion?
         if let p = lock.withLock({ primaries.removeValue(forKey: r.name) }) {
-            // This node ran it and is its replica now (a planned switch, or it was fenced). Its
-            // guest's RAM, paused, is the best base for the image it holds from now on: the new
-            // primary resyncs it by hashes and sends what changed since, not the whole region.
             stopReplication(p)
             p.gate?.detach(flush: false)
             forgetDeadline(r.name)
-            if p.region.length == Int(r.spec.memoryMiB) << 20 {
-                do { try Self.saveBase(p.region, to: imagePath(r.name)) } catch {
-                    report(.notice, "VM \(r.name): could not keep the guest's RAM as the replica's base (\(error)); it gets a full copy")
-                }
-            }
+            if p.region.length == Int(r.spec.memoryMiB) << 20 { oldGuestRAM = p.region }
             try host.remove(r.name)
         }
         let held = lock.withLock { () -> Bool in
@@ -649,7 +648,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 standby = d
                 let ram = try d.openGuestRAM()
                 guard ram.length == bytes else { throw VMDriverError("the standby's RAM is \(ram.length) bytes, not \(bytes)") }
-                if FileManager.default.fileExists(atPath: imagePath(r.name)) {
+                if let old = oldGuestRAM {
+                    memcpy(ram.base, old.base, bytes)
+                    reused = true
+                } else if FileManager.default.fileExists(atPath: imagePath(r.name)) {
                     let (file, kept) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
                     if kept { memcpy(ram.base, file.base, bytes); reused = true }
                 }
@@ -661,6 +663,11 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             report(.notice, "VM \(r.name): no standby domain here (\(error)); the replica is a file and a failover starts a standby then")
         }
         let inStandby = image != nil
+        if image == nil, let old = oldGuestRAM {
+            do { try Self.saveBase(old, to: imagePath(r.name)) } catch {
+                report(.notice, "VM \(r.name): could not keep the guest's RAM as the replica's base (\(error)); it gets a full copy")
+            }
+        }
         if image == nil {
             let (file, kept) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
             if kept { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
