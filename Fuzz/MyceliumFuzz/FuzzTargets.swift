@@ -486,7 +486,7 @@ func writeSeeds(to dir: String) {
         ("control", [1] + {
             var st = ControlState(network: NetworkIdentity(genesisKey: genesis.publicKey))
             let admit = SignedCommand(.admit(cert), author: id, key: node, network: cert.networkID)
-            _ = try? st.apply(Entry(term: 1, index: 1, data: ControlEntry.spore(admit, time: 1_800_000_000).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 1, data: ControlEntry.spore(admit, millis: 1_800_000_000_000).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 2, data: ControlEntry.network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 3, data: ControlEntry.vm(.create(VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1,
                                                                                             kernel: "/boot/vmlinuz"), primary: id, replica: nil)).encoded()))

@@ -18,7 +18,7 @@ public struct VMInfo: Codable, Sendable, Equatable {
     /// The ownership epoch: the fencing token, bumped at every failover and migration.
     public var epoch: UInt64
     /// Seconds left on the primary's ownership lease, in spore time (negative: lapsed).
-    public var leaseLeftSeconds: Int64
+    public var leaseLeftMillis: Int64
     /// "protected" (a replica is assigned) or "unprotected: REASON".
     public var protection: String
     /// What the answering node does with it, if anything: "primary: protected (engine hash ...)",
@@ -32,18 +32,18 @@ public struct VMInfo: Codable, Sendable, Equatable {
     public var replication: VMReplicationInfo?
 
     public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String, initrd: String, cmdline: String,
-                primary: String, replica: String?, epoch: UInt64, leaseLeftSeconds: Int64, protection: String, here: String? = nil,
+                primary: String, replica: String?, epoch: UInt64, leaseLeftMillis: Int64, protection: String, here: String? = nil,
                 migration: String? = nil, lastMigration: String? = nil, replication: VMReplicationInfo? = nil) {
         self.name = name; self.memoryMiB = memoryMiB; self.vcpus = vcpus; self.kernel = kernel; self.initrd = initrd
         self.cmdline = cmdline; self.primary = primary; self.replica = replica; self.epoch = epoch
-        self.leaseLeftSeconds = leaseLeftSeconds; self.protection = protection; self.here = here
+        self.leaseLeftMillis = leaseLeftMillis; self.protection = protection; self.here = here
         self.migration = migration; self.lastMigration = lastMigration; self.replication = replication
     }
 
     enum CodingKeys: String, CodingKey {
         case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection, here, migration, replication
         case memoryMiB = "memory_mib"
-        case leaseLeftSeconds = "lease_left_s"
+        case leaseLeftMillis = "lease_left_ms"
         case lastMigration = "last_migration"
     }
 }

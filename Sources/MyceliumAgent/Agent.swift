@@ -99,6 +99,8 @@ public actor Agent {
     /// Set first by `stop()`: nothing may touch the WAL or the network after it.
     var stopped = false
     var startedAt = Date()
+    /// The controllers' clock (`ControllerContext.millis`) counts from here.
+    let monotonicStart = ContinuousClock.now
     var events: [String] = []
     var voteTimings: [UInt64: VoteTiming] = [:]
     let instruments = AgentInstruments()
@@ -182,6 +184,7 @@ public actor Agent {
         settings.sclerotia = config.sclerotia
         settings.ticksPerSecond = UInt64(max(1, 1000 / config.tickMilliseconds))
         settings.votePhaseTicks = UInt32(max(1, config.votePhaseMilliseconds / config.tickMilliseconds))
+        settings.detector.suspicionTimeout = max(1, config.suspicionMilliseconds / config.tickMilliseconds)
         settings.fallbackSeconds = config.fallbackSeconds
         settings.voteRetentionTicks = UInt64(max(1, 60_000 / config.tickMilliseconds))
         var governor = Governor(me: me, certificate: certificate, key: key, settings: settings, behaviour: behaviour,
@@ -448,7 +451,8 @@ public actor Agent {
     }
 
     var controllerContext: ControllerContext {
-        ControllerContext(node: nodeID, isLeader: raft.role == .leader, state: control, tick: ticks, ticksPerSecond: ticksPerSecond)
+        ControllerContext(node: nodeID, isLeader: raft.role == .leader, state: control, tick: ticks, ticksPerSecond: ticksPerSecond,
+                          millis: UInt64((ContinuousClock.now - monotonicStart) / .milliseconds(1)))
     }
 
     // MARK: proposals
@@ -461,7 +465,7 @@ public actor Agent {
     func propose(_ signed: SignedCommand) {
         if raft.role == .leader {
             do {
-                _ = try raft.propose(ControlEntry.spore(signed, time: Int64(Date().timeIntervalSince1970)).encoded())
+                _ = try raft.propose(ControlEntry.spore(signed, millis: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))).encoded())
             } catch {
                 logger.debug("proposal refused", metadata: ["reason": "\(error)"])
             }

@@ -51,6 +51,9 @@ public struct AgentConfig: Sendable, Equatable {
     /// Milliseconds each phase (commit, reveal) of a Byzantine-tolerant vote may last; set it above the
     /// worst one-way delay between nodes plus the spread in when they apply the opening entry.
     public var votePhaseMilliseconds = 2000
+    /// Milliseconds a peer that missed its probes (direct and indirect) stays suspect before this node
+    /// reports it to the leader, which puts its failure to the vote.
+    public var suspicionMilliseconds = 500
     /// The network's pod range; the first leader records it in the control state, where it never changes.
     public var podCIDRPool = "10.244.0.0/16"
     /// Prefix length of each node's block of the pod range.
@@ -108,6 +111,7 @@ public struct AgentConfig: Sendable, Equatable {
         int("fallback_s", "Seconds without quorum before falling back to seed spores.", \.fallbackSeconds, 1...86_400),
         int("seed_interval_s", "Minimum seconds between two seed-spore writes.", \.seedIntervalSeconds, 0...3600),
         string("log_level", "trace, debug, info, notice, warning, error or critical.", \.logLevel),
+        int("suspicion_ms", "Milliseconds a peer that missed its direct and indirect probes stays suspect before it is reported for a failure vote (the vote, with each voter's own check, confirms it). Higher: fewer votes on a flaky network, slower failover.", \.suspicionMilliseconds, 0...600_000),
         int("vote_phase_ms", "Milliseconds for each phase (commit, reveal) of a Byzantine-tolerant vote; above the worst one-way delay.", \.votePhaseMilliseconds, 10...600_000),
         string("pod_cidr_pool", "The network's pod range (like K3s's cluster-cidr); the first leader records it and it never changes.", \.podCIDRPool),
         int("pod_cidr_node_prefix", "Prefix length of each node's block of the pod range (like K3s's node-cidr-mask-size).", \.podCIDRNodePrefix, 16...30),

@@ -24,7 +24,7 @@ extension Agent {
             }()
             return VMInfo(name: r.name, memoryMiB: r.spec.memoryMiB, vcpus: r.spec.vcpus, kernel: r.spec.kernel, initrd: r.spec.initrd,
                           cmdline: r.spec.cmdline, primary: "\(r.primary)", replica: r.replica.map { "\($0)" }, epoch: r.epoch,
-                          leaseLeftSeconds: r.leaseUntil == 0 ? 0 : r.leaseUntil - spore.now,
+                          leaseLeftMillis: r.leaseUntilMillis == 0 ? 0 : max(0, r.leaseUntilMillis.saturatingSubtracting(control.nowMillis)),
                           protection: replicaProblem.map { "unprotected: \($0)" } ?? "protected",
                           here: local[r.name].map { s in
                               switch s.role {
@@ -141,7 +141,7 @@ extension Agent {
             return refuse(p)
         }
         var trial = control.vms
-        do { _ = try trial.apply(command, spore: spore) } catch { return refuse("\(error)") }
+        do { _ = try trial.apply(command, spore: spore, now: control.nowMillis) } catch { return refuse("\(error)") }
         do { _ = try raft.propose(ControlEntry.vm(command).encoded()) } catch {
             return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "proposal refused: \(error); retry", code: .noLeader)))
         }

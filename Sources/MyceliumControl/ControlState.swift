@@ -7,8 +7,9 @@
 //                 snapshot format with a throwing `restore`.
 //
 // Every replica applies the same committed entries in the same order and reaches the same bytes:
-// nothing here reads a clock, a file or a random generator. Spore time is stamped into each spore
-// entry by the leader that proposed it.
+// nothing here reads a clock, a file or a random generator. Time is stamped into each spore entry by
+// the leader that proposed it, in milliseconds: the spore counts whole seconds of it (`spore.now`),
+// the VM table's ownership leases count milliseconds (`nowMillis`).
 
 import MyceliumCore
 import MyceliumIdentity
@@ -17,8 +18,10 @@ import MyceliumSpores
 
 /// The payload of a normal Raft entry. An empty payload is a leader's no-op (Raft §8).
 public enum ControlEntry: Sendable, Equatable {
-    /// A signed change to the primary spore, with the proposing leader's time (seconds).
-    case spore(SignedCommand, time: Int64)
+    /// A signed change to the primary spore, with the proposing leader's wall-clock time (Unix
+    /// milliseconds). Entries of older agents (tag 1) carry whole seconds and decode as their
+    /// start in milliseconds.
+    case spore(SignedCommand, millis: Int64)
     /// A batch of KV operations (several clients' writes share one entry: group commit).
     case kv(KVBatch)
     /// A change to the pod-CIDR table, proposed by the leader's network controller.
@@ -26,13 +29,13 @@ public enum ControlEntry: Sendable, Equatable {
     /// A change to the VM table (VMs.swift), proposed by the leader's VM controller.
     case vm(VMCommand)
 
-    enum Tag: UInt8 { case spore = 1, kv = 2, network = 3, vm = 4 }
+    enum Tag: UInt8 { case sporeSeconds = 1, kv = 2, network = 3, vm = 4, spore = 5 }
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 128)
         switch self {
-        case let .spore(command, time):
-            w.u8(Tag.spore.rawValue); w.i64(time); w.raw(command.encoded())
+        case let .spore(command, millis):
+            w.u8(Tag.spore.rawValue); w.i64(millis); w.raw(command.encoded())
         case .kv(let batch):
             w.u8(Tag.kv.rawValue); w.raw(batch.encoded())
         case .network(let command):
@@ -49,12 +52,13 @@ public enum ControlEntry: Sendable, Equatable {
         guard let tag = Tag(rawValue: first) else { throw ControlError(.malformedEntry("unknown entry kind \(first)")) }
         let body = Array(bytes.dropFirst())
         switch tag {
-        case .spore:
+        case .spore, .sporeSeconds:
             guard body.count >= 8 else { throw ControlError(.malformedEntry("spore entry of \(bytes.count) bytes")) }
             var r = ByteReader(body)
-            let time: Int64
+            var time: Int64
             do { time = try r.i64() } catch { throw ControlError(.malformedEntry("spore entry time: \(error)")) }
-            do { return .spore(try SignedCommand(decoding: Array(body[8...])), time: time) } catch {
+            if tag == .sporeSeconds { time = time.saturatingMultiplied(by: 1000) }
+            do { return .spore(try SignedCommand(decoding: Array(body[8...])), millis: time) } catch {
                 throw ControlError(.malformedEntry("spore command: \(error)"))
             }
         case .kv:
@@ -115,6 +119,9 @@ public struct ControlState: Sendable, Equatable {
     public internal(set) var vms: VMTable
     /// The Raft index of the last entry applied (or of the snapshot restored).
     public internal(set) var appliedIndex: UInt64 = 0
+    /// Control time: the latest leader-stamped time of an applied spore entry, in Unix milliseconds
+    /// (`spore.now` is its whole seconds). Moves only with spore entries, never backwards.
+    public internal(set) var nowMillis: Int64 = 0
 
     public init(network: NetworkIdentity) {
         spore = PrimarySpore(network: network)
@@ -133,25 +140,27 @@ public struct ControlState: Sendable, Equatable {
         appliedIndex = max(appliedIndex, entry.index)
         guard let decoded = try ControlEntry.decode(entry.data) else { return [] }
         switch decoded {
-        case let .spore(signed, time):
+        case let .spore(signed, stamped):
+            let millis = max(nowMillis, stamped)
             // A VM's planned switch or abort, signed by its primary: the VM table must accept it, or
             // the whole entry is refused (nothing changes).
             var vmsNext = vms, vmChanges: [ControlChange] = []
             switch signed.command {
             case let .vmSwitch(name, to, epoch):
-                vmChanges = try vmsNext.apply(.migrate(name: name, to: to, epoch: epoch), spore: spore, author: signed.author)
+                vmChanges = try vmsNext.apply(.migrate(name: name, to: to, epoch: epoch), spore: spore, now: millis, author: signed.author)
             case let .vmAbortMigration(name, epoch, reason):
-                vmChanges = try vmsNext.apply(.abortMigration(name: name, epoch: epoch, reason: reason), spore: spore, author: signed.author)
+                vmChanges = try vmsNext.apply(.abortMigration(name: name, epoch: epoch, reason: reason), spore: spore, now: millis, author: signed.author)
             default: break
             }
             do {
-                try spore.apply(signed, epoch: SporeEpoch(term: entry.term, index: entry.index), time: time)
+                try spore.apply(signed, epoch: SporeEpoch(term: entry.term, index: entry.index), time: Self.seconds(millis))
             } catch {
                 throw ControlError(.refused(error))
             }
+            nowMillis = millis
             vms = vmsNext
             switch signed.command {
-            case .acquireLease(let name, _), .renewLease(let name, _, _): vms.noteLease(name, spore: spore)
+            case .acquireLease(let name, let ttl), .renewLease(let name, let ttl, _): vms.noteLease(name, ttlSeconds: ttl, now: millis, spore: spore)
             default: break
             }
             var changes: [ControlChange] = [.spore(signed)] + vmChanges
@@ -169,21 +178,27 @@ public struct ControlState: Sendable, Equatable {
             if case .migrate = command {
                 throw ControlError(.vmRefused("a planned switch is signed by the VM's primary (SporeCommand.vmSwitch), never a leader's entry"))
             }
-            return try vms.apply(command, spore: spore)
+            return try vms.apply(command, spore: spore, now: nowMillis)
         }
+    }
+
+    /// Whole seconds of a control time (rounded down, also before 1970).
+    static func seconds(_ millis: Int64) -> Int64 {
+        millis >= 0 ? millis / 1000 : -((-(millis + 1)) / 1000) - 1
     }
 
     // MARK: snapshot
 
     static let snapshotMagic: [UInt8] = Array("MYCS".utf8)
-    /// 2 adds the VM table, 3 its planned migrations; 1 and 2 are still read.
-    static let snapshotVersion: UInt16 = 3
+    /// 2 adds the VM table, 3 its planned migrations, 4 control time in milliseconds (and VM lease
+    /// ends in milliseconds); 1 to 3 are still read.
+    static let snapshotVersion: UInt16 = 4
 
     /// One deterministic snapshot: magic, version, applied index, then each part as a blob.
     public func snapshot() -> [UInt8] {
         let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded(), v = vms.encoded()
         var w = ByteWriter(capacity: s.count + k.count + p.count + v.count + 32)
-        w.raw(Self.snapshotMagic); w.u16(Self.snapshotVersion); w.u64(appliedIndex)
+        w.raw(Self.snapshotMagic); w.u16(Self.snapshotVersion); w.u64(appliedIndex); w.i64(nowMillis)
         w.blob(s); w.blob(k); w.blob(p); w.blob(v)
         return w.bytes
     }
@@ -200,6 +215,7 @@ public struct ControlState: Sendable, Equatable {
             }
             var state = ControlState(network: network)
             state.appliedIndex = try r.u64()
+            let millis: Int64? = version >= 4 ? try r.i64() : nil
             let sporeBytes = try r.blob("spore", limit: 64 << 20)
             let kvBytes = try r.blob("kv", limit: 1 << 40)
             let podBytes = try r.blob("pods", limit: 16 << 20)
@@ -212,6 +228,8 @@ public struct ControlState: Sendable, Equatable {
             state.kv = try KVStore(snapshot: kvBytes)
             state.pods = try PodCIDRTable(decoding: podBytes)
             state.vms = try VMTable(decoding: vmBytes, version: version)
+            // Before format 4 control time was the spore's whole seconds.
+            state.nowMillis = millis ?? state.spore.now.saturatingMultiplied(by: 1000)
             return state
         } catch let e as ControlError {
             throw e

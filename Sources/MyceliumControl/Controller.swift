@@ -20,9 +20,16 @@ public struct ControllerContext: Sendable {
     /// The agent's tick count (a controller measures time in ticks, never with a clock).
     public let tick: UInt64
     public let ticksPerSecond: UInt64
+    /// Milliseconds since this agent started, by a monotonic clock the shell reads (the simulator:
+    /// its virtual clock). Ticks lag it when the agent is slow to run them; a deadline that must
+    /// not be overrun in real time (a VM's self-fencing) is counted in these.
+    public let millis: UInt64
 
-    public init(node: MyceliumIdentity.NodeID, isLeader: Bool, state: ControlState, tick: UInt64, ticksPerSecond: UInt64) {
+    /// `millis` nil: derived from the ticks (for tests that count only ticks).
+    public init(node: MyceliumIdentity.NodeID, isLeader: Bool, state: ControlState, tick: UInt64, ticksPerSecond: UInt64,
+                millis: UInt64? = nil) {
         self.node = node; self.isLeader = isLeader; self.state = state; self.tick = tick; self.ticksPerSecond = ticksPerSecond
+        self.millis = millis ?? tick.multipliedReportingOverflow(by: 1000).partialValue / max(1, ticksPerSecond)
     }
 }
 

@@ -77,9 +77,10 @@ public struct VMRecord: Sendable, Equatable {
     public var replica: MyceliumIdentity.NodeID?
     /// The fencing token: bumped at every change of owner.
     public var epoch: UInt64
-    /// Spore time at which the primary's ownership lease ends, as last renewed (0: never held). Kept
-    /// here because the spore forgets a lease once it has ended.
-    public var leaseUntil: Int64 = 0
+    /// Control time (Unix ms, `ControlState.nowMillis`) at which the primary's ownership lease ends,
+    /// as last renewed (0: never held): the renewal's stamp plus its length. Kept here, to the
+    /// millisecond, because the spore counts whole seconds and forgets a lease once it has ended.
+    public var leaseUntilMillis: Int64 = 0
     /// A planned migration the operator asked for and that neither switched nor aborted yet.
     public var migration: VMMigration?
     /// How the last planned migration ended, for the operator ("" before the first).
@@ -87,9 +88,9 @@ public struct VMRecord: Sendable, Equatable {
     public var name: String { spec.name }
 
     public init(spec: VMSpec, primary: MyceliumIdentity.NodeID, replica: MyceliumIdentity.NodeID?, epoch: UInt64,
-                leaseUntil: Int64 = 0, migration: VMMigration? = nil, migrationOutcome: String = "") {
+                leaseUntilMillis: Int64 = 0, migration: VMMigration? = nil, migrationOutcome: String = "") {
         self.spec = spec; self.primary = primary; self.replica = replica; self.epoch = epoch
-        self.leaseUntil = leaseUntil; self.migration = migration; self.migrationOutcome = migrationOutcome
+        self.leaseUntilMillis = leaseUntilMillis; self.migration = migration; self.migrationOutcome = migrationOutcome
     }
 }
 
@@ -190,14 +191,16 @@ public struct VMTable: Sendable, Equatable {
     /// once, while the old one's runs out unused (the old primary paused before the switch).
     public static func lease(for record: VMRecord) -> String { "vm/\(record.name)@\(record.epoch)" }
 
-    /// Seconds of spore time after a lease's end before the replica may take over: room for the
-    /// primary's late view of spore time and for leaders' clocks to differ (VMController.swift).
-    public static let takeoverSlack: Int64 = 1
+    /// Milliseconds of control time after a lease's end before the replica may take over: with the
+    /// primary's fence margin, room for leaders' clocks to differ and for the primary to pause its
+    /// guest (the bound is worked out in VMController.swift).
+    public static let takeoverSlackMillis: Int64 = 500
 
-    /// Applies `command` against the spore's view of the members and leases. Refusals change nothing
-    /// and are identical on every replica. `author` is the node that signed the command (a spore
-    /// command's author); nil for a leader's entry.
-    public mutating func apply(_ command: VMCommand, spore: PrimarySpore, author: MyceliumIdentity.NodeID? = nil) throws(ControlError) -> [ControlChange] {
+    /// Applies `command` against the spore's view of the members and leases, at control time `now`
+    /// (Unix ms, `ControlState.nowMillis`). Refusals change nothing and are identical on every
+    /// replica. `author` is the node that signed the command (a spore command's author); nil for a
+    /// leader's entry.
+    public mutating func apply(_ command: VMCommand, spore: PrimarySpore, now: Int64, author: MyceliumIdentity.NodeID? = nil) throws(ControlError) -> [ControlChange] {
         func refuse(_ why: String) -> ControlError { ControlError(.vmRefused(why)) }
         /// The VM's record, if the command was proposed against its current ownership epoch.
         func record(_ name: String, at epoch: UInt64) throws(ControlError) -> VMRecord {
@@ -245,13 +248,14 @@ public struct VMTable: Sendable, Equatable {
             guard spore.members[r.primary].map({ $0.status == .failed || $0.status == .left }) ?? true else {
                 throw refuse("primary \(r.primary) of '\(name)' is not recorded failed")
             }
-            if r.leaseUntil.saturatingAdding(Self.takeoverSlack) > spore.now {
-                throw refuse("the ownership lease of '\(name)' is held by \(r.primary) until \(r.leaseUntil) (+\(Self.takeoverSlack) s; spore time \(spore.now))")
+            let free = r.leaseUntilMillis.saturatingAdding(Self.takeoverSlackMillis)
+            if free > now {
+                throw refuse("the ownership lease of '\(name)' held by \(r.primary) leaves the replica free to start in \(free.saturatingSubtracting(now)) ms (lease end + \(Self.takeoverSlackMillis) ms slack)")
             }
             r.primary = to
             r.replica = nil
             r.epoch += 1
-            r.leaseUntil = 0
+            r.leaseUntilMillis = 0
             if r.migration != nil { r.migration = nil; r.migrationOutcome = VMMigration.clipped("aborted: the primary failed; failed over to \(to)", VMMigration.maxOutcome) }
             vms[name] = r
             return [.vm(name: name, r)]
@@ -264,7 +268,7 @@ public struct VMTable: Sendable, Equatable {
             guard live(to) else { throw refuse("the target \(to) is not a live member") }
             (r.primary, r.replica) = (to, r.primary)
             r.epoch += 1
-            r.leaseUntil = 0
+            r.leaseUntilMillis = 0
             r.migration = nil
             r.migrationOutcome = VMMigration.clipped("switched to \(to) at epoch \(r.epoch) (spore time \(spore.now), \(max(0, spore.now - m.since)) s after the request)", VMMigration.maxOutcome)
             vms[name] = r
@@ -299,12 +303,13 @@ public struct VMTable: Sendable, Equatable {
         }
     }
 
-    /// The spore applied a lease renewal: a VM's primary renewed its ownership lease.
-    mutating func noteLease(_ leaseName: String, spore: PrimarySpore) {
+    /// The spore applied a lease renewal stamped `now` (control time, ms): a VM's primary renewed its
+    /// ownership lease for `ttlSeconds`.
+    mutating func noteLease(_ leaseName: String, ttlSeconds: UInt32, now: Int64, spore: PrimarySpore) {
         guard leaseName.hasPrefix("vm/"), let l = spore.leases[leaseName], let at = leaseName.lastIndex(of: "@") else { return }
         let name = String(leaseName[leaseName.index(leaseName.startIndex, offsetBy: 3)..<at])
         guard var r = vms[name], r.primary == l.holder, Self.lease(for: r) == leaseName else { return }
-        r.leaseUntil = max(r.leaseUntil, l.expiresAt)
+        r.leaseUntilMillis = max(r.leaseUntilMillis, now.saturatingAdding(Int64(ttlSeconds) * 1000))
         vms[name] = r
     }
 
@@ -347,7 +352,7 @@ public struct VMTable: Sendable, Equatable {
         var w = ByteWriter(capacity: 64 + vms.count * 96)
         w.u32(UInt32(vms.count))
         for r in vms.values.sorted(by: { $0.name < $1.name }) {
-            r.spec.encode(into: &w); w.raw(r.primary.bytes); w.u64(r.epoch); w.i64(r.leaseUntil)
+            r.spec.encode(into: &w); w.raw(r.primary.bytes); w.u64(r.epoch); w.i64(r.leaseUntilMillis)
             if let replica = r.replica { w.bool(true); w.raw(replica.bytes) } else { w.bool(false) }
             if let m = r.migration { w.bool(true); w.raw(m.to.bytes); w.i64(m.since) } else { w.bool(false) }
             w.string(r.migrationOutcome)
@@ -355,8 +360,9 @@ public struct VMTable: Sendable, Equatable {
         return w.bytes
     }
 
-    /// `version` 2 (snapshot format 2) has no migration fields; 3 has them.
-    public init(decoding bytes: [UInt8], version: UInt16 = 3) throws(DecodeError) {
+    /// `version` 2 (snapshot format 2) has no migration fields, 3 has them, 4 keeps lease ends in
+    /// milliseconds (before: whole spore seconds).
+    public init(decoding bytes: [UInt8], version: UInt16 = 4) throws(DecodeError) {
         do {
             var r = ByteReader(bytes)
             let n = Int(try r.u32())
@@ -364,14 +370,15 @@ public struct VMTable: Sendable, Equatable {
             for _ in 0..<n {
                 let spec = try VMSpec.decode(&r)
                 let primary = try MyceliumIdentity.NodeID(bytes: r.raw(16))
-                let epoch = try r.u64(), leaseUntil = try r.i64()
+                let epoch = try r.u64(), leaseEnd = try r.i64()
+                let leaseUntil = version >= 4 ? leaseEnd : leaseEnd.saturatingMultiplied(by: 1000)
                 let replica = try r.bool("replica") ? try MyceliumIdentity.NodeID(bytes: r.raw(16)) : nil
                 var migration: VMMigration?, outcome = ""
                 if version >= 3 {
                     if try r.bool("migration") { migration = VMMigration(to: try MyceliumIdentity.NodeID(bytes: r.raw(16)), since: try r.i64()) }
                     outcome = try r.string("migration outcome", limit: VMMigration.maxOutcome)
                 }
-                if vms.updateValue(VMRecord(spec: spec, primary: primary, replica: replica, epoch: epoch, leaseUntil: leaseUntil,
+                if vms.updateValue(VMRecord(spec: spec, primary: primary, replica: replica, epoch: epoch, leaseUntilMillis: leaseUntil,
                                             migration: migration, migrationOutcome: outcome),
                                    forKey: spec.name) != nil {
                     throw DecodeError(.invalid(field: "vm", reason: "'\(spec.name)' listed twice"), at: r.offset)

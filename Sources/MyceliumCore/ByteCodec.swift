@@ -201,4 +201,10 @@ extension Int64 {
         let (r, o) = subtractingReportingOverflow(other)
         return o ? (other < 0 ? .max : .min) : r
     }
+
+    /// `self * other`, clamped to Int64's range.
+    public func saturatingMultiplied(by other: Int64) -> Int64 {
+        let (r, o) = multipliedReportingOverflow(by: other)
+        return o ? ((self < 0) != (other < 0) ? .min : .max) : r
+    }
 }

@@ -22,8 +22,11 @@ public struct FailureDetectorSettings: Sendable, Equatable {
     public var probeTimeout: Int = 2
     /// Peers asked to probe indirectly.
     public var indirectProbes: Int = 3
-    /// Ticks a peer stays suspect before it becomes a failure candidate.
-    public var suspicionTimeout: Int = 15
+    /// Ticks a peer stays suspect before it becomes a failure candidate. Short, because a candidate
+    /// is only reported: the vote that follows is the confirmation (every voter that does not
+    /// suspect the peer itself checks it directly first), in the role Lifeguard gives independent
+    /// suspicions (Dadgar et al. 2018).
+    public var suspicionTimeout: Int = 5
 
     public init() {}
 }

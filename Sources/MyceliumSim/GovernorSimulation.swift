@@ -477,7 +477,7 @@ public struct GovernorSimulation {
 
     func context(_ i: Int) -> ControllerContext {
         ControllerContext(node: nodes[i].certificate.nodeID, isLeader: nodes[i].raft?.role == .leader, state: nodes[i].control,
-                          tick: nodes[i].governor?.ticks ?? 0, ticksPerSecond: Self.ticksPerSecond)
+                          tick: nodes[i].governor?.ticks ?? 0, ticksPerSecond: Self.ticksPerSecond, millis: UInt64(max(0, now)))
     }
 
     /// Peers whose connection we would see closed: crashed ones (a partition only goes silent).
@@ -620,8 +620,7 @@ public struct GovernorSimulation {
     mutating func propose(_ i: Int, _ s: SignedCommand) {
         let raft = nodes[i].raft!
         if raft.role == .leader {
-            let time = Self.epochSeconds + now / 1000
-            _ = try? nodes[i].raft!.propose(ControlEntry.spore(s, time: time).encoded())
+            _ = try? nodes[i].raft!.propose(ControlEntry.spore(s, millis: Self.epochSeconds * 1000 + now).encoded())
         } else {
             nodes[i].proposals += 1
             if let to = proposalRoute(me: nodes[i].raftID, leader: raft.leader, silentTicks: raft.ticksSinceLeader, patience: 2 * raft.config.electionTicks,
@@ -690,7 +689,7 @@ public struct GovernorSimulation {
             if nodes[i].up { carryVM(i, nodes[i].vmc!.applied(c, context: ctx)) }
         }
         var proposedAt = now
-        if case .spore(_, let time)? = try? ControlEntry.decode(e.data) { proposedAt = (time - Self.epochSeconds) * 1000 }
+        if case .spore(_, let millis)? = try? ControlEntry.decode(e.data) { proposedAt = millis - Self.epochSeconds * 1000 }
         checkRecordedFailures(i, changes, proposedAt: proposedAt)
     }
 

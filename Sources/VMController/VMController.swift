@@ -29,16 +29,24 @@
 // would let it run, for a moment, a copy the network already failed over (found by the simulation).
 // So every renewal carries a nonce from this run (`renewLease`: a token the node draws at each start
 // plus a count), and a lease counts only from a renewal this run sent. It counts from when it was
-// sent, not when it applied: the leader stamps it no earlier than that (to the second), so a node
-// that applies it late (catching up) still stops before the lease ends.
+// sent, not when it applied: the leader stamps it no earlier than that, so a node that applies it
+// late (catching up) still stops before the lease ends.
 //
-// Clock assumption: spore time is the leader's wall clock in whole seconds, stamped on each entry when
-// it is proposed. A renewal sent at real time t is stamped no earlier than ⌊t⌋, so its lease ends no
-// earlier than t − 1 + L; the primary stops at t + L − fenceMargin by its own ticks; the leader lets
-// the replica take over only once its clock reads the lease's end + `VMTable.takeoverSlack`, i.e. at
-// t + L or later. With margin and slack at 1 s the two copies are apart by at least
-// 1 s − (leader clock error) − (tick drift over L) − (time to pause the guest): safe with NTP
-// (milliseconds). Membership tolerates 10 s of skew; VM fencing needs this tighter bound.
+// Clock assumption: control time (`ControlState.nowMillis`) is the proposing leader's wall clock in
+// milliseconds, stamped on each spore entry. A renewal sent at real time t is proposed after t, so
+// it is stamped no earlier than t − ε (ε: that leader's clock error) and its lease ends no earlier
+// than t − ε + L. The primary stops at t + L − M (M = `fenceMarginMillis`), counted on the agent's
+// monotonic clock (`ControllerContext.millis`, not its ticks, which lag under load) and enforced by
+// the driver's watchdog even if the agent dies. The table lets the replica take over only once
+// control time reads the lease's end + S (S = `VMTable.takeoverSlackMillis`), i.e. at real time
+// t + L + S − ε' or later. The two copies are apart by at least M + S − ε − ε' − (time to pause the
+// guest) − (monotonic clock rate error over L): with M = S = 500 ms, about 1 s minus the clock
+// errors, safe with NTP (milliseconds). Membership tolerates 10 s of skew; VM fencing needs this
+// tighter bound.
+//
+// Failover time, host killed at k: the replica may start at the latest renewal's stamp + L + S, at
+// most k + L + S (the renewal just before the kill) and at least k + L + S − renew period: 2.0–2.5 s
+// with the defaults, in parallel with the failure's detection and the vote.
 
 import MyceliumControl
 import MyceliumCore
@@ -83,12 +91,14 @@ public enum VMDriverReport: Sendable, Equatable {
 }
 
 public struct VMSettings: Sendable, Equatable {
-    /// Length of the ownership lease (spore seconds).
-    public var leaseSeconds: UInt32 = 4
-    /// The primary renews its lease this often (seconds).
-    public var renewEverySeconds: UInt64 = 1
-    /// The primary pauses its guest this long before its lease ends, by its own estimate.
-    public var fenceMarginSeconds: Int64 = 1
+    /// Length of the ownership lease (whole seconds, the spore's lease unit; the VM table counts its
+    /// end to the millisecond of control time).
+    public var leaseSeconds: UInt32 = 2
+    /// The primary renews its lease this often (ms): a renewal may take L − M − this long to
+    /// commit before the guest is paused.
+    public var renewEveryMillis: UInt64 = 500
+    /// The primary pauses its guest this long before its lease ends, by its own monotonic clock (ms).
+    public var fenceMarginMillis: Int64 = 500
     /// The leader aborts a planned migration that has not switched after this long (spore seconds).
     public var migrationTimeoutSeconds: Int64 = 60
     public init() {}
@@ -102,18 +112,19 @@ public struct VMController: Controller {
     /// old run's (or someone's replay).
     public let run: UInt64
     var renewalsSent = 0
-    /// Renewals sent and not yet applied: nonce → the tick it was sent at and the lease.
-    var pendingRenewals: [UInt64: (tick: UInt64, lease: String)] = [:]
+    /// Renewals sent and not yet applied: nonce → when it was sent (`ControllerContext.millis`) and the lease.
+    var pendingRenewals: [UInt64: (sent: UInt64, lease: String)] = [:]
     /// What this node was last asked to do per VM (the driver's view), with the epoch.
     public private(set) var local: [String: (role: Role, epoch: UInt64, replica: MyceliumIdentity.NodeID?)] = [:]
     public enum Role: Sendable, Equatable { case primary, fenced, replica, handingOver }
+    /// When the last renewal round was sent (`ControllerContext.millis`).
     var lastRenewal: UInt64?
-    /// Per lease, the last tick (of this run) before which it is certainly ours: the latest applied
-    /// renewal this run sent, from its send tick plus its length minus the fence margin. A node trusts
-    /// only what it sent in this run: after a restart its spore time is stale, and its ticks say nothing
-    /// of the time it was down.
+    /// Per lease, the moment (`ControllerContext.millis` of this run) before which it is certainly
+    /// ours: the latest applied renewal this run sent, from its send time plus its length minus the
+    /// fence margin. A node trusts only what it sent in this run: after a restart its control time is
+    /// stale, and its clock says nothing of the time it was down.
     var leaseTrusted: [String: UInt64] = [:]
-    /// The trusted-until tick last told to the driver per VM (a keepAlive per renewal, not per tick).
+    /// The trusted-until moment last told to the driver per VM (a keepAlive per renewal, not per tick).
     var toldUntil: [String: UInt64] = [:]
     var proposedAt: [String: UInt64] = [:]
     /// Planned migrations this node tried to hand over (name, epoch, request time): one attempt each.
@@ -124,7 +135,8 @@ public struct VMController: Controller {
     var retryAt: [String: UInt64] = [:]
     /// Seconds between attempts after a failed run or hold.
     public static let retrySeconds: UInt64 = 5
-    var sporeTimeSeen: (time: Int64, tick: UInt64) = (0, 0)
+    /// The last control time seen, and when (`ControllerContext.millis`).
+    var controlTimeSeen: (time: Int64, at: UInt64) = (0, 0)
 
     /// `run` must differ between starts of the same node (the agent draws it at random at each start).
     public init(settings: VMSettings = VMSettings(), run: UInt64) {
@@ -139,8 +151,8 @@ public struct VMController: Controller {
             if case .renewLease(let lease, let ttl, let nonce) = s.command {
                 if s.author == context.node, let (sent, forLease) = pendingRenewals.removeValue(forKey: nonce), forLease == lease,
                    context.state.spore.leases[lease]?.holder == context.node {
-                    let left = Int64(ttl) - settings.fenceMarginSeconds
-                    let until = left > 0 ? sent + UInt64(left) * max(1, context.ticksPerSecond) : 0
+                    let left = Int64(ttl) * 1000 - settings.fenceMarginMillis
+                    let until = left > 0 ? sent + UInt64(left) : 0
                     leaseTrusted[lease] = max(leaseTrusted[lease] ?? 0, until)
                 }
                 return reconcileLocal(context)
@@ -152,18 +164,18 @@ public struct VMController: Controller {
     }
 
     public mutating func tick(context: ControllerContext) -> [ControllerEffect<VMAction>] {
-        if context.state.spore.now != sporeTimeSeen.time { sporeTimeSeen = (context.state.spore.now, context.tick) }
+        if context.state.nowMillis != controlTimeSeen.time { controlTimeSeen = (context.state.nowMillis, context.millis) }
         var out = reconcileLocal(context)
         let tps = max(1, context.ticksPerSecond)
-        if hasPrimary(context), lastRenewal.map({ context.tick >= $0 + settings.renewEverySeconds * tps }) ?? true {
-            lastRenewal = context.tick
+        if hasPrimary(context), lastRenewal.map({ context.millis >= $0 + settings.renewEveryMillis }) ?? true {
+            lastRenewal = context.millis
             // Renewals older than a lease can no longer make one valid; forget them (lost submissions).
-            let horizon = UInt64(settings.leaseSeconds) * tps
-            pendingRenewals = pendingRenewals.filter { context.tick < $0.value.tick + horizon }
+            let horizon = UInt64(settings.leaseSeconds) * 1000
+            pendingRenewals = pendingRenewals.filter { context.millis < $0.value.sent + horizon }
             for r in context.state.vms.vms.values.sorted(by: { $0.name < $1.name }) where r.primary == context.node {
                 // Not twice in one tick (reconcileLocal renews a new primary's lease at once).
                 let lease = VMTable.lease(for: r)
-                if pendingRenewals.values.contains(where: { $0.lease == lease && $0.tick == context.tick }) { continue }
+                if pendingRenewals.values.contains(where: { $0.lease == lease && $0.sent == context.millis }) { continue }
                 out.append(renew(r, context))
             }
         }
@@ -174,7 +186,8 @@ public struct VMController: Controller {
             switchSentAt[name] = context.tick
             out.append(.submit(.vmSwitch(name: name, to: m.to, epoch: r.epoch)))
         }
-        if context.isLeader && context.tick % tps == 0 { out += leaderDuties(context) }
+        // Every tick: a failover waits for a lease that lapses to the millisecond.
+        if context.isLeader { out += leaderDuties(context) }
         return out
     }
 
@@ -183,7 +196,7 @@ public struct VMController: Controller {
         renewalsSent += 1
         let nonce = run &+ UInt64(renewalsSent)
         let lease = VMTable.lease(for: r)
-        pendingRenewals[nonce] = (context.tick, lease)
+        pendingRenewals[nonce] = (context.millis, lease)
         return .submit(.renewLease(name: lease, ttlSeconds: settings.leaseSeconds, run: nonce))
     }
 
@@ -215,11 +228,13 @@ public struct VMController: Controller {
         context.state.vms.vms.values.contains { $0.primary == context.node }
     }
 
-    /// Spore time now, as this node can tell: the last spore time seen plus its own ticks since.
+    /// Control time now (Unix ms), as this node can tell: the last control time seen plus its own
+    /// monotonic clock since.
     func estimatedNow(_ context: ControllerContext) -> Int64 {
-        let t = max(context.state.spore.now, sporeTimeSeen.time)
-        let since = context.tick >= sporeTimeSeen.tick ? context.tick - sporeTimeSeen.tick : 0
-        return t + Int64(since / max(1, context.ticksPerSecond))
+        // A control time newer than the last one seen is news now (ticks note it as it changes).
+        if context.state.nowMillis > controlTimeSeen.time { return context.state.nowMillis }
+        let since = context.millis >= controlTimeSeen.at ? context.millis - controlTimeSeen.at : 0
+        return controlTimeSeen.time.saturatingAdding(Int64(clamping: since))
     }
 
     /// Whether this node's lease on `name` is certainly valid now: the spore names it the holder and a
@@ -227,7 +242,7 @@ public struct VMController: Controller {
     func holdsLease(_ r: VMRecord, _ context: ControllerContext) -> Bool {
         let lease = VMTable.lease(for: r)
         guard context.state.spore.leases[lease]?.holder == context.node, let until = leaseTrusted[lease] else { return false }
-        return context.tick < until
+        return context.millis < until
     }
 
     /// Brings this node's copies in line with the table and its lease.
@@ -260,7 +275,7 @@ public struct VMController: Controller {
                 }
                 if valid, let until = leaseTrusted[lease], toldUntil[r.name] != until {
                     toldUntil[r.name] = until
-                    let left = Double(until - context.tick) / Double(max(1, context.ticksPerSecond))
+                    let left = Double(until - context.millis) / 1000
                     out.append(.act(.keepAlive(name: r.name, seconds: left)))
                 }
                 let attempt = "\(r.name)@\(r.epoch)/\(r.migration.map { "\($0.to)@\($0.since)" } ?? "")"
@@ -326,8 +341,10 @@ public struct VMController: Controller {
             guard let m = spore.members[n] else { return true }
             return m.status == .failed || m.status == .left || spore.revoked[n] != nil
         }
+        let tps = max(1, context.ticksPerSecond)
+        if context.tick % (60 * tps) == 0 { proposedAt = proposedAt.filter { context.tick < $0.value + 60 * tps } }
         func recently(_ key: String, seconds: UInt64 = 2) -> Bool {
-            if let at = proposedAt[key], context.tick < at + seconds * max(1, context.ticksPerSecond) { return true }
+            if let at = proposedAt[key], context.tick < at + seconds * tps { return true }
             proposedAt[key] = context.tick
             return false
         }
@@ -336,7 +353,7 @@ public struct VMController: Controller {
                 var why: String?
                 if spore.members[m.to]?.status != .alive || spore.revoked[m.to] != nil {
                     why = "the target \(m.to) is not alive"
-                } else if estimatedNow(context) - m.since >= settings.migrationTimeoutSeconds {
+                } else if estimatedNow(context).saturatingSubtracting(m.since.saturatingMultiplied(by: 1000)) >= settings.migrationTimeoutSeconds * 1000 {
                     why = "not switched within \(settings.migrationTimeoutSeconds) s"
                 }
                 if let why, !recently("abort \(r.name) \(r.epoch)") {
@@ -358,14 +375,15 @@ public struct VMController: Controller {
                     }
                     continue
                 }
-                let lapsed = estimatedNow(context) >= r.leaseUntil.saturatingAdding(VMTable.takeoverSlack)
-                // Again every second: a renewal the dead primary sent before it died may still commit
-                // ahead of this proposal and extend the lease (the table then refuses it, rightly).
-                if lapsed && !recently("failover \(r.name) \(r.epoch)", seconds: 1) {
-                    // The table checks the lease against spore time, which moves only with spore
-                    // entries; with the primary dead (no more renewals) it can lag seconds behind.
-                    // A tick, committed just before, brings it to this leader's clock.
-                    if spore.now < r.leaseUntil.saturatingAdding(VMTable.takeoverSlack) { out.append(.submit(.tick)) }
+                let free = r.leaseUntilMillis.saturatingAdding(VMTable.takeoverSlackMillis)
+                // A renewal the dead primary sent before it died may still commit ahead of this
+                // proposal and extend the lease (the table then refuses it, rightly): a new lease end
+                // is a new attempt as soon as it lapses; the same one is tried again after a second.
+                if estimatedNow(context) >= free && !recently("failover \(r.name) \(r.epoch) \(r.leaseUntilMillis)", seconds: 1) {
+                    // The table checks the lease against control time, which moves only with spore
+                    // entries; with the primary dead (no more renewals) it can lag behind. A tick,
+                    // committed just before, brings it to this leader's clock.
+                    if context.state.nowMillis < free { out.append(.submit(.tick)) }
                     out.append(.propose(.vm(.failover(name: r.name, to: replica, epoch: r.epoch))))
                     out.append(.note("failing VM \(r.name) over from \(r.primary) to \(replica) (epoch \(r.epoch) → \(r.epoch + 1))"))
                 }

@@ -199,7 +199,7 @@ private func show(_ v: VMInfo, _ out: OutputOptions) {
         return
     }
     out.emit(["name": v.name, "memory": "\(v.memoryMiB) MiB", "vcpus": v.vcpus, "primary": v.primary, "replica": v.replica ?? "none",
-              "protection": v.protection, "here": v.here ?? "-", "epoch": v.epoch, "lease": v.leaseLeftSeconds > 0 ? "\(v.leaseLeftSeconds) s left" : "not held",
+              "protection": v.protection, "here": v.here ?? "-", "epoch": v.epoch, "lease": v.leaseLeftMillis > 0 ? "\(v.leaseLeftMillis) ms left" : "not held",
               "migration": v.migration ?? "-", "last migration": v.lastMigration ?? "-",
               "replication": v.replication.map(describe) ?? "- (shown on the node that runs it)",
               "kernel": v.kernel.isEmpty ? "-" : v.kernel, "initrd": v.initrd.isEmpty ? "-" : v.initrd, "cmdline": v.cmdline])

@@ -20,14 +20,14 @@ final class ControlStateTests: XCTestCase {
 
     func admit(_ state: inout ControlState, _ i: UInt8, index: UInt64) throws {
         let (key, cert) = member(i)
-        let e = ControlEntry.spore(SignedCommand(.admit(cert), author: cert.nodeID, key: key, network: network.id), time: 1_800_000_010)
+        let e = ControlEntry.spore(SignedCommand(.admit(cert), author: cert.nodeID, key: key, network: network.id), millis: 1_800_000_010_000)
         _ = try state.apply(Entry(term: 1, index: index, data: e.encoded()))
     }
 
     func testEntriesRoundTripAndUnknownKindsAreRefused() throws {
         let (key, cert) = member(1)
         let entries: [ControlEntry] = [
-            .spore(SignedCommand(.refresh(Capabilities(cpus: 2)), author: cert.nodeID, key: key, network: network.id), time: 5),
+            .spore(SignedCommand(.refresh(Capabilities(cpus: 2)), author: cert.nodeID, key: key, network: network.id), millis: 5000),
             .kv(KVBatch([.put(key: [1], value: [2], prevKV: true), .deleteRange(key: [1], rangeEnd: [0], prevKV: false)])),
             .network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)),
             .network(.assign(node: cert.nodeID, CIDR("10.244.3.0/24")!)),
@@ -40,6 +40,34 @@ final class ControlStateTests: XCTestCase {
             let bytes = e.encoded()
             for cut in 1..<bytes.count { _ = try? ControlEntry.decode(Array(bytes.prefix(cut))) }  // never crashes
         }
+    }
+
+    /// Entries and snapshots of agents from before control time in milliseconds still apply alike.
+    func testSecondStampsOfOlderAgentsReadAsMilliseconds() throws {
+        let (key, cert) = member(1)
+        let signed = SignedCommand(.admit(cert), author: cert.nodeID, key: key, network: network.id)
+        var old = ByteWriter(capacity: 256)
+        old.u8(1); old.i64(1_800_000_010); old.raw(signed.encoded())
+        XCTAssertEqual(try ControlEntry.decode(old.bytes), .spore(signed, millis: 1_800_000_010_000))
+        var s = ControlState(network: network)
+        _ = try s.apply(Entry(term: 1, index: 1, data: old.bytes))
+        XCTAssertEqual(s.nowMillis, 1_800_000_010_000)
+        XCTAssertEqual(s.spore.now, 1_800_000_010)
+        // A later stamp in ms moves both clocks; an earlier one moves neither.
+        _ = try s.apply(Entry(term: 1, index: 2, data: ControlEntry.spore(SignedCommand(.tick, author: cert.nodeID, key: key, network: network.id), millis: 1_800_000_011_750).encoded()))
+        XCTAssertEqual(s.nowMillis, 1_800_000_011_750)
+        XCTAssertEqual(s.spore.now, 1_800_000_011)
+        _ = try s.apply(Entry(term: 1, index: 3, data: ControlEntry.spore(SignedCommand(.tick, author: cert.nodeID, key: key, network: network.id), millis: 5).encoded()))
+        XCTAssertEqual(s.nowMillis, 1_800_000_011_750, "control time never goes back")
+        // A format-3 snapshot (no control time of its own) restores it from the spore's seconds.
+        let v4 = s.snapshot()
+        var v3 = Array(v4.prefix(4)) + [0, 3] + Array(v4[6..<14]) + Array(v4[22...])
+        XCTAssertEqual(Array(v4[4..<6]), [0, 4])
+        let restored = try ControlState.restore(v3, network: network)
+        XCTAssertEqual(restored.nowMillis, 1_800_000_011_000)
+        XCTAssertEqual(restored.spore, s.spore)
+        v3[5] = 9
+        XCTAssertThrowsError(try ControlState.restore(v3, network: network), "a newer format than this build reads")
     }
 
     func testPodCIDRsAreUniqueWhateverTheLeaderProposes() throws {

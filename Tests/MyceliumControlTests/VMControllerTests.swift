@@ -12,15 +12,17 @@ final class VMControllerTests: XCTestCase {
     let genesis = SigningKey(seed: Array(repeating: 7, count: 32))
     var network: NetworkIdentity { NetworkIdentity(genesisKey: genesis.publicKey) }
     var index: UInt64 = 0
-    var time: Int64 = 1_800_000_010
+    /// Control time (Unix ms) of the last spore entry.
+    var time: Int64 = 1_800_000_010_000
     var state = ControlState(network: NetworkIdentity(genesisKey: SigningKey(seed: Array(repeating: 7, count: 32)).publicKey))
 
     func key(_ i: UInt8) -> SigningKey { SigningKey(seed: Array(repeating: i, count: 32)) }
     func id(_ i: UInt8) -> MyceliumIdentity.NodeID { MyceliumIdentity.NodeID(publicKey: key(i).publicKey) }
 
+    /// Commits a spore entry stamped `advance` ms after the last.
     func spore(_ c: SporeCommand, by i: UInt8, advance: Int64 = 0) throws {
         index += 1; time += advance
-        let e = ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), time: time)
+        let e = ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), millis: time)
         _ = try state.apply(Entry(term: 1, index: index, data: e.encoded()))
     }
 
@@ -72,7 +74,7 @@ final class VMControllerTests: XCTestCase {
     }
 
     func isRenewal(_ c: SporeCommand) -> Bool {
-        if case .renewLease(name: "vm/web-1@1", ttlSeconds: 4, _) = c { return true } else { return false }
+        if case .renewLease(name: "vm/web-1@1", ttlSeconds: VMSettings().leaseSeconds, _) = c { return true } else { return false }
     }
 
     func testThePrimaryRunsOnlyWithItsLeaseAndFencesBeforeATakeoverIsPossible() throws {
@@ -86,14 +88,15 @@ final class VMControllerTests: XCTestCase {
         XCTAssertEqual(actions(e), [])
         e = try land(submits(e)[0], &primary, 2, tick: t)
         XCTAssertEqual(actions(e), [.run(state.vms.vms["web-1"]!)])
-        // Before the run, what the watchdog may allow if the agent dies: the lease (4 s) minus the
-        // fence margin (1 s), from when the renewal was sent (this tick).
-        XCTAssertEqual(keepAlives(e), [3.0])
+        // Before the run, what the watchdog may allow if the agent dies: the lease (2 s) minus the
+        // fence margin (0.5 s), from when the renewal was sent (this tick).
+        XCTAssertEqual(keepAlives(e), [1.5])
         guard case .act(.keepAlive)? = e.first(where: { if case .act = $0 { return true } else { return false } }) else {
             return XCTFail("the keepAlive comes before the run: \(e)")
         }
-        let leaseEnd = try XCTUnwrap(state.spore.leases["vm/web-1@1"]).expiresAt
-        // Cut off: no renewal lands, spore time stands still; the node's own ticks go on.
+        let leaseEnd = try XCTUnwrap(state.vms.vms["web-1"]).leaseUntilMillis
+        XCTAssertEqual(leaseEnd, time + 2000, "to the millisecond of the renewal's stamp")
+        // Cut off: no renewal lands, control time stands still; the node's own clock goes on.
         var fencedAt: UInt64?
         for _ in 0..<100 {
             t += 1
@@ -101,12 +104,13 @@ final class VMControllerTests: XCTestCase {
             if actions(e).contains(where: { if case .fence = $0 { return true } else { return false } }) { fencedAt = t; break }
         }
         let fenced = try XCTUnwrap(fencedAt, "a primary that cannot renew pauses its guest")
-        // Its estimate at that moment, and the earliest spore time at which the table lets the replica in.
-        let estimateAtFence = time + Int64((fenced - 100) / tps)
-        XCTAssertLessThan(estimateAtFence, leaseEnd + VMTable.takeoverSlack, "fenced before a takeover can be accepted")
-        XCTAssertLessThanOrEqual(estimateAtFence, leaseEnd - 1, "with fenceMargin to spare")
+        // Control time at that moment, and the earliest at which the table lets the replica in.
+        let atFence = time + Int64(fenced - 100) * 1000 / Int64(tps)
+        XCTAssertLessThan(atFence, leaseEnd + VMTable.takeoverSlackMillis, "fenced before a takeover can be accepted")
+        XCTAssertLessThanOrEqual(atFence, leaseEnd - VMSettings().fenceMarginMillis, "with the fence margin to spare")
+        XCTAssertEqual(fenced, 115, "1.5 s after the renewal was sent, no later")
         // A renewal lands: the guest runs again.
-        e = try renew(&primary, 2, tick: t + tps, advance: Int64((fenced - 100) / tps))
+        e = try renew(&primary, 2, tick: t + tps, advance: Int64(t + tps - 100) * 100)
         XCTAssertTrue(actions(e).contains(.run(state.vms.vms["web-1"]!)), "\(e)")
     }
 
@@ -133,31 +137,33 @@ final class VMControllerTests: XCTestCase {
         try vm(.create(spec, primary: id(2), replica: id(3)))
         var primary = VMController(run: 1)
         let sent = submits(primary.tick(context: ctx(2, tick: 100)))
-        // Applied 3 s after it was sent (the node was catching up): of the 4 s lease, less than
-        // 4 − 1 (margin) − 3 = 0 s remain by the node's own count, so it must not run.
-        var e = try land(sent[0], &primary, 2, tick: 100 + 3 * tps)
+        // Applied 1.5 s after it was sent (the node was catching up): of the 2 s lease,
+        // 2 − 0.5 (margin) − 1.5 = 0 s remain by the node's own clock, so it must not run.
+        var e = try land(sent[0], &primary, 2, tick: 115)
         XCTAssertEqual(actions(e), [], "\(e)")
-        // Applied 1 s late: it runs, and fences 3 s after sending, not 3 s after applying.
+        // Applied 0.5 s late: it runs, and fences 1.5 s after sending, not after applying.
         var p2 = VMController(run: 2)
         let s2 = submits(p2.tick(context: ctx(2, tick: 200)))
-        e = try land(s2[0], &p2, 2, tick: 200 + tps)
+        e = try land(s2[0], &p2, 2, tick: 205)
         XCTAssertTrue(actions(e).contains(.run(state.vms.vms["web-1"]!)))
         var fencedAt: UInt64?
         for t in (200 + tps)...(200 + 10 * tps) {
             // Its own later renewals are lost (cut off).
             if actions(p2.tick(context: ctx(2, tick: t))).contains(where: { if case .fence = $0 { return true } else { return false } }) { fencedAt = t; break }
         }
-        XCTAssertEqual(fencedAt, 200 + 3 * tps)
+        XCTAssertEqual(fencedAt, 215)
     }
 
     func testTheLeaderFailsOverOnlyAfterTheFailureAndTheLeaseAndThenPlacesAReplica() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
-        try spore(.renewLease(name: "vm/web-1@1", ttlSeconds: 4, run: 9), by: 2)
+        try spore(.renewLease(name: "vm/web-1@1", ttlSeconds: 2, run: 9), by: 2)
         var leader = VMController(run: 1)
         XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 10, leader: true))), [], "a live primary keeps its VM")
         try spore(.setStatus(node: id(2), .failed), by: 1)
         XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 20, leader: true))), [], "the lease still runs")
-        try spore(.tick, by: 1, advance: 5)
+        try spore(.tick, by: 1, advance: 2000 + VMTable.takeoverSlackMillis - 1)
+        XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 21, leader: true))), [], "1 ms of slack left")
+        try spore(.tick, by: 1, advance: 1)
         let p = proposals(leader.tick(context: ctx(1, tick: 30, leader: true)))
         XCTAssertEqual(p, [.failover(name: "web-1", to: id(3), epoch: 1)])
         XCTAssertTrue(submits(leader.tick(context: ctx(1, tick: 30, leader: true))).isEmpty, "spore time already past the lease: no tick")
@@ -173,7 +179,7 @@ final class VMControllerTests: XCTestCase {
         XCTAssertEqual(actions(try renew(&old, 2, tick: 10)), [.run(state.vms.vms["web-1"]!)])
         XCTAssertEqual(actions(replica.tick(context: ctx(3, tick: 10))), [.hold(state.vms.vms["web-1"]!)])
         // The network moved on without node 2 (failed, lease lapsed, failover, node 1 the new replica).
-        try spore(.setStatus(node: id(2), .failed), by: 1, advance: 6)
+        try spore(.setStatus(node: id(2), .failed), by: 1, advance: 6000)
         try vm(.failover(name: "web-1", to: id(3), epoch: 1))
         try vm(.setReplica(name: "web-1", id(1), epoch: 2))
         // Node 2 comes back: its copy is of epoch 1, the VM is at epoch 2 elsewhere: destroyed, never resumed.
@@ -205,7 +211,8 @@ final class VMControllerTests: XCTestCase {
         // The driver paused the guest at a state the target committed: the primary signs the switch.
         e = primary.reported(.readyToSwitch(name: "web-1", epoch: 1), context: ctx(2, tick: 13))
         XCTAssertEqual(submits(e), [.vmSwitch(name: "web-1", to: id(3), epoch: 1)])
-        // Not applied within 2 s: sent again.
+        // Not applied within 2 s: sent again (the paused primary renews its lease meanwhile).
+        _ = try renew(&primary, 2, tick: 20, advance: 1000)
         XCTAssertEqual(submits(primary.tick(context: ctx(2, tick: 13 + 2 * tps))).filter { if case .vmSwitch = $0 { true } else { false } }.count, 1)
         // It applies: the old primary keeps its copy paused and holds the replica; the target has no
         // lease of its own yet and asks for one at once, without running the guest.
@@ -221,7 +228,7 @@ final class VMControllerTests: XCTestCase {
         t = try land(renewal[0], &target, 3, tick: 41)
         XCTAssertEqual(actions(t), [.run(state.vms.vms["web-1"]!)], "the target runs it once its own lease lands")
         // The old primary's lease (epoch 1) no longer counts for anything.
-        XCTAssertEqual(state.vms.vms["web-1"]?.leaseUntil, state.spore.leases["vm/web-1@2"]?.expiresAt)
+        XCTAssertEqual(state.vms.vms["web-1"]?.leaseUntilMillis, time + Int64(VMSettings().leaseSeconds) * 1000)
     }
 
     func testAnAbortedOrFailedHandOverResumesTheGuestWhereItWas() throws {
@@ -234,10 +241,10 @@ final class VMControllerTests: XCTestCase {
         // Not switched within the migration timeout: the leader aborts it.
         XCTAssertEqual(proposals(leader.tick(context: ctx(1, tick: 20, leader: true))), [])
         // A minute passes; the paused primary keeps renewing its lease every second.
-        var t: UInt64 = 20
+        var t: UInt64 = 10
         for _ in 0..<VMSettings().migrationTimeoutSeconds {
             t += tps
-            _ = try renew(&primary, 2, tick: t, advance: 1)
+            _ = try renew(&primary, 2, tick: t, advance: 1000)
         }
         let abort = proposals(leader.tick(context: ctx(1, tick: t, leader: true)))
         XCTAssertEqual(abort.count, 1)
@@ -265,10 +272,10 @@ final class VMControllerTests: XCTestCase {
     /// checks spore time) accepts it at once instead of seconds later.
     func testTheLeaderAdvancesStaleSporeTimeBeforeAFailover() throws {
         try vm(.create(spec, primary: id(2), replica: id(3)))
-        try spore(.renewLease(name: "vm/web-1@1", ttlSeconds: 4, run: 9), by: 2)
+        try spore(.renewLease(name: "vm/web-1@1", ttlSeconds: 2, run: 9), by: 2)
         try spore(.setStatus(node: id(2), .failed), by: 1)
         var leader = VMController(run: 1)
-        // No spore entry for 10 s of the leader's ticks: spore time stands still at the lease's start.
+        // No spore entry for 10 s of the leader's clock: control time stands still at the lease's start.
         var e = leader.tick(context: ctx(1, tick: 10, leader: true))
         XCTAssertEqual(proposals(e), [], "the lease still runs by the leader's clock")
         e = leader.tick(context: ctx(1, tick: 10 + 10 * tps, leader: true))
@@ -278,7 +285,7 @@ final class VMControllerTests: XCTestCase {
               let fi = e.firstIndex(where: { if case .propose = $0 { true } else { false } }) else { return XCTFail("\(e)") }
         XCTAssertLessThan(ti, fi, "the tick is proposed before the failover")
         // Committed in that order, the failover is accepted.
-        try spore(.tick, by: 1, advance: 10)
+        try spore(.tick, by: 1, advance: 10_000)
         try vm(.failover(name: "web-1", to: id(3), epoch: 1))
         XCTAssertEqual(state.vms.vms["web-1"]?.primary, id(3))
     }

@@ -11,14 +11,16 @@ final class VMTableTests: XCTestCase {
     let genesis = SigningKey(seed: Array(repeating: 7, count: 32))
     var network: NetworkIdentity { NetworkIdentity(genesisKey: genesis.publicKey) }
     var index: UInt64 = 0
-    var time: Int64 = 1_800_000_010
+    /// Control time (Unix ms).
+    var time: Int64 = 1_800_000_010_000
 
     func key(_ i: UInt8) -> SigningKey { SigningKey(seed: Array(repeating: i, count: 32)) }
     func id(_ i: UInt8) -> MyceliumIdentity.NodeID { MyceliumIdentity.NodeID(publicKey: key(i).publicKey) }
 
-    func spore(_ s: inout ControlState, _ c: SporeCommand, by i: UInt8, advance: Int64 = 1) throws {
+    /// Applies a spore entry stamped `advance` ms after the last.
+    func spore(_ s: inout ControlState, _ c: SporeCommand, by i: UInt8, advance: Int64 = 1000) throws {
         index += 1; time += advance
-        let e = ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), time: time)
+        let e = ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), millis: time)
         _ = try s.apply(Entry(term: 1, index: index, data: e.encoded()))
     }
 
@@ -112,7 +114,7 @@ final class VMTableTests: XCTestCase {
         // A migration pending when the primary fails ends with the failover.
         try vm(&s, .requestMigration(name: "web-1", to: id(1), epoch: 2))
         try spore(&s, .setStatus(node: id(3), .failed), by: 1)
-        try spore(&s, .tick, by: 1, advance: 20)
+        try spore(&s, .tick, by: 1, advance: 20_000)
         try vm(&s, .failover(name: "web-1", to: id(1), epoch: 2))
         XCTAssertNil(s.vms.vms["web-1"]?.migration)
         XCTAssertTrue(s.vms.vms["web-1"]?.migrationOutcome.contains("failed over") == true)
@@ -130,10 +132,13 @@ final class VMTableTests: XCTestCase {
         XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("lease"),
                       "the replica may not start while the old primary may still run its copy")
         XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(1), epoch: 1)).contains("not the replica"))
-        // At the lease's end the replica still waits VMTable.takeoverSlack; then it takes over.
-        try spore(&s, .tick, by: 1, advance: 9)
+        // At the lease's end the replica still waits VMTable.takeoverSlackMillis; then it takes over.
+        XCTAssertEqual(s.vms.vms["web-1"]?.leaseUntilMillis, time - 1000 + 10_000, "the lease ends 10 s after the renewal's stamp, to the ms")
+        try spore(&s, .tick, by: 1, advance: 9000)
         XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("lease"), "at the lease's end: slack")
-        try spore(&s, .tick, by: 1, advance: VMTable.takeoverSlack)
+        try spore(&s, .tick, by: 1, advance: VMTable.takeoverSlackMillis - 1)
+        XCTAssertTrue(refusal(&s, .failover(name: "web-1", to: id(3), epoch: 1)).contains("1 ms"), "a millisecond before the slack ends")
+        try spore(&s, .tick, by: 1, advance: 1)
         try vm(&s, .failover(name: "web-1", to: id(3), epoch: 1))
         let r = try XCTUnwrap(s.vms.vms["web-1"])
         XCTAssertEqual(r.primary, id(3))
