@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -25,12 +25,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml or qmp")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp or replicajournal")
             exit(2)
         }
         return t
@@ -179,6 +179,14 @@ enum FuzzTarget: String {
             // An operator's libvirt domain definition (`vm create --xml`): a result or a clear error.
             if let d = try? DomainImport.parse(String(decoding: bytes, as: UTF8.self)) {
                 precondition(d.memoryMiB > 0 || d.kernel.isEmpty == false, "a domain without memory accepted")
+            }
+        case .replicajournal:
+            // A replica's journal file as read back after an agent restart: checksummed header, then the
+            // record; a record or a clear error, and what decodes re-encodes to the same bytes.
+            if let payload = try? ChecksummedFile.decode(bytes, kind: FileKind.vmReplicaState, path: "fuzz"),
+               let r = try? ReplicaJournalRecord(decoding: payload) {
+                precondition(r.encoded() == payload, "journal record re-encoding differs")
+                precondition(r.deviceState.count <= ReplicaJournalRecord.maxDeviceState, "unbounded device state")
             }
         case .qmp:
             // What QEMU's monitor sends the direct QMP client: lines of JSON, read in two pieces (the first
@@ -469,6 +477,8 @@ func writeSeeds(to dir: String) {
             + RedirectorFrame(packet: [1, 2, 3]).encoded()),
         ("redirector", [1] + RedirectorFrame(packet: [UInt8](repeating: 7, count: 60), vnetHeaderLength: 12).encoded()),
         ("domainxml", Array("<domain type='kvm'><name>web</name><memory unit='MiB'>256</memory><vcpu>2</vcpu><os><kernel>/k</kernel><initrd>/i</initrd></os><devices><graphics/></devices></domain>".utf8)),
+        ("replicajournal", ChecksummedFile.encode(kind: FileKind.vmReplicaState,
+                                                  payload: ReplicaJournalRecord(ownershipEpoch: 3, epoch: 1207, deviceState: Array("QEVM device state".utf8)).encoded())),
         // QEMU 7.2's greeting, a reply and an event as its monitor sends them, split inside the reply.
         ("qmp", [150] + Array(("{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n"
             + "{\"return\": {}, \"id\": \"myc-1\"}\r\n{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n"

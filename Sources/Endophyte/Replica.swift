@@ -40,6 +40,7 @@ public final class ReplicaReceiver: @unchecked Sendable {
     /// its hashes. False only for a fresh image nothing was written to, where hashing is wasted.
     private var imageIsBase: Bool
     private let onEvent: @Sendable (EndophyteEvent) -> Void
+    private let journal: (any ReplicaJournal)?
 
     // Staging: page data in a growable buffer, and where each page of the open epoch sits in it.
     private var staging: UnsafeMutableRawPointer?
@@ -58,11 +59,20 @@ public final class ReplicaReceiver: @unchecked Sendable {
     /// `imageIsBase`: `region` already holds an image of this replica (kept across a restart, see
     /// `MappedRegion.openImage`); the source then resyncs it by hashes instead of a full copy. It is
     /// a base only: the committed epoch stays 0, and nothing may take it over, until a sync commits.
+    /// `committed`: the image is exactly this epoch, with this device state (as a `journal` recorded
+    /// it before a restart): it may be taken over at once, and a source continues from it.
+    /// `journal` hears of every change to the image.
     public init(region: MappedRegion, stagingReservePages: Int = 2048, imageIsBase: Bool = false,
+                committed: (epoch: UInt64, deviceState: [UInt8])? = nil, journal: (any ReplicaJournal)? = nil,
                 onEvent: @escaping @Sendable (EndophyteEvent) -> Void = { _ in }) {
         self.region = region
-        self.imageIsBase = imageIsBase
+        self.imageIsBase = imageIsBase || committed != nil
         self.onEvent = onEvent
+        self.journal = journal
+        if let committed {
+            self.committed = committed.epoch
+            committedState = committed.deviceState
+        }
         let reserve = min(max(0, stagingReservePages), region.pageCount)
         if reserve > 0 {
             growStaging(to: reserve)
@@ -113,6 +123,8 @@ public final class ReplicaReceiver: @unchecked Sendable {
                 throw EndophyteError(.regionMismatch(local: region.length, remote: Int(setup.regionBytes)))
             }
             let epoch = committedEpoch
+            // Nothing committed: the first epoch writes straight into the image.
+            if epoch == 0 { journal?.invalidate() }
             beginStaging(epoch: epoch + 1)
             let offersHashes = imageIsBase || epoch > 0
             try t.send(.ready, ResyncOffer(committedEpoch: epoch, offersHashes: offersHashes).encoded())
@@ -272,6 +284,7 @@ public final class ReplicaReceiver: @unchecked Sendable {
 
     /// Applies the staged epoch to the image, then publishes the epoch number and device state.
     private func apply(epoch: UInt64, deviceState: [UInt8]) -> Int {
+        journal?.invalidate()
         for page in order {
             let slot = slots[page]!
             // SAFETY: page < region.pageCount (checked when staged); slot < stagingCapacity.
@@ -282,6 +295,7 @@ public final class ReplicaReceiver: @unchecked Sendable {
             committed = epoch
             committedState = deviceState
         }
+        journal?.record(epoch: epoch, deviceState: deviceState)
         beginStaging(epoch: epoch + 1)
         // Keep the buffer across epochs (regrowing it means fresh page faults inside the next epoch),
         // but let one huge epoch (a resync) go once recent epochs are much smaller.

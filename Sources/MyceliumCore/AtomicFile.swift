@@ -52,8 +52,11 @@ public struct FileError: Error, Equatable, Sendable, CustomStringConvertible {
 func octal(_ m: UInt32) -> String { "0" + String(m, radix: 8) }
 
 public enum AtomicFile {
-    /// Writes `data` to `path` atomically and durably, with permission bits `mode`.
-    public static func write(_ data: [UInt8], to path: String, mode: UInt32 = 0o644) throws(FileError) {
+    /// Writes `data` to `path` atomically and durably, with permission bits `mode`. `durable` false
+    /// skips the fsyncs: still all or nothing if the process dies, but a power loss may leave the old
+    /// file (or none). Only for state that dies with the host anyway (a VM replica's committed epoch,
+    /// whose image lives in a QEMU's RAM), written too often to pay a disk flush each time.
+    public static func write(_ data: [UInt8], to path: String, mode: UInt32 = 0o644, durable: Bool = true) throws(FileError) {
         let dir = directory(of: path)
         let tmp = path + ".tmp.\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode_t(mode))
@@ -67,11 +70,11 @@ public enum AtomicFile {
             // The umask may have narrowed or (for 0600) not touched the mode; set it exactly.
             if fchmod(fd, mode_t(mode)) != 0 { throw FileError(path: tmp, .system(operation: "fchmod", errno: errno)) }
             try writeAll(fd: fd, data, path: tmp)
-            if fsync(fd) != 0 { throw FileError(path: tmp, .system(operation: "fsync", errno: errno)) }
+            if durable && fsync(fd) != 0 { throw FileError(path: tmp, .system(operation: "fsync", errno: errno)) }
         }
         if rename(tmp, path) != 0 { throw FileError(path: path, .system(operation: "rename", errno: errno)) }
         ok = true
-        try syncDirectory(dir)
+        if durable { try syncDirectory(dir) }
     }
 
     public static func read(_ path: String, limit: Int = 64 << 20) throws(FileError) -> [UInt8] {
@@ -207,8 +210,8 @@ public enum ChecksummedFile {
         }
     }
 
-    public static func write(kind: UInt16, payload: [UInt8], to path: String, mode: UInt32 = 0o644) throws(FileError) {
-        try AtomicFile.write(encode(kind: kind, payload: payload), to: path, mode: mode)
+    public static func write(kind: UInt16, payload: [UInt8], to path: String, mode: UInt32 = 0o644, durable: Bool = true) throws(FileError) {
+        try AtomicFile.write(encode(kind: kind, payload: payload), to: path, mode: mode, durable: durable)
     }
 
     public static func read(kind: UInt16, from path: String) throws(FileError) -> [UInt8] {
@@ -227,4 +230,6 @@ public enum FileKind {
     public static let ownVote: UInt16 = 7
     public static let raftSnapshot: UInt16 = 10
     public static let raftHardState: UInt16 = 11
+    /// A VM replica's last committed epoch and its device state (VMDriver's replica journal).
+    public static let vmReplicaState: UInt16 = 12
 }

@@ -377,7 +377,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         lock.withLock { rep.transport }?.close()
         let epoch = rep.receiver.committedEpoch
         guard epoch > 0 else {
-            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (no sync committed since this agent started: a kept image is only a base for a resync, possibly mixed); it cannot continue the guest")
+            throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (none recorded before this agent restarted, or it was being changed then, and no sync committed since: a kept image is then only a base for a resync, possibly mixed); it cannot continue the guest")
         }
         let standby: EndophyteDomain, inPlace: Bool
         if let s = rep.standby, (try? s.isWaitingForState()) == true {
@@ -394,6 +394,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         report(.tookOver, "VM \(r.name): took over at ownership epoch \(r.epoch) from replicated epoch \(epoch) in \(Int(t.total * 1000)) ms "
             + "(\(inPlace ? "in place, checks" : "copy") \(Int(t.checkAndCopy * 1000)) ms, device state \(Int(t.loadDeviceState * 1000)) ms, resume \(Int(t.resume * 1000)) ms)")
         try? FileManager.default.removeItem(atPath: imagePath(r.name))
+        try? FileManager.default.removeItem(atPath: replicaStatePath(r.name))
         return standby
     }
 
@@ -634,13 +635,17 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         // It is this VM's: named after it, and a source must name the VM and its ownership epoch
         // (Attach) and be its primary. Even a base from an older life of the VM only costs pages: the
         // resync is exact for any base.
-        var standby: EndophyteDomain?, image: MappedRegion?, reused = false
+        //
+        // More than a base when the journal (ReplicaStateFile) says the image kept across this
+        // agent's restart is exactly a committed epoch of this ownership epoch: it can be taken over
+        // at once, even if the primary died while this agent was down.
+        var standby: EndophyteDomain?, image: MappedRegion?, reused = false, keptAcrossRestart = false
         do {
             let found = try host.managedDomains().first { $0.name == r.name }
             if let found, found.metadata.role == .standby, let d = try? host.domain(named: r.name), (try? d.isWaitingForState()) == true,
                let ram = try? d.openGuestRAM(), ram.length == bytes {
                 try d.setOwnership(EndophyteMetadata(role: .standby, ownershipEpoch: r.epoch))
-                (standby, image, reused) = (d, ram, true)
+                (standby, image, reused, keptAcrossRestart) = (d, ram, true, true)
                 report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes (the RAM of the standby waiting here)")
             } else {
                 if found != nil { try host.remove(r.name) }
@@ -672,8 +677,22 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
             let (file, kept) = try MappedRegion.openImage(path: imagePath(r.name), length: bytes)
             if kept { report(.notice, "VM \(r.name): keeping the image found here as a base for a resync by hashes") }
             (image, reused) = (file, kept)
+            // A file kept by this agent as a replica (not the base saved from a guest's RAM above).
+            keptAcrossRestart = kept && oldGuestRAM == nil
         }
-        let rep = Replica(record: r, image: image!, receiver: ReplicaReceiver(region: image!, stagingReservePages: 256, imageIsBase: reused),
+        let statePath = replicaStatePath(r.name)
+        var committed: (epoch: UInt64, deviceState: [UInt8])?
+        if keptAcrossRestart {
+            let (found, why) = ReplicaStateFile.read(path: statePath, ownershipEpoch: r.epoch)
+            committed = found
+            report(.notice, found != nil
+                ? "VM \(r.name): the image kept here is committed \(why) (recorded before this agent restarted): it can be taken over at once"
+                : "VM \(r.name): the image kept here is only a base (\(why))")
+        }
+        if committed == nil { try? FileManager.default.removeItem(atPath: statePath) }
+        let journal = ReplicaStateFile(path: statePath, ownershipEpoch: r.epoch) { [report] why in report(.notice, "VM \(r.name): \(why)") }
+        let rep = Replica(record: r, image: image!, receiver: ReplicaReceiver(region: image!, stagingReservePages: 256, imageIsBase: reused,
+                                                                             committed: committed, journal: journal),
                           standby: standby, imageInStandby: inStandby)
         lock.withLock { replicas[r.name] = rep }
         report(.holding, "VM \(r.name): holding its replica (epoch \(r.epoch))")
@@ -749,6 +768,7 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         forgetDeadline(name)
         try host.remove(name)
         try? FileManager.default.removeItem(atPath: imagePath(name))
+        try? FileManager.default.removeItem(atPath: replicaStatePath(name))
         report(.destroyed, "VM \(name): copy here destroyed: \(reason)")
     }
 
@@ -806,6 +826,8 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     var localAddress: String { ["", "0.0.0.0", "::"].contains(settings.listenHost) ? "" : settings.listenHost }
 
     func imagePath(_ name: String) -> String { settings.stateDirectory + "/" + name + ".ram" }
+    /// The replica's journal: which committed epoch its image holds (ReplicaStateFile).
+    func replicaStatePath(_ name: String) -> String { settings.stateDirectory + "/" + name + ".replica" }
     func serialLog(_ name: String) -> String { settings.stateDirectory + "/" + name + ".serial" }
     func shimReport(_ name: String) -> String? { settings.shimLibrary == nil ? nil : settings.stateDirectory + "/" + name + ".shim" }
     /// The direct QMP monitor's socket, beside the serial log; none when the path is too long for

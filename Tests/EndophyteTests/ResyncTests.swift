@@ -84,6 +84,57 @@ final class ResyncTests: XCTestCase {
         _ = bg.join()
     }
 
+    /// The replica's journal hears `invalidate` before every change to the image and `record` after
+    /// it; a receiver restarted with what was recorded is that epoch at once (takeable before any
+    /// source connects), and a source continues from it by hashes.
+    func testAReplicaRestartedWithItsJournalIsItsLastEpoch() throws {
+        let src = try MappedRegion(memfdNamed: "rs-src", length: pages * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "rs-dst", length: pages * dirtyPageSize)
+        fill(src, 0..<pages, salt: 5)
+        let journal = MemoryJournal()
+        let first = ReplicaReceiver(region: dst, journal: journal)
+        let pair = try Pair()
+        let (t1, bg1) = try pair.connect { r in first.serve(r) }
+        let counter = Counter()
+        let hooks = SourceHooks(pause: {}, resume: {}, deviceState: { Array("device state \(counter.next())".utf8) })
+        let source1 = try ReplicationSource(region: src, tracker: try hashSource(src), config: ReplicationConfig(), hooks: hooks)
+        _ = try source1.connect(t1)
+        for round in 0..<3 {
+            fill(src, (round * 100)..<(round * 100 + 50), salt: 50 + UInt64(round))
+            try source1.checkpoint()
+        }
+        let e = source1.status.committedEpoch
+        XCTAssertTrue(first.waitUntilApplied(e))
+        source1.detach()
+        _ = bg1.join()
+        // Before the first (direct) copy, and around every apply: forget, change, record.
+        let events = journal.events
+        XCTAssertEqual(events.first, .invalidate, "a fresh image is forgotten before the full copy writes into it")
+        var expected: [MemoryJournal.Event] = [.invalidate]
+        for epoch in 1...e { expected += [.invalidate, .record(epoch)] }
+        XCTAssertEqual(events, expected)
+        XCTAssertEqual(journal.last?.deviceState, first.deviceState)
+        XCTAssertTrue(src.contentsEqual(dst))
+
+        // The agent restarts: the receiver starts from the recorded epoch, no source needed.
+        let recorded = try XCTUnwrap(journal.last)
+        let second = ReplicaReceiver(region: dst, committed: recorded, journal: journal)
+        XCTAssertEqual(second.committedEpoch, e)
+        XCTAssertEqual(second.deviceState, first.deviceState)
+        fill(src, 2000..<2010, salt: 99)
+        let (t2, bg2) = try pair.connect { r in second.serve(r) }
+        let source2 = try ReplicationSource(region: src, tracker: try hashSource(src), config: ReplicationConfig(), hooks: hooks)
+        let sync = try source2.connect(t2)
+        XCTAssertEqual(sync.method, .hashResync)
+        XCTAssertEqual(sync.epoch, e + 1, "the source continues from the kept epoch")
+        XCTAssertEqual(sync.differingPages, 10)
+        XCTAssertTrue(second.waitUntilApplied(e + 1))
+        XCTAssertEqual(journal.events.suffix(2), [.invalidate, .record(e + 1)])
+        XCTAssertTrue(src.contentsEqual(dst))
+        source2.detach()
+        _ = bg2.join()
+    }
+
     /// (b, c) The primary's agent restarts while its guest runs on: a new source (new tracker) over
     /// the same region, the replica still at its committed epoch E. The resync is epoch E+1, sends
     /// what changed meanwhile plus what the guest dirties during the resync (a hot set), and the
@@ -297,4 +348,16 @@ final class LockedBox<T: Sendable>: @unchecked Sendable {
     init(_ v: T) { self.v = v }
     func set(_ n: T) { lock.lock(); v = n; lock.unlock() }
     var value: T { lock.lock(); defer { lock.unlock() }; return v }
+}
+
+/// A replica journal in memory: what it was told, in order.
+final class MemoryJournal: ReplicaJournal, @unchecked Sendable {
+    enum Event: Equatable { case invalidate, record(UInt64) }
+    private let lock = NSLock()
+    private var log: [Event] = []
+    private var recorded: (epoch: UInt64, deviceState: [UInt8])?
+    var events: [Event] { lock.withLock { log } }
+    var last: (epoch: UInt64, deviceState: [UInt8])? { lock.withLock { recorded } }
+    func invalidate() { lock.withLock { log.append(.invalidate); recorded = nil } }
+    func record(epoch: UInt64, deviceState: [UInt8]) { lock.withLock { log.append(.record(epoch)); recorded = (epoch, deviceState) } }
 }

@@ -375,6 +375,42 @@ final class VMFailoverProcessTests: XCTestCase {
         }
     }
 
+    /// The replica's agent dies (SIGKILL; its standby QEMU lives on), then the primary's whole host
+    /// dies while it is down. Restarted, the replica's agent finds in its journal that the image its
+    /// standby holds is a committed epoch of this ownership epoch (no primary is left to resync it),
+    /// and the guest continues from it: the same boot, counting on.
+    func testARestartedReplicaAgentTakesOverFromItsKeptEpochWhenThePrimaryDiedMeanwhile() async throws {
+        try await onThreeHosts { hosts, c in
+            let ids = try await protectedVM(c)
+            let serialA = c.home("n1") + "/vms/web.serial", serialB = c.home("n2") + "/vms/web.serial"
+            let tag = try XCTUnwrap(SerialLog(path: serialA).last?.tag)
+            // Both at once, before the others could record n2 failed and place another replica.
+            c.kill9("n2")
+            try hosts.kill("a")
+            let lastOnA = try XCTUnwrap(SerialLog(path: serialA).last)
+            try c.start("n2")
+            try await MyceliumAgentTests.waitUntil("the record moves web to n2 at epoch 2", timeout: 120) {
+                let v = await self.vms(c, "n2").first
+                return v?.primary == ids["n2"] && v?.epoch == 2
+            }
+            try await MyceliumAgentTests.waitUntil("the guest counts on n2", timeout: 60) {
+                SerialLog(path: serialB).counts.count >= 3
+            }
+            let events = await c.status("n2")?.events ?? []
+            XCTAssertTrue(events.contains { $0.contains("VM web: the image kept here is committed replication epoch") }, "\(events)")
+            XCTAssertTrue(events.contains { $0.contains("VM web: took over at ownership epoch 2") }, "\(events)")
+            let onB = SerialLog(path: serialB)
+            XCTAssertEqual(onB.bootTags, [], "the guest on n2 did not boot: it continued (\(onB.otherLines.suffix(5)))")
+            XCTAssertTrue(onB.counts.allSatisfy { $0.tag == tag }, "the same boot, never another: \(onB.counts.prefix(5))")
+            let first = try XCTUnwrap(onB.counts.first).n
+            // From the last epoch n2 committed before its agent died: behind what a printed since,
+            // never ahead of it.
+            XCTAssertLessThanOrEqual(first, lastOnA.n + 1, "continued from a state host a never reached")
+            XCTAssertTrue(zip(onB.counts, onB.counts.dropFirst()).allSatisfy { $1.n == $0.n + 1 }, "counting on, in order")
+            print("VM-KEPT-EPOCH last-on-a=\(lastOnA.n) first-on-b=\(first)")
+        }
+    }
+
     /// A VM deleted while its first full copy is still in flight: the record goes, both copies go
     /// (nothing left defined in either libvirt), and the replica's image file is removed.
     func testDeletingAVMMidSyncLeavesNothingBehind() async throws {
