@@ -20,7 +20,7 @@
 //
 //   swift run -c release mycelium-bench vm [--seconds 8] [--memory 256,1024]      (root)
 //       [--sections pause,output-commit,migration,failover] [--pings 200] [--reps 3] [--vm-memory 256]
-//       [--control direct|libvirt]
+//       [--control direct|libvirt] [--failover-primary leader,follower]
 // The migration and failover sections are in VMMigrationBench.swift; they need the release
 // `myceliumd` and `mycelium` next to the benchmark.
 
@@ -37,6 +37,7 @@ func runVMBench(_ args: [String]) async throws {
     var seconds = 8.0, memories: [UInt32] = [256, 1024], sections: Set<String> = ["pause", "output-commit"], reps = 3, vmMemory = 256
     var pings = 200
     var control = "direct"
+    var primaries = ["leader", "follower"]
     var i = 0
     while i + 1 < args.count {
         switch args[i] {
@@ -46,11 +47,16 @@ func runVMBench(_ args: [String]) async throws {
         case "--pings": pings = max(2, Int(args[i + 1]) ?? pings)
         case "--reps": reps = max(1, Int(args[i + 1]) ?? reps)
         case "--vm-memory": vmMemory = Int(args[i + 1]) ?? vmMemory
+        case "--failover-primary":
+            primaries = args[i + 1].split(separator: ",").map(String.init)
+            guard !primaries.isEmpty, primaries.allSatisfy({ ["leader", "follower"].contains($0) }) else {
+                throw BenchError("--failover-primary is a list of leader and follower (where the VM runs, in turn), not '\(args[i + 1])'")
+            }
         case "--control":
             control = args[i + 1]
             guard ["direct", "libvirt"].contains(control) else { throw BenchError("--control is direct or libvirt, not '\(control)'") }
         default:
-            throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit,migration,failover --pings N --reps N --vm-memory MiB --control direct|libvirt")
+            throw BenchError("unknown option \(args[i]); use --seconds N --memory 256,1024 --sections pause,output-commit,migration,failover --pings N --reps N --vm-memory MiB --control direct|libvirt --failover-primary leader,follower")
         }
         i += 2
     }
@@ -65,7 +71,7 @@ func runVMBench(_ args: [String]) async throws {
         let guest = try Guest.files.get()
         print("mycelium-bench vm on \(machineLine()); QEMU TCG guest (scripts/vm-guest), 1 vCPU")
         if sections.contains("migration") { try await runMigrationSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest) }
-        if sections.contains("failover") { try await runFailoverSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest) }
+        if sections.contains("failover") { try await runFailoverSection(memoryMiB: vmMemory, reps: reps, bin: bin, guest: guest, primaries: primaries) }
         guard !sections.isDisjoint(with: ["pause", "output-commit"]) else { return }
     }
     let root = try repositoryRoot(containing: "scripts/vmhost")

@@ -170,8 +170,8 @@ final class VMCluster {
     func serial(_ i: Int) -> String { home(i) + "/vms/web.serial" }
     func vm(_ i: Int) async -> VMInfo? { try? await net.client(i).vms().vms.first }
 
-    /// Formed, every node offering VMs, and VM `web` created on n1 with its replica on n2.
-    func createVM(memoryMiB: Int, guest: (kernel: String, initrd: String)) async throws {
+    /// Formed, every node offering VMs, and VM `web` created on n`primary` with its replica on n`replica`.
+    func createVM(memoryMiB: Int, guest: (kernel: String, initrd: String), primary: Int = 1, replica: Int = 2) async throws {
         try net.startAll()
         try await net.waitFormed(timeout: 120)
         try await waitFor("every node offers VMs", timeout: 60) {
@@ -180,7 +180,7 @@ final class VMCluster {
         }
         for i in 1...3 { ids[i] = await net.status(i)?.node }
         try cli(["vm", "create", "web", "--memory", "\(memoryMiB)M", "--kernel", guest.kernel, "--initrd", guest.initrd,
-                 "--cmdline", Guest.cmdline, "--on", ids[1]!, "--replica", ids[2]!, "--home", home(1)])
+                 "--cmdline", Guest.cmdline, "--on", ids[primary]!, "--replica", ids[replica]!, "--home", home(1)])
     }
 
     /// `primary` runs the guest, counting and protected; `replica` holds a committed image.
@@ -352,69 +352,82 @@ struct FailoverSample {
     var activation: String
 }
 
-func runFailoverSection(memoryMiB: Int, reps: Int, bin: String, guest: (kernel: String, initrd: String)) async throws {
-    print("\nfailover: \(memoryMiB) MiB guest, \(reps) runs; each a fresh cluster, host a (the primary) killed at a random instant once protected")
-    var samples: [FailoverSample] = []
+/// `primaries`: where the VM runs in each run, in turn: "leader" (n1, the genesis node, which leads
+/// Raft after formation: its death also costs an election) or "follower" (n2; the leader survives).
+func runFailoverSection(memoryMiB: Int, reps: Int, bin: String, guest: (kernel: String, initrd: String), primaries: [String] = ["leader"]) async throws {
+    print("\nfailover: \(memoryMiB) MiB guest, \(reps) runs; each a fresh cluster, the primary's host killed at a random instant once protected; "
+          + "primary on the Raft leader's host / a follower's in turn: \(primaries.joined(separator: ", "))")
+    var byCase: [String: [FailoverSample]] = [:]
     for rep in 1...reps {
-        let s = try await withVMHosts(["a", "b", "c"]) { hosts in try await failoverOnce(hosts, memoryMiB: memoryMiB, bin: bin, guest: guest) }
-        samples.append(s)
-        print("  run \(rep): detection \(ms(s.detect)), vote \(ms(s.vote)), record \(ms(s.record)) (failover proposed after \(s.untilProposed.map { ms($0) } ?? "?")), "
+        let onLeader = primaries[(rep - 1) % primaries.count] == "leader"
+        let s = try await withVMHosts(["a", "b", "c"]) { hosts in
+            try await failoverOnce(hosts, memoryMiB: memoryMiB, bin: bin, guest: guest, primary: onLeader ? 1 : 2, replica: onLeader ? 2 : 3)
+        }
+        byCase[onLeader ? "leader" : "follower", default: []].append(s)
+        print("  run \(rep) (primary on \(onLeader ? "the leader's host" : "a follower's host")): detection \(ms(s.detect)), vote \(ms(s.vote)), record \(ms(s.record)) (failover proposed after \(s.untilProposed.map { ms($0) } ?? "?")), "
               + "start \(ms(s.start)); kill → running \(ms(s.total)); "
               + "lost \(s.linesLost) line(s) ≈ \(ms(Double(s.linesLost) * s.lineInterval)), ≈ \(s.linesLost * 64) pages written; "
               + "replica's epoch \(s.epochAge.map { ms($0) } ?? "?") old at the kill; \(s.activation)")
     }
-    print("  medians over \(reps) runs:")
+    for (name, samples) in byCase.sorted(by: { $0.key < $1.key }) {
+    print("  medians over \(samples.count) runs with the primary on \(name == "leader" ? "the Raft leader's host" : "a follower's host"):")
     print("    kill → suspect (detection)      \(medianMs(samples.map(\.detect)))")
     print("    suspect → failure recorded (vote) \(medianMs(samples.map(\.vote)))")
     print("    recorded → ownership moved (record) \(medianMs(samples.map(\.record))), of which until the leader proposed it (the lease lapsing) \(medianMs(samples.compactMap(\.untilProposed)))")
-    print("    moved → guest running on b (start) \(medianMs(samples.map(\.start)))")
+    print("    moved → guest running on the replica (start) \(medianMs(samples.map(\.start)))")
     print("    kill → running                  \(medianMs(samples.map(\.total)))   (goal 3 s)")
     print("    RPO: \(fmt(median(samples.map { Double($0.linesLost) }), 1)) line(s) lost ≈ \(medianMs(samples.map { Double($0.linesLost) * $0.lineInterval })) of guest progress, "
           + "≈ \(Int(median(samples.map { Double($0.linesLost * 64) }))) pages of its writes; replica's committed epoch \(medianMs(samples.compactMap(\.epochAge))) old at the kill")
+    }
 }
 
-private func failoverOnce(_ hosts: VMHosts, memoryMiB: Int, bin: String, guest: (kernel: String, initrd: String)) async throws -> FailoverSample {
+/// One failover: VM `web` on n`primary` (host a for n1, b for n2) replicated to n`replica`; the
+/// primary's host is killed.
+private func failoverOnce(_ hosts: VMHosts, memoryMiB: Int, bin: String, guest: (kernel: String, initrd: String),
+                          primary p: Int, replica r: Int) async throws -> FailoverSample {
+    let letters = ["a", "b", "c"]
+    let survivors = [1, 2, 3].filter { $0 != p }
     let log = LifecycleLog()
     defer { log.stop() }
-    try log.watch("b", uri: hosts.uri("b"))
+    try log.watch(letters[r - 1], uri: hosts.uri(letters[r - 1]))
     let cluster = try VMCluster(hosts: hosts, bin: bin, shim: try buildShim(into: hosts.scratch))
     defer { cluster.net.stop() }
-    try await cluster.createVM(memoryMiB: memoryMiB, guest: guest)
-    try await cluster.waitProtected(primary: 1, replica: 2)
-    let watch = AgentEventWatch(cluster.net, nodes: [2, 3], replicaNode: 2)
-    // The guest's line rate on a (its RPO unit), over 2 s; then a random instant within 1 s.
-    let (c0, t0) = (SerialLog(path: cluster.serial(1)).counts.count, mono())
+    try await cluster.createVM(memoryMiB: memoryMiB, guest: guest, primary: p, replica: r)
+    try await cluster.waitProtected(primary: p, replica: r)
+    let watch = AgentEventWatch(cluster.net, nodes: survivors, replicaNode: r)
+    // The guest's line rate on the primary (its RPO unit), over 2 s; then a random instant within 1 s.
+    let (c0, t0) = (SerialLog(path: cluster.serial(p)).counts.count, mono())
     try await Task.sleep(nanoseconds: 2_000_000_000)
-    let (c1, t1) = (SerialLog(path: cluster.serial(1)).counts.count, mono())
+    let (c1, t1) = (SerialLog(path: cluster.serial(p)).counts.count, mono())
     let lineInterval = c1 > c0 ? (t1 - t0) / Double(c1 - c0) : .nan
     try await Task.sleep(nanoseconds: UInt64.random(in: 0..<1_000_000_000))
 
-    let n1Led = await cluster.net.status(2)?.leader == cluster.ids[1]
+    let primaryLed = await cluster.net.status(r)?.leader == cluster.ids[p]
     let tKill = mono()
-    try hosts.kill("a")
-    let lastOnA = SerialLog(path: cluster.serial(1)).last
-    let resumed = try await waitForEvent(log, "b", "web", .resumed, after: tKill, timeout: 120)
-    try await waitFor("the guest counts on n2", timeout: 30) { !SerialLog(path: cluster.serial(2)).counts.isEmpty }
-    let id1 = String((cluster.ids[1] ?? "?").prefix(8))
-    try await waitFor("n2 notes the takeover", timeout: 10) { watch.first(on: [2], after: tKill) { $0.contains("took over at ownership epoch 2") } != nil }
+    try hosts.kill(letters[p - 1])
+    let lastOnA = SerialLog(path: cluster.serial(p)).last
+    let resumed = try await waitForEvent(log, letters[r - 1], "web", .resumed, after: tKill, timeout: 120)
+    try await waitFor("the guest counts on n\(r)", timeout: 30) { !SerialLog(path: cluster.serial(r)).counts.isEmpty }
+    let idP = String((cluster.ids[p] ?? "?").prefix(8))
+    try await waitFor("n\(r) notes the takeover", timeout: 10) { watch.first(on: [r], after: tKill) { $0.contains("took over at ownership epoch 2") } != nil }
     await watch.stop()
 
     // The governor names a node by its ID, or by its compact number before it learned the name: the
-    // ID is preferred, any suspicion after the kill is the fallback (only n1 died).
-    func aboutN1(_ prefix: [String]) -> (at: Double, text: String)? {
-        watch.first(on: [2, 3], after: tKill) { t in prefix.contains { t.hasPrefix($0) } && t.contains(id1) }
-            ?? watch.first(on: [2, 3], after: tKill) { t in prefix.contains { t.hasPrefix($0) } }
+    // ID is preferred, any suspicion after the kill is the fallback (only the primary's host died).
+    func aboutPrimary(_ prefix: [String]) -> (at: Double, text: String)? {
+        watch.first(on: survivors, after: tKill) { t in prefix.contains { t.hasPrefix($0) } && t.contains(idP) }
+            ?? watch.first(on: survivors, after: tKill) { t in prefix.contains { t.hasPrefix($0) } }
     }
-    let suspect = aboutN1(["suspect ", "failure candidate "])
-    let recorded = aboutN1(["recorded failure of"])
-    let moved = watch.first(on: [2], after: tKill) { $0.contains("running VM web as its primary (epoch 2)") }
-        ?? watch.first(on: [2, 3], after: tKill) { $0.contains("failing VM web over") }
-    let took = watch.first(on: [2], after: tKill) { $0.contains("took over at ownership epoch 2") }
-    let proposed = watch.first(on: [2, 3], after: tKill) { $0.contains("failing VM web over") }
+    let suspect = aboutPrimary(["suspect ", "failure candidate "])
+    let recorded = aboutPrimary(["recorded failure of"])
+    let moved = watch.first(on: [r], after: tKill) { $0.contains("running VM web as its primary (epoch 2)") }
+        ?? watch.first(on: survivors, after: tKill) { $0.contains("failing VM web over") }
+    let took = watch.first(on: [r], after: tKill) { $0.contains("took over at ownership epoch 2") }
+    let proposed = watch.first(on: survivors, after: tKill) { $0.contains("failing VM web over") }
     guard let suspect, let recorded, let moved else {
         throw BenchError("missing events after the kill: suspect \(suspect?.text ?? "-"), recorded \(recorded?.text ?? "-"), moved \(moved?.text ?? "-")")
     }
-    let firstOnB = SerialLog(path: cluster.serial(2)).counts.first
+    let firstOnB = SerialLog(path: cluster.serial(r)).counts.first
     let lost = max(0, (lastOnA?.n ?? 0) - (firstOnB?.n ?? 0) + 1)
     let epochAge = watch.replicaEpoch(before: tKill).map { tKill - $0.at }
     let t = milliseconds(in: took?.text ?? "")
@@ -423,8 +436,8 @@ private func failoverOnce(_ hosts: VMHosts, memoryMiB: Int, bin: String, guest: 
                           untilProposed: proposed.map { $0.at - recorded.at },
                           linesLost: lost, lineInterval: lineInterval, epochAge: epochAge,
                           activation: "activation \(t.first.map { "\($0) ms" } ?? "?")" + (t.count >= 4 ? " (copy \(t[1]), device state \(t[2]), resume \(t[3]) ms)" : "")
-                              + "; last on a \(lastOnA?.n ?? -1), first on b \(firstOnB?.n ?? -1)"
-                              + (n1Led ? "; n1 led Raft (the vote waited for a new leader)" : ""))
+                              + "; last on n\(p) \(lastOnA?.n ?? -1), first on n\(r) \(firstOnB?.n ?? -1)"
+                              + (primaryLed ? "; n\(p) led Raft (the vote waited for a new leader)" : "; the leader survived"))
 }
 
 private func waitForEvent(_ log: LifecycleLog, _ host: String, _ domain: String, _ kind: DomainLifecycleEvent.Kind, after t: Double,
