@@ -459,10 +459,6 @@ public struct Governor: Sendable {
         // A leader that can commit is alive: a report about it is a partition's artefact.
         guard raft.role == .leader, target != me, let m = member(target, spore), m.status != .failed else { return }
         let node = m.id
-        // Another member finds it silent: this leader's own detector checks it now, not when its
-        // round-robin comes back to it (its own report is the other half of a small network's
-        // confirmation, and its answer in a vote).
-        if reporter != me { for e in detector.probeSoon(target) { handleDetector(e, into: &out) } }
         if let reason = spore.voteUnavailable(.failure, node: node) {
             if noted.insert("failure \(node)").inserted {
                 out.append(.note("no Byzantine-tolerant vote on \(node) is possible (\(reason)); confirming by a majority of the voters' reports"))

@@ -71,8 +71,6 @@ public struct FailureDetector<Peer: Hashable & Comparable & Sendable>: Sendable 
     private var seq: UInt64 = 0
     /// The probe in flight this period.
     private var probe: (target: Peer, seq: UInt64, sentAt: Int, indirect: Bool)?
-    /// Probed next, out of turn (`probeSoon`), when a probe was in flight.
-    private var urgent: Peer?
     /// Indirect probes we run for others: our seq → (who asked, their seq, target).
     private var relays: [UInt64: (requester: Peer, seq: UInt64, target: Peer, at: Int)] = [:]
 
@@ -90,7 +88,6 @@ public struct FailureDetector<Peer: Hashable & Comparable & Sendable>: Sendable 
         for p in wanted where health[p] == nil { health[p] = .alive }
         order.removeAll { !wanted.contains($0) }
         if let t = probe?.target, !wanted.contains(t) { probe = nil }
-        if let u = urgent, !wanted.contains(u) { urgent = nil }
     }
 
     /// Advances time by one tick.
@@ -119,27 +116,12 @@ public struct FailureDetector<Peer: Hashable & Comparable & Sendable>: Sendable 
             }
         }
         relays = relays.filter { now - $0.value.at < settings.period }
-        if probe == nil, let u = urgent {
-            urgent = nil
-            out += probeSoon(u)
-        }
         if probe == nil && now % settings.period == 0, let target = nextTarget(using: &rng) {
             seq += 1
             probe = (target, seq, now, false)
             out.append(.send(to: target, .ping(seq: seq)))
         }
         return out
-    }
-
-    /// Probes `peer` now, out of its turn (or right after the probe in flight): someone else reported
-    /// it a failure candidate, and this node's own judgement should not wait for the round-robin to
-    /// come back to it. The probe runs as any other (indirect probes, suspicion at the period's end).
-    public mutating func probeSoon(_ peer: Peer) -> [DetectorEffect<Peer>] {
-        guard health[peer] == .alive, probe?.target != peer else { return [] }
-        if probe != nil { urgent = peer; return [] }
-        seq += 1
-        probe = (peer, seq, now, false)
-        return [.send(to: peer, .ping(seq: seq))]
     }
 
     public mutating func receive(_ m: ProbeMessage<Peer>, from: Peer) -> [DetectorEffect<Peer>] {
