@@ -17,7 +17,7 @@ public struct VMInfo: Codable, Sendable, Equatable {
     public var replica: String?
     /// The ownership epoch: the fencing token, bumped at every failover and migration.
     public var epoch: UInt64
-    /// Seconds left on the primary's ownership lease, in spore time (negative: lapsed).
+    /// Milliseconds of control time left on the primary's ownership lease (0: lapsed or never held).
     public var leaseLeftMillis: Int64
     /// "protected" (a replica is assigned) or "unprotected: REASON".
     public var protection: String

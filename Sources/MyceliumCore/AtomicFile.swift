@@ -112,11 +112,13 @@ public enum AtomicFile {
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     /// Removes `path` durably (the directory entry is synced); a missing file is not an error.
-    public static func remove(_ path: String) throws(FileError) {
+    /// `durable` false skips the sync, as for `write`.
+    public static func remove(_ path: String, durable: Bool = true) throws(FileError) {
         if unlink(path) != 0 {
             if errno == ENOENT { return }
             throw FileError(path: path, .system(operation: "unlink", errno: errno))
         }
+        guard durable else { return }
         let slash = path.lastIndex(of: "/")
         try syncDirectory(slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? ".")
     }

@@ -11,10 +11,6 @@
 import Endophyte
 import MyceliumCore
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 final class ReplicaStateFile: ReplicaJournal, @unchecked Sendable {
     // SAFETY (Sendable): `failed` is guarded by `lock`; the rest is immutable.
     let path: String
@@ -31,11 +27,10 @@ final class ReplicaStateFile: ReplicaJournal, @unchecked Sendable {
     }
 
     func invalidate() {
-        if unlink(path) != 0 && errno != ENOENT {
+        do { try AtomicFile.remove(path, durable: false) } catch let removal {
             // The file cannot go: overwrite it with a record nobody accepts (epoch 0).
-            let e = errno
             do { try write(epoch: 0, deviceState: []) } catch {
-                noteFailure("cannot remove \(path) (errno \(e)) nor overwrite it: \(error); after an agent restart now, this replica would offer an image it may be changing")
+                noteFailure("cannot remove \(path) (\(removal)) nor overwrite it: \(error); after an agent restart now, this replica would offer an image it may be changing")
             }
         }
     }
