@@ -114,6 +114,10 @@ let package = Package(
             linkerSettings: [.linkedLibrary("sodium"), .linkedLibrary("ibverbs"), .linkedLibrary("pthread")]),
         .target(name: "Rhizomorph", dependencies: ["CRhizomorph", "MyceliumIdentity"]),
 
+        // MARK: the `process` workload driver: service instances as real processes in their own cgroups
+        // (CSpawn: fork/clone3 into the cgroup, then exec, with only async-signal-safe calls in between).
+        .target(name: "CSpawn", path: "CSources/CSpawn", cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])]),
+
         // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
         .target(name: "MyceliumAPI"),
 
