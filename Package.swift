@@ -117,6 +117,7 @@ let package = Package(
         // MARK: the `process` workload driver: service instances as real processes in their own cgroups
         // (CSpawn: fork/clone3 into the cgroup, then exec, with only async-signal-safe calls in between).
         .target(name: "CSpawn", path: "CSources/CSpawn", cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])]),
+        .target(name: "ServiceRuntime", dependencies: ["CSpawn", "MyceliumCore"]),
 
         // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
         .target(name: "MyceliumAPI"),

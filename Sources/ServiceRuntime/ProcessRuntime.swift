@@ -1,0 +1,459 @@
+// The `process` workload driver: runs service instances as real processes, each in its own working
+// directory and cgroup, captures their output into rotated logs, watches their exits and health, and
+// reports every change. It never restarts anything: the controller decides, the runtime only reports.
+//
+// Threads: the caller's (start/status/logs are synchronous and quick; stop is async), one poll thread
+// for all pipes and pidfds (Poller), one health thread per instance with a check, and Dispatch workers
+// for the blocking parts of ending a run (killing the rest of a cgroup, removing it). onChange is called
+// on a private serial queue, in the order the changes happened.
+
+import CSpawn
+import Foundation
+import MyceliumCore
+
+public final class ProcessRuntime: Sendable {
+    /// The state directory, canonical (symlinks resolved).
+    public let stateDirectory: String
+    let instancesDirectory: String
+    let logMaxBytes: Int
+    let logKeep: Int
+    let tree: CgroupTree
+    let onChange: @Sendable (InstanceStatus) -> Void
+    let poller: Poller
+    let notifications = DispatchQueue(label: "mycelium.service-runtime.notify")
+    let table = Table()
+
+    /// Opens the runtime on `stateDirectory` (created if missing) and detects the cgroup layout.
+    /// Instances of an earlier run of the same directory are left alone until `cleanupLeftovers()`.
+    public convenience init(
+        stateDirectory: String, logMaxBytes: Int = 10 << 20, logKeep: Int = 3,
+        onChange: @escaping @Sendable (InstanceStatus) -> Void
+    ) throws {
+        try self.init(stateDirectory: stateDirectory, logMaxBytes: logMaxBytes, logKeep: logKeep,
+                      cgroupLayout: CgroupLayout.detect(), onChange: onChange)
+    }
+
+    init(
+        stateDirectory: String, logMaxBytes: Int, logKeep: Int, cgroupLayout: CgroupLayout,
+        onChange: @escaping @Sendable (InstanceStatus) -> Void
+    ) throws(RuntimeError) {
+        let instances = stateDirectory + "/instances"
+        do {
+            try AtomicFile.makeDirectory(instances)
+        } catch {
+            if case let .system(op, e) = error.code { throw RuntimeError(instance: nil, .stateDirectory(path: error.path, operation: op, errno: e)) }
+            throw RuntimeError(instance: nil, .stateDirectory(path: instances, operation: "mkdir", errno: EIO))
+        }
+        guard let real = realpath(stateDirectory, nil) else {
+            throw RuntimeError(instance: nil, .stateDirectory(path: stateDirectory, operation: "realpath", errno: errno))
+        }
+        self.stateDirectory = String(cString: real)
+        free(real)
+        self.instancesDirectory = self.stateDirectory + "/instances"
+        self.logMaxBytes = logMaxBytes
+        self.logKeep = logKeep
+        self.onChange = onChange
+        self.tree = CgroupTree(layout: cgroupLayout, prefix: Self.prefix(for: self.stateDirectory))
+        self.poller = try Poller()
+    }
+
+    deinit {
+        table.lock.lock()
+        for inst in table.instances.values { inst.run?.monitor?.cancel() }
+        table.lock.unlock()
+        poller.shutdown()
+    }
+
+    /// Names this runtime's cgroups: the same directory always gives the same prefix, so a restarted agent
+    /// finds its earlier run's cgroups, and runtimes on other directories never touch each other's.
+    static func prefix(for canonicalDirectory: String) -> String {
+        let h = CRC32C.checksum(Array(canonicalDirectory.utf8))
+        let hex = String(h, radix: 16)
+        return String(repeating: "0", count: 8 - hex.count) + hex
+    }
+
+    /// The cgroup layout in use (for diagnostics).
+    public var cgroupDescription: String { tree.layout.description }
+
+    // MARK: starting
+
+    /// Starts the instance: working directory, cgroup with its limits, then the process, which is inside
+    /// the cgroup before it executes anything. Returns once the exec has succeeded; throws a RuntimeError
+    /// (command not found, cgroup failure, …) otherwise, and the status then says `.failed`. An instance
+    /// that has ended may be started again under the same id (its `exits` count carries on).
+    public func start(_ spec: InstanceSpec) throws {
+        try spec.validate()
+        let id = spec.id
+        let dir = instancesDirectory + "/" + id
+
+        table.lock.lock()
+        let inst: Instance
+        if let existing = table.instances[id] {
+            if existing.run != nil || existing.starting {
+                table.lock.unlock()
+                throw RuntimeError(instance: id, .alreadyRunning)
+            }
+            inst = existing
+        } else {
+            inst = Instance(id: id, spec: spec, log: LogSink(directory: dir, maxBytes: logMaxBytes, keep: logKeep))
+            table.instances[id] = inst
+        }
+        inst.spec = spec
+        inst.starting = true
+        inst.status.state = .starting
+        inst.status.health = .unknown
+        notifyLocked(inst.status)
+        table.lock.unlock()
+
+        do {
+            try launch(inst, spec: spec, directory: dir)
+        } catch {
+            table.lock.lock()
+            inst.starting = false
+            inst.status.state = .failed(error.description)
+            notifyLocked(inst.status)
+            table.lock.unlock()
+            throw error
+        }
+    }
+
+    private func launch(_ inst: Instance, spec: InstanceSpec, directory dir: String) throws(RuntimeError) {
+        if mkdir(dir, 0o755) != 0 && errno != EEXIST {
+            throw RuntimeError(instance: spec.id, .stateDirectory(path: dir, operation: "mkdir", errno: errno))
+        }
+        let cgroup = try tree.create(id: spec.id, cpuMillis: spec.cpuMillis, memoryMiB: spec.memoryMiB)
+        var fds: [Int32] = [-1, -1]
+        let pe = cspawn_output_pipe(&fds)
+        if pe != 0 {
+            cgroup.remove(deadlineMillis: monotonicMillis())
+            throw RuntimeError(instance: spec.id, .spawn(stage: "pipe for the log", errno: pe))
+        }
+        let process: SpawnedProcess
+        do {
+            process = try Spawner.spawn(instance: spec.id, command: spec.command, environment: spec.environment,
+                                        cwd: dir, cgroup: cgroup, output: fds[1])
+        } catch {
+            close(fds[0])
+            close(fds[1])
+            cgroup.remove(deadlineMillis: monotonicMillis() + 1000)
+            throw error
+        }
+        close(fds[1])
+
+        let run = Run(instance: inst, pid: process.pid, pidfd: process.pidfd, cgroup: cgroup,
+                      monitor: spec.health == nil ? nil : HealthMonitor())
+        table.lock.lock()
+        inst.starting = false
+        inst.run = run
+        inst.counter = spec.health.map { HealthCounter(threshold: $0.threshold) }
+        inst.status.state = .running(pid: process.pid)
+        inst.status.startedAtMillis = monotonicMillis()
+        inst.status.health = spec.health == nil ? .healthy : .unknown
+        notifyLocked(inst.status)
+        table.lock.unlock()
+
+        watchOutput(fds[0], of: run, into: inst.log)
+        watchExit(of: run)
+        if let check = spec.health, let monitor = run.monitor {
+            let (id, env) = (spec.id, spec.environment)
+            monitor.start(
+                intervalMillis: check.intervalMillis, name: id,
+                probe: { HealthProbe.run(check, instance: id, cwd: dir, environment: env, cgroup: cgroup) },
+                report: { [weak self] result in self?.recordHealth(of: run, failure: result) })
+        }
+    }
+
+    private func watchOutput(_ fd: Int32, of run: Run, into log: LogSink) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        poller.add(fd: fd) { _ in
+            let n = read(fd, buffer.baseAddress, buffer.count)
+            if n > 0 {
+                log.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                return .keep
+            }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return .keep }
+            // End of file: every process holding the pipe is gone.
+            return .remove(then: {
+                close(fd)
+                buffer.deallocate()
+                run.outputClosed.complete()
+            })
+        }
+    }
+
+    private func watchExit(of run: Run) {
+        poller.add(fd: run.pidfd) { [weak self] _ in
+            var killed: Int32 = 0, code: Int32 = 0
+            let rc = cspawn_reap(run.pidfd, 1, &killed, &code)
+            if rc == EAGAIN { return .keep }
+            let end: Run.End = rc != 0 ? .lost(rc) : killed != 0 ? .killed(code) : .exited(code)
+            return .remove(then: {
+                Task { await self?.processEnded(run, end) }
+            })
+        }
+    }
+
+    /// The main process has been reaped. Unless a stop is under way (stop drives the rest itself, with
+    /// its grace period), whatever it left in its cgroup is killed now, so a restart starts clean.
+    private func processEnded(_ run: Run, _ end: Run.End) async {
+        let stopping = table.lock.withLock {
+            run.end = end
+            return run.stopping
+        }
+        run.reaped.complete()
+        if stopping { return }
+        await onWorker { run.cgroup.killAll(deadlineMillis: monotonicMillis() + 30_000) }
+        await finish(run)
+    }
+
+    /// Ends a run once its main process is reaped and its cgroup empty: removes the cgroup, records the
+    /// exit and reports it. Idempotent; every caller returns once it is done.
+    private func finish(_ run: Run) async {
+        let already = table.lock.withLock {
+            defer { run.finishing = true }
+            return run.finishing
+        }
+        if already {
+            _ = await run.finished.wait()
+            return
+        }
+
+        run.monitor?.cancel()
+        // The log is complete when the pipe's last writer is gone; a process that passed its stdout on
+        // outside the cgroup cannot hold the report back for long.
+        _ = await run.outputClosed.wait(timeoutMillis: 2000)
+        await onWorker { run.cgroup.remove(deadlineMillis: monotonicMillis() + 2000) }
+
+        recordEnd(of: run)
+        run.finished.complete()
+    }
+
+    private func recordEnd(of run: Run) {
+        table.lock.lock()
+        defer { table.lock.unlock() }
+        close(run.pidfd)
+        run.pidfdClosed = true
+        let inst = run.instance
+        if inst.run === run {
+            inst.run = nil
+            inst.counter = nil
+            inst.status.exits += 1
+            switch run.end ?? .lost(0) {
+            case let .exited(code): inst.status.state = .exited(code: code)
+            case let .killed(sig): inst.status.state = .killed(signal: sig)
+            case let .lost(e): inst.status.state = .failed("the exit status was lost (\(errnoText(e))): another part of the agent reaped the process")
+            }
+            inst.status.health = .unknown
+            notifyLocked(inst.status)
+        }
+    }
+
+    private func recordHealth(of run: Run, failure: String?) {
+        table.lock.lock()
+        defer { table.lock.unlock() }
+        let inst = run.instance
+        guard inst.run === run, run.end == nil, !run.finishing, var counter = inst.counter else { return }
+        let change = failure.map { counter.recordFailure($0) } ?? counter.recordSuccess()
+        inst.counter = counter
+        if let h = change {
+            inst.status.health = h
+            notifyLocked(inst.status)
+        }
+    }
+
+    // MARK: stopping
+
+    /// Stops the instance: SIGTERM to every process in its cgroup (and its process group), SIGKILL to
+    /// whatever is left after `graceMillis`; returns when all are gone and the cgroup is removed. The
+    /// instance is then forgotten (status nil); its directory and log stay until cleanupLeftovers.
+    public func stop(_ id: String, graceMillis: UInt32 = 5000) async {
+        var claimed: (Instance, Run?)?
+        while true {
+            claimed = claimForStop(id)
+            guard let (inst, _) = claimed else { return }
+            // start() is between its checks and the exec (milliseconds); let it finish, then stop that.
+            if !inst.starting { break }
+            try? await Task.sleep(nanoseconds: 2_000_000)
+        }
+        guard let (inst, maybeRun) = claimed, let run = maybeRun else { return }
+
+        let deadline = monotonicMillis() + UInt64(graceMillis)
+        signalMainAndGroup(run, SIGTERM)
+        run.cgroup.signalAll(SIGTERM)
+        var gone = await run.reaped.wait(timeoutMillis: UInt64(graceMillis))
+        if gone { gone = await waitEmpty(run.cgroup, untilMillis: deadline) }
+        if !gone {
+            signalMainAndGroup(run, SIGKILL)
+            await onWorker { run.cgroup.killAll(deadlineMillis: monotonicMillis() + 30_000) }
+            // A SIGKILLed process is reaped as soon as the kernel has torn it down.
+            _ = await run.reaped.wait()
+        }
+        await finish(run)
+        table.lock.withLock {
+            if table.instances[id] === inst && inst.run == nil && !inst.starting { forgetLocked(inst) }
+        }
+    }
+
+    /// Marks the instance's run as stopping (or forgets an instance that has none); nil when unknown.
+    /// An instance still starting is returned untouched.
+    private func claimForStop(_ id: String) -> (Instance, Run?)? {
+        table.lock.lock()
+        defer { table.lock.unlock() }
+        guard let inst = table.instances[id] else { return nil }
+        if inst.starting { return (inst, nil) }
+        if let r = inst.run { r.stopping = true } else { forgetLocked(inst) }
+        return (inst, inst.run)
+    }
+
+    /// Stops every instance, in parallel.
+    public func stopAll() async {
+        let ids = table.lock.withLock { Array(table.instances.keys) }
+        await withTaskGroup(of: Void.self) { group in
+            for id in ids { group.addTask { await self.stop(id) } }
+        }
+    }
+
+    private func signalMainAndGroup(_ run: Run, _ signal: Int32) {
+        // Under the lock: the pidfd is closed under it too, and after the reap the pid (and so the process
+        // group id) could be reused, so neither is used then (the cgroup still reaches everything).
+        table.lock.lock()
+        defer { table.lock.unlock() }
+        guard !run.pidfdClosed, run.end == nil else { return }
+        _ = cspawn_pidfd_kill(run.pidfd, signal)
+        _ = kill(-run.pid, signal)
+    }
+
+    private func waitEmpty(_ cgroup: InstanceCgroup, untilMillis deadline: UInt64) async -> Bool {
+        // cgroup v1 has no "became empty" event; poll at a pace that keeps stop() prompt.
+        while true {
+            if cgroup.isEmpty { return true }
+            if monotonicMillis() >= deadline { return false }
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
+    }
+
+    private func forgetLocked(_ inst: Instance) {
+        table.instances[inst.id] = nil
+        inst.log.close()
+    }
+
+    // MARK: queries
+
+    public func status(_ id: String) -> InstanceStatus? {
+        table.lock.lock()
+        defer { table.lock.unlock() }
+        return table.instances[id]?.status
+    }
+
+    /// Every known instance, by id.
+    public func all() -> [InstanceStatus] {
+        table.lock.lock()
+        defer { table.lock.unlock() }
+        return table.instances.values.map(\.status).sorted { $0.id < $1.id }
+    }
+
+    /// The last `maxBytes` of the instance's output across `log` and its rotated files (also after stop,
+    /// while the directory exists). Invalid UTF-8 shows as U+FFFD.
+    public func logs(_ id: String, maxBytes: Int) -> String {
+        guard InstanceSpec.isValidID(id) else { return "" }
+        table.lock.lock()
+        let sink = table.instances[id]?.log
+        table.lock.unlock()
+        let bytes = sink?.tail(maxBytes: maxBytes)
+            ?? LogSink.tail(directory: instancesDirectory + "/" + id, keep: logKeep, maxBytes: maxBytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Path of the instance's working directory (holds `log`).
+    public func directory(of id: String) -> String { instancesDirectory + "/" + id }
+
+    // MARK: leftovers
+
+    /// Kills and removes what an earlier run on this state directory left behind (the agent restarted):
+    /// every cgroup named for this directory, with all its processes, and every instance directory, except
+    /// those of instances this runtime knows. Call it before starting instances.
+    public func cleanupLeftovers() {
+        table.lock.lock()
+        let known = Set(table.instances.keys)
+        table.lock.unlock()
+        for id in tree.existingIDs().subtracting(known) {
+            let cg = tree.cgroup(for: id)
+            cg.killAll(deadlineMillis: monotonicMillis() + 30_000)
+            cg.remove(deadlineMillis: monotonicMillis() + 2000)
+        }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: instancesDirectory)) ?? []
+        for name in names where !known.contains(name) {
+            try? FileManager.default.removeItem(atPath: instancesDirectory + "/" + name)
+        }
+    }
+
+    // MARK: helpers
+
+    private func notifyLocked(_ status: InstanceStatus) {
+        // Enqueued under the table lock, so reports arrive in the order the changes were made.
+        let callback = onChange
+        notifications.async { callback(status) }
+    }
+
+    @discardableResult
+    private func onWorker<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        // Blocking loops (kill until empty, rmdir retries) stay off the cooperative pool.
+        await withCheckedContinuation { c in DispatchQueue.global().async { c.resume(returning: body()) } }
+    }
+}
+
+final class Table: @unchecked Sendable {
+    // SAFETY (Sendable): `instances`, every Instance's fields and the mutable fields of every Run are
+    // only touched under `lock`.
+    let lock = NSLock()
+    var instances: [String: Instance] = [:]
+}
+
+final class Instance: @unchecked Sendable {
+    let id: String
+    var spec: InstanceSpec
+    var status: InstanceStatus
+    let log: LogSink
+    var run: Run?
+    /// Between start()'s checks and the exec: no second start, and stop waits for it.
+    var starting = false
+    var counter: HealthCounter?
+
+    init(id: String, spec: InstanceSpec, log: LogSink) {
+        self.id = id
+        self.spec = spec
+        self.log = log
+        self.status = InstanceStatus(id: id, state: .starting, health: .unknown, startedAtMillis: 0, exits: 0)
+    }
+}
+
+/// One started process of an instance, from exec to the removal of its cgroup.
+final class Run: @unchecked Sendable {
+    enum End: Sendable {
+        case exited(Int32)
+        case killed(Int32)
+        case lost(Int32)
+    }
+
+    let instance: Instance
+    let pid: Int32
+    let pidfd: Int32
+    let cgroup: InstanceCgroup
+    let monitor: HealthMonitor?
+    let reaped = Completion()
+    let outputClosed = Completion()
+    let finished = Completion()
+    // Under the table lock:
+    var end: End?
+    var stopping = false
+    var finishing = false
+    var pidfdClosed = false
+
+    init(instance: Instance, pid: Int32, pidfd: Int32, cgroup: InstanceCgroup, monitor: HealthMonitor?) {
+        self.instance = instance
+        self.pid = pid
+        self.pidfd = pidfd
+        self.cgroup = cgroup
+        self.monitor = monitor
+    }
+}
