@@ -253,6 +253,8 @@ let package = Package(
         // mycelium-bench vm; linked by no shipped product.
         .target(name: "VMHarness", dependencies: ["Endophyte"], path: "Tests/VMHarness"),
         .target(name: "VMTestSupport", dependencies: ["VMHarness"], path: "Tests/VMTestSupport"),
+        // Real processes and cgroups; needs root.
+        .testTarget(name: "ServiceRuntimeTests", dependencies: ["ServiceRuntime", "MyceliumCore"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),
         .testTarget(name: "MyceliumWALTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumWAL"]),
         .testTarget(name: "MyceliumSimTests", dependencies: ["MyceliumCore", "MyceliumRaft", "MyceliumSim"]),
