@@ -144,9 +144,12 @@ final class HealthMonitor: @unchecked Sendable {
     // SAFETY (Sendable): `cancelled` only under `cond`.
     private let cond = NSCondition()
     private var cancelled = false
+    /// Completed when the thread has returned: from then on it starts no check process.
+    let exited = Completion()
 
     func start(intervalMillis: UInt32, name: String, probe: @escaping @Sendable () -> String?, report: @escaping @Sendable (String?) -> Void) {
         let t = Thread { [self] in
+            defer { exited.complete() }
             while true {
                 // The first check waits one interval too: a service just exec'd rarely listens yet.
                 let until = Date().addingTimeInterval(Double(intervalMillis) / 1000)

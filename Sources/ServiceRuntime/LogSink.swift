@@ -12,6 +12,9 @@ final class LogSink: @unchecked Sendable {
     private let lock = NSLock()
     private var fd: Int32 = -1
     private var size = 0
+    /// Set when the instance is forgotten: late output of its last run is dropped, not reopened into a
+    /// file a new instance of the same id may own by then.
+    private var closed = false
 
     var path: String { directory + "/log" }
 
@@ -26,6 +29,7 @@ final class LogSink: @unchecked Sendable {
     func append(_ bytes: UnsafeRawBufferPointer) {
         lock.lock()
         defer { lock.unlock() }
+        if closed { return }
         var offset = 0
         while offset < bytes.count {
             if fd < 0 && !openLocked() { return }
@@ -46,6 +50,7 @@ final class LogSink: @unchecked Sendable {
         defer { lock.unlock() }
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
+        closed = true
     }
 
     /// The last `maxBytes` bytes across the rotated files and the current one, oldest first.

@@ -141,7 +141,7 @@ public final class ProcessRuntime: Sendable {
         close(fds[1])
 
         let run = Run(instance: inst, pid: process.pid, pidfd: process.pidfd, cgroup: cgroup,
-                      monitor: spec.health == nil ? nil : HealthMonitor())
+                      check: spec.health)
         table.lock.lock()
         inst.starting = false
         inst.run = run
@@ -202,6 +202,7 @@ public final class ProcessRuntime: Sendable {
         }
         run.reaped.complete()
         if stopping { return }
+        run.monitor?.cancel()
         await onWorker { run.cgroup.killAll(deadlineMillis: monotonicMillis() + 30_000) }
         await finish(run)
     }
@@ -217,8 +218,20 @@ public final class ProcessRuntime: Sendable {
             _ = await run.finished.wait()
             return
         }
+        let started = monotonicMillis()
 
-        run.monitor?.cancel()
+        if let monitor = run.monitor, let check = run.check {
+            // An exec check may have been spawned into the cgroup after it was emptied. Once the health
+            // thread is gone no new one can come; killing the cgroup meanwhile ends one in flight at once
+            // (a tcp or http probe ends by its own timeout).
+            monitor.cancel()
+            while !monitor.exited.isDone {
+                await onWorker { run.cgroup.killAll(deadlineMillis: monotonicMillis() + 30_000) }
+                _ = await monitor.exited.wait(timeoutMillis: 50)
+                if monotonicMillis() > started + UInt64(check.timeoutMillis) + 5000 { break }
+            }
+            await onWorker { run.cgroup.killAll(deadlineMillis: monotonicMillis() + 30_000) }
+        }
         // The log is complete when the pipe's last writer is gone; a process that passed its stdout on
         // outside the cgroup cannot hold the report back for long.
         _ = await run.outputClosed.wait(timeoutMillis: 2000)
@@ -252,7 +265,7 @@ public final class ProcessRuntime: Sendable {
         table.lock.lock()
         defer { table.lock.unlock() }
         let inst = run.instance
-        guard inst.run === run, run.end == nil, !run.finishing, var counter = inst.counter else { return }
+        guard inst.run === run, run.end == nil, !run.stopping, !run.finishing, var counter = inst.counter else { return }
         let change = failure.map { counter.recordFailure($0) } ?? counter.recordSuccess()
         inst.counter = counter
         if let h = change {
@@ -276,6 +289,7 @@ public final class ProcessRuntime: Sendable {
             try? await Task.sleep(nanoseconds: 2_000_000)
         }
         guard let (inst, maybeRun) = claimed, let run = maybeRun else { return }
+        run.monitor?.cancel()  // no health verdicts, and no new exec check, while the instance goes
 
         let deadline = monotonicMillis() + UInt64(graceMillis)
         signalMainAndGroup(run, SIGTERM)
@@ -439,6 +453,8 @@ final class Run: @unchecked Sendable {
     let pid: Int32
     let pidfd: Int32
     let cgroup: InstanceCgroup
+    let check: HealthCheck?
+    /// Runs `check`, when there is one.
     let monitor: HealthMonitor?
     let reaped = Completion()
     let outputClosed = Completion()
@@ -449,11 +465,12 @@ final class Run: @unchecked Sendable {
     var finishing = false
     var pidfdClosed = false
 
-    init(instance: Instance, pid: Int32, pidfd: Int32, cgroup: InstanceCgroup, monitor: HealthMonitor?) {
+    init(instance: Instance, pid: Int32, pidfd: Int32, cgroup: InstanceCgroup, check: HealthCheck?) {
         self.instance = instance
         self.pid = pid
         self.pidfd = pidfd
         self.cgroup = cgroup
-        self.monitor = monitor
+        self.check = check
+        self.monitor = check == nil ? nil : HealthMonitor()
     }
 }

@@ -289,6 +289,21 @@ final class ProcessRuntimeTests: XCTestCase {
         try await waitUntil("only the service between checks") { cg.pids() == [main] }
     }
 
+    func testStopEndsAnExecCheckInFlight() async throws {
+        let h = try harness("execstop")
+        let rt = h.runtime
+        try rt.start(InstanceSpec(id: "slow-0", command: ["sleep", "1000"],
+                                  health: .exec(command: ["sleep", "1000"], intervalMillis: 20, timeoutMillis: 60_000, threshold: 1)))
+        let cg = h.tree.cgroup(for: "slow-0")
+        try await waitUntil("the check is running") { cg.pids().count == 2 }
+        let pids = cg.pids()
+        let t0 = Date()
+        await rt.stop("slow-0", graceMillis: 5000)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 5, "stop does not wait for the check's timeout")
+        for p in pids { XCTAssertTrue(isDead(p), "pid \(p) survived stop") }
+        XCTAssertEqual(h.leftoverCgroups(), [])
+    }
+
     // MARK: leftovers and the other cgroup layout
 
     func testCleanupLeftoversKillsAnEarlierRunsInstancesOnly() async throws {
