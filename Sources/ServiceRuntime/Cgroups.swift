@@ -59,9 +59,20 @@ struct CgroupTree: Sendable {
         return InstanceCgroup(dirs: parents.map { $0 + "/" + name }, isV2: false)
     }
 
-    /// Creates (or reuses) the instance's cgroups and writes its limits (0 = none) into them.
+    /// Creates (or reuses) the instance's cgroups and writes its limits (0 = none) into them. On failure
+    /// nothing of the instance's is left.
     func create(id: String, cpuMillis: UInt32, memoryMiB: UInt32) throws(RuntimeError) -> InstanceCgroup {
         let cg = cgroup(for: id)
+        do {
+            try setUp(cg, id: id, cpuMillis: cpuMillis, memoryMiB: memoryMiB)
+        } catch {
+            cg.remove(deadlineMillis: monotonicMillis())
+            throw error
+        }
+        return cg
+    }
+
+    private func setUp(_ cg: InstanceCgroup, id: String, cpuMillis: UInt32, memoryMiB: UInt32) throws(RuntimeError) {
         switch layout {
         case .v1:
             for p in parents { try makeDir(p, id: id) }
@@ -106,7 +117,6 @@ struct CgroupTree: Sendable {
                 if AtomicFile.exists(dir + "/memory.oom.group") { try write(dir + "/memory.oom.group", "1", id: id) }
             }
         }
-        return cg
     }
 
     /// The kernel's minimum CFS quota is 1 ms.

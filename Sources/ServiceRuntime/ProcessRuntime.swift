@@ -25,6 +25,8 @@ public final class ProcessRuntime: Sendable {
 
     /// Opens the runtime on `stateDirectory` (created if missing) and detects the cgroup layout.
     /// Instances of an earlier run of the same directory are left alone until `cleanupLeftovers()`.
+    /// Call `stopAll()` before letting go of the runtime: instances still running then are no longer
+    /// watched (as after an agent crash) until another runtime's `cleanupLeftovers()`.
     public convenience init(
         stateDirectory: String, logMaxBytes: Int = 10 << 20, logKeep: Int = 3,
         onChange: @escaping @Sendable (InstanceStatus) -> Void
