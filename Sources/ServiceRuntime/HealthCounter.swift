@@ -33,8 +33,8 @@ public struct HealthCounter: Sendable, Equatable {
     }
 }
 
-/// The status code of an HTTP/1.x response whose head starts in `bytes`, or nil while the status line is
-/// incomplete or malformed. Pure: the probe feeds it what it has read so far.
+/// The status code of an HTTP/1.x response from the first bytes of its status line. Pure: the probe feeds
+/// it what it has read so far.
 public enum HTTPStatusLine {
     public enum Parse: Equatable, Sendable {
         case needMore
@@ -42,17 +42,13 @@ public enum HTTPStatusLine {
         case status(Int)
     }
 
-    /// Longest status line accepted before calling the answer malformed.
-    public static let maxLength = 1024
-
     public static func parse(_ bytes: [UInt8]) -> Parse {
         let prefix = Array("HTTP/1.".utf8)
         let n = min(bytes.count, prefix.count)
         if Array(bytes[0..<n]) != Array(prefix[0..<n]) { return .malformed }
-        // "HTTP/1.x SSS" is 12 bytes; wait for them (and no further: the reason phrase is optional).
-        guard bytes.count >= 12 else {
-            return bytes.count >= maxLength ? .malformed : .needMore
-        }
+        // "HTTP/1.x SSS" and the space (or, from lax servers, the CR) after the code: 13 bytes decide,
+        // and no more bytes change a verdict (the probe stops reading at the first one).
+        guard bytes.count >= 13 else { return .needMore }
         let minor = bytes[7]
         guard (0x30...0x39).contains(minor), bytes[8] == UInt8(ascii: " ") else { return .malformed }
         var code = 0
@@ -61,7 +57,7 @@ public enum HTTPStatusLine {
             code = code * 10 + Int(b - 0x30)
         }
         guard code >= 100 else { return .malformed }
-        if bytes.count > 12 && bytes[12] != UInt8(ascii: " ") && bytes[12] != UInt8(ascii: "\r") { return .malformed }
+        if bytes[12] != UInt8(ascii: " ") && bytes[12] != UInt8(ascii: "\r") { return .malformed }
         return .status(code)
     }
 }

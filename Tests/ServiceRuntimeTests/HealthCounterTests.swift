@@ -36,7 +36,8 @@ final class HealthCounterTests: XCTestCase {
         func p(_ s: String) -> HTTPStatusLine.Parse { HTTPStatusLine.parse(Array(s.utf8)) }
         XCTAssertEqual(p("HTTP/1.1 200 OK\r\n"), .status(200))
         XCTAssertEqual(p("HTTP/1.0 302\r\n"), .status(302))
-        XCTAssertEqual(p("HTTP/1.1 503"), .status(503))
+        XCTAssertEqual(p("HTTP/1.1 503 "), .status(503))
+        XCTAssertEqual(p("HTTP/1.1 503"), .needMore, "a longer code could follow")
         XCTAssertEqual(p("HTTP/1.1 20"), .needMore)
         XCTAssertEqual(p("HTT"), .needMore)
         XCTAssertEqual(p(""), .needMore)
