@@ -166,6 +166,8 @@ public final class ProcessRuntime: Sendable {
     }
 
     private func watchOutput(_ fd: Int32, of run: Run, into log: LogSink) {
+        // SAFETY: only the poll thread uses the buffer (the handler runs there), and it is freed in the
+        // removal step, after which the poller never calls this handler again.
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
         poller.add(fd: fd) { _ in
             let n = read(fd, buffer.baseAddress, buffer.count)
