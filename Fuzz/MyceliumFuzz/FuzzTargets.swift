@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -18,6 +18,7 @@ import MyceliumRaft
 import MyceliumSpores
 import MyceliumVote
 import Rhizomorph
+import ServiceRuntime
 import VMHost
 
 #if canImport(Glibc)
@@ -25,12 +26,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp or replicajournal")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal or httpstatus")
             exit(2)
         }
         return t
@@ -187,6 +188,27 @@ enum FuzzTarget: String {
                let r = try? ReplicaJournalRecord(decoding: payload) {
                 precondition(r.encoded() == payload, "journal record re-encoding differs")
                 precondition(r.deviceState.count <= ReplicaJournalRecord.maxDeviceState, "unbounded device state")
+            }
+        case .httpstatus:
+            // What a service answers the runtime's http health probe, read in growing pieces as the probe
+            // does: every prefix gets a verdict, 13 bytes always decide, and a verdict never changes with
+            // more bytes (the probe stops reading at the first one).
+            var verdict: HTTPStatusLine.Parse?
+            for n in Array(0...min(bytes.count, 16)) + [bytes.count] {
+                let p = HTTPStatusLine.parse(Array(bytes.prefix(n)))
+                if let v = verdict {
+                    precondition(p == v, "the verdict changed with more bytes")
+                    continue
+                }
+                switch p {
+                case .needMore:
+                    precondition(n < 13, "13 bytes must decide")
+                case let .status(code):
+                    precondition((100...999).contains(code) && Array(bytes.prefix(7)) == Array("HTTP/1.".utf8), "a status from a non-HTTP line")
+                    verdict = p
+                case .malformed:
+                    verdict = p
+                }
             }
         case .qmp:
             // What QEMU's monitor sends the direct QMP client: lines of JSON, read in two pieces (the first
@@ -503,6 +525,8 @@ func writeSeeds(to dir: String) {
             return st.snapshot()
         }()),
         ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
+        ("httpstatus", Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)),
+        ("httpstatus", Array("HTTP/1.0 503\r\n".utf8)),
     ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]
