@@ -114,6 +114,10 @@ let package = Package(
             linkerSettings: [.linkedLibrary("sodium"), .linkedLibrary("ibverbs"), .linkedLibrary("pthread")]),
         .target(name: "Rhizomorph", dependencies: ["CRhizomorph", "MyceliumIdentity"]),
 
+        // MARK: service DNS: `NAME.service.mycelium` answered from the healthy instances. The codec and
+        // the responder are pure (MyceliumCore only); DNSServer is the NIO shell (UDP, and TCP for long answers).
+        .target(name: "ServiceDNS", dependencies: ["MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+
         // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
         .target(name: "MyceliumAPI"),
 
@@ -218,6 +222,8 @@ let package = Package(
         // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
         .testTarget(name: "MyceliumAPITests", dependencies: ["MyceliumAPI"]),
+        // The codec and responder directly; DNSServer end to end with python3 as an independent client.
+        .testTarget(name: "ServiceDNSTests", dependencies: ["ServiceDNS", "MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),
