@@ -2,8 +2,10 @@
 // (RFC 7766), with SwiftNIO.
 //
 // DNS is unauthenticated and read-only: anyone who can send to the port can read every service's
-// instances, and nothing here can change state. Which address to bind (loopback unless the operator
-// says otherwise) is the caller's decision.
+// instances, and nothing here can change state. Over UDP a forged source address turns a 40-byte
+// query into an answer of up to 1232 bytes sent to a victim, and TCP connections are not capped in
+// number: which address to bind (loopback unless the operator says otherwise) is the caller's
+// decision, and it should never be one the internet reaches.
 
 import NIOCore
 import NIOPosix
