@@ -204,7 +204,7 @@ let package = Package(
 
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
-            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft", "Rhizomorph", "Endophyte", "MyceliumAPI", "VMHost"], path: "Fuzz/MyceliumFuzz",
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft", "Rhizomorph", "Endophyte", "MyceliumAPI", "VMHost", "ServiceDNS"], path: "Fuzz/MyceliumFuzz",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: tests
