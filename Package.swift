@@ -118,6 +118,10 @@ let package = Package(
         // (CSpawn: fork/clone3 into the cgroup, then exec, with only async-signal-safe calls in between).
         .target(name: "CSpawn", path: "CSources/CSpawn", cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])]),
         .target(name: "ServiceRuntime", dependencies: ["CSpawn", "MyceliumCore"]),
+        // MARK: service DNS: `NAME.service.mycelium` answered from the healthy instances. The codec and
+        // the responder are pure (MyceliumCore only); DNSServer is the NIO shell (UDP, and TCP for long answers).
+        .target(name: "ServiceDNSCore", dependencies: ["MyceliumCore"]),
+        .target(name: "ServiceDNS", dependencies: ["ServiceDNSCore", "MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
 
         // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
         .target(name: "MyceliumAPI"),
@@ -205,7 +209,7 @@ let package = Package(
 
         // Fuzz targets: a replay driver in normal builds, libFuzzer with `scripts/fuzz`.
         .executableTarget(
-            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft", "Rhizomorph", "Endophyte", "MyceliumAPI", "VMHost", "ServiceRuntime"], path: "Fuzz/MyceliumFuzz",
+            name: "mycelium-fuzz", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSpores", "MyceliumControl", "MyceliumRaft", "Rhizomorph", "Endophyte", "MyceliumAPI", "VMHost", "ServiceRuntime", "ServiceDNSCore"], path: "Fuzz/MyceliumFuzz",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: tests
@@ -223,6 +227,8 @@ let package = Package(
         // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
         .testTarget(name: "MyceliumAPITests", dependencies: ["MyceliumAPI"]),
+        // The codec and responder directly; DNSServer end to end with python3 as an independent client.
+        .testTarget(name: "ServiceDNSTests", dependencies: ["ServiceDNS", "ServiceDNSCore", "MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),

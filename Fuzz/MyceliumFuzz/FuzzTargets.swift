@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus|dns.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -18,6 +18,7 @@ import MyceliumRaft
 import MyceliumSpores
 import MyceliumVote
 import Rhizomorph
+import ServiceDNSCore
 import ServiceRuntime
 import VMHost
 
@@ -26,12 +27,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal or httpstatus")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus or dns")
             exit(2)
         }
         return t
@@ -210,6 +211,9 @@ enum FuzzTarget: String {
                     verdict = p
                 }
             }
+        case .dns:
+            // A datagram or TCP message from anyone who can reach the DNS port.
+            fuzzDNS(bytes)
         case .qmp:
             // What QEMU's monitor sends the direct QMP client: lines of JSON, read in two pieces (the first
             // byte picks the split), each line bounded and parsed as greeting, reply or event.
@@ -443,6 +447,59 @@ func fuzzMessageAssembly(_ bytes: [UInt8]) {
     }
 }
 
+/// The `dns` target: the codec takes back what it writes, and the responder, whatever arrives,
+/// answers within the size limit with a message that parses, echoes the ID, or drops only what
+/// cannot be a query.
+func fuzzDNS(_ bytes: [UInt8]) {
+    if let m = try? DNSMessage(decoding: bytes) {
+        // Compression and the OPT record's place allow other spellings, so the check is on values.
+        let again = m.encoded()
+        if again.count <= DNSMessage.maxLength, let back = try? DNSMessage(decoding: again) {
+            if back.header.truncated && !m.header.truncated {
+                // Written out in full (fewer pointers) it no longer fit in 65535 bytes: a prefix survives.
+                precondition(m.answers.starts(with: back.answers) && back.edns == m.edns, "truncation kept something else")
+            } else {
+                precondition(back == m, "DNS message re-encoding differs")
+            }
+        } else {
+            precondition(again.count > DNSMessage.maxLength, "an encoded DNS message does not parse")
+        }
+    }
+    for (transport, maxUDP, limit) in [(DNSTransport.udp, nil, 1232), (.udp, 512, 512), (.udp, 4000, 4000), (.tcp, nil, DNSMessage.maxLength)] {
+        guard let out = DNSResponder.answer(query: bytes, directory: FuzzDNS.directory, maxUDP: maxUDP, transport: transport) else {
+            precondition(bytes.count < 12 || bytes[2] & 0x80 != 0, "a query was dropped")
+            continue
+        }
+        precondition(out.count <= limit, "a DNS answer of \(out.count) bytes over its limit of \(limit)")
+        guard let r = try? DNSMessage(decoding: out) else { preconditionFailure("a DNS answer does not parse") }
+        precondition(r.header.isResponse && r.header.id == UInt16(bytes[0]) << 8 | UInt16(bytes[1]), "a DNS answer to another query")
+        precondition(r.questions.count <= 1, "a DNS answer with several questions")
+    }
+}
+
+/// A fixed directory for the `dns` target: enough instances of `many` to need truncation.
+enum FuzzDNS {
+    struct Directory: ServiceDirectory {
+        func endpoints(service: String) -> [ServiceEndpoint]? {
+            switch service {
+            case "web": [ServiceEndpoint(address: 0x0A00_0005, port: 8080, instance: "web-1", node: "n1"),
+                         ServiceEndpoint(address: 0x0A00_0006, port: 8080, instance: "web.2", node: "n2")]
+            case "idle": []
+            case "many": (0..<300).map { ServiceEndpoint(address: 0x0A01_0000 + UInt32($0), port: 9000, instance: "m-\($0)", node: "n1") }
+            default: nil
+            }
+        }
+    }
+    static let directory = Directory()
+
+    /// Queries a stub resolver sends, with and without EDNS.
+    static func query(_ name: String, _ type: UInt16, id: UInt16, edns: UInt16?) -> [UInt8] {
+        var h = DNSHeader(id: id)
+        h.recursionDesired = true
+        return DNSMessage(header: h, questions: [DNSQuestion(name: DNSName(name)!, type: type)], edns: edns.map { EDNS(udpPayloadSize: $0) }).encoded()
+    }
+}
+
 /// Valid samples of every format, so the fuzzer starts from inputs that pass the outer checks.
 func writeSeeds(to dir: String) {
     let genesis = FuzzChain.genesis
@@ -527,6 +584,12 @@ func writeSeeds(to dir: String) {
         ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
         ("httpstatus", Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)),
         ("httpstatus", Array("HTTP/1.0 503\r\n".utf8)),
+        ("dns", FuzzDNS.query("web.service.mycelium", DNSType.a, id: 1, edns: 1232)),
+        ("dns", FuzzDNS.query("_web._tcp.service.mycelium", DNSType.srv, id: 2, edns: nil)),
+        ("dns", FuzzDNS.query("many.service.mycelium", DNSType.a, id: 3, edns: nil)),
+        // An answer with every record kind the codec interprets, and compressed names.
+        ("dns", DNSResponder.answer(query: FuzzDNS.query("nothere.service.mycelium", DNSType.a, id: 4, edns: 1232), directory: FuzzDNS.directory)!),
+        ("dns", DNSResponder.answer(query: FuzzDNS.query("web.service.mycelium", DNSType.srv, id: 5, edns: 1232), directory: FuzzDNS.directory)!),
     ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]
