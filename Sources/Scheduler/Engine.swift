@@ -185,9 +185,10 @@ struct Engine {
         return (start..<hierarchy.count).map { Array(hierarchy[0...$0]) }
     }
 
-    /// Higher priority first; then larger instances first (first-fit decreasing packs better: small
-    /// ones fill the gaps large ones leave); then the most constrained first (fewest eligible nodes,
-    /// before others fill them); then by name, for determinism.
+    /// Higher priority first; then services whose nodes are scarce (fewest eligible nodes, in powers
+    /// of two), before others fill those nodes; then larger instances first (first-fit decreasing
+    /// packs better: small ones fill the gaps large ones leave); then by name, for determinism.
+    /// Powers of two keep "any node" and "90% of nodes" in one class, ordered by size.
     static func placementOrder(_ services: [ServiceDemand], nodes: [SchedulerNode],
                                eligibleCount: (ServiceDemand) -> Int) -> [ServiceDemand] {
         var totalCpu = 0.0, totalMem = 0.0
@@ -195,14 +196,14 @@ struct Engine {
             totalCpu += Double(max(Int64(n.capacity.cpuMillis) - Int64(n.reserved.cpuMillis), 0))
             totalMem += Double(max(Int64(n.capacity.memoryMiB) - Int64(n.reserved.memoryMiB), 0))
         }
-        let keyed = services.map { d -> (d: ServiceDemand, size: Double, eligible: Int) in
+        let keyed = services.map { d -> (d: ServiceDemand, scarcity: Int, size: Double) in
             let size = Double(d.resources.cpuMillis) / max(totalCpu, 1) + Double(d.resources.memoryMiB) / max(totalMem, 1)
-            return (d, size, eligibleCount(d))
+            return (d, Int.bitWidth - eligibleCount(d).leadingZeroBitCount, size)
         }
         return keyed.sorted { a, b in
             if a.d.priority != b.d.priority { return a.d.priority > b.d.priority }
+            if a.scarcity != b.scarcity { return a.scarcity < b.scarcity }
             if a.size != b.size { return a.size > b.size }
-            if a.eligible != b.eligible { return a.eligible < b.eligible }
             return a.d.name < b.d.name
         }.map(\.d)
     }

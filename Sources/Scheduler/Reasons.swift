@@ -15,7 +15,8 @@ extension Engine {
                 + "bring nodes back or add nodes"
         }
         let notReadyMatching = nodes.indices.filter { nodes[$0].condition != .ready && eligibility(of: s).matches[$0] }.count
-        let elsewhere = notReadyMatching > 0 ? " (\(plural(notReadyMatching, "more node")) would match but \(notReadyMatching == 1 ? "is" : "are") not ready)" : ""
+        let elsewhere = notReadyMatching == 0 ? ""
+            : "; \(notReadyMatching) more matching node\(notReadyMatching == 1 ? " is" : "s are") draining, down or suspect"
 
         let matching = ready.filter { n in d.constraints.allSatisfy { $0.holds(on: nodes[n]) } }
         if matching.isEmpty {
@@ -53,7 +54,7 @@ extension Engine {
             }
         }
         let trustText = d.minTrust > 0 ? "\(constraintText.isEmpty ? " have" : " and have") trust ≥ \(d.minTrust)" : ""
-        var text = "\(plural(trusted.count, "ready node"))\(constraintText)\(trustText)\(elsewhere); none can take another instance:"
+        var text = "\(plural(trusted.count, "ready node"))\(constraintText)\(trustText); none can take another instance:"
         var causes: [(count: Int, text: String, action: String)] = []
         if full > 0 {
             causes.append((full, "\(full) lack room for \(d.resources) (most free: \(mostFreeCpu) millicpu, \(mostFreeMem) MiB)",
@@ -68,6 +69,7 @@ extension Engine {
         }
         text += " " + causes.map(\.text).joined(separator: "; ")
         if let main = causes.max(by: { $0.count < $1.count }) { text += "; " + main.action }
+        text += elsewhere
         if searchGaveUp.contains(s) {
             text += " (the search for a rearrangement of this plan's new instances stopped at its budget; one may exist)"
         }

@@ -19,7 +19,12 @@ extension Engine {
     enum SearchOutcome { case found, infeasible, exhausted }
 
     mutating func rearrange(for s: Int) {
-        guard placed[s] < replicas[s] else { return }
+        guard placed[s] < replicas[s], !newPlacements.isEmpty, !eligibility(of: s).ready.isEmpty else { return }
+        let budgetLeft = min(options.searchBudget, options.totalSearchBudget - searchSpent)
+        guard budgetLeft > 0 else { searchGaveUp.insert(s); return }
+        // Scanning this plan's new placements is work too: charged to the plan's budget, so that an
+        // overloaded cluster with thousands of short services cannot turn the plan quadratic.
+        searchSpent += newPlacements.count / 8
 
         var seen = Set<Int>()
         var live: [(service: Int, slot: Int)] = []
@@ -27,14 +32,14 @@ extension Engine {
             if seen.insert(t << 32 | slot).inserted { live.append((t, slot)) }
         }
         if live.count > options.maxMovable {
-            // Only instances on nodes this service could use can make room for it directly.
+            // Only instances on nodes this service could use can make room for it directly, and
+            // those with the most other nodes to go to are the likeliest to move.
             let usable = eligibility(of: s).matches
-            live = Array(live.filter { usable[Int(slotNode[$0.service][$0.slot])] && nodes[Int(slotNode[$0.service][$0.slot])].condition == .ready }
+            live = Array(live.filter { usable[Int(slotNode[$0.service][$0.slot])] }
+                .sorted { (-eligibility(of: $0.service).ready.count, $0.service, $0.slot) < (-eligibility(of: $1.service).ready.count, $1.service, $1.slot) }
                 .prefix(options.maxMovable))
         }
         guard !live.isEmpty else { return }
-        let budgetLeft = min(options.searchBudget, options.totalSearchBudget - searchSpent)
-        guard budgetLeft > 0 else { searchGaveUp.insert(s); return }
         live.sort { ($0.service, $0.slot) < ($1.service, $1.slot) }
 
         let ownNew = (0..<replicas[s]).filter { slotNode[s][$0] >= 0 && !slotKept[s][$0] }
