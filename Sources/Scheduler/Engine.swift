@@ -37,7 +37,10 @@ struct Engine {
     let serviceIndex: [String: Int]
     let serviceKey: [UInt64]
     let cpu: [Int64], mem: [Int64]
+    /// Slots the plan fills: the requested replicas, at most `Scheduler.maxReplicas`.
     let replicas: [Int]
+    /// What the operator asked for (≥ 0), for reporting the part above the limit.
+    let requested: [Int]
     let maxPerNode: [Int]
     /// Symmetric anti-affinity, as service indices.
     let conflicts: [[Int]]
@@ -86,9 +89,16 @@ struct Engine {
         var names = Set<String>()
         var unique: [ServiceDemand] = []
         var duplicates: [ServiceDemand] = []
+        var requestedByName: [String: Int] = [:]
         for var d in demands {
             d.replicas = max(d.replicas, 0)
-            if names.insert(d.name).inserted { unique.append(d) } else { duplicates.append(d) }
+            if names.insert(d.name).inserted {
+                requestedByName[d.name] = d.replicas
+                d.replicas = min(d.replicas, Scheduler.maxReplicas)
+                unique.append(d)
+            } else {
+                duplicates.append(d)
+            }
         }
         self.duplicates = duplicates
 
@@ -123,6 +133,7 @@ struct Engine {
         cpu = ordered.map { Int64($0.resources.cpuMillis) }
         mem = ordered.map { Int64($0.resources.memoryMiB) }
         replicas = ordered.map(\.replicas)
+        requested = ordered.map { requestedByName[$0.name]! }
         eligibilityOf = ordered.map { eligibilityByName[$0.name]! }
 
         var conflicts = [Set<Int>](repeating: [], count: ordered.count)

@@ -103,6 +103,7 @@ public enum PlanCheck {
         for d in duplicates where d.replicas > 0 { expected[d.name, default: []].append(d.replicas) }
         for d in services.values where count[d.name, default: 0] < d.replicas {
             expected[d.name, default: []].append(d.replicas - count[d.name, default: 0])
+            if d.replicas > Scheduler.maxReplicas { continue }
             for n in nodes.values where n.condition == .ready && eligible(d, n) {
                 let list = byNode[n.id] ?? []
                 if fits(list + [Assignment(service: d.name, slot: -1, node: n.id)], n),

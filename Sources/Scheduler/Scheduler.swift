@@ -28,10 +28,23 @@
 import MyceliumIdentity
 
 public enum Scheduler {
+    /// Slots one service may have; a plan allocates per slot, so a typo of a few zeros must not
+    /// exhaust memory. Replicas above it are reported unplaced.
+    public static let maxReplicas = 100_000
+
+    /// The plan that takes the cluster from `current` to the services' desired state.
+    ///
+    /// - Parameters:
+    ///   - nodes: every member; when an ID repeats, the first entry counts.
+    ///   - services: the desired services; when a name repeats, the first counts and the others
+    ///     are reported unplaced.
+    ///   - current: what runs now (as last applied); anything unknown or invalid is stopped.
+    ///   - seed: breaks ties between equally good nodes; the same seed gives the same plan.
     public static func plan(nodes: [SchedulerNode], services: [ServiceDemand], current: [Assignment], seed: UInt64) -> Plan {
         plan(nodes: nodes, services: services, current: current, seed: seed, options: PlanOptions())
     }
 
+    /// `plan(nodes:services:current:seed:)` with non-default search and sampling limits.
     public static func plan(nodes: [SchedulerNode], services: [ServiceDemand], current: [Assignment], seed: UInt64,
                             options: PlanOptions) -> Plan {
         var engine = Engine(nodes: nodes, services: services, options: options, seed: seed)
@@ -64,8 +77,13 @@ extension Engine {
         let before = Set(current)
         let after = Set(assignments)
         var unplaced: [Unplaced] = []
-        for s in services.indices where placed[s] < replicas[s] {
-            unplaced.append(Unplaced(service: services[s].name, missing: replicas[s] - placed[s], reason: unplacedReason(s)))
+        for s in services.indices where placed[s] < requested[s] {
+            var reasons: [String] = []
+            if requested[s] > replicas[s] {
+                reasons.append("\(requested[s]) replicas exceed the scheduler's limit of \(Scheduler.maxReplicas); split the service")
+            }
+            if placed[s] < replicas[s] { reasons.append(unplacedReason(s)) }
+            unplaced.append(Unplaced(service: services[s].name, missing: requested[s] - placed[s], reason: reasons.joined(separator: "; ")))
         }
         for d in duplicates where d.replicas > 0 {
             unplaced.append(Unplaced(service: d.name, missing: d.replicas,

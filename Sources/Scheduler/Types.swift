@@ -226,9 +226,11 @@ public struct PlanOptions: Sendable, Equatable {
     /// New placements (of services placed earlier) the search may move; above this many, only those
     /// on nodes the short service could use.
     public var maxMovable: Int = 24
-    /// nil scores every feasible node. A number makes each placement score only that many feasible
-    /// candidates, visited from a seeded offset (Nomad's approach): faster, slightly worse packing.
-    /// It never causes a miss: when fewer are feasible, every node is visited.
+    /// nil (the default) scores every feasible node. A number makes each placement score only that
+    /// many feasible candidates, visited from a seeded offset, as Nomad's service scheduler does
+    /// (max(2, ⌈log2 nodes⌉); scheduler/stack.go, SetNodes): faster, but packing suffers (see
+    /// `mycelium-bench schedule`, which prints the nodes used both ways). It never causes a miss:
+    /// when fewer candidates are feasible, every node is visited.
     public var candidateLimit: Int?
 
     public init() {}

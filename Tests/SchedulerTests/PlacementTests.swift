@@ -178,6 +178,13 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(p.nodes(of: "big"), [2])
     }
 
+    func testReplicasAboveTheLimitAreReportedNotAllocated() {
+        let p = Scheduler.plan(nodes: [node(1, cpu: .max, mem: .max)], services: [service("web", Int.max, cpu: 0, mem: 0)], current: [], seed: 1)
+        XCTAssertEqual(p.assignments.count, Scheduler.maxReplicas)
+        XCTAssertEqual(p.unplaced.first?.missing, Int.max - Scheduler.maxReplicas)
+        XCTAssertTrue(p.unplaced.first?.reason.contains("exceed the scheduler's limit") == true)
+    }
+
     func testDuplicateServiceNameIsReportedNotScheduled() {
         let p = Scheduler.plan(nodes: [node(1)], services: [service("web", 1), service("web", 3)], current: [], seed: 1)
         XCTAssertEqual(p.assignments.count, 1)
