@@ -8,12 +8,13 @@ import Scheduler
 /// The service scheduler's throughput: N single-replica binpack services (100–2000 millicpu,
 /// 64–1024 MiB, a quarter with constraints, some with trust floors and preferences) planned from
 /// scratch onto a cluster of labelled nodes (regions, zones, racks, capabilities, trust). All
-/// binpack, so that "nodes used" measures packing quality. Reported: the median plan time of --runs runs, placements/s, the ratio to
-/// the goal (10,000 services in < 1 s) and to Nomad's published C2M figure (~1,500 placements/s, as
-/// quoted in ARCHITECTURE.md; Nomad is not run here). Then the same with Nomad's candidate limit for
-/// service jobs (⌈log2 nodes⌉ feasible nodes scored per placement), to show what sampling would buy and cost in packing; then a re-plan
-/// after 10% of the nodes fail: how many instances move and how long it takes. Every plan is
-/// checked with PlanCheck.
+/// binpack, so that "nodes used" measures packing quality. Reported: the median plan time of
+/// --runs runs, placements/s, the ratio to the goal (10,000 services in < 1 s) and to Nomad's
+/// published C2M figure (~1,500 placements/s, as quoted in ARCHITECTURE.md; Nomad is not run
+/// here). Then the same with Nomad's candidate limit for service jobs (⌈log2 nodes⌉ feasible nodes
+/// scored per placement), to show what sampling buys and costs in packing; then a re-plan after
+/// 10% of the nodes fail: how many instances move and how long it takes. Every plan is checked
+/// with PlanCheck.
 func runScheduleBench(_ args: [String]) async throws {
     func option(_ name: String) -> String? {
         guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
