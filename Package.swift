@@ -59,6 +59,9 @@ let package = Package(
         // MARK: membership: failure detection (pure)
         .target(name: "MyceliumMembership", dependencies: ["MyceliumCore"]),
 
+        // MARK: the service scheduler (pure): placement, constraints, spread, trust floors; and its simulation
+        .target(name: "Scheduler", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
+
         // MARK: Byzantine-tolerant vote (pure)
         .target(name: "MyceliumVote", dependencies: ["MyceliumCore", "MyceliumIdentity"]),
 
@@ -178,7 +181,7 @@ let package = Package(
         .executableTarget(
             name: "mycelium-sim",
             dependencies: [
-                "MyceliumCore", "MyceliumRaft", "MyceliumSim", "MyceliumVote",
+                "MyceliumCore", "MyceliumRaft", "MyceliumSim", "MyceliumVote", "Scheduler",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
@@ -186,7 +189,7 @@ let package = Package(
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
                 "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI", "VMHost", "MyceliumControl",
-                "Libvirt", "VMHarness",
+                "Libvirt", "VMHarness", "Scheduler",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -231,6 +234,7 @@ let package = Package(
         .testTarget(name: "ServiceDNSTests", dependencies: ["ServiceDNS", "ServiceDNSCore", "MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
         .testTarget(name: "MyceliumMembershipTests", dependencies: ["MyceliumCore", "MyceliumMembership"]),
+        .testTarget(name: "SchedulerTests", dependencies: ["Scheduler", "MyceliumCore", "MyceliumIdentity"]),
         .testTarget(name: "MyceliumVoteTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumVote", "MyceliumSim"]),
         .testTarget(name: "DirtyPagesTests", dependencies: ["DirtyPages", "CDirtyPages", "MyceliumCore"]),
         .testTarget(name: "EndophyteTests", dependencies: ["Endophyte", "DirtyPages", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),

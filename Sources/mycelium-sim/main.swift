@@ -15,7 +15,7 @@ struct MyceliumSimCommand: ParsableCommand {
         subcommands: simulationCommands)
 }
 
-let simulationCommands: [ParsableCommand.Type] = [RaftCommand.self, VoteCommand.self, GovernorCommand.self]
+let simulationCommands: [ParsableCommand.Type] = [RaftCommand.self, VoteCommand.self, GovernorCommand.self, ScheduleCommand.self]
 
 struct RaftCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -12,6 +12,8 @@ let scenarios: [(name: String, about: String, run: ([String]) async throws -> Vo
     ("etcd", "our Raft group next to etcd 3.4: writes/s and p50/p99 at 1/16/64 clients, leader failover, memory", runEtcdBench),
     ("rhizomorph", "striped multi-path transport: aggregate vs the sum of paths, the best path and MPTCP; loopback vs plain TCP", runRhizomorphBench),
     ("vm", "a real guest under libvirt: checkpoint pauses against stop+device state+cont; planned migration against libvirt's live migration; failover phases and RPO (root)", runVMBench),
+    ("schedule", "the service scheduler: 10,000 services on 1,000 nodes against the 1 s goal and Nomad's published C2M rate; re-plan after 10% of nodes fail",
+     runScheduleBench),
     ("datapath", "pod-to-pod throughput and latency: our eBPF datapath vs the CNI bridge plugin vs a bare veth pair", runDatapathBench),
 ]
 
