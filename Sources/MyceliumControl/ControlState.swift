@@ -2,7 +2,7 @@
 //
 //   ControlEntry  the typed payload of a normal Raft entry (one enum, one codec: no "first byte"
 //                 conventions spread over files);
-//   ControlState  the primary spore, the KV and the pod-CIDR table, with a throwing `apply` that
+//   ControlState  the primary spore, the KV, the pod-CIDR, VM and service tables, with a throwing `apply` that
 //                 returns what changed (for the governor and the controllers) and one deterministic
 //                 snapshot format with a throwing `restore`.
 //
@@ -28,8 +28,11 @@ public enum ControlEntry: Sendable, Equatable {
     case network(NetworkCommand)
     /// A change to the VM table (VMs.swift), proposed by the leader's VM controller.
     case vm(VMCommand)
+    /// A change to the service table (Services.swift): an operator's deploy, the leader's placement,
+    /// a node's reports.
+    case service(ServiceCommand)
 
-    enum Tag: UInt8 { case sporeSeconds = 1, kv = 2, network = 3, vm = 4, spore = 5 }
+    enum Tag: UInt8 { case sporeSeconds = 1, kv = 2, network = 3, vm = 4, spore = 5, service = 6 }
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 128)
@@ -42,6 +45,8 @@ public enum ControlEntry: Sendable, Equatable {
             w.u8(Tag.network.rawValue); w.raw(command.encoded())
         case .vm(let command):
             w.u8(Tag.vm.rawValue); w.raw(command.encoded())
+        case .service(let command):
+            w.u8(Tag.service.rawValue); w.raw(command.encoded())
         }
         return w.bytes
     }
@@ -67,6 +72,8 @@ public enum ControlEntry: Sendable, Equatable {
             do { return .network(try NetworkCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("network command: \(error)")) }
         case .vm:
             do { return .vm(try VMCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("vm command: \(error)")) }
+        case .service:
+            do { return .service(try ServiceCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("service command: \(error)")) }
         }
     }
 }
@@ -83,6 +90,10 @@ public enum ControlChange: Sendable {
     case podPool(CIDR, nodePrefix: UInt8)
     /// A VM's record changed (nil: deleted).
     case vm(name: String, VMRecord?)
+    /// A service's record changed (nil: removed).
+    case service(name: String, ServiceRecord?)
+    /// A node's placement facts (labels, drivers, draining) changed.
+    case serviceNode(MyceliumIdentity.NodeID)
     /// The whole state was replaced by a snapshot.
     case restored
 }
@@ -95,6 +106,7 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
         case refused(SporeError)
         case networkRefused(String)
         case vmRefused(String)
+        case serviceRefused(String)
         /// A snapshot that cannot be restored: the node cannot continue safely.
         case badSnapshot(String)
     }
@@ -106,6 +118,7 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
         case .refused(let e): return "refused: \(e)"
         case .networkRefused(let s): return "network command refused: \(s)"
         case .vmRefused(let s): return "vm command refused: \(s)"
+        case .serviceRefused(let s): return "service command refused: \(s)"
         case .badSnapshot(let s): return "snapshot cannot be restored: \(s)"
         }
     }
@@ -117,6 +130,7 @@ public struct ControlState: Sendable, Equatable {
     public internal(set) var kv: KVStore
     public internal(set) var pods: PodCIDRTable
     public internal(set) var vms: VMTable
+    public internal(set) var services: ServiceTable
     /// The Raft index of the last entry applied (or of the snapshot restored).
     public internal(set) var appliedIndex: UInt64 = 0
     /// Control time: the latest leader-stamped time of an applied spore entry, in Unix milliseconds
@@ -128,6 +142,7 @@ public struct ControlState: Sendable, Equatable {
         kv = KVStore()
         pods = PodCIDRTable()
         vms = VMTable()
+        services = ServiceTable()
     }
 
     public var network: NetworkIdentity { spore.network }
@@ -169,6 +184,7 @@ public struct ControlState: Sendable, Equatable {
                 pods.assignments[node] = nil
                 changes.append(.podCIDR(node: node, nil))
             }
+            for node in services.nodes.keys where spore.members[node] == nil { changes += services.forget(node) }
             return changes
         case .kv(let batch):
             return [.kv(index: entry.index, kv.apply(batch))]
@@ -179,6 +195,8 @@ public struct ControlState: Sendable, Equatable {
                 throw ControlError(.vmRefused("a planned switch is signed by the VM's primary (SporeCommand.vmSwitch), never a leader's entry"))
             }
             return try vms.apply(command, spore: spore, now: nowMillis)
+        case .service(let command):
+            return try services.apply(command, spore: spore, now: nowMillis)
         }
     }
 
@@ -191,15 +209,15 @@ public struct ControlState: Sendable, Equatable {
 
     static let snapshotMagic: [UInt8] = Array("MYCS".utf8)
     /// 2 adds the VM table, 3 its planned migrations, 4 control time in milliseconds (and VM lease
-    /// ends in milliseconds); 1 to 3 are still read.
-    static let snapshotVersion: UInt16 = 4
+    /// ends in milliseconds), 5 the service table; 1 to 4 are still read.
+    static let snapshotVersion: UInt16 = 5
 
     /// One deterministic snapshot: magic, version, applied index, then each part as a blob.
     public func snapshot() -> [UInt8] {
-        let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded(), v = vms.encoded()
-        var w = ByteWriter(capacity: s.count + k.count + p.count + v.count + 32)
+        let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded(), v = vms.encoded(), sv = services.encoded()
+        var w = ByteWriter(capacity: s.count + k.count + p.count + v.count + sv.count + 40)
         w.raw(Self.snapshotMagic); w.u16(Self.snapshotVersion); w.u64(appliedIndex); w.i64(nowMillis)
-        w.blob(s); w.blob(k); w.blob(p); w.blob(v)
+        w.blob(s); w.blob(k); w.blob(p); w.blob(v); w.blob(sv)
         return w.bytes
     }
 
@@ -220,6 +238,7 @@ public struct ControlState: Sendable, Equatable {
             let kvBytes = try r.blob("kv", limit: 1 << 40)
             let podBytes = try r.blob("pods", limit: 16 << 20)
             let vmBytes = version >= 2 ? try r.blob("vms", limit: 16 << 20) : [0, 0, 0, 0]
+            let serviceBytes = version >= 5 ? try r.blob("services", limit: 256 << 20) : [0, 0, 0, 0, 0, 0, 0, 0]
             try r.finish()
             state.spore = try PrimarySpore(decoding: sporeBytes)
             guard state.spore.network.id == network.id else {
@@ -228,6 +247,7 @@ public struct ControlState: Sendable, Equatable {
             state.kv = try KVStore(snapshot: kvBytes)
             state.pods = try PodCIDRTable(decoding: podBytes)
             state.vms = try VMTable(decoding: vmBytes, version: version)
+            state.services = try ServiceTable(decoding: serviceBytes)
             // Before format 4 control time was the spore's whole seconds.
             state.nowMillis = millis ?? state.spore.now.saturatingMultiplied(by: 1000)
             return state

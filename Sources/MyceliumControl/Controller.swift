@@ -38,6 +38,10 @@ public enum ControllerEffect<Action: Sendable>: Sendable {
     case propose(ControlEntry)
     /// Sign as this node and submit (forwarded to the leader by a follower).
     case submit(SporeCommand)
+    /// Have the leader propose this entry on this node's behalf (a follower forwards it over the
+    /// authenticated peer channel; the leader checks that what it says of a node came from that
+    /// node). Fire and forget: the controller sees the outcome when (if) it applies.
+    case request(ControlEntry)
     /// A line for the operator's event list.
     case note(String)
     /// Something for this controller's driver to do.

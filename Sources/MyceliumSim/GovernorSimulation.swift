@@ -604,7 +604,7 @@ public struct GovernorSimulation {
         for e in effects {
             guard nodes[i].up else { return }
             switch e {
-            case .propose(let entry):
+            case .propose(let entry), .request(let entry):
                 if nodes[i].raft!.role == .leader { _ = try? nodes[i].raft!.propose(entry.encoded()) }
             case .submit(let c): submit(i, c)
             case .note(let s): trace("n\(i): \(s)")

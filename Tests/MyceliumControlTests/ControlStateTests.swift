@@ -59,10 +59,13 @@ final class ControlStateTests: XCTestCase {
         XCTAssertEqual(s.spore.now, 1_800_000_011)
         _ = try s.apply(Entry(term: 1, index: 3, data: ControlEntry.spore(SignedCommand(.tick, author: cert.nodeID, key: key, network: network.id), millis: 5).encoded()))
         XCTAssertEqual(s.nowMillis, 1_800_000_011_750, "control time never goes back")
-        // A format-3 snapshot (no control time of its own) restores it from the spore's seconds.
-        let v4 = s.snapshot()
+        // A format-3 snapshot (no control time of its own) restores it from the spore's seconds; a
+        // format-4 one (no service table: its last blob, 12 bytes when empty) restores without services.
+        let v5 = s.snapshot()
+        XCTAssertEqual(Array(v5[4..<6]), [0, 5])
+        let v4 = Array(v5.prefix(4)) + [0, 4] + Array(v5[6..<(v5.count - 12)])
+        XCTAssertEqual(try ControlState.restore(v4, network: network), s)
         var v3 = Array(v4.prefix(4)) + [0, 3] + Array(v4[6..<14]) + Array(v4[22...])
-        XCTAssertEqual(Array(v4[4..<6]), [0, 4])
         let restored = try ControlState.restore(v3, network: network)
         XCTAssertEqual(restored.nowMillis, 1_800_000_011_000)
         XCTAssertEqual(restored.spore, s.spore)
