@@ -1,0 +1,154 @@
+// The service controller's core (issue 17), a pure value hosted by the agent.
+//
+// Leader duties: when services, nodes' placement facts or members' statuses change (and every few
+// seconds anyway), run the scheduler (Sources/Scheduler) over the members and the service table and
+// propose each service whose placement changed (`ServiceCommand.assign`, a compare-and-swap on its
+// generation). A member recorded failed is `down` to the scheduler, so its instances are placed
+// elsewhere in the plan that follows the record; a suspect keeps what it has and gets nothing new.
+//
+// Every node: tell the network its placement facts (labels, drivers, address) until the table holds
+// them; reconcile the instances the table assigns it (ServiceReconciler: start, restart per policy,
+// stop what moved away) and report how they are doing (`ServiceCommand.report`, through the
+// leader), batched, only what changed.
+
+import MyceliumControl
+import MyceliumIdentity
+import MyceliumSpores
+import Scheduler
+
+public struct ServiceSettings: Sendable, Equatable {
+    /// What this node tells the network about itself.
+    public var info: ServiceNodeInfo
+    /// The leader re-plans at least this often (ms), changes or not.
+    public var planEveryMillis: UInt64 = 5000
+    /// ... and at most this often, however many changes arrive (ms).
+    public var planAtMostMillis: UInt64 = 100
+    /// A node sends its instance reports at most this often (ms), and again if they did not apply.
+    public var reportEveryMillis: UInt64 = 250
+    public init(info: ServiceNodeInfo = ServiceNodeInfo()) { self.info = info }
+}
+
+public struct ServiceController: Controller {
+    public typealias Action = ServiceAction
+    public typealias Report = ServiceDriverReport
+    public var name: String { "service" }
+    public let settings: ServiceSettings
+    /// The reconciler's memory, per instance ID.
+    public private(set) var local: [String: LocalInstance] = [:]
+    var dirty = true
+    var lastPlan: UInt64?
+    /// What the leader proposed per service (generation, slots, pending) and when.
+    var proposed: [String: (generation: UInt64, slots: [UInt16: NodeID], pending: String, at: UInt64)] = [:]
+    var lastReport: UInt64?
+    var lastInfo: UInt64?
+    var reconcileNeeded = true
+    /// What the last plan could not place, per service (for the operator).
+    public private(set) var unplaced: [String: String] = [:]
+
+    public init(settings: ServiceSettings) { self.settings = settings }
+
+    public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        switch change {
+        case .service, .serviceNode, .restored:
+            dirty = true; reconcileNeeded = true
+        case .spore(let signed):
+            // What changes a member's status, capacity or trust; not leases, votes in progress or settings.
+            switch signed.command {
+            case .admit, .refresh, .setStatus, .revoke, .tick, .decideVote: dirty = true; reconcileNeeded = true
+            default: break
+            }
+        default: break
+        }
+        return []
+    }
+
+    public mutating func reported(_ report: ServiceDriverReport, context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        guard var i = local[report.id], i.generation == report.generation else { return [] }
+        i.observed = report
+        local[report.id] = i
+        reconcileNeeded = true
+        return reconcile(context)
+    }
+
+    public mutating func tick(context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        var out: [ControllerEffect<ServiceAction>] = []
+        let state = context.state
+        guard state.spore.members[context.node] != nil else { return out }
+        let now = context.millis
+        // Placement facts, until the table holds them.
+        if state.services.nodes[context.node] != settings.info, lastInfo.map({ now >= $0 + 2000 }) ?? true {
+            lastInfo = now
+            out.append(.request(.service(.nodeInfo(node: context.node, settings.info))))
+        }
+        if context.isLeader { out += plan(context) }
+        // Restart delays run out without any change arriving.
+        if reconcileNeeded || local.values.contains(where: { $0.restartAt.map { now >= $0 } ?? false || !$0.waitingFor.isEmpty }) {
+            out += reconcile(context)
+        }
+        out += reports(context)
+        return out
+    }
+
+    // MARK: every node
+
+    mutating func reconcile(_ context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        reconcileNeeded = false
+        let table = context.state.services
+        var desired: [(record: ServiceRecord, slot: UInt16)] = []
+        for r in table.services.values.sorted(by: { $0.name < $1.name }) {
+            for (slot, node) in r.assignments.sorted(by: { $0.key < $1.key }) where node == context.node { desired.append((r, slot)) }
+        }
+        let actions = ServiceReconciler.step(desired: desired, local: &local, now: context.millis) { spec in
+            let missing = spec.dependsOn.filter { dep in table.services[dep].map { $0.servingSlots.isEmpty } ?? true }
+            return missing.isEmpty ? nil : "no serving instance of " + missing.joined(separator: ", ")
+        }
+        return actions.map { .act($0) }
+    }
+
+    mutating func reports(_ context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        let now = context.millis
+        if let last = lastReport, now < last + settings.reportEveryMillis { return [] }
+        let table = context.state.services
+        var batch: [(name: String, slot: UInt16, InstanceReport)] = []
+        for (_, i) in local.sorted(by: { $0.key < $1.key }) {
+            guard let r = table.services[i.service], r.assignments[i.slot] == context.node, r.generation == i.generation else { continue }
+            let report = ServiceReconciler.report(i, node: context.node, address: settings.info.address, spec: r.spec)
+            if r.instances[i.slot] != report { batch.append((i.service, i.slot, report)) }
+            if batch.count >= 512 { break }
+        }
+        guard !batch.isEmpty else { return [] }
+        lastReport = now
+        return [.request(.service(.report(node: context.node, batch)))]
+    }
+
+    // MARK: the leader
+
+    mutating func plan(_ context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        let now = context.millis
+        if let last = lastPlan {
+            if now < last + settings.planAtMostMillis { return [] }
+            if !dirty && now < last + settings.planEveryMillis { return [] }
+        }
+        dirty = false
+        lastPlan = now
+        let state = context.state
+        let records = state.services.services.values.sorted { $0.name < $1.name }
+        let plan = Scheduler.plan(nodes: ServiceRules.nodes(state), services: records.map(ServiceRules.demand),
+                                  current: ServiceRules.current(state.services), seed: 0x6d79_6365_6c69_756d)
+        var slots: [String: [UInt16: NodeID]] = [:]
+        for a in plan.assignments { slots[a.service, default: [:]][UInt16(a.slot)] = a.node }
+        var reasons: [String: String] = [:]
+        for u in plan.unplaced { reasons[u.service] = "\(u.missing) of the replicas not placed: \(u.reason)" }
+        unplaced = reasons
+        var out: [ControllerEffect<ServiceAction>] = []
+        for r in records {
+            let want = slots[r.name] ?? [:], pending = reasons[r.name] ?? ""
+            if want == r.assignments && pending == r.pending { proposed[r.name] = nil; continue }
+            if let p = proposed[r.name], p.generation == r.generation, p.slots == want, p.pending == pending, now < p.at + 3000 { continue }
+            proposed[r.name] = (r.generation, want, pending, now)
+            out.append(.propose(.service(.assign(name: r.name, generation: r.generation, want, pending: pending))))
+        }
+        for name in proposed.keys where state.services.services[name] == nil { proposed[name] = nil }
+        return out
+    }
+}

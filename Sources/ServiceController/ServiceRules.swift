@@ -1,0 +1,136 @@
+// From the control state's words to the scheduler's: placement rules written as text in a service
+// spec ("zone == eu"), and the nodes and services the leader hands its scheduler.
+//
+// Rules (one per string, case-sensitive values, spaces optional around operators):
+//   KEY == VALUE        the node's label KEY is VALUE
+//   KEY != VALUE        it is not (a node without the label passes)
+//   KEY in (A, B, ...)  it is one of these
+//   has KEY             the node has label KEY
+//   driver NAME         the node offers this driver (process, podman, k3s); also `capability NAME`
+
+import MyceliumControl
+import MyceliumIdentity
+import MyceliumSpores
+import Scheduler
+
+public enum ServiceRules {
+    public struct RuleError: Error, Sendable, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func parse(_ text: String) throws(RuleError) -> Constraint {
+        let t = text.trimmingCharacters(in: " \t")
+        func word(_ s: Substring) -> String? {
+            let w = s.trimmingCharacters(in: " \t")
+            guard !w.isEmpty, w.utf8.count <= 63, !w.contains(" "), !w.contains("(") else { return nil }
+            return w
+        }
+        for op in ["==", "!="] {
+            if let r = t.firstRange(of: op) {
+                guard let key = word(t[..<r.lowerBound]), let value = word(t[r.upperBound...]) else { break }
+                return op == "==" ? .labelEquals(key, value) : .labelNotEquals(key, value)
+            }
+        }
+        let parts = t.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        if parts.count == 2 {
+            switch parts[0] {
+            case "has": if let k = word(parts[1]) { return .hasLabel(k) }
+            case "driver", "capability": if let k = word(parts[1]) { return .capability(k) }
+            default:
+                let rest = parts[1].trimmingCharacters(in: " \t")
+                if rest.hasPrefix("in ") || rest.hasPrefix("in(") {
+                    var list = rest.dropFirst(2).trimmingCharacters(in: " \t")
+                    if list.hasPrefix("(") && list.hasSuffix(")") { list = String(list.dropFirst().dropLast()) }
+                    let values = list.split(separator: ",").map { $0.trimmingCharacters(in: " \t") }
+                    if let key = word(parts[0]), !values.isEmpty, values.allSatisfy({ !$0.isEmpty && !$0.contains(" ") }) {
+                        return .labelIn(key, values)
+                    }
+                }
+            }
+        }
+        throw RuleError(description: """
+            cannot read the rule '\(text)'; write one of: 'KEY == VALUE', 'KEY != VALUE', 'KEY in (A, B)', 'has KEY', 'driver NAME'
+            """)
+    }
+
+    /// Why the spec's rules cannot be read, or nil.
+    public static func problem(_ spec: ServiceSpec) -> String? {
+        for rule in spec.placement.constraints + spec.placement.preferences.map(\.rule) {
+            do { _ = try parse(rule) } catch { return error.description }
+        }
+        return nil
+    }
+
+    /// The scheduler's view of a service (a rule that cannot be read makes it unplaceable, with the reason).
+    public static func demand(_ r: ServiceRecord) -> ServiceDemand {
+        let s = r.spec
+        var constraints: [Constraint] = [.capability(s.driver.description)]
+        for rule in s.placement.constraints {
+            // Unreadable rules were refused before proposing; one that got in anyway (an older build's
+            // vocabulary) matches nothing rather than being ignored.
+            constraints.append((try? parse(rule)) ?? .capability("unreadable rule: " + rule))
+        }
+        let preferences = s.placement.preferences.compactMap { p in (try? parse(p.rule)).map { Preference($0, weight: Int(p.weight)) } }
+        return ServiceDemand(name: s.name, replicas: Int(s.replicas), resources: Resources(cpuMillis: s.cpuMillis, memoryMiB: s.memoryMiB),
+                             strategy: s.placement.strategy == "spread" ? .spread : .binpack, constraints: constraints, preferences: preferences,
+                             minTrust: Double(s.placement.minTrustPPM) / 1_000_000,
+                             spreadLevel: s.placement.spreadLevel.isEmpty ? nil : s.placement.spreadLevel,
+                             maxPerNode: s.placement.maxPerNode == 0 ? nil : Int(s.placement.maxPerNode),
+                             antiAffinity: s.placement.antiAffinity)
+    }
+
+    /// The scheduler's view of the members: alive → ready (or draining), suspect → keeps what it has,
+    /// failed, left or revoked → down; a member that never told its placement facts gets nothing.
+    public static func nodes(_ state: ControlState) -> [SchedulerNode] {
+        let spore = state.spore
+        return spore.members.values.sorted { $0.id < $1.id }.map { m in
+            let info = state.services.nodes[m.id]
+            var condition: NodeCondition
+            switch m.status {
+            case .alive: condition = info?.draining == true ? .draining : .ready
+            case .suspect: condition = .suspect
+            default: condition = .down
+            }
+            if spore.revoked[m.id] != nil || info == nil { condition = .down }
+            let reservedMiB = UInt32(clamping: state.vms.committedMiB(on: m.id))
+            return SchedulerNode(id: m.id, capacity: Resources(cpuMillis: UInt32(m.capabilities.cpus) * 1000, memoryMiB: m.capabilities.memoryMiB),
+                                 labels: info?.labels ?? [:], capabilities: Set((info?.drivers ?? []).map(\.description)),
+                                 trust: Double(spore.trust.score(of: m.id)) / 1_000_000, condition: condition,
+                                 reserved: Resources(cpuMillis: 0, memoryMiB: reservedMiB))
+        }
+    }
+
+    /// The current assignments as the scheduler's.
+    public static func current(_ table: ServiceTable) -> [Assignment] {
+        table.services.values.flatMap { r in r.assignments.map { Assignment(service: r.name, slot: Int($0.key), node: $0.value) } }
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+extension ServiceRules {
+    /// Why no member could run even one instance of `spec` on an empty node, or nil when one could:
+    /// a spec that can never be placed is refused at deploy, not left pending for ever.
+    public static func impossible(_ spec: ServiceSpec, state: ControlState) -> String? {
+        guard spec.replicas > 0 else { return nil }
+        let d = demand(ServiceRecord(spec: spec, generation: 1))
+        let nodes = Self.nodes(state).filter { $0.condition != .down }
+        if nodes.isEmpty { return "no live member offers services yet; wait until 'mycelium status' shows the nodes alive" }
+        var reasons: [String: Int] = [:]
+        for var n in nodes {
+            n.condition = .ready  // a suspect or draining node may run it later: only what never changes counts
+            guard let why = Scheduler.explain(service: d, node: n) else { return nil }
+            reasons[why, default: 0] += 1
+        }
+        let text = reasons.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.prefix(3).map { "\($0.key)" + ($0.value > 1 ? " (\($0.value) nodes)" : "") }
+        return "no member can run an instance of '\(spec.name)' (\(spec.cpuMillis)m CPU, \(spec.memoryMiB) MiB) on any of the \(nodes.count) live nodes: "
+            + text.joined(separator: "; ") + ". Change the spec, or add a node that fits"
+    }
+}

@@ -1,0 +1,250 @@
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumRaft
+import MyceliumSpores
+import ServiceController
+import XCTest
+
+/// The service table (issue 17): deploys bump generations, placements are compare-and-swaps on them,
+/// a node's reports count only for slots assigned to it, and the whole table survives a snapshot.
+final class ServiceTableTests: XCTestCase {
+    let genesis = SigningKey(seed: Array(repeating: 7, count: 32))
+    var network: NetworkIdentity { NetworkIdentity(genesisKey: genesis.publicKey) }
+    var index: UInt64 = 0
+    var time: Int64 = 1_800_000_010_000
+
+    func key(_ i: UInt8) -> SigningKey { SigningKey(seed: Array(repeating: i, count: 32)) }
+    func id(_ i: UInt8) -> MyceliumIdentity.NodeID { MyceliumIdentity.NodeID(publicKey: key(i).publicKey) }
+
+    func spore(_ s: inout ControlState, _ c: SporeCommand, by i: UInt8) throws {
+        index += 1; time += 1000
+        _ = try s.apply(Entry(term: 1, index: index, data: ControlEntry.spore(SignedCommand(c, author: id(i), key: key(i), network: network.id), millis: time).encoded()))
+    }
+
+    @discardableResult
+    func service(_ s: inout ControlState, _ c: ServiceCommand) throws -> [ControlChange] {
+        index += 1
+        return try s.apply(Entry(term: 1, index: index, data: ControlEntry.service(c).encoded()))
+    }
+
+    func refusal(_ s: inout ControlState, _ c: ServiceCommand) -> String {
+        do { try service(&s, c); return "accepted" } catch { return "\(error)" }
+    }
+
+    func world() throws -> ControlState {
+        var s = ControlState(network: network)
+        for i: UInt8 in 1...3 {
+            let cert = MembershipCertificate.issue(by: genesis, nodeID: id(i), nodeKey: key(i).publicKey,
+                                                   roles: [.member, .sclerotiumEligible, .inviter], serial: UInt64(i),
+                                                   issuedAt: 1_800_000_000, validFor: 86_400)
+            try spore(&s, .admit(cert), by: i)
+            try spore(&s, .refresh(Capabilities(cpus: 2, memoryMiB: 2048)), by: i)
+        }
+        return s
+    }
+
+    var web: ServiceSpec {
+        var p = ServicePlacement()
+        p.constraints = ["zone == a"]; p.preferences = [(rule: "rack == r1", weight: -3)]; p.spreadLevel = "zone"; p.maxPerNode = 1
+        return ServiceSpec(name: "web", command: ["/bin/sleep", "100"], environment: ["A": "b"], replicas: 2, cpuMillis: 250, memoryMiB: 64,
+                           ports: [ServicePort(name: "http", port: 8080)],
+                           health: ServiceHealthSpec(kind: .http(port: 8080, path: "/healthz")), restart: .onFailure, maxRestarts: 3,
+                           placement: p, dependsOn: ["db"])
+    }
+
+    func testGenerationsPlacementsAndReports() throws {
+        var s = try world()
+        try service(&s, .deploy(web))
+        XCTAssertEqual(s.services.services["web"]?.generation, 1)
+        // The same spec again changes nothing; a changed one is a new generation.
+        XCTAssertTrue(try service(&s, .deploy(web)).isEmpty)
+        try service(&s, .assign(name: "web", generation: 1, [0: id(1), 1: id(2)], pending: ""))
+        XCTAssertEqual(s.services.services["web"]?.assignments, [0: id(1), 1: id(2)])
+        // Reports count only for the reporter's own slots.
+        let running = InstanceReport(node: id(1), generation: 1, state: .running, health: .healthy, address: "10.0.0.1")
+        try service(&s, .report(node: id(1), [("web", 0, running), ("web", 1, running)]))
+        XCTAssertEqual(s.services.services["web"]?.instances[0], running)
+        XCTAssertNil(s.services.services["web"]?.instances[1], "node 1 cannot report on node 2's slot")
+        XCTAssertEqual(s.services.services["web"]?.servingSlots, [0])
+        var changed = web
+        changed.replicas = 1
+        try service(&s, .deploy(changed))
+        let r = try XCTUnwrap(s.services.services["web"])
+        XCTAssertEqual(r.generation, 2)
+        XCTAssertEqual(r.assignments, [0: id(1)], "slots beyond the new replica count go")
+        XCTAssertEqual(r.servingSlots, [], "an instance of the old generation no longer serves")
+        // A plan made against generation 1 is refused everywhere.
+        XCTAssertTrue(refusal(&s, .assign(name: "web", generation: 1, [0: id(3)], pending: "")).contains("generation 2"))
+        XCTAssertTrue(refusal(&s, .assign(name: "web", generation: 2, [1: id(3)], pending: "")).contains("beyond"))
+        // A moved slot forgets the old node's report.
+        try service(&s, .assign(name: "web", generation: 2, [0: id(3)], pending: ""))
+        XCTAssertNil(s.services.services["web"]?.instances[0])
+        XCTAssertFalse(s.services.services["web"]!.events.isEmpty)
+        // Another driver under a taken name is refused; so is removing an unknown service.
+        var other = web
+        other.driver = .podman; other.image = "/srv/rootfs"
+        XCTAssertTrue(refusal(&s, .deploy(other)).contains("taken"))
+        XCTAssertTrue(refusal(&s, .remove(name: "nope")).contains("no service"))
+        try service(&s, .nodeInfo(node: id(2), ServiceNodeInfo(labels: ["zone": "a"], drivers: [.process, .podman], address: "10.0.0.2")))
+        XCTAssertEqual(s.services.nodes[id(2)]?.labels, ["zone": "a"])
+
+        // The snapshot carries all of it, byte for byte.
+        let restored = try ControlState.restore(s.snapshot(), network: network)
+        XCTAssertEqual(restored.services, s.services)
+        XCTAssertEqual(restored.snapshot(), s.snapshot())
+        try service(&s, .remove(name: "web"))
+        XCTAssertNil(s.services.services["web"])
+    }
+
+    func testCommandsRoundTripAndBadSpecsAreRefused() throws {
+        let commands: [ServiceCommand] = [
+            .deploy(web), .remove(name: "web"), .assign(name: "web", generation: 4, [0: id(1), 7: id(2)], pending: "1 of the replicas not placed"),
+            .report(node: id(1), [("web", 0, InstanceReport(node: id(1), generation: 2, state: .failed, health: .unhealthy, restarts: 3, message: "exited 1"))]),
+            .nodeInfo(node: id(3), ServiceNodeInfo(labels: ["rack": "r1"], drivers: [.process], draining: true, address: "10.0.0.3")),
+        ]
+        for c in commands { XCTAssertEqual(try ServiceCommand(decoding: c.encoded()), c) }
+        var s = try world()
+        var bad = web; bad.name = "Web"
+        XCTAssertTrue(refusal(&s, .deploy(bad)).contains("lowercase"))
+        bad = web; bad.command = []
+        XCTAssertTrue(refusal(&s, .deploy(bad)).contains("needs a command"))
+        bad = web; bad.ports = [ServicePort(name: "a", port: 80), ServicePort(name: "b", port: 80)]
+        XCTAssertTrue(refusal(&s, .deploy(bad)).contains("twice"))
+        bad = web; bad.placement.spreadLevel = "planet"
+        XCTAssertTrue(refusal(&s, .deploy(bad)).contains("spread level"))
+        bad = web; bad.dependsOn = ["web"]
+        XCTAssertTrue(refusal(&s, .deploy(bad)).contains("itself"))
+        XCTAssertTrue(s.services.services.isEmpty, "nothing half-deployed")
+        // A member's placement facts come from members only.
+        XCTAssertTrue(refusal(&s, .nodeInfo(node: id(9), ServiceNodeInfo())).contains("not a member"))
+    }
+
+    func testPlacementRulesParseOrSayHowToWriteThem() throws {
+        XCTAssertEqual(try ServiceRules.parse("zone == eu"), .labelEquals("zone", "eu"))
+        XCTAssertEqual(try ServiceRules.parse(" rack!=r3 "), .labelNotEquals("rack", "r3"))
+        XCTAssertEqual(try ServiceRules.parse("zone in (a, b,c)"), .labelIn("zone", ["a", "b", "c"]))
+        XCTAssertEqual(try ServiceRules.parse("has gpu"), .hasLabel("gpu"))
+        XCTAssertEqual(try ServiceRules.parse("driver podman"), .capability("podman"))
+        for bad in ["zone =", "zone = eu", "in (a)", "", "zone == eu west"] {
+            XCTAssertThrowsError(try ServiceRules.parse(bad), bad) { XCTAssertTrue("\($0)".contains("KEY == VALUE")) }
+        }
+    }
+}
+
+/// One node's reconciler: starts what is assigned, restarts per policy with a doubling delay, gives
+/// up after max_restarts, stops what moved away, waits for dependencies.
+final class ServiceReconcilerTests: XCTestCase {
+    let me = MyceliumIdentity.NodeID(publicKey: SigningKey(seed: Array(repeating: 1, count: 32)).publicKey)
+
+    func record(_ policy: RestartPolicy = .always, max: UInt32 = 0, generation: UInt64 = 1, deps: [String] = []) -> ServiceRecord {
+        var r = ServiceRecord(spec: ServiceSpec(name: "web", command: ["sleep", "9"], replicas: 1, restart: policy, maxRestarts: max,
+                                                restartDelayMillis: 100, dependsOn: deps), generation: generation)
+        r.assignments = [0: me]
+        return r
+    }
+
+    func step(_ r: ServiceRecord?, _ local: inout [String: LocalInstance], at now: UInt64, deps: String? = nil) -> [ServiceAction] {
+        ServiceReconciler.step(desired: r.map { [($0, UInt16(0))] } ?? [], local: &local, now: now) { _ in deps }
+    }
+
+    func observe(_ local: inout [String: LocalInstance], _ state: ObservedState, health: InstanceReport.Health = .unknown) {
+        let generation = local["web-0"]!.generation
+        local["web-0"]?.observed = ServiceDriverReport(id: "web-0", generation: generation, state: state, health: health)
+    }
+
+    func testRestartsDoubleTheirDelayAndStopWhenThePolicySays() {
+        var local: [String: LocalInstance] = [:]
+        let r = record(.always, max: 2)
+        guard case .start(let plan) = step(r, &local, at: 0).first else { return XCTFail("not started") }
+        XCTAssertEqual(plan.id, "web-0")
+        XCTAssertTrue(step(r, &local, at: 10).isEmpty, "started once, not twice")
+        observe(&local, .exited(code: 1))
+        XCTAssertTrue(step(r, &local, at: 1000).isEmpty, "the restart waits its delay")
+        XCTAssertTrue(step(r, &local, at: 1050).isEmpty)
+        XCTAssertEqual(step(r, &local, at: 1100).count, 1, "restarted after 100 ms")
+        observe(&local, .killed(signal: 9))
+        XCTAssertTrue(step(r, &local, at: 2000).isEmpty)
+        XCTAssertTrue(step(r, &local, at: 2150).isEmpty, "the second delay is 200 ms")
+        XCTAssertEqual(step(r, &local, at: 2200).count, 1)
+        observe(&local, .exited(code: 1))
+        XCTAssertTrue(step(r, &local, at: 3000).isEmpty)
+        XCTAssertTrue(step(r, &local, at: 60_000).isEmpty, "gave up after 2 restarts")
+        let report = ServiceReconciler.report(local["web-0"]!, node: me, address: "10.0.0.1", spec: r.spec)
+        XCTAssertEqual(report.state, .failed)
+        XCTAssertTrue(report.message.contains("gave up after 2 restarts"), report.message)
+
+        // on-failure: a clean exit is final; never: nothing restarts, an unhealthy one keeps running.
+        var l2: [String: LocalInstance] = [:]
+        let r2 = record(.onFailure)
+        _ = step(r2, &l2, at: 0)
+        observe(&l2, .exited(code: 0))
+        XCTAssertTrue(step(r2, &l2, at: 0).isEmpty && step(r2, &l2, at: 10_000).isEmpty)
+        XCTAssertEqual(ServiceReconciler.report(l2["web-0"]!, node: me, address: "", spec: r2.spec).state, .exited)
+        var l3: [String: LocalInstance] = [:]
+        let r3 = record(.never)
+        _ = step(r3, &l3, at: 0)
+        observe(&l3, .running, health: .unhealthy)
+        XCTAssertTrue(step(r3, &l3, at: 0).isEmpty && step(r3, &l3, at: 10_000).isEmpty)
+        // always: an unhealthy instance is replaced after the delay.
+        var l4: [String: LocalInstance] = [:]
+        let r4 = record(.always)
+        _ = step(r4, &l4, at: 0)
+        observe(&l4, .running, health: .unhealthy)
+        XCTAssertTrue(step(r4, &l4, at: 0).isEmpty)
+        XCTAssertEqual(step(r4, &l4, at: 100), [.start(InstancePlan(id: "web-0", slot: 0, generation: 1, spec: r4.spec))])
+    }
+
+    func testGenerationsDependenciesAndMovesAway() {
+        var local: [String: LocalInstance] = [:]
+        XCTAssertTrue(step(record(deps: ["db"]), &local, at: 0, deps: "no serving instance of db").isEmpty)
+        XCTAssertEqual(ServiceReconciler.report(local["web-0"]!, node: me, address: "", spec: record().spec).state, .pending)
+        XCTAssertEqual(step(record(deps: ["db"]), &local, at: 5, deps: nil).count, 1, "starts once db serves")
+        observe(&local, .running, health: .healthy)
+        guard case .start(let p)? = step(record(generation: 2), &local, at: 10).first else { return XCTFail("a new generation restarts") }
+        XCTAssertEqual(p.generation, 2)
+        XCTAssertEqual(step(nil, &local, at: 20), [.stop(id: "web-0", reason: "no longer assigned to this node")])
+        XCTAssertTrue(local.isEmpty)
+    }
+}
+
+/// The leader's half: the scheduler's plan becomes `assign` entries; a member recorded failed loses
+/// its instances in the next plan; a node reports its instances through the leader.
+final class ServiceControllerTests: XCTestCase {
+    func testTheLeaderPlacesAndMovesInstancesOffAMemberThatIsDown() throws {
+        let t = ServiceTableTests(name: "world", testClosure: { _ in })
+        var s = try t.world()
+        for i: UInt8 in 1...3 {
+            try t.service(&s, .nodeInfo(node: t.id(i), ServiceNodeInfo(labels: ["zone": "z\(i)"], address: "10.0.0.\(i)")))
+        }
+        var spec = ServiceSpec(name: "web", command: ["sleep", "9"], replicas: 2)
+        spec.placement.maxPerNode = 1
+        try t.service(&s, .deploy(spec))
+        var leader = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(labels: ["zone": "z1"], address: "10.0.0.1")))
+        var clock: UInt64 = 10_000
+        func tick() -> [ControllerEffect<ServiceAction>] {
+            clock += 100
+            return leader.tick(context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: clock / 100, ticksPerSecond: 10, millis: clock))
+        }
+        func proposals(_ effects: [ControllerEffect<ServiceAction>]) -> [ServiceCommand] {
+            effects.compactMap { if case .propose(.service(let c)) = $0 { return c }; return nil }
+        }
+        let first = proposals(tick())
+        guard case let .assign(name, generation, slots, pending)? = first.first else { return XCTFail("no placement proposed: \(first)") }
+        XCTAssertEqual(name, "web"); XCTAssertEqual(generation, 1); XCTAssertEqual(pending, "")
+        XCTAssertEqual(Set(slots.values).count, 2, "max_per_node 1: two nodes")
+        try t.service(&s, first[0])
+        XCTAssertTrue(proposals(tick()).isEmpty, "nothing new to propose once the placement applied")
+        // The member holding slot 0 leaves (down to the scheduler, like one recorded failed): the next
+        // plan moves that slot, and only it.
+        let failed = try XCTUnwrap(slots[0])
+        let failedIndex = try XCTUnwrap((1...3).map(UInt8.init).first { t.id($0) == failed })
+        try t.spore(&s, .setStatus(node: failed, .left), by: failedIndex)
+        for c in [ControlChange.restored] { _ = leader.applied(c, context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: 0, ticksPerSecond: 10)) }
+        let moved = proposals(tick())
+        guard case let .assign(_, _, after, _)? = moved.first else { return XCTFail("the failed member's instance was not moved: \(moved)") }
+        XCTAssertEqual(after[1], slots[1], "the healthy instance stays")
+        XCTAssertNotEqual(after[0], failed)
+        XCTAssertNotNil(after[0])
+    }
+}
