@@ -391,6 +391,19 @@ public final class ProcessRuntime: Sendable {
     /// every cgroup named for this directory, with all its processes, and every instance directory, except
     /// those of instances this runtime knows. Call it before starting instances.
     public func cleanupLeftovers() {
+        killLeftovers()
+        table.lock.lock()
+        let known = Set(table.instances.keys)
+        table.lock.unlock()
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: instancesDirectory)) ?? []
+        for name in names where !known.contains(name) {
+            try? FileManager.default.removeItem(atPath: instancesDirectory + "/" + name)
+        }
+    }
+
+    /// Kills every process of this state directory's cgroups that this runtime does not run, and
+    /// removes those cgroups; their logs stay (what the service reaper does when its agent died).
+    public func killLeftovers() {
         table.lock.lock()
         let known = Set(table.instances.keys)
         table.lock.unlock()
@@ -398,10 +411,6 @@ public final class ProcessRuntime: Sendable {
             let cg = tree.cgroup(for: id)
             cg.killAll(deadlineMillis: monotonicMillis() + 30_000)
             cg.remove(deadlineMillis: monotonicMillis() + 2000)
-        }
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: instancesDirectory)) ?? []
-        for name in names where !known.contains(name) {
-            try? FileManager.default.removeItem(atPath: instancesDirectory + "/" + name)
         }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MyceliumAgent
+import ServiceDriver
 import VMDriver
 
 @main
@@ -26,6 +27,8 @@ struct Myceliumd: AsyncParsableCommand {
     @Option(help: .hidden) var libvirtUri: String?
     @Option(help: .hidden) var qemuRunDir: String?
     @Option(help: .hidden) var agentPid: Int32?
+    // The service reaper the agent starts for itself (ServiceDriver/ServiceReaper.swift).
+    @Option(help: .hidden) var serviceReaper: String?
 
     func run() async throws {
         if let dir = vmWatchdog, let uri = libvirtUri, let run = qemuRunDir, let pid = agentPid {
@@ -33,6 +36,9 @@ struct Myceliumd: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("\($0)\n".utf8))
             }
             _exit(code)
+        }
+        if let dir = serviceReaper, let pid = agentPid {
+            _exit(ServiceReaper.run(stateDirectory: dir, agentPID: pid) { FileHandle.standardError.write(Data("\($0)\n".utf8)) })
         }
         let code: Int32
         do {

@@ -71,6 +71,9 @@ int cspawn_pidfd_kill(int pidfd, int sig);
  * ETIMEDOUT when not. */
 int cspawn_pidfd_wait(int pidfd, int timeout_ms);
 
+/* A pidfd of any process (not only a child of ours), close-on-exec left to the caller; -errno on failure. */
+int cspawn_pidfd_open(pid_t pid);
+
 /* A pipe for a child's output: both ends close-on-exec, the read end (fds[0]) non-blocking. */
 int cspawn_output_pipe(int fds[2]);
 

@@ -1,0 +1,130 @@
+// The service controller's driver for the `process` driver: each instance a process tree in its own
+// cgroup with the spec's limits, its own working directory and a rotated log (ServiceRuntime), its
+// health checked there. The controller decides what runs; this only starts, stops and reports.
+//
+// Reports are tagged with the generation the instance was started at, and a report about a process
+// that began before the latest start of its instance (the old copy's exit, arriving late) is
+// dropped, so a replaced instance's death is never taken for the new one's.
+
+import Foundation
+import MyceliumControl
+import ServiceController
+import ServiceRuntime
+import Synchronization
+
+public final class ProcessServiceDriver: ControllerDriver, Sendable {
+    public typealias Action = ServiceAction
+    public typealias Report = ServiceDriverReport
+
+    public let runtime: ProcessRuntime
+    struct Started { var generation: UInt64; var notBefore: UInt64 }
+    let started = Mutex<[String: Started]>([:])
+    let sink = Mutex<(@Sendable (ServiceDriverReport) -> Void)?>(nil)
+
+    /// `directory`: where instances live (HOME/services). Instances left by an earlier run of this
+    /// agent are killed first: the controller starts what the table assigns again.
+    public init(directory: String) throws {
+        let ref = DriverRef()
+        runtime = try ProcessRuntime(stateDirectory: directory, onChange: { status in ref.get()?.observed(status) })
+        ref.set(self)
+        runtime.cleanupLeftovers()
+    }
+
+    public func reportTo(_ sink: @escaping @Sendable (ServiceDriverReport) -> Void) {
+        self.sink.withLock { $0 = sink }
+    }
+
+    func send(_ r: ServiceDriverReport) { sink.withLock { $0 }?(r) }
+
+    func observed(_ s: InstanceStatus) {
+        guard let st = started.withLock({ $0[s.id] }), s.startedAtMillis >= st.notBefore else { return }
+        let state: ObservedState
+        switch s.state {
+        case .starting: state = .starting
+        case .running: state = .running
+        case .exited(let code): state = .exited(code: code)
+        case .killed(let signal): state = .killed(signal: signal)
+        case .failed(let why): state = .failed(why)
+        }
+        var health = InstanceReport.Health.unknown, message = ""
+        switch s.health {
+        case .unknown: break
+        case .healthy: health = .healthy
+        case .unhealthy(let why): health = .unhealthy; message = why
+        }
+        send(ServiceDriverReport(id: s.id, generation: st.generation, state: state, health: health, message: message))
+    }
+
+    public func perform(_ action: ServiceAction) async throws {
+        switch action {
+        case .start(let plan):
+            if runtime.status(plan.id) != nil { await runtime.stop(plan.id, graceMillis: 5000) }
+            guard plan.spec.driver == .process else {
+                send(ServiceDriverReport(id: plan.id, generation: plan.generation,
+                                         state: .failed("this node runs \(plan.spec.driver) services through its \(plan.spec.driver) driver, which it does not offer")))
+                return
+            }
+            started.withLock { $0[plan.id] = Started(generation: plan.generation, notBefore: ProcessServiceDriver.monotonicMillis()) }
+            do {
+                try runtime.start(Self.instance(plan))
+            } catch {
+                send(ServiceDriverReport(id: plan.id, generation: plan.generation, state: .failed("\(error)")))
+            }
+        case .stop(let id, _):
+            started.withLock { $0[id] = nil }
+            await runtime.stop(id, graceMillis: 5000)
+        }
+    }
+
+    /// The instance's log tail ("" when it does not run here).
+    public func logs(_ id: String, maxBytes: Int) -> String { runtime.logs(id, maxBytes: maxBytes) }
+
+    public func stopAll() async { await runtime.stopAll() }
+
+    static func instance(_ plan: InstancePlan) -> InstanceSpec {
+        let s = plan.spec
+        var env = s.environment
+        env["MYCELIUM_SERVICE"] = s.name
+        env["MYCELIUM_INSTANCE"] = plan.id
+        env["MYCELIUM_SLOT"] = "\(plan.slot)"
+        for p in s.ports { env["MYCELIUM_PORT_" + p.name.uppercased().replacingOccurrences(of: "-", with: "_")] = "\(p.port)" }
+        let health: HealthCheck? = s.health.map { h in
+            switch h.kind {
+            case .tcp(let port): .tcp(port: port, intervalMillis: h.intervalMillis, timeoutMillis: h.timeoutMillis, threshold: h.threshold)
+            case .http(let port, let path): .http(port: port, path: path, intervalMillis: h.intervalMillis, timeoutMillis: h.timeoutMillis, threshold: h.threshold)
+            case .exec(let c): .exec(command: c, intervalMillis: h.intervalMillis, timeoutMillis: h.timeoutMillis, threshold: h.threshold)
+            }
+        }
+        return InstanceSpec(id: plan.id, command: s.command, environment: env, cpuMillis: s.cpuMillis, memoryMiB: s.memoryMiB, health: health)
+    }
+
+    static func monotonicMillis() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+}
+
+/// The driver of a node that cannot run services (its state directory could not be set up): every
+/// start is reported failed with the reason, so `mycelium service show` says why.
+public final class NoServiceDriver: ControllerDriver, Sendable {
+    public typealias Action = ServiceAction
+    public typealias Report = ServiceDriverReport
+    let reason: String
+    let sink = Mutex<(@Sendable (ServiceDriverReport) -> Void)?>(nil)
+    public init(reason: String) { self.reason = reason }
+    public func reportTo(_ sink: @escaping @Sendable (ServiceDriverReport) -> Void) { self.sink.withLock { $0 = sink } }
+    public func perform(_ action: ServiceAction) async throws {
+        if case .start(let plan) = action {
+            sink.withLock { $0 }?(ServiceDriverReport(id: plan.id, generation: plan.generation, state: .failed("this node cannot run services: \(reason)")))
+        }
+    }
+}
+
+/// The runtime's callback reaches its driver through this (weak: the driver owns the runtime).
+final class DriverRef: @unchecked Sendable {
+    private let lock = NSLock()
+    private weak var driver: ProcessServiceDriver?
+    func set(_ d: ProcessServiceDriver) { lock.lock(); driver = d; lock.unlock() }
+    func get() -> ProcessServiceDriver? { lock.lock(); defer { lock.unlock() }; return driver }
+}
