@@ -69,8 +69,8 @@ public struct AgentClient: Sendable {
 
     /// Sends `route` and returns the body of a 2xx answer; anything else throws ``AgentClientError``
     /// carrying the agent's error message.
-    public func send(_ route: APIRoute) async throws -> [UInt8] {
-        let (status, body) = try await request(method: route.method, path: route.path)
+    public func send(_ route: APIRoute, body requestBody: [UInt8] = []) async throws -> [UInt8] {
+        let (status, body) = try await request(method: route.method, path: route.path, body: requestBody)
         guard (200..<300).contains(status) else {
             if let e = try? APIJSON.decode(APIErrorResponse.self, from: body) {
                 throw AgentClientError(.refused(status: status, e.code), e.error)
@@ -83,7 +83,7 @@ public struct AgentClient: Sendable {
 
     /// One raw request: the HTTP status and body, whatever they are (for `/metrics` and for tests of
     /// refusals). Throws only when no well-formed answer arrives.
-    public func request(method: String, path: String) async throws -> (status: Int, body: [UInt8]) {
+    public func request(method: String, path: String, body requestBody: [UInt8] = []) async throws -> (status: Int, body: [UInt8]) {
         let fd = Foundation.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw AgentClientError(.unreachable, "cannot create a unix socket (\(String(cString: strerror(errno))))") }
         defer { close(fd) }
@@ -104,8 +104,13 @@ public struct AgentClient: Sendable {
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let req = Array("\(method) \(path) HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
-        _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let req = Array("\(method) \(path) HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: \(requestBody.count)\r\n\r\n".utf8) + requestBody
+        var sent = 0
+        while sent < req.count {
+            let n = req[sent...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { throw AgentClientError(.unreachable, "cannot send to the agent at \(socket) (\(String(cString: strerror(errno))))") }
+            sent += n
+        }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -124,8 +129,28 @@ public struct AgentClient: Sendable {
         return (code, Array(out[sep.upperBound...]))
     }
 
-    private func decoded<T: Decodable>(_ route: APIRoute) async throws -> T {
-        let body = try await send(route)
+    /// `GET /v1/services`.
+    public func services() async throws -> ServicesResponse { try await decoded(.services) }
+
+    /// `POST /v1/service/deploy` with the spec.
+    public func deployService(_ spec: ServiceSpecDocument) async throws -> ActionResponse {
+        try await decoded(.service(action: "deploy", query: ""), body: APIJSON.encode(spec))
+    }
+
+    /// `POST /v1/service/stop?name=NAME`.
+    public func stopService(_ name: String) async throws -> ActionResponse {
+        try await decoded(.service(action: "stop", query: "name=" + (name.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? name)))
+    }
+
+    /// `GET /v1/service/logs?name=&instance=&bytes=`.
+    public func serviceLogs(_ name: String, instance: String?, bytes: Int) async throws -> ServiceLogsResponse {
+        let q = "name=" + (name.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? name)
+            + (instance.map { "&instance=" + ($0.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? $0) } ?? "") + "&bytes=\(bytes)"
+        return try await decoded(.serviceLogs(query: q))
+    }
+
+    private func decoded<T: Decodable>(_ route: APIRoute, body requestBody: [UInt8] = []) async throws -> T {
+        let body = try await send(route, body: requestBody)
         do {
             return try APIJSON.decode(T.self, from: body)
         } catch {

@@ -29,6 +29,13 @@ public enum APIRoute: Sendable, Equatable {
     case vms
     /// `POST /v1/vm/ACTION?QUERY`: create or delete a VM (``ActionResponse``); QUERY is percent-encoded.
     case vm(action: String, query: String)
+    /// `GET /v1/services`: the service table (``ServicesResponse``).
+    case services
+    /// `POST /v1/service/ACTION?QUERY`: `deploy` (the spec as JSON in the body) or `stop?name=`
+    /// (``ActionResponse``).
+    case service(action: String, query: String)
+    /// `GET /v1/service/logs?name=&instance=&bytes=`: the tail of an instance's log (``ServiceLogsResponse``).
+    case serviceLogs(query: String)
 
     /// `/v1/status`.
     public static let statusPath = "/v1/status"
@@ -50,12 +57,18 @@ public enum APIRoute: Sendable, Equatable {
     public static let vmsPath = "/v1/vms"
     /// The VM commands' path up to the action: `/v1/vm/`.
     public static let vmPrefix = "/v1/vm/"
+    /// `/v1/services`.
+    public static let servicesPath = "/v1/services"
+    /// The service commands' path up to the action: `/v1/service/`.
+    public static let servicePrefix = "/v1/service/"
+    /// `/v1/service/logs`.
+    public static let serviceLogsPath = "/v1/service/logs"
 
     /// The HTTP method the route answers to.
     public var method: String {
         switch self {
-        case .status, .spore, .sporeExport, .metrics, .membership, .vms: "GET"
-        case .leave, .failureVote, .revoke, .vm: "POST"
+        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs: "GET"
+        case .leave, .failureVote, .revoke, .vm, .service: "POST"
         }
     }
 
@@ -72,6 +85,9 @@ public enum APIRoute: Sendable, Equatable {
         case let .revoke(node, reason): Self.revokePrefix + node + "&reason=" + reason
         case .vms: Self.vmsPath
         case let .vm(action, query): Self.vmPrefix + action + (query.isEmpty ? "" : "?" + query)
+        case .services: Self.servicesPath
+        case let .service(action, query): Self.servicePrefix + action + (query.isEmpty ? "" : "?" + query)
+        case let .serviceLogs(query): Self.serviceLogsPath + (query.isEmpty ? "" : "?" + query)
         }
     }
 
@@ -84,6 +100,14 @@ public enum APIRoute: Sendable, Equatable {
         case ("GET", Self.metricsPath): self = .metrics
         case ("GET", Self.membershipPath): self = .membership
         case ("GET", Self.vmsPath): self = .vms
+        case ("GET", Self.servicesPath): self = .services
+        case ("GET", _) where target == Self.serviceLogsPath || target.hasPrefix(Self.serviceLogsPath + "?"):
+            self = .serviceLogs(query: String(target.dropFirst(Self.serviceLogsPath.count + 1)))
+        case ("POST", _) where target.hasPrefix(Self.servicePrefix):
+            let rest = target.dropFirst(Self.servicePrefix.count)
+            let action = rest.prefix { $0 != "?" }
+            guard !action.isEmpty, action.allSatisfy({ $0.isLetter }) else { return nil }
+            self = .service(action: String(action), query: String(rest.dropFirst(action.count + 1)))
         case ("POST", _) where target.hasPrefix(Self.vmPrefix):
             let rest = target.dropFirst(Self.vmPrefix.count)
             let action = rest.prefix { $0 != "?" }
