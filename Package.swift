@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // MARK: system libraries (each imported by exactly one Swift module)
@@ -76,6 +77,11 @@ let package = Package(
         .target(name: "MembershipController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"]),
         // The VM controller's core: failover, replica placement, ownership leases and self-fencing (pure).
         .target(name: "VMController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),
+        // The service controller's core: the leader's placement through the scheduler, each node's
+        // reconciler of its instances (pure).
+        .target(name: "ServiceController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores", "Scheduler"]),
+        // The service controller's driver: the process driver's instances (ServiceRuntime).
+        .target(name: "ServiceDriver", dependencies: ["ServiceController", "ServiceRuntime", "CSpawn", "MyceliumControl"]),
         // libvirt through its C API: connections, domains, the QEMU monitor passthrough (no virsh).
         .target(name: "Libvirt", dependencies: ["CLibvirt"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
@@ -127,7 +133,8 @@ let package = Package(
         .target(name: "ServiceDNS", dependencies: ["ServiceDNSCore", "MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
 
         // MARK: the local API's types and client (Foundation only), shared by the agent and its clients
-        .target(name: "MyceliumAPI"),
+        // Yams reads service spec files (YAML, JSON).
+        .target(name: "MyceliumAPI", dependencies: [.product(name: "Yams", package: "Yams")]),
 
         // MARK: shells
         .target(
@@ -148,7 +155,7 @@ let package = Package(
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
                 "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
-                "VMController", "VMDriver",
+                "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceDNS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -164,7 +171,7 @@ let package = Package(
         .executableTarget(
             name: "myceliumd",
             dependencies: [
-                "MyceliumAgent", "MyceliumCore", "VMDriver",
+                "MyceliumAgent", "MyceliumCore", "VMDriver", "ServiceDriver",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -271,6 +278,6 @@ let package = Package(
         .testTarget(
             name: "MyceliumControlTests",
             dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumSpores", "MyceliumVote", "MyceliumControl", "NetworkController",
-                           "MembershipController", "VMController", "MyceliumSim"]),
+                           "MembershipController", "VMController", "MyceliumSim", "ServiceController", "Scheduler"]),
     ]
 )

@@ -579,6 +579,10 @@ func writeSeeds(to dir: String) {
             _ = try? st.apply(Entry(term: 1, index: 2, data: ControlEntry.network(.configure(pool: CIDR("10.244.0.0/16")!, nodePrefix: 24)).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 3, data: ControlEntry.vm(.create(VMSpec(name: "web-1", memoryMiB: 256, vcpus: 1,
                                                                                             kernel: "/boot/vmlinuz"), primary: id, replica: nil)).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 4, data: ControlEntry.service(.deploy(ServiceSpec(name: "web", command: ["/bin/true"], replicas: 2,
+                health: ServiceHealthSpec(kind: .http(port: 80, path: "/")), dependsOn: ["db"]))).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 5, data: ControlEntry.service(.assign(name: "web", generation: 1, [0: id], pending: "1 short")).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 6, data: ControlEntry.service(.nodeInfo(node: id, ServiceNodeInfo(labels: ["zone": "a"]))).encoded()))
             return st.snapshot()
         }()),
         ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
@@ -590,6 +594,8 @@ func writeSeeds(to dir: String) {
         // An answer with every record kind the codec interprets, and compressed names.
         ("dns", DNSResponder.answer(query: FuzzDNS.query("nothere.service.mycelium", DNSType.a, id: 4, edns: 1232), directory: FuzzDNS.directory)!),
         ("dns", DNSResponder.answer(query: FuzzDNS.query("web.service.mycelium", DNSType.srv, id: 5, edns: 1232), directory: FuzzDNS.directory)!),
+        ("control", [0] + ControlEntry.service(.report(node: id, [("web", 0, InstanceReport(node: id, generation: 1, state: .running, health: .healthy,
+                                                                                            address: "10.0.0.1"))])).encoded()),
     ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]

@@ -13,6 +13,9 @@
 //   POST /v1/vm/create?name=&memory_mib=&vcpus=&kernel=&initrd=&cmdline=&on=&replica=auto|none|ID
 //   POST /v1/vm/delete?name=  (VMAPI.swift: proposed by the leader, forwarded there from any node)
 //   POST /v1/vm/migrate?name=&to=  (to: a node ID; default the VM's replica)
+//   GET  /v1/services      the service table: instances, where they run, health, endpoints, events
+//   POST /v1/service/deploy  (body: the spec as JSON)   POST /v1/service/stop?name=
+//   GET  /v1/service/logs?name=&instance=&bytes=  (ServiceAPI.swift)
 //   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation
@@ -62,27 +65,37 @@ final class APIServer: Sendable {
     }
 }
 
-final class APIHandler: ChannelInboundHandler, Sendable {
+final class APIHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     let agent: Agent
     let metricsOnly: Bool
+    var head: HTTPRequestHead?
+    var body: [UInt8] = []
+    var tooLarge = false
+    /// A request body (a service spec) is at most this large.
+    static let maxBody = 1 << 20
 
     init(agent: Agent, metricsOnly: Bool) { self.agent = agent; self.metricsOnly = metricsOnly }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let agent = self.agent
-        let channel = context.channel
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h; body = []; tooLarge = false
+            return
+        case .body(var buf):
+            if body.count + buf.readableBytes > Self.maxBody { tooLarge = true } else { body += buf.readBytes(length: buf.readableBytes) ?? [] }
+            return
+        case .end:
+            break
+        }
+        guard let head else { return }
+        self.head = nil
+        let agent = self.agent, channel = context.channel, requestBody = body, tooLarge = self.tooLarge
         let method = head.method, uri = head.uri, metricsOnly = self.metricsOnly
+        body = []
         Task {
-            let (status, type, body): (HTTPResponseStatus, String, [UInt8])
-            if !metricsOnly, case let .vm(action, query)? = APIRoute(method: method.rawValue, target: uri) {
-                let (s, b) = await agent.answerVM(action: action, query: query)
-                (status, type, body) = (s, "application/json", b)
-            } else {
-                (status, type, body) = await agent.answer(method: method, uri: uri, metricsOnly: metricsOnly)
-            }
+            let (status, type, body) = await agent.respond(method: method, uri: uri, body: requestBody, metricsOnly: metricsOnly, tooLarge: tooLarge)
             channel.eventLoop.execute {
                 var headers = HTTPHeaders()
                 headers.add(name: "Content-Type", value: type)
@@ -99,6 +112,23 @@ final class APIHandler: ChannelInboundHandler, Sendable {
 }
 
 extension Agent {
+    /// One request of the local API (or of the metrics listener, `metricsOnly`).
+    func respond(method: HTTPMethod, uri: String, body: [UInt8], metricsOnly: Bool, tooLarge: Bool) async -> (HTTPResponseStatus, String, [UInt8]) {
+        if tooLarge {
+            return (.payloadTooLarge, "application/json", json(APIErrorResponse(error: "request body over \(APIHandler.maxBody) bytes", code: .badRequest)))
+        }
+        switch metricsOnly ? nil : APIRoute(method: method.rawValue, target: uri) {
+        case let .vm(action, query)?:
+            let (s, b) = await answerVM(action: action, query: query)
+            return (s, "application/json", b)
+        case let .service(action, query)?:
+            let (s, b) = await answerService(action: action, query: query, body: body)
+            return (s, "application/json", b)
+        default:
+            return answer(method: method, uri: uri, metricsOnly: metricsOnly)
+        }
+    }
+
     func answer(method: HTTPMethod, uri: String, metricsOnly: Bool = false) -> (HTTPResponseStatus, String, [UInt8]) {
         if method == .GET && uri == APIRoute.metricsPath {
             updateGauges()
@@ -166,7 +196,11 @@ extension Agent {
             processReady()
             return accept("failure vote on \(node) requested; the leader opens at most one round per member every 3 s: watch 'mycelium status' (votes)")
         case .vms: return (.ok, "application/json", json(vmsResponse()))
-        case .vm:  // answered by answerVM (it may wait for the leader)
+        case .services: return (.ok, "application/json", json(servicesResponse()))
+        case .serviceLogs(let query):
+            let (s, b) = serviceLogs(query: query)
+            return (s, "application/json", b)
+        case .vm, .service:  // answered by answerVM / answerService (they may wait for the leader)
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         case .metrics, nil:
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")

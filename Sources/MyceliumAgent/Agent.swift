@@ -24,6 +24,9 @@ import MyceliumWAL
 import MembershipController
 import VMController
 import VMDriver
+import ServiceController
+import ServiceDriver
+import ServiceDNS
 import NetworkController
 import NIOCore
 import NIOPosix
@@ -58,6 +61,12 @@ public actor Agent {
     let vmDriver: EndophyteDriver?
     /// What the driver's threads reported since the last tick.
     let vmEvents: VMEventInbox
+    /// This node's service driver (nil: its state directory could not be set up).
+    let serviceDriver: ProcessServiceDriver?
+    /// Where this agent answers DNS for *.service.mycelium ("" when it does not).
+    var dnsAddress = ""
+    var dnsServer: DNSServer?
+    let serviceEndpoints = ServiceEndpointsView()
     let vmInstruments = VMInstruments()
     let paths: AgentPaths
     let logger: Logger
@@ -201,6 +210,8 @@ public actor Agent {
         let (vmDriver, noVMs) = Self.makeVMDriver(config, key: key, network: network.id, peers: vmPeers, inbox: vmEvents, logger: logger)
         let features: CapabilityFeatures = vmDriver == nil ? [] : .libvirt
 
+        let (serviceDriver, noServices) = Self.makeServiceDriver(config, logger: logger)
+        self.serviceDriver = serviceDriver
         self.config = config
         self.features = features
         self.vmPeers = vmPeers
@@ -228,6 +239,10 @@ public actor Agent {
                               driver: CertificateFile(path: paths.nodeCert))
         let vms = VMController(run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
         if let vmDriver { self.controllers.host(vms, driver: vmDriver) } else { self.controllers.host(vms, driver: NoVMDriver(reason: noVMs)) }
+        let services = ServiceController(settings: Self.serviceSettings(config, canRun: serviceDriver != nil))
+        if let serviceDriver { self.controllers.host(services, driver: serviceDriver) } else {
+            self.controllers.host(services, driver: NoServiceDriver(reason: noServices))
+        }
         self.router.nodeIDs = [me: certificate.nodeID]
     }
 
@@ -252,6 +267,7 @@ public actor Agent {
                 throw AgentError("cannot serve clients on \(config.clientListen): \(error); choose another client_listen or leave it empty")
             }
         }
+        try await startDNS()
         if let (mh, mp) = splitAddress(config.metricsListen) {
             do {
                 metricsServer = try await APIServer.startMetrics(host: mh, port: mp, agent: self, group: group)
@@ -297,6 +313,8 @@ public actor Agent {
         await kvServer?.close()
         failKVClients("agent stopping")
         vmDriver?.close()
+        await dnsServer?.close()
+        await serviceDriver?.stopAll()
         wal.close()
         note("stopped")
         logger.info("agent stopped")
@@ -405,6 +423,7 @@ public actor Agent {
         }
         governor.restored(state: control)
         carry(controllers.applied([.restored], context: controllerContext))
+        refreshServiceEndpoints()
         sporeChanged()
     }
 
@@ -428,6 +447,7 @@ public actor Agent {
         if !changes.isEmpty {
             carry(governor.applied(changes, raft: raft, state: control, using: &random))
             carry(controllers.applied(changes, context: controllerContext))
+            if Self.touchesServices(changes) { refreshServiceEndpoints() }
         }
         if isSpore { sporeChanged() }
     }

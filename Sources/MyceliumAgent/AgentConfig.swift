@@ -76,6 +76,11 @@ public struct AgentConfig: Sendable, Equatable {
     /// node only once its replica holds the checkpoint after it. Off: lower latency, and a failover
     /// may contradict what clients saw.
     public var vmOutputCommit = true
+    /// This node's labels for service placement ("zone=eu", "rack=r1"; region, zone and rack are
+    /// the spread levels).
+    public var nodeLabels: [String] = []
+    /// host:port where this agent answers DNS for NAME.service.mycelium (empty: off).
+    public var dnsListen = "127.0.0.1:8600"
 
     public init() {}
 
@@ -120,6 +125,8 @@ public struct AgentConfig: Sendable, Equatable {
         int("vm_replication_port", "TCP port on the listen host for VM replication (the same on every node).", \.vmReplicationPort, 1...65535),
         bool("vm_output_commit", "Hold a replicated VM's network output until its replica has committed the checkpoint after it (Remus output commit); false: lower latency, but a failover may contradict replies clients already got. 'mycelium vm show' says when it is off.", \.vmOutputCommit),
         string("dirty_page_shim", "Path of the dirty-page preload shim for QEMU (libmdp_preload.so); empty: the hash engine.", \.dirtyPageShim),
+        strings("node_labels", "This node's labels for service placement, like [\"zone=eu\", \"rack=r1\"] (region, zone and rack are the levels a service can spread across).", \.nodeLabels),
+        string("dns_listen", "host:port where this agent answers DNS for NAME.service.mycelium (A and SRV records of healthy instances), like Consul's port 8600; empty: off. DNS is unauthenticated: keep it on loopback or a trusted network.", \.dnsListen),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 
@@ -161,6 +168,13 @@ public struct AgentConfig: Sendable, Equatable {
         }
         if podCIDRNodePrefix < pool.prefix {
             throw ConfigError("pod_cidr_node_prefix /\(podCIDRNodePrefix) is wider than the pod range \(podCIDRPool)")
+        }
+        if !dnsListen.isEmpty && splitAddress(dnsListen) == nil { throw ConfigError("dns_listen '\(dnsListen)' is not host:port") }
+        for l in nodeLabels {
+            let parts = l.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, !parts[0].isEmpty, parts[0].utf8.count <= 63, parts[1].utf8.count <= 63, !l.contains(" ") else {
+                throw ConfigError("node label '\(l)' is not KEY=VALUE (each at most 63 bytes, no spaces), like \"zone=eu\"")
+            }
         }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }

@@ -10,6 +10,7 @@ import MyceliumSpores
 enum ControllerRequest: Sendable {
     case propose(ControlEntry)
     case submit(SporeCommand)
+    case request(ControlEntry)
     case note(String)
 }
 
@@ -55,6 +56,7 @@ struct Hosted<C: Controller, D: ControllerDriver>: HostedController where C.Acti
             switch e {
             case .propose(let entry): out.append(.propose(entry))
             case .submit(let c): out.append(.submit(c))
+            case .request(let entry): out.append(.request(entry))
             case .note(let s): out.append(.note(s))
             case .act(let action):
                 let previous = last, driver = self.driver, logger = self.logger, name = core.name
@@ -109,6 +111,7 @@ extension Agent {
             switch r {
             case .propose(let entry): proposeAsLeader(entry)
             case .submit(let c): submit(c)
+            case .request(let entry): requestOfLeader(entry)
             case .note(let s): note(s)
             }
         }

@@ -40,6 +40,8 @@ enum KVPath: UInt8, Sendable {
     case put = 1, range = 2, deleteRange = 3
     /// Not KV: a VM command (VMAPI.swift) the leader proposes; forwarded the same way.
     case vm = 4
+    /// Not KV: a service command (ServiceAPI.swift) the leader proposes.
+    case service = 5
     init?(uri: String) {
         switch uri {
         case "/v3/kv/put": self = .put
@@ -56,7 +58,7 @@ extension Agent {
         let limits = control.kv.limits
         do {
             switch path {
-            case .vm:
+            case .vm, .service:
                 throw KVError(.invalidRequest("not a KV request"))
             case .range:
                 let r = try KVGateway.decodeRange(body, limits: limits)
@@ -229,6 +231,8 @@ extension Agent {
             var answer: KVAnswer
             if pathByte == KVPath.vm.rawValue {
                 answer = self.serveForwardedVM(body)
+            } else if pathByte == KVPath.service.rawValue {
+                answer = self.serveForwardedService(body, from: peer)
             } else if let path = KVPath(rawValue: pathByte) {
                 answer = await self.serveKV(path, body, forwarded: true)
             } else {

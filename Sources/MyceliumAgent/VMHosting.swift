@@ -73,32 +73,37 @@ extension Agent {
         }
         let argv = ["/proc/self/exe", "--vm-watchdog", s.stateDirectory, "--libvirt-uri", s.libvirtURI,
                     "--qemu-run-dir", s.qemuRunDirectory, "--agent-pid", "\(getpid())"]
+        switch spawnDetached(argv) {
+        case .success(let pid):
+            logger.info("fencing watchdog started", metadata: ["pid": "\(pid)"])
+        case .failure(let e):
+            logger.error("the fencing watchdog did not start: a guest here is then fenced only while this agent lives",
+                         metadata: ["error": "\(e.description)"])
+        }
+    }
+
+    /// Starts `argv` (this executable, in another mode) in a session of its own with nothing of the
+    /// agent's but stdin/out/err: an inherited descriptor (a socket, the pipe a supervisor watches to
+    /// see the agent exit) would outlive the agent in the helper.
+    static func spawnDetached(_ argv: [String]) -> Result<pid_t, AgentError> {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
         posix_spawnattr_setflags(&attr, Int16(0x80))  // POSIX_SPAWN_SETSID
-        // Nothing of the agent's but stdin/out/err: an inherited descriptor (a socket, the pipe a
-        // supervisor watches to see the agent exit) would outlive the agent in the watchdog.
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         // glibc ≥ 2.34 has it, but Swift's Glibc module does not declare it (it is a GNU extension).
         typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
         guard let sym = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else {
-            logger.error("the fencing watchdog did not start: this libc lacks posix_spawn_file_actions_addclosefrom_np (glibc 2.34+)")
-            return
+            return .failure(AgentError("this libc lacks posix_spawn_file_actions_addclosefrom_np (glibc 2.34+)"))
         }
         _ = unsafeBitCast(sym, to: CloseFrom.self)(&actions, 3)
         let cargs = argv.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
-        if rc == 0 {
-            logger.info("fencing watchdog started", metadata: ["pid": "\(pid)"])
-        } else {
-            logger.error("the fencing watchdog did not start: a guest here is then fenced only while this agent lives",
-                         metadata: ["error": "\(String(cString: strerror(rc)))"])
-        }
+        return rc == 0 ? .success(pid) : .failure(AgentError(String(cString: strerror(rc))))
     }
 
     /// Moves what the VM driver reported into the events, and counts the transitions.

@@ -18,6 +18,9 @@ final class AgentCluster {
     var listenHost: (String) -> String = { _ in "127.0.0.1" }
     /// The network namespace node `n` runs in, if any.
     var netns: ((String) -> String)?
+    /// Enter it with `nsenter --net` (the host's /sys, with its cgroup mounts, stays visible: what a
+    /// real host's agent sees) instead of `ip netns exec` (which mounts a /sys of the namespace).
+    var enterNetOnly = false
     /// The daemon binary node `n` runs (the test-only `myceliumd-byzantine` for a liar).
     var daemon: (String) -> String = { _ in "myceliumd" }
     /// Extra configuration lines for node `n`.
@@ -63,6 +66,8 @@ final class AgentCluster {
         LiveClusters.shared.remove(self)
     }
 
+    func enter(_ ns: String) -> [String] { enterNetOnly ? ["nsenter", "--net=/run/netns/" + ns] : ["ip", "netns", "exec", ns] }
+
     func home(_ n: String) -> String { dir + "/" + n }
     func port(_ n: String) -> Int { basePort + (n.hasPrefix("n") ? 0 : 20) + (Int(n.dropFirst()) ?? 0) }
 
@@ -71,7 +76,7 @@ final class AgentCluster {
         let p = Process()
         if let netns {
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["ip", "netns", "exec", netns, Self.binDir + "/mycelium"] + args
+            p.arguments = enter(netns) + [Self.binDir + "/mycelium"] + args
         } else {
             p.executableURL = URL(fileURLWithPath: Self.binDir + "/mycelium")
             p.arguments = args
@@ -88,7 +93,10 @@ final class AgentCluster {
     func writeConfig(_ n: String, extra: String = "") throws {
         var text = "home = \"\(home(n))\"\nlisten = \"\(listenHost(n)):\(port(n))\"\n"
         if !seedDirs.isEmpty { text += "seed_dirs = [" + seedDirs.map { "\"\($0)\"" }.joined(separator: ", ") + "]\n" }
-        text += extraConfig(n) + extra
+        let extras = extraConfig(n) + extra
+        // Agents on one loopback would all ask for DNS's default port; only tests that ask get DNS.
+        if !extras.contains("dns_listen") { text += "dns_listen = \"\"\n" }
+        text += extras
         try text.write(toFile: home(n) + ".conf", atomically: true, encoding: .utf8)
     }
 
@@ -107,7 +115,7 @@ final class AgentCluster {
         p.environment = Self.agentEnvironment
         if let netns {
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["ip", "netns", "exec", netns(n), Self.binDir + "/" + daemon(n), "--config", home(n) + ".conf"]
+            p.arguments = enter(netns(n)) + [Self.binDir + "/" + daemon(n), "--config", home(n) + ".conf"]
         } else {
             p.executableURL = URL(fileURLWithPath: Self.binDir + "/" + daemon(n))
             p.arguments = ["--config", home(n) + ".conf"]

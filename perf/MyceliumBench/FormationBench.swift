@@ -94,7 +94,7 @@ final class LoopbackNetwork {
             } else {
                 try AtomicFile.write(Array("\(listenHost(1)):\(base + 1)".utf8), to: home + "/join.peers")
             }
-            try "home = \"\(home)\"\nlisten = \"\(listenHost(i)):\(base + i)\"\nlog_level = \"warning\"\n\(perNode(i))"
+            try "home = \"\(home)\"\nlisten = \"\(listenHost(i)):\(base + i)\"\nlog_level = \"warning\"\ndns_listen = \"\"\n\(perNode(i))"
                 .write(toFile: home + ".conf", atomically: true, encoding: .utf8)
         }
     }

@@ -1,0 +1,356 @@
+// Services in the agent (issue 17): the controller's driver made at start, the requests it sends
+// through the leader, and the local API: `GET /v1/services`, `POST /v1/service/deploy` (the spec as
+// JSON in the body), `POST /v1/service/stop?name=`, `GET /v1/service/logs?name=&instance=&bytes=`.
+//
+// Like VM commands, any node takes an operator's request; it goes to the leader (forwarded over the
+// peer channel), which refuses what the table would refuse or what no member could ever run, and
+// proposes the rest, so a refused spec leaves nothing behind. A node's own reports and placement
+// facts travel the same way; the leader takes what they say of a node only from that node.
+
+import Foundation
+import Logging
+import MyceliumAPI
+import MyceliumControl
+import MyceliumCore
+import MyceliumIdentity
+import MyceliumSpores
+import NIOHTTP1
+import Scheduler
+import ServiceController
+import ServiceDNS
+import ServiceDriver
+import Synchronization
+
+extension Agent {
+    /// The process driver under HOME/services, or the reason this node runs no services.
+    static func makeServiceDriver(_ config: AgentConfig, logger: Logger) -> (ProcessServiceDriver?, String) {
+        let dir = config.home + "/services"
+        do {
+            // The previous run's reaper goes first, so it cannot kill what this run starts.
+            ServiceReaper.stopPredecessor(dir)
+            let d = try ProcessServiceDriver(directory: dir)
+            startServiceReaper(dir, logger: logger)
+            return (d, "")
+        } catch {
+            logger.error("this node cannot run services", metadata: ["error": "\(error)"])
+            return (nil, "\(error)")
+        }
+    }
+
+    /// Starts the service reaper (ServiceDriver/ServiceReaper.swift) and records its pid.
+    static func startServiceReaper(_ dir: String, logger: Logger) {
+        // Only myceliumd knows --service-reaper (a test hosting an agent must not start a copy of itself).
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        guard URL(fileURLWithPath: exe).lastPathComponent == "myceliumd" else {
+            logger.warning("no service reaper: this agent does not run as myceliumd; its instances outlive it if it dies", metadata: ["executable": "\(exe)"])
+            return
+        }
+        switch spawnDetached(["/proc/self/exe", "--service-reaper", dir, "--agent-pid", "\(getpid())"]) {
+        case .success(let pid):
+            do { try AtomicFile.write(Array("\(pid)\n".utf8), to: ServiceReaper.pidPath(dir)) } catch {
+                logger.warning("cannot record the service reaper's pid; a restarted agent cannot stop it first", metadata: ["error": "\(error)"])
+            }
+        case .failure(let e):
+            logger.error("the service reaper did not start: instances outlive this agent if it dies", metadata: ["error": "\(e.description)"])
+        }
+    }
+
+    /// What this node tells the network about itself for placement.
+    static func serviceSettings(_ config: AgentConfig, canRun: Bool) -> ServiceSettings {
+        var labels: [String: String] = [:]
+        for l in config.nodeLabels {
+            let parts = l.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { labels[String(parts[0])] = String(parts[1]) }
+        }
+        let host = splitAddress(config.advertisedAddress)?.host ?? "127.0.0.1"
+        return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: canRun ? [.process] : [], draining: false, address: host))
+    }
+
+    /// A controller's request for the leader: proposed here when this node leads, else forwarded.
+    func requestOfLeader(_ entry: ControlEntry) {
+        guard case .service(let command) = entry else {
+            logger.warning("a controller asked the leader for an entry that is not a service command; dropped")
+            return
+        }
+        if raft.role == .leader {
+            _ = proposeService(command, from: nodeID)
+            return
+        }
+        let body = command.encoded()
+        Task { _ = try? await self.forward(.service, body, forwarded: false) }
+    }
+
+    /// A follower forwarded a service command (an operator's, or its controller's).
+    func serveForwardedService(_ body: [UInt8], from peer: UInt64) -> KVAnswer {
+        guard let command = try? ServiceCommand(decoding: body) else {
+            return KVAnswer(status: .badRequest, body: json(APIErrorResponse(error: "malformed forwarded service command", code: .badRequest)))
+        }
+        guard raft.role == .leader else {
+            return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "not the leader any more; retry", code: .noLeader)))
+        }
+        guard let sender = router.nodeIDs[peer] else {
+            return KVAnswer(status: .forbidden, body: json(APIErrorResponse(error: "unknown peer", code: .notAuthorized)))
+        }
+        return proposeService(command, from: sender)
+    }
+
+    /// The leader: refuse what the table would refuse, or what no member could ever run; else propose.
+    func proposeService(_ command: ServiceCommand, from sender: MyceliumIdentity.NodeID) -> KVAnswer {
+        func refuse(_ m: String, _ status: HTTPResponseStatus = .conflict) -> KVAnswer {
+            KVAnswer(status: status, body: json(APIErrorResponse(error: m, code: .serviceRefused)))
+        }
+        switch command {
+        case .report(let node, _), .nodeInfo(let node, _):
+            if node != sender { return refuse("\(sender) may report only on itself, not on \(node)", .forbidden) }
+        case .assign:
+            return refuse("placements are the leader's own", .forbidden)
+        case .deploy(let spec):
+            if let p = ServiceRules.problem(spec) { return refuse(p, .badRequest) }
+            if let p = ServiceRules.impossible(spec, state: control) { return refuse(p) }
+        case .remove:
+            break
+        }
+        var trial = control.services
+        do { _ = try trial.apply(command, spore: spore, now: control.nowMillis) } catch { return refuse("\(error)") }
+        do { _ = try raft.propose(ControlEntry.service(command).encoded()) } catch {
+            return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "proposal refused: \(error); retry", code: .noLeader)))
+        }
+        processReady()
+        switch command {
+        case .deploy(let spec):
+            let update = control.services.services[spec.name] != nil
+            return KVAnswer(status: .accepted, body: json(ActionResponse(result: "service \(spec.name) \(update ? "update" : "deployment") proposed; watch 'mycelium service show \(spec.name)'")))
+        case .remove(let name):
+            return KVAnswer(status: .accepted, body: json(ActionResponse(result: "service \(name) stop proposed; its instances stop once it commits")))
+        default:
+            return KVAnswer(status: .accepted, body: json(ActionResponse(result: "proposed")))
+        }
+    }
+
+    // MARK: the local API
+
+    func servicesResponse() -> ServicesResponse {
+        let table = control.services
+        return ServicesResponse(services: table.services.values.sorted { $0.name < $1.name }.map { r in
+            let serving = Set(servingSlots(r))
+            let instances = (0..<r.spec.replicas).map { slot -> ServiceInstanceInfo in
+                let node = r.assignments[slot]
+                let i = r.instances[slot].flatMap { $0.node == node ? $0 : nil }
+                return ServiceInstanceInfo(id: ServiceReconciler.instanceID(r.name, slot), slot: Int(slot), node: node.map { "\($0)" } ?? "",
+                                           state: node == nil ? "unplaced" : i.map { "\($0.state)" } ?? "unknown",
+                                           health: i.map { "\($0.health)" } ?? "unknown", serving: serving.contains(slot),
+                                           address: i?.address ?? "", restarts: i?.restarts ?? 0, message: i?.message ?? "",
+                                           generation: i?.generation ?? 0)
+            }
+            let port = r.spec.ports.first?.port
+            let endpoints = serving.sorted().compactMap { slot -> String? in
+                guard let a = r.instances[slot]?.address, !a.isEmpty else { return nil }
+                return port.map { "\(a):\($0)" } ?? a
+            }
+            return ServiceInfo(name: r.name, driver: "\(r.spec.driver)", generation: r.generation, replicas: Int(r.spec.replicas),
+                               serving: serving.count, pending: r.pending, instances: instances, endpoints: endpoints,
+                               events: r.events.map { ServiceEventInfo(at: $0.millis, text: $0.text) }, spec: Self.document(r.spec))
+        }, dns: dnsAddress)
+    }
+
+    /// The slots that answer traffic: reported serving, on a member that is alive now (a suspect's
+    /// instances leave DNS at once, before the vote confirms its failure).
+    func servingSlots(_ r: ServiceRecord) -> [UInt16] {
+        r.servingSlots.filter { slot in r.assignments[slot].map { spore.members[$0]?.status == .alive } ?? false }
+    }
+
+    /// `POST /v1/service/ACTION?QUERY` with `body`.
+    func answerService(action: String, query: String, body: [UInt8]) async -> (HTTPResponseStatus, [UInt8]) {
+        let q = APIQuery.parse(Substring(query))
+        func bad(_ m: String) -> (HTTPResponseStatus, [UInt8]) { (.badRequest, json(APIErrorResponse(error: m, code: .badRequest))) }
+        let command: ServiceCommand
+        switch action {
+        case "deploy":
+            let doc: ServiceSpecDocument
+            do { doc = try APIJSON.decode(ServiceSpecDocument.self, from: body) } catch {
+                return bad("the body is not a service spec (\(error)); send one with 'mycelium service deploy FILE'")
+            }
+            switch Self.spec(doc) {
+            case .success(let spec): command = .deploy(spec)
+            case .failure(let e): return bad(e.message)
+            }
+        case "stop":
+            guard let name = q["name"], !name.isEmpty else { return bad("stop needs name=NAME") }
+            guard control.services.services[name] != nil else {
+                return (.notFound, json(APIErrorResponse(error: "no service named '\(name)'; see 'mycelium service list'", code: .serviceRefused)))
+            }
+            command = .remove(name: name)
+        default:
+            return (.notFound, json(APIErrorResponse(error: "no service action '\(action)'; there are deploy and stop", code: .notFound)))
+        }
+        if raft.role == .leader {
+            let a = proposeService(command, from: nodeID)
+            return (a.status, a.body)
+        }
+        do {
+            let a = try await forward(.service, command.encoded(), forwarded: false)
+            return (a.status, a.body)
+        } catch {
+            return (.serviceUnavailable, json(APIErrorResponse(error: "\(error)", code: .noLeader)))
+        }
+    }
+
+    /// `GET /v1/service/logs?name=&instance=&bytes=`: only instances this node runs.
+    func serviceLogs(query: String) -> (HTTPResponseStatus, [UInt8]) {
+        let q = APIQuery.parse(Substring(query))
+        guard let name = q["name"], let r = control.services.services[name] else {
+            return (.notFound, json(APIErrorResponse(error: "no service named '\(q["name"] ?? "")'; see 'mycelium service list'", code: .serviceRefused)))
+        }
+        let bytes = min(max(Int(q["bytes"] ?? "") ?? 16384, 1), 1 << 20)
+        let mine = r.assignments.filter { $0.value == nodeID }.keys.sorted()
+        var id = q["instance"] ?? ""
+        if id.isEmpty {
+            guard let first = mine.first else {
+                let whereText = r.assignments.sorted { $0.key < $1.key }.map { "\(ServiceReconciler.instanceID(name, $0.key)) on \($0.value)" }
+                return (.conflict, json(APIErrorResponse(error: "no instance of '\(name)' runs on this node; its instances: "
+                    + (whereText.isEmpty ? "none placed" : whereText.joined(separator: ", ")) + ". Run 'mycelium service logs' on that node's agent",
+                    code: .serviceRefused)))
+            }
+            id = ServiceReconciler.instanceID(name, first)
+        } else if let slot = UInt16(id), slot < r.spec.replicas {
+            id = ServiceReconciler.instanceID(name, slot)
+        }
+        guard let slot = mine.first(where: { ServiceReconciler.instanceID(name, $0) == id }) else {
+            let node = r.assignments.first { ServiceReconciler.instanceID(name, $0.key) == id }?.value
+            return (.conflict, json(APIErrorResponse(error: node.map { "\(id) runs on \($0), not here: run 'mycelium service logs' against that node's agent" }
+                ?? "no instance '\(id)' of '\(name)' is placed; see 'mycelium service show \(name)'", code: .serviceRefused)))
+        }
+        let text = serviceDriver?.logs(ServiceReconciler.instanceID(name, slot), maxBytes: bytes) ?? ""
+        return (.ok, json(ServiceLogsResponse(instance: id, node: "\(nodeID)", log: text)))
+    }
+
+    // MARK: spec conversion
+
+    struct SpecProblem: Error { let message: String }
+
+    /// The operator's document as the table's spec, or what is wrong with it.
+    static func spec(_ d: ServiceSpecDocument) -> Result<ServiceSpec, SpecProblem> {
+        func fail(_ m: String) -> Result<ServiceSpec, SpecProblem> { .failure(SpecProblem(message: m)) }
+        guard let driver = ServiceDriverKind(name: d.driver) else { return fail("driver '\(d.driver)': use process, podman or k3s") }
+        guard let restart = RestartPolicy(name: d.restart.policy) else { return fail("restart policy '\(d.restart.policy)': use always, on-failure or never") }
+        guard (0...Int(ServiceSpec.maxReplicas)).contains(d.replicas) else { return fail("replicas \(d.replicas) is outside 0…\(ServiceSpec.maxReplicas)") }
+        guard (0...1_024_000).contains(d.cpuMillis), (1...(1 << 22)).contains(d.memoryMiB) else {
+            return fail("resources: cpu \(d.cpuMillis)m or memory \(d.memoryMiB) MiB is out of range (memory at least 1 MiB)")
+        }
+        var ports: [ServicePort] = []
+        for p in d.ports {
+            guard (1...65535).contains(p.port) else { return fail("port \(p.port) is outside 1…65535") }
+            ports.append(ServicePort(name: p.name, port: UInt16(p.port), proto: p.proto))
+        }
+        var health: ServiceHealthSpec?
+        if let h = d.health {
+            let kind: ServiceHealthKind
+            switch h.type {
+            case "tcp", "http":
+                guard let port = h.port, (1...65535).contains(port) else { return fail("health: a \(h.type) check needs a port from 1 to 65535") }
+                kind = h.type == "tcp" ? .tcp(port: UInt16(port)) : .http(port: UInt16(port), path: h.path ?? "/")
+            default:
+                kind = .exec(h.command ?? [])
+            }
+            guard h.intervalMillis <= 3_600_000, h.timeoutMillis <= 3_600_000, (0...1000).contains(h.threshold) else {
+                return fail("health: interval and timeout at most 1 h, threshold at most 1000")
+            }
+            health = ServiceHealthSpec(kind: kind, intervalMillis: UInt32(h.intervalMillis), timeoutMillis: UInt32(h.timeoutMillis), threshold: UInt32(h.threshold))
+        }
+        guard (0...Int(UInt32.max)).contains(d.restart.maxRestarts), (0...3_600_000).contains(d.restart.delayMillis) else {
+            return fail("restart: max_restarts or delay out of range")
+        }
+        var placement = ServicePlacement()
+        placement.strategy = d.placement.strategy
+        placement.constraints = d.placement.constraints
+        placement.preferences = d.placement.preferences.map { (rule: $0.rule, weight: Int32(clamping: $0.weight)) }
+        placement.minTrustPPM = UInt32((d.placement.minTrust * 1_000_000).rounded())
+        placement.spreadLevel = d.placement.spread
+        guard (0...Int(UInt16.max)).contains(d.placement.maxPerNode) else { return fail("max_per_node \(d.placement.maxPerNode) is out of range") }
+        placement.maxPerNode = UInt16(d.placement.maxPerNode)
+        placement.antiAffinity = d.placement.antiAffinity
+        let spec = ServiceSpec(name: d.name, driver: driver, command: d.command, image: d.image, environment: d.env, replicas: UInt16(d.replicas),
+                               cpuMillis: UInt32(d.cpuMillis), memoryMiB: UInt32(d.memoryMiB), ports: ports, health: health, restart: restart,
+                               maxRestarts: UInt32(d.restart.maxRestarts), restartDelayMillis: UInt32(d.restart.delayMillis),
+                               placement: placement, dependsOn: d.dependsOn)
+        if let p = spec.problem ?? ServiceRules.problem(spec) { return fail(p) }
+        return .success(spec)
+    }
+
+    /// The table's spec as the operator's document (what `service show` prints).
+    static func document(_ s: ServiceSpec) -> ServiceSpecDocument {
+        var d = ServiceSpecDocument(name: s.name, command: s.command)
+        d.driver = "\(s.driver)"; d.image = s.image; d.env = s.environment; d.replicas = Int(s.replicas)
+        d.cpuMillis = Int(s.cpuMillis); d.memoryMiB = Int(s.memoryMiB)
+        d.ports = s.ports.map { .init(name: $0.name, port: Int($0.port), proto: $0.proto) }
+        if let h = s.health {
+            var dh: ServiceSpecDocument.Health
+            switch h.kind {
+            case .tcp(let port): dh = .init(type: "tcp", port: Int(port))
+            case .http(let port, let path): dh = .init(type: "http", port: Int(port), path: path)
+            case .exec(let c): dh = .init(type: "exec", command: c)
+            }
+            dh.intervalMillis = Int(h.intervalMillis); dh.timeoutMillis = Int(h.timeoutMillis); dh.threshold = Int(h.threshold)
+            d.health = dh
+        }
+        d.restart.policy = "\(s.restart)"; d.restart.maxRestarts = Int(s.maxRestarts); d.restart.delayMillis = Int(s.restartDelayMillis)
+        d.placement.strategy = s.placement.strategy; d.placement.constraints = s.placement.constraints
+        d.placement.preferences = s.placement.preferences.map { .init(rule: $0.rule, weight: Int($0.weight)) }
+        d.placement.minTrust = Double(s.placement.minTrustPPM) / 1_000_000; d.placement.spread = s.placement.spreadLevel
+        d.placement.maxPerNode = Int(s.placement.maxPerNode); d.placement.antiAffinity = s.placement.antiAffinity
+        d.dependsOn = s.dependsOn
+        return d
+    }
+}
+
+/// The serving endpoints of every service, readable off the actor: DNS answers from it on its event
+/// loop without waiting for the agent. The agent replaces it whenever the service table or a
+/// member's status changes.
+final class ServiceEndpointsView: Sendable {
+    private let byName = Mutex<[String: [ServiceEndpoint]]>([:])
+    func lookup(_ service: String) -> [ServiceEndpoint]? { byName.withLock { $0[service] } }
+    func replace(_ all: [String: [ServiceEndpoint]]) { byName.withLock { $0 = all } }
+}
+
+extension Agent {
+    /// Whether `changes` may change what DNS answers.
+    static func touchesServices(_ changes: [ControlChange]) -> Bool {
+        changes.contains { c in
+            switch c {
+            case .service, .serviceNode, .restored: return true
+            case .spore(let signed):
+                switch signed.command {
+                case .admit, .setStatus, .revoke, .tick, .decideVote, .refresh: return true
+                default: return false
+                }
+            default: return false
+            }
+        }
+    }
+
+    func refreshServiceEndpoints() {
+        var all: [String: [ServiceEndpoint]] = [:]
+        for r in control.services.services.values {
+            let port = r.spec.ports.first?.port ?? 0
+            all[r.name] = servingSlots(r).compactMap { slot in
+                guard let i = r.instances[slot] else { return nil }
+                return ServiceEndpoint(ipv4: i.address, port: port, instance: ServiceReconciler.instanceID(r.name, slot), node: "\(i.node)")
+            }
+        }
+        serviceEndpoints.replace(all)
+    }
+
+    /// Answers DNS for *.service.mycelium on `dns_listen`, if set.
+    func startDNS() async throws {
+        guard let (host, port) = splitAddress(config.dnsListen) else { return }
+        let view = serviceEndpoints
+        do {
+            let server = try await DNSServer.start(host: host, port: port, group: group) { view.lookup($0) }
+            dnsServer = server
+            dnsAddress = server.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? config.dnsListen
+            logger.info("answering DNS for *.service.mycelium", metadata: ["address": "\(dnsAddress)"])
+        } catch {
+            throw AgentError("cannot answer DNS on \(config.dnsListen): \(error); choose another dns_listen, or set dns_listen = \"\" to turn DNS off")
+        }
+    }
+}

@@ -1,0 +1,185 @@
+import ArgumentParser
+import Foundation
+import MyceliumAPI
+
+/// `mycelium service ...`: services placed by the network's scheduler (issue 17).
+struct ServiceCommandGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "service",
+        abstract: "Deploy, list, show, stop and read the logs of services (processes, podman containers, K3s deployments).",
+        discussion: """
+            A service is recorded in the primary spore (Raft-committed) with its spec and a generation; \
+            the leader's scheduler places its replicas on the members (constraints, spread, trust, \
+            capacity), each node's agent runs what is placed on it and reports its health, and every \
+            agent answers DNS for NAME.service.mycelium with the healthy instances. When a node's \
+            failure is confirmed, its instances are placed elsewhere at once. Any node takes these \
+            commands; the leader decides.
+
+            A spec file (YAML; JSON works too):
+              name: web
+              command: [python3, -m, http.server, "8080"]
+              replicas: 2
+              resources: {cpu: 250m, memory: 64Mi}
+              ports: [{name: http, port: 8080}]
+              health: {type: http, port: 8080, path: /, interval: 1s, timeout: 500ms, threshold: 2}
+              restart: {policy: always, delay: 500ms}
+              placement: {strategy: spread, spread: zone, max_per_node: 1, constraints: ["zone in (a, b)"]}
+
+            Examples:
+              mycelium service deploy web.yaml       # waits until every replica serves (--wait 0: don't)
+              mycelium service list
+              mycelium service show web -o json
+              mycelium service logs web --instance 1
+              dig @127.0.0.1 -p 8600 web.service.mycelium
+              mycelium service stop web
+            """,
+        subcommands: [Deploy.self, List.self, Show.self, Stop.self, Logs.self])
+
+    struct Deploy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Deploy a service from a spec file, or update it (a changed spec replaces its instances).",
+            discussion: """
+                The spec is checked here (fields, units, policies), then by the leader against the \
+                network (is there a node that could ever run it?) before anything is recorded. The \
+                command then waits until every replica serves, and says which are missing and why \
+                if they do not in time.
+                """)
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "The spec file (YAML or JSON); '-' reads standard input.") var file: String
+        @Option(help: "Seconds to wait until every replica serves (0: return once proposed).") var wait: Double = 60
+
+        func run() async throws {
+            let text: String
+            if file == "-" {
+                text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+            } else {
+                do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+                    throw ValidationError("cannot read \(file): \(error.localizedDescription)")
+                }
+            }
+            let doc: ServiceSpecDocument
+            do { doc = try ServiceSpecDocument.parse(text, file: file == "-" ? "the spec on standard input" : file) } catch {
+                throw ValidationError("\(error)")
+            }
+            let client = agent.client
+            let before = try await client.services().services.first { $0.name == doc.name }?.generation ?? 0
+            let answer = try await client.deployService(doc)
+            if out.output != .json { print(answer.result) }
+            guard wait > 0 else { return }
+            let deadline = Date().addingTimeInterval(wait)
+            var last: ServiceInfo?
+            while Date() < deadline {
+                if let s = try await client.services().services.first(where: { $0.name == doc.name }), s.generation > before || before == 0 {
+                    last = s
+                    let current = s.instances.filter { $0.serving && $0.generation == s.generation }.count
+                    if current >= s.replicas { return show(s, out) }
+                }
+                try await Task.sleep(nanoseconds: 200_000_000)
+            }
+            guard let s = last else {
+                throw ValidationError("\(answer.result), but it was not recorded within \(wait) s: is there a leader with a majority? ('mycelium status')")
+            }
+            show(s, out)
+            let missing = s.instances.filter { !$0.serving }.map { "\($0.id): \($0.state)\($0.message.isEmpty ? "" : " (\($0.message))")" }
+            throw ValidationError("""
+                \(s.serving) of \(s.replicas) replicas of \(s.name) serve after \(wait) s\(s.pending.isEmpty ? "" : "; \(s.pending)")\
+                \(missing.isEmpty ? "" : "; " + missing.joined(separator: "; ")). 'mycelium service logs \(s.name) --instance N' on the node shows why
+                """)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the network's services and how many replicas serve.")
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+
+        func run() async throws {
+            if out.output == .json { print(String(decoding: try await agent.client.send(.services), as: UTF8.self)); return }
+            let services = try await agent.client.services().services
+            if services.isEmpty { print("no services; deploy one with 'mycelium service deploy FILE'"); return }
+            print(pad("NAME", 24) + pad("DRIVER", 9) + pad("SERVING", 9) + pad("GEN", 5) + "ENDPOINTS")
+            for s in services {
+                print(pad(s.name, 24) + pad(s.driver, 9) + pad("\(s.serving)/\(s.replicas)", 9) + pad("\(s.generation)", 5)
+                      + (s.endpoints.isEmpty ? (s.pending.isEmpty ? "-" : "pending: " + s.pending) : s.endpoints.joined(separator: " ")))
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one service: each instance's node, state, health, address and restarts, and its last events.")
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "The service's name.") var name: String
+
+        func run() async throws {
+            guard let s = try await agent.client.services().services.first(where: { $0.name == name }) else {
+                throw ValidationError("no service named '\(name)'; see 'mycelium service list'")
+            }
+            show(s, out)
+        }
+    }
+
+    struct Stop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop a service: its record leaves the spore and every node stops its instances.")
+        @OptionGroup var agent: AgentOptions
+        @Argument(help: "The service's name.") var name: String
+        @Option(help: "Seconds to wait until the record is gone (0: return once proposed).") var wait: Double = 10
+
+        func run() async throws {
+            let client = agent.client
+            print(try await client.stopService(name).result)
+            let deadline = Date().addingTimeInterval(wait)
+            while Date() < deadline {
+                if try await client.services().services.first(where: { $0.name == name }) == nil { return }
+                try await Task.sleep(nanoseconds: 100_000_000)
+            }
+            if wait > 0 { throw ValidationError("the stop of \(name) was not recorded within \(wait) s: is there a leader with a majority? ('mycelium status')") }
+        }
+    }
+
+    struct Logs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the end of an instance's log (stdout and stderr), from the agent of the node that runs it.",
+            discussion: "Example: mycelium service logs web --instance 1 --bytes 65536")
+        @OptionGroup var agent: AgentOptions
+        @OptionGroup var out: OutputOptions
+        @Argument(help: "The service's name.") var name: String
+        @Option(help: "The instance: its slot (0, 1, ...) or ID (web-1); default the first on this node.") var instance: String?
+        @Option(help: "At most this many bytes from the end.") var bytes: Int = 16384
+
+        func run() async throws {
+            let r = try await agent.client.serviceLogs(name, instance: instance, bytes: bytes)
+            if out.output == .json {
+                if let b = try? APIJSON.encode(r) { print(String(decoding: b, as: UTF8.self)) }
+                return
+            }
+            print(r.log, terminator: r.log.hasSuffix("\n") || r.log.isEmpty ? "" : "\n")
+        }
+    }
+}
+
+private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s.padding(toLength: n, withPad: " ", startingAt: 0) }
+
+private func show(_ s: ServiceInfo, _ out: OutputOptions) {
+    if out.output == .json {
+        if let b = try? APIJSON.encode(s) { print(String(decoding: b, as: UTF8.self)) }
+        return
+    }
+    print("service     \(s.name) (\(s.driver), generation \(s.generation))")
+    print("serving     \(s.serving) of \(s.replicas)" + (s.pending.isEmpty ? "" : "; pending: \(s.pending)"))
+    print("endpoints   \(s.endpoints.isEmpty ? "none" : s.endpoints.joined(separator: " "))   (DNS: \(s.name).service.mycelium)")
+    print("instances")
+    for i in s.instances {
+        print("  " + pad(i.id, 20) + pad(i.node.isEmpty ? "-" : String(i.node.prefix(16)), 18) + pad(i.state, 10) + pad(i.health, 10)
+              + pad(i.address.isEmpty ? "-" : i.address, 16) + "restarts \(i.restarts)" + (i.message.isEmpty ? "" : "  \(i.message)"))
+    }
+    if !s.events.isEmpty {
+        print("events")
+        let f = DateFormatter()
+        f.dateFormat = "HH:mm:ss.SSS"
+        f.timeZone = TimeZone(identifier: "UTC")
+        for e in s.events.suffix(10) { print("  " + f.string(from: Date(timeIntervalSince1970: Double(e.at) / 1000)) + "  " + e.text) }
+    }
+}
