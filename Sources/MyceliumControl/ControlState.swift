@@ -175,7 +175,9 @@ public struct ControlState: Sendable, Equatable {
             nowMillis = millis
             vms = vmsNext
             switch signed.command {
-            case .acquireLease(let name, let ttl), .renewLease(let name, let ttl, _): vms.noteLease(name, ttlSeconds: ttl, now: millis, spore: spore)
+            case .acquireLease(let name, let ttl), .renewLease(let name, let ttl, _):
+                vms.noteLease(name, ttlSeconds: ttl, now: millis, spore: spore)
+                services.noteLease(name, ttlSeconds: ttl, now: millis, spore: spore)
             default: break
             }
             var changes: [ControlChange] = [.spore(signed)] + vmChanges
@@ -238,7 +240,7 @@ public struct ControlState: Sendable, Equatable {
             let kvBytes = try r.blob("kv", limit: 1 << 40)
             let podBytes = try r.blob("pods", limit: 16 << 20)
             let vmBytes = version >= 2 ? try r.blob("vms", limit: 16 << 20) : [0, 0, 0, 0]
-            let serviceBytes = version >= 5 ? try r.blob("services", limit: 256 << 20) : [0, 0, 0, 0, 0, 0, 0, 0]
+            let serviceBytes = version >= 5 ? try r.blob("services", limit: 256 << 20) : [UInt8](repeating: 0, count: 12)
             try r.finish()
             state.spore = try PrimarySpore(decoding: sporeBytes)
             guard state.spore.network.id == network.id else {

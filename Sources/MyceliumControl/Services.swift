@@ -451,6 +451,25 @@ public enum ServiceCommand: Sendable, Equatable {
 public struct ServiceTable: Sendable, Equatable {
     public internal(set) var services: [String: ServiceRecord] = [:]
     public internal(set) var nodes: [NodeID: ServiceNodeInfo] = [:]
+    /// Per node, the control time (Unix ms) at which its singleton lease (`svc/NODE`) ends, as last
+    /// renewed: the spore counts whole seconds and forgets a lease once it ended.
+    public internal(set) var leaseUntilMillis: [NodeID: Int64] = [:]
+    public static let leasePrefix = "svc/"
+    /// Control time after a node's lease ended before its singletons may start elsewhere (ms).
+    public static let takeoverSlackMillis: Int64 = 500
+
+    /// Whether `node` may still run singletons at control time `now`: its lease (plus the slack) has
+    /// not ended.
+    public func mayStillRunSingletons(_ node: NodeID, now: Int64) -> Bool {
+        guard let until = leaseUntilMillis[node] else { return false }
+        return until.saturatingAdding(Self.takeoverSlackMillis) > now
+    }
+
+    /// The spore applied a renewal of `leaseName` stamped `now` (control time, ms).
+    mutating func noteLease(_ leaseName: String, ttlSeconds: UInt32, now: Int64, spore: PrimarySpore) {
+        guard leaseName.hasPrefix(Self.leasePrefix), let l = spore.leases[leaseName], leaseName == Self.leasePrefix + "\(l.holder)" else { return }
+        leaseUntilMillis[l.holder] = max(leaseUntilMillis[l.holder] ?? 0, now.saturatingAdding(Int64(ttlSeconds) * 1000))
+    }
     public static let maxServices = 10_000
     public static let maxInstances = 100_000
 
@@ -527,6 +546,7 @@ public struct ServiceTable: Sendable, Equatable {
 
     /// Drops what a member that left for good had (called when the spore forgets it).
     mutating func forget(_ node: NodeID) -> [ControlChange] {
+        leaseUntilMillis[node] = nil
         guard nodes.removeValue(forKey: node) != nil else { return [] }
         return [.serviceNode(node)]
     }
@@ -547,6 +567,8 @@ public struct ServiceTable: Sendable, Equatable {
         }
         w.u32(UInt32(nodes.count))
         for (node, info) in nodes.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); info.encode(into: &w) }
+        w.u32(UInt32(leaseUntilMillis.count))
+        for (node, until) in leaseUntilMillis.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); w.i64(until) }
         return w.bytes
     }
 
@@ -572,6 +594,9 @@ public struct ServiceTable: Sendable, Equatable {
             let m = Int(try r.u32())
             if m > 1 << 20 { throw DecodeError(.tooLong(field: "service nodes", length: m, limit: 1 << 20), at: r.offset) }
             for _ in 0..<m { let node = try NodeID(bytes: r.raw(16)); nodes[node] = try ServiceNodeInfo.decode(&r) }
+            let l = Int(try r.u32())
+            if l > 1 << 20 { throw DecodeError(.tooLong(field: "service leases", length: l, limit: 1 << 20), at: r.offset) }
+            for _ in 0..<l { let node = try NodeID(bytes: r.raw(16)); leaseUntilMillis[node] = try r.i64() }
             try r.finish()
         } catch let e as DecodeError {
             throw e

@@ -7,7 +7,8 @@
 // elsewhere in the plan that follows the record; a suspect keeps what it has and gets nothing new.
 //
 // Every node: tell the network its placement facts (labels, drivers, address) until the table holds
-// them; reconcile the instances the table assigns it (ServiceReconciler: start, restart per policy,
+// them; keep its singleton lease renewed while it runs a service of one replica (NodeLease: a node
+// cut off from the leader stops those before the leader may place them elsewhere); reconcile the instances the table assigns it (ServiceReconciler: start, restart per policy,
 // stop what moved away) and report how they are doing (`ServiceCommand.report`, through the
 // leader), batched, only what changed.
 
@@ -44,14 +45,28 @@ public struct ServiceController: Controller {
     var reconcileNeeded = true
     /// What the last plan could not place, per service (for the operator).
     public private(set) var unplaced: [String: String] = [:]
+    /// The lease under which this node runs singletons.
+    public private(set) var lease: NodeLease
 
-    public init(settings: ServiceSettings) { self.settings = settings }
+    /// `run` must differ between starts of the same node (the agent draws it at random).
+    public init(settings: ServiceSettings, run: UInt64) {
+        self.settings = settings
+        lease = NodeLease(run: run)
+    }
+
+    /// A service with one replica: two copies must never run at once (fenced by the node lease).
+    static func singleton(_ spec: ServiceSpec) -> Bool { spec.replicas == 1 }
 
     public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
         switch change {
         case .service, .serviceNode, .restored:
             dirty = true; reconcileNeeded = true
         case .spore(let signed):
+            if case .renewLease = signed.command {
+                let before = lease.trustedUntil
+                lease.applied(signed, node: context.node, spore: context.state.spore)
+                if lease.trustedUntil != before { reconcileNeeded = true }
+            }
             // What changes a member's status, capacity or trust; not leases, votes in progress or settings.
             switch signed.command {
             case .admit, .refresh, .setStatus, .revoke, .tick, .decideVote: dirty = true; reconcileNeeded = true
@@ -81,6 +96,15 @@ public struct ServiceController: Controller {
             out.append(.request(.service(.nodeInfo(node: context.node, settings.info))))
         }
         if context.isLeader { out += plan(context) }
+        // Singletons here (assigned or still running) keep the node lease renewed, and are checked
+        // against it every tick: a lapse stops them without waiting for any change to arrive.
+        let holdsSingleton = state.services.services.values.contains { r in
+            Self.singleton(r.spec) && r.assignments.values.contains(context.node)
+        } || local.values.contains { $0.started && (state.services.services[$0.service].map { Self.singleton($0.spec) } ?? false) }
+        if holdsSingleton {
+            if let renewal = lease.renewal(node: context.node, now: now) { out.append(.submit(renewal)) }
+            reconcileNeeded = true
+        }
         // Restart delays run out without any change arriving.
         if reconcileNeeded || local.values.contains(where: { $0.restartAt.map { now >= $0 } ?? false || !$0.waitingFor.isEmpty }) {
             out += reconcile(context)
@@ -98,7 +122,10 @@ public struct ServiceController: Controller {
         for r in table.services.values.sorted(by: { $0.name < $1.name }) {
             for (slot, node) in r.assignments.sorted(by: { $0.key < $1.key }) where node == context.node { desired.append((r, slot)) }
         }
-        let actions = ServiceReconciler.step(desired: desired, local: &local, now: context.millis) { spec in
+        let leaseValid = lease.valid(at: context.millis)
+        let actions = ServiceReconciler.step(desired: desired, local: &local, now: context.millis, fenced: { spec in
+            Self.singleton(spec) && !leaseValid ? "this node's singleton lease is not renewed (cut off from the leader?)" : nil
+        }) { spec in
             let missing = spec.dependsOn.filter { dep in table.services[dep].map { $0.servingSlots.isEmpty } ?? true }
             return missing.isEmpty ? nil : "no serving instance of " + missing.joined(separator: ", ")
         }

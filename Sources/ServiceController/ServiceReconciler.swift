@@ -8,7 +8,9 @@
 //  - ended (exited, killed, failed to start) or running but unhealthy → restart per the policy
 //    (always; on-failure unless it exited 0; never), after a delay that doubles with each
 //    consecutive failure up to 30 s, at most `maxRestarts` times (0: no limit), then left failed;
-//  - started here but no longer assigned here → stop it.
+//  - started here but no longer assigned here → stop it;
+//  - a singleton (one replica) runs only while this node's lease is valid (NodeLease): fenced, it
+//    is stopped and waits.
 
 import MyceliumControl
 import MyceliumIdentity
@@ -97,7 +99,10 @@ public enum ServiceReconciler {
 
     /// One step. `desired`: the slots of each service assigned to this node now. `dependencyProblem`:
     /// why a spec's dependencies are not ready (nil: ready).
+    /// `fenced`: why an instance of this spec must not run here now (a singleton without a valid
+    /// node lease), or nil; a fenced instance is stopped and waits.
     public static func step(desired: [(record: ServiceRecord, slot: UInt16)], local: inout [String: LocalInstance], now: UInt64,
+                            fenced: (ServiceSpec) -> String? = { _ in nil },
                             dependencyProblem: (ServiceSpec) -> String?) -> [ServiceAction] {
         var actions: [ServiceAction] = []
         var wanted = Set<String>()
@@ -112,6 +117,12 @@ public enum ServiceReconciler {
             var i = local[id] ?? LocalInstance(service: record.name, slot: slot, generation: record.generation, started: false)
             if i.generation != record.generation {
                 i = LocalInstance(service: record.name, slot: slot, generation: record.generation, started: false)
+            }
+            if let why = fenced(spec) {
+                if i.started { actions.append(.stop(id: id, reason: why)) }
+                i.started = false; i.observed = nil; i.restartAt = nil; i.waitingFor = why
+                local[id] = i
+                continue
             }
             if !i.started {
                 if let why = dependencyProblem(spec) { i.waitingFor = why } else { start(&i) }

@@ -80,7 +80,8 @@ public enum ServiceRules {
     }
 
     /// The scheduler's view of the members: alive → ready (or draining), suspect → keeps what it has,
-    /// failed, left or revoked → down; a member that never told its placement facts gets nothing.
+    /// failed, left or revoked → down (but suspect while its singleton lease runs); a member that
+    /// never told its placement facts gets nothing.
     public static func nodes(_ state: ControlState) -> [SchedulerNode] {
         let spore = state.spore
         return spore.members.values.sorted { $0.id < $1.id }.map { m in
@@ -92,6 +93,11 @@ public enum ServiceRules {
             default: condition = .down
             }
             if spore.revoked[m.id] != nil || info == nil { condition = .down }
+            // A node whose singleton lease has not ended may still run its singletons (it stops them
+            // itself when the lease lapses): it keeps its instances until then.
+            if condition == .down && spore.revoked[m.id] == nil && state.services.mayStillRunSingletons(m.id, now: state.nowMillis) {
+                condition = .suspect
+            }
             let reservedMiB = UInt32(clamping: state.vms.committedMiB(on: m.id))
             return SchedulerNode(id: m.id, capacity: Resources(cpuMillis: UInt32(m.capabilities.cpus) * 1000, memoryMiB: m.capabilities.memoryMiB),
                                  labels: info?.labels ?? [:], capabilities: Set((info?.drivers ?? []).map(\.description)),
@@ -121,7 +127,10 @@ extension ServiceRules {
     public static func impossible(_ spec: ServiceSpec, state: ControlState) -> String? {
         guard spec.replicas > 0 else { return nil }
         let d = demand(ServiceRecord(spec: spec, generation: 1))
-        let nodes = Self.nodes(state).filter { $0.condition != .down }
+        // A member that has not announced its capacity yet (its first refresh is on its way) may fit.
+        let live = Self.nodes(state).filter { $0.condition != .down }
+        if live.contains(where: { $0.capacity == .zero }) { return nil }
+        let nodes = live
         if nodes.isEmpty { return "no live member offers services yet; wait until 'mycelium status' shows the nodes alive" }
         var reasons: [String: Int] = [:]
         for var n in nodes {

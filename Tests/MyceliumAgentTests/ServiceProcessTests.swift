@@ -85,6 +85,42 @@ final class ServiceProcessTests: XCTestCase {
         }
     }
 
+    func testAPartitionedNodeStopsItsSingletonBeforeItsReplacementStarts() async throws {
+        let net = try HostNetwork(names: ["n1", "n2", "n3"])
+        let c = try AgentCluster()
+        defer { c.shutdown(); net.tearDown() }
+        c.listenHost = { net.ip($0) }
+        c.netns = { net.ns($0) }
+        c.enterNetOnly = true
+        try c.createNetwork()
+        for n in ["n2", "n3"] { try c.join(n) }
+        try await c.waitUntil("3 nodes formed", nodes: net.names, AgentCluster.formed(3))
+        let marker = "mycelium-singleton-\(UUID().uuidString.prefix(8))"
+        let spec = c.home("db.yaml")
+        try "name: db\ncommand: [python3, -c, 'import time; time.sleep(600)', \(marker)]\nresources: {memory: 32Mi}\n"
+            .write(toFile: spec, atomically: true, encoding: .utf8)
+        let (rc, out) = try c.cli(["service", "deploy", spec, "--home", c.home("n1"), "--wait", "30"], netns: net.ns("n1"))
+        XCTAssertEqual(rc, 0, out)
+        func hosts() -> [String] { net.names.filter { !net.processes(in: $0, matching: marker).isEmpty } }
+        try await waitUntil("db runs on one node", timeout: 20, poll: 0.05) { hosts().count == 1 }
+        let cut = hosts()[0], rest = net.names.filter { $0 != cut }
+
+        // Cut its host off. Its agent can no longer renew the node lease: it stops db; the others
+        // confirm its failure and the leader places db elsewhere only after that lease ended.
+        try net.setLink(cut, up: false)
+        defer { try? net.setLink(cut, up: true) }
+        var stoppedAt: Date?, startedAt: Date?
+        try await waitUntil("db stops on the cut-off node and starts on another", timeout: 60, poll: 0.05) {
+            if stoppedAt == nil && net.processes(in: cut, matching: marker).isEmpty { stoppedAt = Date() }
+            if startedAt == nil && rest.contains(where: { !net.processes(in: $0, matching: marker).isEmpty }) { startedAt = Date() }
+            return stoppedAt != nil && startedAt != nil
+        }
+        let stopped = try XCTUnwrap(stoppedAt), started = try XCTUnwrap(startedAt)
+        XCTAssertLessThan(stopped, started, "the cut-off copy stopped before the replacement started: never two at once")
+        print("singleton: stopped on the cut-off node, replacement started \(String(format: "%.2f", started.timeIntervalSince(stopped))) s later (not asserted)")
+        XCTAssertEqual(rest.filter { !net.processes(in: $0, matching: marker).isEmpty }.count, 1)
+    }
+
     func testBadSpecsAreClearErrorsAndNothingIsDeployed() async throws {
         let c = try AgentCluster()
         defer { c.shutdown() }
@@ -173,6 +209,11 @@ final class HostNetwork {
         let pids = processes(in: n, matching: text)
         for p in pids { Foundation.kill(p, SIGKILL) }
         return pids.count
+    }
+
+    /// Takes `n`'s link to the bridge down (a partition) or up again.
+    func setLink(_ n: String, up: Bool) throws {
+        try Self.sh("ip -n \(hub) link set v\(tag)\(n) \(up ? "up" : "down")")
     }
 
     /// Kills every process in `n`'s namespace (a host losing power).

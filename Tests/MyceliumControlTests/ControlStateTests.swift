@@ -60,10 +60,10 @@ final class ControlStateTests: XCTestCase {
         _ = try s.apply(Entry(term: 1, index: 3, data: ControlEntry.spore(SignedCommand(.tick, author: cert.nodeID, key: key, network: network.id), millis: 5).encoded()))
         XCTAssertEqual(s.nowMillis, 1_800_000_011_750, "control time never goes back")
         // A format-3 snapshot (no control time of its own) restores it from the spore's seconds; a
-        // format-4 one (no service table: its last blob, 12 bytes when empty) restores without services.
+        // format-4 one (no service table: its last blob, 16 bytes when empty) restores without services.
         let v5 = s.snapshot()
         XCTAssertEqual(Array(v5[4..<6]), [0, 5])
-        let v4 = Array(v5.prefix(4)) + [0, 4] + Array(v5[6..<(v5.count - 12)])
+        let v4 = Array(v5.prefix(4)) + [0, 4] + Array(v5[6..<(v5.count - 16)])
         XCTAssertEqual(try ControlState.restore(v4, network: network), s)
         var v3 = Array(v4.prefix(4)) + [0, 3] + Array(v4[6..<14]) + Array(v4[22...])
         let restored = try ControlState.restore(v3, network: network)

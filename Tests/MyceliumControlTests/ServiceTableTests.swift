@@ -220,7 +220,7 @@ final class ServiceControllerTests: XCTestCase {
         var spec = ServiceSpec(name: "web", command: ["sleep", "9"], replicas: 2)
         spec.placement.maxPerNode = 1
         try t.service(&s, .deploy(spec))
-        var leader = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(labels: ["zone": "z1"], address: "10.0.0.1")))
+        var leader = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(labels: ["zone": "z1"], address: "10.0.0.1")), run: 1 << 20)
         var clock: UInt64 = 10_000
         func tick() -> [ControllerEffect<ServiceAction>] {
             clock += 100
@@ -246,5 +246,60 @@ final class ServiceControllerTests: XCTestCase {
         XCTAssertEqual(after[1], slots[1], "the healthy instance stays")
         XCTAssertNotEqual(after[0], failed)
         XCTAssertNotNil(after[0])
+    }
+}
+
+/// Singletons and the node lease: a node runs a one-replica service only under a lease it renewed
+/// itself in this run, stops it when renewals stop applying, and the leader moves it only after the
+/// lease ended in control time plus the slack.
+final class SingletonLeaseTests: XCTestCase {
+    func testACutOffNodeStopsItsSingletonBeforeTheLeaderMovesIt() throws {
+        let t = ServiceTableTests(name: "world", testClosure: { _ in })
+        var s = try t.world()
+        for i: UInt8 in 1...3 { try t.service(&s, .nodeInfo(node: t.id(i), ServiceNodeInfo(address: "10.0.0.\(i)"))) }
+        try t.service(&s, .deploy(ServiceSpec(name: "db", command: ["sleep", "9"], replicas: 1)))
+        try t.service(&s, .assign(name: "db", generation: 1, [0: t.id(2)], pending: ""))
+        var node = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(address: "10.0.0.2")), run: 7 << 20)
+        var clock: UInt64 = 50_000
+        func ctx(_ st: ControlState, leader: Bool = false, as i: UInt8 = 2) -> ControllerContext {
+            ControllerContext(node: t.id(i), isLeader: leader, state: st, tick: clock / 100, ticksPerSecond: 10, millis: clock)
+        }
+        func acts(_ e: [ControllerEffect<ServiceAction>]) -> [ServiceAction] { e.compactMap { if case .act(let a) = $0 { return a }; return nil } }
+        func renewals(_ e: [ControllerEffect<ServiceAction>]) -> [SporeCommand] { e.compactMap { if case .submit(let c) = $0 { return c }; return nil } }
+
+        // Assigned, but no lease yet: it renews and waits.
+        var e = node.tick(context: ctx(s))
+        XCTAssertTrue(acts(e).isEmpty, "a singleton does not start before the node's lease applied")
+        let first = try XCTUnwrap(renewals(e).first)
+        // The renewal applies (stamped by the leader's clock): the instance starts.
+        try t.spore(&s, first, by: 2)
+        _ = node.applied(.spore(SignedCommand(first, author: t.id(2), key: t.key(2), network: t.network.id)), context: ctx(s))
+        clock += 100
+        e = node.tick(context: ctx(s))
+        XCTAssertEqual(acts(e).count, 1, "started under a valid lease: \(e)")
+        XCTAssertNotNil(s.services.leaseUntilMillis[t.id(2)])
+        // Cut off: renewals keep being sent but none applies. 2 s lease − 500 ms margin after the
+        // last applied one was sent, the instance is stopped.
+        var stoppedAt: UInt64?
+        for _ in 0..<30 {
+            clock += 100
+            if acts(node.tick(context: ctx(s))).contains(where: { if case .stop = $0 { return true }; return false }) { stoppedAt = clock; break }
+        }
+        XCTAssertEqual(stoppedAt, 50_000 + 1500, "stopped 1.5 s after the last renewal that applied was sent")
+
+        // The leader sees node 2 leave, but its lease has not ended: db stays assigned there.
+        var leader = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(address: "10.0.0.1")), run: 9 << 20)
+        try t.spore(&s, .setStatus(node: t.id(2), .left), by: 2)
+        let until = try XCTUnwrap(s.services.leaseUntilMillis[t.id(2)])
+        XCTAssertTrue(s.services.mayStillRunSingletons(t.id(2), now: s.nowMillis))
+        func plans(_ e: [ControllerEffect<ServiceAction>]) -> [ServiceCommand] { e.compactMap { if case .propose(.service(let c)) = $0 { return c }; return nil } }
+        clock += 6000
+        XCTAssertTrue(plans(leader.tick(context: ctx(s, leader: true, as: 1))).isEmpty, "not moved while the lease may still run it")
+        // Control time passes the lease end + slack (spore entries advance it): now it moves.
+        while s.nowMillis <= until + ServiceTable.takeoverSlackMillis { try t.spore(&s, .tick, by: 1) }
+        _ = leader.applied(.restored, context: ctx(s, leader: true, as: 1))
+        clock += 6000
+        guard case let .assign(_, _, slots, _)? = plans(leader.tick(context: ctx(s, leader: true, as: 1))).first else { return XCTFail("db not moved") }
+        XCTAssertNotEqual(slots[0], t.id(2))
     }
 }
