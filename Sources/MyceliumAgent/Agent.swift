@@ -67,6 +67,8 @@ public actor Agent {
     var dnsAddress = ""
     var dnsServer: DNSServer?
     let serviceEndpoints = ServiceEndpointsView()
+    /// The peers this agent's failure detector suspected when DNS last followed it.
+    var suspectedForServices: Set<UInt64> = []
     let vmInstruments = VMInstruments()
     let paths: AgentPaths
     let logger: Logger
@@ -345,6 +347,7 @@ public actor Agent {
         raft.tick()
         carry(governor.tick(raft: raft, state: control, lostConnections: lostConnections(), using: &random))
         carry(controllers.tick(context: controllerContext))
+        followSuspicions()
         if ticks % ticksPerSecond == 0 {
             everySecond(); updateGauges()
         }

@@ -153,10 +153,23 @@ extension Agent {
         }, dns: dnsAddress)
     }
 
-    /// The slots that answer traffic: reported serving, on a member that is alive now (a suspect's
-    /// instances leave DNS at once, before the vote confirms its failure).
+    /// The slots that answer traffic: reported serving, on a member that is alive in the spore and
+    /// that this agent's own failure detector does not suspect (a dead host's instances leave DNS as
+    /// soon as it misses its probes, before the vote confirms its failure; a wrong suspicion only
+    /// hides an instance until the host answers again).
     func servingSlots(_ r: ServiceRecord) -> [UInt16] {
-        r.servingSlots.filter { slot in r.assignments[slot].map { spore.members[$0]?.status == .alive } ?? false }
+        r.servingSlots.filter { slot in
+            r.assignments[slot].map { spore.members[$0]?.status == .alive && !suspectedForServices.contains($0.compact) } ?? false
+        }
+    }
+
+    /// Follows the failure detector: DNS and the API stop naming instances on a node it suspects.
+    func followSuspicions() {
+        let now = governor.locallySuspected
+        if now != suspectedForServices {
+            suspectedForServices = now
+            refreshServiceEndpoints()
+        }
     }
 
     /// `POST /v1/service/ACTION?QUERY` with `body`.

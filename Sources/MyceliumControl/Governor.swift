@@ -755,5 +755,10 @@ public struct Governor: Sendable {
     // MARK: status
 
     public var pendingChecksCount: Int { pendingChecks.count }
+
+    /// The peers this node's own failure detector suspects now (missed their probes), before any vote:
+    /// what a fast path may act on where a wrong guess costs little (DNS leaving out their services'
+    /// instances), never what changes ownership.
+    public var locallySuspected: Set<UInt64> { Set(detector.health.keys.filter { suspects($0) }) }
     public func health(of peer: UInt64) -> PeerHealth? { detector.health[peer] }
 }

@@ -100,7 +100,12 @@ final class LoopbackNetwork {
     }
 
     func startAll() throws {
-        for i in 1...n {
+        for i in 1...n { try start(i) }
+    }
+
+    /// Starts node i (1-based), again if it was killed.
+    func start(_ i: Int) throws {
+        do {
             let p = Process()
             if let netns {
                 p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
@@ -119,8 +124,16 @@ final class LoopbackNetwork {
                 p.standardError = FileHandle.nullDevice
             }
             try BenchHygiene.run(p)
-            procs.append(p)
+            if procs.count >= i { procs[i - 1] = p } else { procs.append(p) }
         }
+    }
+
+    /// SIGKILLs node i (its service reaper then kills its instances).
+    func kill9(_ i: Int) {
+        let p = procs[i - 1]
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        BenchHygiene.forget(p)
     }
 
     /// The local API of node i (1-based).

@@ -14,6 +14,7 @@ let scenarios: [(name: String, about: String, run: ([String]) async throws -> Vo
     ("vm", "a real guest under libvirt: checkpoint pauses against stop+device state+cont; planned migration against libvirt's live migration; failover phases and RPO (root)", runVMBench),
     ("schedule", "the service scheduler: 10,000 services on 1,000 nodes against the 1 s goal and Nomad's published C2M rate; re-plan after 10% of nodes fail",
      runScheduleBench),
+    ("services", "process services on real agents: 1,000 instances to running against spawning as many; failover of a killed node's instance (root)", runServicesBench),
     ("datapath", "pod-to-pod throughput and latency: our eBPF datapath vs the CNI bridge plugin vs a bare veth pair", runDatapathBench),
 ]
 
