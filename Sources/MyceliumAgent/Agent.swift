@@ -505,6 +505,9 @@ public actor Agent {
     /// controller is not the one that decides.
     func proposeAsLeader(_ entry: ControlEntry) {
         guard raft.role == .leader else { return }
+        var entry = entry
+        // A controller's service entry gets this leader's time, as spore entries do.
+        if case .service(let command, 0) = entry { entry = .service(command, millis: Self.wallMillis()) }
         do { _ = try raft.propose(entry.encoded()) } catch {
             logger.debug("proposal refused", metadata: ["reason": "\(error)"])
         }

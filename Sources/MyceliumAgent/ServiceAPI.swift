@@ -66,9 +66,12 @@ extension Agent {
         return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: canRun ? [.process] : [], draining: false, address: host))
     }
 
+    /// Unix milliseconds by this node's wall clock: the stamp a leader puts on what it proposes.
+    static func wallMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+
     /// A controller's request for the leader: proposed here when this node leads, else forwarded.
     func requestOfLeader(_ entry: ControlEntry) {
-        guard case .service(let command) = entry else {
+        guard case .service(let command, _) = entry else {
             logger.warning("a controller asked the leader for an entry that is not a service command; dropped")
             return
         }
@@ -112,7 +115,7 @@ extension Agent {
         }
         var trial = control.services
         do { _ = try trial.apply(command, spore: spore, now: control.nowMillis) } catch { return refuse("\(error)") }
-        do { _ = try raft.propose(ControlEntry.service(command).encoded()) } catch {
+        do { _ = try raft.propose(ControlEntry.service(command, millis: Self.wallMillis()).encoded()) } catch {
             return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "proposal refused: \(error); retry", code: .noLeader)))
         }
         processReady()

@@ -29,8 +29,9 @@ public enum ControlEntry: Sendable, Equatable {
     /// A change to the VM table (VMs.swift), proposed by the leader's VM controller.
     case vm(VMCommand)
     /// A change to the service table (Services.swift): an operator's deploy, the leader's placement,
-    /// a node's reports.
-    case service(ServiceCommand)
+    /// a node's reports; stamped with the proposing leader's wall clock (Unix ms; 0: unstamped) like
+    /// a spore entry, so service events carry their time and control time moves with them.
+    case service(ServiceCommand, millis: Int64 = 0)
 
     enum Tag: UInt8 { case sporeSeconds = 1, kv = 2, network = 3, vm = 4, spore = 5, service = 6 }
 
@@ -45,8 +46,8 @@ public enum ControlEntry: Sendable, Equatable {
             w.u8(Tag.network.rawValue); w.raw(command.encoded())
         case .vm(let command):
             w.u8(Tag.vm.rawValue); w.raw(command.encoded())
-        case .service(let command):
-            w.u8(Tag.service.rawValue); w.raw(command.encoded())
+        case let .service(command, millis):
+            w.u8(Tag.service.rawValue); w.i64(millis); w.raw(command.encoded())
         }
         return w.bytes
     }
@@ -73,7 +74,13 @@ public enum ControlEntry: Sendable, Equatable {
         case .vm:
             do { return .vm(try VMCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("vm command: \(error)")) }
         case .service:
-            do { return .service(try ServiceCommand(decoding: body)) } catch { throw ControlError(.malformedEntry("service command: \(error)")) }
+            guard body.count >= 8 else { throw ControlError(.malformedEntry("service entry of \(bytes.count) bytes")) }
+            var r = ByteReader(body)
+            let millis: Int64
+            do { millis = try r.i64() } catch { throw ControlError(.malformedEntry("service entry time: \(error)")) }
+            do { return .service(try ServiceCommand(decoding: Array(body[8...])), millis: millis) } catch {
+                throw ControlError(.malformedEntry("service command: \(error)"))
+            }
         }
     }
 }
@@ -133,8 +140,8 @@ public struct ControlState: Sendable, Equatable {
     public internal(set) var services: ServiceTable
     /// The Raft index of the last entry applied (or of the snapshot restored).
     public internal(set) var appliedIndex: UInt64 = 0
-    /// Control time: the latest leader-stamped time of an applied spore entry, in Unix milliseconds
-    /// (`spore.now` is its whole seconds). Moves only with spore entries, never backwards.
+    /// Control time: the latest leader-stamped time of an applied spore or service entry, in Unix
+    /// milliseconds (`spore.now` is the whole seconds of the spore entries'). Never moves backwards.
     public internal(set) var nowMillis: Int64 = 0
 
     public init(network: NetworkIdentity) {
@@ -197,8 +204,11 @@ public struct ControlState: Sendable, Equatable {
                 throw ControlError(.vmRefused("a planned switch is signed by the VM's primary (SporeCommand.vmSwitch), never a leader's entry"))
             }
             return try vms.apply(command, spore: spore, now: nowMillis)
-        case .service(let command):
-            return try services.apply(command, spore: spore, now: nowMillis)
+        case let .service(command, stamped):
+            let millis = max(nowMillis, stamped)
+            let changes = try services.apply(command, spore: spore, now: millis)
+            nowMillis = millis
+            return changes
         }
     }
 

@@ -289,8 +289,10 @@ public struct InstanceReport: Sendable, Equatable {
         self.address = address; self.message = VMMigration.clipped(message, Self.maxMessage)
     }
 
-    /// Answers traffic: running and not failing its health check (no check: running is enough).
-    public var serving: Bool { state == .running && health != .unhealthy }
+    /// Answers traffic: running and healthy (a node reports an instance without a check healthy
+    /// while it runs; one with a check only once the check passed, so DNS never names an instance
+    /// that is still starting up).
+    public var serving: Bool { state == .running && health == .healthy }
 
     func encode(into w: inout ByteWriter) {
         w.raw(node.bytes); w.u64(generation); w.u8(state.rawValue); w.u8(health.rawValue); w.u32(restarts); w.string(address); w.string(message)

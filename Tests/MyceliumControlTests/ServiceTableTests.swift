@@ -104,6 +104,18 @@ final class ServiceTableTests: XCTestCase {
             .nodeInfo(node: id(3), ServiceNodeInfo(labels: ["rack": "r1"], drivers: [.process], draining: true, address: "10.0.0.3")),
         ]
         for c in commands { XCTAssertEqual(try ServiceCommand(decoding: c.encoded()), c) }
+        XCTAssertEqual(try ControlEntry.decode(ControlEntry.service(.remove(name: "web"), millis: 1_800_000_123_456).encoded()),
+                       .service(.remove(name: "web"), millis: 1_800_000_123_456))
+        // A stamped service entry moves control time (its events carry it); an older stamp does not.
+        var timed = try world()
+        let before = timed.nowMillis
+        index += 1
+        _ = try timed.apply(Entry(term: 1, index: index, data: ControlEntry.service(.deploy(web), millis: before + 750).encoded()))
+        XCTAssertEqual(timed.nowMillis, before + 750)
+        XCTAssertEqual(timed.services.services["web"]?.events.last?.millis, before + 750)
+        index += 1
+        _ = try timed.apply(Entry(term: 1, index: index, data: ControlEntry.service(.remove(name: "web"), millis: 5).encoded()))
+        XCTAssertEqual(timed.nowMillis, before + 750, "control time never goes back")
         var s = try world()
         var bad = web; bad.name = "Web"
         XCTAssertTrue(refusal(&s, .deploy(bad)).contains("lowercase"))
@@ -227,7 +239,7 @@ final class ServiceControllerTests: XCTestCase {
             return leader.tick(context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: clock / 100, ticksPerSecond: 10, millis: clock))
         }
         func proposals(_ effects: [ControllerEffect<ServiceAction>]) -> [ServiceCommand] {
-            effects.compactMap { if case .propose(.service(let c)) = $0 { return c }; return nil }
+            effects.compactMap { if case .propose(.service(let c, _)) = $0 { return c }; return nil }
         }
         let first = proposals(tick())
         guard case let .assign(name, generation, slots, pending)? = first.first else { return XCTFail("no placement proposed: \(first)") }
@@ -292,7 +304,7 @@ final class SingletonLeaseTests: XCTestCase {
         try t.spore(&s, .setStatus(node: t.id(2), .left), by: 2)
         let until = try XCTUnwrap(s.services.leaseUntilMillis[t.id(2)])
         XCTAssertTrue(s.services.mayStillRunSingletons(t.id(2), now: s.nowMillis))
-        func plans(_ e: [ControllerEffect<ServiceAction>]) -> [ServiceCommand] { e.compactMap { if case .propose(.service(let c)) = $0 { return c }; return nil } }
+        func plans(_ e: [ControllerEffect<ServiceAction>]) -> [ServiceCommand] { e.compactMap { if case .propose(.service(let c, _)) = $0 { return c }; return nil } }
         clock += 6000
         XCTAssertTrue(plans(leader.tick(context: ctx(s, leader: true, as: 1))).isEmpty, "not moved while the lease may still run it")
         // Control time passes the lease end + slack (spore entries advance it): now it moves.
