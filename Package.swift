@@ -250,7 +250,7 @@ let package = Package(
             name: "MyceliumAgentTests",
             dependencies: [
                 "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
-                "MyceliumSim", "VMTestSupport", "Libvirt",
+                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -18,6 +18,13 @@ public enum ServiceReaper {
 
     /// Runs until `agentPID` exits, then kills what it left in `dir`'s cgroups. Returns the exit code.
     public static func run(stateDirectory dir: String, agentPID: Int32, log: (String) -> Void) -> Int32 {
+        // Resolved now, while the agent keeps the directory: after its death the directory may be
+        // gone (a test removing its homes), and the reaper must neither need it nor recreate it.
+        let leftovers: ProcessRuntime.Leftovers
+        do { leftovers = try ProcessRuntime.leftovers(of: dir) } catch {
+            log("service reaper: cannot watch \(dir): \(error)")
+            return 1
+        }
         let fd = cspawn_pidfd_open(agentPID)
         if fd >= 0 {
             _ = cspawn_pidfd_wait(fd, -1)
@@ -26,13 +33,8 @@ public enum ServiceReaper {
             // No pidfd (a kernel before 5.3, or the agent already gone): ask every 200 ms.
             while kill(agentPID, 0) == 0 || errno == EPERM { usleep(200_000) }
         }
-        do {
-            try ProcessRuntime(stateDirectory: dir, onChange: { _ in }).killLeftovers()
-            return 0
-        } catch {
-            log("service reaper: cannot clean up \(dir) after agent \(agentPID) exited: \(error)")
-            return 1
-        }
+        leftovers.kill()
+        return 0
     }
 
     /// Kills the reaper an earlier agent of `dir` started, if it still runs (only a process that is

@@ -401,8 +401,31 @@ public final class ProcessRuntime: Sendable {
         }
     }
 
+    /// A handle on the cgroups of the runtime of `stateDirectory` that touches nothing in that
+    /// directory: taken while the directory exists, used after its agent died (the service reaper),
+    /// when the directory may already be gone.
+    public struct Leftovers: Sendable {
+        let tree: CgroupTree
+        /// Kills every process in those cgroups and removes them.
+        public func kill() {
+            for id in tree.existingIDs() {
+                let cg = tree.cgroup(for: id)
+                cg.killAll(deadlineMillis: monotonicMillis() + 30_000)
+                _ = cg.remove(deadlineMillis: monotonicMillis() + 2000)
+            }
+        }
+    }
+
+    public static func leftovers(of stateDirectory: String) throws(RuntimeError) -> Leftovers {
+        guard let real = realpath(stateDirectory, nil) else {
+            throw RuntimeError(instance: nil, .stateDirectory(path: stateDirectory, operation: "realpath", errno: errno))
+        }
+        defer { free(real) }
+        return Leftovers(tree: CgroupTree(layout: try CgroupLayout.detect(), prefix: prefix(for: String(cString: real))))
+    }
+
     /// Kills every process of this state directory's cgroups that this runtime does not run, and
-    /// removes those cgroups; their logs stay (what the service reaper does when its agent died).
+    /// removes those cgroups; their logs stay.
     public func killLeftovers() {
         table.lock.lock()
         let known = Set(table.instances.keys)

@@ -1,6 +1,7 @@
 import Foundation
 import MyceliumAPI
 @testable import MyceliumAgent
+import ServiceRuntime
 import XCTest
 
 /// Real `myceliumd` processes on loopback, driven through the real `mycelium` CLI and the agents'
@@ -56,6 +57,11 @@ final class AgentCluster {
         for p in running where p.isRunning { kill(p.processIdentifier, SIGKILL) }
         for p in running { p.waitUntilExit() }
         guard first else { return }
+        // Service instances die with their agent (its reaper kills them), unless the test killed the
+        // reaper too (a host's namespace killed whole): their cgroups go here, before the homes.
+        for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where FileManager.default.fileExists(atPath: dir + "/" + n + "/services") {
+            (try? ProcessRuntime.leftovers(of: dir + "/" + n + "/services"))?.kill()
+        }
         // A closure stored here may capture the cluster; dropping them breaks that cycle.
         listenHost = { _ in "127.0.0.1" }
         netns = nil
