@@ -142,6 +142,12 @@ public struct AgentClient: Sendable {
         try await decoded(.service(action: "stop", query: "name=" + (name.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? name)))
     }
 
+    /// `POST /v1/service/drain?node=ID` (or `undrain`; no node: the answering agent's own).
+    public func drainNode(_ node: String?, on: Bool) async throws -> ActionResponse {
+        try await decoded(.service(action: on ? "drain" : "undrain",
+                                   query: node.map { "node=" + ($0.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? $0) } ?? ""))
+    }
+
     /// `GET /v1/service/logs?name=&instance=&bytes=`.
     public func serviceLogs(_ name: String, instance: String?, bytes: Int) async throws -> ServiceLogsResponse {
         let q = "name=" + (name.addingPercentEncoding(withAllowedCharacters: Self.queryValue) ?? name)

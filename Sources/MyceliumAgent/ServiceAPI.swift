@@ -110,7 +110,7 @@ extension Agent {
         case .deploy(let spec):
             if let p = ServiceRules.problem(spec) { return refuse(p, .badRequest) }
             if let p = ServiceRules.impossible(spec, state: control) { return refuse(p) }
-        case .remove:
+        case .remove, .drain:
             break
         }
         var trial = control.services
@@ -125,6 +125,10 @@ extension Agent {
             return KVAnswer(status: .accepted, body: json(ActionResponse(result: "service \(spec.name) \(update ? "update" : "deployment") proposed; watch 'mycelium service show \(spec.name)'")))
         case .remove(let name):
             return KVAnswer(status: .accepted, body: json(ActionResponse(result: "service \(name) stop proposed; its instances stop once it commits")))
+        case let .drain(node, on):
+            return KVAnswer(status: .accepted, body: json(ActionResponse(result: on
+                ? "drain of \(node) proposed: it gets no new instance and its instances move elsewhere; watch 'mycelium service list'"
+                : "\(node) takes instances again once this commits")))
         default:
             return KVAnswer(status: .accepted, body: json(ActionResponse(result: "proposed")))
         }
@@ -190,6 +194,15 @@ extension Agent {
             case .success(let spec): command = .deploy(spec)
             case .failure(let e): return bad(e.message)
             }
+        case "drain", "undrain":
+            var node = nodeID
+            if let text = q["node"], !text.isEmpty {
+                guard let id = try? MyceliumIdentity.NodeID(parsing: text), spore.members[id] != nil else {
+                    return bad("'\(text)' is not a member of this network; see 'mycelium status'")
+                }
+                node = id
+            }
+            command = .drain(node: node, action == "drain")
         case "stop":
             guard let name = q["name"], !name.isEmpty else { return bad("stop needs name=NAME") }
             guard control.services.services[name] != nil else {
@@ -197,7 +210,7 @@ extension Agent {
             }
             command = .remove(name: name)
         default:
-            return (.notFound, json(APIErrorResponse(error: "no service action '\(action)'; there are deploy and stop", code: .notFound)))
+            return (.notFound, json(APIErrorResponse(error: "no service action '\(action)'; there are deploy, stop, drain and undrain", code: .notFound)))
         }
         if raft.role == .leader {
             let a = proposeService(command, from: nodeID)

@@ -356,7 +356,8 @@ public struct ServiceNodeInfo: Sendable, Equatable {
     public var labels: [String: String]
     /// The drivers this node offers (always `process`).
     public var drivers: [ServiceDriverKind]
-    /// Drained: it gets nothing new and its instances move elsewhere.
+    /// Drained (`ServiceCommand.drain`, an operator's decision): it gets nothing new and its
+    /// instances move elsewhere. What the node itself says here is ignored.
     public var draining: Bool
     /// Where its instances answer (the node's underlay IPv4).
     public var address: String
@@ -396,6 +397,9 @@ public enum ServiceCommand: Sendable, Equatable {
     /// A node's reports on its own instances.
     case report(node: NodeID, [(name: String, slot: UInt16, InstanceReport)])
     case nodeInfo(node: NodeID, ServiceNodeInfo)
+    /// An operator drains a node (it gets nothing new and its instances move elsewhere) or undoes it.
+    /// Recorded apart from the node's own facts, which never change it.
+    case drain(node: NodeID, Bool)
 
     public static func == (a: Self, b: Self) -> Bool { a.encoded() == b.encoded() }
 
@@ -412,6 +416,7 @@ public enum ServiceCommand: Sendable, Equatable {
             w.u8(4); w.raw(node.bytes); w.u32(UInt32(reports.count))
             for (name, slot, report) in reports { w.string(name); w.u16(slot); report.encode(into: &w) }
         case let .nodeInfo(node, info): w.u8(5); w.raw(node.bytes); info.encode(into: &w)
+        case let .drain(node, on): w.u8(6); w.raw(node.bytes); w.bool(on)
         }
         return w.bytes
     }
@@ -438,6 +443,7 @@ public enum ServiceCommand: Sendable, Equatable {
                 for _ in 0..<n { reports.append((try r.string("service name", limit: 63), try r.u16(), try InstanceReport.decode(&r))) }
                 self = .report(node: node, reports)
             case 5: self = .nodeInfo(node: try NodeID(bytes: r.raw(16)), try ServiceNodeInfo.decode(&r))
+            case 6: self = .drain(node: try NodeID(bytes: r.raw(16)), try r.bool("drain"))
             default: throw DecodeError(.invalid(field: "service command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()
@@ -540,7 +546,17 @@ public struct ServiceTable: Sendable, Equatable {
 
         case let .nodeInfo(node, info):
             guard spore.members[node] != nil else { throw refuse("\(node) is not a member") }
+            var info = info
+            info.draining = nodes[node]?.draining ?? false  // the operator's decision, not the node's
             if nodes[node] == info { return [] }
+            nodes[node] = info
+            return [.serviceNode(node)]
+
+        case let .drain(node, on):
+            guard spore.members[node] != nil else { throw refuse("\(node) is not a member; see 'mycelium status'") }
+            guard var info = nodes[node] else { throw refuse("\(node) has not told the network its placement facts yet (is its agent running?); retry") }
+            if info.draining == on { return [] }
+            info.draining = on
             nodes[node] = info
             return [.serviceNode(node)]
         }

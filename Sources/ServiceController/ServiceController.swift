@@ -91,7 +91,9 @@ public struct ServiceController: Controller {
         guard state.spore.members[context.node] != nil else { return out }
         let now = context.millis
         // Placement facts, until the table holds them.
-        if state.services.nodes[context.node] != settings.info, lastInfo.map({ now >= $0 + 2000 }) ?? true {
+        var recorded = state.services.nodes[context.node]
+        recorded?.draining = false  // the operator's, not compared
+        if recorded != settings.info, lastInfo.map({ now >= $0 + 2000 }) ?? true {
             lastInfo = now
             out.append(.request(.service(.nodeInfo(node: context.node, settings.info))))
         }

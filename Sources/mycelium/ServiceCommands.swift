@@ -6,7 +6,7 @@ import MyceliumAPI
 struct ServiceCommandGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "service",
-        abstract: "Deploy, list, show, stop and read the logs of services (processes, podman containers, K3s deployments).",
+        abstract: "Deploy, list, show, stop and read the logs of services (processes today; the podman and K3s drivers are still to come).",
         discussion: """
             A service is recorded in the primary spore (Raft-committed) with its spec and a generation; \
             the leader's scheduler places its replicas on the members (constraints, spread, trust, \
@@ -31,9 +31,10 @@ struct ServiceCommandGroup: AsyncParsableCommand {
               mycelium service show web -o json
               mycelium service logs web --instance 1
               dig @127.0.0.1 -p 8600 web.service.mycelium
+              mycelium service drain --node NODE-ID   # nothing new there; its instances move
               mycelium service stop web
             """,
-        subcommands: [Deploy.self, List.self, Show.self, Stop.self, Logs.self])
+        subcommands: [Deploy.self, List.self, Show.self, Stop.self, Logs.self, Drain.self])
 
     struct Deploy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -136,6 +137,28 @@ struct ServiceCommandGroup: AsyncParsableCommand {
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
             if wait > 0 { throw ValidationError("the stop of \(name) was not recorded within \(wait) s: is there a leader with a majority? ('mycelium status')") }
+        }
+    }
+
+    struct Drain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Drain a node: it gets no new instance and its instances are placed elsewhere (--undo: take instances again).",
+            discussion: """
+                The decision is recorded in the primary spore, so it holds across restarts of the node \
+                until undone. Instances move as the scheduler finds room for them elsewhere; a \
+                singleton moves once the node's lease has ended. Use it before maintenance.
+
+                Examples:
+                  mycelium service drain                 # this node
+                  mycelium service drain --node NODE-ID  # another member
+                  mycelium service drain --undo
+                """)
+        @OptionGroup var agent: AgentOptions
+        @Option(help: "The node to drain (default: the node of this agent).") var node: String?
+        @Flag(help: "Take instances again.") var undo = false
+
+        func run() async throws {
+            print(try await agent.client.drainNode(node, on: !undo).result)
         }
     }
 

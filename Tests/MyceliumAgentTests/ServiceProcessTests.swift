@@ -77,6 +77,22 @@ final class ServiceProcessTests: XCTestCase {
         web = try await service("web", on: survivors[0], c)
         XCTAssertEqual(Set(web.instances.map { nodeOf[$0.node]! }), Set(survivors), "\(web)")
 
+        // Drain one survivor from the other's CLI: its instance stops and, with one instance per node
+        // and no other node left, stays unplaced with the reason; undone, it comes back.
+        let drained = survivors[1]
+        let drainedID = try XCTUnwrap(nodeOf.first { $0.value == drained }?.key)
+        var (drc, dout) = try c.cli(["service", "drain", "--node", drainedID, "--home", c.home(survivors[0])], netns: net.ns(survivors[0]))
+        XCTAssertEqual(drc, 0, dout)
+        try await waitUntil("the drained node's instance stops", timeout: 30, poll: 0.1) {
+            let s = try await self.service("web", on: survivors[0], c)
+            return net.processes(in: drained, matching: "http.server").isEmpty && !s.pending.isEmpty && s.serving == 1
+        }
+        (drc, dout) = try c.cli(["service", "drain", "--undo", "--node", drainedID, "--home", c.home(survivors[0])], netns: net.ns(survivors[0]))
+        XCTAssertEqual(drc, 0, dout)
+        try await waitUntil("the undrained node runs an instance again", timeout: 30, poll: 0.1) {
+            try await self.service("web", on: survivors[0], c).serving == 2
+        }
+
         // Stopped: the record goes and no instance process is left on the live hosts.
         let (src, sout) = try c.cli(["service", "stop", "web", "--home", c.home(survivors[0])], netns: net.ns(survivors[0]))
         XCTAssertEqual(src, 0, sout)

@@ -88,6 +88,12 @@ final class ServiceTableTests: XCTestCase {
         XCTAssertTrue(refusal(&s, .remove(name: "nope")).contains("no service"))
         try service(&s, .nodeInfo(node: id(2), ServiceNodeInfo(labels: ["zone": "a"], drivers: [.process, .podman], address: "10.0.0.2")))
         XCTAssertEqual(s.services.nodes[id(2)]?.labels, ["zone": "a"])
+        // Draining is the operator's: a node's own facts neither set nor clear it.
+        try service(&s, .drain(node: id(2), true))
+        try service(&s, .nodeInfo(node: id(2), ServiceNodeInfo(labels: ["zone": "b"], drivers: [.process], draining: false, address: "10.0.0.2")))
+        XCTAssertEqual(s.services.nodes[id(2)]?.draining, true)
+        XCTAssertEqual(s.services.nodes[id(2)]?.labels, ["zone": "b"])
+        XCTAssertTrue(refusal(&s, .drain(node: id(3), true)).contains("placement facts"), "a node that never reported cannot be drained yet")
 
         // The snapshot carries all of it, byte for byte.
         let restored = try ControlState.restore(s.snapshot(), network: network)
@@ -102,6 +108,7 @@ final class ServiceTableTests: XCTestCase {
             .deploy(web), .remove(name: "web"), .assign(name: "web", generation: 4, [0: id(1), 7: id(2)], pending: "1 of the replicas not placed"),
             .report(node: id(1), [("web", 0, InstanceReport(node: id(1), generation: 2, state: .failed, health: .unhealthy, restarts: 3, message: "exited 1"))]),
             .nodeInfo(node: id(3), ServiceNodeInfo(labels: ["rack": "r1"], drivers: [.process], draining: true, address: "10.0.0.3")),
+            .drain(node: id(2), true), .drain(node: id(2), false),
         ]
         for c in commands { XCTAssertEqual(try ServiceCommand(decoding: c.encoded()), c) }
         XCTAssertEqual(try ControlEntry.decode(ControlEntry.service(.remove(name: "web"), millis: 1_800_000_123_456).encoded()),
@@ -258,6 +265,18 @@ final class ServiceControllerTests: XCTestCase {
         XCTAssertEqual(after[1], slots[1], "the healthy instance stays")
         XCTAssertNotEqual(after[0], failed)
         XCTAssertNotNil(after[0])
+        try t.service(&s, moved[0])
+
+        // Draining the node of slot 1 takes that instance off it; with one node down and one holding
+        // slot 0 (one per node), nowhere is left for it: unplaced, and the record says why.
+        let drained = try XCTUnwrap(after[1])
+        try t.service(&s, .drain(node: drained, true))
+        _ = leader.applied(.serviceNode(drained), context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: 0, ticksPerSecond: 10))
+        guard case let .assign(_, _, final, why)? = proposals(tick()).first else { return XCTFail("the drained node's instance was not moved") }
+        XCTAssertEqual(final[0], after[0])
+        XCTAssertNil(final[1])
+        XCTAssertFalse(final.values.contains(drained), "nothing on the drained node")
+        XCTAssertTrue(why.contains("1 of the replicas not placed"), why)
     }
 }
 
