@@ -37,6 +37,9 @@ public struct ServiceController: Controller {
     /// The reconciler's memory, per instance ID.
     public private(set) var local: [String: LocalInstance] = [:]
     var dirty = true
+    /// Per service, what its plan depends on as last applied (spec generation and placement).
+    struct PlanInput: Equatable, Sendable { var generation: UInt64; var assignments: [UInt16: NodeID] }
+    var planInputs: [String: PlanInput] = [:]
     var lastPlan: UInt64?
     /// What the leader proposed per service (generation, slots, pending) and when.
     var proposed: [String: (generation: UInt64, slots: [UInt16: NodeID], pending: String, at: UInt64)] = [:]
@@ -59,7 +62,12 @@ public struct ServiceController: Controller {
 
     public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
         switch change {
-        case .service, .serviceNode, .restored:
+        case let .service(name, record):
+            // Instance reports change a record too, but not what the plan depends on.
+            reconcileNeeded = true
+            let key = record.map { PlanInput(generation: $0.generation, assignments: $0.assignments) }
+            if planInputs[name] != key { planInputs[name] = key; dirty = true }
+        case .serviceNode, .restored:
             dirty = true; reconcileNeeded = true
         case .spore(let signed):
             if case .renewLease = signed.command {

@@ -128,9 +128,8 @@ extension ServiceRules {
         guard spec.replicas > 0 else { return nil }
         let d = demand(ServiceRecord(spec: spec, generation: 1))
         // A member that has not announced its capacity yet (its first refresh is on its way) may fit.
-        let live = Self.nodes(state).filter { $0.condition != .down }
-        if live.contains(where: { $0.capacity == .zero }) { return nil }
-        let nodes = live
+        let nodes = Self.nodes(state).filter { $0.condition != .down }
+        if nodes.contains(where: { $0.capacity == .zero }) { return nil }
         if nodes.isEmpty { return "no live member offers services yet; wait until 'mycelium status' shows the nodes alive" }
         var reasons: [String: Int] = [:]
         for var n in nodes {

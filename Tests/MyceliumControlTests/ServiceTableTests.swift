@@ -3,7 +3,7 @@ import MyceliumCore
 import MyceliumIdentity
 import MyceliumRaft
 import MyceliumSpores
-import ServiceController
+@testable import ServiceController
 import XCTest
 
 /// The service table (issue 17): deploys bump generations, placements are compare-and-swaps on them,
@@ -252,8 +252,15 @@ final class ServiceControllerTests: XCTestCase {
         guard case let .assign(name, generation, slots, pending)? = first.first else { return XCTFail("no placement proposed: \(first)") }
         XCTAssertEqual(name, "web"); XCTAssertEqual(generation, 1); XCTAssertEqual(pending, "")
         XCTAssertEqual(Set(slots.values).count, 2, "max_per_node 1: two nodes")
-        try t.service(&s, first[0])
+        for c in try t.service(&s, first[0]) { _ = leader.applied(c, context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: 0, ticksPerSecond: 10)) }
         XCTAssertTrue(proposals(tick()).isEmpty, "nothing new to propose once the placement applied")
+        XCTAssertFalse(leader.dirty)
+        // A node's report changes the record but not what the plan depends on: no re-plan for it.
+        let report = InstanceReport(node: slots[0]!, generation: 1, state: .running, health: .healthy)
+        for c in try t.service(&s, .report(node: slots[0]!, [("web", 0, report)])) {
+            _ = leader.applied(c, context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: 0, ticksPerSecond: 10))
+        }
+        XCTAssertFalse(leader.dirty, "reports do not make the leader re-plan")
         // The member holding slot 0 leaves (down to the scheduler, like one recorded failed): the next
         // plan moves that slot, and only it.
         let failed = try XCTUnwrap(slots[0])
