@@ -15,10 +15,16 @@ fail=0
 ip netns add "$NS" || exit 1
 ip -n "$NS" link set lo up
 PORT=7400
+# wait_proxy LOG: until flipproxy printed that it listens (or 10 s); its log says why when it cannot.
+wait_proxy() {
+    for _ in $(seq 1 100); do grep -q "flipproxy: listening" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "  flipproxy did not start listening: $(cat "$1")"; return 1
+}
 
 echo "== one of two paths corrupts about one byte per 2 MiB (256 MiB stream)"
 ip netns exec "$NS" "$BIN/flipproxy" 127.0.0.3 $PORT 127.0.0.2 $PORT $((2 << 20)) 4096 2> "$OUT/proxy1" &
-PIDS+=($!)
+p1=$!; PIDS+=($p1)
+wait_proxy "$OUT/proxy1"
 ip netns exec "$NS" "$BIN/rzpeer" server --listen 127.0.0.1,127.0.0.2 --port $PORT --size $((256 << 20)) \
     --max-auth 100000 > "$OUT/s1" 2>&1 &
 spid=$!; PIDS+=($spid)
@@ -34,12 +40,14 @@ if [ $crc = 0 ] && [ $src = 0 ] && [ "$(field ok "$s")" = 1 ] && [ "$(field auth
     echo "PASS corrupted path: chunks refused and resent, content exact"
 else
     echo "FAIL corrupted path"; fail=1
+    echo "  proxy: $(cat "$OUT/proxy1")"
 fi
-kill %1 2>/dev/null; wait 2>/dev/null
+kill $p1 2>/dev/null; wait $p1 2>/dev/null
 
 echo "== the only path corrupts about one byte per 64 KiB"
 ip netns exec "$NS" "$BIN/flipproxy" 127.0.0.3 $PORT 127.0.0.2 $PORT 65536 4096 2> "$OUT/proxy2" &
 ppid=$!; PIDS+=($ppid)
+wait_proxy "$OUT/proxy2"
 ip netns exec "$NS" "$BIN/rzpeer" server --listen 127.0.0.2 --port $PORT --size $((64 << 20)) > "$OUT/s2" 2>&1 &
 spid=$!; PIDS+=($spid)
 wait_listening "$OUT/s2"
@@ -58,6 +66,9 @@ if [ $src != 0 ] && grep -q 'ERROR receive code=-74' "$OUT/s2" && grep -q 'integ
     echo "PASS heavily corrupted only path: session failed with a clear integrity error, nothing delivered as good"
 else
     echo "FAIL heavily corrupted only path"; fail=1
+    echo "  proxy: $(cat "$OUT/proxy2")"
+    echo "  server output (end):"; tail -5 "$OUT/s2" | sed 's/^/    /'
+    echo "  client output (end):"; tail -5 "$OUT/c2" | sed 's/^/    /'
 fi
 [ -n "${RZ_DEBUG_CLIENT:-}" ] && grep -v "^rz [0-9]" "$OUT/c2" | tail -20
 rm -rf "$OUT"

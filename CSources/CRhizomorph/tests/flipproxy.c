@@ -76,7 +76,10 @@ int main(int argc, char **argv) {
     srand((unsigned)getpid());
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(ls, (struct sockaddr *)&la, sizeof la) || listen(ls, 16)) {
+    /* The previous test's proxy may still be closing its socket: retry for up to 5 s. */
+    int bound = -1;
+    for (int i = 0; i < 50 && (bound = bind(ls, (struct sockaddr *)&la, sizeof la)) != 0; i++) usleep(100000);
+    if (bound != 0 || listen(ls, 16)) {
         perror("flipproxy listen");
         return 1;
     }
