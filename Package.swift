@@ -87,6 +87,9 @@ let package = Package(
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
+        // The route controller's driver: loads the eBPF datapath and programs other nodes' pod routes and identities.
+        .target(name: "NetworkDriver", dependencies: ["NetworkController", "MyceliumControl", "MyceliumCNI", "MyceliumCore",
+                                                      .product(name: "Logging", package: "swift-log")]),
 
         // MARK: endophyte core: dirty-page tracking in C and the RAM replication engine
         .target(
@@ -155,7 +158,7 @@ let package = Package(
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
                 "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
-                "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceDNS",
+                "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceDNS", "NetworkDriver", "MyceliumCNI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -250,7 +253,7 @@ let package = Package(
             name: "MyceliumAgentTests",
             dependencies: [
                 "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
-                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime",
+                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime", "MyceliumCNI", "mycelium-cni",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -357,3 +357,51 @@ out:
     dp_unlock(lock);
     return rc;
 }
+
+int myc_dp_route_list(const char *pin_dir, struct myc_dp_route *out, size_t max, char *err, size_t errlen)
+{
+    int fd = dp_map(pin_dir, "routes", err, errlen);
+    if (fd < 0)
+        return fd;
+    size_t n = 0;
+    struct myc_route_key key, next;
+    void *prev = NULL;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        struct myc_route v;
+        if (bpf_map_lookup_elem(fd, &next, &v) == 0) {
+            if (out && n < max)
+                out[n] = (struct myc_dp_route){ .cidr = next.addr, .prefix_len = (uint8_t)next.prefixlen,
+                                                .mode = v.mode, .node_ipv4 = v.node_ipv4, .vxlan_vni = v.vxlan_vni };
+            n++;
+        }
+        key = next;
+        prev = &key;
+    }
+    close(fd);
+    return (int)n;
+}
+
+int myc_dp_remote_list(const char *pin_dir, uint32_t *ipv4_out, uint32_t *network_id_out, size_t max, char *err,
+                       size_t errlen)
+{
+    int fd = dp_map(pin_dir, "remote_ids", err, errlen);
+    if (fd < 0)
+        return fd;
+    size_t n = 0;
+    uint32_t key, next;
+    void *prev = NULL;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        uint32_t id;
+        if (bpf_map_lookup_elem(fd, &next, &id) == 0) {
+            if (n < max) {
+                if (ipv4_out) ipv4_out[n] = next;
+                if (network_id_out) network_id_out[n] = id;
+            }
+            n++;
+        }
+        key = next;
+        prev = &key;
+    }
+    close(fd);
+    return (int)n;
+}

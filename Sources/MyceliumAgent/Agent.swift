@@ -28,6 +28,7 @@ import ServiceController
 import ServiceDriver
 import ServiceDNS
 import NetworkController
+import NetworkDriver
 import NIOCore
 import NIOPosix
 
@@ -237,6 +238,7 @@ public actor Agent {
         self.governor = governor
         self.controllers = ControllerHost(logger: logger)
         self.controllers.host(PodCIDRController(settings: pods), driver: PodCIDRFile(path: config.podCIDRFilePath))
+        if let (routes, driver) = Self.makeDatapath(config, logger: logger) { self.controllers.host(routes, driver: driver) }
         self.controllers.host(MembershipController(key: key, certificate: identity.certificate, genesis: authority),
                               driver: CertificateFile(path: paths.nodeCert))
         let vms = VMController(run: UInt64.random(in: 1...UInt64.max >> 1) << 16)

@@ -81,6 +81,14 @@ public struct AgentConfig: Sendable, Equatable {
     public var nodeLabels: [String] = []
     /// host:port where this agent answers DNS for NAME.service.mycelium (empty: off).
     public var dnsListen = "127.0.0.1:8600"
+    /// How this node's eBPF datapath reaches other nodes' pods: auto (natively on the same subnet,
+    /// VXLAN beyond it), native, vxlan, or off (the agent programs no datapath).
+    public var datapathMode = "auto"
+    /// The compiled datapath (make -C CSources/bpf builds CSources/bpf/build/datapath.bpf.o); the
+    /// agent drives the datapath only when this file exists.
+    public var datapathObject = "/usr/lib/mycelium/datapath.bpf.o"
+    /// Where the datapath's maps and programs are pinned (mycelium-cni's pinDir).
+    public var datapathPinDir = "/sys/fs/bpf/mycelium"
 
     public init() {}
 
@@ -127,6 +135,9 @@ public struct AgentConfig: Sendable, Equatable {
         string("dirty_page_shim", "Path of the dirty-page preload shim for QEMU (libmdp_preload.so); empty: the hash engine.", \.dirtyPageShim),
         strings("node_labels", "This node's labels for service placement, like [\"zone=eu\", \"rack=r1\"] (region, zone and rack are the levels a service can spread across).", \.nodeLabels),
         string("dns_listen", "host:port where this agent answers DNS for NAME.service.mycelium (A and SRV records of healthy instances), like Consul's port 8600; empty: off. DNS is unauthenticated: keep it on loopback or a trusted network.", \.dnsListen),
+        string("datapath_mode", "How this node's eBPF datapath reaches other nodes' pods: auto (natively to nodes on this node's subnet, VXLAN to the others), native, vxlan, or off (the agent programs no datapath).", \.datapathMode),
+        string("datapath_object", "The compiled eBPF datapath (make -C CSources/bpf builds CSources/bpf/build/datapath.bpf.o); the agent drives the datapath only when this file exists.", \.datapathObject),
+        string("datapath_pin_dir", "Where the datapath's maps and programs are pinned in bpffs (mycelium-cni's pinDir must be the same).", \.datapathPinDir),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 
@@ -155,6 +166,9 @@ public struct AgentConfig: Sendable, Equatable {
     public func validate() throws(ConfigError) {
         if heartbeatTicks >= electionTicks { throw ConfigError("heartbeat_ticks (\(heartbeatTicks)) must be less than election_ticks (\(electionTicks))") }
         if splitAddress(listen) == nil { throw ConfigError("listen '\(listen)' is not host:port") }
+        if !["auto", "native", "vxlan", "off"].contains(datapathMode) {
+            throw ConfigError("datapath_mode '\(datapathMode)': use auto, native, vxlan or off")
+        }
         if !advertise.isEmpty && splitAddress(advertise) == nil { throw ConfigError("advertise '\(advertise)' is not host:port") }
         if !clientListen.isEmpty && splitAddress(clientListen) == nil { throw ConfigError("client_listen '\(clientListen)' is not host:port") }
         try validateClientTLS()

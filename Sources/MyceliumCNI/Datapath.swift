@@ -117,4 +117,67 @@ public struct Datapath: Sendable {
         return DatapathStats(txPackets: s.tx_packets, txBytes: s.tx_bytes, rxPackets: s.rx_packets, rxBytes: s.rx_bytes,
                              drops: withUnsafeBytes(of: s.drops) { Array($0.bindMemory(to: UInt64.self)) })
     }
+
+    // MARK: other nodes (the agent's route controller programs these)
+
+    /// A route to another node's pod block: natively to its underlay address, or in VXLAN.
+    public struct Route: Hashable, Sendable {
+        public var cidr: IPv4CIDR
+        public var node: IPv4Address
+        public var vxlan: Bool
+        public init(cidr: IPv4CIDR, node: IPv4Address, vxlan: Bool) { self.cidr = cidr; self.node = node; self.vxlan = vxlan }
+    }
+
+    public func addRoute(_ r: Route) throws(DatapathError) {
+        var c = myc_dp_route()
+        c.cidr = r.cidr.address.networkOrder
+        c.prefix_len = UInt8(r.cidr.prefixLength)
+        c.mode = r.vxlan ? UInt8(MYC_DP_ROUTE_VXLAN.rawValue) : UInt8(MYC_DP_ROUTE_NATIVE.rawValue)
+        c.node_ipv4 = r.node.networkOrder
+        _ = try call { myc_dp_route_add(pinDir, &c, $0, $1) }
+    }
+
+    public func removeRoute(_ cidr: IPv4CIDR) throws(DatapathError) {
+        _ = try call { myc_dp_route_del(pinDir, cidr.address.networkOrder, UInt8(cidr.prefixLength), $0, $1) }
+    }
+
+    public func routes() throws(DatapathError) -> [Route] {
+        let n = Int(try call { myc_dp_route_list(pinDir, nil, 0, $0, $1) })
+        var out = [myc_dp_route](repeating: myc_dp_route(), count: n + 16)
+        let m = Int(try out.withUnsafeMutableBufferPointer { buf throws(DatapathError) in
+            try call { myc_dp_route_list(pinDir, buf.baseAddress, buf.count, $0, $1) }
+        })
+        return out.prefix(min(m, out.count)).map {
+            Route(cidr: IPv4CIDR(address: IPv4Address(networkOrder: $0.cidr), prefixLength: Int($0.prefix_len)),
+                  node: IPv4Address(networkOrder: $0.node_ipv4), vxlan: UInt32($0.mode) == MYC_DP_ROUTE_VXLAN.rawValue)
+        }
+    }
+
+    /// Records the network identity of a pod on another node (natively routed packets carry none).
+    public func addRemote(_ ip: IPv4Address, networkId: UInt32) throws(DatapathError) {
+        _ = try call { myc_dp_remote_add(pinDir, ip.networkOrder, networkId, $0, $1) }
+    }
+
+    public func removeRemote(_ ip: IPv4Address) throws(DatapathError) {
+        _ = try call { myc_dp_remote_del(pinDir, ip.networkOrder, $0, $1) }
+    }
+
+    public func remotes() throws(DatapathError) -> [IPv4Address: UInt32] {
+        let n = Int(try call { myc_dp_remote_list(pinDir, nil, nil, 0, $0, $1) })
+        var ips = [UInt32](repeating: 0, count: n + 64), ids = [UInt32](repeating: 0, count: n + 64)
+        let cap = ips.count
+        let m = Int(try ips.withUnsafeMutableBufferPointer { ib throws(DatapathError) in
+            try ids.withUnsafeMutableBufferPointer { db throws(DatapathError) in
+                try call { myc_dp_remote_list(pinDir, ib.baseAddress, db.baseAddress, cap, $0, $1) }
+            }
+        })
+        var out: [IPv4Address: UInt32] = [:]
+        for i in 0..<min(m, cap) { out[IPv4Address(networkOrder: ips[i])] = ids[i] }
+        return out
+    }
+
+    /// This node's underlay: its address, the interface toward other nodes, the VXLAN device (0: none).
+    public func setUnderlay(node: IPv4Address, underlayIfindex: UInt32, vxlanIfindex: UInt32) throws(DatapathError) {
+        _ = try call { myc_dp_set_underlay(pinDir, node.networkOrder, underlayIfindex, vxlanIfindex, $0, $1) }
+    }
 }

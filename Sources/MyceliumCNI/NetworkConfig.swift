@@ -56,11 +56,13 @@ public struct NetworkConfig: Sendable {
         }
     }
 
-    /// The default network identity: CRC-32C of the network name, with 0 (reserved for "no identity") mapped to 1.
-    /// Two nodes that use the same network name agree on the identity without talking to each other.
+    /// The default network identity: CRC-32C of the network name folded to 24 bits, with 0 (reserved for "no
+    /// identity") mapped to 1. Two nodes that use the same network name agree on the identity without talking to
+    /// each other; 24 bits because between nodes in VXLAN the identity travels as the VNI (as Cilium's do).
     public static func networkIdentity(ofNetwork name: String) -> UInt32 {
         let c = CRC32C.checksum(Array(name.utf8))
-        return c == 0 ? 1 : c
+        let folded = (c ^ (c >> 24)) & 0xFF_FFFF
+        return folded == 0 ? 1 : folded
     }
 
     /// Spec §1: a network name starts with an alphanumeric character, then alphanumerics, `_`, `.`, `-`.

@@ -92,6 +92,8 @@ int myc_dp_stats_get(const char *pin_dir, uint32_t ipv4, struct myc_dp_stats *ou
 /* Routes to other nodes' pod CIDRs (longest prefix match). del is idempotent. */
 int myc_dp_route_add(const char *pin_dir, const struct myc_dp_route *route, char *err, size_t errlen);
 int myc_dp_route_del(const char *pin_dir, uint32_t cidr, uint8_t prefix_len, char *err, size_t errlen);
+/* Lists the routes (up to max into out; out may be NULL); returns how many there are, or -errno. */
+int myc_dp_route_list(const char *pin_dir, struct myc_dp_route *out, size_t max, char *err, size_t errlen);
 
 /* Allows traffic from network src_id to network dst_id (one direction). del is idempotent. */
 int myc_dp_policy_allow(const char *pin_dir, uint32_t src_id, uint32_t dst_id, char *err, size_t errlen);
@@ -103,6 +105,9 @@ int myc_dp_policy_del(const char *pin_dir, uint32_t src_id, uint32_t dst_id, cha
  * the sender's network_id (so VXLAN needs network_id < 2^24, and route.vxlan_vni is not used). del is idempotent. */
 int myc_dp_remote_add(const char *pin_dir, uint32_t ipv4, uint32_t network_id, char *err, size_t errlen);
 int myc_dp_remote_del(const char *pin_dir, uint32_t ipv4, char *err, size_t errlen);
+/* Lists the remote identities (up to max; either array may be NULL); returns how many there are, or -errno. */
+int myc_dp_remote_list(const char *pin_dir, uint32_t *ipv4_out, uint32_t *network_id_out, size_t max, char *err,
+                       size_t errlen);
 
 /* Tells the datapath this node's underlay: its own address and the interface that leads to other nodes (for
  * native routing) and, optionally, the ifindex of a VXLAN device in external/collect-metadata mode (0 = none). */
