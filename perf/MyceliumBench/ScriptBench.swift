@@ -13,6 +13,16 @@ func runDatapathBench(_ args: [String]) async throws {
     try runScript("perf/datapath/bench.sh", args)
 }
 
+/// `mycelium-bench podnet [-r ROUNDS] [-t SECONDS]` (root)
+///
+/// Pod to pod across two nodes (namespaces with their own release myceliumd, joined by a veth
+/// underlay) through the routes the agents programmed, natively and in VXLAN, against host-to-host
+/// TCP over the same underlay in the same run (perf/datapath/crossnode.sh).
+func runPodNetBench(_ args: [String]) async throws {
+    let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+    try runScript("perf/datapath/crossnode.sh", ["-b", bin] + args)
+}
+
 /// `mycelium-bench rhizomorph [ROUNDS]` (env SKIP_SHAPED=1, SKIP_ZC=1)
 ///
 /// Over three paths shaped 200/400/800 Mbit/s between two namespaces: Rhizomorph's aggregate against

@@ -16,6 +16,7 @@ let scenarios: [(name: String, about: String, run: ([String]) async throws -> Vo
      runScheduleBench),
     ("services", "process services on real agents: 1,000 instances to running against spawning as many; failover of a killed node's instance (root)", runServicesBench),
     ("datapath", "pod-to-pod throughput and latency: our eBPF datapath vs the CNI bridge plugin vs a bare veth pair", runDatapathBench),
+    ("podnet", "pod to pod across two agents' nodes, native and VXLAN, against host-to-host TCP over the same underlay (root)", runPodNetBench),
 ]
 
 let args = Array(CommandLine.arguments.dropFirst())

@@ -28,7 +28,7 @@ static const char *drop_names[MYC_DP_DROP_REASONS] = { "policy", "no_endpoint", 
 static int usage(void)
 {
     fprintf(stderr, "usage: dpctl [-d PIN_DIR] load OBJ | is-loaded | unload | ep-add IP IFNAME NETID POD_MAC "
-                    "HOST_MAC | ep-del IP | ep-get IP | ep-list | route-add CIDR/LEN native|vxlan NODE_IP [VNI] | "
+                    "HOST_MAC | ep-del IP | ep-get IP | ep-list | route-list | remote-list | route-add CIDR/LEN native|vxlan NODE_IP [VNI] | "
                     "route-del CIDR/LEN | policy-allow SRC DST | policy-del SRC DST | remote-add IP NETID | "
                     "remote-del IP | underlay NODE_IP IFNAME|- VXLAN|- | stats IP [FIELD] | links\n");
     return 2;
@@ -162,6 +162,29 @@ int main(int argc, char **argv)
         rc = myc_dp_endpoint_list(pin, eps, 256, err, sizeof(err));
         for (int k = 0; k < rc && k < 256; k++)
             print_ep(&eps[k]);
+        if (rc > 0)
+            rc = 0;
+    } else if (strcmp(cmd, "route-list") == 0) {
+        struct myc_dp_route rs[256];
+        rc = myc_dp_route_list(pin, rs, 256, err, sizeof(err));
+        for (int k = 0; k < rc && k < 256; k++) {
+            char c[16], nh[16];
+            struct in_addr ca = { .s_addr = rs[k].cidr }, na = { .s_addr = rs[k].node_ipv4 };
+            inet_ntop(AF_INET, &ca, c, sizeof(c));
+            inet_ntop(AF_INET, &na, nh, sizeof(nh));
+            printf("%s/%u %s %s\n", c, rs[k].prefix_len, rs[k].mode == MYC_DP_ROUTE_VXLAN ? "vxlan" : "native", nh);
+        }
+        if (rc > 0)
+            rc = 0;
+    } else if (strcmp(cmd, "remote-list") == 0) {
+        uint32_t ips[1024], ids[1024];
+        rc = myc_dp_remote_list(pin, ips, ids, 1024, err, sizeof(err));
+        for (int k = 0; k < rc && k < 1024; k++) {
+            char c[16];
+            struct in_addr ca = { .s_addr = ips[k] };
+            inet_ntop(AF_INET, &ca, c, sizeof(c));
+            printf("%s network=%u\n", c, ids[k]);
+        }
         if (rc > 0)
             rc = 0;
     } else if (strcmp(cmd, "route-add") == 0 && (n == 3 || n == 4)) {

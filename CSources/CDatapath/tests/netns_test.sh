@@ -82,6 +82,9 @@ check_not "no identity for a1 on node B yet: ping fails" ip netns exec "$PA1" pi
 check_ge "node B counted the POLICY drop on b1" "$(stat_of "$B" "$PINB" 10.2.0.1 drop_policy)" 1
 for ip in 10.1.0.1 10.1.0.2; do dp "$B" -d "$PINB" remote-add $ip 1; done
 dp "$B" -d "$PINB" remote-add 10.1.0.3 2
+check "node A lists its route" test "$(dp "$A" -d "$PINA" route-list)" = "10.2.0.0/16 native 192.168.77.2"
+check "node B lists its 3 remote identities" test "$(dp "$B" -d "$PINB" remote-list | sort | tr '\n' ' ')" = \
+    "10.1.0.1 network=1 10.1.0.2 network=1 10.1.0.3 network=2 "
 dp "$A" -d "$PINA" remote-add 10.2.0.1 1
 dp "$A" -d "$PINA" remote-add 10.2.0.2 2
 rx0=$(stat_of "$B" "$PINB" 10.2.0.1 rx_packets); rxa0=$(stat_of "$A" "$PINA" 10.1.0.1 rx_packets)
