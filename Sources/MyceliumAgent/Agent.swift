@@ -70,6 +70,11 @@ public actor Agent {
     let serviceEndpoints = ServiceEndpointsView()
     /// The peers this agent's failure detector suspected when DNS last followed it.
     var suspectedForServices: Set<UInt64> = []
+    /// Peers whose link from here lost its connection, with the tick it was first seen lost.
+    var linkLostSince: [UInt64: UInt64] = [:]
+    /// Ticks a lost link must stay lost before DNS leaves its node's instances out (a reconnect
+    /// within this grace hides nothing).
+    static let linkLossTicks: UInt64 = 2
     let vmInstruments = VMInstruments()
     let paths: AgentPaths
     let logger: Logger

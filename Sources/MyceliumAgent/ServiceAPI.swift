@@ -170,9 +170,16 @@ extension Agent {
         }
     }
 
-    /// Follows the failure detector: DNS and the API stop naming instances on a node it suspects.
+    /// Follows the failure detector: DNS and the API stop naming instances on a node it suspects, or
+    /// whose connection from here broke and has stayed broken for `linkLossTicks` ticks (a process or
+    /// host that died closes its sockets: the kernel says so long before a probe can; a link that
+    /// comes back within the grace hides nothing).
     func followSuspicions() {
-        let now = governor.locallySuspected
+        let lost = lostConnections()
+        linkLostSince = linkLostSince.filter { lost.contains($0.key) }
+        for p in lost where linkLostSince[p] == nil { linkLostSince[p] = governor.ticks }
+        let cut = linkLostSince.filter { governor.ticks - $0.value >= Self.linkLossTicks }.keys
+        let now = governor.locallySuspected.union(cut)
         if now != suspectedForServices {
             suspectedForServices = now
             refreshServiceEndpoints()
