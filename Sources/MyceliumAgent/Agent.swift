@@ -67,6 +67,10 @@ public actor Agent {
     /// Where this agent answers DNS for *.service.mycelium ("" when it does not).
     var dnsAddress = ""
     var dnsServer: DNSServer?
+    /// DNS for this node's pods (on the node's address, port 53), when it drives a datapath.
+    var podDNSServer: DNSServer?
+    /// Whether this node drives its eBPF datapath (the route controller is hosted).
+    var drivesDatapath = false
     let serviceEndpoints = ServiceEndpointsView()
     /// The peers this agent's failure detector suspected when DNS last followed it.
     var suspectedForServices: Set<UInt64> = []
@@ -243,7 +247,10 @@ public actor Agent {
         self.governor = governor
         self.controllers = ControllerHost(logger: logger)
         self.controllers.host(PodCIDRController(settings: pods), driver: PodCIDRFile(path: config.podCIDRFilePath))
-        if let (routes, driver) = Self.makeDatapath(config, logger: logger) { self.controllers.host(routes, driver: driver) }
+        if let (routes, driver) = Self.makeDatapath(config, logger: logger) {
+            self.controllers.host(routes, driver: driver)
+            self.drivesDatapath = true
+        }
         self.controllers.host(MembershipController(key: key, certificate: identity.certificate, genesis: authority),
                               driver: CertificateFile(path: paths.nodeCert))
         let vms = VMController(run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
@@ -277,6 +284,7 @@ public actor Agent {
             }
         }
         try await startDNS()
+        await startPodDNS()
         if let (mh, mp) = splitAddress(config.metricsListen) {
             do {
                 metricsServer = try await APIServer.startMetrics(host: mh, port: mp, agent: self, group: group)
@@ -323,6 +331,7 @@ public actor Agent {
         failKVClients("agent stopping")
         vmDriver?.close()
         await dnsServer?.close()
+        await podDNSServer?.close()
         await serviceDriver?.stopAll()
         wal.close()
         note("stopped")

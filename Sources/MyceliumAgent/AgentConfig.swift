@@ -89,6 +89,9 @@ public struct AgentConfig: Sendable, Equatable {
     public var datapathObject = "/usr/lib/mycelium/datapath.bpf.o"
     /// Where the datapath's maps and programs are pinned (mycelium-cni's pinDir).
     public var datapathPinDir = "/sys/fs/bpf/mycelium"
+    /// Answer NAME.service.mycelium to this node's pods on the node's address, port 53 (containers'
+    /// resolv.conf points there), when the node drives its datapath.
+    public var podDNS = true
 
     public init() {}
 
@@ -138,6 +141,7 @@ public struct AgentConfig: Sendable, Equatable {
         string("datapath_mode", "How this node's eBPF datapath reaches other nodes' pods: auto (natively to nodes on this node's subnet, VXLAN to the others), native, vxlan, or off (the agent programs no datapath).", \.datapathMode),
         string("datapath_object", "The compiled eBPF datapath (make -C CSources/bpf builds CSources/bpf/build/datapath.bpf.o); the agent drives the datapath only when this file exists.", \.datapathObject),
         string("datapath_pin_dir", "Where the datapath's maps and programs are pinned in bpffs (mycelium-cni's pinDir must be the same).", \.datapathPinDir),
+        bool("pod_dns", "Answer NAME.service.mycelium to this node's pods (sources in pod_cidr_pool only) on the node's address, port 53, where containers' resolv.conf points, when the node drives its datapath; false: pods get no service names.", \.podDNS),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 

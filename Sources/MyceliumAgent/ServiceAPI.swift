@@ -8,6 +8,7 @@
 // facts travel the same way; the leader takes what they say of a node only from that node.
 
 import Foundation
+import NetworkController
 import Logging
 import MyceliumAPI
 import MyceliumControl
@@ -389,4 +390,26 @@ extension Agent {
             throw AgentError("cannot answer DNS on \(config.dnsListen): \(error); choose another dns_listen, or set dns_listen = \"\" to turn DNS off")
         }
     }
+
+    /// DNS for this node's pods: on the node's own address, port 53 (resolv.conf has no port), and
+    /// only to sources in the pod range: the node's pods reach it through the host stack; nobody
+    /// else gets an answer. Not fatal: without it pods resolve no service names, and the log says so.
+    func startPodDNS() async {
+        guard drivesDatapath, config.podDNS, let host = splitAddress(config.advertisedAddress)?.host,
+              let pool = CIDR(config.podCIDRPool) else { return }
+        let view = serviceEndpoints
+        do {
+            podDNSServer = try await DNSServer.start(host: host, port: 53, group: group, allow: { peer in
+                guard let ip = peer.ipAddress.flatMap(parseIPv4) else { return false }
+                return ip & pool.mask == pool.address
+            }) { view.lookup($0) }
+            logger.info("answering DNS for *.service.mycelium to this node's pods", metadata: ["address": "\(host):53", "sources": "\(pool)"])
+        } catch {
+            logger.error("pods on this node cannot resolve service names: DNS for pods did not start; free port 53 on this address or set pod_dns = false",
+                         metadata: ["address": "\(host):53", "error": "\(error)"])
+        }
+    }
+
+    /// Where this node's pods ask for service names ("" when nowhere).
+    var podDNSAddress: String { podDNSServer == nil ? "" : splitAddress(config.advertisedAddress)?.host ?? "" }
 }

@@ -37,8 +37,11 @@ public final class DNSServer: Sendable {
     ///
     /// `directory` is called on an event loop for every query: it must answer from memory at once.
     /// - Throws: ``ServiceDNSError`` if `zone` is not a domain name or a socket cannot be bound.
+    /// `allow`: which clients get answers (nil: all); a datagram from another is dropped unanswered
+    /// and a TCP connection from one is closed at once.
     public static func start(host: String, port: Int, zone: String = "service.mycelium", ttl: UInt32 = 5, maxUDP: Int? = nil,
                              tcp: Bool = true, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                             allow: (@Sendable (SocketAddress) -> Bool)? = nil,
                              directory: @escaping @Sendable (String) -> [ServiceEndpoint]?) async throws -> DNSServer {
         guard DNSName(zone) != nil else {
             throw ServiceDNSError("DNS zone '\(zone)' is not a domain name: use dot-separated labels of 1 to 63 bytes, 255 bytes in all")
@@ -54,7 +57,7 @@ public final class DNSServer: Sendable {
             do {
                 udp = try await DatagramBootstrap(group: group)
                     .channelInitializer { ch in
-                        ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(DNSDatagramHandler(respond: respond)) }
+                        ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(DNSDatagramHandler(respond: respond, allow: allow)) }
                     }
                     .bind(host: host, port: port).get()
             } catch {
@@ -67,6 +70,10 @@ public final class DNSServer: Sendable {
                     .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
                     .childChannelInitializer { ch in
                         ch.eventLoop.makeCompletedFuture {
+                            if let allow, let peer = ch.remoteAddress, !allow(peer) {
+                                ch.close(promise: nil)
+                                return
+                            }
                             try ch.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: tcpIdleTimeout))
                             try ch.pipeline.syncOperations.addHandler(DNSStreamHandler(respond: respond))
                         }
@@ -95,13 +102,18 @@ final class DNSDatagramHandler: ChannelInboundHandler {
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
     private let respond: @Sendable ([UInt8], DNSTransport) -> [UInt8]?
+    private let allow: (@Sendable (SocketAddress) -> Bool)?
 
-    init(respond: @escaping @Sendable ([UInt8], DNSTransport) -> [UInt8]?) { self.respond = respond }
+    init(respond: @escaping @Sendable ([UInt8], DNSTransport) -> [UInt8]?, allow: (@Sendable (SocketAddress) -> Bool)?) {
+        self.respond = respond
+        self.allow = allow
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // A datagram larger than the receive buffer (NIO's default, 2048 bytes, over the 1232 we
         // advertise) arrives cut short, fails to parse, and gets FORMERR.
         let envelope = unwrapInboundIn(data)
+        if let allow, !allow(envelope.remoteAddress) { return }
         guard let answer = respond(Array(envelope.data.readableBytesView), .udp) else { return }
         let buffer = context.channel.allocator.buffer(bytes: answer)
         context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: buffer)), promise: nil)

@@ -82,6 +82,21 @@ final class DatapathAgentTests: XCTestCase {
             XCTAssertGreaterThan(drops, 0, "n2's datapath counted the other network's packets as policy drops")
             XCTAssertEqual(try net.run("n1", "sysctl -n net.ipv4.ip_forward").trimmingCharacters(in: .whitespacesAndNewlines), "0",
                            "forwarding is off: only eBPF carried the packets")
+
+            // Pods resolve service names at their node's address, port 53; nobody else is answered there.
+            let spec = c.home("tick.yaml")
+            try "name: tick\ncommand: [sleep, \"600\"]\nreplicas: 1\n".write(toFile: spec, atomically: true, encoding: .utf8)
+            let (rc, out) = try c.cli(["service", "deploy", spec, "--home", c.home("n1"), "--wait", "60"], netns: net.ns("n1"))
+            XCTAssertEqual(rc, 0, out)
+            let dig = "dig @\(net.ip("n1")) +short +time=1 +tries=1 tick.service.mycelium"
+            try await waitUntil("pod a resolves tick.service.mycelium at its node", timeout: 20, poll: 0.2) {
+                let answer = (try? HostNetwork.sh("ip netns exec \(a.ns) \(dig)")) ?? ""
+                return net.names.map(net.ip).contains(answer)
+            }
+            let outsider = (try? net.run("n2", dig + " || true")) ?? ""
+            let answered = outsider.split(separator: "\n").contains { IPv4Address(String($0)) != nil }
+            XCTAssertFalse(answered, "a host (not a pod) got an answer: \(outsider)")
+            XCTAssertTrue(outsider.contains("timed out"), "the non-pod query is dropped unanswered: \(outsider)")
         }
     }
 
