@@ -163,6 +163,45 @@ final class DNSServerTests: XCTestCase {
         return try lines.map { try JSONDecoder().decode(PyAnswer.self, from: Data($0.utf8)) }
     }
 
+    /// The allow filter (pod DNS answers only pods): a refused client's datagram gets nothing back and
+    /// its TCP connection is closed before any answer; an allowed one is answered.
+    func testClientsTheFilterRefusesGetNoAnswer() async throws {
+        let probe = #"""
+        import socket, struct, sys
+        q = struct.pack('>HHHHHH', 7, 0x0100, 1, 0, 0, 0) + b'\x03web\x07service\x08mycelium\x00' + struct.pack('>HH', 1, 1)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+        u.sendto(q, ('127.0.0.1', int(sys.argv[1])))
+        try: print('udp', len(u.recv(2048)))
+        except socket.timeout: print('udp none')
+        t = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)
+        t.sendall(struct.pack('>H', len(q)) + q)
+        try: print('tcp', len(t.recv(2048)))
+        except (socket.timeout, ConnectionResetError): print('tcp none')
+        """#
+        for (allowed, expected) in [(true, false), (false, true)] {
+            let server = try await DNSServer.start(host: "127.0.0.1", port: 0, allow: { peer in (peer.ipAddress == "127.0.0.1") == allowed }) { _ in
+                [endpoint("10.0.0.5", 8080, "web-1")]
+            }
+            let port = try XCTUnwrap(server.localAddress?.port)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["python3", "-c", probe, String(port)]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            await server.close()
+            let lines = text.split(separator: "\n").map(String.init)
+            XCTAssertEqual(lines.count, 2, text)
+            if expected {
+                XCTAssertEqual(lines, ["udp none", "tcp 0"], "refused: no datagram back, the connection closed unanswered")
+            } else {
+                XCTAssertTrue(lines.allSatisfy { !$0.hasSuffix(" none") && !$0.hasSuffix(" 0") }, "allowed: answered on both: \(lines)")
+            }
+        }
+    }
+
     func testServesARecordsSRVAndNXDOMAINOverUDPAndTCP() async throws {
         let big = (0..<200).map { endpoint("10.1.\($0 / 250).\($0 % 250 + 1)", 9000, "m-\($0)") }
         let server = try await DNSServer.start(host: "127.0.0.1", port: 0) { service in
