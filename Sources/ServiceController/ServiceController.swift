@@ -50,6 +50,10 @@ public struct ServiceController: Controller {
     public private(set) var unplaced: [String: String] = [:]
     /// The lease under which this node runs singletons.
     public private(set) var lease: NodeLease
+    /// Control time as last seen changing, and when (this node's ms): the leader's estimate of it.
+    var controlTimeSeen: (time: Int64, at: UInt64) = (0, 0)
+    /// When the leader last asked for a spore tick to bring control time past a lease.
+    var clockNudgedAt: UInt64?
 
     /// `run` must differ between starts of the same node (the agent draws it at random).
     public init(settings: ServiceSettings, run: UInt64) {
@@ -105,7 +109,7 @@ public struct ServiceController: Controller {
             lastInfo = now
             out.append(.request(.service(.nodeInfo(node: context.node, settings.info))))
         }
-        if context.isLeader { out += plan(context) }
+        if context.isLeader { out += nudgeControlTime(context) + plan(context) }
         // Singletons here (assigned or still running) keep the node lease renewed, and are checked
         // against it every tick: a lapse stops them without waiting for any change to arrive.
         let holdsSingleton = state.services.services.values.contains { r in
@@ -159,6 +163,33 @@ public struct ServiceController: Controller {
     }
 
     // MARK: the leader
+
+    /// Leader: a singleton on a member that is down stays there until that member's lease (plus the
+    /// slack) has ended in control time, which moves only as entries apply; with the member dead no
+    /// renewal comes to move it. Once this leader's estimate says the lease has ended, a spore tick
+    /// (stamped with its clock) brings control time there; its commit re-plans with that time.
+    /// The plan itself still reads only the replicated control time, so the fence holds whatever
+    /// this estimate says.
+    mutating func nudgeControlTime(_ context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
+        let state = context.state
+        if state.nowMillis != controlTimeSeen.time { controlTimeSeen = (state.nowMillis, context.millis) }
+        var end: Int64?
+        for r in state.services.services.values where Self.singleton(r.spec) {
+            for node in r.assignments.values {
+                guard let m = state.spore.members[node], m.status == .failed || m.status == .left,
+                      state.services.mayStillRunSingletons(node, now: state.nowMillis),
+                      let until = state.services.leaseUntilMillis[node] else { continue }
+                let free = until.saturatingAdding(ServiceTable.takeoverSlackMillis)
+                end = min(end ?? free, free)
+            }
+        }
+        guard let end else { return [] }
+        let since = context.millis >= controlTimeSeen.at ? context.millis - controlTimeSeen.at : 0
+        let estimate = controlTimeSeen.time.saturatingAdding(Int64(clamping: since))
+        guard estimate >= end, clockNudgedAt.map({ context.millis >= $0 + 500 }) ?? true else { return [] }
+        clockNudgedAt = context.millis
+        return [.submit(.tick)]
+    }
 
     mutating func plan(_ context: ControllerContext) -> [ControllerEffect<ServiceAction>] {
         let now = context.millis

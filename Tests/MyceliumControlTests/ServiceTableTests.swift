@@ -341,3 +341,56 @@ final class SingletonLeaseTests: XCTestCase {
         XCTAssertNotEqual(slots[0], t.id(2))
     }
 }
+
+/// A singleton on a dead member waits for that member's lease in control time; the leader brings
+/// control time there with a spore tick once its own estimate says the lease ended, never before.
+final class SingletonTakeoverTests: XCTestCase {
+    func testTheLeaderNudgesControlTimePastADeadHoldersLeaseThenMovesTheSingleton() throws {
+        let t = ServiceTableTests(name: "world", testClosure: { _ in })
+        var s = try t.world()
+        for i: UInt8 in 1...3 { try t.service(&s, .nodeInfo(node: t.id(i), ServiceNodeInfo(address: "10.0.0.\(i)"))) }
+        try t.service(&s, .deploy(ServiceSpec(name: "db", command: ["sleep", "9"], replicas: 1)))
+        var leader = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(address: "10.0.0.1")), run: 1 << 20)
+        var clock: UInt64 = 10_000
+        func ctx() -> ControllerContext { ControllerContext(node: t.id(1), isLeader: true, state: s, tick: clock / 100, ticksPerSecond: 10, millis: clock) }
+        func tick() -> [ControllerEffect<ServiceAction>] { clock += 100; return leader.tick(context: ctx()) }
+        func proposals(_ e: [ControllerEffect<ServiceAction>]) -> [ServiceCommand] { e.compactMap { if case .propose(.service(let c, _)) = $0 { return c }; return nil } }
+        func nudges(_ e: [ControllerEffect<ServiceAction>]) -> Int { e.filter { if case .submit(.tick) = $0 { return true }; return false }.count }
+        func apply(_ changes: [ControlChange]) { for c in changes { _ = leader.applied(c, context: ctx()) } }
+
+        guard case let .assign(_, _, slots, _)? = proposals(tick()).first, let holder = slots[0] else { return XCTFail("db not placed") }
+        apply(try t.service(&s, .assign(name: "db", generation: 1, slots, pending: "")))
+        // Pick a holder other than the leader's own node for the story; the table does not care.
+        let holderIndex = try XCTUnwrap((1...3).map(UInt8.init).first { t.id($0) == holder })
+        try t.spore(&s, .renewLease(name: ServiceTable.leasePrefix + "\(holder)", ttlSeconds: 2, run: 9), by: holderIndex)
+        let leaseEnd = try XCTUnwrap(s.services.leaseUntilMillis[holder])
+        try t.spore(&s, .setStatus(node: holder, .left), by: holderIndex)
+        apply([.restored])
+        XCTAssertLessThan(s.nowMillis, leaseEnd + ServiceTable.takeoverSlackMillis, "control time still inside the lease")
+
+        // Until the estimate passes the lease end plus the slack: neither a move nor a nudge.
+        let wait = leaseEnd + ServiceTable.takeoverSlackMillis - s.nowMillis
+        var waited: Int64 = 0, nudged = 0
+        while nudged == 0 && waited < 10_000 {
+            let e = tick()
+            waited += 100
+            XCTAssertTrue(proposals(e).isEmpty, "moved while the dead holder's lease still held in control time: \(proposals(e))")
+            nudged = nudges(e)
+        }
+        XCTAssertEqual(nudged, 1, "a spore tick was asked for")
+        XCTAssertGreaterThanOrEqual(waited, wait, "not before the estimate passed the lease")
+        XCTAssertLessThanOrEqual(waited, wait + 200, "as soon as it did")
+        XCTAssertEqual(nudges(tick()), 0, "one nudge per half second at most")
+
+        // The tick commits (stamped with the leader's clock): control time passes the lease, the plan moves db.
+        t.time = leaseEnd + ServiceTable.takeoverSlackMillis - 1000  // the leader's clock when it stamps the tick: its estimate
+        try t.spore(&s, .tick, by: 1)
+        XCTAssertGreaterThanOrEqual(s.nowMillis, leaseEnd + ServiceTable.takeoverSlackMillis)
+        apply([.restored])
+        var moved: [ServiceCommand] = []
+        for _ in 0..<3 where moved.isEmpty { moved = proposals(tick()) }
+        guard case let .assign(_, _, after, _)? = moved.first else { return XCTFail("db was not moved off the dead holder: \(moved)") }
+        XCTAssertNotEqual(after[0], holder)
+        XCTAssertNotNil(after[0])
+    }
+}
