@@ -124,6 +124,9 @@ extension Agent {
         case let .service(action, query)?:
             let (s, b) = await answerService(action: action, query: query, body: body)
             return (s, "application/json", b)
+        case let .serviceLogs(query)?:
+            let (s, b) = await serviceLogs(query: query)
+            return (s, "application/json", b)
         default:
             return answer(method: method, uri: uri, metricsOnly: metricsOnly)
         }
@@ -197,10 +200,7 @@ extension Agent {
             return accept("failure vote on \(node) requested; the leader opens at most one round per member every 3 s: watch 'mycelium status' (votes)")
         case .vms: return (.ok, "application/json", json(vmsResponse()))
         case .services: return (.ok, "application/json", json(servicesResponse()))
-        case .serviceLogs(let query):
-            let (s, b) = serviceLogs(query: query)
-            return (s, "application/json", b)
-        case .vm, .service:  // answered by answerVM / answerService (they may wait for the leader)
+        case .vm, .service, .serviceLogs:  // answered by answerVM / answerService (they may wait for the leader)
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         case .metrics, nil:
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")

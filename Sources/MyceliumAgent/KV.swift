@@ -42,6 +42,8 @@ enum KVPath: UInt8, Sendable {
     case vm = 4
     /// Not KV: a service command (ServiceAPI.swift) the leader proposes.
     case service = 5
+    /// Not KV: an instance's log tail, asked of the node that runs it (ServiceAPI.swift).
+    case serviceLogs = 6
     init?(uri: String) {
         switch uri {
         case "/v3/kv/put": self = .put
@@ -58,7 +60,7 @@ extension Agent {
         let limits = control.kv.limits
         do {
             switch path {
-            case .vm, .service:
+            case .vm, .service, .serviceLogs:
                 throw KVError(.invalidRequest("not a KV request"))
             case .range:
                 let r = try KVGateway.decodeRange(body, limits: limits)
@@ -207,13 +209,18 @@ extension Agent {
         guard raft.leader != .none, router.links[raft.leader] != nil || router.addressHints[raft.leader] != nil else {
             throw KVError(.unavailable("no leader; retry when the network has one ('mycelium status')"))
         }
+        return await ask(raft.leader, path, body)
+    }
+
+    /// Sends `body` for `path` to `peer` over the authenticated peer channel; its answer, or an
+    /// error when it does not answer within two election timeouts.
+    func ask(_ peer: UInt64, _ path: KVPath, _ body: [UInt8]) async -> KVAnswer {
         let id = nextReadContext
         nextReadContext += 1
-        let leader = raft.leader
         let timeout = UInt64(max(2, config.electionTicks * 2) * config.tickMilliseconds) * 1_000_000
         return await withCheckedContinuation { (c: CheckedContinuation<KVAnswer, Never>) in
             forwardWaiters[id] = c
-            sendPeer(leader, .clientRequest(id: id, path: path.rawValue, body: body))
+            sendPeer(peer, .clientRequest(id: id, path: path.rawValue, body: body))
             Task { [weak self] in
                 try? await Task.sleep(nanoseconds: timeout)
                 await self?.forwardTimedOut(id)
@@ -222,7 +229,7 @@ extension Agent {
     }
 
     func forwardTimedOut(_ id: UInt64) {
-        forwardWaiters.removeValue(forKey: id)?.resume(returning: .error(KVError(.unavailable("the leader did not answer in time; retry"))))
+        forwardWaiters.removeValue(forKey: id)?.resume(returning: .error(KVError(.unavailable("the node asked did not answer in time; retry"))))
     }
 
     /// A follower forwarded a client's request to us.
@@ -233,6 +240,9 @@ extension Agent {
                 answer = self.serveForwardedVM(body)
             } else if pathByte == KVPath.service.rawValue {
                 answer = self.serveForwardedService(body, from: peer)
+            } else if pathByte == KVPath.serviceLogs.rawValue {
+                let (status, bytes) = self.localServiceLogs(query: String(decoding: body, as: UTF8.self))
+                answer = KVAnswer(status: status, body: bytes)
             } else if let path = KVPath(rawValue: pathByte) {
                 answer = await self.serveKV(path, body, forwarded: true)
             } else {

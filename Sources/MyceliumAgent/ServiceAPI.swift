@@ -232,32 +232,49 @@ extension Agent {
         }
     }
 
-    /// `GET /v1/service/logs?name=&instance=&bytes=`: only instances this node runs.
-    func serviceLogs(query: String) -> (HTTPResponseStatus, [UInt8]) {
+    /// `GET /v1/service/logs?name=&instance=&bytes=`: the instance's log tail, read here when it runs
+    /// here, else asked of the node that runs it over the authenticated peer channel.
+    func serviceLogs(query: String) async -> (HTTPResponseStatus, [UInt8]) {
         let q = APIQuery.parse(Substring(query))
         guard let name = q["name"], let r = control.services.services[name] else {
             return (.notFound, json(APIErrorResponse(error: "no service named '\(q["name"] ?? "")'; see 'mycelium service list'", code: .serviceRefused)))
         }
-        let bytes = min(max(Int(q["bytes"] ?? "") ?? 16384, 1), 1 << 20)
-        let mine = r.assignments.filter { $0.value == nodeID }.keys.sorted()
         var id = q["instance"] ?? ""
+        if let slot = UInt16(id), slot < r.spec.replicas { id = ServiceReconciler.instanceID(name, slot) }
+        // No instance named: the first one here, else the first one placed.
+        let slots = r.assignments.sorted { $0.key < $1.key }
+        let slot: UInt16?
         if id.isEmpty {
-            guard let first = mine.first else {
-                let whereText = r.assignments.sorted { $0.key < $1.key }.map { "\(ServiceReconciler.instanceID(name, $0.key)) on \($0.value)" }
-                return (.conflict, json(APIErrorResponse(error: "no instance of '\(name)' runs on this node; its instances: "
-                    + (whereText.isEmpty ? "none placed" : whereText.joined(separator: ", ")) + ". Run 'mycelium service logs' on that node's agent",
-                    code: .serviceRefused)))
-            }
-            id = ServiceReconciler.instanceID(name, first)
-        } else if let slot = UInt16(id), slot < r.spec.replicas {
-            id = ServiceReconciler.instanceID(name, slot)
+            slot = slots.first { $0.value == nodeID }?.key ?? slots.first?.key
+        } else {
+            slot = slots.first { ServiceReconciler.instanceID(name, $0.key) == id }?.key
         }
-        guard let slot = mine.first(where: { ServiceReconciler.instanceID(name, $0) == id }) else {
-            let node = r.assignments.first { ServiceReconciler.instanceID(name, $0.key) == id }?.value
-            return (.conflict, json(APIErrorResponse(error: node.map { "\(id) runs on \($0), not here: run 'mycelium service logs' against that node's agent" }
-                ?? "no instance '\(id)' of '\(name)' is placed; see 'mycelium service show \(name)'", code: .serviceRefused)))
+        guard let slot, let node = r.assignments[slot] else {
+            return (.notFound, json(APIErrorResponse(error: id.isEmpty ? "no instance of '\(name)' is placed; see 'mycelium service show \(name)'"
+                : "no instance '\(id)' of '\(name)' is placed; see 'mycelium service show \(name)'", code: .serviceRefused)))
         }
-        let text = serviceDriver?.logs(ServiceReconciler.instanceID(name, slot), maxBytes: bytes) ?? ""
+        let bytes = min(max(Int(q["bytes"] ?? "") ?? 16384, 1), 1 << 20)
+        let local = "name=\(name)&instance=\(ServiceReconciler.instanceID(name, slot))&bytes=\(bytes)"
+        if node == nodeID { return localServiceLogs(query: local) }
+        guard spore.members[node]?.status == .alive else {
+            return (.serviceUnavailable, json(APIErrorResponse(error: "\(ServiceReconciler.instanceID(name, slot)) runs on \(node), which is \(spore.members[node]?.status.description ?? "not a member"); its log is on that node's disk", code: .serviceRefused)))
+        }
+        // A forwarded answer must fit one frame.
+        let forwarded = "name=\(name)&instance=\(ServiceReconciler.instanceID(name, slot))&bytes=\(min(bytes, Frame.defaultMaxSize / 2))"
+        let answer = await ask(node.compact, .serviceLogs, Array(forwarded.utf8))
+        return (answer.status, answer.body)
+    }
+
+    /// The log tail of an instance this node runs (`instance` is its full ID).
+    func localServiceLogs(query: String) -> (HTTPResponseStatus, [UInt8]) {
+        let q = APIQuery.parse(Substring(query))
+        let name = q["name"] ?? "", id = q["instance"] ?? ""
+        let bytes = min(max(Int(q["bytes"] ?? "") ?? 16384, 1), 1 << 20)
+        guard let r = control.services.services[name],
+              r.assignments.contains(where: { $0.value == nodeID && ServiceReconciler.instanceID(name, $0.key) == id }) else {
+            return (.conflict, json(APIErrorResponse(error: "\(id) does not run on \(nodeID) (any more); see 'mycelium service show \(name)'", code: .serviceRefused)))
+        }
+        let text = serviceDriver?.logs(id, maxBytes: bytes) ?? ""
         return (.ok, json(ServiceLogsResponse(instance: id, node: "\(nodeID)", log: text)))
     }
 

@@ -85,7 +85,7 @@ struct ServiceCommandGroup: AsyncParsableCommand {
             let missing = s.instances.filter { !$0.serving }.map { "\($0.id): \($0.state)\($0.message.isEmpty ? "" : " (\($0.message))")" }
             throw ValidationError("""
                 \(s.serving) of \(s.replicas) replicas of \(s.name) serve after \(wait) s\(s.pending.isEmpty ? "" : "; \(s.pending)")\
-                \(missing.isEmpty ? "" : "; " + missing.joined(separator: "; ")). 'mycelium service logs \(s.name) --instance N' on the node shows why
+                \(missing.isEmpty ? "" : "; " + missing.joined(separator: "; ")). 'mycelium service logs \(s.name) --instance N' shows why
                 """)
         }
     }
@@ -164,12 +164,12 @@ struct ServiceCommandGroup: AsyncParsableCommand {
 
     struct Logs: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Print the end of an instance's log (stdout and stderr), from the agent of the node that runs it.",
+            abstract: "Print the end of an instance's log (stdout and stderr); any member's agent fetches it from the node that runs it.",
             discussion: "Example: mycelium service logs web --instance 1 --bytes 65536")
         @OptionGroup var agent: AgentOptions
         @OptionGroup var out: OutputOptions
         @Argument(help: "The service's name.") var name: String
-        @Option(help: "The instance: its slot (0, 1, ...) or ID (web-1); default the first on this node.") var instance: String?
+        @Option(help: "The instance: its slot (0, 1, ...) or ID (web-1); default the first on this node, else the first placed.") var instance: String?
         @Option(help: "At most this many bytes from the end.") var bytes: Int = 16384
 
         func run() async throws {

@@ -52,6 +52,12 @@ final class ServiceProcessTests: XCTestCase {
             XCTAssertTrue(try net.run("n3", "curl -sf --max-time 5 http://\(ip):18080/").contains("<"), "instance at \(ip) serves")
         }
 
+        // Its log is readable from any member: the third node's agent fetches it from the instance's node.
+        let (lrc, lout) = try c.cli(["service", "logs", "web", "--instance", "\(web.instances[0].slot)", "--home", c.home("n3"), "-o", "json"], netns: net.ns("n3"))
+        XCTAssertEqual(lrc, 0, lout)
+        XCTAssertTrue(lout.contains("\"node\"") && lout.contains(web.instances[0].node), "the log came from the instance's node: \(lout)")
+        XCTAssertTrue(lout.contains("\\\"GET "), "python's access log of the health checks: \(lout)")
+
         // An instance whose process dies is restarted where it is (restart policy always).
         let victim = try XCTUnwrap(web.instances.first)
         let victimHost = try XCTUnwrap(nodeOf[victim.node])
