@@ -42,6 +42,7 @@ WORK=/tmp/myc-xnode-$RUN
 mkdir -p "$WORK"
 AGENTS=()
 finish() {
+    set +e  # clean up everything, whatever fails on the way
     for p in "${AGENTS[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${AGENTS[@]}"; do wait "$p" 2>/dev/null; done
     cleanup_all
