@@ -114,8 +114,12 @@ struct SporeCommandGroup: AsyncParsableCommand {
                 guard let e = parseEpoch(n) else { throw CLIError("--newer-than takes TERM.INDEX, like 3.120") }
                 known = e
             }
-            let bytes: [UInt8]
-            switch try SporeFileKind.read(file) {
+            let bytes: [UInt8], kind: SporeFileKind
+            do { kind = try SporeFileKind.read(file) } catch let e as DamagedSporeFile {
+                out.emit(["status": "INVALID: \(e)"])
+                throw ExitCode(1)
+            }
+            switch kind {
             case .seed(let b): bytes = b
             case .service(let b):
                 let net: NetworkID

@@ -8,6 +8,9 @@ import MyceliumCore
 import MyceliumIdentity
 import MyceliumSpores
 
+/// A checksummed spore file whose checksum or length does not hold.
+struct DamagedSporeFile: Error, CustomStringConvertible { let description: String }
+
 /// The payload of a seed-location file: a checksummed service or seed spore, or a bare one.
 enum SporeFileKind {
     case seed([UInt8]), service([UInt8])
@@ -22,7 +25,7 @@ enum SporeFileKind {
                 let payload = try ChecksummedFile.decode(bytes, kind: kind, path: file)
                 return kind == FileKind.serviceSpore ? .service(payload) : .seed(payload)
             } catch {
-                throw CLIError("\(file) is damaged: \(error)", hint: "copy it again from a seed location")
+                throw DamagedSporeFile(description: "\(file) is damaged (\(error)): copy it again from a seed location")
             }
         }
         if bytes.starts(with: Array("MYSV".utf8)) { return .service(bytes) }
