@@ -97,6 +97,12 @@ final class ServiceSporeProcessTests: XCTestCase {
 
         // Drain db's node: the singleton moves and the record follows, at a later epoch.
         let before = try XCTUnwrap(db.record)
+        // A second location keeps the record as it is now (as one only a cut-off side reached would).
+        let stale = DirectorySeedStore(directory: c.dir + "/stale-seeds", network: network)
+        try AtomicFile.makeDirectory(stale.directory)
+        for (from, to) in [(c.dir + "/seeds/\(network).seed", stale.path), (store.servicePath("db"), stale.servicePath("db"))] {
+            try AtomicFile.write(try AtomicFile.read(from), to: to)
+        }
         let ownerHost = try XCTUnwrap(nodeOf["\(owner.node)"])
         (rc, out) = try c.cli(["service", "drain", "--node", "\(owner.node)", "--home", c.home(ownerHost)])
         XCTAssertEqual(rc, 0, out)
@@ -108,6 +114,12 @@ final class ServiceSporeProcessTests: XCTestCase {
         let after = try XCTUnwrap(db.record)
         XCTAssertGreaterThan(after.epoch, before.epoch)
         XCTAssertEqual(ServiceSpore.authoritative(before, after), after, "the moved record outranks the old one")
+        // A reader of both locations, in either order, gets the one owner the network chose.
+        for order in [[stale, store], [store, stale]] {
+            let both = await findService("db", in: order, network: network, now: Int64(Date().timeIntervalSince1970))
+            XCTAssertEqual(both.record?.content.owner?.node, after.content.owner?.node, "\(both.problems)")
+            XCTAssertTrue(both.conflicting.isEmpty)
+        }
 
         // Stopped: a tombstone replaces web's record, and `service find` says it is gone.
         (rc, out) = try c.cli(["service", "stop", "web", "--home", c.home("n1")])
