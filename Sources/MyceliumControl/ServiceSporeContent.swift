@@ -35,11 +35,13 @@ public enum ServiceSporePlan {
     /// would rewrite every singleton's file every second).
     public static let leaseRefreshMillis: Int64 = 30_000
 
-    /// The records of every service in the table.
+    /// The records of every service in the table (a record that breaks the format's bounds, which
+    /// a spec the table accepted cannot produce, is left out rather than written).
     public static func contents(_ table: ServiceTable, spore: PrimarySpore) -> [String: ServiceSpore.Content] {
         var out: [String: ServiceSpore.Content] = [:]
         for r in table.services.values where ServiceSpore.nameProblem(r.name) == nil {
-            out[r.name] = ServiceSpore.Content(r, table: table, spore: spore)
+            let c = ServiceSpore.Content(r, table: table, spore: spore)
+            if c.problem == nil { out[r.name] = c }
         }
         return out
     }
