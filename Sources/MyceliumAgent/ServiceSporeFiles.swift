@@ -106,8 +106,9 @@ extension Agent {
                 var written = before
                 var done: [String: ServiceSpore.Content] = [:]
                 if list, let dir {
-                    // Records a former leader wrote of services since removed get tombstones below.
-                    for (name, c) in dir.recordedServices() where written[name] == nil { written[name] = c; done[name] = c }
+                    // Records a former leader wrote of services since removed get tombstones below
+                    // (the table's services are all written again, under this term and signer).
+                    for (name, c) in dir.recordedServices() where written[name] == nil && current[name] == nil { written[name] = c; done[name] = c }
                 }
                 var failure: String?
                 for content in ServiceSporePlan.changes(current: current, written: written) {

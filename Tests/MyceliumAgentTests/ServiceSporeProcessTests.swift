@@ -130,11 +130,6 @@ final class ServiceSporeProcessTests: XCTestCase {
         (rc, out) = try c.cli(["service", "find", "web", "--network", "\(network)", "--seed-dir", seeds, "-o", "json"])
         XCTAssertEqual(rc, 1, out)
         XCTAssertTrue(out.contains("\"removed\" : true"), out)
-        (rc, out) = try c.cli(["service", "stop", "db", "--home", c.home("n1")])
-        XCTAssertEqual(rc, 0, out)
-        try await waitUntil("no instance left", timeout: 20, poll: 0.1) {
-            ((try? HostNetwork.sh("pgrep -f '[m]\(marker.dropFirst())' || true")) ?? "x").isEmpty
-        }
 
         // A record of a service the table does not have (as if its removal was never written here),
         // signed by a sclerotium: the next leader, in its first round, replaces it with a tombstone.
@@ -156,6 +151,17 @@ final class ServiceSporeProcessTests: XCTestCase {
         }
         try await waitUntil("the new leader tombstoned the ghost's record", timeout: 20, poll: 0.1) {
             await find("ghost").record?.content.removed == true
+        }
+        // db, still deployed, is written again under the new term by the new leader.
+        let newLeader = await c.status(rest[0])?.leader ?? ""
+        try await waitUntil("db's record is re-signed by the new leader", timeout: 20, poll: 0.1) {
+            guard let r = await find("db").record else { return false }
+            return r.epoch.term > after.epoch.term && "\(r.signer.nodeID)" == newLeader
+        }
+        (rc, out) = try c.cli(["service", "stop", "db", "--home", c.home(rest[0])])
+        XCTAssertEqual(rc, 0, out)
+        try await waitUntil("no instance left", timeout: 20, poll: 0.1) {
+            ((try? HostNetwork.sh("pgrep -f '[m]\(marker.dropFirst())' || true")) ?? "x").isEmpty
         }
     }
 
