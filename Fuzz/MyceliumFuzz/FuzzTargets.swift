@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus|dns.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus|dns|servicespore.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -27,12 +27,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns, servicespore
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus or dns")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns or servicespore")
             exit(2)
         }
         return t
@@ -267,6 +267,18 @@ enum FuzzTarget: String {
             case 1: if let c = try? SporeCommand(decoding: body) { precondition(c.encoded() == body) }
             default: if let c = try? SignedCommand(decoding: body) { precondition(c.encoded() == body) }
             }
+        case .servicespore:
+            // A service spore from a seed directory or URL (an outside writer controls these bytes):
+            // one spelling, and only the network's one writer's genuine signature verifies.
+            guard let s = try? ServiceSpore(decoding: bytes) else { return }
+            precondition(s.encoded() == bytes, "service spore re-encoding differs")
+            precondition(s.content.problem == nil, "a decoded service spore breaks its own bounds")
+            let a = FuzzServiceSpore.authority
+            if describingRefusal({ _ = try ServiceSpore(verifying: bytes, network: a.network.id, authority: a, now: FuzzChain.now) }) {
+                precondition(s.signer.nodeID == FuzzServiceSpore.writer && s.network == a.network.id, "a service spore by another signer verified")
+            }
+            precondition(ServiceSporeChoice([s, s]).chosen == s && ServiceSporeChoice([s, s]).conflicting.isEmpty)
+            _ = s.owner(atMillis: FuzzChain.now * 1000)
         case .kvbatch:
             // A Raft entry's KV batch: anything accepted re-encodes identically and applies on two
             // replicas (one fresh, one restored from the other's snapshot) with identical results.
@@ -406,6 +418,25 @@ enum FuzzChain {
     }
 }
 
+/// The `servicespore` target's authority: a bootstrap-phase primary spore whose one inviter (key
+/// seed 9, certified by the genesis key) may write service spores.
+enum FuzzServiceSpore {
+    static let key = SigningKey(seed: [UInt8](repeating: 9, count: 32))
+    static let writer = NodeID(publicKey: key.publicKey)
+    static let certificate = MembershipCertificate.issue(by: FuzzChain.genesis, nodeID: writer, nodeKey: key.publicKey, roles: [.member, .inviter],
+                                                         serial: 5, issuedAt: 1_800_000_000, validFor: 3600)
+    static let authority: PrimarySpore = {
+        var sp = PrimarySpore(network: NetworkIdentity(genesisKey: FuzzChain.genesis.publicKey))
+        try! sp.apply(SignedCommand(.admit(certificate), author: writer, key: key, network: certificate.networkID), epoch: SporeEpoch(term: 1, index: 1), time: 1_800_000_000)
+        return sp
+    }()
+
+    static func record(_ content: ServiceSpore.Content) -> ServiceSpore {
+        ServiceSpore(network: certificate.networkID, content: content, epoch: SporeEpoch(term: 3, index: 120), issuedAtMillis: 1_800_000_100_000,
+                     signer: certificate, key: key)
+    }
+}
+
 /// Rhizomorph's message layer (what RhizomorphReplicationTransport receives) as a peer drives it:
 /// a sequence of delivered chunks and barriers, each `0 | u32 offset | u16 length | bytes` or
 /// `1 | u64 label`. Whatever arrives, nothing is written past the message limit, and a message is
@@ -530,6 +561,9 @@ func writeSeeds(to dir: String) {
         c.encode(into: &w)
         return w.bytes
     }()
+    // The service spore seeds verify against the target's authority.
+    _ = try! ServiceSpore(verifying: FuzzServiceSpore.record(.tombstone("old", generation: 4)).encoded(), network: FuzzServiceSpore.certificate.networkID,
+                          authority: FuzzServiceSpore.authority, now: FuzzChain.now)
     let rot = KeyRotation.create(node: id, from: node, to: genesis, sequence: 1, issuedAt: 1_800_000_000)
     let frames = [Frame(type: 1, payload: []), Frame(type: 16, payload: Array("hello".utf8))].flatMap { $0.encoded() }
     let seeds: [(String, [UInt8])] = [
@@ -596,6 +630,15 @@ func writeSeeds(to dir: String) {
         ("dns", DNSResponder.answer(query: FuzzDNS.query("web.service.mycelium", DNSType.srv, id: 5, edns: 1232), directory: FuzzDNS.directory)!),
         ("control", [0] + ControlEntry.service(.report(node: id, [("web", 0, InstanceReport(node: id, generation: 1, state: .running, health: .healthy,
                                                                                             address: "10.0.0.1"))])).encoded()),
+        ("servicespore", FuzzServiceSpore.record(ServiceSpore.Content(
+            name: "web", generation: 2, replicas: 2, driver: "process", ports: [ServiceSpore.Port(name: "http", port: 8080)],
+            instances: [ServiceSpore.Instance(slot: 0, node: id, address: "10.0.0.1", generation: 2, serving: true),
+                        ServiceSpore.Instance(slot: 1, node: FuzzServiceSpore.writer, address: "", generation: 0, serving: false)])).encoded()),
+        ("servicespore", FuzzServiceSpore.record(ServiceSpore.Content(
+            name: "db", generation: 1, replicas: 1, driver: "process",
+            instances: [ServiceSpore.Instance(slot: 0, node: id, address: "10.0.0.1", generation: 1, serving: true)],
+            owner: ServiceSpore.Owner(node: id, leaseUntilMillis: 1_800_000_102_000))).encoded()),
+        ("servicespore", FuzzServiceSpore.record(.tombstone("old", generation: 4)).encoded()),
     ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]

@@ -115,6 +115,7 @@ public actor Agent {
     var lastRefresh: UInt64 = 0
     var lastSeedWrite = 0.0
     var seedEpochWritten = SporeEpoch.zero
+    var serviceSpores = ServiceSporeWriter()
     var lastLatentSave = SporeEpoch.zero
     var confirmed: Set<String> = []
     /// Set first by `stop()`: nothing may touch the WAL or the network after it.
@@ -386,6 +387,7 @@ public actor Agent {
     /// (leader) publish a seed spore that a rate-limited write skipped.
     func everySecond() {
         if raft.role == .leader { writeSeedSpores(force: false) }
+        writeServiceSpores()
         checkOwnCertificate()
         let admitted = spore.members[nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
         if admitted && !router.contactLinks.isEmpty && !router.links.isEmpty {

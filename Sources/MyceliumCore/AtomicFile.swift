@@ -234,4 +234,6 @@ public enum FileKind {
     public static let raftHardState: UInt16 = 11
     /// A VM replica's last committed epoch and its device state (VMDriver's replica journal).
     public static let vmReplicaState: UInt16 = 12
+    /// A service spore: a service's signed record beside the seed spore (MyceliumSpores/ServiceSpore.swift).
+    public static let serviceSpore: UInt16 = 13
 }

@@ -95,21 +95,48 @@ struct SporeCommandGroup: AsyncParsableCommand {
 
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check a seed spore file: signature, network, limits, and (with --newer-than) its epoch.",
-            discussion: "Example: mycelium spore verify seed.spore --network net-...")
+            abstract: "Check a seed or service spore file: signature, network, signer, limits, and (with --newer-than) its epoch.",
+            discussion: """
+                A service spore (NETWORK.service-NAME.spore) is verified against a seed spore of its \
+                network: --seed, or the NETWORK.seed beside it.
+                Examples: mycelium spore verify seed.spore --network net-...
+                          mycelium spore verify /mnt/seeds/net-....service-web.spore --network net-... -o json
+                """)
         @OptionGroup var out: OutputOptions
-        @Argument(help: "A seed spore file (from 'spore export' or a seed directory).") var file: String
+        @Argument(help: "A seed spore file (from 'spore export' or a seed directory), or a service spore.") var file: String
         @Option(help: "The network it must belong to.") var network: String
         @Option(help: "Refuse it if older than this epoch (TERM.INDEX).") var newerThan: String?
+        @Option(help: "For a service spore: the seed spore to verify it against (default: NETWORK.seed beside it).") var seed: String?
 
         func run() throws {
-            var bytes = try AtomicFile.read(file)
-            if let unwrapped = try? ChecksummedFile.decode(bytes, kind: FileKind.seedSpore, path: file) { bytes = unwrapped }
             var known: SporeEpoch?
             if let n = newerThan {
-                let p = n.split(separator: ".").compactMap { UInt64($0) }
-                guard p.count == 2 else { throw CLIError("--newer-than takes TERM.INDEX, like 3.120") }
-                known = SporeEpoch(term: p[0], index: p[1])
+                guard let e = parseEpoch(n) else { throw CLIError("--newer-than takes TERM.INDEX, like 3.120") }
+                known = e
+            }
+            let bytes: [UInt8], kind: SporeFileKind
+            do { kind = try SporeFileKind.read(file) } catch let e as DamagedSporeFile {
+                out.emit(["status": "INVALID: \(e)"])
+                throw ExitCode(1)
+            }
+            switch kind {
+            case .seed(let b): bytes = b
+            case .service(let b):
+                let net: NetworkID
+                do { net = try NetworkID(parsing: network) } catch { throw ValidationError("--network: \(error)") }
+                do {
+                    let (s, seedSpore) = try verifyServiceSporeFile(b, file: file, network: net, seedFile: seed, now: unixNow())
+                    if let known, s.epoch < known {
+                        throw SporeError(.staleEpoch(have: known, got: s.epoch))
+                    }
+                    out.emit(ordered: describe(s, seed: seedSpore, json: out.output == .json, nowMillis: Int64(Date().timeIntervalSince1970 * 1000)))
+                } catch let e as CLIError {
+                    throw e
+                } catch {
+                    out.emit(["status": "INVALID: \(error)"])
+                    throw ExitCode(1)
+                }
+                return
             }
             do {
                 let seed = try SeedSpore(verifying: bytes, network: try NetworkID(parsing: network), knownEpoch: known, now: unixNow())
@@ -122,6 +149,13 @@ struct SporeCommandGroup: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// "3.120" → term 3, index 120.
+func parseEpoch(_ text: String) -> SporeEpoch? {
+    let p = text.split(separator: ".", omittingEmptySubsequences: false).map { UInt64($0) }
+    guard p.count == 2, let t = p[0], let i = p[1] else { return nil }
+    return SporeEpoch(term: t, index: i)
 }
 
 struct LeaveCommand: AsyncParsableCommand {

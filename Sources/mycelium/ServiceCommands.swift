@@ -33,8 +33,9 @@ struct ServiceCommandGroup: AsyncParsableCommand {
               dig @127.0.0.1 -p 8600 web.service.mycelium
               mycelium service drain --node NODE-ID   # nothing new there; its instances move
               mycelium service stop web
+              mycelium service find web --network net-... --seed-dir /mnt/seeds   # offline, from service spores
             """,
-        subcommands: [Deploy.self, List.self, Show.self, Stop.self, Logs.self, Drain.self])
+        subcommands: [Deploy.self, List.self, Show.self, Stop.self, Logs.self, Drain.self, Find.self])
 
     struct Deploy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

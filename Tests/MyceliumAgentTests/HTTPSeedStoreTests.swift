@@ -117,6 +117,34 @@ final class HTTPSeedStoreTests: XCTestCase {
         XCTAssertEqual(try HTTPClient.parse("https://[::1]:8443/a/b").port, 8443)
     }
 
+    /// Service spores over HTTP: PUT beside the seed spore, found and verified by an offline reader.
+    func testServiceSporesOverHTTP() async throws {
+        let server = try SeedHTTPServer()
+        defer { server.close() }
+        let genesis = SigningKey(), node = SigningKey()
+        let net = NetworkIdentity(genesisKey: genesis.publicKey)
+        let cert = MembershipCertificate.issue(by: genesis, nodeID: NodeID(publicKey: node.publicKey), nodeKey: node.publicKey,
+                                               roles: [.member, .sclerotiumEligible, .inviter], serial: 1, issuedAt: 0, validFor: 1 << 40)
+        var spore = PrimarySpore(network: net)
+        try spore.apply(SignedCommand(.admit(cert), author: cert.nodeID, key: node, network: net.id), epoch: SporeEpoch(term: 1, index: 1), time: 10)
+        let store = HTTPSeedStore(base: "http://127.0.0.1:\(server.port)/seeds/", network: net.id)
+        try await store.write(SeedSpore(spore: spore, signer: cert, key: node, writtenAt: 12))
+        let content = ServiceSpore.Content(name: "web", generation: 1, replicas: 1, driver: "process", ports: [ServiceSpore.Port(name: "http", port: 80)],
+                                           instances: [ServiceSpore.Instance(slot: 0, node: cert.nodeID, address: "10.1.2.3", generation: 1, serving: true)])
+        try await store.writeService(ServiceSpore(network: net.id, content: content, epoch: SporeEpoch(term: 1, index: 1), issuedAtMillis: 13_000,
+                                                  signer: cert, key: node))
+        XCTAssertNotNil(server.files.withLockedValue { $0["/seeds/\(net.id).service-web.spore"] }, "PUT to base + NETWORK.service-NAME.spore")
+        var found = await findService("web", in: [store], network: net.id, now: 20)
+        XCTAssertEqual(found.endpoints, ["10.1.2.3:80"], "\(found.problems)")
+        found = await findService("db", in: [store], network: net.id, now: 20)
+        XCTAssertNil(found.record)
+        XCTAssertTrue(found.problems.contains { $0.problem.contains("no record of 'db'") }, "a 404 is 'no record': \(found.problems)")
+        server.corrupt.withLockedValue { $0 = true }
+        found = await findService("web", in: [store], network: net.id, now: 20)
+        XCTAssertNil(found.record)
+        XCTAssertTrue(found.problems.contains { $0.problem.contains("checksum") }, "\(found.problems)")
+    }
+
     /// Real agents: the leader publishes its seed spore over HTTP, and it verifies.
     func testTheLeaderPublishesSeedSporesOverHTTP() async throws {
         let server = try SeedHTTPServer()
