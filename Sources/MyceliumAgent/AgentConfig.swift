@@ -81,6 +81,15 @@ public struct AgentConfig: Sendable, Equatable {
     public var nodeLabels: [String] = []
     /// host:port where this agent answers DNS for NAME.service.mycelium (empty: off).
     public var dnsListen = "127.0.0.1:8600"
+    /// The podman binary of the podman service driver (empty: found on PATH; "off": no podman driver).
+    public var podman = ""
+    /// Where the mycelium-cni plugin is (empty: beside this agent's executable).
+    public var cniBinDir = ""
+    /// The datapath's BPF object mycelium-cni loads (empty: /usr/lib/mycelium/datapath.bpf.o, as
+    /// MyceliumCNI's CNIDefaults.bpfObject).
+    public var datapathObject = ""
+    /// Where the datapath's maps and programs are pinned (MyceliumCNI's CNIDefaults.pinDir).
+    public var datapathPinDir = "/sys/fs/bpf/mycelium"
 
     public init() {}
 
@@ -127,6 +136,10 @@ public struct AgentConfig: Sendable, Equatable {
         string("dirty_page_shim", "Path of the dirty-page preload shim for QEMU (libmdp_preload.so); empty: the hash engine.", \.dirtyPageShim),
         strings("node_labels", "This node's labels for service placement, like [\"zone=eu\", \"rack=r1\"] (region, zone and rack are the levels a service can spread across).", \.nodeLabels),
         string("dns_listen", "host:port where this agent answers DNS for NAME.service.mycelium (A and SRV records of healthy instances), like Consul's port 8600; empty: off. DNS is unauthenticated: keep it on loopback or a trusted network.", \.dnsListen),
+        string("podman", "The podman binary of the podman service driver (empty: found on PATH; \"off\": this node offers no podman driver). The node offers podman only when podman, runc, conmon, mycelium-cni and the datapath's BPF object are found; 'mycelium service show' says why not.", \.podman),
+        string("cni_bin_dir", "Directory of the mycelium-cni plugin podman calls for containers' networks (empty: the directory of this agent's executable).", \.cniBinDir),
+        string("datapath_object", "The eBPF datapath object mycelium-cni loads (empty: /usr/lib/mycelium/datapath.bpf.o).", \.datapathObject),
+        string("datapath_pin_dir", "Where the eBPF datapath's maps and programs are pinned, on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf).", \.datapathPinDir),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 

@@ -139,6 +139,20 @@ extension ServiceRules {
         }
         let text = reasons.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.prefix(3).map { "\($0.key)" + ($0.value > 1 ? " (\($0.value) nodes)" : "") }
         return "no member can run an instance of '\(spec.name)' (\(spec.cpuMillis)m CPU, \(spec.memoryMiB) MiB) on any of the \(nodes.count) live nodes: "
-            + text.joined(separator: "; ") + ". Change the spec, or add a node that fits"
+            + text.joined(separator: "; ") + driverNotes(spec, state: state) + ". Change the spec, or add a node that fits"
+    }
+
+    /// What live nodes that do not offer the spec's driver say about why (their `unavailable`), as
+    /// "; node X: podman: runc is not installed …", or "" when none says anything.
+    public static func driverNotes(_ spec: ServiceSpec, state: ControlState) -> String {
+        let prefix = "\(spec.driver):"
+        var notes: [String] = []
+        for (node, info) in state.services.nodes.sorted(by: { $0.key < $1.key }) where !info.drivers.contains(spec.driver) {
+            guard state.spore.members[node]?.status == .alive else { continue }
+            let mine = info.unavailable.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
+            if let first = mine.first { notes.append("node \(node) offers no \(spec.driver) driver: " + first.dropFirst(prefix.count).trimmingCharacters(in: " ")) }
+            if notes.count >= 3 { break }
+        }
+        return notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")
     }
 }
