@@ -22,7 +22,6 @@ final class PodmanFixture {
     let subnet: String
     let settings: PodmanSettings
     let setup: PodmanSetup
-    let netnsBefore: Set<String>
 
     init() throws {
         try requireRoot()
@@ -42,13 +41,26 @@ final class PodmanFixture {
         try sh("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf")
         try "\(subnet)\n".write(toFile: tmp + "/podcidr", atomically: true, encoding: .utf8)
         try sh("ip route add unreachable \(subnet)")
-        netnsBefore = Self.netns()
         setup = PodmanSetup(directory: tmp + "/podman", pluginDirectories: [Paths.buildDir], bpfObject: try Paths.bpfObject(),
                             pinDirectory: pinDir, podCIDRFile: tmp + "/podcidr")
         settings = try setup.prepare()
     }
 
-    static func netns() -> Set<String> { Set((try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []) }
+    /// A container's ID and network namespace path (to check both are gone later; other tests may
+    /// run containers beside this one, so only this container's are checked).
+    func attachment(_ name: String) throws -> (id: String, netns: String) {
+        let f = try podman(["inspect", "--format", "{{.Id}} {{.NetworkSettings.SandboxKey}}", name]).stdout
+            .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        guard f.count == 2, !f[1].isEmpty else { throw TestFailure("no id and netns for \(name): \(f)") }
+        return (f[0], f[1])
+    }
+
+    /// Its host veth, its netns and its datapath endpoint are gone.
+    func assertGone(_ a: (id: String, netns: String), _ ip: IPv4Address, file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertFalse(try PluginSandbox.hostVethExists(containerID: a.id), "the host veth is left", file: file, line: line)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: a.netns), "the network namespace \(a.netns) is left", file: file, line: line)
+        XCTAssertNil(try Datapath(pinDir: pinDir).endpoint(ip), "the datapath still knows \(ip)", file: file, line: line)
+    }
 
     /// Runs podman with the fixture's settings (for checks).
     func podman(_ args: [String]) throws -> ProcessResult {
@@ -65,16 +77,6 @@ final class PodmanFixture {
 
     func allocations() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: settings.allocationsDirectory)) ?? []).filter { IPv4Address($0) != nil }
-    }
-
-    /// Host veths of mycelium-cni (`myc…`) in this namespace.
-    static func veths() -> Set<String> {
-        Set(((try? sh("ip -o link show")) ?? "").split(separator: "\n").compactMap { line -> String? in
-            let f = line.split(separator: " ")
-            guard f.count > 1 else { return nil }
-            let name = f[1].split(separator: "@").first.map(String.init)?.trimmingCharacters(in: CharacterSet(charactersIn: ":")) ?? ""
-            return name.hasPrefix("myc") ? name : nil
-        })
     }
 
     func tearDown() {
@@ -108,7 +110,6 @@ final class PodmanRuntimeTests: XCTestCase {
     func testAContainerServesOnItsPodAddressWithItsLogLimitsAndHealthAndStopLeavesNothing() async throws {
         let f = try PodmanFixture()
         defer { f.tearDown() }
-        let vethsBefore = PodmanFixture.veths()
         let rt = try makeRuntime(f)
         let spec = InstanceSpec(id: "web-0", command: ["/bin/sh", "-c", "echo started $GREETING; exec httpd -f -p 8080 -h /www"],
                                 environment: ["GREETING": "hi-there"], cpuMillis: 500, memoryMiB: 48,
@@ -129,15 +130,16 @@ final class PodmanRuntimeTests: XCTestCase {
                                    PodmanRuntime.containerName("web-0")]).stdout
         XCTAssertEqual(limits.trimmingCharacters(in: .whitespacesAndNewlines), "\(48 << 20) 500000000 web-0")
         XCTAssertEqual(f.allocations(), [status.address])
+        let attachment = try f.attachment(PodmanRuntime.containerName("web-0"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: attachment.netns))
+        XCTAssertTrue(try PluginSandbox.hostVethExists(containerID: attachment.id))
 
         // Stop: the container, its veth, its netns and its address are gone.
         await rt.stop("web-0", graceSeconds: 2)
         XCTAssertNil(rt.status("web-0"))
         XCTAssertEqual(try f.containers(), [])
         XCTAssertEqual(f.allocations(), [], "the address was released")
-        XCTAssertEqual(PodmanFixture.veths(), vethsBefore, "no veth is left")
-        XCTAssertEqual(PodmanFixture.netns(), f.netnsBefore, "no network namespace is left")
-        XCTAssertNil(try Datapath(pinDir: f.pinDir).endpoint(ip))
+        try f.assertGone(attachment, ip)
         XCTAssertTrue(rt.logs("web-0", maxBytes: 4096).contains("started hi-there"), "the log stays after the stop")
     }
 
@@ -178,12 +180,13 @@ final class PodmanRuntimeTests: XCTestCase {
     func testAnExecCheckRunsInTheContainerAndLeftoversOfAnEarlierRunAreRemoved() async throws {
         let f = try PodmanFixture()
         defer { f.tearDown() }
-        let vethsBefore = PodmanFixture.veths()
         let first = try makeRuntime(f)
         try await first.start(InstanceSpec(id: "db-0", command: ["/bin/sh", "-c", "touch /tmp/ok; exec sleep 600"],
                                            health: .exec(command: ["/bin/test", "-e", "/tmp/ok"], intervalMillis: 200, timeoutMillis: 5000, threshold: 1)),
                               rootfs: f.rootfs)
         try waitFor("the exec check passes") { first.status("db-0")?.health == .healthy }
+        let attachment = try f.attachment(PodmanRuntime.containerName("db-0"))
+        let ip = try XCTUnwrap(IPv4Address(first.status("db-0")?.address ?? ""))
         XCTAssertEqual(try f.podman(["exec", PodmanRuntime.containerName("db-0"), "/bin/rm", "/tmp/ok"]).status, 0)
         try waitFor("the exec check fails") {
             if case .unhealthy(let why) = first.status("db-0")?.health { return why.contains("exit code 1") }
@@ -196,8 +199,7 @@ final class PodmanRuntimeTests: XCTestCase {
         XCTAssertEqual(second.cleanupLeftovers(), [PodmanRuntime.containerName("db-0")])
         XCTAssertEqual(try f.containers(), [])
         XCTAssertEqual(f.allocations(), [])
-        XCTAssertEqual(PodmanFixture.veths(), vethsBefore)
-        XCTAssertEqual(PodmanFixture.netns(), f.netnsBefore)
+        try f.assertGone(attachment, ip)
         // The service reaper's view: the recorded settings find the same podman.
         XCTAssertEqual(PodmanRuntime.leftovers(of: f.tmp + "/state")?.settings, f.settings)
         try waitFor("the first runtime sees its container end") {
