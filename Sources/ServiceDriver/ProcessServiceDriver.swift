@@ -77,7 +77,39 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
         send(ServiceDriverReport(id: s.id, generation: st.generation, state: state, health: health, message: message, address: s.address))
     }
 
+    /// Podman's work per instance, in order. A podman command takes hundreds of milliseconds (a stop
+    /// up to its grace period), and the controller host performs actions one after another: the
+    /// actions of a podman instance are chained here instead, so other instances, processes
+    /// especially, never wait for them, while one instance's start and stop keep their order.
+    let chains = Mutex<(next: UInt64, tasks: [String: (token: UInt64, task: Task<Void, Never>)])>((0, [:]))
+
+    func enqueue(_ id: String, _ body: @escaping @Sendable () async -> Void) {
+        chains.withLock { c in
+            let previous = c.tasks[id]?.task, token = c.next
+            c.next += 1
+            let task = Task {
+                await previous?.value
+                await body()
+                self.chains.withLock { if $0.tasks[id]?.token == token { $0.tasks[id] = nil } }
+            }
+            c.tasks[id] = (token, task)
+        }
+    }
+
+    func chained(_ id: String) -> Bool { chains.withLock { $0.tasks[id] != nil } }
+
     public func perform(_ action: ServiceAction) async throws {
+        switch action {
+        case .start(let plan) where plan.spec.driver == .podman || chained(plan.id) || podman?.status(plan.id) != nil:
+            enqueue(plan.id) { await self.performNow(action) }
+        case .stop(let id, _) where chained(id) || podman?.status(id) != nil:
+            enqueue(id) { await self.performNow(action) }
+        default:
+            await performNow(action)
+        }
+    }
+
+    func performNow(_ action: ServiceAction) async {
         switch action {
         case .start(let plan):
             // The copy of another generation goes first, whichever driver ran it.
@@ -117,6 +149,9 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
     }
 
     public func stopAll() async {
+        // What is chained finishes first: a start still queued must not run after the stop.
+        let pending = chains.withLock { $0.tasks.values.map(\.task) }
+        for t in pending { await t.value }
         async let a: Void = runtime.stopAll()
         async let b: Void? = podman?.stopAll()
         _ = await (a, b)

@@ -126,16 +126,56 @@ final class ServicePodmanTests: XCTestCase {
         XCTAssertEqual(veths(), [])
         for ns in namespaces { XCTAssertFalse(FileManager.default.fileExists(atPath: ns), "the container's network namespace \(ns) is left") }
 
-        // An agent that dies takes its container with it: its reaper removes it.
+        // An agent that restarts removes what its earlier run left (here with its reaper killed
+        // first, as when the whole host went down), then starts what the table assigns again.
         let (rc2, out2) = try c.cli(["service", "deploy", spec, "--home", c.home("n1"), "--wait", "90"], netns: net.ns("n1"))
         XCTAssertEqual(rc2, 0, out2)
         XCTAssertEqual(podman.names(), [PodmanRuntime.containerName("web-0")])
+        let orphanID = try podmanOut(podman, ["inspect", "--format", "{{.Id}}", PodmanRuntime.containerName("web-0")])
+        let orphanNamespace = try sandbox()
+        let reaper = try XCTUnwrap(Int32((try? String(contentsOfFile: c.home("n1") + "/services/reaper.pid", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""))
+        kill(reaper, SIGKILL)
+        c.kill9("n1")
+        XCTAssertEqual(podman.names(), [PodmanRuntime.containerName("web-0")], "with no reaper the container outlives its agent")
+        try c.start("n1")
+        try await waitUntil("the restarted agent replaced the old container and serves", timeout: 60, poll: 0.2) {
+            guard let s = try? await self.service("web", c), s.serving == 1,
+                  let id = try? self.podmanOut(podman, ["inspect", "--format", "{{.Id}}", PodmanRuntime.containerName("web-0")]) else { return false }
+            return id != orphanID
+        }
+        XCTAssertEqual(podman.names(), [PodmanRuntime.containerName("web-0")])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: orphanNamespace), "the old container's network namespace is left")
+        XCTAssertEqual(allocations().count, 1, "only the new container's address: \(allocations())")
+
+        // An agent that dies takes its container with it: its reaper removes it.
         let lastNamespace = try sandbox()
         c.kill9("n1")
         try await waitUntil("the reaper removes the dead agent's container", timeout: 60, poll: 0.2) { podman.names() == [] }
         XCTAssertEqual(allocations(), [])
         XCTAssertEqual(veths(), [])
         XCTAssertFalse(FileManager.default.fileExists(atPath: lastNamespace), "the container's network namespace is left")
+    }
+
+    func testANodeWithoutPodmanSaysWhyAtDeploy() async throws {
+        let c = try AgentCluster()
+        defer { c.shutdown() }
+        c.extraConfig = { _ in "handoff_members = 1\nsclerotia = 1\npodman = \"off\"\n" }
+        try c.createNetwork()
+        try await c.waitUntil("1 node formed", nodes: ["n1"], AgentCluster.formed(1))
+        let f = c.home("pod.yaml")
+        try "name: pod\ndriver: podman\nimage: /srv/none\ncommand: [/bin/sh]\n".write(toFile: f, atomically: true, encoding: .utf8)
+        var last = ""
+        // The node's placement facts reach the table shortly after it formed.
+        try await waitUntil("the deploy is refused with the node's reason", timeout: 20, poll: 0.2) {
+            let (rc, out) = try c.cli(["service", "deploy", f, "--home", c.home("n1"), "--wait", "0"])
+            last = out
+            return rc != 0 && out.contains("offers no podman driver: turned off in the agent's configuration")
+        }
+        XCTAssertFalse(last.isEmpty)
+        let s = try await AgentClient(socket: c.home("n1") + "/agent.sock").services()
+        XCTAssertTrue(s.services.isEmpty, "nothing deployed: \(s.services.map(\.name))")
+        XCTAssertNil(PodmanRuntime.leftovers(of: c.home("n1") + "/services/podman-instances"), "no podman set up")
     }
 
     static func inside(_ ip: String, _ cidr: String) -> Bool {
