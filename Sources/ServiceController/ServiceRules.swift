@@ -53,8 +53,15 @@ public enum ServiceRules {
             """)
     }
 
-    /// Why the spec's rules cannot be read, or nil.
+    /// Why the spec's rules cannot be read (or its podman image and command cannot work), or nil.
+    /// Checked before proposing only: what the table accepts on apply stays as it was.
     public static func problem(_ spec: ServiceSpec) -> String? {
+        if spec.driver == .podman {
+            if !spec.image.hasPrefix("/") {
+                return "a podman service's image is the absolute path of a root filesystem directory on the node (like /srv/web), not '\(spec.image)'"
+            }
+            if spec.command.isEmpty { return "a podman service needs a command: its root filesystem has no default one" }
+        }
         for rule in spec.placement.constraints + spec.placement.preferences.map(\.rule) {
             do { _ = try parse(rule) } catch { return error.description }
         }
