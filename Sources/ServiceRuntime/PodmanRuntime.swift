@@ -214,20 +214,23 @@ public final class PodmanRuntime: Sendable {
             }
             throw await fail("podman run failed", run, hint: hint)
         }
-        let format = "{{.State.ConmonPid}} {{.State.Pid}} {{(index .NetworkSettings.Networks \"\(settings.network)\").IPAddress}}"
+        let format = "{{.State.Status}} {{.State.ConmonPid}} {{.State.Pid}} {{(index .NetworkSettings.Networks \"\(settings.network)\").IPAddress}}"
         let inspect = try await podman(["inspect", "--format", format, name], timeoutMillis: 60_000, instance: id)
         let fields = inspect.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-        guard inspect.status == 0, fields.count >= 2, let conmon = Int32(fields[0]), let pid = Int32(fields[1]) else {
+        guard inspect.status == 0, fields.count >= 3, let conmon = Int32(fields[1]), let pid = Int32(fields[2]) else {
             throw await fail("podman inspect of the new container failed", inspect, hint: "see podman's message")
         }
-        let address = fields.count >= 3 ? fields[2] : ""
-        guard let addressValue = Self.parseIPv4(address) else {
+        // A command that ended at once has left the network already: its exit is what to report.
+        let endedAlready = fields[0] != "running"
+        let address = fields.count >= 4 ? fields[3] : ""
+        let addressValue = Self.parseIPv4(address)
+        if addressValue == nil && !endedAlready {
             throw await fail("the container has no IPv4 address on network \(settings.network) (inspect: \(inspect.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))",
                              inspect, hint: "check the CNI configuration the agent wrote")
         }
         // The exit watch: a pidfd on conmon (checked to be conmon: the pid could have been reused
         // if the container ended at once). -1 when it is already gone.
-        var conmonFd = conmon > 0 ? cspawn_pidfd_open(conmon) : -1
+        var conmonFd = conmon > 0 && !endedAlready ? cspawn_pidfd_open(conmon) : -1
         if conmonFd >= 0, !(((try? String(contentsOfFile: "/proc/\(conmon)/comm", encoding: .utf8)) ?? "").hasPrefix("conmon")) {
             close(conmonFd)
             conmonFd = -1
@@ -261,7 +264,7 @@ public final class PodmanRuntime: Sendable {
             inst.status.state = .running(pid: pid)
             inst.status.startedAtMillis = monotonicMillis()
             inst.status.health = spec.health == nil ? .healthy : .unknown
-            inst.status.address = address
+            inst.status.address = addressValue == nil ? "" : address
             notifyLocked(inst.status)
         }
 
@@ -273,7 +276,7 @@ public final class PodmanRuntime: Sendable {
         } else {
             Task { [self] in await containerEnded(run2) }
         }
-        if let check, let monitor = run2.monitor {
+        if let check, let monitor = run2.monitor, let addressValue {
             let env = settings.environment
             monitor.start(
                 intervalMillis: check.intervalMillis, name: id,

@@ -159,6 +159,12 @@ final class PodmanRuntimeTests: XCTestCase {
         XCTAssertEqual(states.first, .starting)
         XCTAssertTrue(states.contains { $0.isRunning })
 
+        // A command that ends at once (before its address could be read) is reported with its code too.
+        try await rt.start(InstanceSpec(id: "job-2", command: ["/bin/sh", "-c", "exit 7"]), rootfs: f.rootfs)
+        try waitFor("the immediate exit") { rt.status("job-2")?.state == .exited(code: 7) }
+        try waitFor("its container is removed") { try f.containers().isEmpty }
+        XCTAssertEqual(f.allocations(), [])
+
         // It can run again under the same id; a command missing from the rootfs is a clear error.
         do {
             try await rt.start(InstanceSpec(id: "job-0", command: ["/bin/no-such-program"]), rootfs: f.rootfs)
