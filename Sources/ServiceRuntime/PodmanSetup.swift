@@ -11,8 +11,11 @@
 //    directories (ours first);
 //  - net.d/NETWORK.conflist: the one network, of type mycelium-cni, whose IPAM reads the pod CIDR
 //    file the network controller writes and keeps its allocations in `cni/`.
-// The run root sits under `directory` when that path is short enough (podman refuses a run root
-// longer than 50 bytes), else at /run/mycelium-podman-HASH, HASH naming the directory.
+// Storage (--root) is under `directory`. What must not survive a reboot lives at
+// /run/mycelium-podman-HASH (HASH naming the directory; tmpfs on a normal host, and short: podman
+// refuses a run root over 50 bytes): the run root, podman's tmp_dir (podman takes a missing "alive"
+// file there for a reboot and resets its containers' state) and the IPAM allocations (an address is
+// held by a network namespace, which a reboot ends too).
 
 import Foundation
 import MyceliumCore
@@ -98,15 +101,15 @@ public struct PodmanSetup: Sendable {
 
     public var runroot: String { Self.runroot(for: directory) }
 
-    /// DIRECTORY/run when that is at most 50 bytes (podman's limit), else /run/mycelium-podman-HASH.
+    /// /run/mycelium-podman-HASH: what a reboot must clear, of the podman of `directory` only.
     public static func runroot(for directory: String) -> String {
-        let inside = directory + "/run"
-        if inside.utf8.count <= 50 { return inside }
         let h = String(CRC32C.checksum(Array(directory.utf8)), radix: 16)
         return "/run/mycelium-podman-" + String(repeating: "0", count: 8 - h.count) + h
     }
 
-    public var allocationsDirectory: String { directory + "/cni/" + network }
+    /// IPAM's data directory (ipam.dataDir) and this network's allocations in it.
+    public var ipamDirectory: String { runroot + "/cni" }
+    public var allocationsDirectory: String { ipamDirectory + "/" + network }
 
     /// Checks what the driver needs and writes the configuration; the settings to run podman with.
     public func prepare() throws(Unavailable) -> PodmanSettings {
@@ -136,7 +139,7 @@ public struct PodmanSetup: Sendable {
         }
         if let problem = Self.bpffsProblem(pinDirectory) { throw missing(problem) }
 
-        let netDir = directory + "/net.d", tmpDir = directory + "/tmp", cniDir = directory + "/cni"
+        let netDir = directory + "/net.d", tmpDir = runroot + "/libpod-tmp", cniDir = ipamDirectory
         let conf = directory + "/containers.conf"
         let plugins = pluginDirectories + (pluginDirectories.contains("/usr/lib/cni") ? [] : ["/usr/lib/cni"])
         let containersConf = """
@@ -180,8 +183,7 @@ public struct PodmanSetup: Sendable {
 
             """
         do {
-            for d in [directory, netDir, tmpDir, cniDir, directory + "/storage"] { try AtomicFile.makeDirectory(d) }
-            try AtomicFile.makeDirectory(runroot)
+            for d in [directory, netDir, directory + "/storage", runroot, tmpDir, cniDir] { try AtomicFile.makeDirectory(d) }
             try AtomicFile.write(Array(containersConf.utf8), to: conf)
             try AtomicFile.write(Array(conflist.utf8), to: netDir + "/\(network).conflist")
         } catch {
