@@ -354,7 +354,7 @@ public struct ServiceRecord: Sendable, Equatable {
 public struct ServiceNodeInfo: Sendable, Equatable {
     /// Free-form labels; "region", "zone" and "rack" are the spread levels.
     public var labels: [String: String]
-    /// The drivers this node offers (always `process`).
+    /// The drivers this node offers (`process`, and `podman` where the agent found what it needs).
     public var drivers: [ServiceDriverKind]
     /// Drained (`ServiceCommand.drain`, an operator's decision): it gets nothing new and its
     /// instances move elsewhere. What the node itself says here is ignored.
