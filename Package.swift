@@ -158,7 +158,7 @@ let package = Package(
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
                 "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
-                "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceDNS", "NetworkDriver", "MyceliumCNI",
+                "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceRuntime", "ServiceDNS", "NetworkDriver", "MyceliumCNI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -252,8 +252,8 @@ let package = Package(
         .testTarget(
             name: "MyceliumAgentTests",
             dependencies: [
-                "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
-                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime", "MyceliumCNI", "mycelium-cni",
+                "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "mycelium-cni", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
+                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime", "MyceliumCNI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -261,7 +261,7 @@ let package = Package(
         .testTarget(name: "RhizomorphTests", dependencies: ["Rhizomorph", "CRhizomorph", "MyceliumIdentity", "MyceliumCore", "Endophyte", "rhizomorph-stress"]),
         // Real namespaces, the built plugin, libcni (a Go driver) and podman; needs root.
         .testTarget(
-            name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium"],
+            name: "MyceliumCNITests", dependencies: ["MyceliumCNI", "MyceliumCore", "CNetlink", "CDatapath", "mycelium-cni", "mycelium", "ServiceRuntime"],
             exclude: ["cnidriver"]),
         // libvirt's built-in test driver (test:///default, in-process) for the wrapper's calls and errors.
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),

@@ -256,7 +256,7 @@ public actor Agent {
                               driver: CertificateFile(path: paths.nodeCert))
         let vms = VMController(run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
         if let vmDriver { self.controllers.host(vms, driver: vmDriver) } else { self.controllers.host(vms, driver: NoVMDriver(reason: noVMs)) }
-        let services = ServiceController(settings: Self.serviceSettings(config, canRun: serviceDriver != nil), run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
+        let services = ServiceController(settings: Self.serviceSettings(config, driver: serviceDriver), run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
         if let serviceDriver { self.controllers.host(services, driver: serviceDriver) } else {
             self.controllers.host(services, driver: NoServiceDriver(reason: noServices))
         }

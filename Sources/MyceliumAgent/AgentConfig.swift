@@ -92,6 +92,10 @@ public struct AgentConfig: Sendable, Equatable {
     /// Answer NAME.service.mycelium to this node's pods on the node's address, port 53 (containers'
     /// resolv.conf points there), when the node drives its datapath.
     public var podDNS = true
+    /// The podman binary of the podman service driver (empty: found on PATH; "off": no podman driver).
+    public var podman = ""
+    /// Where the mycelium-cni plugin is (empty: beside this agent's executable).
+    public var cniBinDir = ""
 
     public init() {}
 
@@ -138,6 +142,8 @@ public struct AgentConfig: Sendable, Equatable {
         string("dirty_page_shim", "Path of the dirty-page preload shim for QEMU (libmdp_preload.so); empty: the hash engine.", \.dirtyPageShim),
         strings("node_labels", "This node's labels for service placement, like [\"zone=eu\", \"rack=r1\"] (region, zone and rack are the levels a service can spread across).", \.nodeLabels),
         string("dns_listen", "host:port where this agent answers DNS for NAME.service.mycelium (A and SRV records of healthy instances), like Consul's port 8600; empty: off. DNS is unauthenticated: keep it on loopback or a trusted network.", \.dnsListen),
+        string("podman", "The podman binary of the podman service driver (empty: found on PATH; \"off\": this node offers no podman driver). The node offers podman only when podman, runc, conmon, mycelium-cni and the datapath's BPF object are found; 'mycelium service show' says why not.", \.podman),
+        string("cni_bin_dir", "Directory of the mycelium-cni plugin podman calls for containers' networks (empty: the directory of this agent's executable).", \.cniBinDir),
         string("datapath_mode", "How this node's eBPF datapath reaches other nodes' pods: auto (natively to nodes on this node's subnet, VXLAN to the others), native, vxlan, or off (the agent programs no datapath).", \.datapathMode),
         string("datapath_object", "The compiled eBPF datapath (make -C CSources/bpf builds CSources/bpf/build/datapath.bpf.o); the agent drives the datapath only when this file exists.", \.datapathObject),
         string("datapath_pin_dir", "Where the datapath's maps and programs are pinned in bpffs (mycelium-cni's pinDir must be the same).", \.datapathPinDir),

@@ -20,22 +20,40 @@ import Scheduler
 import ServiceController
 import ServiceDNS
 import ServiceDriver
+import ServiceRuntime
 import Synchronization
 
 extension Agent {
-    /// The process driver under HOME/services, or the reason this node runs no services.
+    /// The process driver under HOME/services (with podman when this node has what it needs), or the
+    /// reason this node runs no services.
     static func makeServiceDriver(_ config: AgentConfig, logger: Logger) -> (ProcessServiceDriver?, String) {
         let dir = config.home + "/services"
         do {
             // The previous run's reaper goes first, so it cannot kill what this run starts.
             ServiceReaper.stopPredecessor(dir)
-            let d = try ProcessServiceDriver(directory: dir)
+            let podman = podmanSettings(config)
+            if case .failure(let why) = podman { logger.info("this node offers no podman driver", metadata: ["reason": "\(why)"]) }
+            let d = try ProcessServiceDriver(directory: dir, podman: podman)
             startServiceReaper(dir, logger: logger)
             return (d, "")
         } catch {
             logger.error("this node cannot run services", metadata: ["error": "\(error)"])
             return (nil, "\(error)")
         }
+    }
+
+    /// The agent's private podman (HOME/podman, ServiceRuntime/PodmanSetup.swift) on the CNI network
+    /// `mycelium` of mycelium-cni, whose IPAM reads the pod CIDR file the network controller writes;
+    /// or why this node cannot offer podman.
+    static func podmanSettings(_ config: AgentConfig) -> Result<PodmanSettings, PodmanSetup.Unavailable> {
+        if config.podman == "off" { return .failure(PodmanSetup.Unavailable(description: "turned off in the agent's configuration (podman = \"off\")")) }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let binDir = config.cniBinDir.isEmpty ? URL(fileURLWithPath: exe).deletingLastPathComponent().path : config.cniBinDir
+        var setup = PodmanSetup(directory: config.home + "/podman", pluginDirectories: [binDir],
+                                bpfObject: config.datapathObject.isEmpty ? "/usr/lib/mycelium/datapath.bpf.o" : config.datapathObject,
+                                pinDirectory: config.datapathPinDir, podCIDRFile: config.podCIDRFilePath)
+        setup.podman = config.podman
+        do { return .success(try setup.prepare()) } catch { return .failure(error) }
     }
 
     /// Starts the service reaper (ServiceDriver/ServiceReaper.swift) and records its pid.
@@ -57,14 +75,20 @@ extension Agent {
     }
 
     /// What this node tells the network about itself for placement.
-    static func serviceSettings(_ config: AgentConfig, canRun: Bool) -> ServiceSettings {
+    static func serviceSettings(_ config: AgentConfig, driver: ProcessServiceDriver?) -> ServiceSettings {
         var labels: [String: String] = [:]
         for l in config.nodeLabels {
             let parts = l.split(separator: "=", maxSplits: 1)
             if parts.count == 2 { labels[String(parts[0])] = String(parts[1]) }
         }
         let host = splitAddress(config.advertisedAddress)?.host ?? "127.0.0.1"
-        return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: canRun ? [.process] : [], draining: false, address: host))
+        var drivers: [ServiceDriverKind] = []
+        if let driver {
+            drivers.append(.process)
+            if driver.podman != nil { drivers.append(.podman) }
+        }
+        return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: drivers, draining: false, address: host,
+                                                     unavailable: driver?.podmanUnavailable ?? ""))
     }
 
     /// Unix milliseconds by this node's wall clock: the stamp a leader puts on what it proposes.

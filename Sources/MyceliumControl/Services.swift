@@ -354,22 +354,28 @@ public struct ServiceRecord: Sendable, Equatable {
 public struct ServiceNodeInfo: Sendable, Equatable {
     /// Free-form labels; "region", "zone" and "rack" are the spread levels.
     public var labels: [String: String]
-    /// The drivers this node offers (always `process`).
+    /// The drivers this node offers (`process`, and `podman` where the agent found what it needs).
     public var drivers: [ServiceDriverKind]
     /// Drained (`ServiceCommand.drain`, an operator's decision): it gets nothing new and its
     /// instances move elsewhere. What the node itself says here is ignored.
     public var draining: Bool
     /// Where its instances answer (the node's underlay IPv4).
     public var address: String
-    public init(labels: [String: String] = [:], drivers: [ServiceDriverKind] = [.process], draining: Bool = false, address: String = "") {
+    /// Why it does not offer some drivers, for the operator ("podman: runc is not installed …"; "" when
+    /// it offers them all or has nothing to say).
+    public var unavailable: String
+    public static let maxUnavailable = 400
+    public init(labels: [String: String] = [:], drivers: [ServiceDriverKind] = [.process], draining: Bool = false, address: String = "",
+                unavailable: String = "") {
         self.labels = labels; self.drivers = drivers; self.draining = draining; self.address = address
+        self.unavailable = VMMigration.clipped(unavailable, Self.maxUnavailable)
     }
 
     func encode(into w: inout ByteWriter) {
         let l = labels.sorted { $0.key < $1.key }
         w.u16(UInt16(l.count)); for (k, v) in l { w.string(k); w.string(v) }
         w.u8(UInt8(drivers.count)); for d in drivers { w.u8(d.rawValue) }
-        w.bool(draining); w.string(address)
+        w.bool(draining); w.string(address); w.string(VMMigration.clipped(unavailable, Self.maxUnavailable))
     }
 
     static func decode(_ r: inout ByteReader) throws -> ServiceNodeInfo {
@@ -384,6 +390,7 @@ public struct ServiceNodeInfo: Sendable, Equatable {
             info.drivers.append(k)
         }
         info.draining = try r.bool("draining"); info.address = try r.string("address", limit: 64)
+        info.unavailable = try r.string("unavailable drivers", limit: maxUnavailable)
         return info
     }
 }

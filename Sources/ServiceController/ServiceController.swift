@@ -153,7 +153,9 @@ public struct ServiceController: Controller {
         var batch: [(name: String, slot: UInt16, InstanceReport)] = []
         for (_, i) in local.sorted(by: { $0.key < $1.key }) {
             guard let r = table.services[i.service], r.assignments[i.slot] == context.node, r.generation == i.generation else { continue }
-            let report = ServiceReconciler.report(i, node: context.node, address: settings.info.address, spec: r.spec)
+            // A container answers on its own (pod) address; a process on its node's.
+            let own = i.observed?.address ?? ""
+            let report = ServiceReconciler.report(i, node: context.node, address: own.isEmpty ? settings.info.address : own, spec: r.spec)
             if r.instances[i.slot] != report { batch.append((i.service, i.slot, report)) }
             if batch.count >= 512 { break }
         }
@@ -206,7 +208,11 @@ public struct ServiceController: Controller {
         var slots: [String: [UInt16: NodeID]] = [:]
         for a in plan.assignments { slots[a.service, default: [:]][UInt16(a.slot)] = a.node }
         var reasons: [String: String] = [:]
-        for u in plan.unplaced { reasons[u.service] = "\(u.missing) of the replicas not placed: \(u.reason)" }
+        for u in plan.unplaced {
+            let notes = state.services.services[u.service].map { ServiceRules.driverNotes($0.spec, state: state) } ?? ""
+            // Clipped as the table keeps it, so the next plan compares equal.
+            reasons[u.service] = VMMigration.clipped("\(u.missing) of the replicas not placed: \(u.reason)" + notes, 400)
+        }
         unplaced = reasons
         var out: [ControllerEffect<ServiceAction>] = []
         for r in records {

@@ -32,8 +32,13 @@ public struct ServiceDriverReport: Sendable, Equatable {
     public var health: InstanceReport.Health
     /// Why it is unhealthy, or what went wrong ("" otherwise).
     public var message: String
-    public init(id: String, generation: UInt64, state: ObservedState, health: InstanceReport.Health = .unknown, message: String = "") {
+    /// Where the instance answers when it has an address of its own (a container's pod IP); "" means
+    /// its node's address.
+    public var address: String
+    public init(id: String, generation: UInt64, state: ObservedState, health: InstanceReport.Health = .unknown, message: String = "",
+                address: String = "") {
         self.id = id; self.generation = generation; self.state = state; self.health = health; self.message = message
+        self.address = address
     }
 }
 

@@ -53,8 +53,15 @@ public enum ServiceRules {
             """)
     }
 
-    /// Why the spec's rules cannot be read, or nil.
+    /// Why the spec's rules cannot be read (or its podman image and command cannot work), or nil.
+    /// Checked before proposing only: what the table accepts on apply stays as it was.
     public static func problem(_ spec: ServiceSpec) -> String? {
+        if spec.driver == .podman {
+            if !spec.image.hasPrefix("/") {
+                return "a podman service's image is the absolute path of a root filesystem directory on the node (like /srv/web), not '\(spec.image)'"
+            }
+            if spec.command.isEmpty { return "a podman service needs a command: its root filesystem has no default one" }
+        }
         for rule in spec.placement.constraints + spec.placement.preferences.map(\.rule) {
             do { _ = try parse(rule) } catch { return error.description }
         }
@@ -139,6 +146,20 @@ extension ServiceRules {
         }
         let text = reasons.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.prefix(3).map { "\($0.key)" + ($0.value > 1 ? " (\($0.value) nodes)" : "") }
         return "no member can run an instance of '\(spec.name)' (\(spec.cpuMillis)m CPU, \(spec.memoryMiB) MiB) on any of the \(nodes.count) live nodes: "
-            + text.joined(separator: "; ") + ". Change the spec, or add a node that fits"
+            + text.joined(separator: "; ") + driverNotes(spec, state: state) + ". Change the spec, or add a node that fits"
+    }
+
+    /// What live nodes that do not offer the spec's driver say about why (their `unavailable`), as
+    /// "; node X: podman: runc is not installed …", or "" when none says anything.
+    public static func driverNotes(_ spec: ServiceSpec, state: ControlState) -> String {
+        let prefix = "\(spec.driver):"
+        var notes: [String] = []
+        for (node, info) in state.services.nodes.sorted(by: { $0.key < $1.key }) where !info.drivers.contains(spec.driver) {
+            guard state.spore.members[node]?.status == .alive else { continue }
+            let mine = info.unavailable.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
+            if let first = mine.first { notes.append("node \(node) offers no \(spec.driver) driver: " + first.dropFirst(prefix.count).trimmingCharacters(in: " ")) }
+            if notes.count >= 3 { break }
+        }
+        return notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")
     }
 }

@@ -1,5 +1,6 @@
 // The service reaper: a small process per agent, started by it, that waits for the agent to die and
-// then kills every instance the agent ran (their cgroups). Instances never outlive their agent: an
+// then kills every instance the agent ran (their cgroups) and removes its podman containers (with
+// their network attachments: `podman rm -f` on the agent's private podman). Instances never outlive their agent: an
 // agent that crashed, was SIGKILLed or lost its host's power leaves nothing running that the network
 // would start a second copy of elsewhere, and a restarted agent starts from what the table assigns.
 // (A graceful stop stops the instances itself; the VM side has its fencing watchdog for the same
@@ -25,6 +26,8 @@ public enum ServiceReaper {
             log("service reaper: cannot watch \(dir): \(error)")
             return 1
         }
+        // The agent's podman (if it runs one): its settings, read now; its containers removed after.
+        let containers = PodmanRuntime.leftovers(of: dir + "/podman-instances")
         let fd = cspawn_pidfd_open(agentPID)
         if fd >= 0 {
             _ = cspawn_pidfd_wait(fd, -1)
@@ -34,6 +37,10 @@ public enum ServiceReaper {
             while kill(agentPID, 0) == 0 || errno == EPERM { usleep(200_000) }
         }
         leftovers.kill()
+        if let containers {
+            let removed = containers.remove()
+            if !removed.isEmpty { log("service reaper: removed the containers of the dead agent: \(removed.joined(separator: ", "))") }
+        }
         return 0
     }
 

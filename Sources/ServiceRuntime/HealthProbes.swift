@@ -5,10 +5,13 @@ import CSpawn
 import Foundation
 
 enum HealthProbe {
-    static func run(_ check: HealthCheck, instance: String, cwd: String, environment: [String: String], cgroup: InstanceCgroup?) -> String? {
+    /// `host`: the IPv4 address (host order) tcp and http checks connect to: loopback for a process,
+    /// the container's address for a podman instance.
+    static func run(_ check: HealthCheck, instance: String, cwd: String, environment: [String: String], cgroup: InstanceCgroup?,
+                    host: UInt32 = 0x7F00_0001) -> String? {
         switch check {
         case let .tcp(port, _, timeout, _):
-            switch connect(port: port, timeoutMillis: timeout) {
+            switch connect(host: host, port: port, timeoutMillis: timeout) {
             case let .success(fd):
                 close(fd)
                 return nil
@@ -16,7 +19,7 @@ enum HealthProbe {
                 return f.reason
             }
         case let .http(port, path, _, timeout, _):
-            return http(port: port, path: path, timeoutMillis: timeout)
+            return http(host: host, port: port, path: path, timeoutMillis: timeout)
         case let .exec(command, _, timeout, _):
             return exec(command, instance: instance, cwd: cwd, environment: environment, cgroup: cgroup, timeoutMillis: timeout)
         }
@@ -24,48 +27,52 @@ enum HealthProbe {
 
     struct Failure: Error { let reason: String }
 
-    /// A connected non-blocking socket to 127.0.0.1:port, within the timeout.
-    static func connect(port: UInt16, timeoutMillis: UInt32) -> Result<Int32, Failure> {
+    static func dotted(_ a: UInt32) -> String { "\(a >> 24).\((a >> 16) & 0xFF).\((a >> 8) & 0xFF).\(a & 0xFF)" }
+
+    /// A connected non-blocking socket to host:port, within the timeout.
+    static func connect(host: UInt32 = 0x7F00_0001, port: UInt16, timeoutMillis: UInt32) -> Result<Int32, Failure> {
+        let target = dotted(host)
         let deadline = monotonicMillis() + UInt64(timeoutMillis)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { return .failure(Failure(reason: "tcp 127.0.0.1:\(port): socket: \(errnoText(errno))")) }
+        if fd < 0 { return .failure(Failure(reason: "tcp \(target):\(port): socket: \(errnoText(errno))")) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        addr.sin_addr.s_addr = host.bigEndian
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         if rc != 0 && errno != EINPROGRESS {
             let e = errno
             close(fd)
-            return .failure(Failure(reason: "tcp 127.0.0.1:\(port): connect: \(errnoText(e))"))
+            return .failure(Failure(reason: "tcp \(target):\(port): connect: \(errnoText(e))"))
         }
         if rc != 0 {
             guard wait(fd, events: Int16(POLLOUT), deadline: deadline) else {
                 close(fd)
-                return .failure(Failure(reason: "tcp 127.0.0.1:\(port): no connection within \(timeoutMillis) ms"))
+                return .failure(Failure(reason: "tcp \(target):\(port): no connection within \(timeoutMillis) ms"))
             }
             var err: Int32 = 0
             var len = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
             if err != 0 {
                 close(fd)
-                return .failure(Failure(reason: "tcp 127.0.0.1:\(port): connect: \(errnoText(err))"))
+                return .failure(Failure(reason: "tcp \(target):\(port): connect: \(errnoText(err))"))
             }
         }
         return .success(fd)
     }
 
-    static func http(port: UInt16, path: String, timeoutMillis: UInt32) -> String? {
+    static func http(host: UInt32 = 0x7F00_0001, port: UInt16, path: String, timeoutMillis: UInt32) -> String? {
         let deadline = monotonicMillis() + UInt64(timeoutMillis)
+        let target = dotted(host)
         let fd: Int32
-        switch connect(port: port, timeoutMillis: timeoutMillis) {
+        switch connect(host: host, port: port, timeoutMillis: timeoutMillis) {
         case let .success(f): fd = f
         case let .failure(f): return "http: " + f.reason
         }
         defer { close(fd) }
-        let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUser-Agent: mycelium-health\r\nConnection: close\r\n\r\n".utf8)
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: \(target):\(port)\r\nUser-Agent: mycelium-health\r\nConnection: close\r\n\r\n".utf8)
         var sent = 0
         while sent < request.count {
             let n = request.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
@@ -75,25 +82,25 @@ enum HealthProbe {
             }
             if n < 0 && errno == EINTR { continue }
             if n < 0 && errno == EAGAIN && wait(fd, events: Int16(POLLOUT), deadline: deadline) { continue }
-            return "http 127.0.0.1:\(port)\(path): sending the request failed: \(n < 0 ? errnoText(errno) : "closed")"
+            return "http \(target):\(port)\(path): sending the request failed: \(n < 0 ? errnoText(errno) : "closed")"
         }
         var head: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 512)
         while true {
             switch HTTPStatusLine.parse(head) {
             case let .status(code):
-                return (200..<400).contains(code) ? nil : "http 127.0.0.1:\(port)\(path): status \(code)"
+                return (200..<400).contains(code) ? nil : "http \(target):\(port)\(path): status \(code)"
             case .malformed:
-                return "http 127.0.0.1:\(port)\(path): the answer is not HTTP/1.x"
+                return "http \(target):\(port)\(path): the answer is not HTTP/1.x"
             case .needMore:
                 break
             }
             guard wait(fd, events: Int16(POLLIN), deadline: deadline) else {
-                return "http 127.0.0.1:\(port)\(path): no answer within \(timeoutMillis) ms"
+                return "http \(target):\(port)\(path): no answer within \(timeoutMillis) ms"
             }
             let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
-            if n <= 0 { return "http 127.0.0.1:\(port)\(path): connection closed before a status line" }
+            if n <= 0 { return "http \(target):\(port)\(path): connection closed before a status line" }
             head.append(contentsOf: buf[0..<n])
         }
     }

@@ -123,12 +123,16 @@ public struct InstanceStatus: Sendable, Equatable {
     public var startedAtMillis: UInt64
     /// How many times a started process of this instance has ended.
     public var exits: Int
+    /// Where it answers when it has an address of its own (a container's IPv4 on the pod network);
+    /// "" for a process, which answers on its node's address.
+    public var address: String
 
-    public init(id: String, state: InstanceState, health: Health, startedAtMillis: UInt64, exits: Int) {
+    public init(id: String, state: InstanceState, health: Health, startedAtMillis: UInt64, exits: Int, address: String = "") {
         self.id = id
         self.state = state
         self.health = health
         self.startedAtMillis = startedAtMillis
         self.exits = exits
+        self.address = address
     }
 }

@@ -45,6 +45,11 @@ final class LogSink: @unchecked Sendable {
         }
     }
 
+    /// A line of the runtime's own (what went wrong around the instance), in its log.
+    func note(_ text: String) {
+        Array(text.utf8).withUnsafeBytes { append($0) }
+    }
+
     func close() {
         lock.lock()
         defer { lock.unlock() }

@@ -23,6 +23,8 @@ public struct RuntimeError: Error, Equatable, Sendable, CustomStringConvertible 
         case stateDirectory(path: String, operation: String, errno: Int32)
         /// fork/clone3 or another setup step of the child failed.
         case spawn(stage: String, errno: Int32)
+        /// A podman command failed; `what` says which and what it printed, `hint` what to do.
+        case podman(what: String, hint: String)
     }
 
     /// The instance id, when the error concerns one.
@@ -69,6 +71,8 @@ public struct RuntimeError: Error, Equatable, Sendable, CustomStringConvertible 
         case let .spawn(stage, e):
             let hint = e == EAGAIN ? "too many processes: raise the limits or stop some services" : "see the error"
             return "starting the process failed at \(stage): \(errnoText(e)); \(hint)"
+        case let .podman(what, hint):
+            return "\(what); \(hint)"
         }
     }
 }

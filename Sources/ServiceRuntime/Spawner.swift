@@ -28,11 +28,11 @@ enum Spawner {
         }
     }
 
-    /// Starts `command` in `cwd` with stdout and stderr on `output` and stdin on /dev/null, inside `cgroup`
+    /// Starts `command` in `cwd` with stdout on `output`, stderr on `errorOutput` (default: `output`) and stdin on /dev/null, inside `cgroup`
     /// from before its first instruction. Throws a RuntimeError naming what failed.
     static func spawn(
         instance: String, command: [String], environment env: [String: String], cwd: String,
-        cgroup: InstanceCgroup?, output: Int32
+        cgroup: InstanceCgroup?, output: Int32, errorOutput: Int32? = nil
     ) throws(RuntimeError) -> SpawnedProcess {
         let env = environment(env)
         let searched = env["PATH"] ?? defaultPath
@@ -71,7 +71,7 @@ enum Spawner {
                         var req = cspawn_request(
                             candidates: c.baseAddress, argv: a.baseAddress, envp: e.baseAddress, cwd: UnsafePointer(cwdC),
                             cgroup_procs: cgroup == nil ? nil : p.baseAddress, cgroup_fd: cgroupFd,
-                            stdin_fd: devNull, stdout_fd: output, stderr_fd: output)
+                            stdin_fd: devNull, stdout_fd: output, stderr_fd: errorOutput ?? output)
                         return cspawn_spawn(&req, &result)
                     }
                 }

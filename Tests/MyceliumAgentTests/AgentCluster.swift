@@ -61,6 +61,12 @@ final class AgentCluster {
         // reaper too (a host's namespace killed whole): their cgroups go here, before the homes.
         for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where FileManager.default.fileExists(atPath: dir + "/" + n + "/services") {
             (try? ProcessRuntime.leftovers(of: dir + "/" + n + "/services"))?.kill()
+            // Containers of the podman driver (with their network attachments), and podman's run root
+            // (outside the home when the home's path is long).
+            if let podman = PodmanRuntime.leftovers(of: dir + "/" + n + "/services/podman-instances") {
+                podman.remove()
+                try? FileManager.default.removeItem(atPath: podman.settings.runroot)
+            }
         }
         // A closure stored here may capture the cluster; dropping them breaks that cycle.
         listenHost = { _ in "127.0.0.1" }

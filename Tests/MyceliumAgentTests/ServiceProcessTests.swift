@@ -163,6 +163,8 @@ final class ServiceProcessTests: XCTestCase {
             ("name: a\ncommand: [sleep, '9']\nplacement: {constraints: [\"zone == mars\"]}\n", "fails constraint zone=mars"),
             ("name: a\ncommand: [sleep, '9']\nplacement: {constraints: [\"zone = mars\"]}\n", "cannot read the rule"),
             ("name: a\ndriver: podman\n", "needs an image"),
+            ("name: a\ndriver: podman\nimage: web:latest\ncommand: [x]\n", "absolute path of a root filesystem"),
+            ("name: a\ndriver: podman\nimage: /srv/web\n", "needs a command"),
         ]
         for (yaml, expected) in cases {
             let (rc, out) = try deploy(yaml)

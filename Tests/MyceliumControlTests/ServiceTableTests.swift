@@ -287,6 +287,60 @@ final class ServiceControllerTests: XCTestCase {
     }
 }
 
+/// The podman driver's part in the pure core: a container's own (pod) address goes into its
+/// instance report instead of the node's, and nodes that cannot offer podman say why, in the deploy
+/// refusal and in a service's pending reason.
+final class PodmanServiceCoreTests: XCTestCase {
+    func testAContainerIsReportedAtItsPodAddressAndNodesWithoutPodmanSayWhy() throws {
+        let t = ServiceTableTests(name: "world", testClosure: { _ in })
+        var s = try t.world()
+        let why = "podman: runc is not installed (apt-get install runc)"
+        for i: UInt8 in 2...3 {
+            try t.service(&s, .nodeInfo(node: t.id(i), ServiceNodeInfo(drivers: [.process], address: "10.0.0.\(i)", unavailable: why)))
+        }
+        var spec = ServiceSpec(name: "web", driver: .podman, command: ["/bin/httpd", "-f"], image: "/srv/web", replicas: 2)
+        spec.cpuMillis = 100  // two replicas: not a singleton, which would wait for the node lease
+        // No node offers podman: the deploy is refused with the nodes' reasons.
+        let refusal = try XCTUnwrap(ServiceRules.impossible(spec, state: s))
+        XCTAssertTrue(refusal.contains("offers no podman driver: runc is not installed (apt-get install runc)"), refusal)
+
+        // Node 1 offers it: the service is placed there, and its report carries the pod address.
+        let info = ServiceNodeInfo(drivers: [.process, .podman], address: "10.0.0.1")
+        try t.service(&s, .nodeInfo(node: t.id(1), info))
+        XCTAssertNil(ServiceRules.impossible(spec, state: s))
+        try t.service(&s, .deploy(spec))
+        try t.service(&s, .assign(name: "web", generation: 1, [0: t.id(1)], pending: ""))
+        var node = ServiceController(settings: ServiceSettings(info: info), run: 3 << 20)
+        var clock: UInt64 = 10_000
+        func ctx() -> ControllerContext { ControllerContext(node: t.id(1), isLeader: false, state: s, tick: clock / 100, ticksPerSecond: 10, millis: clock) }
+        let started = node.tick(context: ctx()).compactMap { e -> InstancePlan? in if case .act(.start(let p)) = e { return p }; return nil }
+        XCTAssertEqual(started.map(\.id), ["web-0"])
+        _ = node.reported(ServiceDriverReport(id: "web-0", generation: 1, state: .running, health: .healthy, address: "10.244.1.7"), context: ctx())
+        clock += 1000
+        let reports = node.tick(context: ctx()).compactMap { e -> [(name: String, slot: UInt16, InstanceReport)]? in
+            if case .request(.service(.report(_, let batch), _)) = e { return batch }; return nil
+        }.flatMap { $0 }
+        XCTAssertEqual(reports.first?.2.address, "10.244.1.7", "the pod address, not the node's")
+        XCTAssertEqual(reports.first?.2.state, .running)
+
+        // A process (no address of its own) is reported at its node's address.
+        _ = node.reported(ServiceDriverReport(id: "web-0", generation: 1, state: .running, health: .healthy), context: ctx())
+        clock += 1000
+        let again = node.tick(context: ctx()).compactMap { e -> [(name: String, slot: UInt16, InstanceReport)]? in
+            if case .request(.service(.report(_, let batch), _)) = e { return batch }; return nil
+        }.flatMap { $0 }
+        XCTAssertEqual(again.first?.2.address, "10.0.0.1")
+
+        // Node 1 loses podman: the leader's plan leaves the service unplaced, with the nodes' reasons.
+        try t.service(&s, .nodeInfo(node: t.id(1), ServiceNodeInfo(drivers: [.process], address: "10.0.0.1", unavailable: why)))
+        var leader = ServiceController(settings: ServiceSettings(info: ServiceNodeInfo(drivers: [.process], address: "10.0.0.1", unavailable: why)), run: 5 << 20)
+        let plan = leader.tick(context: ControllerContext(node: t.id(1), isLeader: true, state: s, tick: clock / 100, ticksPerSecond: 10, millis: clock))
+        let pending = plan.compactMap { e -> String? in if case .propose(.service(.assign(_, _, _, let p), _)) = e { return p }; return nil }.first ?? ""
+        XCTAssertTrue(pending.contains("capability 'podman'") && pending.contains("offers no podman driver: runc is not installed"), pending)
+        XCTAssertLessThanOrEqual(pending.utf8.count, 400)
+    }
+}
+
 /// Singletons and the node lease: a node runs a one-replica service only under a lease it renewed
 /// itself in this run, stops it when renewals stop applying, and the leader moves it only after the
 /// lease ended in control time plus the slack.
