@@ -14,25 +14,43 @@ extension Agent {
     /// mycelium-cni's default for that name, so plugin and agent agree without configuration.
     public static let podNetworkName = "mycelium"
 
-    /// The route controller and its driver, or nil (and why, in the log) when this node does not
-    /// drive a datapath.
-    static func makeDatapath(_ config: AgentConfig, logger: Logger) -> (RouteController, DatapathRouteDriver)? {
+    /// Whether this node drives its datapath: the routing mode and this node's address, or why not.
+    static func datapathPlan(_ config: AgentConfig) -> Result<(RoutingMode, String), DriverFailure> {
         guard let mode = RoutingMode(rawValue: config.datapathMode) else {
-            logger.info("datapath off (datapath_mode = off): pods on this node reach no other node through Mycelium")
-            return nil
+            return .failure(DriverFailure("datapath_mode = off"))
         }
         guard AtomicFile.exists(config.datapathObject) else {
-            logger.info("datapath off: no compiled datapath at \(config.datapathObject) (make -C CSources/bpf and set datapath_object, or datapath_mode = \"off\" to silence this)")
-            return nil
+            return .failure(DriverFailure("no compiled datapath at \(config.datapathObject) (make -C CSources/bpf and set datapath_object, or datapath_mode = \"off\" to silence this)"))
         }
         let host = splitAddress(config.advertisedAddress)?.host ?? ""
         if host.hasPrefix("127.") || host == "localhost" {
-            logger.info("datapath off: this node's address \(host) is loopback, so there is no other node to route pods to (set advertise to this node's address)")
+            return .failure(DriverFailure("this node's address \(host) is loopback, so there is no other node to route pods to (set advertise to this node's address)"))
+        }
+        return .success((mode, host))
+    }
+
+    /// The route controller and its driver, or nil (and why, in the log) when this node does not
+    /// drive a datapath.
+    static func makeDatapath(_ config: AgentConfig, logger: Logger) -> (RouteController, DatapathRouteDriver)? {
+        let mode: RoutingMode, host: String
+        switch datapathPlan(config) {
+        case .failure(let why):
+            logger.info("datapath off: pods on this node reach no other node through Mycelium", metadata: ["reason": "\(why)"])
             return nil
+        case .success(let plan): (mode, host) = plan
         }
         let settings = DatapathSettings(mode: mode, networkId: NetworkConfig.networkIdentity(ofNetwork: podNetworkName))
         let driver = DatapathRouteDriver(settings: .init(pinDir: config.datapathPinDir, object: config.datapathObject, nodeAddress: host),
                                          logger: logger)
         return (RouteController(settings: settings), driver)
+    }
+
+    /// What pods on this node need from the network the agent drives: their MTU (the underlay's,
+    /// less VXLAN's 50 bytes unless every peer is reached natively) and the DNS server that names
+    /// services for them (this node's address, when pod DNS runs). Zero and nil without a datapath.
+    static func podNetworkFacts(_ config: AgentConfig) -> (mtu: Int, dns: String?) {
+        guard case .success(let (mode, host)) = datapathPlan(config) else { return (0, nil) }
+        let underlay = DatapathRouteDriver.mtu(ofInterfaceHolding: host) ?? 1500
+        return (mode == .native ? underlay : underlay - 50, config.podDNS ? host : nil)
     }
 }

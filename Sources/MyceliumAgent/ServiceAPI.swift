@@ -53,6 +53,9 @@ extension Agent {
                                 bpfObject: config.datapathObject.isEmpty ? "/usr/lib/mycelium/datapath.bpf.o" : config.datapathObject,
                                 pinDirectory: config.datapathPinDir, podCIDRFile: config.podCIDRFilePath)
         setup.podman = config.podman
+        let pods = podNetworkFacts(config)
+        setup.mtu = pods.mtu
+        setup.dnsServers = pods.dns.map { [$0] } ?? []
         do { return .success(try setup.prepare()) } catch { return .failure(error) }
     }
 

@@ -133,6 +133,16 @@ public final class DatapathRouteDriver: ControllerDriver, Sendable {
         return nil
     }
 
+    /// The MTU of the interface that holds `address` (nil: none does).
+    public static func mtu(ofInterfaceHolding address: String) -> Int? {
+        // Through netlink (ip), not /sys/class/net: an agent that entered a network namespace with
+        // nsenter still sees the sysfs of the namespace it came from.
+        guard let ip = IPv4Address(address), let (name, _, _) = interface(holding: ip) else { return nil }
+        let r = run(["/usr/sbin/ip", "-o", "link", "show", "dev", name])
+        guard r.status == 0, let at = r.output.range(of: " mtu ") else { return nil }
+        return Int(r.output[at.upperBound...].prefix { $0.isNumber })
+    }
+
     /// Creates (or reuses) a VXLAN device in collect-metadata mode on `port`; its ifindex.
     static func ensureVXLAN(_ name: String, port: UInt16) -> Result<UInt32, DriverFailure> {
         if if_nametoindex(name) == 0 {
@@ -163,5 +173,5 @@ public final class DatapathRouteDriver: ControllerDriver, Sendable {
 
 public struct DriverFailure: Error, CustomStringConvertible, Sendable {
     public let description: String
-    init(_ s: String) { description = s }
+    public init(_ s: String) { description = s }
 }

@@ -67,6 +67,12 @@ public struct PodmanSetup: Sendable {
     /// The node's pod CIDR as the network controller writes it (ipam.podCIDRFile).
     public var podCIDRFile: String
     public var network = "mycelium"
+    /// The pods' MTU (0: the plugin's default, the host's); below the underlay's when pods cross
+    /// nodes in VXLAN (its 50 bytes).
+    public var mtu = 0
+    /// Where containers ask for names (their resolv.conf), searching `service.mycelium` first; empty:
+    /// podman's default (the host's resolv.conf).
+    public var dnsServers: [String] = []
 
     public init(directory: String, pluginDirectories: [String], bpfObject: String, pinDirectory: String, podCIDRFile: String) {
         self.directory = directory
@@ -114,6 +120,9 @@ public struct PodmanSetup: Sendable {
     /// Checks what the driver needs and writes the configuration; the settings to run podman with.
     public func prepare() throws(Unavailable) -> PodmanSettings {
         func missing(_ m: String) -> Unavailable { Unavailable(description: m) }
+        for d in dnsServers where d.split(separator: ".").count != 4 || !d.allSatisfy({ $0.isNumber || $0 == "." }) {
+            throw missing("podman driver: DNS server '\(d)' is not an IPv4 address")
+        }
         for p in [directory, bpfObject, pinDirectory, podCIDRFile] + pluginDirectories {
             if !p.hasPrefix("/") || p.contains("\"") || p.contains("\\") || p.contains("\n") {
                 throw missing("podman driver: '\(p)' must be an absolute path without quotes, backslashes or line breaks")
@@ -148,6 +157,7 @@ public struct PodmanSetup: Sendable {
             default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
             log_driver = "k8s-file"
             log_size_max = 10485760
+            \(dnsServers.isEmpty ? "" : "dns_servers = [" + dnsServers.map { "\"\($0)\"" }.joined(separator: ", ") + "]\ndns_searches = [\"service.mycelium\"]\n")
 
             [engine]
             runtime = "runc"
@@ -173,7 +183,7 @@ public struct PodmanSetup: Sendable {
               "name": \(q(network)),
               "plugins": [
                 {
-                  "type": "mycelium-cni",
+                  "type": "mycelium-cni",\(mtu > 0 ? "\n      \"mtu\": \(mtu)," : "")
                   "bpfObject": \(q(bpfObject)),
                   "pinDir": \(q(pinDirectory)),
                   "ipam": {"podCIDRFile": \(q(podCIDRFile)), "dataDir": \(q(cniDir))}

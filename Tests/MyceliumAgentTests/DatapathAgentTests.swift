@@ -1,5 +1,7 @@
 import Foundation
+import MyceliumAPI
 import MyceliumCNI
+import ServiceRuntime
 import XCTest
 
 /// The datapath across nodes, driven by the agents (issue 17): three hosts as network namespaces on
@@ -100,8 +102,114 @@ final class DatapathAgentTests: XCTestCase {
         }
     }
 
+    /// The whole path a user sees: two podman services on two hosts, the client finding the server by
+    /// name (the DNS its node serves pods) and reaching its pod address natively across the underlay,
+    /// with nothing added by hand: routes from the members' pod CIDRs, identities from the instances'
+    /// reports. A pod that is no service instance is dropped by the receiving datapath.
+    func testTwoPodmanServicesOnTwoHostsReachEachOtherByName() async throws {
+        guard PodmanSetup.find("podman") != nil, PodmanSetup.find("runc") != nil else {
+            throw AgentTestError("this test needs podman and runc: apt-get install podman runc")
+        }
+        try await runCluster(mode: "auto", extra: { n in "node_labels = [\"zone=z\(n.dropFirst())\"]\ncni_bin_dir = \"\(AgentCluster.binDir)\"\n" }) { net, c, pins in
+            let rootfs = c.dir + "/rootfs"
+            for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "www"] { try FileManager.default.createDirectory(atPath: rootfs + "/" + d, withIntermediateDirectories: true) }
+            try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+            for a in ["sh", "httpd", "wget", "sleep", "echo", "cat", "nslookup", "sed", "tail", "ping", "ip", "nc", "timeout"] { try FileManager.default.createSymbolicLink(atPath: rootfs + "/bin/" + a, withDestinationPath: "busybox") }
+            try "hello-across-hosts\n".write(toFile: rootfs + "/www/index.html", atomically: true, encoding: .utf8)
+            // busybox-static's wget resolves names through glibc's NSS, which a static binary cannot
+            // load, and crashes with -T (Debian's 1.35); its nslookup has a resolver of its own, which
+            // reads the resolv.conf podman wrote (the node's address, search service.mycelium).
+            try """
+                while true; do
+                  ip=$(nslookup web 2>/dev/null | sed -n '/^Address/{/:53$/!s/.*[^0-9.]\\([0-9][0-9.]*\\)$/\\1/p}' | tail -n 1)
+                  if [ -n "$ip" ]; then timeout 3 wget -q -O - "http://$ip:8080/index.html" || echo "miss $ip"; else echo "web not resolved"; fi
+                  sleep 0.3
+                done
+
+                """.write(toFile: rootfs + "/client.sh", atomically: true, encoding: .utf8)
+            let web = c.home("web.yaml"), client = c.home("client.yaml")
+            try """
+                name: web
+                driver: podman
+                image: \(rootfs)
+                command: [/bin/httpd, -f, -p, "8080", -h, /www]
+                ports: [{name: http, port: 8080}]
+                health: {type: tcp, port: 8080, interval: 300ms, timeout: 1s, threshold: 2}
+                placement: {constraints: ["zone == z2"]}
+                """.write(toFile: web, atomically: true, encoding: .utf8)
+            try """
+                name: client
+                driver: podman
+                image: \(rootfs)
+                command: [/bin/sh, /client.sh]
+                placement: {constraints: ["zone == z1"]}
+                depends_on: [web]
+                """.write(toFile: client, atomically: true, encoding: .utf8)
+            for f in [web, client] {
+                let (rc, out) = try c.cli(["service", "deploy", f, "--home", c.home("n1"), "--wait", "90"], netns: net.ns("n1"))
+                XCTAssertEqual(rc, 0, out)
+            }
+            // The client (on n1) resolves "web" through its node's DNS (search service.mycelium) and
+            // fetches the page from the pod on n2; its log says so.
+            var last = ""
+            do {
+                try await waitUntil("the client on n1 fetches the page of web on n2 by name", timeout: 60, poll: 0.5) {
+                    let (_, out) = try c.cli(["service", "logs", "client", "--home", c.home("n1"), "--bytes", "2000"], netns: net.ns("n1"))
+                    last = out
+                    return out.contains("hello-across-hosts")
+                }
+            } catch {
+                let show = (try? c.cli(["service", "list", "--home", c.home("n1")], netns: net.ns("n1")).1) ?? ""
+                let info = (try? await AgentClient(socket: c.home("n1") + "/agent.sock").services().services) ?? []
+                var stats = ""
+                for (name, host) in [("client", "n1"), ("web", "n2")] {
+                    if let ip = info.first(where: { $0.name == name })?.instances.first?.address, let a = IPv4Address(ip) {
+                        stats += "\(name) \(ip) on \(host): \((try? Datapath(pinDir: pins[host]!).stats(a)).map { "\($0)" } ?? "no endpoint")\n"
+                    }
+                }
+                var probe = ""
+                if let webIP = info.first(where: { $0.name == "web" })?.instances.first?.address,
+                   let p = try? CNIPod(net: net, host: "n1", home: c.home("n1"), pin: pins["n1"]!, name: "d",
+                                       ipamDir: PodmanSetup.runroot(for: c.home("n1") + "/podman") + "/cni") {
+                    try? Datapath(pinDir: pins["n2"]!).addRemote(IPv4Address(p.ip)!, networkId: NetworkConfig.networkIdentity(ofNetwork: "mycelium"))
+                    probe = "debug pod \(p.ip) pings web: \(p.ping(webIP)); " + ((try? HostNetwork.sh("ip netns exec \(p.ns) ip route; ip netns exec \(p.ns) ip link")) ?? "")
+                    probe += "\ncurl from the debug pod: " + ((try? HostNetwork.sh("ip netns exec \(p.ns) curl -sS --max-time 3 http://\(webIP):8080/index.html 2>&1 || true")) ?? "?")
+                    if let l = PodmanRuntime.leftovers(of: c.home("n1") + "/services/podman-instances") {
+                        let q = (l.settings.base + ["exec", PodmanRuntime.containerName("client-0"), "/bin/sh", "-c",
+                                 "ip addr; ip route; cat /etc/resolv.conf; ping -c 2 -W 1 \(webIP); echo | nc -w 2 \(webIP) 8080; echo nc=$?"]).map { "'" + $0 + "'" }.joined(separator: " ")
+                        let env = l.settings.environment.map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
+                        probe += "\ninside the client: " + ((try? HostNetwork.sh("env -i \(env) \(q) </dev/null 2>&1 || true")) ?? "?")
+                    }
+                    probe += "\nn1 forwarding: " + ((try? net.run("n1", "sysctl -n net.ipv4.ip_forward")) ?? "?")
+                    probe += "\nweb stats after: \((try? Datapath(pinDir: pins["n2"]!).stats(IPv4Address(webIP)!)).map { "\($0)" } ?? "")"
+                    p.remove()
+                }
+                XCTFail("\(probe)\nthe client's log: \(last)\nservices: \(show)\nn1 routes: \(self.routes(pins["n1"]!))\nn2 remotes: \((try? Datapath(pinDir: pins["n2"]!).remotes()) ?? [:])\n\(stats)")
+                throw error
+            }
+            XCTAssertTrue(last.contains("hello-across-hosts"), last)
+            let info = try await AgentClient(socket: c.home("n1") + "/agent.sock").services().services
+            let webIP = try XCTUnwrap(info.first { $0.name == "web" }?.instances.first?.address)
+            let clientIP = try XCTUnwrap(info.first { $0.name == "client" }?.instances.first?.address)
+            XCTAssertTrue(self.routes(pins["n1"]!).contains { $0.via == net.ip("n2") && !$0.vxlan }, "n1 routes natively to n2's pods")
+            let remotes = try Datapath(pinDir: pins["n2"]!).remotes()
+            XCTAssertNotNil(remotes[IPv4Address(clientIP)!], "n2 knows the client's identity from its report: \(remotes)")
+            // A pod that is no service instance (its identity unknown to n2) does not get in.
+            // (IPAM shared with the agent's podman, so the two never hand out the same address.)
+            let stray = try CNIPod(net: net, host: "n1", home: c.home("n1"), pin: pins["n1"]!, name: "s",
+                                   ipamDir: PodmanSetup.runroot(for: c.home("n1") + "/podman") + "/cni")
+            defer { stray.remove() }
+            XCTAssertFalse(stray.ping(webIP), "a pod the network does not know reached web")
+            for name in ["client", "web"] {
+                let (rc, out) = try c.cli(["service", "stop", name, "--home", c.home("n1")], netns: net.ns("n1"))
+                XCTAssertEqual(rc, 0, out)
+            }
+        }
+    }
+
     /// Three hosts with agents that drive their datapaths; everything removed afterwards.
-    func runCluster(mode: String, _ body: (HostNetwork, AgentCluster, [String: String]) async throws -> Void) async throws {
+    func runCluster(mode: String, extra: @escaping (String) -> String = { _ in "" },
+                    _ body: (HostNetwork, AgentCluster, [String: String]) async throws -> Void) async throws {
         let obj = try Self.bpfObject()
         let net = try HostNetwork(names: ["n1", "n2", "n3"])
         let c = try AgentCluster()
@@ -116,7 +224,7 @@ final class DatapathAgentTests: XCTestCase {
         c.netns = { net.ns($0) }
         c.enterNetOnly = true
         c.extraConfig = { n in
-            "datapath_mode = \"\(mode)\"\ndatapath_object = \"\(obj)\"\ndatapath_pin_dir = \"\(pins[n]!)\"\n"
+            "datapath_mode = \"\(mode)\"\ndatapath_object = \"\(obj)\"\ndatapath_pin_dir = \"\(pins[n]!)\"\n" + extra(n)
         }
         try c.createNetwork()
         for n in ["n2", "n3"] { try c.join(n) }
@@ -144,14 +252,14 @@ final class CNIPod {
     let hostNS: String
     let env: [String: String]
 
-    init(net: HostNetwork, host: String, home: String, pin: String, name: String, network: String = "mycelium") throws {
+    init(net: HostNetwork, host: String, home: String, pin: String, name: String, network: String = "mycelium", ipamDir: String? = nil) throws {
         ns = "myc\(net.tag)p\(name)"
         hostNS = net.ns(host)
         let plugin = AgentCluster.binDir + "/mycelium-cni"
         config = """
             {"cniVersion": "1.0.0", "name": "\(network)", "type": "mycelium-cni", "pinDir": "\(pin)",
              "bpfObject": "\(try DatapathAgentTests.bpfObject())",
-             "ipam": {"podCIDRFile": "\(home)/podcidr", "dataDir": "\(home)/cni-ipam"}}
+             "ipam": {"podCIDRFile": "\(home)/podcidr", "dataDir": "\(ipamDir ?? home + "/cni-ipam")"}}
             """
         try HostNetwork.sh("ip netns add \(ns)")
         // The plugin runs in the host's network namespace (as a runtime on that host would run it) and

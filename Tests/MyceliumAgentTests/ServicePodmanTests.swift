@@ -52,7 +52,7 @@ final class ServicePodmanTests: XCTestCase {
             ((try? FileManager.default.contentsOfDirectory(atPath: podman.settings.allocationsDirectory)) ?? []).filter { $0.split(separator: ".").count == 4 }
         }
         func veths() -> [String] {
-            ((try? net.run("n1", "ip -o link show")) ?? "").split(separator: "\n").compactMap { l in
+            ((try? net.run("n1", "ip -o link show type veth")) ?? "").split(separator: "\n").compactMap { l in
                 let f = l.split(separator: " ")
                 return f.count > 1 && f[1].hasPrefix("myc") ? String(f[1]) : nil
             }
