@@ -56,14 +56,14 @@ extension Agent {
     }
 
     /// What this node tells the network about itself for placement.
-    static func serviceSettings(_ config: AgentConfig, canRun: Bool) -> ServiceSettings {
+    static func serviceSettings(_ config: AgentConfig, canRun: Bool, k3s: Bool = false) -> ServiceSettings {
         var labels: [String: String] = [:]
         for l in config.nodeLabels {
             let parts = l.split(separator: "=", maxSplits: 1)
             if parts.count == 2 { labels[String(parts[0])] = String(parts[1]) }
         }
         let host = splitAddress(config.advertisedAddress)?.host ?? "127.0.0.1"
-        return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: canRun ? [.process] : [], draining: false, address: host))
+        return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: (canRun ? [.process] : []) + (k3s ? [.k3s] : []), draining: false, address: host))
     }
 
     /// Unix milliseconds by this node's wall clock: the stamp a leader puts on what it proposes.
@@ -103,7 +103,7 @@ extension Agent {
             KVAnswer(status: status, body: json(APIErrorResponse(error: m, code: .serviceRefused)))
         }
         switch command {
-        case .report(let node, _), .nodeInfo(let node, _):
+        case .report(let node, _), .nodeInfo(let node, _), .k3sServer(let node, _, _), .k3sStatus(let node, _):
             if node != sender { return refuse("\(sender) may report only on itself, not on \(node)", .forbidden) }
         case .assign:
             return refuse("placements are the leader's own", .forbidden)
@@ -139,6 +139,7 @@ extension Agent {
     func servicesResponse() -> ServicesResponse {
         let table = control.services
         return ServicesResponse(services: table.services.values.sorted { $0.name < $1.name }.map { r in
+            if r.spec.driver == .k3s { return Self.k3sServiceInfo(r, table) }
             let serving = Set(servingSlots(r))
             let instances = (0..<r.spec.replicas).map { slot -> ServiceInstanceInfo in
                 let node = r.assignments[slot]

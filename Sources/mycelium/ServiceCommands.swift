@@ -73,7 +73,8 @@ struct ServiceCommandGroup: AsyncParsableCommand {
             while Date() < deadline {
                 if let s = try await client.services().services.first(where: { $0.name == doc.name }), s.generation > before || before == 0 {
                     last = s
-                    let current = s.instances.filter { $0.serving && $0.generation == s.generation }.count
+                    // k3s services have no instances on nodes: Kubernetes's ready pods are what serve.
+                    let current = s.driver == "k3s" ? s.serving : s.instances.filter { $0.serving && $0.generation == s.generation }.count
                     if current >= s.replicas { return show(s, out) }
                 }
                 try await Task.sleep(nanoseconds: 200_000_000)
