@@ -41,6 +41,8 @@ public final class K3sDriver: ControllerDriver, Sendable {
     let sink = Mutex<(@Sendable (K3sReport) -> Void)?>(nil)
     /// The configuration k3s runs with now, with its files' bytes (a change restarts it).
     let current = Mutex<(config: K3sNodeConfig, files: [UInt8])?>(nil)
+    /// Set by `stopAll()`: an action still queued then must not start k3s again.
+    let closed = Mutex(false)
     /// The mycelium-cni executable to link into the CNI binary directory ("" to leave it alone).
     let cniPlugin: String
     /// Overrides the kubeconfig the server's K3s writes (tests point it at a stand-in API).
@@ -65,6 +67,7 @@ public final class K3sDriver: ControllerDriver, Sendable {
         case .generateToken:
             send(.token(Self.newToken()))
         case .run(let config):
+            guard !closed.withLock({ $0 }) else { return }
             try await run(config)
         case .halt:
             current.withLock { $0 = nil }
@@ -145,6 +148,7 @@ public final class K3sDriver: ControllerDriver, Sendable {
 
     /// Stops k3s (the agent stops).
     public func stopAll() async {
+        closed.withLock { $0 = true }
         current.withLock { $0 = nil }
         await supervisor.stop()
     }
