@@ -284,7 +284,7 @@ let package = Package(
                                                      "MyceliumSpores", "ServiceController", "Scheduler",
                                                      .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                                                      .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                                                     .product(name: "Yams", package: "Yams")],
+                                                     .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Yams", package: "Yams")],
                     exclude: ["Golden"]),
         // Real processes and cgroups; needs root.
         .testTarget(name: "ServiceRuntimeTests", dependencies: ["ServiceRuntime", "MyceliumCore"]),

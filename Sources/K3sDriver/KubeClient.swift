@@ -163,7 +163,10 @@ public struct KubeClient: Sendable {
             channel.close(promise: nil)
         }
         defer { deadline.cancel(); channel.close(promise: nil) }
-        return try await promise.futureResult.get()
+        do { return try await promise.futureResult.get() } catch let e as KubeError { throw e } catch {
+            // TLS failures land here: a wrong CA or a refused client certificate.
+            throw KubeError("\(method) \(endpoint.server)\(path): \(error) (are the kubeconfig's CA and credentials this cluster's?)")
+        }
     }
 
     static func parse(_ url: String) throws -> (tls: Bool, host: String, port: Int) {

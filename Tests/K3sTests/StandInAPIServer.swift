@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A stand-in for the Kubernetes API server of a K3s server node (K3s cannot run on the project's
 /// machines). It implements just what the K3s driver calls, the way the API server answers them:
@@ -26,11 +27,13 @@ final class StandInAPIServer: @unchecked Sendable {
     func failApplies(_ f: (Int, String)?) { lock.withLock { failApply = f } }
     var deploymentNames: [String] { lock.withLock { deployments.keys.sorted() } }
 
-    func start() throws {
+    /// `tls`: serve https with this context (as K3s does), else plain http.
+    func start(tls: NIOSSLContext? = nil) throws {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
+                    if let tls { try ch.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
                     try ch.pipeline.syncOperations.addHandler(Handler(server: self))
                 }
