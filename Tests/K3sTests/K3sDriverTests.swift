@@ -90,7 +90,8 @@ final class K3sDriverTests: XCTestCase {
         eventually("the stand-in started") { startLines().count == 1 }
         let first = startLines()[0]
         XCTAssertEqual(first.split(separator: " ", maxSplits: 1)[1], "server --config \(dir)/k3s/config.yaml")
-        XCTAssertEqual(text(dir + "/k3s/standin-config-\(pid(first)).yaml"), K3sConfigFile.yaml(c), "k3s read the config the core rendered")
+        // The stand-in records its start, then copies what it was given.
+        eventually("the stand-in read its config") { text(dir + "/k3s/standin-config-\(pid(first)).yaml") == K3sConfigFile.yaml(c) }
         XCTAssertEqual(try AtomicFile.mode(of: c.configPath) & 0o777, 0o600, "config.yaml holds the token: root only")
         XCTAssertEqual(text(c.conflistPath), K3sConfigFile.conflist(c))
         eventually("its child started") { !text(dir + "/k3s/standin-child").isEmpty }
@@ -106,7 +107,7 @@ final class K3sDriverTests: XCTestCase {
         eventually("the dead one's child is gone") { !alive(child1) }
         XCTAssertTrue(reports.withLock { $0 }.contains { if case .process(.restarting(let exit, 1, 500)) = $0 { return exit == "killed by signal 9" }; return false },
                       "\(reports.withLock { $0 })")
-        XCTAssertEqual(reports.withLock { $0 }.last, .process(.running(restarts: 1)))
+        eventually("reported running again") { reports.withLock { $0 }.last == .process(.running(restarts: 1)) }
 
         // It dies again, then fails at start: the delay doubles each time.
         FileManager.default.createFile(atPath: dir + "/k3s/standin-crash", contents: nil)
@@ -119,7 +120,7 @@ final class K3sDriverTests: XCTestCase {
         let changed = config(binary, nodeIP: "10.0.0.9")
         try await driver.perform(.run(changed))
         eventually("restarted with the new config") { startLines().count == 5 }
-        XCTAssertTrue(text(dir + "/k3s/standin-config-\(pid(startLines()[4])).yaml").contains("node-ip: \"10.0.0.9\""))
+        eventually("the new config was read") { text(dir + "/k3s/standin-config-\(pid(startLines()[4])).yaml").contains("node-ip: \"10.0.0.9\"") }
 
         // The agent stops: k3s and its children are gone, and nothing starts it again.
         eventually("the last child started") { Int32(text(dir + "/k3s/standin-child").trimmingCharacters(in: .whitespacesAndNewlines)).map(alive) ?? false }
