@@ -89,7 +89,8 @@ let package = Package(
         .target(name: "K3sDriver", dependencies: ["K3sController", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "ServiceRuntime",
                                                   .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                                                   .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                                                  .product(name: "Yams", package: "Yams")]),
+                                                  .product(name: "Yams", package: "Yams")],
+                exclude: ["README.md"]),
         // libvirt through its C API: connections, domains, the QEMU monitor passthrough (no virsh).
         .target(name: "Libvirt", dependencies: ["CLibvirt"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).

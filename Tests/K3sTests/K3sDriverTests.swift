@@ -110,7 +110,7 @@ final class K3sDriverTests: XCTestCase {
         eventually("reported running again") { reports.withLock { $0 }.last == .process(.running(restarts: 1)) }
 
         // It dies again, then fails at start: the delay doubles each time.
-        FileManager.default.createFile(atPath: dir + "/k3s/standin-crash", contents: nil)
+        _ = FileManager.default.createFile(atPath: dir + "/k3s/standin-crash", contents: nil)
         kill(pid(startLines()[1]), SIGKILL)
         eventually("restarted after crashing at start", within: 8) { startLines().count == 4 }
         let delays = reports.withLock { $0 }.compactMap { r -> UInt64? in if case .process(.restarting(_, _, let ms)) = r { return ms }; return nil }

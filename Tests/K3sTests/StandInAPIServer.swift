@@ -135,7 +135,9 @@ final class StandInAPIServer: @unchecked Sendable {
                 var buf = context.channel.allocator.buffer(capacity: text.utf8.count)
                 buf.writeString(text)
                 context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+                // Connection: close, as the client asks; the channel closes once the answer is out.
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
             }
         }
     }
