@@ -82,6 +82,15 @@ let package = Package(
         .target(name: "ServiceController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores", "Scheduler"]),
         // The service controller's driver: the process driver's instances (ServiceRuntime).
         .target(name: "ServiceDriver", dependencies: ["ServiceController", "ServiceRuntime", "CSpawn", "MyceliumControl"]),
+        // The k3s driver: its core (roles, config.yaml and conflist, Deployment manifests; pure) and its
+        // driver (files, the supervised k3s process, the Kubernetes API). K3s cannot run on the project's
+        // machines: Tests/K3sTests use a stand-in binary and a stand-in API server.
+        .target(name: "K3sController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores"], exclude: ["README.md"]),
+        .target(name: "K3sDriver", dependencies: ["K3sController", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "ServiceRuntime",
+                                                  .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                                                  .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                                                  .product(name: "Yams", package: "Yams")],
+                exclude: ["README.md"]),
         // libvirt through its C API: connections, domains, the QEMU monitor passthrough (no virsh).
         .target(name: "Libvirt", dependencies: ["CLibvirt"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
@@ -159,6 +168,7 @@ let package = Package(
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
                 "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
                 "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceRuntime", "ServiceDNS", "NetworkDriver", "MyceliumCNI",
+                "K3sController", "K3sDriver",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -184,7 +194,7 @@ let package = Package(
         .executableTarget(
             name: "mycelium",
             dependencies: [
-                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI",
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI", "K3sDriver",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -273,6 +283,14 @@ let package = Package(
         // mycelium-bench vm; linked by no shipped product.
         .target(name: "VMHarness", dependencies: ["Endophyte"], path: "Tests/VMHarness"),
         .target(name: "VMTestSupport", dependencies: ["VMHarness"], path: "Tests/VMTestSupport"),
+        // The k3s driver: golden config files, the core's decisions, supervision of a stand-in k3s
+        // (a script on a temporary PATH) and the API calls against a stand-in API server; needs root.
+        .testTarget(name: "K3sTests", dependencies: ["K3sController", "K3sDriver", "MyceliumControl", "MyceliumCore", "MyceliumIdentity",
+                                                     "MyceliumSpores", "ServiceController", "Scheduler",
+                                                     .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                                                     .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                                                     .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Yams", package: "Yams")],
+                    exclude: ["Golden"]),
         // Real processes and cgroups; needs root.
         .testTarget(name: "ServiceRuntimeTests", dependencies: ["ServiceRuntime", "MyceliumCore"]),
         .testTarget(name: "MyceliumRaftTests", dependencies: ["MyceliumCore", "MyceliumRaft"], exclude: ["testdata"]),

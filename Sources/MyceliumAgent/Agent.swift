@@ -29,6 +29,8 @@ import ServiceDriver
 import ServiceDNS
 import NetworkController
 import NetworkDriver
+import K3sController
+import K3sDriver
 import NIOCore
 import NIOPosix
 
@@ -64,6 +66,8 @@ public actor Agent {
     let vmEvents: VMEventInbox
     /// This node's service driver (nil: its state directory could not be set up).
     let serviceDriver: ProcessServiceDriver?
+    /// This node's K3s driver (nil: no k3s binary; K3sHosting.swift).
+    let k3sDriver: K3sDriver?
     /// Where this agent answers DNS for *.service.mycelium ("" when it does not).
     var dnsAddress = ""
     var dnsServer: DNSServer?
@@ -225,6 +229,8 @@ public actor Agent {
 
         let (serviceDriver, noServices) = Self.makeServiceDriver(config, logger: logger)
         self.serviceDriver = serviceDriver
+        let (k3sSettings, k3sDriver) = Self.makeK3s(config, logger: logger)
+        self.k3sDriver = k3sDriver
         self.config = config
         self.features = features
         self.vmPeers = vmPeers
@@ -256,9 +262,12 @@ public actor Agent {
                               driver: CertificateFile(path: paths.nodeCert))
         let vms = VMController(run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
         if let vmDriver { self.controllers.host(vms, driver: vmDriver) } else { self.controllers.host(vms, driver: NoVMDriver(reason: noVMs)) }
-        let services = ServiceController(settings: Self.serviceSettings(config, driver: serviceDriver), run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
+        let services = ServiceController(settings: Self.serviceSettings(config, driver: serviceDriver, k3s: k3sDriver != nil), run: UInt64.random(in: 1...UInt64.max >> 1) << 16)
         if let serviceDriver { self.controllers.host(services, driver: serviceDriver) } else {
             self.controllers.host(services, driver: NoServiceDriver(reason: noServices))
+        }
+        if let k3sDriver { self.controllers.host(K3sController(settings: k3sSettings), driver: k3sDriver) } else {
+            self.controllers.host(K3sController(settings: k3sSettings), driver: NoK3sDriver())
         }
         self.router.nodeIDs = [me: certificate.nodeID]
     }
@@ -334,6 +343,7 @@ public actor Agent {
         await dnsServer?.close()
         await podDNSServer?.close()
         await serviceDriver?.stopAll()
+        await k3sDriver?.stopAll()
         wal.close()
         note("stopped")
         logger.info("agent stopped")

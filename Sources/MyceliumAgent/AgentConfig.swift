@@ -96,6 +96,15 @@ public struct AgentConfig: Sendable, Equatable {
     public var podman = ""
     /// Where the mycelium-cni plugin is (empty: beside this agent's executable).
     public var cniBinDir = ""
+    /// The k3s executable (looked up on PATH unless it holds a "/"); the node offers the k3s driver
+    /// only if it is found. Empty: never run K3s here.
+    public var k3sBinary = "k3s"
+    /// auto, server or agent: whether this node may claim the K3s server role (docs/SERVICES.md).
+    public var k3sRole = "auto"
+    /// Where K3s's containerd reads CNI configurations (with flannel off: containerd's default).
+    public var k3sCNIConfDir = "/etc/cni/net.d"
+    /// Where K3s's containerd finds CNI plugins; the agent links mycelium-cni there if it is missing.
+    public var k3sCNIBinDir = "/opt/cni/bin"
 
     public init() {}
 
@@ -148,6 +157,10 @@ public struct AgentConfig: Sendable, Equatable {
         string("datapath_object", "The compiled eBPF datapath (make -C CSources/bpf builds CSources/bpf/build/datapath.bpf.o); the agent drives the datapath only when this file exists.", \.datapathObject),
         string("datapath_pin_dir", "Where the datapath's maps and programs are pinned in bpffs (mycelium-cni's pinDir must be the same).", \.datapathPinDir),
         bool("pod_dns", "Answer NAME.service.mycelium to this node's pods (sources in pod_cidr_pool only) on the node's address, port 53, where containers' resolv.conf points, when the node drives its datapath; false: pods get no service names.", \.podDNS),
+        string("k3s_binary", "The k3s executable, looked up on PATH unless it holds a '/'. The node offers the k3s service driver only when it is found ('mycelium doctor' says); empty: never run K3s here.", \.k3sBinary),
+        string("k3s_role", "auto, server or agent: auto lets the lowest node ID among the members offering k3s start the K3s server, server makes this node claim it, agent makes it only join.", \.k3sRole),
+        string("k3s_cni_conf_dir", "Where K3s's containerd reads CNI configurations; the agent writes 10-mycelium.conflist there (with flannel-backend none K3s keeps containerd's default).", \.k3sCNIConfDir),
+        string("k3s_cni_bin_dir", "Where K3s's containerd finds CNI plugins; the agent links mycelium-cni there when it is missing.", \.k3sCNIBinDir),
         string("libvirt_uri", "The libvirt daemon for endophyte VMs (virsh -c URI); checked at start: the node offers VMs only if it answers. Empty: no VMs here.", \.libvirtURI),
     ]
 
@@ -200,6 +213,7 @@ public struct AgentConfig: Sendable, Equatable {
                 throw ConfigError("node label '\(l)' is not KEY=VALUE (each at most 63 bytes, no spaces), like \"zone=eu\"")
             }
         }
+        if !["auto", "server", "agent"].contains(k3sRole) { throw ConfigError("k3s_role '\(k3sRole)' is not auto, server or agent") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }
     }

@@ -78,7 +78,7 @@ extension Agent {
     }
 
     /// What this node tells the network about itself for placement.
-    static func serviceSettings(_ config: AgentConfig, driver: ProcessServiceDriver?) -> ServiceSettings {
+    static func serviceSettings(_ config: AgentConfig, driver: ProcessServiceDriver?, k3s: Bool = false) -> ServiceSettings {
         var labels: [String: String] = [:]
         for l in config.nodeLabels {
             let parts = l.split(separator: "=", maxSplits: 1)
@@ -90,6 +90,7 @@ extension Agent {
             drivers.append(.process)
             if driver.podman != nil { drivers.append(.podman) }
         }
+        if k3s { drivers.append(.k3s) }
         return ServiceSettings(info: ServiceNodeInfo(labels: labels, drivers: drivers, draining: false, address: host,
                                                      unavailable: driver?.podmanUnavailable ?? ""))
     }
@@ -131,7 +132,7 @@ extension Agent {
             KVAnswer(status: status, body: json(APIErrorResponse(error: m, code: .serviceRefused)))
         }
         switch command {
-        case .report(let node, _), .nodeInfo(let node, _):
+        case .report(let node, _), .nodeInfo(let node, _), .k3sServer(let node, _, _), .k3sStatus(let node, _):
             if node != sender { return refuse("\(sender) may report only on itself, not on \(node)", .forbidden) }
         case .assign:
             return refuse("placements are the leader's own", .forbidden)
@@ -167,6 +168,7 @@ extension Agent {
     func servicesResponse() -> ServicesResponse {
         let table = control.services
         return ServicesResponse(services: table.services.values.sorted { $0.name < $1.name }.map { r in
+            if r.spec.driver == .k3s { return Self.k3sServiceInfo(r, table) }
             let serving = Set(servingSlots(r))
             let instances = (0..<r.spec.replicas).map { slot -> ServiceInstanceInfo in
                 let node = r.assignments[slot]

@@ -149,7 +149,9 @@ public struct ServiceSpec: Sendable, Equatable {
         switch driver {
         case .process: if command.isEmpty { return "a process service needs a command" }
         case .podman: if image.isEmpty { return "a podman service needs an image: a root filesystem directory on every node that may run it" }
-        case .k3s: if image.isEmpty { return "a k3s service needs an image (a container image reference)" }
+        case .k3s:
+            if image.isEmpty { return "a k3s service needs an image (a container image reference)" }
+            if restart != .always { return "a k3s service runs as a Kubernetes Deployment, whose pods always restart: use restart policy always" }
         }
         if replicas > Self.maxReplicas { return "replicas \(replicas) is over \(Self.maxReplicas)" }
         if memoryMiB == 0 { return "memory must be at least 1 MiB (resources.memory)" }
@@ -407,8 +409,14 @@ public enum ServiceCommand: Sendable, Equatable {
     /// An operator drains a node (it gets nothing new and its instances move elsewhere) or undoes it.
     /// Recorded apart from the node's own facts, which never change it.
     case drain(node: NodeID, Bool)
+    /// A node claims the K3s server role for itself, with the URL K3s agents join and the join token
+    /// (K3sCluster.swift; the first claim wins).
+    case k3sServer(node: NodeID, url: String, token: K3sToken)
+    /// The K3s server's reading of the k3s services' Deployments.
+    case k3sStatus(node: NodeID, [K3sWorkloadStatus])
 
     public static func == (a: Self, b: Self) -> Bool { a.encoded() == b.encoded() }
+    static let maxK3sStatuses = 10_000
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 128)
@@ -424,6 +432,9 @@ public enum ServiceCommand: Sendable, Equatable {
             for (name, slot, report) in reports { w.string(name); w.u16(slot); report.encode(into: &w) }
         case let .nodeInfo(node, info): w.u8(5); w.raw(node.bytes); info.encode(into: &w)
         case let .drain(node, on): w.u8(6); w.raw(node.bytes); w.bool(on)
+        case let .k3sServer(node, url, token): w.u8(7); w.raw(node.bytes); w.string(url); w.string(token.secret)
+        case let .k3sStatus(node, statuses):
+            w.u8(8); w.raw(node.bytes); w.u32(UInt32(statuses.count)); for st in statuses { st.encode(into: &w) }
         }
         return w.bytes
     }
@@ -451,6 +462,14 @@ public enum ServiceCommand: Sendable, Equatable {
                 self = .report(node: node, reports)
             case 5: self = .nodeInfo(node: try NodeID(bytes: r.raw(16)), try ServiceNodeInfo.decode(&r))
             case 6: self = .drain(node: try NodeID(bytes: r.raw(16)), try r.bool("drain"))
+            case 7:
+                self = .k3sServer(node: try NodeID(bytes: r.raw(16)), url: try r.string("k3s url", limit: 200),
+                                  token: K3sToken(secret: try r.string("k3s token", limit: K3sToken.maxBytes)))
+            case 8:
+                let node = try NodeID(bytes: r.raw(16))
+                let n = Int(try r.u32())
+                if n > Self.maxK3sStatuses { throw DecodeError(.tooLong(field: "k3s statuses", length: n, limit: Self.maxK3sStatuses), at: r.offset) }
+                self = .k3sStatus(node: node, try (0..<n).map { _ in try K3sWorkloadStatus.decode(&r) })
             default: throw DecodeError(.invalid(field: "service command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()
@@ -469,6 +488,8 @@ public struct ServiceTable: Sendable, Equatable {
     /// Per node, the control time (Unix ms) at which its singleton lease (`svc/NODE`) ends, as last
     /// renewed: the spore counts whole seconds and forgets a lease once it ended.
     public internal(set) var leaseUntilMillis: [NodeID: Int64] = [:]
+    /// The network's K3s cluster, once a node claimed the server role (K3sCluster.swift).
+    public internal(set) var k3s: K3sCluster?
     public static let leasePrefix = "svc/"
     /// Control time after a node's lease ended before its singletons may start elsewhere (ms).
     public static let takeoverSlackMillis: Int64 = 500
@@ -517,6 +538,7 @@ public struct ServiceTable: Sendable, Equatable {
 
         case .remove(let name):
             guard services.removeValue(forKey: name) != nil else { throw refuse("no service named '\(name)'; see 'mycelium service list'") }
+            k3s?.workloads[name] = nil
             return [.service(name: name, nil)]
 
         case let .assign(name, generation, slots, pending):
@@ -566,12 +588,16 @@ public struct ServiceTable: Sendable, Equatable {
             info.draining = on
             nodes[node] = info
             return [.serviceNode(node)]
+
+        case .k3sServer, .k3sStatus:
+            return try applyK3s(command, spore: spore)
         }
     }
 
     /// Drops what a member that left for good had (called when the spore forgets it).
     mutating func forget(_ node: NodeID) -> [ControlChange] {
         leaseUntilMillis[node] = nil
+        if k3s?.server == node { k3s = nil }
         guard nodes.removeValue(forKey: node) != nil else { return [] }
         return [.serviceNode(node)]
     }
@@ -594,6 +620,9 @@ public struct ServiceTable: Sendable, Equatable {
         for (node, info) in nodes.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); info.encode(into: &w) }
         w.u32(UInt32(leaseUntilMillis.count))
         for (node, until) in leaseUntilMillis.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); w.i64(until) }
+        // Added after snapshot format 5 without a new format: a table without a K3s cluster encodes
+        // exactly as before, and older snapshots (which end here) restore with none.
+        if let c = k3s { w.u8(1); c.encode(into: &w) }
         return w.bytes
     }
 
@@ -622,6 +651,11 @@ public struct ServiceTable: Sendable, Equatable {
             let l = Int(try r.u32())
             if l > 1 << 20 { throw DecodeError(.tooLong(field: "service leases", length: l, limit: 1 << 20), at: r.offset) }
             for _ in 0..<l { let node = try NodeID(bytes: r.raw(16)); leaseUntilMillis[node] = try r.i64() }
+            if !r.isAtEnd {
+                let tag = try r.u8()
+                guard tag == 1 else { throw DecodeError(.invalid(field: "k3s cluster", reason: "unknown section \(tag)"), at: r.offset) }
+                k3s = try K3sCluster.decode(&r)
+            }
             try r.finish()
         } catch let e as DecodeError {
             throw e

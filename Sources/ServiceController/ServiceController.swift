@@ -203,7 +203,9 @@ public struct ServiceController: Controller {
         lastPlan = now
         let state = context.state
         let records = state.services.services.values.sorted { $0.name < $1.name }
-        let plan = Scheduler.plan(nodes: ServiceRules.nodes(state), services: records.map(ServiceRules.demand),
+        // k3s services are Kubernetes's to place (the K3s server applies them as Deployments,
+        // Sources/K3sController): never slots on nodes here, only a reason while they cannot run.
+        let plan = Scheduler.plan(nodes: ServiceRules.nodes(state), services: records.filter { $0.spec.driver != .k3s }.map(ServiceRules.demand),
                                   current: ServiceRules.current(state.services), seed: 0x6d79_6365_6c69_756d)
         var slots: [String: [UInt16: NodeID]] = [:]
         for a in plan.assignments { slots[a.service, default: [:]][UInt16(a.slot)] = a.node }
@@ -216,7 +218,7 @@ public struct ServiceController: Controller {
         unplaced = reasons
         var out: [ControllerEffect<ServiceAction>] = []
         for r in records {
-            let want = slots[r.name] ?? [:], pending = reasons[r.name] ?? ""
+            let want = slots[r.name] ?? [:], pending = r.spec.driver == .k3s ? ServiceRules.k3sPending(state) : reasons[r.name] ?? ""
             if want == r.assignments && pending == r.pending { proposed[r.name] = nil; continue }
             if let p = proposed[r.name], p.generation == r.generation, p.slots == want, p.pending == pending, now < p.at + 3000 { continue }
             proposed[r.name] = (r.generation, want, pending, now)

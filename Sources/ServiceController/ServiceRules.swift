@@ -133,6 +133,7 @@ extension ServiceRules {
     /// a spec that can never be placed is refused at deploy, not left pending for ever.
     public static func impossible(_ spec: ServiceSpec, state: ControlState) -> String? {
         guard spec.replicas > 0 else { return nil }
+        if spec.driver == .k3s { return k3sOffered(state) ? nil : noK3s }
         let d = demand(ServiceRecord(spec: spec, generation: 1))
         // A member that has not announced its capacity yet (its first refresh is on its way) may fit.
         let nodes = Self.nodes(state).filter { $0.condition != .down }
@@ -161,5 +162,24 @@ extension ServiceRules {
             if notes.count >= 3 { break }
         }
         return notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")
+    }
+}
+
+extension ServiceRules {
+    /// What an operator reads when no member can run k3s services.
+    public static let noK3s = "no member offers the k3s driver: no node found a `k3s` binary on its PATH (K3s is not installed). "
+        + "Install K3s on a node and restart its agent ('mycelium doctor' on a node says what it offers), or use the process driver"
+
+    /// Whether an alive member offers the k3s driver.
+    static func k3sOffered(_ state: ControlState) -> Bool {
+        state.spore.members.values.contains { m in m.status == .alive && state.services.nodes[m.id]?.drivers.contains(.k3s) == true }
+    }
+
+    /// Why the k3s services cannot run yet ("" when the K3s cluster is there: Kubernetes places their
+    /// pods, and the server reports them).
+    public static func k3sPending(_ state: ControlState) -> String {
+        if state.services.k3s != nil { return "" }
+        if !k3sOffered(state) { return noK3s }
+        return "waiting for a node to start the K3s server"
     }
 }

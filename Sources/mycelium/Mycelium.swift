@@ -30,7 +30,8 @@ struct Mycelium: AsyncParsableCommand {
             """,
         subcommands: [StatusCommand.self, IdentityCommand.self, NetworkCommand.self, InviteCommand.self, CertCommand.self,
                       MemberCommandGroup.self, VMCommandGroup.self, ServiceCommandGroup.self,
-                      NodeCommand.self, SporeCommandGroup.self, VoteCommandGroup.self, DatapathCommandGroup.self, ChannelCommand.self])
+                      NodeCommand.self, SporeCommandGroup.self, VoteCommandGroup.self, DatapathCommandGroup.self, ChannelCommand.self,
+                      DoctorCommand.self])
 }
 
 // MARK: identity

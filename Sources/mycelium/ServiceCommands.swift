@@ -74,7 +74,8 @@ struct ServiceCommandGroup: AsyncParsableCommand {
             while Date() < deadline {
                 if let s = try await client.services().services.first(where: { $0.name == doc.name }), s.generation > before || before == 0 {
                     last = s
-                    let current = s.instances.filter { $0.serving && $0.generation == s.generation }.count
+                    // k3s services have no instances on nodes: Kubernetes's ready pods are what serve.
+                    let current = s.driver == "k3s" ? s.serving : s.instances.filter { $0.serving && $0.generation == s.generation }.count
                     if current >= s.replicas { return show(s, out) }
                 }
                 try await Task.sleep(nanoseconds: 200_000_000)
@@ -192,12 +193,18 @@ private func show(_ s: ServiceInfo, _ out: OutputOptions) {
         return
     }
     print("service     \(s.name) (\(s.driver), generation \(s.generation))")
-    print("serving     \(s.serving) of \(s.replicas)" + (s.pending.isEmpty ? "" : "; pending: \(s.pending)"))
-    print("endpoints   \(s.endpoints.isEmpty ? "none" : s.endpoints.joined(separator: " "))   (DNS: \(s.name).service.mycelium)")
-    print("instances")
-    for i in s.instances {
-        print("  " + pad(i.id, 20) + pad(i.node.isEmpty ? "-" : String(i.node.prefix(16)), 18) + pad(i.state, 10) + pad(i.health, 10)
-              + pad(i.address.isEmpty ? "-" : i.address, 16) + "restarts \(i.restarts)" + (i.message.isEmpty ? "" : "  \(i.message)"))
+    let kubernetes = s.driver == "k3s" && s.pending.hasPrefix("Kubernetes:")
+    print("serving     \(s.serving) of \(s.replicas)" + (s.pending.isEmpty ? "" : kubernetes ? "; \(s.pending)" : "; pending: \(s.pending)"))
+    if s.driver == "k3s" {
+        // Kubernetes places a k3s service's pods: no instances on nodes here, no NAME.service.mycelium.
+        print("instances   pods placed by Kubernetes ('k3s kubectl -n mycelium get pods -l mycelium.io/service=\(s.name)' on the K3s server)")
+    } else {
+        print("endpoints   \(s.endpoints.isEmpty ? "none" : s.endpoints.joined(separator: " "))   (DNS: \(s.name).service.mycelium)")
+        print("instances")
+        for i in s.instances {
+            print("  " + pad(i.id, 20) + pad(i.node.isEmpty ? "-" : String(i.node.prefix(16)), 18) + pad(i.state, 10) + pad(i.health, 10)
+                  + pad(i.address.isEmpty ? "-" : i.address, 16) + "restarts \(i.restarts)" + (i.message.isEmpty ? "" : "  \(i.message)"))
+        }
     }
     if !s.events.isEmpty {
         print("events")
