@@ -6,7 +6,7 @@ import MyceliumAPI
 struct ServiceCommandGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "service",
-        abstract: "Deploy, list, show, stop and read the logs of services (processes today; the podman and K3s drivers are still to come).",
+        abstract: "Deploy, list, show, stop and read the logs of services run as processes, podman containers or K3s Deployments.",
         discussion: """
             A service is recorded in the primary spore (Raft-committed) with its spec and a generation; \
             the leader's scheduler places its replicas on the members (constraints, spread, trust, \
