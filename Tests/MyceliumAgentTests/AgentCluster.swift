@@ -60,6 +60,13 @@ final class AgentCluster {
         // Service instances die with their agent (its reaper kills them), unless the test killed the
         // reaper too (a host's namespace killed whole): their cgroups go here, before the homes.
         for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where FileManager.default.fileExists(atPath: dir + "/" + n + "/services") {
+            // The agent's reaper outlives it while it removes the agent's instances (running podman,
+            // which would recreate podman's run root after it is removed here): wait for it (10 s at most).
+            if let text = try? String(contentsOfFile: dir + "/" + n + "/services/reaper.pid", encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 {
+                let deadline = Date().addingTimeInterval(10)
+                while Foundation.kill(pid, 0) == 0 && Date() < deadline { usleep(20_000) }  // polls for its exit
+            }
             (try? ProcessRuntime.leftovers(of: dir + "/" + n + "/services"))?.kill()
             // Containers of the podman driver (with their network attachments), and podman's run root
             // (outside the home when the home's path is long).
