@@ -102,17 +102,8 @@ public enum DatapathReport: Sendable, Equatable {
     case unavailable(String)
 }
 
-/// Parses a dotted quad into host order.
-public func parseIPv4(_ s: String) -> UInt32? {
-    let parts = s.split(separator: ".", omittingEmptySubsequences: false)
-    guard parts.count == 4 else { return nil }
-    var v: UInt32 = 0
-    for p in parts {
-        guard !p.isEmpty, p.count <= 3, let b = UInt8(p) else { return nil }
-        v = v << 8 | UInt32(b)
-    }
-    return v
-}
+/// Parses a dotted quad into host order (the control state's CIDR parser, as a /32).
+public func parseIPv4(_ s: String) -> UInt32? { CIDR(s + "/32")?.address }
 
 public func formatIPv4(_ v: UInt32) -> String { "\(v >> 24).\(v >> 16 & 255).\(v >> 8 & 255).\(v & 255)" }
 

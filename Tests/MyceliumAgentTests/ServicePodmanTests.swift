@@ -10,13 +10,10 @@ import XCTest
 /// address, named by DNS with that address, restarted when its health check fails, and stopped with
 /// nothing left; an agent SIGKILLed takes its container with it (the reaper). Needs root, podman, runc.
 final class ServicePodmanTests: XCTestCase {
-    static var repo: String { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path }
-
     func testAPodmanServiceServesOnItsPodAddressIsNamedByDNSRestartedAndLeavesNothing() async throws {
         guard getuid() == 0 else { throw AgentTestError("podman services need root (CI runs as root)") }
         guard PodmanSetup.find("podman") != nil, PodmanSetup.find("runc") != nil else { throw AgentTestError("this test needs podman and runc: apt-get install podman runc") }
-        let object = Self.repo + "/CSources/bpf/build/datapath.bpf.o"
-        if !FileManager.default.fileExists(atPath: object) { try HostNetwork.sh("make -C '\(Self.repo)/CSources/bpf'") }
+        let object = try DatapathAgentTests.bpfObject()
         try HostNetwork.sh("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf")
         let pinDir = "/sys/fs/bpf/mycelium-svcpod-\(getpid())-\(UUID().uuidString.prefix(6))"
 
