@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,9 @@ int main(int argc, char **argv) {
     inet_pton(AF_INET, argv[3], &target.sin_addr);
     every = strtoull(argv[5], NULL, 0);
     skip = argc > 6 ? strtoull(argv[6], NULL, 0) : 0;
+    /* A peer that closes on a corrupted frame must end only that relay, not the whole proxy: a write
+     * to the closed socket would otherwise raise SIGPIPE and kill it, and every later join is refused. */
+    signal(SIGPIPE, SIG_IGN);
     srand((unsigned)getpid());
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
