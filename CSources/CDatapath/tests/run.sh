@@ -8,7 +8,7 @@ BPF=$(cd "$HERE/../../bpf" && pwd)
 RUN=$$
 
 need=()
-for tool in clang-14:clang-14 ping:iputils-ping iperf3:iperf3 bpftool:bpftool nsenter:util-linux; do
+for tool in clang-14:clang-14 ping:iputils-ping iperf3:iperf3 bpftool:bpftool nsenter:util-linux ethtool:ethtool; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [ -f /usr/include/bpf/libbpf.h ] || need+=(libbpf-dev)
