@@ -1,7 +1,8 @@
-// The governor under seeded simulation: the fixed CI seed set (300), determinism, and the seeds that
-// found bugs, kept as regression tests.
+// The governor under seeded simulation: the fixed CI seed set (180), determinism, and the seeds that
+// found bugs, kept as regression tests. A seed takes ~2 s in the debug build the suite runs, so the set
+// was cut from 300 to keep scripts/test near its time budget; seeds past 180 are the sweep's job.
 //
-// Run more with: swift run mycelium-sim governor --seeds 1..5000   (each failure prints its replay command)
+// Run more with: swift run -c release mycelium-sim governor --seeds 1..5000   (each failure prints its replay command)
 
 import MyceliumSim
 import XCTest
@@ -19,8 +20,6 @@ final class GovernorSimulationTests: XCTestCase {
     func testSeeds001to060() { runSeeds(1...60) }
     func testSeeds061to120() { runSeeds(61...120) }
     func testSeeds121to180() { runSeeds(121...180) }
-    func testSeeds181to240() { runSeeds(181...240) }
-    func testSeeds241to300() { runSeeds(241...300) }
 
     /// Seeds that found bugs in the governance rules (see the commit that fixed each):
     /// 2, 42 — mutual candidates after a partition and stale reports; the leader recording itself failed;
