@@ -148,6 +148,10 @@ static __always_inline int myc_forward_vxlan(struct __sk_buff *skb, const struct
     ip.version = 4;
     ip.ihl = 5;
     ip.ttl = 64;
+    /* DF clear, as the kernel's VXLAN sends by default: a router on a narrower path fragments the frame rather
+     * than dropping it with an ICMP error the pod never sees. So the ID must vary (RFC 6864); GSO segments
+     * count up from it. */
+    ip.id = (__u16)bpf_get_prandom_u32();
     ip.protocol = IPPROTO_UDP;
     ip.tot_len = bpf_htons(inner_len + MYC_VXLAN_OVERHEAD);
     ip.saddr = cfg->node_ipv4;
