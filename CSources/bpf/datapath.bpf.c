@@ -199,6 +199,7 @@ static __always_inline int myc_vxlan_decap(struct __sk_buff *skb, const struct m
     }
     struct myc_vxlan_outer *h = data + ETH_HLEN;
     if (h->ip.ihl != 5 || h->ip.daddr != cfg->node_ipv4 || (h->ip.frag_off & bpf_htons(0x3fff)) ||
+        bpf_ntohs(h->ip.tot_len) + ETH_HLEN > skb->len || bpf_ntohs(h->ip.tot_len) < MYC_VXLAN_OVERHEAD + sizeof(struct iphdr) ||
         h->udp.dest != bpf_htons(MYC_VXLAN_PORT) || h->vx_flags != bpf_htonl(MYC_VXLAN_FLAGS) ||
         h->inner_eth.h_proto != bpf_htons(ETH_P_IP))
         return -1;

@@ -293,6 +293,22 @@ int main(int argc, char **argv)
     MUST(myc_dp_set_underlay(pin, ip("192.168.50.1"), if_up, if_stray, err, sizeof(err)));
     r = run("pod", if_a, &f);
     CHECK(r.retval == TC_ACT_REDIRECT, "VXLAN route verdict %d, want TC_ACT_REDIRECT", r.retval);
+    {
+        /* Encapsulated in place: outer IPv4 node to node, UDP to 4789, VXLAN with A's network id as the VNI,
+         * then the pod's frame unchanged. */
+        const unsigned char *o = r.out + 14;
+        const struct iphdr *oip = (const void *)o;
+        uint16_t udp_dst = (uint16_t)(o[22] << 8 | o[23]), udp_len = (uint16_t)(o[24] << 8 | o[25]);
+        uint32_t vni = (uint32_t)(o[32] << 16 | o[33] << 8 | o[34]);
+        CHECK(oip->version == 4 && oip->ihl == 5 && oip->protocol == 17 && oip->saddr == ip("192.168.50.1") &&
+                  oip->daddr == ip("192.168.50.2") && ntohs(oip->tot_len) == f.len - 14 + 50 && csum(oip, 20) == 0,
+              "VXLAN outer IPv4 header (node to node, length, checksum)");
+        CHECK(udp_dst == 4789 && udp_len == f.len - 14 + 30 && o[26] == 0 && o[27] == 0,
+              "VXLAN outer UDP: port %u, length %u, checksum 0", udp_dst, udp_len);
+        CHECK(o[28] == 0x08 && o[29] == 0 && o[30] == 0 && o[31] == 0 && vni == 1 && o[35] == 0,
+              "VXLAN header: flags 0x08, VNI %u (A's network 1)", vni);
+        CHECK(memcmp(o + 36, f.bytes, f.len) == 0, "the pod's frame follows the 50 bytes unchanged");
+    }
     f = ipv4_frame("10.0.0.1", "10.3.1.1", a.pod_mac, 20);
     r = run("pod", if_a, &f);
     CHECK(r.retval == TC_ACT_REDIRECT, "native route verdict %d, want TC_ACT_REDIRECT", r.retval);
@@ -322,6 +338,63 @@ int main(int argc, char **argv)
     CHECK(r.retval == TC_ACT_OK, "node traffic on the underlay verdict %d, want TC_ACT_OK", r.retval);
     r = run("underlay", if_up, &shortf);
     CHECK(r.retval == TC_ACT_OK, "garbage on the underlay is left to the stack, verdict %d", r.retval);
+    /* VXLAN frames to this node for a local pod are decapsulated on the underlay; the VNI is the sender's id. */
+    {
+        struct frame inner = ipv4_frame("10.2.0.5", "10.0.0.2", (const uint8_t[6]){ 0x02, 8, 8, 8, 8, 8 }, 20);
+        struct frame vxf;
+        memset(&vxf, 0, sizeof(vxf));
+        unsigned char *v = vxf.bytes;
+        memcpy(v, (const uint8_t[12]){ 0x02, 1, 1, 1, 1, 1, 0x02, 7, 7, 7, 7, 7 }, 12);
+        v[12] = 0x08;
+        struct iphdr *oip = (void *)(v + 14);
+        oip->version = 4;
+        oip->ihl = 5;
+        oip->ttl = 64;
+        oip->protocol = 17;
+        oip->tot_len = htons((uint16_t)(inner.len - 14 + 50));
+        oip->saddr = ip("192.168.50.2");
+        oip->daddr = ip("192.168.50.1");
+        oip->check = csum(oip, 20);
+        unsigned char *u = v + 34;
+        u[0] = 0xc0; u[1] = 0x01; u[2] = 4789 >> 8; u[3] = 4789 & 0xff;
+        u[4] = (unsigned char)((inner.len - 14 + 30) >> 8); u[5] = (unsigned char)((inner.len - 14 + 30) & 0xff);
+        u[8] = 0x08; u[14] = 1; /* VNI 1 (bytes 12-14 of the VXLAN header, from u + 8) */
+        memcpy(v + 50, inner.bytes, inner.len);
+        vxf.len = 50 + inner.len;
+        rx_before = stats("10.0.0.2").rx_packets;
+        r = run("underlay", if_up, &vxf);
+        CHECK(r.retval == TC_ACT_REDIRECT, "VXLAN frame for a local pod of the same network verdict %d, want TC_ACT_REDIRECT", r.retval);
+        CHECK(memcmp(r.out, b.pod_mac, 6) == 0 && memcmp(r.out + 6, b.host_mac, 6) == 0 &&
+                  memcmp(r.out + 12, inner.bytes + 12, inner.len - 12) == 0,
+              "decapsulated: B's MACs, then the inner IPv4 packet unchanged");
+        CHECK(stats("10.0.0.2").rx_packets == rx_before + 1, "B rx counted from VXLAN on the underlay");
+        uint64_t drops = stats("10.0.0.2").drops[MYC_DP_DROP_POLICY];
+        u[14] = 2; /* another network's VNI */
+        r = run("underlay", if_up, &vxf);
+        CHECK(r.retval == TC_ACT_SHOT, "VXLAN frame from network 2 to network 1 verdict %d, want TC_ACT_SHOT", r.retval);
+        CHECK(stats("10.0.0.2").drops[MYC_DP_DROP_POLICY] == drops + 1, "POLICY drop counted on B");
+        u[14] = 1;
+        u[8] = 0x0c; /* flags this datapath does not handle: left to the kernel's VXLAN device */
+        r = run("underlay", if_up, &vxf);
+        CHECK(r.retval == TC_ACT_OK, "VXLAN frame with unknown flags verdict %d, want TC_ACT_OK", r.retval);
+        u[8] = 0x08;
+        oip->daddr = ip("192.168.50.9"); /* not this node */
+        oip->check = 0;
+        oip->check = csum(oip, 20);
+        r = run("underlay", if_up, &vxf);
+        CHECK(r.retval == TC_ACT_OK, "VXLAN frame for another node verdict %d, want TC_ACT_OK", r.retval);
+        oip->daddr = ip("192.168.50.1");
+        oip->check = 0;
+        oip->check = csum(oip, 20);
+        r = run("underlay", if_up, &vxf);
+        CHECK(r.retval == TC_ACT_REDIRECT, "the same frame to this node again verdict %d, want TC_ACT_REDIRECT", r.retval);
+        for (size_t cut = 34; cut < vxf.len; cut += 5) { /* truncated anywhere past the outer IPv4 header: never delivered */
+            struct frame t = vxf;
+            t.len = cut;
+            r = run("underlay", if_up, &t);
+            CHECK(r.retval != TC_ACT_REDIRECT, "VXLAN frame cut at %zu bytes not delivered (verdict %d)", cut, r.retval);
+        }
+    }
     /* No tunnel metadata (not from a VXLAN device): left to the stack. */
     f = ipv4_frame("10.2.0.5", "10.0.0.2", (const uint8_t[6]){ 0x02, 9, 9, 9, 9, 9 }, 20);
     r = run("vxlan", if_stray, &f);
