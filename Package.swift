@@ -97,7 +97,7 @@ let package = Package(
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
         // The route controller's driver: loads the eBPF datapath and programs other nodes' pod routes and identities.
-        .target(name: "NetworkDriver", dependencies: ["NetworkController", "MyceliumControl", "MyceliumCNI", "MyceliumCore",
+        .target(name: "NetworkDriver", dependencies: ["NetworkController", "MyceliumControl", "MyceliumCNI", "MyceliumCore", "ServiceRuntime",
                                                       .product(name: "Logging", package: "swift-log")]),
 
         // MARK: endophyte core: dirty-page tracking in C and the RAM replication engine
