@@ -82,11 +82,14 @@ let package = Package(
         .target(name: "ServiceController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores", "Scheduler"]),
         // The service controller's driver: the process driver's instances (ServiceRuntime).
         .target(name: "ServiceDriver", dependencies: ["ServiceController", "ServiceRuntime", "CSpawn", "MyceliumControl"]),
+        // One HTTP/1.1 exchange per connection on NIO (deadline, size limit): the seed store's and the Kubernetes API client's.
+        .target(name: "MyceliumHTTP", dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                                                     .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // The k3s driver: its core (roles, config.yaml and conflist, Deployment manifests; pure) and its
         // driver (files, the supervised k3s process, the Kubernetes API). K3s cannot run on the project's
         // machines: Tests/K3sTests use a stand-in binary and a stand-in API server.
         .target(name: "K3sController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumIdentity", "MyceliumSpores"], exclude: ["README.md"]),
-        .target(name: "K3sDriver", dependencies: ["K3sController", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "ServiceRuntime",
+        .target(name: "K3sDriver", dependencies: ["K3sController", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "ServiceRuntime", "MyceliumHTTP",
                                                   .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                                                   .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
                                                   .product(name: "Yams", package: "Yams")],
@@ -97,7 +100,7 @@ let package = Package(
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
         // The route controller's driver: loads the eBPF datapath and programs other nodes' pod routes and identities.
-        .target(name: "NetworkDriver", dependencies: ["NetworkController", "MyceliumControl", "MyceliumCNI", "MyceliumCore",
+        .target(name: "NetworkDriver", dependencies: ["NetworkController", "MyceliumControl", "MyceliumCNI", "MyceliumCore", "ServiceRuntime",
                                                       .product(name: "Logging", package: "swift-log")]),
 
         // MARK: endophyte core: dirty-page tracking in C and the RAM replication engine
@@ -168,7 +171,7 @@ let package = Package(
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
                 "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
                 "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceRuntime", "ServiceDNS", "NetworkDriver", "MyceliumCNI",
-                "K3sController", "K3sDriver",
+                "K3sController", "K3sDriver", "MyceliumHTTP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

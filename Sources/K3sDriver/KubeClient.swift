@@ -1,13 +1,14 @@
 // The Kubernetes API as the K3s driver uses it: four calls (server-side apply, get/list, delete) over
-// HTTP/1.1 on NIO, one request per connection, with a deadline and a size limit. Credentials come
-// from the kubeconfig K3s writes (`write-kubeconfig`): the cluster's CA and the admin's client
-// certificate and key (or a bearer token). Errors name the call and never the credentials.
+// HTTP/1.1 on NIO (MyceliumHTTP's OneShotHTTP), one request per connection, with a deadline and a
+// size limit. Credentials come from the kubeconfig K3s writes (`write-kubeconfig`): the cluster's CA
+// and the admin's client certificate and key (or a bearer token). Errors name the call and never the credentials.
 //
 // K3s cannot run on the project's machines, so the tests point a kubeconfig at a small HTTP server
 // of their own (`http://` URLs are accepted for that; K3s itself always serves https).
 
 import Foundation
 import MyceliumCore
+import MyceliumHTTP
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -121,49 +122,20 @@ public struct KubeClient: Sendable {
     func request(_ method: HTTPMethod, _ path: String, body: [UInt8]?, contentType: String?,
                  timeout: TimeAmount = .seconds(10)) async throws -> (Int, [UInt8]) {
         let (tls, host, port) = try Self.parse(endpoint.server)
-        let promise = group.next().makePromise(of: (Int, [UInt8]).self)
         let ssl: NIOSSLContext?
         do { ssl = tls ? try tlsContext() : nil } catch {
-            promise.fail(error)
             throw KubeError("the kubeconfig's certificates cannot be used: \(error)")
         }
-        let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(timeout)
-            .channelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
-                    if let ssl { try ch.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: ssl, serverHostname: nil)) }
-                    try ch.pipeline.syncOperations.addHTTPClientHandlers()
-                    try ch.pipeline.syncOperations.addHandler(Collector(promise: promise))
-                }
-            }
-        let channel: Channel
-        do { channel = try await bootstrap.connect(host: host, port: port).get() } catch {
-            promise.fail(error)
-            throw KubeError("\(method) \(endpoint.server)\(path): cannot connect: \(error)")
-        }
         var headers = HTTPHeaders()
-        headers.add(name: "Host", value: "\(host):\(port)")
-        headers.add(name: "Connection", value: "close")
-        headers.add(name: "User-Agent", value: "myceliumd")
         headers.add(name: "Accept", value: "application/json")
         if let bearer = endpoint.bearer { headers.add(name: "Authorization", value: "Bearer " + bearer) }
-        if let body {
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            if let contentType { headers.add(name: "Content-Type", value: contentType) }
-        }
-        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)), promise: nil)
-        if let body {
-            var buf = channel.allocator.buffer(capacity: body.count)
-            buf.writeBytes(body)
-            channel.write(HTTPClientRequestPart.body(.byteBuffer(buf)), promise: nil)
-        }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-        let deadline = channel.eventLoop.scheduleTask(in: timeout) {
-            promise.fail(KubeError("\(method) \(path): no complete answer within \(timeout.nanoseconds / 1_000_000_000) s"))
-            channel.close(promise: nil)
-        }
-        defer { deadline.cancel(); channel.close(promise: nil) }
-        do { return try await promise.futureResult.get() } catch let e as KubeError { throw e } catch {
+        if body != nil, let contentType { headers.add(name: "Content-Type", value: contentType) }
+        do {
+            let r = try await OneShotHTTP.exchange(method, host: host, port: port, uri: path, hostHeader: "\(host):\(port)", headers: headers,
+                                                   body: body, tls: ssl, serverHostname: nil, group: group, timeout: timeout,
+                                                   maxBody: Self.maxBody, label: "\(method) \(endpoint.server)\(path)")
+            return (r.status, r.body)
+        } catch let e as HTTPExchangeError { throw KubeError(e.description) } catch {
             // TLS failures land here: a wrong CA or a refused client certificate.
             throw KubeError("\(method) \(endpoint.server)\(path): \(error) (are the kubeconfig's CA and credentials this cluster's?)")
         }
@@ -184,35 +156,5 @@ public struct KubeClient: Sendable {
         }
         guard !host.isEmpty else { throw KubeError("no host in '\(url)'") }
         return (tls, host, port)
-    }
-
-    final class Collector: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = HTTPClientResponsePart
-        let promise: EventLoopPromise<(Int, [UInt8])>
-        var status = 0
-        var body: [UInt8] = []
-        var done = false
-        init(promise: EventLoopPromise<(Int, [UInt8])>) { self.promise = promise }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            switch unwrapInboundIn(data) {
-            case .head(let h): status = Int(h.status.code)
-            case .body(var b):
-                if body.count + b.readableBytes > KubeClient.maxBody {
-                    finish(.failure(KubeError("answer larger than \(KubeClient.maxBody) bytes")), context)
-                    return
-                }
-                body += b.readBytes(length: b.readableBytes) ?? []
-            case .end: finish(.success((status, body)), context)
-            }
-        }
-        func errorCaught(context: ChannelHandlerContext, error: Error) { finish(.failure(error), context) }
-        func channelInactive(context: ChannelHandlerContext) { finish(.failure(KubeError("connection closed before a complete answer")), context) }
-        func finish(_ r: Result<(Int, [UInt8]), Error>, _ context: ChannelHandlerContext) {
-            guard !done else { return }
-            done = true
-            promise.completeWith(r)
-            context.close(promise: nil)
-        }
     }
 }

@@ -6,6 +6,7 @@
 
 import Foundation
 import MyceliumCore
+import MyceliumHTTP
 import MyceliumIdentity
 import MyceliumSpores
 import NIOCore
@@ -50,8 +51,8 @@ public struct HTTPSeedStore: SeedSporeStore {
     }
 }
 
-/// A small HTTP/1.1 client on NIO (one request per connection, a deadline, a size limit): all the
-/// seed store needs, without another dependency.
+/// The seed store's URLs over MyceliumHTTP's OneShotHTTP (one request per connection, a deadline, a
+/// size limit): all the seed store needs, without another dependency.
 enum HTTPClient {
     struct URLParts { var tls: Bool; var host: String; var port: Int; var path: String }
 
@@ -82,82 +83,15 @@ enum HTTPClient {
     static func request(method: HTTPMethod, url: String, body: [UInt8]?, group: EventLoopGroup,
                         timeout: TimeAmount = .seconds(10)) async throws -> (Int, [UInt8]) {
         let u = try parse(url)
-        let promise = group.next().makePromise(of: (Int, [UInt8]).self)
-        let sslContext: NIOSSLContext?
-        do { sslContext = u.tls ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil } catch {
-            promise.fail(error)
-            throw error
-        }
-        let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(timeout)
-            .channelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
-                    if let sslContext {
-                        try ch.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: u.host))
-                    }
-                    try ch.pipeline.syncOperations.addHTTPClientHandlers()
-                    try ch.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
-                }
-            }
-        let channel: Channel
-        do {
-            channel = try await bootstrap.connect(host: u.host, port: u.port).get()
-        } catch {
-            promise.fail(error)  // every promise is completed, on every path
-            throw AgentError("\(method) \(url): cannot connect: \(error)")
-        }
+        let sslContext = u.tls ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
         var headers = HTTPHeaders()
-        headers.add(name: "Host", value: u.port == (u.tls ? 443 : 80) ? u.host : "\(u.host):\(u.port)")
-        headers.add(name: "Connection", value: "close")
-        headers.add(name: "User-Agent", value: "myceliumd")
-        if let body { headers.add(name: "Content-Length", value: "\(body.count)"); headers.add(name: "Content-Type", value: "application/octet-stream") }
-        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: method, uri: u.path, headers: headers)), promise: nil)
-        if let body {
-            var buf = channel.allocator.buffer(capacity: body.count)
-            buf.writeBytes(body)
-            channel.write(HTTPClientRequestPart.body(.byteBuffer(buf)), promise: nil)
-        }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-        let deadline = channel.eventLoop.scheduleTask(in: timeout) {
-            promise.fail(AgentError("\(method) \(url): no complete answer within \(timeout.nanoseconds / 1_000_000_000) s"))
-            channel.close(promise: nil)
-        }
-        defer { deadline.cancel(); channel.close(promise: nil) }
-        return try await promise.futureResult.get()
-    }
-
-    final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = HTTPClientResponsePart
-        let promise: EventLoopPromise<(Int, [UInt8])>
-        var status = 0
-        var body: [UInt8] = []
-        var done = false
-
-        init(promise: EventLoopPromise<(Int, [UInt8])>) { self.promise = promise }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            switch unwrapInboundIn(data) {
-            case .head(let h): status = Int(h.status.code)
-            case .body(var b):
-                if body.count + b.readableBytes > HTTPSeedStore.maxBody {
-                    finish(.failure(AgentError("answer larger than \(HTTPSeedStore.maxBody) bytes")), context)
-                    return
-                }
-                body += b.readBytes(length: b.readableBytes) ?? []
-            case .end: finish(.success((status, body)), context)
-            }
-        }
-
-        func errorCaught(context: ChannelHandlerContext, error: Error) { finish(.failure(error), context) }
-        func channelInactive(context: ChannelHandlerContext) {
-            finish(.failure(AgentError("connection closed before a complete answer")), context)
-        }
-
-        func finish(_ r: Result<(Int, [UInt8]), Error>, _ context: ChannelHandlerContext) {
-            guard !done else { return }
-            done = true
-            promise.completeWith(r)
-            context.close(promise: nil)
-        }
+        if body != nil { headers.add(name: "Content-Type", value: "application/octet-stream") }
+        do {
+            let r = try await OneShotHTTP.exchange(method, host: u.host, port: u.port, uri: u.path,
+                                                   hostHeader: u.port == (u.tls ? 443 : 80) ? u.host : "\(u.host):\(u.port)", headers: headers,
+                                                   body: body, tls: sslContext, serverHostname: u.host, group: group, timeout: timeout,
+                                                   maxBody: HTTPSeedStore.maxBody, label: "\(method) \(url)")
+            return (r.status, r.body)
+        } catch let e as HTTPExchangeError { throw AgentError(e.description) }
     }
 }

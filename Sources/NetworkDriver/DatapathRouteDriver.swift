@@ -12,6 +12,7 @@ import Logging
 import MyceliumCNI
 import MyceliumControl
 import NetworkController
+import ServiceRuntime
 import Synchronization
 
 public final class DatapathRouteDriver: ControllerDriver, Sendable {
@@ -157,17 +158,17 @@ public final class DatapathRouteDriver: ControllerDriver, Sendable {
         return idx == 0 ? .failure(DriverFailure("\(name) vanished")) : .success(idx)
     }
 
+    /// Runs `argv` (an `ip` command) to its end, blocking: its status (-1 when it could not run or did
+    /// not end within 30 s) and its output, stdout and stderr together.
     static func run(_ argv: [String]) -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        let r: CommandResult
+        do { r = try CommandRunner.run(argv, environment: ProcessInfo.processInfo.environment, timeoutMillis: 30_000, mergeErrors: true, instance: "ip") } catch {
+            return (-1, "\(error)")
+        }
+        let output = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        if r.timedOut { return (-1, "did not finish within 30 s (killed)" + (output.isEmpty ? "" : ": " + output)) }
+        if r.waitError != 0 { return (-1, "its exit status was lost: another part of the agent reaped it") }
+        return (r.status, output)
     }
 }
 

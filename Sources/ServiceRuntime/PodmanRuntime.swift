@@ -21,8 +21,7 @@
 // `podman exec myc-ID COMMAND`. Stop: `podman rm -f -t GRACE` (SIGTERM, SIGKILL after the grace,
 // then the CNI DEL and the removal).
 //
-// Podman commands run with their output in unlinked temporary files, never pipes: `run -d` leaves
-// conmon holding podman's stdout for the container's whole life, and a pipe would never end.
+// Podman commands run with their output in unlinked temporary files, never pipes (CommandRunner).
 
 import CSpawn
 import Foundation
@@ -32,12 +31,8 @@ public final class PodmanRuntime: Sendable {
     public let settings: PodmanSettings
     public let stateDirectory: String
     let instancesDirectory: String
-    let logMaxBytes: Int
-    let logKeep: Int
-    let onChange: @Sendable (InstanceStatus) -> Void
     let poller: Poller
-    let notifications = DispatchQueue(label: "mycelium.podman-runtime.notify")
-    let table = ContainerTable()
+    let table: InstanceTable<ContainerRun>
 
     public static let label = "mycelium.instance"
     public static func containerName(_ id: String) -> String { "myc-" + id }
@@ -61,16 +56,13 @@ public final class PodmanRuntime: Sendable {
         self.settings = settings
         self.stateDirectory = stateDirectory
         self.instancesDirectory = instances
-        self.logMaxBytes = logMaxBytes
-        self.logKeep = logKeep
-        self.onChange = onChange
+        self.table = InstanceTable(instancesDirectory: instances, logMaxBytes: logMaxBytes, logKeep: logKeep,
+                                   queueLabel: "mycelium.podman-runtime.notify", onChange: onChange)
         self.poller = try Poller()
     }
 
     deinit {
-        table.lock.lock()
-        for inst in table.instances.values { inst.run?.monitor?.cancel() }
-        table.lock.unlock()
+        table.cancelMonitors()
         poller.shutdown()
     }
 
@@ -90,46 +82,12 @@ public final class PodmanRuntime: Sendable {
     /// Runs `podman BASE ARGS` to its end (killed after `timeoutMillis`), blocking: call it off the
     /// cooperative pool (`onWorker`).
     static func runPodman(_ settings: PodmanSettings, _ args: [String], timeoutMillis: Int32 = 120_000, instance: String? = nil) throws(RuntimeError) -> Output {
-        func temp() throws(RuntimeError) -> Int32 {
-            var template = Array("/tmp/mycelium-podman-XXXXXX".utf8CString)
-            let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-            if fd < 0 { throw RuntimeError(instance: instance, .spawn(stage: "temporary file for podman's output", errno: errno)) }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
-            return fd
-        }
-        let out = try temp()
-        defer { close(out) }
-        let err = try temp()
-        defer { close(err) }
-        let p = try Spawner.spawn(instance: instance ?? "podman", command: settings.base + args, environment: settings.environment,
-                                  cwd: "/", cgroup: nil, output: out, errorOutput: err)
-        defer { close(p.pidfd) }
-        var timedOut = false
-        if cspawn_pidfd_wait(p.pidfd, timeoutMillis) == ETIMEDOUT {
-            timedOut = true
-            _ = kill(-p.pid, SIGKILL)
-            _ = cspawn_pidfd_kill(p.pidfd, SIGKILL)
-        }
-        var killed: Int32 = 0, code: Int32 = 0
-        let rc = cspawn_reap(p.pidfd, 0, &killed, &code)
-        func read(_ fd: Int32) -> String {
-            var bytes: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 16384)
-            var off: off_t = 0
-            while bytes.count < 1 << 20 {
-                let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                bytes += buf[0..<n]
-                off += off_t(n)
-            }
-            return String(decoding: bytes, as: UTF8.self)
-        }
+        let r = try CommandRunner.run(settings.base + args, environment: settings.environment, timeoutMillis: timeoutMillis,
+                                      instance: instance ?? "podman")
         let what = "podman \(args.prefix(1).joined())"
-        if timedOut { throw RuntimeError(instance: instance, .podman(what: "\(what) did not finish within \(timeoutMillis / 1000) s (killed)", hint: "check 'podman ps' with the agent's CONTAINERS_CONF; is the machine overloaded?")) }
-        if rc != 0 { throw RuntimeError(instance: instance, .podman(what: "\(what): waiting failed: \(errnoText(rc))", hint: "another part of the agent reaped it")) }
-        return Output(status: killed != 0 ? 128 + code : code, stdout: read(out), stderr: read(err))
+        if r.timedOut { throw RuntimeError(instance: instance, .podman(what: "\(what) did not finish within \(timeoutMillis / 1000) s (killed)", hint: "check 'podman ps' with the agent's CONTAINERS_CONF; is the machine overloaded?")) }
+        if r.waitError != 0 { throw RuntimeError(instance: instance, .podman(what: "\(what): waiting failed: \(errnoText(r.waitError))", hint: "another part of the agent reaped it")) }
+        return Output(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 
     func podman(_ args: [String], timeoutMillis: Int32 = 120_000, instance: String? = nil) async throws(RuntimeError) -> Output {
@@ -163,32 +121,11 @@ public final class PodmanRuntime: Sendable {
             throw RuntimeError(instance: spec.id, .invalidArgument("the image \"\(rootfs)\" is not a directory on this node: a podman service's image is the absolute path of a root filesystem (e.g. one made from busybox-static) that must exist on every node that may run it"))
         }
         let id = spec.id
-        let claimed: ContainerInstance? = table.lock.withLock {
-            let inst: ContainerInstance
-            if let existing = table.instances[id] {
-                if existing.run != nil || existing.starting { return nil }
-                inst = existing
-            } else {
-                inst = ContainerInstance(id: id, log: LogSink(directory: instancesDirectory + "/" + id, maxBytes: logMaxBytes, keep: logKeep))
-                table.instances[id] = inst
-            }
-            inst.starting = true
-            inst.status.state = .starting
-            inst.status.health = .unknown
-            inst.status.address = ""
-            notifyLocked(inst.status)
-            return inst
-        }
-        guard let inst = claimed else { throw RuntimeError(instance: id, .alreadyRunning) }
-
+        guard let inst = table.claimForStart(id, reset: { $0.status.address = "" }) else { throw RuntimeError(instance: id, .alreadyRunning) }
         do throws(RuntimeError) {
             try await launch(inst, spec: spec, rootfs: rootfs)
         } catch {
-            table.lock.withLock {
-                inst.starting = false
-                inst.status.state = .failed(error.description)
-                notifyLocked(inst.status)
-            }
+            table.startFailed(inst, error)
             throw error
         }
     }
@@ -257,18 +194,9 @@ public final class PodmanRuntime: Sendable {
             return h
         }
         let run2 = ContainerRun(instance: inst, name: name, conmonPidfd: conmonFd, follower: follower, address: address, check: check)
-        table.lock.withLock {
-            inst.starting = false
-            inst.run = run2
-            inst.counter = spec.health.map { HealthCounter(threshold: $0.threshold) }
-            inst.status.state = .running(pid: pid)
-            inst.status.startedAtMillis = monotonicMillis()
-            inst.status.health = spec.health == nil ? .healthy : .unknown
-            inst.status.address = addressValue == nil ? "" : address
-            notifyLocked(inst.status)
-        }
+        table.started(inst, run: run2, pid: pid, health: spec.health, address: addressValue == nil ? "" : address)
 
-        watchOutput(fds[0], of: run2, into: inst.log)
+        poller.drain(fds[0], into: inst.log, closed: run2.outputClosed)
         if conmonFd >= 0 {
             poller.add(fd: conmonFd) { [weak self] _ in
                 .remove(then: { Task { await self?.containerEnded(run2) } })
@@ -281,7 +209,7 @@ public final class PodmanRuntime: Sendable {
             monitor.start(
                 intervalMillis: check.intervalMillis, name: id,
                 probe: { HealthProbe.run(check, instance: id, cwd: dir, environment: env, cgroup: nil, host: addressValue) },
-                report: { [weak self] result in self?.recordHealth(of: run2, failure: result) })
+                report: { [weak self] result in self?.table.recordHealth(of: run2, in: inst, failure: result) })
         }
     }
 
@@ -294,24 +222,6 @@ public final class PodmanRuntime: Sendable {
             v = v << 8 | UInt32(b)
         }
         return v
-    }
-
-    private func watchOutput(_ fd: Int32, of run: ContainerRun, into log: LogSink) {
-        // SAFETY: only the poll thread uses the buffer; it is freed in the removal step.
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
-        poller.add(fd: fd) { _ in
-            let n = read(fd, buffer.baseAddress, buffer.count)
-            if n > 0 {
-                log.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                return .keep
-            }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return .keep }
-            return .remove(then: {
-                close(fd)
-                buffer.deallocate()
-                run.outputClosed.complete()
-            })
-        }
     }
 
     /// conmon is gone: the container ended (or was removed by a stop, which drives the rest itself).
@@ -344,14 +254,7 @@ public final class PodmanRuntime: Sendable {
 
     /// Ends a run: the health thread, the log follower, the exit recorded and reported. Idempotent.
     private func finish(_ run: ContainerRun) async {
-        let already = table.lock.withLock {
-            defer { run.finishing = true }
-            return run.finishing
-        }
-        if already {
-            _ = await run.finished.wait()
-            return
-        }
+        guard await table.claimFinish(run) else { return }
         if let monitor = run.monitor, let check = run.check {
             monitor.cancel()
             _ = await monitor.exited.wait(timeoutMillis: UInt64(check.timeoutMillis) + 5000)
@@ -379,33 +282,13 @@ public final class PodmanRuntime: Sendable {
         // The poller has let go of conmon's pidfd once it reported the exit; before that it must stay open.
         run.recorded = true
         if run.conmonGone && !run.pidfdClosed && run.conmonPidfd >= 0 { close(run.conmonPidfd); run.pidfdClosed = true }
-        let inst = run.instance
-        if inst.run === run {
-            inst.run = nil
-            inst.counter = nil
-            inst.status.exits += 1
-            switch run.end ?? .lost("the container was removed") {
-            case let .exited(code): inst.status.state = .exited(code: code)
-            case let .killed(sig): inst.status.state = .killed(signal: sig)
-            case let .lost(why): inst.status.state = .failed(why)
-            }
-            inst.status.health = .unknown
-            inst.status.address = ""
-            notifyLocked(inst.status)
+        let state: InstanceState
+        switch run.end ?? .lost("the container was removed") {
+        case let .exited(code): state = .exited(code: code)
+        case let .killed(sig): state = .killed(signal: sig)
+        case let .lost(why): state = .failed(why)
         }
-    }
-
-    private func recordHealth(of run: ContainerRun, failure: String?) {
-        table.lock.lock()
-        defer { table.lock.unlock() }
-        let inst = run.instance
-        guard inst.run === run, !run.conmonGone, !run.stopping, !run.finishing, var counter = inst.counter else { return }
-        let change = failure.map { counter.recordFailure($0) } ?? counter.recordSuccess()
-        inst.counter = counter
-        if let h = change {
-            inst.status.health = h
-            notifyLocked(inst.status)
-        }
+        table.endedLocked(run, of: run.instance, as: state)
     }
 
     // MARK: stopping
@@ -414,14 +297,8 @@ public final class PodmanRuntime: Sendable {
     /// CNI DEL, the removal); returns when the container is gone. The instance is then forgotten; its
     /// log stays until cleanupLeftovers.
     public func stop(_ id: String, graceSeconds: UInt32 = 5) async {
-        var claimed: (ContainerInstance, ContainerRun?)?
-        while true {
-            claimed = claimForStop(id)
-            guard let (inst, _) = claimed else { return }
-            if !inst.starting { break }
-            try? await Task.sleep(nanoseconds: 10_000_000)  // start() is between its podman calls; let it finish
-        }
-        guard let (inst, maybeRun) = claimed else { return }
+        // An instance still starting is between its podman calls: that is waited for, then stopped.
+        guard let (inst, maybeRun) = await table.claimForStop(id, pollNanoseconds: 10_000_000) else { return }
         if let run = maybeRun {
             run.monitor?.cancel()
             let rm = try? await podman(["rm", "-f", "-t", "\(graceSeconds)", run.name], timeoutMillis: Int32(graceSeconds) * 1000 + 60_000, instance: id)
@@ -433,50 +310,21 @@ public final class PodmanRuntime: Sendable {
             table.lock.withLock { if run.end == nil { run.end = .killed(SIGTERM) } }
             await finish(run)
         }
-        table.lock.withLock {
-            if table.instances[id] === inst && inst.run == nil && !inst.starting { forgetLocked(inst) }
-        }
-    }
-
-    private func claimForStop(_ id: String) -> (ContainerInstance, ContainerRun?)? {
-        table.lock.lock()
-        defer { table.lock.unlock() }
-        guard let inst = table.instances[id] else { return nil }
-        if inst.starting { return (inst, nil) }
-        if let r = inst.run { r.stopping = true } else { forgetLocked(inst) }
-        return (inst, inst.run)
+        table.forgetIfIdle(id, inst)
     }
 
     public func stopAll() async {
-        let ids = table.lock.withLock { Array(table.instances.keys) }
-        await withTaskGroup(of: Void.self) { group in
-            for id in ids { group.addTask { await self.stop(id) } }
-        }
-    }
-
-    private func forgetLocked(_ inst: ContainerInstance) {
-        table.instances[inst.id] = nil
-        inst.log.close()
+        await stopEach(table.ids) { await self.stop($0) }
     }
 
     // MARK: queries
 
-    public func status(_ id: String) -> InstanceStatus? {
-        table.lock.withLock { table.instances[id]?.status }
-    }
+    public func status(_ id: String) -> InstanceStatus? { table.status(id) }
 
-    public func all() -> [InstanceStatus] {
-        table.lock.withLock { table.instances.values.map(\.status).sorted { $0.id < $1.id } }
-    }
+    public func all() -> [InstanceStatus] { table.all() }
 
     /// The last `maxBytes` of the instance's output (also after stop, while its directory exists).
-    public func logs(_ id: String, maxBytes: Int) -> String {
-        guard InstanceSpec.isValidID(id) else { return "" }
-        let sink = table.lock.withLock { table.instances[id]?.log }
-        let bytes = sink?.tail(maxBytes: maxBytes)
-            ?? LogSink.tail(directory: instancesDirectory + "/" + id, keep: logKeep, maxBytes: maxBytes)
-        return String(decoding: bytes, as: UTF8.self)
-    }
+    public func logs(_ id: String, maxBytes: Int) -> String { table.logs(id, maxBytes: maxBytes) }
 
     /// Whether the instance's directory (its log) exists: it ran here.
     public func knows(_ id: String) -> Bool {
@@ -491,13 +339,8 @@ public final class PodmanRuntime: Sendable {
     /// it before starting instances. Returns the names removed.
     @discardableResult
     public func cleanupLeftovers() -> [String] {
-        let known = table.lock.withLock { Set(table.instances.keys.map(Self.containerName)) }
-        let removed = Leftovers(settings: settings).remove(except: known)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: instancesDirectory)) ?? []
-        let knownIDs = table.lock.withLock { Set(table.instances.keys) }
-        for name in names where !knownIDs.contains(name) {
-            try? FileManager.default.removeItem(atPath: instancesDirectory + "/" + name)
-        }
+        let removed = Leftovers(settings: settings).remove(except: Set(table.ids.map(Self.containerName)))
+        table.removeUnknownDirectories()
         return removed
     }
 
@@ -531,44 +374,12 @@ public final class PodmanRuntime: Sendable {
               let s = try? JSONDecoder().decode(PodmanSettings.self, from: data) else { return nil }
         return Leftovers(settings: s)
     }
-
-    // MARK: helpers
-
-    private func notifyLocked(_ status: InstanceStatus) {
-        let callback = onChange
-        notifications.async { callback(status) }
-    }
-
-    @discardableResult
-    private func onWorker<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { c in DispatchQueue.global().async { c.resume(returning: body()) } }
-    }
 }
 
-final class ContainerTable: @unchecked Sendable {
-    // SAFETY (Sendable): `instances`, every ContainerInstance's fields and the mutable fields of every
-    // ContainerRun are only touched under `lock`.
-    let lock = NSLock()
-    var instances: [String: ContainerInstance] = [:]
-}
-
-final class ContainerInstance: @unchecked Sendable {
-    let id: String
-    var status: InstanceStatus
-    let log: LogSink
-    var run: ContainerRun?
-    var starting = false
-    var counter: HealthCounter?
-
-    init(id: String, log: LogSink) {
-        self.id = id
-        self.log = log
-        self.status = InstanceStatus(id: id, state: .starting, health: .unknown, startedAtMillis: 0, exits: 0)
-    }
-}
+typealias ContainerInstance = RuntimeInstance<ContainerRun>
 
 /// One container of an instance, from `podman run` to its removal.
-final class ContainerRun: @unchecked Sendable {
+final class ContainerRun: InstanceRun, @unchecked Sendable {
     enum End: Sendable {
         case exited(Int32)
         case killed(Int32)
@@ -594,6 +405,7 @@ final class ContainerRun: @unchecked Sendable {
     var pidfdClosed = false
     var stopping = false
     var finishing = false
+    var hasEnded: Bool { conmonGone }
 
     init(instance: ContainerInstance, name: String, conmonPidfd: Int32, follower: SpawnedProcess?, address: String, check: HealthCheck?) {
         self.instance = instance

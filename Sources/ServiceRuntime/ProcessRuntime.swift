@@ -15,13 +15,9 @@ public final class ProcessRuntime: Sendable {
     /// The state directory, canonical (symlinks resolved).
     public let stateDirectory: String
     let instancesDirectory: String
-    let logMaxBytes: Int
-    let logKeep: Int
     let tree: CgroupTree
-    let onChange: @Sendable (InstanceStatus) -> Void
     let poller: Poller
-    let notifications = DispatchQueue(label: "mycelium.service-runtime.notify")
-    let table = Table()
+    let table: InstanceTable<Run>
 
     /// Opens the runtime on `stateDirectory` (created if missing) and detects the cgroup layout.
     /// Instances of an earlier run of the same directory are left alone until `cleanupLeftovers()`.
@@ -52,17 +48,14 @@ public final class ProcessRuntime: Sendable {
         self.stateDirectory = String(cString: real)
         free(real)
         self.instancesDirectory = self.stateDirectory + "/instances"
-        self.logMaxBytes = logMaxBytes
-        self.logKeep = logKeep
-        self.onChange = onChange
+        self.table = InstanceTable(instancesDirectory: instancesDirectory, logMaxBytes: logMaxBytes, logKeep: logKeep,
+                                   queueLabel: "mycelium.service-runtime.notify", onChange: onChange)
         self.tree = CgroupTree(layout: cgroupLayout, prefix: Self.prefix(for: self.stateDirectory))
         self.poller = try Poller()
     }
 
     deinit {
-        table.lock.lock()
-        for inst in table.instances.values { inst.run?.monitor?.cancel() }
-        table.lock.unlock()
+        table.cancelMonitors()
         poller.shutdown()
     }
 
@@ -87,34 +80,11 @@ public final class ProcessRuntime: Sendable {
         try spec.validate()
         let id = spec.id
         let dir = instancesDirectory + "/" + id
-
-        table.lock.lock()
-        let inst: Instance
-        if let existing = table.instances[id] {
-            if existing.run != nil || existing.starting {
-                table.lock.unlock()
-                throw RuntimeError(instance: id, .alreadyRunning)
-            }
-            inst = existing
-        } else {
-            inst = Instance(id: id, spec: spec, log: LogSink(directory: dir, maxBytes: logMaxBytes, keep: logKeep))
-            table.instances[id] = inst
-        }
-        inst.spec = spec
-        inst.starting = true
-        inst.status.state = .starting
-        inst.status.health = .unknown
-        notifyLocked(inst.status)
-        table.lock.unlock()
-
+        guard let inst = table.claimForStart(id) else { throw RuntimeError(instance: id, .alreadyRunning) }
         do {
             try launch(inst, spec: spec, directory: dir)
         } catch {
-            table.lock.lock()
-            inst.starting = false
-            inst.status.state = .failed(error.description)
-            notifyLocked(inst.status)
-            table.lock.unlock()
+            table.startFailed(inst, error)
             throw error
         }
     }
@@ -144,44 +114,16 @@ public final class ProcessRuntime: Sendable {
 
         let run = Run(instance: inst, pid: process.pid, pidfd: process.pidfd, cgroup: cgroup,
                       check: spec.health)
-        table.lock.lock()
-        inst.starting = false
-        inst.run = run
-        inst.counter = spec.health.map { HealthCounter(threshold: $0.threshold) }
-        inst.status.state = .running(pid: process.pid)
-        inst.status.startedAtMillis = monotonicMillis()
-        inst.status.health = spec.health == nil ? .healthy : .unknown
-        notifyLocked(inst.status)
-        table.lock.unlock()
+        table.started(inst, run: run, pid: process.pid, health: spec.health)
 
-        watchOutput(fds[0], of: run, into: inst.log)
+        poller.drain(fds[0], into: inst.log, closed: run.outputClosed)
         watchExit(of: run)
         if let check = spec.health, let monitor = run.monitor {
             let (id, env) = (spec.id, spec.environment)
             monitor.start(
                 intervalMillis: check.intervalMillis, name: id,
                 probe: { HealthProbe.run(check, instance: id, cwd: dir, environment: env, cgroup: cgroup) },
-                report: { [weak self] result in self?.recordHealth(of: run, failure: result) })
-        }
-    }
-
-    private func watchOutput(_ fd: Int32, of run: Run, into log: LogSink) {
-        // SAFETY: only the poll thread uses the buffer (the handler runs there), and it is freed in the
-        // removal step, after which the poller never calls this handler again.
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
-        poller.add(fd: fd) { _ in
-            let n = read(fd, buffer.baseAddress, buffer.count)
-            if n > 0 {
-                log.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                return .keep
-            }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return .keep }
-            // End of file: every process holding the pipe is gone.
-            return .remove(then: {
-                close(fd)
-                buffer.deallocate()
-                run.outputClosed.complete()
-            })
+                report: { [weak self] result in self?.table.recordHealth(of: run, in: inst, failure: result) })
         }
     }
 
@@ -214,14 +156,7 @@ public final class ProcessRuntime: Sendable {
     /// Ends a run once its main process is reaped and its cgroup empty: removes the cgroup, records the
     /// exit and reports it. Idempotent; every caller returns once it is done.
     private func finish(_ run: Run) async {
-        let already = table.lock.withLock {
-            defer { run.finishing = true }
-            return run.finishing
-        }
-        if already {
-            _ = await run.finished.wait()
-            return
-        }
+        guard await table.claimFinish(run) else { return }
         let started = monotonicMillis()
 
         if let monitor = run.monitor, let check = run.check {
@@ -250,32 +185,13 @@ public final class ProcessRuntime: Sendable {
         defer { table.lock.unlock() }
         close(run.pidfd)
         run.pidfdClosed = true
-        let inst = run.instance
-        if inst.run === run {
-            inst.run = nil
-            inst.counter = nil
-            inst.status.exits += 1
-            switch run.end ?? .lost(0) {
-            case let .exited(code): inst.status.state = .exited(code: code)
-            case let .killed(sig): inst.status.state = .killed(signal: sig)
-            case let .lost(e): inst.status.state = .failed("the exit status was lost (\(errnoText(e))): another part of the agent reaped the process")
-            }
-            inst.status.health = .unknown
-            notifyLocked(inst.status)
+        let state: InstanceState
+        switch run.end ?? .lost(0) {
+        case let .exited(code): state = .exited(code: code)
+        case let .killed(sig): state = .killed(signal: sig)
+        case let .lost(e): state = .failed("the exit status was lost (\(errnoText(e))): another part of the agent reaped the process")
         }
-    }
-
-    private func recordHealth(of run: Run, failure: String?) {
-        table.lock.lock()
-        defer { table.lock.unlock() }
-        let inst = run.instance
-        guard inst.run === run, run.end == nil, !run.stopping, !run.finishing, var counter = inst.counter else { return }
-        let change = failure.map { counter.recordFailure($0) } ?? counter.recordSuccess()
-        inst.counter = counter
-        if let h = change {
-            inst.status.health = h
-            notifyLocked(inst.status)
-        }
+        table.endedLocked(run, of: run.instance, as: state)
     }
 
     // MARK: stopping
@@ -284,15 +200,8 @@ public final class ProcessRuntime: Sendable {
     /// whatever is left after `graceMillis`; returns when all are gone and the cgroup is removed. The
     /// instance is then forgotten (status nil); its directory and log stay until cleanupLeftovers.
     public func stop(_ id: String, graceMillis: UInt32 = 5000) async {
-        var claimed: (Instance, Run?)?
-        while true {
-            claimed = claimForStop(id)
-            guard let (inst, _) = claimed else { return }
-            // start() is between its checks and the exec (milliseconds); let it finish, then stop that.
-            if !inst.starting { break }
-            try? await Task.sleep(nanoseconds: 2_000_000)
-        }
-        guard let (inst, maybeRun) = claimed, let run = maybeRun else { return }
+        // An instance still starting is between its checks and the exec (milliseconds): that is waited for, then stopped.
+        guard let (inst, maybeRun) = await table.claimForStop(id, pollNanoseconds: 2_000_000), let run = maybeRun else { return }
         run.monitor?.cancel()  // no health verdicts, and no new exec check, while the instance goes
 
         let deadline = monotonicMillis() + UInt64(graceMillis)
@@ -307,28 +216,12 @@ public final class ProcessRuntime: Sendable {
             _ = await run.reaped.wait()
         }
         await finish(run)
-        table.lock.withLock {
-            if table.instances[id] === inst && inst.run == nil && !inst.starting { forgetLocked(inst) }
-        }
-    }
-
-    /// Marks the instance's run as stopping (or forgets an instance that has none); nil when unknown.
-    /// An instance still starting is returned untouched.
-    private func claimForStop(_ id: String) -> (Instance, Run?)? {
-        table.lock.lock()
-        defer { table.lock.unlock() }
-        guard let inst = table.instances[id] else { return nil }
-        if inst.starting { return (inst, nil) }
-        if let r = inst.run { r.stopping = true } else { forgetLocked(inst) }
-        return (inst, inst.run)
+        table.forgetIfIdle(id, inst)
     }
 
     /// Stops every instance, in parallel.
     public func stopAll() async {
-        let ids = table.lock.withLock { Array(table.instances.keys) }
-        await withTaskGroup(of: Void.self) { group in
-            for id in ids { group.addTask { await self.stop(id) } }
-        }
+        await stopEach(table.ids) { await self.stop($0) }
     }
 
     private func signalMainAndGroup(_ run: Run, _ signal: Int32) {
@@ -350,37 +243,16 @@ public final class ProcessRuntime: Sendable {
         }
     }
 
-    private func forgetLocked(_ inst: Instance) {
-        table.instances[inst.id] = nil
-        inst.log.close()
-    }
-
     // MARK: queries
 
-    public func status(_ id: String) -> InstanceStatus? {
-        table.lock.lock()
-        defer { table.lock.unlock() }
-        return table.instances[id]?.status
-    }
+    public func status(_ id: String) -> InstanceStatus? { table.status(id) }
 
     /// Every known instance, by id.
-    public func all() -> [InstanceStatus] {
-        table.lock.lock()
-        defer { table.lock.unlock() }
-        return table.instances.values.map(\.status).sorted { $0.id < $1.id }
-    }
+    public func all() -> [InstanceStatus] { table.all() }
 
     /// The last `maxBytes` of the instance's output across `log` and its rotated files (also after stop,
     /// while the directory exists). Invalid UTF-8 shows as U+FFFD.
-    public func logs(_ id: String, maxBytes: Int) -> String {
-        guard InstanceSpec.isValidID(id) else { return "" }
-        table.lock.lock()
-        let sink = table.instances[id]?.log
-        table.lock.unlock()
-        let bytes = sink?.tail(maxBytes: maxBytes)
-            ?? LogSink.tail(directory: instancesDirectory + "/" + id, keep: logKeep, maxBytes: maxBytes)
-        return String(decoding: bytes, as: UTF8.self)
-    }
+    public func logs(_ id: String, maxBytes: Int) -> String { table.logs(id, maxBytes: maxBytes) }
 
     /// Path of the instance's working directory (holds `log`).
     public func directory(of id: String) -> String { instancesDirectory + "/" + id }
@@ -392,13 +264,7 @@ public final class ProcessRuntime: Sendable {
     /// those of instances this runtime knows. Call it before starting instances.
     public func cleanupLeftovers() {
         killLeftovers()
-        table.lock.lock()
-        let known = Set(table.instances.keys)
-        table.lock.unlock()
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: instancesDirectory)) ?? []
-        for name in names where !known.contains(name) {
-            try? FileManager.default.removeItem(atPath: instancesDirectory + "/" + name)
-        }
+        table.removeUnknownDirectories()
     }
 
     /// A handle on the cgroups of the runtime of `stateDirectory` that touches nothing in that
@@ -427,58 +293,18 @@ public final class ProcessRuntime: Sendable {
     /// Kills every process of this state directory's cgroups that this runtime does not run, and
     /// removes those cgroups; their logs stay.
     public func killLeftovers() {
-        table.lock.lock()
-        let known = Set(table.instances.keys)
-        table.lock.unlock()
-        for id in tree.existingIDs().subtracting(known) {
+        for id in tree.existingIDs().subtracting(table.ids) {
             let cg = tree.cgroup(for: id)
             cg.killAll(deadlineMillis: monotonicMillis() + 30_000)
             cg.remove(deadlineMillis: monotonicMillis() + 2000)
         }
     }
-
-    // MARK: helpers
-
-    private func notifyLocked(_ status: InstanceStatus) {
-        // Enqueued under the table lock, so reports arrive in the order the changes were made.
-        let callback = onChange
-        notifications.async { callback(status) }
-    }
-
-    @discardableResult
-    private func onWorker<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        // Blocking loops (kill until empty, rmdir retries) stay off the cooperative pool.
-        await withCheckedContinuation { c in DispatchQueue.global().async { c.resume(returning: body()) } }
-    }
 }
 
-final class Table: @unchecked Sendable {
-    // SAFETY (Sendable): `instances`, every Instance's fields and the mutable fields of every Run are
-    // only touched under `lock`.
-    let lock = NSLock()
-    var instances: [String: Instance] = [:]
-}
-
-final class Instance: @unchecked Sendable {
-    let id: String
-    var spec: InstanceSpec
-    var status: InstanceStatus
-    let log: LogSink
-    var run: Run?
-    /// Between start()'s checks and the exec: no second start, and stop waits for it.
-    var starting = false
-    var counter: HealthCounter?
-
-    init(id: String, spec: InstanceSpec, log: LogSink) {
-        self.id = id
-        self.spec = spec
-        self.log = log
-        self.status = InstanceStatus(id: id, state: .starting, health: .unknown, startedAtMillis: 0, exits: 0)
-    }
-}
+typealias Instance = RuntimeInstance<Run>
 
 /// One started process of an instance, from exec to the removal of its cgroup.
-final class Run: @unchecked Sendable {
+final class Run: InstanceRun, @unchecked Sendable {
     enum End: Sendable {
         case exited(Int32)
         case killed(Int32)
@@ -500,6 +326,7 @@ final class Run: @unchecked Sendable {
     var stopping = false
     var finishing = false
     var pidfdClosed = false
+    var hasEnded: Bool { end != nil }
 
     init(instance: Instance, pid: Int32, pidfd: Int32, cgroup: InstanceCgroup, check: HealthCheck?) {
         self.instance = instance
