@@ -617,9 +617,12 @@ func writeSeeds(to dir: String) {
                 health: ServiceHealthSpec(kind: .http(port: 80, path: "/")), dependsOn: ["db"]))).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 5, data: ControlEntry.service(.assign(name: "web", generation: 1, [0: id], pending: "1 short")).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 6, data: ControlEntry.service(.nodeInfo(node: id, ServiceNodeInfo(labels: ["zone": "a"]))).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 7, data: ControlEntry.network(.assign(node: id, CIDR("10.244.1.0/24")!)).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 8, data: ControlEntry.service(.endpoints(node: id, [0x0AF4_0105: 7, 0x0AF4_0106: 0xBEEF])).encoded()))
             return st.snapshot()
         }()),
         ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
+        ("control", [0] + ControlEntry.service(.endpoints(node: id, [0x0AF4_0105: 7, 0x0AF4_0207: 9])).encoded()),
         ("httpstatus", Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)),
         ("httpstatus", Array("HTTP/1.0 503\r\n".utf8)),
         ("dns", FuzzDNS.query("web.service.mycelium", DNSType.a, id: 1, edns: 1232)),

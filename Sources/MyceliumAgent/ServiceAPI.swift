@@ -132,7 +132,7 @@ extension Agent {
             KVAnswer(status: status, body: json(APIErrorResponse(error: m, code: .serviceRefused)))
         }
         switch command {
-        case .report(let node, _), .nodeInfo(let node, _), .k3sServer(let node, _, _), .k3sStatus(let node, _):
+        case .report(let node, _), .nodeInfo(let node, _), .k3sServer(let node, _, _), .k3sStatus(let node, _), .endpoints(let node, _):
             if node != sender { return refuse("\(sender) may report only on itself, not on \(node)", .forbidden) }
         case .assign:
             return refuse("placements are the leader's own", .forbidden)
@@ -143,7 +143,7 @@ extension Agent {
             break
         }
         var trial = control.services
-        do { _ = try trial.apply(command, spore: spore, now: control.nowMillis) } catch { return refuse("\(error)") }
+        do { _ = try trial.apply(command, spore: spore, pods: control.pods, now: control.nowMillis) } catch { return refuse("\(error)") }
         do { _ = try raft.propose(ControlEntry.service(command, millis: Self.wallMillis()).encoded()) } catch {
             return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "proposal refused: \(error); retry", code: .noLeader)))
         }

@@ -101,6 +101,8 @@ public enum ControlChange: Sendable {
     case service(name: String, ServiceRecord?)
     /// A node's placement facts (labels, drivers, draining) changed.
     case serviceNode(MyceliumIdentity.NodeID)
+    /// The pods a node published (`ServiceCommand.endpoints`) changed, or went with the node.
+    case podEndpoints(MyceliumIdentity.NodeID)
     /// The whole state was replaced by a snapshot.
     case restored
 }
@@ -194,6 +196,7 @@ public struct ControlState: Sendable, Equatable {
                 changes.append(.podCIDR(node: node, nil))
             }
             for node in services.nodes.keys where spore.members[node] == nil { changes += services.forget(node) }
+            for node in services.podEndpoints.keys where spore.members[node] == nil { changes += services.forget(node) }
             return changes
         case .kv(let batch):
             return [.kv(index: entry.index, kv.apply(batch))]
@@ -206,7 +209,7 @@ public struct ControlState: Sendable, Equatable {
             return try vms.apply(command, spore: spore, now: nowMillis)
         case let .service(command, stamped):
             let millis = max(nowMillis, stamped)
-            let changes = try services.apply(command, spore: spore, now: millis)
+            let changes = try services.apply(command, spore: spore, pods: pods, now: millis)
             nowMillis = millis
             return changes
         }

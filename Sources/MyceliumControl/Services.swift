@@ -9,7 +9,9 @@
 //    against an older spec is refused everywhere;
 //  - `report`: a node about its own instances (the leader proposes it for the node that sent it over
 //    the authenticated peer channel, and only slots assigned to that node are taken);
-//  - `nodeInfo`: a node about itself: its labels, the drivers it offers, whether it drains.
+//  - `nodeInfo`: a node about itself: its labels, the drivers it offers, whether it drains;
+//  - `endpoints`: a node about its pods: each address in its own pod CIDR with the network identity
+//    its datapath gives it (what other nodes' datapaths need to accept natively routed packets).
 // Placement rules (constraints, spread, trust) are the scheduler's (Sources/Scheduler); the table
 // only bounds and stores them, so a rule this build does not understand stays a readable string.
 
@@ -397,6 +399,37 @@ public struct ServiceNodeInfo: Sendable, Equatable {
     }
 }
 
+/// A node's pods as its datapath's endpoint map holds them (Cilium's ipcache entries of one agent):
+/// pod address (IPv4, host order) → network identity. A node publishes its own, only addresses inside
+/// its own pod CIDR (the table refuses any other), at most `maxPerNode`.
+public enum PodEndpoints {
+    public static let maxPerNode = 4096
+
+    static func encode(_ eps: [UInt32: UInt32], into w: inout ByteWriter) {
+        w.u32(UInt32(eps.count))
+        for (ip, id) in eps.sorted(by: { $0.key < $1.key }) { w.u32(ip); w.u32(id) }
+    }
+
+    /// Addresses in strictly ascending order (one encoding per set), at most `maxPerNode`.
+    static func decode(_ r: inout ByteReader) throws -> [UInt32: UInt32] {
+        let n = Int(try r.u32())
+        if n > maxPerNode { throw DecodeError(.tooLong(field: "pod endpoints", length: n, limit: maxPerNode), at: r.offset) }
+        var out: [UInt32: UInt32] = [:]
+        var previous: UInt32?
+        for _ in 0..<n {
+            let ip = try r.u32(), id = try r.u32()
+            if let p = previous, ip <= p {
+                throw DecodeError(.invalid(field: "pod endpoints", reason: "addresses out of order or repeated"), at: r.offset)
+            }
+            previous = ip
+            out[ip] = id
+        }
+        return out
+    }
+
+    static func format(_ v: UInt32) -> String { "\(v >> 24).\(v >> 16 & 255).\(v >> 8 & 255).\(v & 255)" }
+}
+
 public enum ServiceCommand: Sendable, Equatable {
     /// Create a service, or update one (a changed spec bumps the generation).
     case deploy(ServiceSpec)
@@ -414,6 +447,8 @@ public enum ServiceCommand: Sendable, Equatable {
     case k3sServer(node: NodeID, url: String, token: K3sToken)
     /// The K3s server's reading of the k3s services' Deployments.
     case k3sStatus(node: NodeID, [K3sWorkloadStatus])
+    /// A node's pods (address → network identity, `PodEndpoints`), replacing what it published before.
+    case endpoints(node: NodeID, [UInt32: UInt32])
 
     public static func == (a: Self, b: Self) -> Bool { a.encoded() == b.encoded() }
     static let maxK3sStatuses = 10_000
@@ -435,6 +470,7 @@ public enum ServiceCommand: Sendable, Equatable {
         case let .k3sServer(node, url, token): w.u8(7); w.raw(node.bytes); w.string(url); w.string(token.secret)
         case let .k3sStatus(node, statuses):
             w.u8(8); w.raw(node.bytes); w.u32(UInt32(statuses.count)); for st in statuses { st.encode(into: &w) }
+        case let .endpoints(node, eps): w.u8(9); w.raw(node.bytes); PodEndpoints.encode(eps, into: &w)
         }
         return w.bytes
     }
@@ -470,6 +506,7 @@ public enum ServiceCommand: Sendable, Equatable {
                 let n = Int(try r.u32())
                 if n > Self.maxK3sStatuses { throw DecodeError(.tooLong(field: "k3s statuses", length: n, limit: Self.maxK3sStatuses), at: r.offset) }
                 self = .k3sStatus(node: node, try (0..<n).map { _ in try K3sWorkloadStatus.decode(&r) })
+            case 9: self = .endpoints(node: try NodeID(bytes: r.raw(16)), try PodEndpoints.decode(&r))
             default: throw DecodeError(.invalid(field: "service command", reason: "unknown tag \(tag)"), at: 0)
             }
             try r.finish()
@@ -490,6 +527,8 @@ public struct ServiceTable: Sendable, Equatable {
     public internal(set) var leaseUntilMillis: [NodeID: Int64] = [:]
     /// The network's K3s cluster, once a node claimed the server role (K3sCluster.swift).
     public internal(set) var k3s: K3sCluster?
+    /// Each node's pods as it last published them (`ServiceCommand.endpoints`; no entry: none).
+    public internal(set) var podEndpoints: [NodeID: [UInt32: UInt32]] = [:]
     public static let leasePrefix = "svc/"
     /// Control time after a node's lease ended before its singletons may start elsewhere (ms).
     public static let takeoverSlackMillis: Int64 = 500
@@ -511,9 +550,9 @@ public struct ServiceTable: Sendable, Equatable {
 
     public init() {}
 
-    /// Applies `command` at control time `now` (Unix ms). Refusals change nothing and are identical
-    /// on every replica.
-    public mutating func apply(_ command: ServiceCommand, spore: PrimarySpore, now: Int64) throws(ControlError) -> [ControlChange] {
+    /// Applies `command` at control time `now` (Unix ms); `pods` bounds the addresses a node may
+    /// publish. Refusals change nothing and are identical on every replica.
+    public mutating func apply(_ command: ServiceCommand, spore: PrimarySpore, pods: PodCIDRTable, now: Int64) throws(ControlError) -> [ControlChange] {
         func refuse(_ why: String) -> ControlError { ControlError(.serviceRefused(why)) }
         switch command {
         case .deploy(let spec):
@@ -591,6 +630,21 @@ public struct ServiceTable: Sendable, Equatable {
 
         case .k3sServer, .k3sStatus:
             return try applyK3s(command, spore: spore)
+
+        case let .endpoints(node, eps):
+            guard spore.members[node] != nil, spore.revoked[node] == nil else { throw refuse("\(node) is not a member") }
+            if eps.count > PodEndpoints.maxPerNode {
+                throw refuse("\(node) published \(eps.count) pod endpoints, over \(PodEndpoints.maxPerNode)")
+            }
+            if !eps.isEmpty {
+                guard let cidr = pods.cidr(of: node) else { throw refuse("\(node) has no pod CIDR, so it has no pods to publish") }
+                if let bad = eps.keys.sorted().first(where: { $0 & cidr.mask != cidr.address }) {
+                    throw refuse("pod address \(PodEndpoints.format(bad)) is outside \(node)'s pod CIDR \(cidr); a node publishes only its own pods")
+                }
+            }
+            if (podEndpoints[node] ?? [:]) == eps { return [] }
+            podEndpoints[node] = eps.isEmpty ? nil : eps
+            return [.podEndpoints(node)]
         }
     }
 
@@ -598,8 +652,10 @@ public struct ServiceTable: Sendable, Equatable {
     mutating func forget(_ node: NodeID) -> [ControlChange] {
         leaseUntilMillis[node] = nil
         if k3s?.server == node { k3s = nil }
-        guard nodes.removeValue(forKey: node) != nil else { return [] }
-        return [.serviceNode(node)]
+        var changes: [ControlChange] = []
+        if podEndpoints.removeValue(forKey: node) != nil { changes.append(.podEndpoints(node)) }
+        if nodes.removeValue(forKey: node) != nil { changes.append(.serviceNode(node)) }
+        return changes
     }
 
     // MARK: encoding (part of the control-state snapshot)
@@ -620,9 +676,15 @@ public struct ServiceTable: Sendable, Equatable {
         for (node, info) in nodes.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); info.encode(into: &w) }
         w.u32(UInt32(leaseUntilMillis.count))
         for (node, until) in leaseUntilMillis.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); w.i64(until) }
-        // Added after snapshot format 5 without a new format: a table without a K3s cluster encodes
-        // exactly as before, and older snapshots (which end here) restore with none.
+        // Added after snapshot format 5 without a new format, as optional sections in ascending tag
+        // order (1: the K3s cluster, 2: the nodes' pod endpoints): a table without them encodes exactly
+        // as before, and older snapshots (which end here) restore with neither.
         if let c = k3s { w.u8(1); c.encode(into: &w) }
+        let published = podEndpoints.filter { !$0.value.isEmpty }
+        if !published.isEmpty {
+            w.u8(2); w.u32(UInt32(published.count))
+            for (node, eps) in published.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); PodEndpoints.encode(eps, into: &w) }
+        }
         return w.bytes
     }
 
@@ -651,10 +713,29 @@ public struct ServiceTable: Sendable, Equatable {
             let l = Int(try r.u32())
             if l > 1 << 20 { throw DecodeError(.tooLong(field: "service leases", length: l, limit: 1 << 20), at: r.offset) }
             for _ in 0..<l { let node = try NodeID(bytes: r.raw(16)); leaseUntilMillis[node] = try r.i64() }
-            if !r.isAtEnd {
+            var lastSection: UInt8 = 0
+            while !r.isAtEnd {
                 let tag = try r.u8()
-                guard tag == 1 else { throw DecodeError(.invalid(field: "k3s cluster", reason: "unknown section \(tag)"), at: r.offset) }
-                k3s = try K3sCluster.decode(&r)
+                guard tag > lastSection else {
+                    throw DecodeError(.invalid(field: "service table", reason: "section \(tag) after section \(lastSection)"), at: r.offset)
+                }
+                lastSection = tag
+                switch tag {
+                case 1: k3s = try K3sCluster.decode(&r)
+                case 2:
+                    let n = Int(try r.u32())
+                    if n > 1 << 20 { throw DecodeError(.tooLong(field: "pod endpoint nodes", length: n, limit: 1 << 20), at: r.offset) }
+                    for _ in 0..<n {
+                        let node = try NodeID(bytes: r.raw(16))
+                        let eps = try PodEndpoints.decode(&r)
+                        if eps.isEmpty { throw DecodeError(.invalid(field: "pod endpoints", reason: "\(node) listed with none"), at: r.offset) }
+                        if podEndpoints.updateValue(eps, forKey: node) != nil {
+                            throw DecodeError(.invalid(field: "pod endpoints", reason: "\(node) listed twice"), at: r.offset)
+                        }
+                    }
+                default:
+                    throw DecodeError(.invalid(field: "service table", reason: "unknown section \(tag) (written by a newer build: upgrade this node)"), at: r.offset)
+                }
             }
             try r.finish()
         } catch let e as DecodeError {

@@ -16,11 +16,20 @@
 //    underlay address and carries the sender's network identity as its VNI.
 // `datapath_mode = native | vxlan` forces one for every peer.
 //
-// Remote identities. A natively routed packet carries no identity, so the receiving node looks the
-// sender's address up: every instance that runs on another present node and reported a pod address
-// inside that node's pod CIDR is recorded with the network's identity. Anything else arriving from
-// a pod CIDR is dropped by the datapath (the policy check), so a pod of another network, or a stale
-// address, gets nowhere.
+// Remote identities (Cilium's ipcache, fed from every agent's endpoints through the Raft-committed
+// control state). A natively routed packet carries no identity, so the receiving node looks the
+// sender's address up. Two sources, both limited to addresses inside the pod CIDR of a routed (present,
+// not revoked) node:
+//  - every pod a node published (`ServiceCommand.endpoints`), with the identity it published: each
+//    agent's driver reads its datapath's endpoint map (what mycelium-cni registered: service
+//    instances, K3s's pods, pods made by hand, of any network) every second, and this controller
+//    publishes the set when it differs from what the control state records (at most every 2 s while
+//    it differs; the table refuses addresses outside the node's own block and over 4096 pods);
+//  - every service instance that runs on another node and reported a pod address in its block, with
+//    this network's identity (an older agent publishes no endpoints); a published identity wins.
+// Anything else arriving from a pod CIDR is dropped by the datapath (the policy check), and a pod of
+// another network is recorded with its own identity, so it is dropped too; a stale address gets
+// nowhere. A node that fails, leaves or is revoked loses its route and its pods' identities.
 
 import MyceliumControl
 import MyceliumIdentity
@@ -93,6 +102,8 @@ public struct DatapathDiff: Sendable {
 public enum DatapathAction: Sendable, Equatable {
     /// Make the datapath's routes and remote identities equal to this table.
     case sync(DatapathTable)
+    /// Read this node's endpoints from the datapath and report them (`DatapathReport.endpoints`).
+    case observeEndpoints
 }
 
 public enum DatapathReport: Sendable, Equatable {
@@ -100,6 +111,8 @@ public enum DatapathReport: Sendable, Equatable {
     case ready(UnderlayFacts)
     /// It could not be set up; the node routes nothing to other nodes' pods (the reason is logged).
     case unavailable(String)
+    /// This node's pods as the datapath's endpoint map holds them: address (host order) → identity.
+    case endpoints([UInt32: UInt32])
 }
 
 /// Parses a dotted quad into host order (the control state's CIDR parser, as a /32).
@@ -119,22 +132,37 @@ public struct RouteController: Controller {
     var dirty = true
     /// Peers left without a route for a reason the operator should know, as last noted.
     var unroutable: [NodeID: String] = [:]
+    /// This node's endpoints as the driver last read them (nil: not read since the datapath was ready).
+    public private(set) var observed: [UInt32: UInt32]?
+    /// When (`context.millis`) the driver was last asked to read them, and they were last published.
+    var lastObserve: UInt64?
+    var lastPublish: UInt64?
+    /// How many of this node's pods were last left out (outside its block, or over the bound), as noted.
+    var leftOut = 0
+    public static let observeEveryMillis: UInt64 = 1000
+    /// A publication that has not applied yet is sent again after this long.
+    public static let republishMillis: UInt64 = 2000
 
     public init(settings: DatapathSettings) { self.settings = settings }
 
     public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<DatapathAction>] {
         switch change {
-        case .podCIDR, .podPool, .spore, .serviceNode, .restored, .service: dirty = true
+        case .podCIDR, .podPool, .spore, .serviceNode, .restored, .service, .podEndpoints: dirty = true
         case .kv, .vm: break
         }
         return []
     }
 
     public mutating func tick(context: ControllerContext) -> [ControllerEffect<DatapathAction>] {
-        guard dirty, let underlay else { return [] }
+        var out: [ControllerEffect<DatapathAction>] = []
+        if underlay != nil, lastObserve.map({ context.millis >= $0 + Self.observeEveryMillis }) ?? true {
+            lastObserve = context.millis
+            out.append(.act(.observeEndpoints))
+        }
+        out += publication(context)
+        guard dirty, let underlay else { return out }
         dirty = false
         let (table, problems) = Self.desired(state: context.state, me: context.node, underlay: underlay, settings: settings)
-        var out: [ControllerEffect<DatapathAction>] = []
         for (node, why) in problems.sorted(by: { $0.key < $1.key }) where unroutable[node] != why {
             out.append(.note("no route to the pods of \(node): \(why)"))
         }
@@ -155,8 +183,43 @@ public struct RouteController: Controller {
             return [.note("datapath ready on underlay \(formatIPv4(facts.address))/\(facts.prefix)\(facts.vxlan ? " with VXLAN" : " (no VXLAN device)")")]
         case .unavailable(let why):
             underlay = nil
+            observed = nil  // what was published stays until a datapath is read again
             return [.note("datapath unavailable: \(why); pods on this node reach no other node")]
+        case .endpoints(let eps):
+            observed = eps
+            return publication(context)
         }
+    }
+
+    /// The endpoints this node publishes, if the control state records others and none was sent
+    /// in the last `republishMillis`.
+    mutating func publication(_ context: ControllerContext) -> [ControllerEffect<DatapathAction>] {
+        let state = context.state, me = context.node
+        guard let observed, state.spore.members[me] != nil, state.spore.revoked[me] == nil else { return [] }
+        let (want, left) = Self.publishable(observed, cidr: state.pods.cidr(of: me))
+        var out: [ControllerEffect<DatapathAction>] = []
+        if left != leftOut {
+            leftOut = left
+            if left > 0 {
+                out.append(.note("\(left) of this node's \(observed.count) pods are not published to other nodes (outside its pod CIDR \(state.pods.cidr(of: me).map { "\($0)" } ?? "(none yet)"), or over \(PodEndpoints.maxPerNode)): natively routed traffic from them is dropped elsewhere"))
+            }
+        }
+        guard want != (state.services.podEndpoints[me] ?? [:]) else { return out }
+        if let last = lastPublish, context.millis < last + Self.republishMillis { return out }
+        lastPublish = context.millis
+        out.append(.request(.service(.endpoints(node: me, want))))
+        return out
+    }
+
+    /// What of `observed` a node with block `cidr` may publish: the addresses inside it, the lowest
+    /// `PodEndpoints.maxPerNode`; and how many are left out.
+    public static func publishable(_ observed: [UInt32: UInt32], cidr: CIDR?) -> ([UInt32: UInt32], leftOut: Int) {
+        guard let cidr else { return ([:], observed.count) }
+        var inside = observed.filter { $0.key & cidr.mask == cidr.address }
+        if inside.count > PodEndpoints.maxPerNode {
+            inside = Dictionary(uniqueKeysWithValues: inside.sorted { $0.key < $1.key }.prefix(PodEndpoints.maxPerNode).map { ($0.key, $0.value) })
+        }
+        return (inside, observed.count - inside.count)
     }
 
     /// The table this node's datapath should hold, and why some peers get no route.
@@ -194,6 +257,11 @@ public struct RouteController: Controller {
                       cidr.address == ip & cidr.mask else { continue }
                 table.remotes[ip] = settings.networkId
             }
+        }
+        // After the instances: what a node published of its pods is its datapath's own word.
+        for (node, eps) in state.services.podEndpoints {
+            guard let cidr = routed[node] else { continue }
+            for (ip, id) in eps where cidr.address == ip & cidr.mask { table.remotes[ip] = id }
         }
         return (table, problems)
     }

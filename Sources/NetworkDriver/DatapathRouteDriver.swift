@@ -4,8 +4,10 @@
 // routes and remote identities equal to each table the controller sends (a diff against what the
 // maps hold, so an agent restarted over a living datapath removes what no longer belongs).
 //
-// The pods' own endpoints are not this driver's: mycelium-cni registers them when a runtime adds a
-// pod. Unloading is not either: pods keep their network while the agent restarts.
+// The pods' own endpoints are not this driver's to write: mycelium-cni registers them when a runtime
+// adds a pod. It reads them (`observeEndpoints`) and reports them to the controller, which publishes
+// them to the other nodes. Unloading is not this driver's either: pods keep their network while the
+// agent restarts.
 
 import Foundation
 import Logging
@@ -85,7 +87,13 @@ public final class DatapathRouteDriver: ControllerDriver, Sendable {
     }
 
     public func perform(_ action: DatapathAction) async throws {
-        guard case .sync(let table) = action else { return }
+        let table: DatapathTable
+        switch action {
+        case .sync(let t): table = t
+        case .observeEndpoints:
+            send(.endpoints(try localEndpoints()))
+            return
+        }
         // What the maps hold now (they outlive agents), as a table, so the diff removes leftovers.
         var held = DatapathTable()
         for r in try datapath.routes() {
@@ -108,6 +116,13 @@ public final class DatapathRouteDriver: ControllerDriver, Sendable {
             "routes": "\(table.routes.values.sorted { $0.cidr < $1.cidr }.map { "\($0.cidr) via \(formatIPv4($0.via))\($0.vxlan ? " (vxlan)" : "")" })",
             "remote_pods": "\(table.remotes.count)", "added": "\(diff.addRoutes.count + diff.addRemotes.count)",
             "removed": "\(diff.removeRoutes.count + diff.removeRemotes.count)"])
+    }
+
+    /// This node's pods as the datapath's endpoint map holds them: address (host order) → identity.
+    func localEndpoints() throws -> [UInt32: UInt32] {
+        var out: [UInt32: UInt32] = [:]
+        for e in try datapath.endpoints() { out[e.ip.value] = e.networkId }
+        return out
     }
 
     /// The interface that holds `ip`, its index and the prefix length of the address.

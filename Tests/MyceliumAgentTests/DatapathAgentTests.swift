@@ -9,7 +9,8 @@ import XCTest
 /// programming routes to the other nodes' pod CIDRs from the control state alone: native on the
 /// shared subnet, VXLAN when asked; a host's death removes its route everywhere. Pods made by the
 /// real mycelium-cni plugin on two hosts then talk through the agent-programmed datapath, with
-/// forwarding off, so nothing but eBPF carries them. Needs root (CI is root).
+/// forwarding off, so nothing but eBPF carries them; natively too, with no identity added by hand:
+/// each agent publishes its node's pods through the control state. Needs root (CI is root).
 final class DatapathAgentTests: XCTestCase {
     struct Route: Hashable, CustomStringConvertible {
         var cidr: String, via: String, vxlan: Bool
@@ -35,22 +36,52 @@ final class DatapathAgentTests: XCTestCase {
             }
             XCTAssertEqual(Set(net.names.map { self.podCIDR(c, $0) }).count, 3, "three distinct pod CIDRs")
 
-            // Pods on n1 and n2 made by the CNI plugin: the routes carry them, but a natively routed
-            // packet from a pod the receiving node has no identity for is dropped (policy).
+            // Pods on n1 and n2 made by the CNI plugin, no service's: a natively routed packet carries
+            // no identity, so the receiving node must know the sender's. Each agent reads its
+            // datapath's endpoints and publishes them through the control state; the other agents
+            // record them. Nothing is added by hand.
+            let mine = NetworkConfig.networkIdentity(ofNetwork: "mycelium")
+            let theirs = NetworkConfig.networkIdentity(ofNetwork: "other")
+            XCTAssertNotEqual(mine, theirs)
             let a = try CNIPod(net: net, host: "n1", home: c.home("n1"), pin: pins["n1"]!, name: "a")
             defer { a.remove() }
             let b = try CNIPod(net: net, host: "n2", home: c.home("n2"), pin: pins["n2"]!, name: "b")
             defer { b.remove() }
-            XCTAssertFalse(a.ping(b.ip), "a pod with no recorded identity must not get through")
+            // A pod of another network on n3, published by n3 with its own identity.
+            let x = try CNIPod(net: net, host: "n3", home: c.home("n3"), pin: pins["n3"]!, name: "x", network: "other")
+            defer { x.remove() }
+            func remotes(_ n: String) -> [IPv4Address: UInt32] { (try? Datapath(pinDir: pins[n]!).remotes()) ?? [:] }
+            let made = Date()
+            try await waitUntil("every node records the other nodes' pods with their identities", timeout: 30, poll: 0.2) {
+                let n1 = remotes("n1"), n2 = remotes("n2"), n3 = remotes("n3")
+                return n1[IPv4Address(b.ip)!] == mine && n1[IPv4Address(x.ip)!] == theirs
+                    && n2[IPv4Address(a.ip)!] == mine && n2[IPv4Address(x.ip)!] == theirs
+                    && n3[IPv4Address(a.ip)!] == mine && n3[IPv4Address(b.ip)!] == mine
+            }
+            print("the pods' identities reached every other node \(String(format: "%.1f", Date().timeIntervalSince(made))) s after the last was made")
+            XCTAssertNil(remotes("n1")[IPv4Address(a.ip)!], "a node does not record its own pods as remote")
+            XCTAssertTrue(a.ping(b.ip), "a (n1) reaches b (n2) natively: n2 knows a's identity from n1's publication")
+            XCTAssertTrue(b.ping(a.ip), "and back")
+            let before = try Datapath(pinDir: pins["n2"]!).stats(IPv4Address(b.ip)!).drops[0]
+            XCTAssertFalse(x.ping(b.ip), "a pod of another network is dropped at the receiving node")
             let drops = try Datapath(pinDir: pins["n2"]!).stats(IPv4Address(b.ip)!).drops[0]
-            XCTAssertGreaterThan(drops, 0, "node n2 counted the policy drops on b")
+            XCTAssertGreaterThan(drops, before, "node n2 counted x's packets as policy drops on b")
+            XCTAssertEqual(try net.run("n2", "sysctl -n net.ipv4.ip_forward").trimmingCharacters(in: .whitespacesAndNewlines), "0",
+                           "forwarding is off: only eBPF carried the packets")
 
-            // Kill n3 whole: once the network agrees it failed, its route goes from n1 and n2.
+            // Kill n3 whole: once the network agrees it failed, its route and its pods' identities go
+            // from n1 and n2.
             net.killEverything(in: "n3")
             c.kill9("n3")
-            try await waitUntil("n3's route is removed from the survivors", timeout: 60, poll: 0.2) {
-                ["n1", "n2"].allSatisfy { n in self.routes(pins[n]!) == expected(n, alive: ["n1", "n2"], vxlan: false) }
+            try await waitUntil("n3's route and pods are removed from the survivors", timeout: 60, poll: 0.2) {
+                ["n1", "n2"].allSatisfy { n in
+                    self.routes(pins[n]!) == expected(n, alive: ["n1", "n2"], vxlan: false) && remotes(n)[IPv4Address(x.ip)!] == nil
+                }
             }
+            XCTAssertEqual(remotes("n2")[IPv4Address(a.ip)!], mine, "the live node's pods stay")
+            // A pod that goes is withdrawn: n1 publishes its smaller set and n2 forgets a.
+            a.remove()
+            try await waitUntil("n2 forgets a once it is gone from n1", timeout: 30, poll: 0.2) { remotes("n2")[IPv4Address(a.ip)!] == nil }
         }
     }
 
@@ -105,7 +136,7 @@ final class DatapathAgentTests: XCTestCase {
     /// The whole path a user sees: two podman services on two hosts, the client finding the server by
     /// name (the DNS its node serves pods) and reaching its pod address natively across the underlay,
     /// with nothing added by hand: routes from the members' pod CIDRs, identities from the instances'
-    /// reports. A pod that is no service instance is dropped by the receiving datapath.
+    /// reports and the nodes' published pods. A pod that is no service instance gets in as well.
     func testTwoPodmanServicesOnTwoHostsReachEachOtherByName() async throws {
         guard PodmanSetup.find("podman") != nil, PodmanSetup.find("runc") != nil else {
             throw AgentTestError("this test needs podman and runc: apt-get install podman runc")
@@ -194,12 +225,14 @@ final class DatapathAgentTests: XCTestCase {
             XCTAssertTrue(self.routes(pins["n1"]!).contains { $0.via == net.ip("n2") && !$0.vxlan }, "n1 routes natively to n2's pods")
             let remotes = try Datapath(pinDir: pins["n2"]!).remotes()
             XCTAssertNotNil(remotes[IPv4Address(clientIP)!], "n2 knows the client's identity from its report: \(remotes)")
-            // A pod that is no service instance (its identity unknown to n2) does not get in.
+            // A pod that is no service instance gets in too: n1 publishes it with its identity.
             // (IPAM shared with the agent's podman, so the two never hand out the same address.)
             let stray = try CNIPod(net: net, host: "n1", home: c.home("n1"), pin: pins["n1"]!, name: "s",
                                    ipamDir: PodmanSetup.runroot(for: c.home("n1") + "/podman") + "/cni")
             defer { stray.remove() }
-            XCTAssertFalse(stray.ping(webIP), "a pod the network does not know reached web")
+            try await waitUntil("a pod that is no service instance reaches web once n1 published it", timeout: 30, poll: 0.2) {
+                stray.ping(webIP)
+            }
             for name in ["client", "web"] {
                 let (rc, out) = try c.cli(["service", "stop", name, "--home", c.home("n1")], netns: net.ns("n1"))
                 XCTAssertEqual(rc, 0, out)

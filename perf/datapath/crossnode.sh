@@ -7,9 +7,9 @@
 #   pair N: datapath_mode = native  (the agents route each other's pod CIDR natively over the underlay)
 #   pair V: datapath_mode = vxlan   (the agents route it in VXLAN; pods get MTU 1450 for the 50-byte header)
 # In each node one pod made by the real mycelium-cni plugin, addressed from the pod CIDR its agent got.
-# The routes are the agents' work; nothing here adds one. Natively routed packets carry no identity, and
-# these pods are not service instances (whose identities the agents publish), so pair N's two pod
-# identities are recorded with dpctl; VXLAN carries the identity in the VNI and needs nothing.
+# The routes and the pods' identities are the agents' work; nothing here adds either (each agent publishes
+# its node's pods through the control state, and the other records them for natively routed packets, which
+# carry no identity; VXLAN carries it in the VNI).
 # Measured per round, interleaved host-N, pod-N, host-V, pod-V: one iperf3 stream for SECS s and a TCP
 # request/response ping-pong; both ends pinned to one CPU; medians; ratios pod/host per pair.
 #
@@ -106,21 +106,16 @@ EOF
 
 pair N native 10.91.0 1500
 pair V vxlan 10.92.0 1450
-# Pair N: the identities native packets cannot carry.
-for n in a b; do
-    other=$([ $n = a ] && echo b || echo a)
-    id=$(dp "${NODE[N.$n]}" -d "${PIN[N.$n]}" ep-get "${PODIP[N.$n]}" 2>/dev/null | grep -o 'network=[0-9]*' | cut -d= -f2)
-    dp "${NODE[N.$other]}" -d "${PIN[N.$other]}" remote-add "${PODIP[N.$n]}" "${id:-0}"
-done
-# The agents' routes: wait until each pod reaches the other (routes come from the control state).
+# The agents' routes and identities: wait until each pod reaches the other (both come from the control state).
 for t in N V; do
     for i in $(seq 1 300); do
         ip netns exec "${POD[$t.a]}" ping -c 1 -W 1 "${PODIP[$t.b]}" > /dev/null 2>&1 && break
         sleep 0.1
     done
     ip netns exec "${POD[$t.a]}" ping -c 2 -i 0.2 -W 2 "${PODIP[$t.b]}" > /dev/null \
-        || { echo "pair $t: pod ${PODIP[$t.a]} does not reach ${PODIP[$t.b]}; routes:"; dp "${NODE[$t.a]}" -d "${PIN[$t.a]}" route-list || true; exit 1; }
-    echo "pair $t: pods ${PODIP[$t.a]} (${HOSTIP[$t.a]}) and ${PODIP[$t.b]} (${HOSTIP[$t.b]}) reach each other through the agents' routes"
+        || { echo "pair $t: pod ${PODIP[$t.a]} does not reach ${PODIP[$t.b]}; routes and remote pods:"; dp "${NODE[$t.a]}" -d "${PIN[$t.a]}" route-list || true
+           dp "${NODE[$t.b]}" -d "${PIN[$t.b]}" remote-list || true; exit 1; }
+    echo "pair $t: pods ${PODIP[$t.a]} (${HOSTIP[$t.a]}) and ${PODIP[$t.b]} (${HOSTIP[$t.b]}) reach each other through the agents' routes and identities"
 done
 
 median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
