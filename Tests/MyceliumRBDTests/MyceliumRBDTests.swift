@@ -1,0 +1,377 @@
+// MyceliumRBD against a real Ceph cluster: the suite brings one up once (scripts/ceph up in a
+// temporary directory: 1 mon, 1 mgr, 3 OSDs on files) and takes it down at the end, also when a test
+// fails. If the cluster cannot start here every test FAILS with the reason (never a skip).
+// Needs root and Debian's Ceph (scripts/setup).
+
+import Foundation
+import Glibc
+import XCTest
+@testable import MyceliumRBD
+
+/// The cluster of this test run.
+struct TestCluster {
+    let dir: String
+    let conf: String
+    let keyring: String
+    var config: CephClientConfig { CephClientConfig(confFile: conf, clientName: "client.admin", keyring: keyring) }
+}
+
+enum Cluster {
+    static let repoRoot: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+    static var script: String { repoRoot + "/scripts/ceph" }
+
+    /// Runs scripts/ceph with ARGS; (exit status, stdout, stderr).
+    static func run(_ args: [String]) -> (Int32, String, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: script)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        do { try p.run() } catch { return (-1, "", "cannot run \(script): \(error)") }
+        // Read both pipes to the end before waiting, so a full pipe cannot stall the script.
+        let errData = LockedData()
+        let t = Thread { errData.set(err.fileHandleForReading.readDataToEndOfFile()) }
+        t.start()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        while !errData.done { usleep(1000) }
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData.data, as: UTF8.self))
+    }
+}
+
+final class LockedData: @unchecked Sendable {
+    // SAFETY: `data`/`done` only under `lock`.
+    private let lock = NSLock()
+    private var d = Data(), f = false
+    func set(_ v: Data) { lock.lock(); d = v; f = true; lock.unlock() }
+    var done: Bool { lock.lock(); defer { lock.unlock() }; return f }
+    var data: Data { lock.lock(); defer { lock.unlock() }; return d }
+}
+
+final class MyceliumRBDTests: XCTestCase {
+    // Set once in class setUp, read by the tests (XCTest runs them one at a time).
+    nonisolated(unsafe) static var cluster: TestCluster?
+    nonisolated(unsafe) static var upError: String?
+    nonisolated(unsafe) static var dir: String?
+
+    override class func setUp() {
+        super.setUp()
+        let base = ProcessInfo.processInfo.environment["TMPDIR"].map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 } ?? "/tmp"
+        let dir = "\(base)/mycelium-ceph-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        Self.dir = dir
+        let t0 = Date()
+        let (rc, out, err) = Cluster.run(["up", dir])
+        guard rc == 0 else {
+            upError = "scripts/ceph up \(dir) failed (exit \(rc)): \(err.suffix(3000))"
+            return
+        }
+        var kv: [String: String] = [:]
+        for line in out.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { kv[String(parts[0])] = String(parts[1]) }
+        }
+        guard let conf = kv["conf"], let keyring = kv["keyring"] else {
+            upError = "scripts/ceph up printed no conf=/keyring= lines: \(out)"
+            return
+        }
+        cluster = TestCluster(dir: dir, conf: conf, keyring: keyring)
+        print("MyceliumRBDTests: Ceph cluster up in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s at \(dir)")
+    }
+
+    override class func tearDown() {
+        if let dir = Self.dir {
+            let (rc, _, err) = Cluster.run(["down", dir])
+            if rc != 0 { print("MyceliumRBDTests: scripts/ceph down \(dir) failed: \(err)") }
+            if FileManager.default.fileExists(atPath: dir) { print("MyceliumRBDTests: \(dir) still exists after down") }
+        }
+        super.tearDown()
+    }
+
+    /// The cluster, or a failure saying why there is none.
+    func requireCluster(file: StaticString = #filePath, line: UInt = #line) throws -> TestCluster {
+        guard let c = Self.cluster else {
+            XCTFail("no Ceph cluster: \(Self.upError ?? "class setUp did not run")", file: file, line: line)
+            throw XCTestError(.failureWhileWaiting)
+        }
+        return c
+    }
+
+    func uniqueName(_ prefix: String) -> String { "\(prefix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
+
+    /// Asserts that `body` throws an RBDError matching `check`.
+    func assertThrows(_ what: String, file: StaticString = #filePath, line: UInt = #line,
+                      _ body: () async throws(RBDError) -> Void, _ check: (RBDError) -> Bool) async {
+        do {
+            try await body()
+            XCTFail("\(what): succeeded, but should have failed", file: file, line: line)
+        } catch {
+            XCTAssertTrue(check(error), "\(what): wrong error: \(error)", file: file, line: line)
+        }
+    }
+
+    // MARK: images
+
+    func testCreateWriteReadSnapshotDelete() async throws {
+        let c = try requireCluster()
+        let conn = try await CephConnection.connect(c.config)
+        XCTAssertTrue(try await conn.poolExists("rbd"))
+        XCTAssertFalse(try await conn.poolExists("no-such-pool"))
+        let name = uniqueName("vol")
+        try await conn.createImage(pool: "rbd", name: name, size: 64 << 20)
+        cleanUp(c, name)
+        XCTAssertTrue(try await conn.images(pool: "rbd").contains(name))
+
+        let img = try await conn.openImage(pool: "rbd", name: name)
+        let info = try await img.stat()
+        XCTAssertEqual(info.size, 64 << 20)
+        XCTAssertEqual(info.objectSize, 4 << 20)
+
+        // Bytes at an offset that spans two 4 MiB objects, read back exactly.
+        var bytes = [UInt8](repeating: 0, count: 1 << 20)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
+        let offset: UInt64 = (4 << 20) - 4096
+        try await img.write(bytes, at: offset)
+        try await img.flush()
+        XCTAssertEqual(try await img.read(count: bytes.count, at: offset), bytes)
+        XCTAssertEqual(try await img.read(count: 16, at: 0), [UInt8](repeating: 0, count: 16), "unwritten space reads as zeros")
+
+        // A snapshot keeps the old bytes while the image moves on.
+        try await img.createSnapshot("before")
+        try await img.write([0xAA, 0xBB], at: offset)
+        let snaps = try await img.snapshots()
+        XCTAssertEqual(snaps.map(\.name), ["before"])
+        XCTAssertEqual(snaps.first?.size, 64 << 20)
+        let atSnap = try await conn.openImage(pool: "rbd", name: name, snapshot: "before")
+        XCTAssertEqual(try await atSnap.read(count: 2, at: offset), Array(bytes.prefix(2)))
+        await assertThrows("write to a snapshot", { () throws(RBDError) in try await atSnap.write([1], at: 0) }) {
+            if case .invalidArgument(_, _, let e) = $0 { return e == EROFS } else { return false }
+        }
+        try await atSnap.close()
+        XCTAssertEqual(try await img.read(count: 2, at: offset), [0xAA, 0xBB])
+        await assertThrows("a snapshot name that exists", { () throws(RBDError) in try await img.createSnapshot("before") }) {
+            if case .alreadyExists = $0 { return true } else { return false }
+        }
+
+        // Deleting is refused while snapshots exist and while the image is open.
+        await assertThrows("delete while the image is open here", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
+            if case .inUse(let image, let watchers, _, let e) = $0 { return image == "rbd/\(name)" && e == EBUSY && watchers.count == 1 } else { return false }
+        }
+        try await img.removeSnapshot("before")
+        XCTAssertEqual(try await img.snapshots(), [])
+        try await img.close()
+        try await img.close()  // idempotent
+        await assertThrows("I/O on a closed image", { () throws(RBDError) in _ = try await img.read(count: 1, at: 0) }) {
+            if case .closed = $0 { return true } else { return false }
+        }
+
+        try await conn.removeImage(pool: "rbd", name: name)
+        XCTAssertFalse(try await conn.images(pool: "rbd").contains(name))
+        await assertThrows("delete a deleted image", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
+            if case .notFound(_, _, let e) = $0 { return e == ENOENT } else { return false }
+        }
+        await assertThrows("open a deleted image", { () throws(RBDError) in _ = try await conn.openImage(pool: "rbd", name: name) }) {
+            if case .notFound = $0 { return true } else { return false }
+        }
+    }
+
+    func testResize() async throws {
+        let c = try requireCluster()
+        let conn = try await CephConnection.connect(c.config)
+        let name = uniqueName("grow")
+        try await conn.createImage(pool: "rbd", name: name, size: 8 << 20)
+        cleanUp(c, name)
+        let img = try await conn.openImage(pool: "rbd", name: name)
+        try await img.write([1, 2, 3, 4], at: 100)
+        try await img.resize(to: 32 << 20)
+        XCTAssertEqual(try await img.stat().size, 32 << 20)
+        try await img.write([9, 9], at: (32 << 20) - 2)
+        XCTAssertEqual(try await img.read(count: 2, at: (32 << 20) - 2), [9, 9])
+        XCTAssertEqual(try await img.read(count: 4, at: 100), [1, 2, 3, 4], "growing keeps the data")
+        try await img.resize(to: 4 << 20)
+        XCTAssertEqual(try await img.stat().size, 4 << 20)
+        XCTAssertEqual(try await img.read(count: 4, at: 100), [1, 2, 3, 4], "shrinking keeps what is below the new size")
+        await assertThrows("resize to 0", { () throws(RBDError) in try await img.resize(to: 0) }) {
+            if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
+        }
+        try await img.close()
+    }
+
+    func testBadInputGivesTypedErrors() async throws {
+        let c = try requireCluster()
+        let conn = try await CephConnection.connect(c.config)
+        let name = uniqueName("bad")
+        await assertThrows("size 0", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: name, size: 0) }) {
+            if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
+        }
+        XCTAssertFalse(try await conn.images(pool: "rbd").contains(name), "nothing half-created")
+        await assertThrows("a name with a slash", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: "a/b", size: 1 << 20) }) {
+            if case .invalidArgument = $0 { return true } else { return false }
+        }
+        await assertThrows("a pool that does not exist", { () throws(RBDError) in
+            try await conn.createImage(pool: "no-such-pool", name: name, size: 1 << 20)
+        }) { if case .poolNotFound(let p, _, let e) = $0 { return p == "no-such-pool" && e == ENOENT } else { return false } }
+        await assertThrows("open in a pool that does not exist", { () throws(RBDError) in
+            _ = try await conn.openImage(pool: "no-such-pool", name: name)
+        }) { if case .poolNotFound = $0 { return true } else { return false } }
+
+        try await conn.createImage(pool: "rbd", name: name, size: 1 << 20)
+        cleanUp(c, name)
+        await assertThrows("a name that exists", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: name, size: 1 << 20) }) {
+            if case .alreadyExists(_, _, let e) = $0 { return e == EEXIST } else { return false }
+        }
+
+        // Deleting an image another client has open: refused, naming that client; the image survives.
+        let other = try await CephConnection.connect(c.config)
+        let img = try await other.openImage(pool: "rbd", name: name)
+        let otherAddress = try await other.address()
+        await assertThrows("delete an image open elsewhere", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
+            if case .inUse(_, let watchers, _, let e) = $0 { return e == EBUSY && watchers.contains { $0.contains(otherAddress) } } else { return false }
+        }
+        XCTAssertTrue(try await conn.images(pool: "rbd").contains(name))
+        try await img.close()
+        try await conn.removeImage(pool: "rbd", name: name)
+
+        await assertThrows("blocklist garbage", { () throws(RBDError) in try await conn.blocklist(address: "x\"}", expirySeconds: 60) }) {
+            if case .invalidArgument = $0 { return true } else { return false }
+        }
+    }
+
+    func testCreateAndUsePool() async throws {
+        let c = try requireCluster()
+        let conn = try await CephConnection.connect(c.config)
+        let pool = uniqueName("pool")
+        XCTAssertFalse(try await conn.poolExists(pool))
+        try await conn.createPool(pool)
+        addTeardownBlock { try? await conn.deletePool(pool) }
+        XCTAssertTrue(try await conn.poolExists(pool))
+        await assertThrows("create it again", { () throws(RBDError) in try await conn.createPool(pool) }) {
+            if case .alreadyExists = $0 { return true } else { return false }
+        }
+        try await conn.createImage(pool: pool, name: "v", size: 1 << 20)
+        let img = try await conn.openImage(pool: pool, name: "v")
+        try await img.write([42], at: 0)
+        XCTAssertEqual(try await img.read(count: 1, at: 0), [42])
+        try await img.close()
+        try await conn.removeImage(pool: pool, name: "v")
+        try await conn.deletePool(pool)
+        XCTAssertFalse(try await conn.poolExists(pool))
+    }
+
+    // MARK: fencing
+
+    /// The fencing primitive of issue 18: A holds the exclusive lock; B cannot write; B blocklists A,
+    /// breaks its lock and takes it; B writes; A's writes are refused by Ceph from then on.
+    func testExclusiveLockAndBlocklistFenceTheOldWriter() async throws {
+        let c = try requireCluster()
+        let a = try await CephConnection.connect(c.config)
+        let b = try await CephConnection.connect(c.config)
+        let name = uniqueName("fence")
+        try await a.createImage(pool: "rbd", name: name, size: 4 << 20)
+        cleanUp(c, name)
+        let aAddress = try await a.address()
+        addTeardownBlock { try? await b.unblocklist(address: aAddress) }
+
+        let ia = try await a.openImage(pool: "rbd", name: name)
+        try await ia.acquireExclusiveLock()
+        XCTAssertTrue(try await ia.ownsExclusiveLock())
+        try await ia.write(Array("from A".utf8), at: 0)
+
+        let ib = try await b.openImage(pool: "rbd", name: name)
+        XCTAssertFalse(try await ib.ownsExclusiveLock())
+        let owners = try await ib.lockOwners()
+        XCTAssertEqual(owners.count, 1)
+        XCTAssertEqual(owners.first?.address, aAddress, "B sees A (by the address A reports for itself) as the owner")
+
+        await assertThrows("B writes while A holds the lock", { () throws(RBDError) in try await ib.write(Array("from B".utf8), at: 0) }) {
+            if case .lockedElsewhere = $0 { return true } else { return false }
+        }
+        await assertThrows("B takes the lock while A holds it", { () throws(RBDError) in try await ib.acquireExclusiveLock() }) {
+            if case .lockedElsewhere = $0 { return true } else { return false }
+        }
+        XCTAssertEqual(try await ia.read(count: 6, at: 0), Array("from A".utf8))
+
+        // Fence A, then take over.
+        try await b.blocklist(address: aAddress, expirySeconds: 24 * 3600)
+        try await ib.breakLock(owner: owners[0].owner)
+        try await ib.acquireExclusiveLock()
+        XCTAssertTrue(try await ib.ownsExclusiveLock())
+        try await ib.write(Array("from B".utf8), at: 0)
+        try await ib.flush()
+
+        // A, a zombie that still thinks it owns the volume, is refused.
+        await assertThrows("A writes after being blocklisted", { () throws(RBDError) in try await ia.write(Array("zombie".utf8), at: 0) }) {
+            if case .blocklisted(_, let e) = $0 { return e == ESHUTDOWN } else { return false }
+        }
+        XCTAssertEqual(try await ib.read(count: 6, at: 0), Array("from B".utf8), "the volume's data is B's")
+        try? await ia.close()
+        try await ib.close()
+    }
+
+    // MARK: a cluster that is down
+
+    func testDownClusterFailsFastWithAClearError() async throws {
+        let c = try requireCluster()
+        // A conf naming a monitor port nothing listens on (bound and closed: free now).
+        let port = try freePort()
+        let dir = c.dir + "/down-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let conf = dir + "/ceph.conf"
+        try """
+        [global]
+        fsid = \(UUID().uuidString.lowercased())
+        mon host = v2:127.0.0.1:\(port)
+        ms bind msgr1 = false
+        auth client required = cephx
+        log file = \(dir)/client.log
+        admin socket = \(dir)/$name.$pid.asok
+
+        """.write(toFile: conf, atomically: true, encoding: .utf8)
+        let t0 = Date()
+        do {
+            _ = try await CephConnection.connect(CephClientConfig(confFile: conf, keyring: c.keyring, connectTimeout: 3))
+            XCTFail("connected to a cluster that is not running")
+        } catch {
+            let elapsed = Date().timeIntervalSince(t0)
+            XCTAssertLessThan(elapsed, 10, "a down cluster must fail in seconds (took \(elapsed) s)")
+            guard case .unreachable(let mons, _, _) = error else { return XCTFail("wrong error: \(error)") }
+            XCTAssertTrue(mons.contains("127.0.0.1:\(port)"), "names the monitors: \(mons)")
+            XCTAssertTrue(error.description.contains("is the cluster up?"), error.description)
+        }
+
+        await assertThrows("a conf file that does not exist", { () throws(RBDError) in
+            _ = try await CephConnection.connect(CephClientConfig(confFile: dir + "/nope.conf"))
+        }) { if case .invalidArgument = $0 { return true } else { return false } }
+    }
+
+    // MARK: helpers
+
+    /// A port nothing listens on now.
+    func freePort() throws -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard ok else { throw XCTestError(.failureWhileWaiting) }
+        return UInt16(bigEndian: addr.sin_port)
+    }
+
+    /// Deletes the image when the test ends, however it ends (snapshots first); errors ignored.
+    func cleanUp(_ c: TestCluster, _ name: String) {
+        addTeardownBlock {
+            guard let conn = try? await CephConnection.connect(c.config) else { return }
+            if let img = try? await conn.openImage(pool: "rbd", name: name) {
+                for s in (try? await img.snapshots()) ?? [] { try? await img.removeSnapshot(s.name) }
+                try? await img.close()
+            }
+            try? await conn.removeImage(pool: "rbd", name: name)
+        }
+    }
+}
