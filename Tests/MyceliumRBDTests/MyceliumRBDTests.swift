@@ -21,32 +21,29 @@ enum Cluster {
         .deletingLastPathComponent().deletingLastPathComponent().path
     static var script: String { repoRoot + "/scripts/ceph" }
 
-    /// Runs scripts/ceph with ARGS; (exit status, stdout, stderr).
+    /// Runs scripts/ceph with ARGS; (exit status, stdout, stderr). Output goes through files, not
+    /// pipes: the daemons it starts outlive it, and Foundation's Process did not see the script exit
+    /// once they had (waitUntilExit hung), so this spawns and waits itself, like VMHarness.runTool.
     static func run(_ args: [String]) -> (Int32, String, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: script)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        do { try p.run() } catch { return (-1, "", "cannot run \(script): \(error)") }
-        // Read both pipes to the end before waiting, so a full pipe cannot stall the script.
-        let errData = LockedData()
-        let t = Thread { errData.set(err.fileHandleForReading.readDataToEndOfFile()) }
-        t.start()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        while !errData.done { usleep(1000) }
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData.data, as: UTF8.self))
+        let base = NSTemporaryDirectory() + "ceph-run-\(getpid())-\(UUID().uuidString)"
+        let outPath = base + ".out", errPath = base + ".err"
+        defer { unlink(outPath); unlink(errPath) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let argv = ([script] + args).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, script, &actions, nil, argv, environ)
+        guard rc == 0 else { return (-1, "", "cannot run \(script): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exit: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (exit, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "", (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
     }
-}
-
-final class LockedData: @unchecked Sendable {
-    // SAFETY: `data`/`done` only under `lock`.
-    private let lock = NSLock()
-    private var d = Data(), f = false
-    func set(_ v: Data) { lock.lock(); d = v; f = true; lock.unlock() }
-    var done: Bool { lock.lock(); defer { lock.unlock() }; return f }
-    var data: Data { lock.lock(); defer { lock.unlock() }; return d }
 }
 
 final class MyceliumRBDTests: XCTestCase {
@@ -115,12 +112,15 @@ final class MyceliumRBDTests: XCTestCase {
     func testCreateWriteReadSnapshotDelete() async throws {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
-        XCTAssertTrue(try await conn.poolExists("rbd"))
-        XCTAssertFalse(try await conn.poolExists("no-such-pool"))
+        let v1 = try await conn.poolExists("rbd")
+        XCTAssertTrue(v1)
+        let v2 = try await conn.poolExists("no-such-pool")
+        XCTAssertFalse(v2)
         let name = uniqueName("vol")
         try await conn.createImage(pool: "rbd", name: name, size: 64 << 20)
         cleanUp(c, name)
-        XCTAssertTrue(try await conn.images(pool: "rbd").contains(name))
+        let v3 = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertTrue(v3)
 
         let img = try await conn.openImage(pool: "rbd", name: name)
         let info = try await img.stat()
@@ -133,8 +133,10 @@ final class MyceliumRBDTests: XCTestCase {
         let offset: UInt64 = (4 << 20) - 4096
         try await img.write(bytes, at: offset)
         try await img.flush()
-        XCTAssertEqual(try await img.read(count: bytes.count, at: offset), bytes)
-        XCTAssertEqual(try await img.read(count: 16, at: 0), [UInt8](repeating: 0, count: 16), "unwritten space reads as zeros")
+        let v4 = try await img.read(count: bytes.count, at: offset)
+        XCTAssertEqual(v4, bytes)
+        let v5 = try await img.read(count: 16, at: 0)
+        XCTAssertEqual(v5, [UInt8](repeating: 0, count: 16), "unwritten space reads as zeros")
 
         // A snapshot keeps the old bytes while the image moves on.
         try await img.createSnapshot("before")
@@ -143,12 +145,14 @@ final class MyceliumRBDTests: XCTestCase {
         XCTAssertEqual(snaps.map(\.name), ["before"])
         XCTAssertEqual(snaps.first?.size, 64 << 20)
         let atSnap = try await conn.openImage(pool: "rbd", name: name, snapshot: "before")
-        XCTAssertEqual(try await atSnap.read(count: 2, at: offset), Array(bytes.prefix(2)))
+        let v6 = try await atSnap.read(count: 2, at: offset)
+        XCTAssertEqual(v6, Array(bytes.prefix(2)))
         await assertThrows("write to a snapshot", { () throws(RBDError) in try await atSnap.write([1], at: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EROFS } else { return false }
         }
         try await atSnap.close()
-        XCTAssertEqual(try await img.read(count: 2, at: offset), [0xAA, 0xBB])
+        let v7 = try await img.read(count: 2, at: offset)
+        XCTAssertEqual(v7, [0xAA, 0xBB])
         await assertThrows("a snapshot name that exists", { () throws(RBDError) in try await img.createSnapshot("before") }) {
             if case .alreadyExists = $0 { return true } else { return false }
         }
@@ -158,7 +162,8 @@ final class MyceliumRBDTests: XCTestCase {
             if case .inUse(let image, let watchers, _, let e) = $0 { return image == "rbd/\(name)" && e == EBUSY && watchers.count == 1 } else { return false }
         }
         try await img.removeSnapshot("before")
-        XCTAssertEqual(try await img.snapshots(), [])
+        let v8 = try await img.snapshots()
+        XCTAssertEqual(v8, [])
         try await img.close()
         try await img.close()  // idempotent
         await assertThrows("I/O on a closed image", { () throws(RBDError) in _ = try await img.read(count: 1, at: 0) }) {
@@ -166,7 +171,8 @@ final class MyceliumRBDTests: XCTestCase {
         }
 
         try await conn.removeImage(pool: "rbd", name: name)
-        XCTAssertFalse(try await conn.images(pool: "rbd").contains(name))
+        let v9 = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertFalse(v9)
         await assertThrows("delete a deleted image", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
             if case .notFound(_, _, let e) = $0 { return e == ENOENT } else { return false }
         }
@@ -184,13 +190,18 @@ final class MyceliumRBDTests: XCTestCase {
         let img = try await conn.openImage(pool: "rbd", name: name)
         try await img.write([1, 2, 3, 4], at: 100)
         try await img.resize(to: 32 << 20)
-        XCTAssertEqual(try await img.stat().size, 32 << 20)
+        let v10 = try await img.stat().size
+        XCTAssertEqual(v10, 32 << 20)
         try await img.write([9, 9], at: (32 << 20) - 2)
-        XCTAssertEqual(try await img.read(count: 2, at: (32 << 20) - 2), [9, 9])
-        XCTAssertEqual(try await img.read(count: 4, at: 100), [1, 2, 3, 4], "growing keeps the data")
+        let v11 = try await img.read(count: 2, at: (32 << 20) - 2)
+        XCTAssertEqual(v11, [9, 9])
+        let v12 = try await img.read(count: 4, at: 100)
+        XCTAssertEqual(v12, [1, 2, 3, 4], "growing keeps the data")
         try await img.resize(to: 4 << 20)
-        XCTAssertEqual(try await img.stat().size, 4 << 20)
-        XCTAssertEqual(try await img.read(count: 4, at: 100), [1, 2, 3, 4], "shrinking keeps what is below the new size")
+        let v13 = try await img.stat().size
+        XCTAssertEqual(v13, 4 << 20)
+        let v14 = try await img.read(count: 4, at: 100)
+        XCTAssertEqual(v14, [1, 2, 3, 4], "shrinking keeps what is below the new size")
         await assertThrows("resize to 0", { () throws(RBDError) in try await img.resize(to: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
         }
@@ -204,7 +215,8 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("size 0", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: name, size: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
         }
-        XCTAssertFalse(try await conn.images(pool: "rbd").contains(name), "nothing half-created")
+        let v15 = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertFalse(v15, "nothing half-created")
         await assertThrows("a name with a slash", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: "a/b", size: 1 << 20) }) {
             if case .invalidArgument = $0 { return true } else { return false }
         }
@@ -228,7 +240,8 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("delete an image open elsewhere", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
             if case .inUse(_, let watchers, _, let e) = $0 { return e == EBUSY && watchers.contains { $0.contains(otherAddress) } } else { return false }
         }
-        XCTAssertTrue(try await conn.images(pool: "rbd").contains(name))
+        let v16 = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertTrue(v16)
         try await img.close()
         try await conn.removeImage(pool: "rbd", name: name)
 
@@ -241,21 +254,25 @@ final class MyceliumRBDTests: XCTestCase {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
         let pool = uniqueName("pool")
-        XCTAssertFalse(try await conn.poolExists(pool))
+        let v17 = try await conn.poolExists(pool)
+        XCTAssertFalse(v17)
         try await conn.createPool(pool)
         addTeardownBlock { try? await conn.deletePool(pool) }
-        XCTAssertTrue(try await conn.poolExists(pool))
+        let v18 = try await conn.poolExists(pool)
+        XCTAssertTrue(v18)
         await assertThrows("create it again", { () throws(RBDError) in try await conn.createPool(pool) }) {
             if case .alreadyExists = $0 { return true } else { return false }
         }
         try await conn.createImage(pool: pool, name: "v", size: 1 << 20)
         let img = try await conn.openImage(pool: pool, name: "v")
         try await img.write([42], at: 0)
-        XCTAssertEqual(try await img.read(count: 1, at: 0), [42])
+        let v19 = try await img.read(count: 1, at: 0)
+        XCTAssertEqual(v19, [42])
         try await img.close()
         try await conn.removeImage(pool: pool, name: "v")
         try await conn.deletePool(pool)
-        XCTAssertFalse(try await conn.poolExists(pool))
+        let v20 = try await conn.poolExists(pool)
+        XCTAssertFalse(v20)
     }
 
     // MARK: fencing
@@ -274,11 +291,13 @@ final class MyceliumRBDTests: XCTestCase {
 
         let ia = try await a.openImage(pool: "rbd", name: name)
         try await ia.acquireExclusiveLock()
-        XCTAssertTrue(try await ia.ownsExclusiveLock())
+        let v21 = try await ia.ownsExclusiveLock()
+        XCTAssertTrue(v21)
         try await ia.write(Array("from A".utf8), at: 0)
 
         let ib = try await b.openImage(pool: "rbd", name: name)
-        XCTAssertFalse(try await ib.ownsExclusiveLock())
+        let v22 = try await ib.ownsExclusiveLock()
+        XCTAssertFalse(v22)
         let owners = try await ib.lockOwners()
         XCTAssertEqual(owners.count, 1)
         XCTAssertEqual(owners.first?.address, aAddress, "B sees A (by the address A reports for itself) as the owner")
@@ -289,13 +308,15 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("B takes the lock while A holds it", { () throws(RBDError) in try await ib.acquireExclusiveLock() }) {
             if case .lockedElsewhere = $0 { return true } else { return false }
         }
-        XCTAssertEqual(try await ia.read(count: 6, at: 0), Array("from A".utf8))
+        let v23 = try await ia.read(count: 6, at: 0)
+        XCTAssertEqual(v23, Array("from A".utf8))
 
         // Fence A, then take over.
         try await b.blocklist(address: aAddress, expirySeconds: 24 * 3600)
         try await ib.breakLock(owner: owners[0].owner)
         try await ib.acquireExclusiveLock()
-        XCTAssertTrue(try await ib.ownsExclusiveLock())
+        let v24 = try await ib.ownsExclusiveLock()
+        XCTAssertTrue(v24)
         try await ib.write(Array("from B".utf8), at: 0)
         try await ib.flush()
 
@@ -303,7 +324,8 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("A writes after being blocklisted", { () throws(RBDError) in try await ia.write(Array("zombie".utf8), at: 0) }) {
             if case .blocklisted(_, let e) = $0 { return e == ESHUTDOWN } else { return false }
         }
-        XCTAssertEqual(try await ib.read(count: 6, at: 0), Array("from B".utf8), "the volume's data is B's")
+        let v25 = try await ib.read(count: 6, at: 0)
+        XCTAssertEqual(v25, Array("from B".utf8), "the volume's data is B's")
         try? await ia.close()
         try await ib.close()
     }
