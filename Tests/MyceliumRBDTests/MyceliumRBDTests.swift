@@ -60,7 +60,9 @@ final class MyceliumRBDTests: XCTestCase {
         let t0 = Date()
         let (rc, out, err) = Cluster.run(["up", dir])
         guard rc == 0 else {
-            upError = "scripts/ceph up \(dir) failed (exit \(rc)): \(err.suffix(3000))"
+            // The script's own verdict first ("ceph: timed out ... waiting for ..."), then the daemon logs.
+            let verdict = err.split(separator: "\n").filter { $0.hasPrefix("ceph: ") }.joined(separator: "; ")
+            upError = "scripts/ceph up \(dir) failed (exit \(rc)): \(verdict)\n\(err.suffix(2000))"
             return
         }
         var kv: [String: String] = [:]
@@ -85,12 +87,11 @@ final class MyceliumRBDTests: XCTestCase {
         super.tearDown()
     }
 
-    /// The cluster, or a failure saying why there is none.
-    func requireCluster(file: StaticString = #filePath, line: UInt = #line) throws -> TestCluster {
-        guard let c = Self.cluster else {
-            XCTFail("no Ceph cluster: \(Self.upError ?? "class setUp did not run")", file: file, line: line)
-            throw XCTestError(.failureWhileWaiting)
-        }
+    struct NoCluster: Error, CustomStringConvertible { let description: String }
+
+    /// The cluster, or an error (the test fails, never skips) saying why there is none.
+    func requireCluster() throws -> TestCluster {
+        guard let c = Self.cluster else { throw NoCluster(description: "no Ceph cluster: \(Self.upError ?? "class setUp did not run")") }
         return c
     }
 
@@ -112,15 +113,15 @@ final class MyceliumRBDTests: XCTestCase {
     func testCreateWriteReadSnapshotDelete() async throws {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
-        let v1 = try await conn.poolExists("rbd")
-        XCTAssertTrue(v1)
-        let v2 = try await conn.poolExists("no-such-pool")
-        XCTAssertFalse(v2)
+        let rbdExists = try await conn.poolExists("rbd")
+        XCTAssertTrue(rbdExists)
+        let missingExists = try await conn.poolExists("no-such-pool")
+        XCTAssertFalse(missingExists)
         let name = uniqueName("vol")
         try await conn.createImage(pool: "rbd", name: name, size: 64 << 20)
         cleanUp(c, name)
-        let v3 = try await conn.images(pool: "rbd").contains(name)
-        XCTAssertTrue(v3)
+        let listed = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertTrue(listed)
 
         let img = try await conn.openImage(pool: "rbd", name: name)
         let info = try await img.stat()
@@ -133,10 +134,10 @@ final class MyceliumRBDTests: XCTestCase {
         let offset: UInt64 = (4 << 20) - 4096
         try await img.write(bytes, at: offset)
         try await img.flush()
-        let v4 = try await img.read(count: bytes.count, at: offset)
-        XCTAssertEqual(v4, bytes)
-        let v5 = try await img.read(count: 16, at: 0)
-        XCTAssertEqual(v5, [UInt8](repeating: 0, count: 16), "unwritten space reads as zeros")
+        let readBack = try await img.read(count: bytes.count, at: offset)
+        XCTAssertEqual(readBack, bytes)
+        let unwritten = try await img.read(count: 16, at: 0)
+        XCTAssertEqual(unwritten, [UInt8](repeating: 0, count: 16), "unwritten space reads as zeros")
 
         // A snapshot keeps the old bytes while the image moves on.
         try await img.createSnapshot("before")
@@ -145,14 +146,14 @@ final class MyceliumRBDTests: XCTestCase {
         XCTAssertEqual(snaps.map(\.name), ["before"])
         XCTAssertEqual(snaps.first?.size, 64 << 20)
         let atSnap = try await conn.openImage(pool: "rbd", name: name, snapshot: "before")
-        let v6 = try await atSnap.read(count: 2, at: offset)
-        XCTAssertEqual(v6, Array(bytes.prefix(2)))
+        let snapBytes = try await atSnap.read(count: 2, at: offset)
+        XCTAssertEqual(snapBytes, Array(bytes.prefix(2)))
         await assertThrows("write to a snapshot", { () throws(RBDError) in try await atSnap.write([1], at: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EROFS } else { return false }
         }
         try await atSnap.close()
-        let v7 = try await img.read(count: 2, at: offset)
-        XCTAssertEqual(v7, [0xAA, 0xBB])
+        let current = try await img.read(count: 2, at: offset)
+        XCTAssertEqual(current, [0xAA, 0xBB])
         await assertThrows("a snapshot name that exists", { () throws(RBDError) in try await img.createSnapshot("before") }) {
             if case .alreadyExists = $0 { return true } else { return false }
         }
@@ -162,8 +163,8 @@ final class MyceliumRBDTests: XCTestCase {
             if case .inUse(let image, let watchers, _, let e) = $0 { return image == "rbd/\(name)" && e == EBUSY && watchers.count == 1 } else { return false }
         }
         try await img.removeSnapshot("before")
-        let v8 = try await img.snapshots()
-        XCTAssertEqual(v8, [])
+        let snapsLeft = try await img.snapshots()
+        XCTAssertEqual(snapsLeft, [])
         try await img.close()
         try await img.close()  // idempotent
         await assertThrows("I/O on a closed image", { () throws(RBDError) in _ = try await img.read(count: 1, at: 0) }) {
@@ -171,8 +172,8 @@ final class MyceliumRBDTests: XCTestCase {
         }
 
         try await conn.removeImage(pool: "rbd", name: name)
-        let v9 = try await conn.images(pool: "rbd").contains(name)
-        XCTAssertFalse(v9)
+        let stillListed = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertFalse(stillListed)
         await assertThrows("delete a deleted image", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
             if case .notFound(_, _, let e) = $0 { return e == ENOENT } else { return false }
         }
@@ -190,18 +191,18 @@ final class MyceliumRBDTests: XCTestCase {
         let img = try await conn.openImage(pool: "rbd", name: name)
         try await img.write([1, 2, 3, 4], at: 100)
         try await img.resize(to: 32 << 20)
-        let v10 = try await img.stat().size
-        XCTAssertEqual(v10, 32 << 20)
+        let grown = try await img.stat().size
+        XCTAssertEqual(grown, 32 << 20)
         try await img.write([9, 9], at: (32 << 20) - 2)
-        let v11 = try await img.read(count: 2, at: (32 << 20) - 2)
-        XCTAssertEqual(v11, [9, 9])
-        let v12 = try await img.read(count: 4, at: 100)
-        XCTAssertEqual(v12, [1, 2, 3, 4], "growing keeps the data")
+        let tail = try await img.read(count: 2, at: (32 << 20) - 2)
+        XCTAssertEqual(tail, [9, 9])
+        let keptAfterGrow = try await img.read(count: 4, at: 100)
+        XCTAssertEqual(keptAfterGrow, [1, 2, 3, 4], "growing keeps the data")
         try await img.resize(to: 4 << 20)
-        let v13 = try await img.stat().size
-        XCTAssertEqual(v13, 4 << 20)
-        let v14 = try await img.read(count: 4, at: 100)
-        XCTAssertEqual(v14, [1, 2, 3, 4], "shrinking keeps what is below the new size")
+        let shrunk = try await img.stat().size
+        XCTAssertEqual(shrunk, 4 << 20)
+        let keptAfterShrink = try await img.read(count: 4, at: 100)
+        XCTAssertEqual(keptAfterShrink, [1, 2, 3, 4], "shrinking keeps what is below the new size")
         await assertThrows("resize to 0", { () throws(RBDError) in try await img.resize(to: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
         }
@@ -215,8 +216,8 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("size 0", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: name, size: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
         }
-        let v15 = try await conn.images(pool: "rbd").contains(name)
-        XCTAssertFalse(v15, "nothing half-created")
+        let halfCreated = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertFalse(halfCreated, "nothing half-created")
         await assertThrows("a name with a slash", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: "a/b", size: 1 << 20) }) {
             if case .invalidArgument = $0 { return true } else { return false }
         }
@@ -240,8 +241,8 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("delete an image open elsewhere", { () throws(RBDError) in try await conn.removeImage(pool: "rbd", name: name) }) {
             if case .inUse(_, let watchers, _, let e) = $0 { return e == EBUSY && watchers.contains { $0.contains(otherAddress) } } else { return false }
         }
-        let v16 = try await conn.images(pool: "rbd").contains(name)
-        XCTAssertTrue(v16)
+        let survived = try await conn.images(pool: "rbd").contains(name)
+        XCTAssertTrue(survived)
         try await img.close()
         try await conn.removeImage(pool: "rbd", name: name)
 
@@ -254,25 +255,25 @@ final class MyceliumRBDTests: XCTestCase {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
         let pool = uniqueName("pool")
-        let v17 = try await conn.poolExists(pool)
-        XCTAssertFalse(v17)
+        let existsBefore = try await conn.poolExists(pool)
+        XCTAssertFalse(existsBefore)
         try await conn.createPool(pool)
         addTeardownBlock { try? await conn.deletePool(pool) }
-        let v18 = try await conn.poolExists(pool)
-        XCTAssertTrue(v18)
+        let existsAfter = try await conn.poolExists(pool)
+        XCTAssertTrue(existsAfter)
         await assertThrows("create it again", { () throws(RBDError) in try await conn.createPool(pool) }) {
             if case .alreadyExists = $0 { return true } else { return false }
         }
         try await conn.createImage(pool: pool, name: "v", size: 1 << 20)
         let img = try await conn.openImage(pool: pool, name: "v")
         try await img.write([42], at: 0)
-        let v19 = try await img.read(count: 1, at: 0)
-        XCTAssertEqual(v19, [42])
+        let readBack = try await img.read(count: 1, at: 0)
+        XCTAssertEqual(readBack, [42])
         try await img.close()
         try await conn.removeImage(pool: pool, name: "v")
         try await conn.deletePool(pool)
-        let v20 = try await conn.poolExists(pool)
-        XCTAssertFalse(v20)
+        let existsAtEnd = try await conn.poolExists(pool)
+        XCTAssertFalse(existsAtEnd)
     }
 
     // MARK: fencing
@@ -291,13 +292,13 @@ final class MyceliumRBDTests: XCTestCase {
 
         let ia = try await a.openImage(pool: "rbd", name: name)
         try await ia.acquireExclusiveLock()
-        let v21 = try await ia.ownsExclusiveLock()
-        XCTAssertTrue(v21)
+        let aOwns = try await ia.ownsExclusiveLock()
+        XCTAssertTrue(aOwns)
         try await ia.write(Array("from A".utf8), at: 0)
 
         let ib = try await b.openImage(pool: "rbd", name: name)
-        let v22 = try await ib.ownsExclusiveLock()
-        XCTAssertFalse(v22)
+        let bOwnsBefore = try await ib.ownsExclusiveLock()
+        XCTAssertFalse(bOwnsBefore)
         let owners = try await ib.lockOwners()
         XCTAssertEqual(owners.count, 1)
         XCTAssertEqual(owners.first?.address, aAddress, "B sees A (by the address A reports for itself) as the owner")
@@ -308,15 +309,15 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("B takes the lock while A holds it", { () throws(RBDError) in try await ib.acquireExclusiveLock() }) {
             if case .lockedElsewhere = $0 { return true } else { return false }
         }
-        let v23 = try await ia.read(count: 6, at: 0)
-        XCTAssertEqual(v23, Array("from A".utf8))
+        let aView = try await ia.read(count: 6, at: 0)
+        XCTAssertEqual(aView, Array("from A".utf8))
 
         // Fence A, then take over.
         try await b.blocklist(address: aAddress, expirySeconds: 24 * 3600)
         try await ib.breakLock(owner: owners[0].owner)
         try await ib.acquireExclusiveLock()
-        let v24 = try await ib.ownsExclusiveLock()
-        XCTAssertTrue(v24)
+        let bOwns = try await ib.ownsExclusiveLock()
+        XCTAssertTrue(bOwns)
         try await ib.write(Array("from B".utf8), at: 0)
         try await ib.flush()
 
@@ -324,8 +325,8 @@ final class MyceliumRBDTests: XCTestCase {
         await assertThrows("A writes after being blocklisted", { () throws(RBDError) in try await ia.write(Array("zombie".utf8), at: 0) }) {
             if case .blocklisted(_, let e) = $0 { return e == ESHUTDOWN } else { return false }
         }
-        let v25 = try await ib.read(count: 6, at: 0)
-        XCTAssertEqual(v25, Array("from B".utf8), "the volume's data is B's")
+        let finalBytes = try await ib.read(count: 6, at: 0)
+        XCTAssertEqual(finalBytes, Array("from B".utf8), "the volume's data is B's")
         try? await ia.close()
         try await ib.close()
     }
@@ -343,7 +344,7 @@ final class MyceliumRBDTests: XCTestCase {
         try """
         [global]
         fsid = \(UUID().uuidString.lowercased())
-        mon host = v2:127.0.0.1:\(port)
+        mon host = missingExists:127.0.0.1:\(port)
         ms bind msgr1 = false
         auth client required = cephx
         log file = \(dir)/client.log
