@@ -335,33 +335,44 @@ final class MyceliumRBDTests: XCTestCase {
 
     func testDownClusterFailsFastWithAClearError() async throws {
         let c = try requireCluster()
-        // A conf naming a monitor port nothing listens on (bound and closed: free now).
-        let port = try freePort()
         let dir = c.dir + "/down-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let conf = dir + "/ceph.conf"
-        try """
-        [global]
-        fsid = \(UUID().uuidString.lowercased())
-        mon host = missingExists:127.0.0.1:\(port)
-        ms bind msgr1 = false
-        auth client required = cephx
-        log file = \(dir)/client.log
-        admin socket = \(dir)/$name.$pid.asok
 
-        """.write(toFile: conf, atomically: true, encoding: .utf8)
-        let t0 = Date()
-        do {
-            _ = try await CephConnection.connect(CephClientConfig(confFile: conf, keyring: c.keyring, connectTimeout: 3))
-            XCTFail("connected to a cluster that is not running")
-        } catch {
-            let elapsed = Date().timeIntervalSince(t0)
-            XCTAssertLessThan(elapsed, 10, "a down cluster must fail in seconds (took \(elapsed) s)")
-            guard case .unreachable(let mons, _, _) = error else { return XCTFail("wrong error: \(error)") }
-            XCTAssertTrue(mons.contains("127.0.0.1:\(port)"), "names the monitors: \(mons)")
-            XCTAssertTrue(error.description.contains("is the cluster up?"), error.description)
+        /// Connects with a conf whose only monitor is 127.0.0.1:PORT; asserts a fast, clear `.unreachable`.
+        func assertUnreachable(port: UInt16, _ what: String) async throws {
+            let conf = dir + "/ceph-\(port).conf"
+            try """
+            [global]
+            fsid = \(UUID().uuidString.lowercased())
+            mon host = v2:127.0.0.1:\(port)
+            ms bind msgr1 = false
+            auth client required = cephx
+            log file = \(dir)/client.log
+            admin socket = \(dir)/$name.$pid.asok
+
+            """.write(toFile: conf, atomically: true, encoding: .utf8)
+            let t0 = Date()
+            do {
+                _ = try await CephConnection.connect(CephClientConfig(confFile: conf, keyring: c.keyring, connectTimeout: 3))
+                XCTFail("\(what): connected to a cluster that is not running")
+            } catch {
+                let elapsed = Date().timeIntervalSince(t0)
+                XCTAssertLessThan(elapsed, 10, "\(what): a down cluster must fail in seconds (took \(elapsed) s)")
+                guard case .unreachable(let mons, _, _) = error else { return XCTFail("\(what): wrong error: \(error)") }
+                XCTAssertTrue(mons.contains("127.0.0.1:\(port)"), "\(what): names the monitors: \(mons)")
+                XCTAssertTrue(error.description.contains("is the cluster up?"), error.description)
+                print("MyceliumRBDTests: \(what): failed after \(String(format: "%.2f", elapsed)) s: \(error)")
+            }
         }
+
+        // No monitor process: nothing listens on the port (bound, then closed).
+        try await assertUnreachable(port: try freePort(), "no monitor")
+        // A hung monitor: the port accepts connections (the kernel completes them) but never answers,
+        // so only the connect timeout ends the wait.
+        let (fd, port) = try listeningSocket()
+        defer { close(fd) }
+        try await assertUnreachable(port: port, "a monitor that never answers")
 
         await assertThrows("a conf file that does not exist", { () throws(RBDError) in
             _ = try await CephConnection.connect(CephClientConfig(confFile: dir + "/nope.conf"))
@@ -372,8 +383,20 @@ final class MyceliumRBDTests: XCTestCase {
 
     /// A port nothing listens on now.
     func freePort() throws -> UInt16 {
+        let (fd, port) = try boundSocket()
+        close(fd)
+        return port
+    }
+
+    /// A socket listening on 127.0.0.1 that never accepts: connections complete and then hang.
+    func listeningSocket() throws -> (Int32, UInt16) {
+        let (fd, port) = try boundSocket()
+        guard listen(fd, 16) == 0 else { close(fd); throw NoCluster(description: "listen: errno \(errno)") }
+        return (fd, port)
+    }
+
+    func boundSocket() throws -> (Int32, UInt16) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -382,8 +405,8 @@ final class MyceliumRBDTests: XCTestCase {
         let ok = withUnsafeMutablePointer(to: &addr) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
         }
-        guard ok else { throw XCTestError(.failureWhileWaiting) }
-        return UInt16(bigEndian: addr.sin_port)
+        guard ok else { close(fd); throw NoCluster(description: "bind 127.0.0.1:0: errno \(errno)") }
+        return (fd, UInt16(bigEndian: addr.sin_port))
     }
 
     /// Deletes the image when the test ends, however it ends (snapshots first); errors ignored.
