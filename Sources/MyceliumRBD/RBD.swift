@@ -257,10 +257,12 @@ public final class CephConnection: @unchecked Sendable {
         try await CephQueue.run { [self] () throws(RBDError) in
             let rc = rados_pool_create(cluster, pool)
             if rc < 0 { throw RBDError.from(rc, op, what: "pool \(pool)", monitors: monitors) }
-            let io = try ioctx(pool, op)
-            defer { rados_ioctx_destroy(io) }
+            // Nothing half-created: a pool that cannot be initialised for RBD is deleted again.
+            let io: rados_ioctx_t
+            do throws(RBDError) { io = try ioctx(pool, op) } catch { _ = rados_pool_delete(cluster, pool); throw error }
             let r = rbd_pool_init(io, false)
-            if r < 0 { throw RBDError.from(r, "initialise pool \(pool) for RBD") }
+            rados_ioctx_destroy(io)
+            if r < 0 { _ = rados_pool_delete(cluster, pool); throw RBDError.from(r, "initialise pool \(pool) for RBD") }
         }
     }
 
