@@ -37,6 +37,11 @@ let package = Package(
         .systemLibrary(
             name: "CLibvirt", path: "CSources/CLibvirt", pkgConfig: "libvirt",
             providers: [.apt(["libvirt-dev"])]),
+        // librados/librbd's C APIs; `MyceliumRBD` is their only importer (typed errors with errno and operation).
+        // No pkgConfig: Debian's librados-dev/librbd-dev 16.2 ship no .pc files (headers are in /usr/include).
+        .systemLibrary(
+            name: "CRados", path: "CSources/CRados",
+            providers: [.apt(["librados-dev", "librbd-dev"])]),
 
         // MARK: pure foundations
         .target(name: "MyceliumCore"),
@@ -96,6 +101,9 @@ let package = Package(
                 exclude: ["README.md"]),
         // libvirt through its C API: connections, domains, the QEMU monitor passthrough (no virsh).
         .target(name: "Libvirt", dependencies: ["CLibvirt"]),
+        // Ceph through librados/librbd: connections, pools, RBD images, snapshots, the exclusive lock and
+        // blocklisting (no `rbd`/`ceph` subprocesses). The storage driver's only door to Ceph.
+        .target(name: "MyceliumRBD", dependencies: ["CRados"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
@@ -278,6 +286,8 @@ let package = Package(
             exclude: ["cnidriver"]),
         // libvirt's built-in test driver (test:///default, in-process) for the wrapper's calls and errors.
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
+        // A real Ceph cluster (scripts/ceph up/down in a temporary directory) for the RBD wrapper; needs root.
+        .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),
