@@ -58,6 +58,9 @@ public struct RBDImageInfo: Sendable, Equatable {
     public let size: UInt64
     public let objectSize: UInt64
     public let objectCount: UInt64
+    /// The prefix of its data objects' names (`rbd_data.ID`; object N is `PREFIX.%016x`), to ask the
+    /// cluster where an image's data lives (`osd map`).
+    public let blockNamePrefix: String
 }
 
 /// One snapshot of an image.
@@ -192,6 +195,11 @@ public final class CephConnection: @unchecked Sendable {
 
     /// Sends one JSON monitor command; returns its output.
     func monCommand(_ json: String, _ op: String) throws(RBDError) -> String {
+        try monCommandReply(json, op).output
+    }
+
+    /// Sends one JSON monitor command; returns its output and the monitor's status line.
+    func monCommandReply(_ json: String, _ op: String) throws(RBDError) -> MonitorReply {
         var outbuf: UnsafeMutablePointer<CChar>?, outs: UnsafeMutablePointer<CChar>?
         var outbufLen = 0, outsLen = 0
         let rc: Int32 = json.withCString { cmd in
@@ -204,12 +212,11 @@ public final class CephConnection: @unchecked Sendable {
         if rc < 0 {
             let status = outs.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: outsLen), as: UTF8.self) } ?? ""
             if rc == -EINVAL { throw .invalidArgument(reason: "the monitor refused the command: \(status)", operation: op, errno: EINVAL) }
-            throw RBDError.from(rc, op, monitors: monitors)
+            throw RBDError.from(rc, status.isEmpty ? op : "\(op) (monitor: \(status))", monitors: monitors)
         }
-        if let outbuf, outbufLen > 0 {
-            return String(decoding: UnsafeRawBufferPointer(start: outbuf, count: outbufLen), as: UTF8.self)
-        }
-        return ""
+        let output = outbuf.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: outbufLen), as: UTF8.self) } ?? ""
+        let status = outs.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: outsLen), as: UTF8.self) } ?? ""
+        return MonitorReply(output: output, status: status)
     }
 
     /// Fences the client at `address` (as `address()`/watchers/lock owners report it): every OSD
@@ -473,7 +480,12 @@ public final class RBDImage: @unchecked Sendable {
             var info = rbd_image_info_t()
             let rc = rbd_stat(h, &info, MemoryLayout<rbd_image_info_t>.size)
             if rc < 0 { throw RBDError.from(rc, op, image: spec) }
-            return RBDImageInfo(size: info.size, objectSize: info.obj_size, objectCount: info.num_objs)
+            // rbd_stat's own block_name_prefix field is deprecated; this call is its replacement.
+            var buf = [CChar](repeating: 0, count: 128)
+            let prc = rbd_get_block_name_prefix(h, &buf, buf.count)
+            if prc < 0 { throw RBDError.from(prc, op, image: spec) }
+            let prefix = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            return RBDImageInfo(size: info.size, objectSize: info.obj_size, objectCount: info.num_objs, blockNamePrefix: prefix)
         }
     }
 
