@@ -104,6 +104,9 @@ let package = Package(
         // Ceph through librados/librbd: connections, pools, RBD images, snapshots, the exclusive lock and
         // blocklisting (no `rbd`/`ceph` subprocesses). The storage driver's only door to Ceph.
         .target(name: "MyceliumRBD", dependencies: ["CRados"]),
+        // Storage data classes and trust-aware placement: the planner (pure) and its driver, which
+        // carries out the CRUSH and pool changes through MyceliumRBD's monitor commands.
+        .target(name: "StorageController", dependencies: ["MyceliumIdentity"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
@@ -288,6 +291,7 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         // A real Ceph cluster (scripts/ceph up/down in a temporary directory) for the RBD wrapper; needs root.
         .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD"]),
+        .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),
