@@ -107,6 +107,7 @@ let package = Package(
         // Storage data classes and trust-aware placement: the planner (pure) and its driver, which
         // carries out the CRUSH and pool changes through MyceliumRBD's monitor commands.
         .target(name: "StorageController", dependencies: ["MyceliumIdentity"]),
+        .target(name: "StorageDriver", dependencies: ["StorageController", "MyceliumRBD"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
@@ -292,6 +293,8 @@ let package = Package(
         // A real Ceph cluster (scripts/ceph up/down in a temporary directory) for the RBD wrapper; needs root.
         .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD"]),
         .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity"]),
+        // The planner's decisions carried out on a real 4-OSD Ceph cluster (scripts/ceph); needs root.
+        .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),
