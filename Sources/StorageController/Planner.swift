@@ -7,8 +7,13 @@
 //    class's minimum, and whose CRUSH host bucket exists. Failed and revoked members hold nothing.
 //  - Trust is a security boundary: a host that no longer qualifies is unlinked even when that leaves
 //    the class with fewer hosts than replicas (or none). The verdict says the class is degraded,
-//    blocked or unplaceable and what to do; data is never kept on a distrusted host for availability.
+//    blocked or unplaceable and what to do; data is never kept on a distrusted host for availability
+//    (with at least 2 qualifying hosts; below that Ceph itself keeps former holders, and the verdict says so).
 //  - Links come before unlinks, so data leaving a host can go straight to the hosts that replace it.
+//  - With fewer qualifying hosts than replicas (at least 2), the pool's size shrinks to the number of
+//    hosts (after the unlinks) and grows back when hosts return (with the links): Ceph keeps
+//    a former holder in a placement group whose mapping is shorter than the pool's size (pg_temp), so
+//    shrinking is what actually evicts a distrusted host. Below 2 hosts it cannot (see `poolSize`).
 //  - Names are fixed per class (`mycelium-CLASS` for root, rule and pool). Something else already
 //    using one of them (a bucket that is not a root, a rule over another root, a pool with another
 //    rule) is a conflict: nothing is created for that class, the verdict names the object and the
@@ -25,9 +30,9 @@ public struct ClassVerdict: Sendable, Hashable, CustomStringConvertible {
     public enum Status: Sendable, Hashable {
         /// At least `replicas` hosts qualify.
         case healthy
-        /// Fewer hosts than replicas, but at least `minReplicas`: every object has fewer copies.
+        /// Fewer hosts than replicas, at least 2: the pool runs with one copy per qualifying host.
         case degraded
-        /// Fewer hosts than `minReplicas`: placement groups stop accepting I/O.
+        /// One host: a new pool's writes wait; an existing pool's other copies stay where they were.
         case blocked
         /// No host qualifies.
         case unplaceable
@@ -91,7 +96,7 @@ public struct StoragePlanner: Sendable {
         let hosts = hosts.sorted { $0.crushName < $1.crushName }
 
         var roots: [StorageAction] = [], links: [StorageAction] = [], rules: [StorageAction] = []
-        var pools: [StorageAction] = [], unlinks: [StorageAction] = []
+        var pools: [StorageAction] = [], unlinks: [StorageAction] = [], shrinks: [StorageAction] = []
         var desired: [String: [String]] = [:]
         var verdicts: [ClassVerdict] = []
 
@@ -131,21 +136,37 @@ public struct StoragePlanner: Sendable {
             if rootType == nil { roots.append(.createRoot(root: root)) }
             for h in qualifying where !linked.contains(h) { links.append(.link(host: h, root: root)) }
             if observed.rules[c.ruleName] == nil { rules.append(.createRule(rule: c.ruleName, root: root)) }
+            let (size, minSize) = Self.poolSize(c, qualifying: qualifying.count)
             if let pool = observed.pools[c.poolName] {
-                if pool.size != c.replicas { pools.append(.setPoolSize(pool: c.poolName, size: c.replicas)) }
-                if pool.minSize != c.minReplicas { pools.append(.setPoolMinSize(pool: c.poolName, minSize: c.minReplicas)) }
+                // Growing: size before min_size, with the links. Shrinking: min_size before size,
+                // after the unlinks (so the hosts that left are dropped, not a random qualifying one).
+                if size > pool.size { pools.append(.setPoolSize(pool: c.poolName, size: size)) }
+                if minSize > pool.minSize { pools.append(.setPoolMinSize(pool: c.poolName, minSize: minSize)) }
+                if minSize < pool.minSize { shrinks.append(.setPoolMinSize(pool: c.poolName, minSize: minSize)) }
+                if size < pool.size { shrinks.append(.setPoolSize(pool: c.poolName, size: size)) }
                 if !pool.applications.contains(Self.application) {
                     pools.append(.enableApplication(pool: c.poolName, application: Self.application))
                 }
             } else if !qualifying.isEmpty {
-                pools.append(.createPool(pool: c.poolName, rule: c.ruleName, pgCount: pgCount, size: c.replicas))
-                pools.append(.setPoolMinSize(pool: c.poolName, minSize: c.minReplicas))
+                pools.append(.createPool(pool: c.poolName, rule: c.ruleName, pgCount: pgCount, size: size))
+                pools.append(.setPoolMinSize(pool: c.poolName, minSize: minSize))
                 pools.append(.enableApplication(pool: c.poolName, application: Self.application))
             }
             verdicts.append(verdict(c, qualifying: qualifying, excluded: excluded,
                                     poolExists: observed.pools[c.poolName] != nil))
         }
-        return StoragePlan(desired: desired, actions: roots + links + rules + pools + unlinks, verdicts: verdicts)
+        return StoragePlan(desired: desired, actions: roots + links + rules + pools + unlinks + shrinks, verdicts: verdicts)
+    }
+
+    /// The pool's size and min_size for `qualifying` hosts. Ceph fills a placement group whose CRUSH
+    /// mapping is shorter than the pool's size with the OSDs that held it before (pg_temp): a host that
+    /// left the root would keep serving the class. So with fewer qualifying hosts than replicas (but at
+    /// least 2) the pool shrinks to one copy per qualifying host, and grows back when hosts return.
+    /// Below 2 hosts the pool keeps its size: Ceph refuses size 1 unless told it really means it,
+    /// and the verdict says what that leaves (see `verdict`).
+    static func poolSize(_ c: DataClass, qualifying q: Int) -> (size: Int, minSize: Int) {
+        let size = q >= 2 ? min(c.replicas, q) : c.replicas
+        return (size, min(c.minReplicas, size))
     }
 
     /// Why `h` may not hold `c`'s data, or nil if it may.
@@ -188,23 +209,29 @@ public struct StoragePlanner: Sendable {
         let list = qualifying.joined(separator: ", ")
         let left = excluded.isEmpty ? "" : " Left out: " + excluded.map { "\($0.host) (\($0.reason))" }.joined(separator: ", ") + "."
         let fix = "raise another storage host's trust to ≥ \(t) or add a storage host with trust ≥ \(t)"
+        // What Ceph does with fewer than 2 qualifying hosts (the pool keeps its size, see `poolSize`).
+        let stranded = "Ceph keeps the pool's other copies on the hosts that held them (it never drops a placement group "
+            + "below 2 copies by itself), so hosts that left this class may still serve its data; if they must not, "
+            + "take their OSDs out (ceph osd out ID), which moves their data of every class"
         let status: ClassVerdict.Status
         var message: String
         if q >= c.replicas {
             status = .healthy
             message = "\(c.name): \(q) \(q == 1 ? "host" : "hosts") at trust ≥ \(t) (\(list)) hold its \(c.replicas) replicas."
-        } else if q >= c.minReplicas {
+        } else if q >= 2 {
             status = .degraded
-            message = "\(c.name): only \(q) \(q == 1 ? "host" : "hosts") at trust ≥ \(t) (\(list)), replicas \(c.replicas) cannot be placed — "
-                + "degraded: every object keeps \(q) \(q == 1 ? "copy" : "copies"). To restore: \(fix), or lower the class's replicas to \(q)."
-        } else if q > 0 {
+            let writes = q < c.minReplicas ? " (and writes need \(q), not \(c.minReplicas))" : ""
+            message = "\(c.name): only \(q) hosts at trust ≥ \(t) (\(list)), replicas \(c.replicas) cannot be placed — "
+                + "degraded: the pool runs with \(q) copies\(writes) until more hosts qualify. To restore: \(fix), or lower the class's replicas to \(q)."
+        } else if q == 1 {
             status = .blocked
-            message = "\(c.name): only \(q) \(q == 1 ? "host" : "hosts") at trust ≥ \(t) (\(list)), but its pool needs \(c.minReplicas) copies to accept I/O — "
-                + "blocked: reads and writes of its volumes wait until more hosts qualify. To restore: \(fix)."
+            message = "\(c.name): only 1 host at trust ≥ \(t) (\(list)), but a pool needs 2 copies on 2 hosts — "
+                + (poolExists ? "blocked: " + stranded : "blocked: its volumes get one copy and writes wait for \(c.minReplicas)")
+                + ". To restore: \(fix)."
         } else {
             status = .unplaceable
             message = "\(c.name): no storage host has trust ≥ \(t) — "
-                + (poolExists ? "unplaceable: its volumes are unavailable until one does" : "unplaceable: its pool is not created until one does")
+                + (poolExists ? "unplaceable: " + stranded : "unplaceable: its pool is not created until one does")
                 + ". To restore: \(fix)."
         }
         message += left

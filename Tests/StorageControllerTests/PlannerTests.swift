@@ -65,11 +65,12 @@ final class PlannerTests: XCTestCase {
         var dropped = hosts
         dropped[2].trust = 400_000
         let plan = try planner.plan(hosts: dropped, classes: DataClass.defaults, observed: base)
-        XCTAssertEqual(plan.actions, [.unlink(host: "node2", root: "mycelium-sensitive")])
+        XCTAssertEqual(plan.actions, [.unlink(host: "node2", root: "mycelium-sensitive"), .setPoolSize(pool: "mycelium-sensitive", size: 2)])
         let v = try XCTUnwrap(plan.verdict(for: "sensitive"))
         XCTAssertEqual(v.status, .degraded)
         XCTAssertEqual(v.hosts, ["node0", "node1"])
         XCTAssertTrue(v.message.hasPrefix("sensitive: only 2 hosts at trust ≥ 0.5 (node0, node1), replicas 3 cannot be placed — degraded"), v.message)
+        XCTAssertTrue(v.message.contains("degraded: the pool runs with 2 copies until more hosts qualify"), v.message)
         XCTAssertTrue(v.message.contains("raise another storage host's trust to ≥ 0.5"), v.message)
         XCTAssertTrue(v.message.contains("node2 (trust 0.4 < 0.5)"), v.message)
         XCTAssertEqual(plan.verdict(for: "private")?.status, .healthy)
@@ -77,8 +78,10 @@ final class PlannerTests: XCTestCase {
         let droppedLayout = applying(plan.actions, to: base)
         XCTAssertEqual(droppedLayout.children["mycelium-sensitive"], ["node0", "node1"])
         XCTAssertEqual(droppedLayout.children["mycelium-private"], ["node0", "node1", "node2"])
+        XCTAssertEqual(droppedLayout.pools["mycelium-sensitive"]?.size, 2)
+        XCTAssertEqual(droppedLayout.pools["mycelium-sensitive"]?.minSize, 2)
         let back = try planner.plan(hosts: hosts, classes: DataClass.defaults, observed: droppedLayout)
-        XCTAssertEqual(back.actions, [.link(host: "node2", root: "mycelium-sensitive")])
+        XCTAssertEqual(back.actions, [.link(host: "node2", root: "mycelium-sensitive"), .setPoolSize(pool: "mycelium-sensitive", size: 3)])
         XCTAssertEqual(back.verdict(for: "sensitive")?.status, .healthy)
     }
 
@@ -92,7 +95,7 @@ final class PlannerTests: XCTestCase {
         oneLeft[2].trust = 200_000
         let blocked = try planner.plan(hosts: oneLeft, classes: DataClass.defaults, observed: base)
         XCTAssertEqual(blocked.verdict(for: "sensitive")?.status, .blocked)
-        XCTAssertTrue(blocked.verdict(for: "sensitive")!.message.contains("needs 2 copies to accept I/O — blocked"), blocked.verdict(for: "sensitive")!.message)
+        XCTAssertTrue(blocked.verdict(for: "sensitive")!.message.contains("but a pool needs 2 copies on 2 hosts — blocked: Ceph keeps the pool's other copies"), blocked.verdict(for: "sensitive")!.message)
         XCTAssertEqual(blocked.verdict(for: "private")?.status, .blocked)
 
         var none = hosts
@@ -102,7 +105,7 @@ final class PlannerTests: XCTestCase {
             ["private", "sensitive"].map { StorageAction.unlink(host: h, root: "mycelium-\($0)") } }))
         let v = try XCTUnwrap(plan.verdict(for: "sensitive"))
         XCTAssertEqual(v.status, .unplaceable)
-        XCTAssertTrue(v.message.contains("no storage host has trust ≥ 0.5 — unplaceable: its volumes are unavailable"), v.message)
+        XCTAssertTrue(v.message.contains("no storage host has trust ≥ 0.5 — unplaceable: Ceph keeps the pool's other copies"), v.message)
         XCTAssertEqual(plan.verdict(for: "public")?.status, .healthy)
     }
 
@@ -117,6 +120,7 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(Set(plan.actions), [
             .unlink(host: "node0", root: "mycelium-public"), .unlink(host: "node0", root: "mycelium-private"),
             .unlink(host: "node0", root: "mycelium-sensitive"), .unlink(host: "node3", root: "mycelium-public"),
+            .setPoolSize(pool: "mycelium-private", size: 2), .setPoolSize(pool: "mycelium-sensitive", size: 2),
         ])
         let v = try XCTUnwrap(plan.verdict(for: "public"))
         XCTAssertEqual(v.hosts, ["node1", "node2"])
