@@ -188,11 +188,12 @@ final class StorageDriverTests: XCTestCase {
         try await waitForPlacement(driver, pool, objects, on: ["node0", "node1", "node2"], copies: 3, "after creating the classes")
 
         // node2's trust drops below 0.5: it leaves the sensitive root (only that one), the class is
-        // degraded, and the cluster moves every replica off node2.
+        // degraded (its pool shrinks to 2 copies: Ceph would otherwise keep node2 in the acting set
+        // through pg_temp), and the cluster moves every replica off node2.
         hosts[2].trust = 400_000
         t0 = Date()
         let dropped = try await driver.reconcile(hosts: hosts, classes: DataClass.defaults, planner: planner)
-        XCTAssertEqual(dropped.applied, [.unlink(host: "node2", root: "mycelium-sensitive")])
+        XCTAssertEqual(dropped.applied, [.unlink(host: "node2", root: "mycelium-sensitive"), .setPoolSize(pool: pool, size: 2)])
         let verdict = try XCTUnwrap(dropped.verdict(for: "sensitive"))
         XCTAssertEqual(verdict.status, .degraded)
         XCTAssertTrue(verdict.message.hasPrefix("sensitive: only 2 hosts at trust ≥ 0.5 (node0, node1), replicas 3 cannot be placed — degraded"), verdict.message)
@@ -206,10 +207,16 @@ final class StorageDriverTests: XCTestCase {
         hosts[2].trust = 600_000
         t0 = Date()
         let restored = try await driver.reconcile(hosts: hosts, classes: DataClass.defaults, planner: planner)
-        XCTAssertEqual(restored.applied, [.link(host: "node2", root: "mycelium-sensitive")])
+        XCTAssertEqual(restored.applied, [.link(host: "node2", root: "mycelium-sensitive"), .setPoolSize(pool: pool, size: 3)])
         XCTAssertEqual(restored.verdict(for: "sensitive")?.status, .healthy)
         try await waitForPlacement(driver, pool, objects, on: ["node0", "node1", "node2"], copies: 3, "after node2's trust recovered")
-        print("StorageDriverTests: sensitive data back on node2 after \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+        print("StorageDriverTests: sensitive data mapped back to node2 after \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+        // ... and the cluster settles: every placement group active+clean (a sanity check before the
+        // next step; the manager's report may lag, so this does not time node2's recovery).
+        try await waitForPGs(conn, "every PG active+clean after node2 came back") { states in
+            states.allSatisfy { $0.key == "active+clean" }
+        }
+        print("StorageDriverTests: every PG active+clean \(String(format: "%.2f", Date().timeIntervalSince(t0))) s after node2 came back")
         try await readBack("with node2 back")
 
         let last = try await driver.reconcile(hosts: hosts, classes: DataClass.defaults, planner: planner)
@@ -238,6 +245,29 @@ final class StorageDriverTests: XCTestCase {
                 XCTFail("\(when): after \(Int(seconds)) s the cluster still maps: \(last.map(\.description).joined(separator: "; ")) (want \(copies) copies on \(hosts.sorted()))",
                         file: file, line: line)
                 return seconds
+            }
+            try await Task.sleep(nanoseconds: 250_000_000)  // the next poll; the deadline bounds the wait
+        }
+    }
+
+    /// Polls the cluster's status (`status`: placement groups by state, as the manager reports them)
+    /// until `condition` holds; fails with the last states after the deadline.
+    func waitForPGs(_ conn: CephConnection, _ what: String, deadline seconds: Double = 180,
+                    file: StaticString = #filePath, line: UInt = #line, _ condition: ([String: Int]) -> Bool) async throws {
+        let t0 = Date()
+        var states: [String: Int] = [:]
+        while true {
+            let reply = try await conn.monitorCommand("status", ["format": .string("json")])
+            let status = try JSONSerialization.jsonObject(with: Data(reply.output.utf8)) as? [String: Any]
+            let byState = (status?["pgmap"] as? [String: Any])?["pgs_by_state"] as? [[String: Any]] ?? []
+            states = [:]
+            for s in byState {
+                if let name = s["state_name"] as? String, let n = s["count"] as? Int { states[name] = n }
+            }
+            if !states.isEmpty && condition(states) { return }
+            if Date().timeIntervalSince(t0) > seconds {
+                XCTFail("\(what): after \(Int(seconds)) s the PGs are \(states)", file: file, line: line)
+                return
             }
             try await Task.sleep(nanoseconds: 250_000_000)  // the next poll; the deadline bounds the wait
         }
