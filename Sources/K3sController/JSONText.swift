@@ -2,6 +2,8 @@
 // The K3s core renders the CNI conflist and Deployment manifests with it, so golden files compare
 // byte for byte and a manifest's bytes depend only on the spec.
 
+import MyceliumCore
+
 public indirect enum JSONText: Sendable, Equatable {
     case string(String)
     case int(Int64)
@@ -56,21 +58,5 @@ public indirect enum JSONText: Sendable, Equatable {
     }
 
     /// A JSON string literal (RFC 8259 §7): quotes, backslashes and control characters escaped.
-    public static func quoted(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out + "\""
-    }
+    public static func quoted(_ s: String) -> String { JSONString.quoted(s) }
 }

@@ -2,6 +2,8 @@
 // Foundation (and ICU) at start-up; it also needs to carry unknown fields (prevResult, runtimeConfig, args)
 // through untouched and to print keys in a fixed order, which a Codable model makes awkward.
 
+import MyceliumCore
+
 /// A parsed JSON document. Objects keep their keys in document order.
 public enum JSON: Equatable, Sendable {
     case null
@@ -311,24 +313,5 @@ extension JSON {
         }
     }
 
-    static func quote(_ s: String, into out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let h = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        out += "\""
-    }
+    static func quote(_ s: String, into out: inout String) { JSONString.quote(s, into: &out) }
 }

@@ -3,6 +3,7 @@
 // object the `ceph` CLI would send: a `prefix` and the arguments named as in Ceph's MonCommands.h.
 
 import Glibc
+import MyceliumCore
 
 /// A monitor command's answer: its output (JSON when asked for `format: json`) and status line.
 public struct MonitorReply: Sendable, Equatable {
@@ -51,24 +52,5 @@ extension CephConnection {
     }
 
     /// A JSON string literal (RFC 8259 §7): quotes, backslashes and control characters escaped.
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func jsonString(_ s: String) -> String { JSONString.quoted(s) }
 }
