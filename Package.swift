@@ -103,7 +103,7 @@ let package = Package(
         .target(name: "Libvirt", dependencies: ["CLibvirt"]),
         // Ceph through librados/librbd: connections, pools, RBD images, snapshots, the exclusive lock and
         // blocklisting (no `rbd`/`ceph` subprocesses). The storage driver's only door to Ceph.
-        .target(name: "MyceliumRBD", dependencies: ["CRados"]),
+        .target(name: "MyceliumRBD", dependencies: ["CRados", "MyceliumCore"]),
         // Storage data classes and trust-aware placement: the planner (pure) and its driver, which
         // carries out the CRUSH and pool changes through MyceliumRBD's monitor commands.
         .target(name: "StorageController", dependencies: ["MyceliumIdentity"]),
@@ -291,10 +291,12 @@ let package = Package(
         // libvirt's built-in test driver (test:///default, in-process) for the wrapper's calls and errors.
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         // A real Ceph cluster (scripts/ceph up/down in a temporary directory) for the RBD wrapper; needs root.
-        .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD"]),
+        // A real Ceph cluster per suite (scripts/ceph up/down), shared by the storage test suites.
+        .target(name: "CephTestSupport", dependencies: ["MyceliumRBD"], path: "Tests/CephTestSupport"),
+        .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD", "CephTestSupport"]),
         .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity"]),
         // The planner's decisions carried out on a real 4-OSD Ceph cluster (scripts/ceph); needs root.
-        .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity"]),
+        .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity", "CephTestSupport"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),

@@ -6,84 +6,24 @@
 import Foundation
 import Glibc
 import XCTest
+import CephTestSupport
 @testable import MyceliumRBD
-
-/// The cluster of this test run.
-struct TestCluster {
-    let dir: String
-    let conf: String
-    let keyring: String
-    var config: CephClientConfig { CephClientConfig(confFile: conf, clientName: "client.admin", keyring: keyring) }
-}
-
-enum Cluster {
-    static let repoRoot: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().path
-    static var script: String { repoRoot + "/scripts/ceph" }
-
-    /// Runs scripts/ceph with ARGS; (exit status, stdout, stderr). Output goes through files, not
-    /// pipes: the daemons it starts outlive it, and Foundation's Process did not see the script exit
-    /// once they had (waitUntilExit hung), so this spawns and waits itself, like VMHarness.runTool.
-    static func run(_ args: [String]) -> (Int32, String, String) {
-        let base = NSTemporaryDirectory() + "ceph-run-\(getpid())-\(UUID().uuidString)"
-        let outPath = base + ".out", errPath = base + ".err"
-        defer { unlink(outPath); unlink(errPath) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        let argv = ([script] + args).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, script, &actions, nil, argv, environ)
-        guard rc == 0 else { return (-1, "", "cannot run \(script): \(String(cString: strerror(rc)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exit: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (exit, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "", (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
-    }
-}
 
 final class MyceliumRBDTests: XCTestCase {
     // Set once in class setUp, read by the tests (XCTest runs them one at a time).
     nonisolated(unsafe) static var cluster: TestCluster?
     nonisolated(unsafe) static var upError: String?
-    nonisolated(unsafe) static var dir: String?
 
     override class func setUp() {
         super.setUp()
-        let base = ProcessInfo.processInfo.environment["TMPDIR"].map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 } ?? "/tmp"
-        let dir = "\(base)/mycelium-ceph-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        Self.dir = dir
-        let t0 = Date()
-        let (rc, out, err) = Cluster.run(["up", dir])
-        guard rc == 0 else {
-            // The script's own verdict first ("ceph: timed out ... waiting for ..."), then the daemon logs.
-            let verdict = err.split(separator: "\n").filter { $0.hasPrefix("ceph: ") }.joined(separator: "; ")
-            upError = "scripts/ceph up \(dir) failed (exit \(rc)): \(verdict)\n\(err.suffix(2000))"
-            return
+        switch CephTestCluster.up(suite: "MyceliumRBDTests", osds: 3) {
+        case .success(let c): cluster = c
+        case .failure(let why): upError = why.description
         }
-        var kv: [String: String] = [:]
-        for line in out.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1)
-            if parts.count == 2 { kv[String(parts[0])] = String(parts[1]) }
-        }
-        guard let conf = kv["conf"], let keyring = kv["keyring"] else {
-            upError = "scripts/ceph up printed no conf=/keyring= lines: \(out)"
-            return
-        }
-        cluster = TestCluster(dir: dir, conf: conf, keyring: keyring)
-        print("MyceliumRBDTests: Ceph cluster up in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s at \(dir)")
     }
 
     override class func tearDown() {
-        if let dir = Self.dir {
-            let (rc, _, err) = Cluster.run(["down", dir])
-            if rc != 0 { print("MyceliumRBDTests: scripts/ceph down \(dir) failed: \(err)") }
-            if FileManager.default.fileExists(atPath: dir) { print("MyceliumRBDTests: \(dir) still exists after down") }
-        }
+        CephTestCluster.down(cluster, suite: "MyceliumRBDTests")
         super.tearDown()
     }
 

@@ -11,46 +11,7 @@ import MyceliumRBD
 import StorageController
 @testable import StorageDriver
 import XCTest
-
-struct TestCluster {
-    let dir: String
-    let conf: String
-    let keyring: String
-    var config: CephClientConfig { CephClientConfig(confFile: conf, clientName: "client.admin", keyring: keyring) }
-}
-
-/// scripts/ceph, spawned and waited for directly (as in MyceliumRBDTests: Foundation's Process did
-/// not see the script exit once the daemons it started outlived it).
-enum Cluster {
-    static let repoRoot: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().path
-    static var script: String { repoRoot + "/scripts/ceph" }
-
-    static func run(_ args: [String], env extra: [String: String] = [:]) -> (Int32, String, String) {
-        let base = NSTemporaryDirectory() + "ceph-run-\(getpid())-\(UUID().uuidString)"
-        let outPath = base + ".out", errPath = base + ".err"
-        defer { unlink(outPath); unlink(errPath) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        let argv = ([script] + args).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in extra { env[k] = v }
-        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { envp.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, script, &actions, nil, argv, envp)
-        guard rc == 0 else { return (-1, "", "cannot run \(script): \(String(cString: strerror(rc)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exit: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (exit, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "", (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
-    }
-}
+import CephTestSupport
 
 func nodeID(_ n: Int) -> NodeID {
     var bytes = [UInt8](repeating: 0, count: 16)
@@ -62,39 +23,17 @@ final class StorageDriverTests: XCTestCase {
     static let osds = 4
     nonisolated(unsafe) static var cluster: TestCluster?
     nonisolated(unsafe) static var upError: String?
-    nonisolated(unsafe) static var dir: String?
 
     override class func setUp() {
         super.setUp()
-        let base = ProcessInfo.processInfo.environment["TMPDIR"].map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 } ?? "/tmp"
-        let dir = "\(base)/mycelium-ceph-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        Self.dir = dir
-        let t0 = Date()
-        let (rc, out, err) = Cluster.run(["up", dir], env: ["MYCELIUM_CEPH_OSDS": String(osds)])
-        guard rc == 0 else {
-            let verdict = err.split(separator: "\n").filter { $0.hasPrefix("ceph: ") }.joined(separator: "; ")
-            upError = "scripts/ceph up \(dir) failed (exit \(rc)): \(verdict)\n\(err.suffix(2000))"
-            return
+        switch CephTestCluster.up(suite: "StorageDriverTests", osds: osds) {
+        case .success(let c): cluster = c
+        case .failure(let why): upError = why.description
         }
-        var kv: [String: String] = [:]
-        for line in out.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1)
-            if parts.count == 2 { kv[String(parts[0])] = String(parts[1]) }
-        }
-        guard let conf = kv["conf"], let keyring = kv["keyring"] else {
-            upError = "scripts/ceph up printed no conf=/keyring= lines: \(out)"
-            return
-        }
-        cluster = TestCluster(dir: dir, conf: conf, keyring: keyring)
-        print("StorageDriverTests: Ceph cluster (\(osds) OSDs) up in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s at \(dir)")
     }
 
     override class func tearDown() {
-        if let dir = Self.dir {
-            let (rc, _, err) = Cluster.run(["down", dir])
-            if rc != 0 { print("StorageDriverTests: scripts/ceph down \(dir) failed: \(err)") }
-            if FileManager.default.fileExists(atPath: dir) { print("StorageDriverTests: \(dir) still exists after down") }
-        }
+        CephTestCluster.down(cluster, suite: "StorageDriverTests")
         super.tearDown()
     }
 
