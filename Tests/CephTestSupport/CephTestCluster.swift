@@ -83,3 +83,18 @@ public enum CephTestCluster {
         return (exit, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "", (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
     }
 }
+
+/// What a suite's class setUp got: the cluster, or why there is none.
+public typealias CephTestClusterResult = Result<TestCluster, CephTestCluster.NoCluster>
+
+extension Optional where Wrapped == CephTestClusterResult {
+    /// The cluster, or an error (the test FAILS, never skips) saying why there is none.
+    public func require() throws -> TestCluster {
+        guard let result = self else { throw CephTestCluster.NoCluster(description: "no Ceph cluster: class setUp did not run") }
+        do { return try result.get() } catch { throw CephTestCluster.NoCluster(description: "no Ceph cluster: \(error.description)") }
+    }
+
+    /// The cluster to take down, if one came up.
+    public var upCluster: TestCluster? { try? self?.get() }
+}
+

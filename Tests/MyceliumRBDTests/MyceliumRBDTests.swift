@@ -11,29 +11,21 @@ import CephTestSupport
 
 final class MyceliumRBDTests: XCTestCase {
     // Set once in class setUp, read by the tests (XCTest runs them one at a time).
-    nonisolated(unsafe) static var cluster: TestCluster?
-    nonisolated(unsafe) static var upError: String?
+    nonisolated(unsafe) static var cluster: CephTestClusterResult?
 
     override class func setUp() {
         super.setUp()
-        switch CephTestCluster.up(suite: "MyceliumRBDTests", osds: 3) {
-        case .success(let c): cluster = c
-        case .failure(let why): upError = why.description
-        }
+        cluster = CephTestCluster.up(suite: "MyceliumRBDTests", osds: 3)
     }
 
     override class func tearDown() {
-        CephTestCluster.down(cluster, suite: "MyceliumRBDTests")
+        CephTestCluster.down(cluster.upCluster, suite: "MyceliumRBDTests")
         super.tearDown()
     }
 
-    struct NoCluster: Error, CustomStringConvertible { let description: String }
+    func requireCluster() throws -> TestCluster { try Self.cluster.require() }
 
-    /// The cluster, or an error (the test fails, never skips) saying why there is none.
-    func requireCluster() throws -> TestCluster {
-        guard let c = Self.cluster else { throw NoCluster(description: "no Ceph cluster: \(Self.upError ?? "class setUp did not run")") }
-        return c
-    }
+    struct SocketError: Error, CustomStringConvertible { let description: String }
 
     func uniqueName(_ prefix: String) -> String { "\(prefix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
 
@@ -331,7 +323,7 @@ final class MyceliumRBDTests: XCTestCase {
     /// A socket listening on 127.0.0.1 that never accepts: connections complete and then hang.
     func listeningSocket() throws -> (Int32, UInt16) {
         let (fd, port) = try boundSocket()
-        guard listen(fd, 16) == 0 else { close(fd); throw NoCluster(description: "listen: errno \(errno)") }
+        guard listen(fd, 16) == 0 else { close(fd); throw SocketError(description: "listen: errno \(errno)") }
         return (fd, port)
     }
 
@@ -345,7 +337,7 @@ final class MyceliumRBDTests: XCTestCase {
         let ok = withUnsafeMutablePointer(to: &addr) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
         }
-        guard ok else { close(fd); throw NoCluster(description: "bind 127.0.0.1:0: errno \(errno)") }
+        guard ok else { close(fd); throw SocketError(description: "bind 127.0.0.1:0: errno \(errno)") }
         return (fd, UInt16(bigEndian: addr.sin_port))
     }
 

@@ -21,28 +21,19 @@ func nodeID(_ n: Int) -> NodeID {
 
 final class StorageDriverTests: XCTestCase {
     static let osds = 4
-    nonisolated(unsafe) static var cluster: TestCluster?
-    nonisolated(unsafe) static var upError: String?
+    nonisolated(unsafe) static var cluster: CephTestClusterResult?
 
     override class func setUp() {
         super.setUp()
-        switch CephTestCluster.up(suite: "StorageDriverTests", osds: osds) {
-        case .success(let c): cluster = c
-        case .failure(let why): upError = why.description
-        }
+        cluster = CephTestCluster.up(suite: "StorageDriverTests", osds: osds)
     }
 
     override class func tearDown() {
-        CephTestCluster.down(cluster, suite: "StorageDriverTests")
+        CephTestCluster.down(cluster.upCluster, suite: "StorageDriverTests")
         super.tearDown()
     }
 
-    struct Failure: Error, CustomStringConvertible { let description: String }
-
-    func requireCluster() throws -> TestCluster {
-        guard let c = Self.cluster else { throw Failure(description: "no Ceph cluster: \(Self.upError ?? "class setUp did not run")") }
-        return c
-    }
+    func requireCluster() throws -> TestCluster { try Self.cluster.require() }
 
     /// node0..node3 with trust 0.9, 0.8, 0.6, 0.15: all four are public, node0-2 are private and
     /// sensitive, node3 never holds private or sensitive data.
