@@ -619,10 +619,16 @@ func writeSeeds(to dir: String) {
             _ = try? st.apply(Entry(term: 1, index: 6, data: ControlEntry.service(.nodeInfo(node: id, ServiceNodeInfo(labels: ["zone": "a"]))).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 7, data: ControlEntry.network(.assign(node: id, CIDR("10.244.1.0/24")!)).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 8, data: ControlEntry.service(.endpoints(node: id, [0x0AF4_0105: 7, 0x0AF4_0106: 0xBEEF])).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 9, data: ControlEntry.volume(.storageNode(node: id, StorageNodeInfo(ceph: true, cephHost: "node1"))).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 10, data: ControlEntry.volume(.create(VolumeSpec(name: "db", sizeBytes: 1 << 30, dataClass: "private", driver: .ceph),
+                                                                                         home: id, executor: id)).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 11, data: ControlEntry.volume(.placement(hosts: ["node1": ["private", "public"]], executor: id)).encoded()))
             return st.snapshot()
         }()),
         ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
         ("control", [0] + ControlEntry.service(.endpoints(node: id, [0x0AF4_0105: 7, 0x0AF4_0207: 9])).encoded()),
+        ("control", [0] + ControlEntry.volume(.taskDone(name: "db", task: 3, node: id, ok: false, message: "in use")).encoded()),
+        ("control", [0] + ControlEntry.volume(.snapshot(name: "db", snapshot: "s1", executor: id)).encoded()),
         ("httpstatus", Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)),
         ("httpstatus", Array("HTTP/1.0 503\r\n".utf8)),
         ("dns", FuzzDNS.query("web.service.mycelium", DNSType.a, id: 1, edns: 1232)),

@@ -32,8 +32,11 @@ public enum ControlEntry: Sendable, Equatable {
     /// a node's reports; stamped with the proposing leader's wall clock (Unix ms; 0: unstamped) like
     /// a spore entry, so service events carry their time and control time moves with them.
     case service(ServiceCommand, millis: Int64 = 0)
+    /// A change to the volume table (Volumes.swift): the leader's tasks and placement decisions, the
+    /// nodes' reports; stamped with the proposing leader's wall clock like a service entry.
+    case volume(VolumeCommand, millis: Int64 = 0)
 
-    enum Tag: UInt8 { case sporeSeconds = 1, kv = 2, network = 3, vm = 4, spore = 5, service = 6 }
+    enum Tag: UInt8 { case sporeSeconds = 1, kv = 2, network = 3, vm = 4, spore = 5, service = 6, volume = 7 }
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 128)
@@ -48,6 +51,8 @@ public enum ControlEntry: Sendable, Equatable {
             w.u8(Tag.vm.rawValue); w.raw(command.encoded())
         case let .service(command, millis):
             w.u8(Tag.service.rawValue); w.i64(millis); w.raw(command.encoded())
+        case let .volume(command, millis):
+            w.u8(Tag.volume.rawValue); w.i64(millis); w.raw(command.encoded())
         }
         return w.bytes
     }
@@ -81,6 +86,14 @@ public enum ControlEntry: Sendable, Equatable {
             do { return .service(try ServiceCommand(decoding: Array(body[8...])), millis: millis) } catch {
                 throw ControlError(.malformedEntry("service command: \(error)"))
             }
+        case .volume:
+            guard body.count >= 8 else { throw ControlError(.malformedEntry("volume entry of \(bytes.count) bytes")) }
+            var r = ByteReader(body)
+            let millis: Int64
+            do { millis = try r.i64() } catch { throw ControlError(.malformedEntry("volume entry time: \(error)")) }
+            do { return .volume(try VolumeCommand(decoding: Array(body[8...])), millis: millis) } catch {
+                throw ControlError(.malformedEntry("volume command: \(error)"))
+            }
         }
     }
 }
@@ -103,6 +116,12 @@ public enum ControlChange: Sendable {
     case serviceNode(MyceliumIdentity.NodeID)
     /// The pods a node published (`ServiceCommand.endpoints`) changed, or went with the node.
     case podEndpoints(MyceliumIdentity.NodeID)
+    /// A volume's record changed (nil: deleted).
+    case volume(name: String, VolumeRecord?)
+    /// A node's storage facts changed (or went with the node).
+    case storageNode(MyceliumIdentity.NodeID)
+    /// A placement decision was made (or its outcome reported).
+    case storagePlacement(UInt64)
     /// The whole state was replaced by a snapshot.
     case restored
 }
@@ -116,6 +135,7 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
         case networkRefused(String)
         case vmRefused(String)
         case serviceRefused(String)
+        case volumeRefused(String)
         /// A snapshot that cannot be restored: the node cannot continue safely.
         case badSnapshot(String)
     }
@@ -128,6 +148,7 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
         case .networkRefused(let s): return "network command refused: \(s)"
         case .vmRefused(let s): return "vm command refused: \(s)"
         case .serviceRefused(let s): return "service command refused: \(s)"
+        case .volumeRefused(let s): return "volume command refused: \(s)"
         case .badSnapshot(let s): return "snapshot cannot be restored: \(s)"
         }
     }
@@ -140,6 +161,7 @@ public struct ControlState: Sendable, Equatable {
     public internal(set) var pods: PodCIDRTable
     public internal(set) var vms: VMTable
     public internal(set) var services: ServiceTable
+    public internal(set) var volumes: VolumeTable
     /// The Raft index of the last entry applied (or of the snapshot restored).
     public internal(set) var appliedIndex: UInt64 = 0
     /// Control time: the latest leader-stamped time of an applied spore or service entry, in Unix
@@ -152,6 +174,7 @@ public struct ControlState: Sendable, Equatable {
         pods = PodCIDRTable()
         vms = VMTable()
         services = ServiceTable()
+        volumes = VolumeTable()
     }
 
     public var network: NetworkIdentity { spore.network }
@@ -197,6 +220,7 @@ public struct ControlState: Sendable, Equatable {
             }
             for node in services.nodes.keys where spore.members[node] == nil { changes += services.forget(node) }
             for node in services.podEndpoints.keys where spore.members[node] == nil { changes += services.forget(node) }
+            for node in volumes.nodes.keys where spore.members[node] == nil { changes += volumes.forget(node) }
             return changes
         case .kv(let batch):
             return [.kv(index: entry.index, kv.apply(batch))]
@@ -212,7 +236,17 @@ public struct ControlState: Sendable, Equatable {
             let changes = try services.apply(command, spore: spore, pods: pods, now: millis)
             nowMillis = millis
             return changes
+        case let .volume(command, stamped):
+            let millis = max(nowMillis, stamped)
+            let changes = try volumes.apply(command, spore: spore, now: millis, user: volumeUser)
+            nowMillis = millis
+            return changes
         }
+    }
+
+    /// The VM whose disk `volume` is, if any.
+    public func volumeUser(_ volume: String) -> String? {
+        nil
     }
 
     /// Whole seconds of a control time (rounded down, also before 1970).
@@ -224,15 +258,16 @@ public struct ControlState: Sendable, Equatable {
 
     static let snapshotMagic: [UInt8] = Array("MYCS".utf8)
     /// 2 adds the VM table, 3 its planned migrations, 4 control time in milliseconds (and VM lease
-    /// ends in milliseconds), 5 the service table; 1 to 4 are still read.
-    static let snapshotVersion: UInt16 = 5
+    /// ends in milliseconds), 5 the service table, 6 the volume table; 1 to 5 are still read.
+    static let snapshotVersion: UInt16 = 6
 
     /// One deterministic snapshot: magic, version, applied index, then each part as a blob.
     public func snapshot() -> [UInt8] {
         let s = spore.encoded(), k = kv.encodedSnapshot(), p = pods.encoded(), v = vms.encoded(), sv = services.encoded()
-        var w = ByteWriter(capacity: s.count + k.count + p.count + v.count + sv.count + 40)
+        let vol = volumes.encoded()
+        var w = ByteWriter(capacity: s.count + k.count + p.count + v.count + sv.count + vol.count + 48)
         w.raw(Self.snapshotMagic); w.u16(Self.snapshotVersion); w.u64(appliedIndex); w.i64(nowMillis)
-        w.blob(s); w.blob(k); w.blob(p); w.blob(v); w.blob(sv)
+        w.blob(s); w.blob(k); w.blob(p); w.blob(v); w.blob(sv); w.blob(vol)
         return w.bytes
     }
 
@@ -254,6 +289,7 @@ public struct ControlState: Sendable, Equatable {
             let podBytes = try r.blob("pods", limit: 16 << 20)
             let vmBytes = version >= 2 ? try r.blob("vms", limit: 16 << 20) : [0, 0, 0, 0]
             let serviceBytes = version >= 5 ? try r.blob("services", limit: 256 << 20) : [UInt8](repeating: 0, count: 12)
+            let volumeBytes = version >= 6 ? try r.blob("volumes", limit: 64 << 20) : VolumeTable().encoded()
             try r.finish()
             state.spore = try PrimarySpore(decoding: sporeBytes)
             guard state.spore.network.id == network.id else {
@@ -263,6 +299,7 @@ public struct ControlState: Sendable, Equatable {
             state.pods = try PodCIDRTable(decoding: podBytes)
             state.vms = try VMTable(decoding: vmBytes, version: version)
             state.services = try ServiceTable(decoding: serviceBytes)
+            state.volumes = try VolumeTable(decoding: volumeBytes)
             // Before format 4 control time was the spore's whole seconds.
             state.nowMillis = millis ?? state.spore.now.saturatingMultiplied(by: 1000)
             return state

@@ -148,7 +148,7 @@ public struct RouteController: Controller {
     public mutating func applied(_ change: ControlChange, context: ControllerContext) -> [ControllerEffect<DatapathAction>] {
         switch change {
         case .podCIDR, .podPool, .spore, .serviceNode, .restored, .service, .podEndpoints: dirty = true
-        case .kv, .vm: break
+        case .kv, .vm, .volume, .storageNode, .storagePlacement: break
         }
         return []
     }

@@ -61,8 +61,11 @@ final class ControlStateTests: XCTestCase {
         XCTAssertEqual(s.nowMillis, 1_800_000_011_750, "control time never goes back")
         // A format-3 snapshot (no control time of its own) restores it from the spore's seconds; a
         // format-4 one (no service table: its last blob, 16 bytes when empty) restores without services.
-        let v5 = s.snapshot()
-        XCTAssertEqual(Array(v5[4..<6]), [0, 5])
+        // format-5 one (no volume table: its last blob, 21 bytes when empty) restores without volumes.
+        let v6 = s.snapshot()
+        XCTAssertEqual(Array(v6[4..<6]), [0, 6])
+        let v5 = Array(v6.prefix(4)) + [0, 5] + Array(v6[6..<(v6.count - 21)])
+        XCTAssertEqual(try ControlState.restore(v5, network: network), s)
         let v4 = Array(v5.prefix(4)) + [0, 4] + Array(v5[6..<(v5.count - 16)])
         XCTAssertEqual(try ControlState.restore(v4, network: network), s)
         var v3 = Array(v4.prefix(4)) + [0, 3] + Array(v4[6..<14]) + Array(v4[22...])
