@@ -359,6 +359,22 @@ public final class CephConnection: @unchecked Sendable {
         }
     }
 
+    /// The clients that have image `name` open (its watchers), seen through a read-only open that does
+    /// not add one: what a caller checks before a change that must not happen under a user.
+    public func imageWatchers(pool: String, name: String) async throws(RBDError) -> [RBDWatcher] {
+        let op = "list the watchers of image \(pool)/\(name)"
+        try Self.checkName(name, kind: "image", op)
+        return try await CephQueue.run { [self] () throws(RBDError) in
+            let io = try ioctx(pool, op)
+            defer { rados_ioctx_destroy(io) }
+            var img: rbd_image_t?
+            let rc = rbd_open_read_only(io, name, &img, nil)
+            if rc < 0 { throw RBDError.from(rc, op, what: "image \(pool)/\(name)") }
+            defer { rbd_close(img) }
+            return try Self.watchers(img!).get()
+        }
+    }
+
     /// Opens image `name` for reading and writing; the handle watches the image until `close()`.
     /// With `snapshot`, opens that snapshot read-only (writes fail with EROFS) and does not watch.
     public func openImage(pool: String, name: String, snapshot: String? = nil) async throws(RBDError) -> RBDImage {
