@@ -106,8 +106,8 @@ let package = Package(
         .target(name: "MyceliumRBD", dependencies: ["CRados", "MyceliumCore"]),
         // Storage data classes and trust-aware placement: the planner (pure) and its driver, which
         // carries out the CRUSH and pool changes through MyceliumRBD's monitor commands.
-        .target(name: "StorageController", dependencies: ["MyceliumIdentity"]),
-        .target(name: "StorageDriver", dependencies: ["StorageController", "MyceliumRBD"]),
+        .target(name: "StorageController", dependencies: ["MyceliumIdentity", "MyceliumControl", "MyceliumSpores"]),
+        .target(name: "StorageDriver", dependencies: ["StorageController", "MyceliumRBD", "MyceliumControl", "MyceliumCore"]),
         // The network controller: pod CIDRs in the control state (pure core) and the file mycelium-cni reads (driver).
         .target(name: "NetworkController", dependencies: ["MyceliumControl", "MyceliumCore", "MyceliumSpores", "MyceliumIdentity"],
                 exclude: ["README.md"]),
@@ -183,7 +183,7 @@ let package = Package(
                 "MyceliumCore", "MyceliumIdentity", "MyceliumRaft", "MyceliumWAL", "MyceliumSpores", "MyceliumMembership",
                 "MyceliumTransport", "MyceliumVote", "MyceliumControl", "NetworkController", "MembershipController", "MyceliumAPI",
                 "VMController", "VMDriver", "Scheduler", "ServiceController", "ServiceDriver", "ServiceRuntime", "ServiceDNS", "NetworkDriver", "MyceliumCNI",
-                "K3sController", "K3sDriver", "MyceliumHTTP",
+                "K3sController", "K3sDriver", "MyceliumHTTP", "StorageController", "StorageDriver", "MyceliumRBD",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -278,7 +278,7 @@ let package = Package(
             name: "MyceliumAgentTests",
             dependencies: [
                 "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "mycelium-cni", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
-                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime", "MyceliumCNI",
+                "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime", "MyceliumCNI", "CephTestSupport", "MyceliumRBD",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -294,7 +294,7 @@ let package = Package(
         // A real Ceph cluster per suite (scripts/ceph up/down), shared by the storage test suites.
         .target(name: "CephTestSupport", dependencies: ["MyceliumRBD"], path: "Tests/CephTestSupport"),
         .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD", "CephTestSupport"]),
-        .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity"]),
+        .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity", "MyceliumControl", "MyceliumSpores", "MyceliumRaft", "MyceliumCore"]),
         // The planner's decisions carried out on a real 4-OSD Ceph cluster (scripts/ceph); needs root.
         .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity", "CephTestSupport"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest

@@ -334,8 +334,11 @@ public struct APIErrorCode: RawRepresentable, Codable, Sendable, Hashable, Custo
 
     /// 409: this node is not (or no longer) a member, so it cannot leave.
     public static let notAMember = APIErrorCode(rawValue: "not_a_member")
-    /// 400: the node a request names is not a member of this network.
+    /// The service table refused the request.
     public static let serviceRefused = APIErrorCode(rawValue: "service_refused")
+    /// The volume table or the storage refused the request.
+    public static let volumeRefused = APIErrorCode(rawValue: "volume_refused")
+    /// 400: the node a request names is not a member of this network.
     public static let unknownNode = APIErrorCode(rawValue: "unknown_node")
     /// 409: the node is already failed or gone; there is nothing to vote on.
     public static let nodeNotLive = APIErrorCode(rawValue: "node_not_live")

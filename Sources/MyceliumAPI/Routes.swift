@@ -36,6 +36,13 @@ public enum APIRoute: Sendable, Equatable {
     case service(action: String, query: String)
     /// `GET /v1/service/logs?name=&instance=&bytes=`: the tail of an instance's log (``ServiceLogsResponse``).
     case serviceLogs(query: String)
+    /// `GET /v1/volumes[?name=NAME]`: the volume table (``VolumesResponse``); with a name, that volume with where
+    /// the cluster maps it now.
+    case volumes(query: String)
+    /// `POST /v1/volume/ACTION?QUERY`: `create?name=&size=&class=[&on=]`, `snapshot?name=&snapshot=`, `delete?name=` (``ActionResponse``).
+    case volume(action: String, query: String)
+    /// `GET /v1/storage`: the storage as the answering node sees it (``StorageStatusResponse``).
+    case storage
 
     /// `/v1/status`.
     public static let statusPath = "/v1/status"
@@ -63,12 +70,18 @@ public enum APIRoute: Sendable, Equatable {
     public static let servicePrefix = "/v1/service/"
     /// `/v1/service/logs`.
     public static let serviceLogsPath = "/v1/service/logs"
+    /// `/v1/volumes`.
+    public static let volumesPath = "/v1/volumes"
+    /// The volume commands' path up to the action: `/v1/volume/`.
+    public static let volumePrefix = "/v1/volume/"
+    /// `/v1/storage`.
+    public static let storagePath = "/v1/storage"
 
     /// The HTTP method the route answers to.
     public var method: String {
         switch self {
-        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs: "GET"
-        case .leave, .failureVote, .revoke, .vm, .service: "POST"
+        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs, .volumes, .storage: "GET"
+        case .leave, .failureVote, .revoke, .vm, .service, .volume: "POST"
         }
     }
 
@@ -88,6 +101,9 @@ public enum APIRoute: Sendable, Equatable {
         case .services: Self.servicesPath
         case let .service(action, query): Self.servicePrefix + action + (query.isEmpty ? "" : "?" + query)
         case let .serviceLogs(query): Self.serviceLogsPath + (query.isEmpty ? "" : "?" + query)
+        case let .volumes(query): Self.volumesPath + (query.isEmpty ? "" : "?" + query)
+        case let .volume(action, query): Self.volumePrefix + action + (query.isEmpty ? "" : "?" + query)
+        case .storage: Self.storagePath
         }
     }
 
@@ -103,6 +119,14 @@ public enum APIRoute: Sendable, Equatable {
         case ("GET", Self.servicesPath): self = .services
         case ("GET", _) where target == Self.serviceLogsPath || target.hasPrefix(Self.serviceLogsPath + "?"):
             self = .serviceLogs(query: String(target.dropFirst(Self.serviceLogsPath.count + 1)))
+        case ("GET", Self.storagePath): self = .storage
+        case ("GET", _) where target == Self.volumesPath || target.hasPrefix(Self.volumesPath + "?"):
+            self = .volumes(query: String(target.dropFirst(Self.volumesPath.count + 1)))
+        case ("POST", _) where target.hasPrefix(Self.volumePrefix):
+            let rest = target.dropFirst(Self.volumePrefix.count)
+            let action = rest.prefix { $0 != "?" }
+            guard !action.isEmpty, action.allSatisfy({ $0.isLetter }) else { return nil }
+            self = .volume(action: String(action), query: String(rest.dropFirst(action.count + 1)))
         case ("POST", _) where target.hasPrefix(Self.servicePrefix):
             let rest = target.dropFirst(Self.servicePrefix.count)
             let action = rest.prefix { $0 != "?" }

@@ -127,6 +127,14 @@ extension Agent {
         case let .serviceLogs(query)?:
             let (s, b) = await serviceLogs(query: query)
             return (s, "application/json", b)
+        case let .volume(action, query)?:
+            let (s, b) = await answerVolume(action: action, query: query)
+            return (s, "application/json", b)
+        case let .volumes(query)?:
+            let (s, b) = await answerVolumes(query: query)
+            return (s, "application/json", b)
+        case .storage?:
+            return (.ok, "application/json", json(await storageStatus()))
         default:
             return answer(method: method, uri: uri, metricsOnly: metricsOnly)
         }
@@ -200,7 +208,7 @@ extension Agent {
             return accept("failure vote on \(node) requested; the leader opens at most one round per member every 3 s: watch 'mycelium status' (votes)")
         case .vms: return (.ok, "application/json", json(vmsResponse()))
         case .services: return (.ok, "application/json", json(servicesResponse()))
-        case .vm, .service, .serviceLogs:  // answered by answerVM / answerService (they may wait for the leader)
+        case .vm, .service, .serviceLogs, .volume, .volumes, .storage:  // answered in respond (they may wait for the leader or Ceph)
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")
         case .metrics, nil:
             return refuse(.notFound, .notFound, "no such endpoint: \(method) \(uri)")

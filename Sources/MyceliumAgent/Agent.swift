@@ -31,6 +31,8 @@ import NetworkController
 import NetworkDriver
 import K3sController
 import K3sDriver
+import StorageController
+import StorageDriver
 import NIOCore
 import NIOPosix
 
@@ -66,6 +68,7 @@ public actor Agent {
     let vmEvents: VMEventInbox
     /// This node's service driver (nil: its state directory could not be set up).
     let serviceDriver: ProcessServiceDriver?
+    let volumeDriver: VolumeDriver?
     /// This node's K3s driver (nil: no k3s binary; K3sHosting.swift).
     let k3sDriver: K3sDriver?
     /// Where this agent answers DNS for *.service.mycelium ("" when it does not).
@@ -229,6 +232,8 @@ public actor Agent {
 
         let (serviceDriver, noServices) = Self.makeServiceDriver(config, logger: logger)
         self.serviceDriver = serviceDriver
+        let volumeDriver = Self.makeVolumeDriver(config, logger: logger)
+        self.volumeDriver = volumeDriver
         let (k3sSettings, k3sDriver) = Self.makeK3s(config, logger: logger)
         self.k3sDriver = k3sDriver
         self.config = config
@@ -268,6 +273,10 @@ public actor Agent {
         }
         if let k3sDriver { self.controllers.host(K3sController(settings: k3sSettings), driver: k3sDriver) } else {
             self.controllers.host(K3sController(settings: k3sSettings), driver: NoK3sDriver())
+        }
+        let volumes = VolumeController(settings: Self.volumeSettings(config))
+        if let volumeDriver { self.controllers.host(volumes, driver: volumeDriver) } else {
+            self.controllers.host(volumes, driver: NoVolumeDriver(reason: "HOME/volumes cannot be made; see the agent's log"))
         }
         self.router.nodeIDs = [me: certificate.nodeID]
     }
@@ -536,6 +545,7 @@ public actor Agent {
         var entry = entry
         // A controller's service entry gets this leader's time, as spore entries do.
         if case .service(let command, 0) = entry { entry = .service(command, millis: Self.wallMillis()) }
+        if case .volume(let command, 0) = entry { entry = .volume(command, millis: Self.wallMillis()) }
         do { _ = try raft.propose(entry.encoded()) } catch {
             logger.debug("proposal refused", metadata: ["reason": "\(error)"])
         }

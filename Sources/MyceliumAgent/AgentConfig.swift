@@ -105,6 +105,14 @@ public struct AgentConfig: Sendable, Equatable {
     public var k3sCNIConfDir = "/etc/cni/net.d"
     /// Where K3s's containerd finds CNI plugins; the agent links mycelium-cni there if it is missing.
     public var k3sCNIBinDir = "/opt/cni/bin"
+    /// The Ceph cluster's configuration file this node reaches it by (empty: local volumes only).
+    public var cephConf = ""
+    /// The Ceph client (cephx user) this node acts as.
+    public var cephClient = "client.admin"
+    /// That client's keyring (empty: the one the configuration file names).
+    public var cephKeyring = ""
+    /// The CRUSH host of this node's OSDs (empty: this node holds no Ceph data).
+    public var cephHost = ""
 
     public init() {}
 
@@ -157,6 +165,10 @@ public struct AgentConfig: Sendable, Equatable {
         string("datapath_object", "The compiled eBPF datapath (make -C CSources/bpf builds CSources/bpf/build/datapath.bpf.o); the agent drives the datapath only when this file exists.", \.datapathObject),
         string("datapath_pin_dir", "Where the datapath's maps and programs are pinned in bpffs (mycelium-cni's pinDir must be the same).", \.datapathPinDir),
         bool("pod_dns", "Answer NAME.service.mycelium to this node's pods (sources in pod_cidr_pool only) on the node's address, port 53, where containers' resolv.conf points, when the node drives its datapath; false: pods get no service names.", \.podDNS),
+        string("ceph_conf", "The Ceph cluster's configuration file (ceph.conf) this node reaches it by; empty: this node keeps local volumes only (HOME/volumes). Nodes with it carry out the Ceph work the leader decides.", \.cephConf),
+        string("ceph_client", "The Ceph client (cephx user) this node acts as; it needs the monitor caps to move CRUSH hosts and create pools (client.admin, or a user with 'mon allow *').", \.cephClient),
+        string("ceph_keyring", "That client's keyring file (empty: the one ceph.conf names). Keep it readable by root only: it is a secret.", \.cephKeyring),
+        string("ceph_host", "The CRUSH host of this node's OSDs (its hostname in 'ceph osd tree'); the leader moves it between the data classes' roots as this node's trust changes. Empty: this node holds no Ceph data.", \.cephHost),
         string("k3s_binary", "The k3s executable, looked up on PATH unless it holds a '/'. The node offers the k3s service driver only when it is found ('mycelium doctor' says); empty: never run K3s here.", \.k3sBinary),
         string("k3s_role", "auto, server or agent: auto lets the lowest node ID among the members offering k3s start the K3s server, server makes this node claim it, agent makes it only join.", \.k3sRole),
         string("k3s_cni_conf_dir", "Where K3s's containerd reads CNI configurations; the agent writes 10-mycelium.conflist there (with flannel-backend none K3s keeps containerd's default).", \.k3sCNIConfDir),

@@ -44,6 +44,8 @@ enum KVPath: UInt8, Sendable {
     case service = 5
     /// Not KV: an instance's log tail, asked of the node that runs it (ServiceAPI.swift).
     case serviceLogs = 6
+    /// Not KV: a volume command (VolumeAPI.swift) the leader proposes.
+    case volume = 7
     init?(uri: String) {
         switch uri {
         case "/v3/kv/put": self = .put
@@ -60,7 +62,7 @@ extension Agent {
         let limits = control.kv.limits
         do {
             switch path {
-            case .vm, .service, .serviceLogs:
+            case .vm, .service, .serviceLogs, .volume:
                 throw KVError(.invalidRequest("not a KV request"))
             case .range:
                 let r = try KVGateway.decodeRange(body, limits: limits)
@@ -240,6 +242,8 @@ extension Agent {
                 answer = self.serveForwardedVM(body)
             } else if pathByte == KVPath.service.rawValue {
                 answer = self.serveForwardedService(body, from: peer)
+            } else if pathByte == KVPath.volume.rawValue {
+                answer = self.serveForwardedVolume(body, from: peer)
             } else if pathByte == KVPath.serviceLogs.rawValue {
                 let (status, bytes) = self.localServiceLogs(query: String(decoding: body, as: UTF8.self))
                 answer = KVAnswer(status: status, body: bytes)

@@ -100,6 +100,15 @@ extension Agent {
 
     /// A controller's request for the leader: proposed here when this node leads, else forwarded.
     func requestOfLeader(_ entry: ControlEntry) {
+        if case .volume(let command, _) = entry {
+            if raft.role == .leader {
+                _ = proposeVolume(command, from: nodeID)
+            } else {
+                let body = command.encoded()
+                Task { _ = try? await self.forward(.volume, body, forwarded: false) }
+            }
+            return
+        }
         guard case .service(let command, _) = entry else {
             logger.warning("a controller asked the leader for an entry that is not a service command; dropped")
             return

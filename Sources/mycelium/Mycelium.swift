@@ -29,7 +29,7 @@ struct Mycelium: AsyncParsableCommand {
             (network.key) may be moved offline. 'mycelium cert inspect' shows who issued a certificate.
             """,
         subcommands: [StatusCommand.self, IdentityCommand.self, NetworkCommand.self, InviteCommand.self, CertCommand.self,
-                      MemberCommandGroup.self, VMCommandGroup.self, ServiceCommandGroup.self,
+                      MemberCommandGroup.self, VMCommandGroup.self, ServiceCommandGroup.self, VolumeCommandGroup.self, StorageCommandGroup.self,
                       NodeCommand.self, SporeCommandGroup.self, VoteCommandGroup.self, DatapathCommandGroup.self, ChannelCommand.self,
                       DoctorCommand.self])
 }
