@@ -106,12 +106,70 @@ public struct CephStorageDriver: Sendable {
         let before = try await observe()
         let plan: StoragePlan
         do { plan = try planner.plan(hosts: hosts, classes: classes, observed: before) } catch { throw .plan(error) }
-        for action in plan.actions { try await apply(action) }
+        try await applyBatched(plan.actions)
         let after = plan.actions.isEmpty ? before : try await observe()
         let check: StoragePlan
         do { check = try planner.plan(hosts: hosts, classes: classes, observed: after) } catch { throw .plan(error) }
         guard check.actions.isEmpty else { throw .notConverged(applied: plan.actions, remaining: check.actions) }
         return StorageReconcileReport(applied: plan.actions, verdicts: check.verdicts, layout: after)
+    }
+
+    /// Carries out `actions` in the plan's order, but sends what does not depend on each other at
+    /// once: each run of one kind (roots, links, rules, pool changes, unlinks) is one batch, and within
+    /// a batch the actions on one object (one pool's create, min_size and application) stay in order
+    /// while different objects' go together. The monitor folds concurrent changes into one OSD map
+    /// commit, so a first placement takes a commit per batch instead of one per action. The first
+    /// error fails the whole call after the batch's other commands have returned.
+    public func applyBatched(_ actions: [StorageAction]) async throws(StorageDriverError) {
+        for batch in Self.batches(actions) {
+            let errors: [StorageDriverError] = await withTaskGroup(of: StorageDriverError?.self) { group in
+                for chain in batch {
+                    group.addTask {
+                        for a in chain {
+                            do throws(StorageDriverError) { try await self.apply(a) } catch { return error }
+                        }
+                        return nil
+                    }
+                }
+                var out: [StorageDriverError] = []
+                for await e in group { if let e { out.append(e) } }
+                return out
+            }
+            if let e = errors.first { throw e }
+        }
+    }
+
+    /// Batches (in order) of chains (concurrent) of actions (in order); see `applyBatched`.
+    static func batches(_ actions: [StorageAction]) -> [[[StorageAction]]] {
+        func phase(_ a: StorageAction) -> Int {
+            switch a {
+            case .createRoot: 0
+            case .link: 1
+            case .createRule: 2
+            case .createPool, .setPoolSize, .setPoolMinSize, .enableApplication: 3
+            case .unlink: 4
+            }
+        }
+        func key(_ a: StorageAction) -> String {
+            switch a {
+            case .createRoot(let r): "root \(r)"
+            case .link(let h, let r), .unlink(let h, let r): "host \(h) in \(r)"
+            case .createRule(let rule, _): "rule \(rule)"
+            case .createPool(let p, _, _, _), .setPoolSize(let p, _), .setPoolMinSize(let p, _), .enableApplication(let p, _): "pool \(p)"
+            }
+        }
+        var out: [[[StorageAction]]] = []
+        var current: [(String, [StorageAction])] = []
+        var currentPhase = -1
+        for a in actions {
+            if phase(a) != currentPhase, !current.isEmpty {
+                out.append(current.map(\.1)); current = []
+            }
+            currentPhase = phase(a)
+            if let i = current.firstIndex(where: { $0.0 == key(a) }) { current[i].1.append(a) } else { current.append((key(a), [a])) }
+        }
+        if !current.isEmpty { out.append(current.map(\.1)) }
+        return out
     }
 
     /// Carries out one action as one monitor command; a no-op when it already holds.
