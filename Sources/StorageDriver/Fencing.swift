@@ -104,9 +104,10 @@ public enum VolumeFencing {
                     } catch {
                         throw StorageDriverError.ceph(step: "fence \(spec): break \(o.owner)'s lock", error: error)
                     }
-                    // librbd's break-lock blocklists the owner itself with ITS expiry
-                    // (rbd_blocklist_expire_seconds, default: Ceph's 1 h), and a blocklist add
-                    // overwrites an entry's expiry: set ours again.
+                    // librbd's break-lock may blocklist the owner itself with ITS expiry
+                    // (rbd_blocklist_on_break_lock, rbd_blocklist_expire_seconds: default Ceph's
+                    // 1 h), and a blocklist add overwrites an entry's expiry. 16.2 was seen to leave
+                    // our entry alone; set ours again anyway so the year holds whatever librbd does.
                     try await step("blocklist \(o.address!) again") { () throws(RBDError) in
                         try await connection.blocklist(address: o.address!, expirySeconds: expiry)
                     }
