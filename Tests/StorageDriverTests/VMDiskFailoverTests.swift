@@ -108,14 +108,14 @@ extension StorageDriverTests {
             ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" })
         }
         func counts(_ path: String) -> [Int] { lines(path).compactMap { $0.hasPrefix("COUNT ") ? Int($0.split(separator: " ").last ?? "") : nil } }
-        func qmpB(_ cmd: String) -> String {
-            (try? runTool(["/usr/bin/virsh", "-c", hosts.uri("b"), "qemu-monitor-command", "diskvm", "{\"execute\":\"\(cmd)\"}"], allowFailure: true)) ?? "(virsh failed)"
+        func qmpB(_ cmd: String, _ args: String = "{}") -> String {
+            (try? runTool(["/usr/bin/virsh", "-c", hosts.uri("b"), "qemu-monitor-command", "diskvm", "{\"execute\":\"\(cmd)\",\"arguments\":\(args)}"], allowFailure: true)) ?? "(virsh failed)"
         }
         func poll(_ what: String, seconds: Double = 120, _ ok: () async throws -> Bool) async throws {
             let deadline = Date().addingTimeInterval(seconds)
             while try await !ok() {
                 if Date() > deadline {
-                    throw ChildFailure("timed out after \(seconds) s waiting for \(what)\n--- B's QEMU: \(qmpB("query-status"))\n\(qmpB("query-block").prefix(1500))\n--- A:\n\(lines(serialA).suffix(8).joined(separator: "\n"))\n--- B:\n\(lines(serialB).prefix(40).joined(separator: "\n"))\n...\n\(lines(serialB).suffix(4).joined(separator: "\n"))\n--- B's QEMU log:\n\(((try? String(contentsOfFile: hosts.qemuLog("b", "diskvm"), encoding: .utf8)) ?? "").suffix(3000))\n--- A's driver:\n\(logA.all.suffix(10).joined(separator: "\n"))\n--- B's driver:\n\(logB.all.suffix(10).joined(separator: "\n"))")
+                    throw ChildFailure("timed out after \(seconds) s waiting for \(what)\n--- B's QEMU: \(qmpB("query-status"))\n\(qmpB("query-block").prefix(300))\n--- B's disk queue: \(qmpB("x-query-virtio-queue-status", "{\"path\":\"/machine/peripheral/virtio-disk0/virtio-backend\",\"queue\":0}"))\n--- A:\n\(lines(serialA).suffix(8).joined(separator: "\n"))\n--- B:\n\(lines(serialB).prefix(40).joined(separator: "\n"))\n...\n\(lines(serialB).suffix(4).joined(separator: "\n"))\n--- B's QEMU log:\n\(((try? String(contentsOfFile: hosts.qemuLog("b", "diskvm"), encoding: .utf8)) ?? "").suffix(3000))\n--- A's driver:\n\(logA.all.suffix(10).joined(separator: "\n"))\n--- B's driver:\n\(logB.all.suffix(10).joined(separator: "\n"))")
                 }
                 try await Task.sleep(nanoseconds: 100_000_000)  // the next poll; the deadline bounds the wait
             }
