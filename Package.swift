@@ -134,7 +134,8 @@ let package = Package(
         // QEMU's guest-RAM memfd, checkpoint primitives, standby activation). No Raft or agent logic.
         .target(name: "VMHost", dependencies: ["Libvirt", "MyceliumControl", "Endophyte", "DirtyPages", "MyceliumCore"]),
         // The VM controller's driver: VMHost for the domains, Endophyte for the replicated RAM.
-        .target(name: "VMDriver", dependencies: ["VMController", "VMHost", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "Rhizomorph"]),
+        .target(name: "VMDriver", dependencies: ["VMController", "VMHost", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "Rhizomorph",
+                                                 "StorageDriver", "MyceliumRBD"]),
 
         // MARK: the CNI plugin: raw rtnetlink in C, the plugin in Swift (no Foundation: it runs per container)
         .target(
@@ -296,7 +297,8 @@ let package = Package(
         .testTarget(name: "MyceliumRBDTests", dependencies: ["MyceliumRBD", "CephTestSupport"]),
         .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity", "MyceliumControl", "MyceliumSpores", "MyceliumRaft", "MyceliumCore"]),
         // The planner's decisions carried out on a real 4-OSD Ceph cluster (scripts/ceph); needs root.
-        .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity", "CephTestSupport"]),
+        .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity", "CephTestSupport", "VMHarness",
+                                                           "VMDriver", "VMHost", "VMTestSupport", "MyceliumControl", "VMController"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),

@@ -30,14 +30,19 @@ public struct VMSpec: Sendable, Equatable {
     public var kernel: String
     public var initrd: String
     public var cmdline: String
+    /// The volume the guest sees as its data disk (`/dev/vda`), by name; "" for none. Where the
+    /// volume lives (an RBD image, a file) is each host's to resolve (`EndophyteDriverSettings.diskSource`).
+    public var disk: String
 
     public static let maxPath = 1024
+    /// The longest volume name a spec may carry (an RBD image name's limit here).
+    public static let maxDisk = 90
     public static let minMemoryMiB: UInt32 = 16
     public static let maxMemoryMiB: UInt32 = 1 << 20
 
-    public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String = "", initrd: String = "", cmdline: String = "") {
+    public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String = "", initrd: String = "", cmdline: String = "", disk: String = "") {
         self.name = name; self.memoryMiB = memoryMiB; self.vcpus = vcpus
-        self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline
+        self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.disk = disk
     }
 
     /// Why this spec cannot be run, or nil. A name is what libvirt and `virsh` show: 1–63 of
@@ -56,9 +61,17 @@ public struct VMSpec: Sendable, Equatable {
         for (what, p) in [("kernel", kernel), ("initrd", initrd), ("cmdline", cmdline)] where p.utf8.count > Self.maxPath {
             return "\(what) is over \(Self.maxPath) bytes"
         }
+        if !disk.isEmpty {
+            let d = Array(disk.utf8)
+            if d.count > Self.maxDisk || !d.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "@") }) {
+                return "disk '\(disk)' is not a volume name (1 to \(Self.maxDisk) printable ASCII characters, no '/', '@' or spaces)"
+            }
+        }
         return nil
     }
 
+    /// Everything but `disk`, which came later: it is appended where each format allows a trailing
+    /// field (VMCommand.create's end, the VM table's trailing section), so older bytes still decode.
     func encode(into w: inout ByteWriter) {
         w.string(name); w.u32(memoryMiB); w.u16(vcpus); w.string(kernel); w.string(initrd); w.string(cmdline)
     }
@@ -138,6 +151,8 @@ public enum VMCommand: Sendable, Equatable {
         case let .create(spec, primary, replica):
             w.u8(1); spec.encode(into: &w); w.raw(primary.bytes)
             if let replica { w.bool(true); w.raw(replica.bytes) } else { w.bool(false) }
+            // A trailing field, only when there is a disk: a spec without one encodes as before.
+            if !spec.disk.isEmpty { w.string(spec.disk) }
         case let .setReplica(name, replica, epoch):
             w.u8(2); w.string(name); w.u64(epoch)
             if let replica { w.bool(true); w.raw(replica.bytes) } else { w.bool(false) }
@@ -156,9 +171,11 @@ public enum VMCommand: Sendable, Equatable {
             let tag = try r.u8()
             switch tag {
             case 1:
-                let spec = try VMSpec.decode(&r)
+                var spec = try VMSpec.decode(&r)
                 let primary = try MyceliumIdentity.NodeID(bytes: r.raw(16))
-                self = .create(spec, primary: primary, replica: try r.bool("replica") ? MyceliumIdentity.NodeID(bytes: r.raw(16)) : nil)
+                let replica = try r.bool("replica") ? try MyceliumIdentity.NodeID(bytes: r.raw(16)) : nil
+                if !r.isAtEnd { spec.disk = try r.string("disk", limit: VMSpec.maxDisk) }
+                self = .create(spec, primary: primary, replica: replica)
             case 2:
                 let name = try r.string("vm name", limit: 63), epoch = try r.u64()
                 self = .setReplica(name: name, try r.bool("replica") ? MyceliumIdentity.NodeID(bytes: r.raw(16)) : nil, epoch: epoch)
@@ -357,6 +374,14 @@ public struct VMTable: Sendable, Equatable {
             if let m = r.migration { w.bool(true); w.raw(m.to.bytes); w.i64(m.since) } else { w.bool(false) }
             w.string(r.migrationOutcome)
         }
+        // Data disks came later: a trailing section (count, then name and volume per VM with a
+        // disk), written only when some VM has one, so a table without disks encodes as before and
+        // older snapshots (which end here) still decode with every disk "".
+        let disks = vms.values.filter { !$0.spec.disk.isEmpty }.sorted(by: { $0.name < $1.name })
+        if !disks.isEmpty {
+            w.u32(UInt32(disks.count))
+            for r in disks { w.string(r.name); w.string(r.spec.disk) }
+        }
         return w.bytes
     }
 
@@ -382,6 +407,17 @@ public struct VMTable: Sendable, Equatable {
                                             migration: migration, migrationOutcome: outcome),
                                    forKey: spec.name) != nil {
                     throw DecodeError(.invalid(field: "vm", reason: "'\(spec.name)' listed twice"), at: r.offset)
+                }
+            }
+            if !r.isAtEnd {
+                let k = Int(try r.u32())
+                if k > n { throw DecodeError(.tooLong(field: "vm disks", length: k, limit: n), at: r.offset) }
+                for _ in 0..<k {
+                    let name = try r.string("vm name", limit: 63), disk = try r.string("disk", limit: VMSpec.maxDisk)
+                    guard !disk.isEmpty, vms[name] != nil, vms[name]!.spec.disk.isEmpty else {
+                        throw DecodeError(.invalid(field: "vm disk", reason: "disk of '\(name)': unknown VM, listed twice or empty"), at: r.offset)
+                    }
+                    vms[name]!.spec.disk = disk
                 }
             }
             try r.finish()

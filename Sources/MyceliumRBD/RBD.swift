@@ -235,6 +235,16 @@ public final class CephConnection: @unchecked Sendable {
         _ = try await CephQueue.run { [self] () throws(RBDError) in try monCommand(json, op) }
     }
 
+    /// Waits until this client has the cluster's newest OSD map (rados_wait_for_latest_osdmap). After
+    /// a blocklist, this client's next operations carry that map's epoch, so an OSD handles them (and
+    /// anything the fenced client sends after them) only once it knows the fenced client is blocklisted.
+    public func waitForLatestOSDMap() async throws(RBDError) {
+        try await CephQueue.run { [self] () throws(RBDError) in
+            let rc = rados_wait_for_latest_osdmap(cluster)
+            if rc < 0 { throw RBDError.from(rc, "wait for the latest OSD map", monitors: monitors) }
+        }
+    }
+
     /// Lifts a blocklist entry (for tests and an operator's deliberate recovery).
     public func unblocklist(address: String) async throws(RBDError) {
         let op = "remove client \(address) from the blocklist"

@@ -30,7 +30,9 @@ import Foundation
 import MyceliumControl
 import MyceliumCore
 import MyceliumIdentity
+import MyceliumRBD
 import Rhizomorph
+import StorageDriver
 import VMController
 import VMHost
 
@@ -51,11 +53,19 @@ public struct EndophyteDriverSettings: Sendable {
     /// failover may contradict replies clients already saw.
     public var outputCommit: Bool
     public var outputCommitLimits: OutputCommitLimits
+    /// Where a VM's data disk (VMSpec.disk, a volume name) is on this host; nil: unknown here (a VM
+    /// naming it is refused). The agent answers from its volume table.
+    public var diskSource: @Sendable (String) -> VMDiskSource?
+    /// How long a takeover's fence keeps the old primary's Ceph clients out (VolumeFencing).
+    public var fenceExpirySeconds: Double
 
     public init(libvirtURI: String, qemuRunDirectory: String = "/run/libvirt/qemu", stateDirectory: String, shimLibrary: String? = nil,
                 listenHost: String, listenPort: UInt16,
                 replication: ReplicationConfig = ReplicationConfig(epochInterval: 0.1, rpoBound: 2, emergencyPolicy: .continueUnprotected, ackTimeout: 2),
-                outputCommit: Bool = true, outputCommitLimits: OutputCommitLimits = OutputCommitLimits()) {
+                outputCommit: Bool = true, outputCommitLimits: OutputCommitLimits = OutputCommitLimits(),
+                diskSource: @escaping @Sendable (String) -> VMDiskSource? = { _ in nil },
+                fenceExpirySeconds: Double = VolumeFencing.defaultExpirySeconds) {
+        self.diskSource = diskSource; self.fenceExpirySeconds = fenceExpirySeconds
         self.libvirtURI = libvirtURI; self.qemuRunDirectory = qemuRunDirectory; self.stateDirectory = stateDirectory
         self.shimLibrary = shimLibrary; self.listenHost = listenHost; self.listenPort = listenPort; self.replication = replication
         self.outputCommit = outputCommit; self.outputCommitLimits = outputCommitLimits
@@ -280,7 +290,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     public func perform(_ action: VMAction) async throws {
         switch action {
         case .run(let r):
-            do { try run(r) } catch {
+            do {
+                try await fenceDiskBeforeTakeOver(r)
+                try run(r)
+            } catch {
                 // A guest started (or taken over) but not made a primary here must not run untracked.
                 if lock.withLock({ primaries[r.name] }) == nil { try? host.domain(named: r.name).pauseThroughLibvirt() }
                 tellController(.actionFailed(name: r.name, epoch: r.epoch, reason: "\(error)"))
@@ -369,6 +382,30 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         let d = try host.start(r.spec, domainConfig(r, role: .primary))
         report(.started, "VM \(r.name): started as its primary (epoch \(r.epoch))")
         return d
+    }
+
+    /// Before this node takes a VM with an RBD disk over (it holds the replica and is now the
+    /// primary), the old primary's QEMU may still hold the image's exclusive lock: a dead host's, or a
+    /// frozen one's that would write as soon as it wakes. Every other client of the image is
+    /// blocklisted and its lock broken (VolumeFencing) before our QEMU opens it: a VM with an RBD disk
+    /// has no standby domain waiting here (its QEMU would have the image open and be fenced with the
+    /// rest), so `takeOver` starts one after this.
+    func fenceDiskBeforeTakeOver(_ r: VMRecord) async throws {
+        guard !r.spec.disk.isEmpty, lock.withLock({ primaries[r.name] == nil && replicas[r.name] != nil }) else { return }
+        guard case let .rbd(pool, image, conf, client)? = settings.diskSource(r.spec.disk) else {
+            if settings.diskSource(r.spec.disk) == nil { throw Self.unresolvedDisk(r.spec) }
+            return  // a file: nothing else can write it
+        }
+        let conn: CephConnection
+        do { conn = try await CephConnection.connect(CephClientConfig(confFile: conf, clientName: client)) } catch {
+            throw VMDriverError("VM \(r.name): cannot fence the old writer of its disk \(pool)/\(image) before taking over: \(error)")
+        }
+        let f = try await VolumeFencing.fenceOthers(connection: conn, pool: pool, image: image, expirySeconds: settings.fenceExpirySeconds)
+        report(.notice, "VM \(r.name): disk \(f) before taking over")
+    }
+
+    static func unresolvedDisk(_ spec: VMSpec) -> VMDriverError {
+        VMDriverError("VM \(spec.name): its disk '\(spec.disk)' is not a volume this node knows (no RBD image or file for it): create the volume first, or check the name")
     }
 
     /// Failover: the standby gets the replica's last committed epoch (RAM and device state together)
@@ -641,6 +678,13 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         // at once, even if the primary died while this agent was down.
         var standby: EndophyteDomain?, image: MappedRegion?, reused = false, keptAcrossRestart = false
         do {
+            // A standby's QEMU opens the VM's RBD disk at once (it would then be a watcher the
+            // takeover fences with the old writer): such a VM's standby starts at takeover, after
+            // the fence, and the replica is a file until then.
+            if case .rbd? = settings.diskSource(r.spec.disk) {
+                if try host.managedDomains().contains(where: { $0.name == r.name }) { try host.remove(r.name) }
+                throw VMDriverError("its disk is an RBD image; the standby starts at takeover, after fencing the old writer")
+            }
             let found = try host.managedDomains().first { $0.name == r.name }
             if let found, found.metadata.role == .standby, let d = try? host.domain(named: r.name), (try? d.isWaitingForState()) == true,
                let ram = try? d.openGuestRAM(), ram.length == bytes {
@@ -783,9 +827,20 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                 throw VMDriverError("the \(what) '\(path)' cannot be read on this node (\(String(cString: strerror(errno)))); every host that may run the VM needs it at that path")
             }
         }
+        var disk: VMDiskSource?
+        if !spec.disk.isEmpty {
+            guard let d = settings.diskSource(spec.disk) else { throw Self.unresolvedDisk(spec) }
+            if case let .rbd(_, _, conf, _) = d, access(conf, R_OK) != 0 {
+                throw VMDriverError("VM \(spec.name): the Ceph conf '\(conf)' of its disk '\(spec.disk)' cannot be read on this node (\(String(cString: strerror(errno))))")
+            }
+            if case let .file(path) = d, access(path, R_OK | W_OK) != 0 {
+                throw VMDriverError("VM \(spec.name): the file '\(path)' of its disk '\(spec.disk)' cannot be read and written on this node (\(String(cString: strerror(errno))))")
+            }
+            disk = d
+        }
         var probe = spec
         probe.name = "mycelium-check-\(UInt32.random(in: 0...UInt32.max))"
-        let xml = try EndophyteDomainXML.make(probe, EndophyteDomainConfig(role: .primary, ownershipEpoch: 0, serialLog: serialLog(probe.name)))
+        let xml = try EndophyteDomainXML.make(probe, EndophyteDomainConfig(role: .primary, ownershipEpoch: 0, serialLog: serialLog(probe.name), disk: disk))
         do {
             let d = try host.connection.define(xml: xml)
             try? d.undefine()
@@ -837,10 +892,15 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
         return EndophyteDomainXML.controlSocketProblem(path) == nil ? path : nil
     }
 
-    func domainConfig(_ r: VMRecord, role: EndophyteRole) -> EndophyteDomainConfig {
-        EndophyteDomainConfig(role: role, ownershipEpoch: r.epoch, serialLog: serialLog(r.name),
-                              shim: settings.shimLibrary.map { DirtyPageShim(library: $0, report: shimReport(r.name)!) },
-                              nic: Self.nic(for: r.name), controlSocket: controlSocket(r.name))
+    func domainConfig(_ r: VMRecord, role: EndophyteRole) throws -> EndophyteDomainConfig {
+        var disk: VMDiskSource?
+        if !r.spec.disk.isEmpty {
+            guard let d = settings.diskSource(r.spec.disk) else { throw Self.unresolvedDisk(r.spec) }
+            disk = d
+        }
+        return EndophyteDomainConfig(role: role, ownershipEpoch: r.epoch, serialLog: serialLog(r.name),
+                                     shim: settings.shimLibrary.map { DirtyPageShim(library: $0, report: shimReport(r.name)!) },
+                                     nic: Self.nic(for: r.name), controlSocket: controlSocket(r.name), disk: disk)
     }
 
     /// Every endophyte gets one virtio NIC on a tap named after the VM (`myc` + 8 hex digits of a

@@ -68,6 +68,40 @@ public struct GuestNIC: Sendable, Equatable {
     }
 }
 
+/// Where a VM's data disk (VMSpec.disk, a volume name) is on this host: what the host's resolver
+/// (`EndophyteDriverSettings.diskSource`) answers. The guest sees it as `/dev/vda` (virtio).
+public enum VMDiskSource: Sendable, Equatable {
+    /// An RBD image, opened by QEMU's own librbd (`<disk type='network'>`, protocol rbd). `cephConf`
+    /// names the monitors and, through its `keyring` setting, the key file: QEMU reads both itself,
+    /// so no key is ever in the domain XML, a log or the command line. `clientName` is the Ceph
+    /// entity (`client.admin`); any other needs a libvirt secret of usage `mycelium-ceph-NAME`
+    /// holding its key (the `<auth>` element names it; defining it is the host's job).
+    case rbd(pool: String, image: String, cephConf: String, clientName: String)
+    /// A raw file on this host (a local volume: it does not follow the VM to another host).
+    case file(path: String)
+
+    /// The libvirt secret usage name for a non-admin Ceph client.
+    public static func secretUsage(_ clientName: String) -> String { "mycelium-ceph-" + clientName.dropFirst("client.".count) }
+
+    var problem: String? {
+        switch self {
+        case let .rbd(pool, image, conf, client):
+            for (what, v) in [("pool", pool), ("image", image)] {
+                if v.isEmpty || v.utf8.count > 90 || v.contains("/") || v.contains("@") || v.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7f }) {
+                    return "RBD \(what) name '\(v)' is not valid (1-90 printable characters, no '/', '@' or spaces)"
+                }
+            }
+            if !conf.hasPrefix("/") { return "the Ceph conf file must be an absolute path (got '\(conf)')" }
+            if !client.hasPrefix("client.") || client.count <= 7 || client.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7f }) {
+                return "the Ceph client name '\(client)' is not client.NAME"
+            }
+        case let .file(path):
+            if !path.hasPrefix("/") { return "a disk file must be an absolute path (got '\(path)')" }
+        }
+        return nil
+    }
+}
+
 /// Everything about a host's domain that is not in the VMSpec.
 public struct EndophyteDomainConfig: Sendable, Equatable {
     public var role: EndophyteRole
@@ -87,10 +121,13 @@ public struct EndophyteDomainConfig: Sendable, Equatable {
     /// AppArmor profile; an absolute path of at most 107 bytes without commas. Give the standby one
     /// too: both copies keep the same command line.
     public var controlSocket: String?
+    /// The guest's data disk, resolved from VMSpec.disk (nil: none). Both copies carry the same.
+    public var disk: VMDiskSource?
 
     public init(role: EndophyteRole, ownershipEpoch: UInt64, serialLog: String, shim: DirtyPageShim? = nil, machine: String = "pc",
-                nic: GuestNIC? = nil, controlSocket: String? = nil) {
+                nic: GuestNIC? = nil, controlSocket: String? = nil, disk: VMDiskSource? = nil) {
         self.controlSocket = controlSocket
+        self.disk = disk
         self.role = role
         self.ownershipEpoch = ownershipEpoch
         self.serialLog = serialLog
@@ -152,6 +189,19 @@ public enum EndophyteDomainXML {
             ("machine", config.machine), ("shim library", config.shim?.library ?? ""), ("shim report", config.shim?.report ?? ""),
             ("direct monitor socket", config.controlSocket ?? ""),
         ]
+        var diskFields: [(String, String)] = []
+        switch config.disk {
+        case let .rbd(pool, image, conf, client)?: diskFields = [("disk pool", pool), ("disk image", image), ("Ceph conf", conf), ("Ceph client", client)]
+        case let .file(path)?: diskFields = [("disk file", path)]
+        case nil: break
+        }
+        for (what, value) in diskFields where value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            throw VMHostError(.invalidSpec("\(what) contains a control character, which a domain XML cannot carry"), domain: spec.name)
+        }
+        if !spec.disk.isEmpty && config.disk == nil {
+            throw VMHostError(.invalidSpec("the VM names disk '\(spec.disk)' but this host did not resolve it to an RBD image or a file"), domain: spec.name)
+        }
+        if let why = config.disk?.problem { throw VMHostError(.invalidSpec("disk '\(spec.disk)': \(why)"), domain: spec.name) }
         for (what, value) in fields where value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
             throw VMHostError(.invalidSpec("\(what) contains a control character, which a domain XML cannot carry"), domain: spec.name)
         }
@@ -184,6 +234,29 @@ public enum EndophyteDomainXML {
             // the command line stays the same on both copies, and an agent that restarts can
             // attach them again.
             x += "    <interface type='ethernet'><mac address='\(escape(nic.mac))'/><target dev='\(escape(nic.tap))' managed='yes'/><model type='virtio'/></interface>\n"
+        }
+        switch config.disk {
+        case let .rbd(pool, image, conf, client)?:
+            // QEMU's librbd reads the monitors and the keyring from the conf file; no <host> (the
+            // conf's mon_host, msgr2 included, is used as is). cache='none': librbd's cache off, so a
+            // guest's flush is the only buffering and a takeover finds every acknowledged write.
+            x += "    <disk type='network' device='disk'>\n"
+            x += "      <driver name='qemu' type='raw' cache='none'/>\n"
+            if client != "client.admin" {
+                x += "      <auth username='\(escape(String(client.dropFirst("client.".count))))'><secret type='ceph' usage='\(escape(VMDiskSource.secretUsage(client)))'/></auth>\n"
+            }
+            x += "      <source protocol='rbd' name='\(escape(pool))/\(escape(image))'>\n"
+            x += "        <config file='\(escape(conf))'/>\n"
+            x += "      </source>\n"
+            x += "      <target dev='vda' bus='virtio'/>\n"
+            x += "    </disk>\n"
+        case let .file(path)?:
+            x += "    <disk type='file' device='disk'>\n"
+            x += "      <driver name='qemu' type='raw'/>\n"
+            x += "      <source file='\(escape(path))'/>\n"
+            x += "      <target dev='vda' bus='virtio'/>\n"
+            x += "    </disk>\n"
+        case nil: break
         }
         // Devices libvirt would add by default and the guest does not need: less device state to carry.
         x += "    <controller type='usb' model='none'/>\n"

@@ -204,4 +204,43 @@ final class VMTableTests: XCTestCase {
             for cut in 0..<bytes.count { XCTAssertThrowsError(try VMCommand(decoding: Array(bytes.prefix(cut))), "\(c) cut at \(cut)") }
         }
     }
+
+    /// A data disk (issue 18) is a trailing field: a spec without one encodes exactly as before, older
+    /// bytes (commands and snapshots written before disks existed) decode with disk "", and one with a
+    /// disk round-trips through commands and the snapshot.
+    func testADiskIsATrailingFieldSoOlderBytesStillDecode() throws {
+        var withDisk = spec
+        withDisk.disk = "vol-web"
+        let old = VMCommand.create(spec, primary: id(1), replica: id(2)).encoded()
+        let new = VMCommand.create(withDisk, primary: id(1), replica: id(2)).encoded()
+        var tail = ByteWriter(capacity: 16)
+        tail.string("vol-web")
+        XCTAssertEqual(new, old + tail.bytes, "the disk is appended, nothing else changes")
+        XCTAssertEqual(try VMCommand(decoding: old), .create(spec, primary: id(1), replica: id(2)))
+        XCTAssertEqual(try VMCommand(decoding: new), .create(withDisk, primary: id(1), replica: id(2)))
+        for cut in 0..<new.count where cut != old.count {
+            XCTAssertThrowsError(try VMCommand(decoding: Array(new.prefix(cut))), "cut at \(cut)")
+        }
+        var bad = withDisk
+        bad.disk = "pool/image"
+        XCTAssertTrue(bad.problem?.contains("not a volume name") == true, bad.problem ?? "accepted")
+        bad.disk = String(repeating: "x", count: VMSpec.maxDisk + 1)
+        XCTAssertNotNil(bad.problem)
+
+        // The snapshot: a table with no disk is byte-for-byte the old format; one with a disk restores.
+        var s = try world()
+        try vm(&s, .create(spec, primary: id(1), replica: id(2)))
+        let tableWithoutDisks = s.vms.encoded()
+        try vm(&s, .create(VMSpec(name: "db", memoryMiB: 512, vcpus: 2, disk: "vol-db"), primary: id(3), replica: nil))
+        XCTAssertEqual(s.vms.vms["db"]?.spec.disk, "vol-db")
+        let restored = try ControlState.restore(s.snapshot(), network: network)
+        XCTAssertEqual(restored.vms, s.vms)
+        XCTAssertEqual(restored.vms.vms["db"]?.spec.disk, "vol-db")
+        XCTAssertEqual(restored.vms.vms["web-1"]?.spec.disk, "")
+        // Older table bytes (format 4, and 2 without migrations) decode, every disk "".
+        XCTAssertEqual(try VMTable(decoding: tableWithoutDisks, version: 4).vms["web-1"]?.spec, spec)
+        let bytes = s.vms.encoded()
+        XCTAssertEqual(try VMTable(decoding: bytes), s.vms)
+        for cut in [bytes.count - 1, bytes.count - 3] { XCTAssertThrowsError(try VMTable(decoding: Array(bytes.prefix(cut)))) }
+    }
 }

@@ -134,3 +134,91 @@ final class ControlSocketXMLTests: XCTestCase {
         XCTAssertNil(EndophyteDomainXML.controlSocketProblem("/" + String(repeating: "x", count: 106)), "107 bytes fit")
     }
 }
+
+/// The guest's data disk (issue 18): an RBD image through QEMU's librbd, or a file; golden output.
+final class DiskXMLTests: XCTestCase {
+    let spec = VMSpec(name: "db-1", memoryMiB: 128, vcpus: 1, kernel: "/k/vmlinuz", initrd: "/k/initrd", cmdline: "console=ttyS0 mycelium.disk=1", disk: "vol-db")
+
+    func config(_ role: EndophyteRole, _ disk: VMDiskSource?) -> EndophyteDomainConfig {
+        EndophyteDomainConfig(role: role, ownershipEpoch: 4, serialLog: "/var/lib/mycelium/db-1.serial", disk: disk)
+    }
+
+    /// The whole domain of a VM with an RBD disk, as libvirt gets it (golden).
+    func testAnRBDDiskIsANetworkDiskReadingTheMonitorsAndKeyringFromTheConf() throws {
+        let x = try EndophyteDomainXML.make(spec, config(.primary, .rbd(pool: "mycelium-private", image: "vol-db", cephConf: "/etc/ceph/ceph.conf", clientName: "client.admin")))
+        let golden = """
+        <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+          <name>db-1</name>
+          <metadata>
+            <mycelium:endophyte xmlns:mycelium='http://mycelium.dev/xmlns/endophyte/1' managed-by='mycelium' role='primary' ownership-epoch='4'/>
+          </metadata>
+          <memory unit='MiB'>128</memory>
+          <vcpu>1</vcpu>
+          <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>
+          <os>
+            <type arch='x86_64' machine='pc'>hvm</type>
+            <kernel>/k/vmlinuz</kernel>
+            <initrd>/k/initrd</initrd>
+            <cmdline>console=ttyS0 mycelium.disk=1</cmdline>
+          </os>
+          <features><acpi/></features>
+          <clock offset='utc'/>
+          <devices>
+            <serial type='file'><source path='/var/lib/mycelium/db-1.serial' append='on'/><target port='0'/></serial>
+            <disk type='network' device='disk'>
+              <driver name='qemu' type='raw' cache='none'/>
+              <source protocol='rbd' name='mycelium-private/vol-db'>
+                <config file='/etc/ceph/ceph.conf'/>
+              </source>
+              <target dev='vda' bus='virtio'/>
+            </disk>
+            <controller type='usb' model='none'/>
+            <memballoon model='none'/>
+          </devices>
+        </domain>
+
+        """
+        XCTAssertEqual(x, golden)
+        XCTAssertFalse(x.contains("key"), "no key, keyring or secret value in the domain")
+        // The standby carries the same disk (the device state names it).
+        let s = try EndophyteDomainXML.make(spec, config(.standby, .rbd(pool: "mycelium-private", image: "vol-db", cephConf: "/etc/ceph/ceph.conf", clientName: "client.admin")))
+        XCTAssertTrue(s.contains("<source protocol='rbd' name='mycelium-private/vol-db'>"), s)
+    }
+
+    func testAnotherCephClientNamesALibvirtSecretNeverAKey() throws {
+        let x = try EndophyteDomainXML.make(spec, config(.primary, .rbd(pool: "p", image: "i", cephConf: "/c/ceph.conf", clientName: "client.mycelium")))
+        XCTAssertTrue(x.contains("      <auth username='mycelium'><secret type='ceph' usage='mycelium-ceph-mycelium'/></auth>\n"), x)
+    }
+
+    func testAFileDiskAndBadSourcesAreRefused() throws {
+        let x = try EndophyteDomainXML.make(spec, config(.primary, .file(path: "/var/lib/mycelium/volumes/vol-db.raw")))
+        XCTAssertTrue(x.contains("""
+                <disk type='file' device='disk'>
+                  <driver name='qemu' type='raw'/>
+                  <source file='/var/lib/mycelium/volumes/vol-db.raw'/>
+                  <target dev='vda' bus='virtio'/>
+                </disk>
+
+            """), x)
+        func refused(_ d: VMDiskSource?, _ needle: String, _ s: VMSpec? = nil) {
+            XCTAssertThrowsError(try EndophyteDomainXML.make(s ?? spec, config(.primary, d))) { error in
+                guard case .invalidSpec(let why) = (error as! VMHostError).code else { return XCTFail("\(error)") }
+                XCTAssertTrue(why.contains(needle), "\(why) lacks \(needle)")
+            }
+        }
+        refused(nil, "did not resolve it")
+        refused(.rbd(pool: "p/q", image: "i", cephConf: "/c", clientName: "client.admin"), "pool name")
+        refused(.rbd(pool: "p", image: "i@s", cephConf: "/c", clientName: "client.admin"), "image name")
+        refused(.rbd(pool: "p", image: "i", cephConf: "ceph.conf", clientName: "client.admin"), "absolute")
+        refused(.rbd(pool: "p", image: "i", cephConf: "/c", clientName: "admin"), "client.NAME")
+        refused(.file(path: "relative.raw"), "absolute")
+        refused(.file(path: "/a\u{1}b"), "control character")
+        var bad = spec
+        bad.disk = "a/b"
+        refused(.file(path: "/x"), "not a volume name", bad)
+        // No disk named: no disk device, whatever the host would resolve.
+        var none = spec
+        none.disk = ""
+        XCTAssertFalse(try EndophyteDomainXML.make(none, config(.primary, nil)).contains("<disk"))
+    }
+}
