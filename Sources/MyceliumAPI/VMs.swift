@@ -30,6 +30,8 @@ public struct VMInfo: Codable, Sendable, Equatable {
     public var lastMigration: String?
     /// Replication as the primary sees it; only on the node that runs the VM (ask its agent).
     public var replication: VMReplicationInfo?
+    /// The volume it has as its data disk, if any.
+    public var disk: String?
 
     public init(name: String, memoryMiB: UInt32, vcpus: UInt16, kernel: String, initrd: String, cmdline: String,
                 primary: String, replica: String?, epoch: UInt64, leaseLeftMillis: Int64, protection: String, here: String? = nil,
@@ -41,7 +43,7 @@ public struct VMInfo: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection, here, migration, replication
+        case name, vcpus, kernel, initrd, cmdline, primary, replica, epoch, protection, here, migration, replication, disk
         case memoryMiB = "memory_mib"
         case leaseLeftMillis = "lease_left_ms"
         case lastMigration = "last_migration"

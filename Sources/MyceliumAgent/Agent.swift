@@ -69,6 +69,7 @@ public actor Agent {
     /// This node's service driver (nil: its state directory could not be set up).
     let serviceDriver: ProcessServiceDriver?
     let volumeDriver: VolumeDriver?
+    let volumeBook: VolumeBook
     /// This node's K3s driver (nil: no k3s binary; K3sHosting.swift).
     let k3sDriver: K3sDriver?
     /// Where this agent answers DNS for *.service.mycelium ("" when it does not).
@@ -227,7 +228,11 @@ public actor Agent {
         let vmPeers = ReplicationPeerBook()
         vmPeers.update(from: control.spore, port: config.vmReplicationPort)
         let vmEvents = VMEventInbox()
-        let (vmDriver, noVMs) = Self.makeVMDriver(config, key: key, network: network.id, peers: vmPeers, inbox: vmEvents, logger: logger)
+        let volumeBook = VolumeBook(me: certificate.nodeID, config: config)
+        volumeBook.update(control.volumes)
+        self.volumeBook = volumeBook
+        let (vmDriver, noVMs) = Self.makeVMDriver(config, key: key, network: network.id, peers: vmPeers, volumes: volumeBook,
+                                                  inbox: vmEvents, logger: logger)
         let features: CapabilityFeatures = vmDriver == nil ? [] : .libvirt
 
         let (serviceDriver, noServices) = Self.makeServiceDriver(config, logger: logger)
@@ -462,6 +467,7 @@ public actor Agent {
             fatalError("snapshot restore failed at index \(s.metadata.index): \(error)")
         }
         governor.restored(state: control)
+        volumeBook.update(control.volumes)
         carry(controllers.applied([.restored], context: controllerContext))
         refreshServiceEndpoints()
         sporeChanged()
@@ -486,6 +492,7 @@ public actor Agent {
         answerKVWaiters(applied: e, results: changes.kvResults)
         if !changes.isEmpty {
             carry(governor.applied(changes, raft: raft, state: control, using: &random))
+            if changes.contains(where: { if case .volume = $0 { true } else { false } }) { volumeBook.update(control.volumes) }
             carry(controllers.applied(changes, context: controllerContext))
             if Self.touchesServices(changes) { refreshServiceEndpoints() }
         }

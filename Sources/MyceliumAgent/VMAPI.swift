@@ -15,6 +15,15 @@ import NIOHTTP1
 
 extension Agent {
     func vmsResponse() -> VMsResponse {
+        var response = vmInfos()
+        for i in response.vms.indices {
+            let disk = control.vms.vms[response.vms[i].name]?.spec.disk ?? ""
+            response.vms[i].disk = disk.isEmpty ? nil : disk
+        }
+        return response
+    }
+
+    func vmInfos() -> VMsResponse {
         let local = vmDriver?.states() ?? [:]
         return VMsResponse(vms: control.vms.vms.values.sorted { $0.name < $1.name }.map { r in
             let replicaProblem: String? = {
@@ -64,14 +73,26 @@ extension Agent {
             let vcpus = q["vcpus"].map { UInt16($0) } ?? 1
             guard let vcpus else { return bad("vcpus must be a whole number from 1 to 64") }
             let spec = VMSpec(name: name, memoryMiB: memory, vcpus: vcpus, kernel: q["kernel"] ?? "", initrd: q["initrd"] ?? "",
-                              cmdline: q["cmdline"] ?? "")
+                              cmdline: q["cmdline"] ?? "", disk: q["disk"] ?? "")
             if let p = spec.problem { return bad(p) }
+            if let p = control.diskProblem(spec.disk, vm: spec.name) { return (.conflict, json(APIErrorResponse(error: p, code: .vmRefused))) }
             var primary = nodeID
             if let on = q["on"], !on.isEmpty {
                 switch member(on, "node") { case .success(let id): primary = id; case .failure(let e): return (.badRequest, json(e)) }
             }
             var replica: MyceliumIdentity.NodeID?
-            switch q["replica"] ?? "auto" {
+            // A local volume is a file on its home node: the VM runs there, and nothing can take it over.
+            if let v = control.volumes.volumes[spec.disk], v.spec.driver == .local {
+                if q["on"].map({ !$0.isEmpty }) == true, primary != v.home {
+                    return (.conflict, json(APIErrorResponse(error: "volume '\(v.name)' is a local file on \(v.home); a VM using it runs there (leave out --on, or use a Ceph volume)", code: .vmRefused)))
+                }
+                primary = v.home
+                if (q["replica"] ?? "auto") != "none" && q["replica"] != nil {
+                    return (.conflict, json(APIErrorResponse(error: "volume '\(v.name)' is a local file on \(v.home): no other node can take the VM over with it; use --replica none, or a Ceph volume (--class private)", code: .vmRefused)))
+                }
+            }
+            let localDisk = control.volumes.volumes[spec.disk]?.spec.driver == .local
+            switch localDisk ? "none" : q["replica"] ?? "auto" {
             case "auto": replica = control.vms.candidates(for: spec, spore: spore, excluding: [primary]).first
             case "none": replica = nil
             case let text:

@@ -117,7 +117,7 @@ extension Agent {
     /// Connects to libvirt and opens the replication listener: the node then offers VMs. Nil (with
     /// the reason logged) when libvirt does not answer or the listener cannot bind.
     static func makeVMDriver(_ config: AgentConfig, key: SigningKey, network: NetworkID, peers: ReplicationPeerBook,
-                             inbox: VMEventInbox, logger: Logger) -> (EndophyteDriver?, String) {
+                             volumes: VolumeBook, inbox: VMEventInbox, logger: Logger) -> (EndophyteDriver?, String) {
         guard !config.libvirtURI.isEmpty else {
             logger.info("libvirt_uri is empty: this node runs no VMs")
             return (nil, "libvirt_uri is empty")
@@ -126,7 +126,8 @@ extension Agent {
         let settings = EndophyteDriverSettings(
             libvirtURI: config.libvirtURI, qemuRunDirectory: config.libvirtQEMURunDir, stateDirectory: config.home + "/vms",
             shimLibrary: config.dirtyPageShim.isEmpty ? nil : config.dirtyPageShim,
-            listenHost: host, listenPort: UInt16(config.vmReplicationPort), outputCommit: config.vmOutputCommit)
+            listenHost: host, listenPort: UInt16(config.vmReplicationPort), outputCommit: config.vmOutputCommit,
+            diskSource: { volumes.source($0) })
         do {
             let d = try EndophyteDriver(settings: settings, identity: key, network: network, peer: { peers.lookup($0) },
                                         report: { kind, line in logger.notice("\(line)"); inbox.post(kind, line) })

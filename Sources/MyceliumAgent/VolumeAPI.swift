@@ -18,6 +18,7 @@ import NIOHTTP1
 import StorageController
 import StorageDriver
 import Synchronization
+import VMHost
 
 extension Agent {
     /// The storage driver (local files under HOME/volumes, Ceph when ceph_conf is set), or nil with
@@ -314,6 +315,33 @@ extension Agent {
         }
         return StorageStatusResponse(node: here, ceph: ceph, cephError: cephError, classes: classes, nodes: nodes, placement: placement,
                                      volumes: table.volumes.count, advice: advice)
+    }
+}
+
+/// The volume table as the VM driver's threads read it (a copy the agent refreshes as volume entries
+/// apply), and how this node reaches each volume: a Ceph volume through QEMU's librbd with this
+/// node's Ceph settings, a local volume only on its home node.
+final class VolumeBook: Sendable {
+    private let records = Mutex<[String: VolumeRecord]>([:])
+    let me: MyceliumIdentity.NodeID
+    let home: String
+    let cephConf: String
+    let cephClient: String
+
+    init(me: MyceliumIdentity.NodeID, config: AgentConfig) {
+        self.me = me; home = config.home; cephConf = config.cephConf; cephClient = config.cephClient
+    }
+
+    func update(_ table: VolumeTable) { records.withLock { $0 = table.volumes } }
+
+    func source(_ name: String) -> VMDiskSource? {
+        guard let r = records.withLock({ $0[name] }), r.created else { return nil }
+        switch r.spec.driver {
+        case .ceph:
+            return cephConf.isEmpty ? nil : .rbd(pool: "mycelium-" + r.spec.dataClass, image: r.name, cephConf: cephConf, clientName: cephClient)
+        case .local:
+            return r.home == me ? .file(path: home + "/volumes/" + r.name + ".img") : nil
+        }
     }
 }
 

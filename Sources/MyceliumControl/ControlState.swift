@@ -230,6 +230,7 @@ public struct ControlState: Sendable, Equatable {
             if case .migrate = command {
                 throw ControlError(.vmRefused("a planned switch is signed by the VM's primary (SporeCommand.vmSwitch), never a leader's entry"))
             }
+            if case let .create(spec, _, _) = command, let p = diskProblem(spec.disk, vm: spec.name) { throw ControlError(.vmRefused(p)) }
             return try vms.apply(command, spore: spore, now: nowMillis)
         case let .service(command, stamped):
             let millis = max(nowMillis, stamped)
@@ -246,7 +247,18 @@ public struct ControlState: Sendable, Equatable {
 
     /// The VM whose disk `volume` is, if any.
     public func volumeUser(_ volume: String) -> String? {
-        nil
+        vms.vms.values.filter { $0.spec.disk == volume }.map(\.name).min()
+    }
+
+    /// Why a new VM may not have `disk` as its data disk, or nil: the volume must exist, be created,
+    /// and be no other VM's (one writer at a time; the fencing on failover relies on it).
+    public func diskProblem(_ disk: String, vm: String) -> String? {
+        guard !disk.isEmpty else { return nil }
+        guard let v = volumes.volumes[disk] else { return "no volume named '\(disk)'; create it with 'mycelium volume create'" }
+        if !v.created { return "volume '\(disk)' is not created (\(v.task.map { "\($0.operation) pending" } ?? v.message))" }
+        if v.task?.operation == .delete { return "volume '\(disk)' is being deleted" }
+        if let other = volumeUser(disk), other != vm { return "volume '\(disk)' is already the disk of VM '\(other)'" }
+        return nil
     }
 
     /// Whole seconds of a control time (rounded down, also before 1970).

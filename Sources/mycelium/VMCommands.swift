@@ -47,6 +47,8 @@ struct VMCommandGroup: AsyncParsableCommand {
         @Option(help: "Kernel command line (default console=ttyS0).") var cmdline: String?
         @Option(help: "A libvirt domain definition of your own: its name, memory, vCPUs, kernel, initrd and command line are taken; Mycelium writes the domain itself.")
         var xml: String?
+        @Option(help: "A volume (mycelium volume create) the guest sees as its data disk /dev/vda: a Ceph volume follows the VM on failover, its old writer fenced; a local one pins the VM to the volume's node, unprotected.")
+        var disk: String?
         @Option(help: "The node to run it on (default: this node).") var on: String?
         @Option(help: "auto, none, or the node ID of the replica.") var replica: String = "auto"
         @Option(help: "Seconds to wait until the network has recorded it.") var wait: Double = 10
@@ -77,6 +79,7 @@ struct VMCommandGroup: AsyncParsableCommand {
             var p: [(String, String)] = [("name", name), ("memory_mib", "\(spec.mib)"), ("vcpus", "\(spec.vcpus)"), ("kernel", spec.kernel),
                                          ("initrd", spec.initrd), ("cmdline", spec.cmdline), ("replica", replica)]
             if let on { p.append(("on", on)) }
+            if let disk { p.append(("disk", disk)) }
             let client = agent.client
             let answer = try await client.vm("create", p)
             let deadline = Date().addingTimeInterval(wait)
@@ -202,7 +205,7 @@ private func show(_ v: VMInfo, _ out: OutputOptions) {
               "protection": v.protection, "here": v.here ?? "-", "epoch": v.epoch, "lease": v.leaseLeftMillis > 0 ? "\(v.leaseLeftMillis) ms left" : "not held",
               "migration": v.migration ?? "-", "last migration": v.lastMigration ?? "-",
               "replication": v.replication.map(describe) ?? "- (shown on the node that runs it)",
-              "kernel": v.kernel.isEmpty ? "-" : v.kernel, "initrd": v.initrd.isEmpty ? "-" : v.initrd, "cmdline": v.cmdline])
+              "disk": v.disk ?? "-", "kernel": v.kernel.isEmpty ? "-" : v.kernel, "initrd": v.initrd.isEmpty ? "-" : v.initrd, "cmdline": v.cmdline])
 }
 
 /// "epoch 812, RPO 80 ms, pause p50 14.2 ms p99 25.1 ms (590 checkpoints in the last minute), 3.1 MB/s, throttle 0%"

@@ -23,7 +23,12 @@ final class VolumeProcessTests: XCTestCase {
 
     func testLocalVolumesFromAnyNodeAndBadRequestsLeaveNothing() async throws {
         let c = try AgentCluster()
-        c.extraConfig = { _ in "libvirt_uri = \"\"\npodman = \"off\"\ndatapath_mode = \"off\"\n" }
+        // libvirt's test driver (a real libvirt connection to an in-process fake hypervisor): VMs are
+        // records here, enough to name a volume as a disk.
+        c.extraConfig = { n in
+            "libvirt_uri = \"test:///default\"\npodman = \"off\"\ndatapath_mode = \"off\"\n"
+                + "vm_replication_port = \(c.port("n1") - 1 + 10 + (Int(n.dropFirst()) ?? 0))\n"
+        }
         let names = try await startNetwork(c)
         let n2 = await c.status("n2")!.node
 
@@ -80,6 +85,34 @@ final class VolumeProcessTests: XCTestCase {
         (code, out) = try c.cli(["storage", "status", "--home", c.home("n1")])
         XCTAssertEqual(code, 0, out)
         XCTAssertTrue(out.contains("local files under"), out)
+
+        // A VM with the volume as its disk runs on the volume's node, unprotected; the volume cannot be
+        // deleted or given to a second VM while it is the first one's.
+        let k = ["--memory", "64M", "--kernel", "/bin/sh"]
+        (code, out) = try c.cli(["vm", "create", "web", "--disk", "data", "--replica", "auto", "--home", c.home("n1")] + k)
+        XCTAssertNotEqual(code, 0, out)
+        XCTAssertTrue(out.contains("no other node can take the VM over"), out)
+        (code, out) = try c.cli(["vm", "create", "web", "--disk", "data", "--replica", "none", "--home", c.home("n1"), "-o", "json"] + k)
+        XCTAssertEqual(code, 0, out)
+        let vm = try APIJSON.decode(VMInfo.self, from: Array(out.utf8))
+        XCTAssertEqual(vm.disk, "data")
+        XCTAssertEqual(vm.primary, n2, "a VM on a local volume runs on the volume's node")
+        XCTAssertNil(vm.replica)
+        let vmBad: [([String], String)] = [
+            (["vm", "create", "web2", "--disk", "data", "--replica", "none"] + k, "already the disk of VM 'web'"),
+            (["vm", "create", "web3", "--disk", "nope"] + k, "no volume named 'nope'"),
+            (["volume", "delete", "data"], "is the disk of VM 'web'"),
+        ]
+        for (args, expected) in vmBad {
+            let (code, out) = try c.cli(args + ["--home", c.home("n1")])
+            XCTAssertNotEqual(code, 0, "\(args): \(out)")
+            XCTAssertTrue(out.contains(expected), "\(args) should say '\(expected)': \(out)")
+        }
+        (code, out) = try c.cli(["volume", "show", "data", "--home", c.home("n3"), "-o", "json"])
+        XCTAssertEqual(try APIJSON.decode(VolumeInfo.self, from: Array(out.utf8)).usedBy, "vm web")
+        (code, out) = try c.cli(["vm", "delete", "web", "--home", c.home("n1")])
+        XCTAssertEqual(code, 0, out)
+        try await waitUntil("web deleted") { ((try? await AgentClient(socket: c.home("n1") + "/agent.sock").vms().vms) ?? [vm]).isEmpty }
 
         // Deleted with its snapshot: the files go.
         (code, out) = try c.cli(["volume", "delete", "data", "--home", c.home("n3")])
