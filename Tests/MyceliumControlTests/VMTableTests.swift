@@ -231,7 +231,15 @@ final class VMTableTests: XCTestCase {
         var s = try world()
         try vm(&s, .create(spec, primary: id(1), replica: id(2)))
         let tableWithoutDisks = s.vms.encoded()
-        try vm(&s, .create(VMSpec(name: "db", memoryMiB: 512, vcpus: 2, disk: "vol-db"), primary: id(3), replica: nil))
+        // The disk must be a created volume (every replica checks it).
+        let dbVM = VMSpec(name: "db", memoryMiB: 512, vcpus: 2, disk: "vol-db")
+        XCTAssertTrue(refusal(&s, .create(dbVM, primary: id(3), replica: nil)).contains("no volume named 'vol-db'"))
+        func volume(_ c: VolumeCommand) throws { index += 1; _ = try s.apply(Entry(term: 1, index: index, data: ControlEntry.volume(c).encoded())) }
+        try volume(.create(VolumeSpec(name: "vol-db", sizeBytes: 1 << 30, dataClass: "local", driver: .local), home: id(3), executor: id(3)))
+        XCTAssertTrue(refusal(&s, .create(dbVM, primary: id(3), replica: nil)).contains("not created"))
+        try volume(.taskDone(name: "vol-db", task: s.volumes.volumes["vol-db"]!.task!.id, node: id(3), ok: true, message: ""))
+        try vm(&s, .create(dbVM, primary: id(3), replica: nil))
+        XCTAssertTrue(refusal(&s, .create(VMSpec(name: "db2", memoryMiB: 512, vcpus: 2, disk: "vol-db"), primary: id(3), replica: nil)).contains("already the disk of VM 'db'"))
         XCTAssertEqual(s.vms.vms["db"]?.spec.disk, "vol-db")
         let restored = try ControlState.restore(s.snapshot(), network: network)
         XCTAssertEqual(restored.vms, s.vms)
