@@ -110,6 +110,12 @@ final class RWLock: @unchecked Sendable {
     deinit { pthread_rwlock_destroy(l); l.deallocate() }
     func read<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T { pthread_rwlock_rdlock(l); defer { pthread_rwlock_unlock(l) }; return try body() }
     func write<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T { pthread_rwlock_wrlock(l); defer { pthread_rwlock_unlock(l) }; return try body() }
+    /// `body` under the read lock, or nil at once when a writer holds it (never blocks the caller).
+    func tryRead<T>(_ body: () -> T) -> T? {
+        guard pthread_rwlock_tryrdlock(l) == 0 else { return nil }
+        defer { pthread_rwlock_unlock(l) }
+        return body()
+    }
 }
 
 /// One RADOS client connected to a cluster.
@@ -399,9 +405,9 @@ public final class RBDImage: @unchecked Sendable {
     // write for close), so no call runs on a closed handle; librbd allows concurrent calls on an image.
     let connection: CephConnection
     private let io: rados_ioctx_t
-    private let handle: rbd_image_t
-    private var open = true
-    private let lock = RWLock()
+    let handle: rbd_image_t  // internal: RBDAsyncIO.swift submits on it under `lock`
+    var open = true
+    let lock = RWLock()
     public let pool: String
     public let name: String
     /// Opened at a snapshot: reads only.
