@@ -32,11 +32,15 @@ public struct CephClientConfig: Sendable, Equatable {
     /// forever. Long enough to ride out an OSD's heartbeat grace (~20 s) so a hung OSD degrades I/O
     /// instead of failing it.
     public var osdOpTimeout: Int
+    /// Further client options, set after the conf file is read, e.g. `["rbd_cache": "false"]`
+    /// (a benchmark comparing against another librbd client with the same settings).
+    public var options: [String: String]
 
     public init(confFile: String, clientName: String = "client.admin", keyring: String? = nil,
-                connectTimeout: Int = 5, monitorOpTimeout: Int = 10, osdOpTimeout: Int = 60) {
+                connectTimeout: Int = 5, monitorOpTimeout: Int = 10, osdOpTimeout: Int = 60, options: [String: String] = [:]) {
         self.confFile = confFile; self.clientName = clientName; self.keyring = keyring
         self.connectTimeout = connectTimeout; self.monitorOpTimeout = monitorOpTimeout; self.osdOpTimeout = osdOpTimeout
+        self.options = options
     }
 }
 
@@ -156,6 +160,7 @@ public final class CephConnection: @unchecked Sendable {
         try set("client_mount_timeout", String(config.connectTimeout))
         try set("rados_mon_op_timeout", String(config.monitorOpTimeout))
         try set("rados_osd_op_timeout", String(config.osdOpTimeout))
+        for (k, v) in config.options.sorted(by: { $0.key < $1.key }) { try set(k, v) }
         var buf = [CChar](repeating: 0, count: 1024)
         let mons = rados_conf_get(c, "mon_host", &buf, buf.count) == 0
             ? buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : "(no mon_host in \(config.confFile))"
