@@ -113,7 +113,10 @@ func runStorageBench(_ args: [String]) async throws {
         let cluster = try CephTestCluster.up(suite: "mycelium-bench storage", osds: 4).get()
         let owner = StorageBenchOwner()
         // A signal ends the run without running defers: take the cluster down from the handler too.
-        BenchHygiene.atSignal(owner) { _ = CephTestCluster.run(["down", cluster.dir]) }
+        BenchHygiene.atSignal(owner) {
+            FioChildren.stopAll()
+            _ = CephTestCluster.run(["down", cluster.dir])
+        }
         defer {
             BenchHygiene.forgetCleanup(owner)
             CephTestCluster.down(cluster, suite: "mycelium-bench storage")
@@ -239,26 +242,58 @@ private func fioCaseArgs(_ c: IOCase, _ seconds: Double) -> [String] {
      "--time_based=1", "--runtime=\(max(1, Int(seconds.rounded())))s", "--randrepeat=0", "--norandommap=1"]
 }
 
+/// The fio processes running now, so a signal can end them before the directories go (fio would
+/// otherwise go on writing, and re-create the local file's directory after it was removed).
+private enum FioChildren {
+    nonisolated(unsafe) static var pids: Set<pid_t> = []
+    nonisolated(unsafe) static var stopping = false
+    static let lock = NSLock()
+
+    /// Called from the signal cleanup: no new fio starts; the running ones are killed and reaped.
+    static func stopAll() {
+        let running = lock.withLock { stopping = true; return pids }
+        for p in running { kill(p, SIGKILL) }
+    }
+}
+
 /// Runs fio with JSON output; returns the `rw` direction's IOPS and bandwidth (nil `rw`: just runs it).
+/// Spawned directly (posix_spawn, output through files) so its pid is known to the signal cleanup.
 @discardableResult
 private func runFio(_ args: [String], env: [String: String], rw: String? = nil) throws -> IOSample {
-    let errPath = NSTemporaryDirectory() + "mycelium-bench-fio-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).err"
-    defer { unlink(errPath) }
-    let argv = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" } + ["fio", "--output-format=json"] + args
-    let quoted = (["env"] + argv).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
-    guard let f = popen(quoted + " 2>'\(errPath)' </dev/null", "r") else { throw BenchError("cannot run fio") }
-    var out = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buf, 1, buf.count, f)
-        if n <= 0 { break }
-        out += buf[0..<n]
+    let base = NSTemporaryDirectory() + "mycelium-bench-fio-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    let outPath = base + ".out", errPath = base + ".err"
+    defer { unlink(outPath); unlink(errPath) }
+    let candidates: [String] = ["/usr/bin/fio", "/usr/local/bin/fio"]
+    guard let fio = candidates.first(where: { access($0, X_OK) == 0 }) else {
+        throw BenchError("fio not found: run scripts/setup")
     }
-    let status = pclose(f)
-    let text = String(decoding: out, as: UTF8.self)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    let argv = ([fio, "--output-format=json"] + args).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var environment = ProcessInfo.processInfo.environment
+    for (k, v) in env { environment[k] = v }
+    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { envp.forEach { free($0) } }
+    var pid: pid_t = 0
+    let rc: Int32 = FioChildren.lock.withLock {
+        if FioChildren.stopping { return ECANCELED }
+        let r = posix_spawn(&pid, fio, &actions, nil, argv, envp)
+        if r == 0 { FioChildren.pids.insert(pid) }
+        return r
+    }
+    guard rc == 0 else { throw BenchError("cannot run fio: \(String(cString: strerror(rc)))") }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    _ = FioChildren.lock.withLock { FioChildren.pids.remove(pid) }
+    let text = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
     guard status == 0 else {
         let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        throw BenchError("fio \(args.joined(separator: " ")) failed (status \(status)): \(err.suffix(800)) \(text.suffix(400))")
+        throw BenchError("fio \(args.joined(separator: " ")) failed (wait status \(status)): \(err.suffix(800)) \(text.suffix(400))")
     }
     guard let rw else { return IOSample(iops: 0, bytesPerSecond: 0) }
     // The rbd engine prints a line ("rbd engine: RBD version: ...") before the JSON document.
