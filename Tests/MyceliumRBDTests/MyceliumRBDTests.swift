@@ -145,6 +145,15 @@ final class MyceliumRBDTests: XCTestCase {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
         let name = uniqueName("bad")
+        // Extra client options: a known one is applied, an unknown one refused by name.
+        var cacheOff = c.config
+        cacheOff.options = ["rbd_cache": "false"]
+        _ = try await CephConnection.connect(cacheOff)
+        var unknown = c.config
+        unknown.options = ["no_such_ceph_option": "1"]
+        await assertThrows("an unknown client option", { () throws(RBDError) in _ = try await CephConnection.connect(unknown) }) {
+            if case .invalidArgument(let reason, _, _) = $0 { return reason.contains("no_such_ceph_option=1") } else { return false }
+        }
         await assertThrows("size 0", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: name, size: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
         }
