@@ -145,6 +145,14 @@ final class MyceliumRBDTests: XCTestCase {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
         let name = uniqueName("bad")
+        // A placement group's own view (pg query to its primary OSD); a malformed id is refused before Ceph sees it.
+        let query = try await conn.placementGroupCommand("1.0", "query", ["format": .string("json")])
+        let pg = try JSONSerialization.jsonObject(with: Data(query.output.utf8)) as? [String: Any]
+        XCTAssertNotNil(pg?["state"] as? String, query.output.prefix(200).description)
+        XCTAssertEqual((pg?["acting"] as? [Int])?.count, 3, "pool 1 (.mgr or rbd) has size 3 on the 3 OSDs")
+        await assertThrows("a malformed PG id", { () throws(RBDError) in _ = try await conn.placementGroupCommand("1/0", "query") }) {
+            if case .invalidArgument(_, _, EINVAL) = $0 { return true } else { return false }
+        }
         // Extra client options: a known one is applied, an unknown one refused by name.
         var cacheOff = c.config
         cacheOff.options = ["rbd_cache": "false"]
