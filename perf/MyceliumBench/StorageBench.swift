@@ -173,8 +173,8 @@ private func ioSection(cluster: TestCluster, work: String, rounds: Int, seconds:
     let image = "bench-\(getpid())"
     let imageBytes = imageMiB << 20
     let localFile = work + "/local.img"
+    // Removed at the end; on a failure the whole cluster goes down with it.
     try await conn.createImage(pool: "rbd", name: image, size: UInt64(imageBytes))
-    defer { Task { try? await conn.removeImage(pool: "rbd", name: image) } }
 
     // Written in full first, through our layer (and the file through fio), so that reads never hit
     // space Ceph has not allocated (an absent object reads as zeros without touching a disk).
@@ -218,6 +218,9 @@ private func ioSection(cluster: TestCluster, work: String, rounds: Int, seconds:
         }
         print("io: round \(round)/\(rounds) done")
     }
+
+    try? await conn.removeImage(pool: "rbd", name: image)
+    try? FileManager.default.removeItem(atPath: localFile)
 
     print("\n  case                  ours (MyceliumRBD)   raw librbd (fio)    local file (fio)   ours/raw  local/raw")
     var summary: [String] = []
