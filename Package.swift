@@ -226,6 +226,8 @@ let package = Package(
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumRaft", "MyceliumSim",
                 "DirtyPages", "Endophyte", "Rhizomorph", "CMallocCounter", "MyceliumVote", "MyceliumAgent", "MyceliumAPI", "VMHost", "MyceliumControl",
                 "Libvirt", "VMHarness", "Scheduler",
+                // mycelium-bench storage: our RBD layer, trust-aware placement, a scripts/ceph cluster
+                "MyceliumRBD", "StorageController", "StorageDriver", "CephTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -2,6 +2,7 @@
 // object-to-OSD mapping, through rados_mon_command (no `ceph` subprocess). The command is the JSON
 // object the `ceph` CLI would send: a `prefix` and the arguments named as in Ceph's MonCommands.h.
 
+import CRados
 import Glibc
 import MyceliumCore
 
@@ -34,6 +35,35 @@ extension CephConnection {
         }
         let json = Self.commandJSON(prefix, arguments)
         return try await CephQueue.run { [self] () throws(RBDError) in try monCommandReply(json, op) }
+    }
+
+    /// Sends one command to the primary OSD of placement group `pgid` (`POOL.hex`, e.g. `3.1f`), e.g.
+    /// `placementGroupCommand("3.1f", "query")`: the PG's own view of its state and acting set, which
+    /// (unlike the manager's `status` digest) never lags behind the OSD map.
+    public func placementGroupCommand(_ pgid: String, _ prefix: String, _ arguments: [String: MonitorArgument] = [:]) async throws(RBDError) -> MonitorReply {
+        let op = "placement group \(pgid) command '\(prefix)'"
+        let parts = pgid.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, UInt32(parts[0]) != nil, UInt32(parts[1], radix: 16) != nil, !prefix.isEmpty, arguments["prefix"] == nil else {
+            throw .invalidArgument(reason: "'\(pgid)' is not a placement group id (POOL.hex, e.g. 3.1f), or the command has no prefix", operation: op, errno: EINVAL)
+        }
+        var args = arguments
+        args["pgid"] = .string(pgid)  // the OSD reads the PG from the command too, not only from the target
+        let json = Self.commandJSON(prefix, args)
+        return try await CephQueue.run { [self] () throws(RBDError) in
+            var outbuf: UnsafeMutablePointer<CChar>?, outs: UnsafeMutablePointer<CChar>?
+            var outbufLen = 0, outsLen = 0
+            let rc: Int32 = json.withCString { cmd in
+                var cmds: [UnsafePointer<CChar>?] = [cmd]
+                return cmds.withUnsafeMutableBufferPointer { b in
+                    rados_pg_command(cluster, pgid, b.baseAddress, 1, nil, 0, &outbuf, &outbufLen, &outs, &outsLen)
+                }
+            }
+            defer { if let outbuf { rados_buffer_free(outbuf) }; if let outs { rados_buffer_free(outs) } }
+            let status = outs.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: outsLen), as: UTF8.self) } ?? ""
+            if rc < 0 { throw RBDError.from(rc, status.isEmpty ? op : "\(op) (OSD: \(status))", what: "placement group \(pgid)") }
+            let output = outbuf.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: outbufLen), as: UTF8.self) } ?? ""
+            return MonitorReply(output: output, status: status)
+        }
     }
 
     /// `{"prefix":"...", then the arguments in key order}`.

@@ -32,11 +32,15 @@ public struct CephClientConfig: Sendable, Equatable {
     /// forever. Long enough to ride out an OSD's heartbeat grace (~20 s) so a hung OSD degrades I/O
     /// instead of failing it.
     public var osdOpTimeout: Int
+    /// Further client options, set after the conf file is read, e.g. `["rbd_cache": "false"]`
+    /// (a benchmark comparing against another librbd client with the same settings).
+    public var options: [String: String]
 
     public init(confFile: String, clientName: String = "client.admin", keyring: String? = nil,
-                connectTimeout: Int = 5, monitorOpTimeout: Int = 10, osdOpTimeout: Int = 60) {
+                connectTimeout: Int = 5, monitorOpTimeout: Int = 10, osdOpTimeout: Int = 60, options: [String: String] = [:]) {
         self.confFile = confFile; self.clientName = clientName; self.keyring = keyring
         self.connectTimeout = connectTimeout; self.monitorOpTimeout = monitorOpTimeout; self.osdOpTimeout = osdOpTimeout
+        self.options = options
     }
 }
 
@@ -110,6 +114,12 @@ final class RWLock: @unchecked Sendable {
     deinit { pthread_rwlock_destroy(l); l.deallocate() }
     func read<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T { pthread_rwlock_rdlock(l); defer { pthread_rwlock_unlock(l) }; return try body() }
     func write<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T { pthread_rwlock_wrlock(l); defer { pthread_rwlock_unlock(l) }; return try body() }
+    /// `body` under the read lock, or nil at once when a writer holds it (never blocks the caller).
+    func tryRead<T>(_ body: () -> T) -> T? {
+        guard pthread_rwlock_tryrdlock(l) == 0 else { return nil }
+        defer { pthread_rwlock_unlock(l) }
+        return body()
+    }
 }
 
 /// One RADOS client connected to a cluster.
@@ -150,6 +160,7 @@ public final class CephConnection: @unchecked Sendable {
         try set("client_mount_timeout", String(config.connectTimeout))
         try set("rados_mon_op_timeout", String(config.monitorOpTimeout))
         try set("rados_osd_op_timeout", String(config.osdOpTimeout))
+        for (k, v) in config.options.sorted(by: { $0.key < $1.key }) { try set(k, v) }
         var buf = [CChar](repeating: 0, count: 1024)
         let mons = rados_conf_get(c, "mon_host", &buf, buf.count) == 0
             ? buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : "(no mon_host in \(config.confFile))"
@@ -425,9 +436,9 @@ public final class RBDImage: @unchecked Sendable {
     // write for close), so no call runs on a closed handle; librbd allows concurrent calls on an image.
     let connection: CephConnection
     private let io: rados_ioctx_t
-    private let handle: rbd_image_t
-    private var open = true
-    private let lock = RWLock()
+    let handle: rbd_image_t  // internal: RBDAsyncIO.swift submits on it under `lock`
+    var open = true
+    let lock = RWLock()
     public let pool: String
     public let name: String
     /// Opened at a snapshot: reads only.

@@ -145,6 +145,23 @@ final class MyceliumRBDTests: XCTestCase {
         let c = try requireCluster()
         let conn = try await CephConnection.connect(c.config)
         let name = uniqueName("bad")
+        // A placement group's own view (pg query to its primary OSD); a malformed id is refused before Ceph sees it.
+        let query = try await conn.placementGroupCommand("1.0", "query", ["format": .string("json")])
+        let pg = try JSONSerialization.jsonObject(with: Data(query.output.utf8)) as? [String: Any]
+        XCTAssertNotNil(pg?["state"] as? String, query.output.prefix(200).description)
+        XCTAssertEqual((pg?["acting"] as? [Int])?.count, 3, "pool 1 (.mgr or rbd) has size 3 on the 3 OSDs")
+        await assertThrows("a malformed PG id", { () throws(RBDError) in _ = try await conn.placementGroupCommand("1/0", "query") }) {
+            if case .invalidArgument(_, _, EINVAL) = $0 { return true } else { return false }
+        }
+        // Extra client options: a known one is applied, an unknown one refused by name.
+        var cacheOff = c.config
+        cacheOff.options = ["rbd_cache": "false"]
+        _ = try await CephConnection.connect(cacheOff)
+        var unknown = c.config
+        unknown.options = ["no_such_ceph_option": "1"]
+        await assertThrows("an unknown client option", { () throws(RBDError) in _ = try await CephConnection.connect(unknown) }) {
+            if case .invalidArgument(let reason, _, _) = $0 { return reason.contains("no_such_ceph_option=1") } else { return false }
+        }
         await assertThrows("size 0", { () throws(RBDError) in try await conn.createImage(pool: "rbd", name: name, size: 0) }) {
             if case .invalidArgument(_, _, let e) = $0 { return e == EINVAL } else { return false }
         }
@@ -206,6 +223,84 @@ final class MyceliumRBDTests: XCTestCase {
         try await conn.deletePool(pool)
         let existsAtEnd = try await conn.poolExists(pool)
         XCTAssertFalse(existsAtEnd)
+    }
+
+    // MARK: asynchronous I/O
+
+    /// 16 requests in flight at once (rbd_aio_*, no thread per request): 512 distinct 4 KiB blocks
+    /// written at queue depth 16, flushed, read back at queue depth 16 and with the blocking read;
+    /// every byte is where it was written.
+    func testAsyncIOAtQueueDepth16ReadsBackWhatItWrote() async throws {
+        let c = try requireCluster()
+        let conn = try await CephConnection.connect(c.config)
+        let name = uniqueName("aio")
+        try await conn.createImage(pool: "rbd", name: name, size: 16 << 20)
+        cleanUp(c, name)
+        let img = try await conn.openImage(pool: "rbd", name: name)
+        let blocks = 512, block = 4096, depth = 16
+        func pattern(_ k: Int) -> [UInt8] { (0..<block).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ k &* 131 &+ 1) } }
+        // Block k goes to slot (k * 37) % 4096 of the 16 MiB image: scattered, never overlapping.
+        func offset(_ k: Int) -> UInt64 { UInt64((k * 37) % 4096 * block) }
+
+        let t0 = Date()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<depth {
+                group.addTask {
+                    for k in stride(from: worker, to: blocks, by: depth) { try await img.aioWrite(RBDBuffer(pattern(k)), at: offset(k)) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        try await img.aioFlush()
+        print("MyceliumRBDTests: \(blocks) x 4 KiB async writes at queue depth \(depth) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+
+        let readBack = try await withThrowingTaskGroup(of: [(Int, [UInt8])].self) { group in
+            for worker in 0..<depth {
+                group.addTask {
+                    var out: [(Int, [UInt8])] = []
+                    let buf = RBDBuffer(count: block)
+                    for k in stride(from: worker, to: blocks, by: depth) {
+                        let n = try await img.aioRead(into: buf, at: offset(k))
+                        XCTAssertEqual(n, block)
+                        out.append((k, buf.bytes))
+                    }
+                    return out
+                }
+            }
+            var all: [Int: [UInt8]] = [:]
+            for try await part in group { for (k, b) in part { all[k] = b } }
+            return all
+        }
+        XCTAssertEqual(readBack.count, blocks)
+        for k in 0..<blocks where readBack[k] != pattern(k) { XCTFail("block \(k) at \(offset(k)) read back wrong"); break }
+        let blocking = try await img.read(count: block, at: offset(5))
+        XCTAssertEqual(blocking, pattern(5), "the blocking read sees the async write")
+        let viaArray = try await img.aioRead(count: block, at: offset(6))
+        XCTAssertEqual(viaArray, pattern(6))
+
+        // Bounds: a range outside the buffer is refused before librbd sees it; one past the image's end by librbd.
+        let small = RBDBuffer(count: 512)
+        await assertThrows("a range outside the buffer", { () throws(RBDError) in try await img.aioWrite(small, bufferOffset: 256, length: 512, at: 0) }) {
+            if case .invalidArgument(let reason, _, EINVAL) = $0 { return reason.contains("outside the 512-byte buffer") } else { return false }
+        }
+        await assertThrows("a negative buffer offset", { () throws(RBDError) in _ = try await img.aioRead(into: small, bufferOffset: -1, length: 1, at: 0) }) {
+            if case .invalidArgument = $0 { return true } else { return false }
+        }
+        await assertThrows("a write past the image's end", { () throws(RBDError) in try await img.aioWrite(small, at: 32 << 20) }) {
+            if case .invalidArgument = $0 { return true } else { return false }
+        }
+
+        // A closed image refuses every asynchronous call with .closed (never touches the freed handle).
+        try await img.close()
+        await assertThrows("aioWrite on a closed image", { () throws(RBDError) in try await img.aioWrite(small, at: 0) }) {
+            if case .closed(let op) = $0 { return op.contains("(async)") } else { return false }
+        }
+        await assertThrows("aioRead on a closed image", { () throws(RBDError) in _ = try await img.aioRead(into: small, at: 0) }) {
+            if case .closed = $0 { return true } else { return false }
+        }
+        await assertThrows("aioFlush on a closed image", { () throws(RBDError) in try await img.aioFlush() }) {
+            if case .closed = $0 { return true } else { return false }
+        }
     }
 
     // MARK: fencing

@@ -17,6 +17,8 @@ let scenarios: [(name: String, about: String, run: ([String]) async throws -> Vo
     ("services", "process services on real agents: 1,000 instances to running against spawning as many; failover of a killed node's instance (root)", runServicesBench),
     ("datapath", "pod-to-pod throughput and latency: our eBPF datapath vs the CNI bridge plugin vs a bare veth pair", runDatapathBench),
     ("podnet", "pod to pod across two agents' nodes, native and VXLAN, against host-to-host TCP over the same underlay (root)", runPodNetBench),
+    ("storage", "volumes on Ceph: 4K/4M I/O through our RBD layer vs raw librbd (fio) vs a local file; fenced re-attach; data leaving a distrusted host per GiB; ram and vm side by side (root)",
+     runStorageBench),
 ]
 
 let args = Array(CommandLine.arguments.dropFirst())
