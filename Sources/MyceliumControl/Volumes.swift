@@ -342,7 +342,7 @@ public struct VolumeTable: Sendable, Equatable {
 
         case let .storageNode(node, info):
             guard spore.members[node] != nil else { throw refuse("\(node) is not a member") }
-            if !info.cephHost.isEmpty, let p = Self.crushNameProblem(info.cephHost) { throw refuse(p) }
+            if !info.cephHost.isEmpty, let p = Self.crushNameProblem(info.cephHost) { throw refuse("ceph_host '\(info.cephHost)': \(p)") }
             if !info.cephHost.isEmpty, let other = nodes.first(where: { $0.key != node && $0.value.cephHost == info.cephHost })?.key {
                 throw refuse("CRUSH host \(info.cephHost) is \(other)'s; each node names its own")
             }
@@ -353,7 +353,7 @@ public struct VolumeTable: Sendable, Equatable {
         case let .placement(hosts, executor):
             guard Self.live(executor, spore), nodes[executor]?.ceph == true else { throw refuse("\(executor) is not a live member with Ceph configured") }
             for (h, classes) in hosts {
-                if let p = Self.crushNameProblem(h) { throw refuse(p) }
+                if let p = Self.crushNameProblem(h) { throw refuse("CRUSH host '\(h)': \(p)") }
                 for c in classes { if let p = VolumeSpec.nameProblem(c, what: "data class", limit: 32) { throw refuse(p) } }
             }
             let id = (placement?.id ?? 0) + 1
@@ -378,11 +378,11 @@ public struct VolumeTable: Sendable, Equatable {
     }
 
     /// CRUSH names: 1-64 of [A-Za-z0-9-_.].
-    static func crushNameProblem(_ name: String) -> String? {
+    public static func crushNameProblem(_ name: String) -> String? {
         let c = Array(name.utf8)
         guard !c.isEmpty, c.count <= 64 else { return "a CRUSH host name has 1-64 characters (got \(c.count))" }
         let ok = c.allSatisfy { ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E }
-        return ok ? nil : "a CRUSH host name is letters, digits, '-', '_' and '.' ('\(name)')"
+        return ok ? nil : "a CRUSH host name is letters, digits, '-', '_' and '.'"
     }
 
     // MARK: encoding (the control-state snapshot's volume section)

@@ -23,6 +23,7 @@
 //  - Deterministic: the output depends only on the input values, never on their order.
 // Pure: no clock, no I/O, no randomness.
 
+import MyceliumControl
 import MyceliumIdentity
 
 /// How one class stands after the plan is applied.
@@ -238,13 +239,6 @@ public struct StoragePlanner: Sendable {
         return ClassVerdict(className: c.name, status: status, hosts: qualifying, excluded: excluded, message: message)
     }
 
-    /// CRUSH names: 1-64 of [A-Za-z0-9-_.] (what the monitor accepts).
-    static func hostNameProblem(_ name: String) -> String? {
-        let chars = Array(name.utf8)
-        guard !chars.isEmpty, chars.count <= 64 else { return "a CRUSH host name has 1-64 characters (got \(chars.count))" }
-        let ok = chars.allSatisfy {
-            ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E
-        }
-        return ok ? nil : "a CRUSH host name is letters, digits, '-', '_' and '.'"
-    }
+    /// CRUSH names: the control state's rule (what the monitor accepts), one rule for both.
+    static func hostNameProblem(_ name: String) -> String? { VolumeTable.crushNameProblem(name) }
 }

@@ -125,10 +125,15 @@ public final class VolumeDriver: ControllerDriver, @unchecked Sendable {
                 case .create: return try await createImage(c, pool: pool, r.spec)
                 case .snapshot(let s):
                     let img = try await c.openImage(pool: pool, name: r.name)
-                    defer { Task { try? await img.close() } }
-                    if try await img.snapshots().contains(where: { $0.name == s }) { return "snapshot \(s) exists" }
-                    try await img.createSnapshot(s)
-                    return "snapshot \(s) of \(pool)/\(r.name) taken"
+                    do {
+                        let exists = try await img.snapshots().contains(where: { $0.name == s })
+                        if !exists { try await img.createSnapshot(s) }
+                        try await img.close()
+                        return exists ? "snapshot \(s) exists" : "snapshot \(s) of \(pool)/\(r.name) taken"
+                    } catch {
+                        try? await img.close()
+                        throw error
+                    }
                 case .delete: return try await deleteImage(c, pool: pool, r.name)
                 }
             } catch let e as RBDError {
