@@ -225,7 +225,14 @@ public enum VolumeCommand: Sendable, Equatable {
             let k = Int(try r.u8())
             if k > maxClasses { throw DecodeError(.tooLong(field: "classes", length: k, limit: maxClasses), at: r.offset) }
             var classes: [String] = []
-            for _ in 0..<k { classes.append(try r.string("data class", limit: 32)) }
+            for _ in 0..<k {
+                let c = try r.string("data class", limit: 32)
+                // One encoding per decision: classes strictly ascending (sorted, no repeats), as encoded.
+                if let last = classes.last, c <= last {
+                    throw DecodeError(.invalid(field: "placement", reason: "host \(h)'s classes are not sorted and unique"), at: r.offset)
+                }
+                classes.append(c)
+            }
             if out.updateValue(classes, forKey: h) != nil { throw DecodeError(.invalid(field: "placement", reason: "host \(h) listed twice"), at: r.offset) }
         }
         return out

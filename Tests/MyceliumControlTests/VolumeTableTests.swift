@@ -159,4 +159,20 @@ final class VolumeTableTests: XCTestCase {
         let table = s.volumes.encoded()
         for n in stride(from: 0, to: table.count, by: 3) { XCTAssertThrowsError(try VolumeTable(decoding: Array(table[..<n]))) }
     }
+
+    /// A placement has one encoding: a host's classes sorted and unique. Bytes listing them out of order or
+    /// twice would decode to a decision that re-encodes differently (the control fuzzer found this), so
+    /// they are refused.
+    func testAPlacementsClassesMustBeSortedAndUnique() throws {
+        func placement(_ classes: [String]) -> [UInt8] {
+            var w = ByteWriter(capacity: 64)
+            w.u8(7); w.u32(1); w.string("h1"); w.u8(UInt8(classes.count))
+            for c in classes { w.string(c) }
+            w.raw(id(1).bytes)
+            return w.bytes
+        }
+        XCTAssertEqual(try VolumeCommand(decoding: placement(["private", "public"])), .placement(hosts: ["h1": ["private", "public"]], executor: id(1)))
+        XCTAssertThrowsError(try VolumeCommand(decoding: placement(["public", "private"])))
+        XCTAssertThrowsError(try VolumeCommand(decoding: placement(["public", "public"])))
+    }
 }
