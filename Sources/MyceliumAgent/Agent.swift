@@ -122,6 +122,8 @@ public actor Agent {
     var ticks: UInt64 = 0
     var lastRefresh: UInt64 = 0
     var lastSeedWrite = 0.0
+    /// When this node last took a scheduled backup (Unix ms; nil: not looked yet; Backups.swift).
+    var lastBackupMillis: Int64?
     var seedEpochWritten = SporeEpoch.zero
     var serviceSpores = ServiceSporeWriter()
     var lastLatentSave = SporeEpoch.zero
@@ -412,6 +414,7 @@ public actor Agent {
     func everySecond() {
         if raft.role == .leader { writeSeedSpores(force: false) }
         writeServiceSpores()
+        scheduledBackup()
         checkOwnCertificate()
         let admitted = spore.members[nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
         if admitted && !router.contactLinks.isEmpty && !router.links.isEmpty {
