@@ -44,8 +44,10 @@ public enum DisasterRecovery {
         if control == nil, let cert = try? readCertificate(paths) { control = ControlState(network: NetworkIdentity(genesisKey: cert.genesisKey)) }
         for e in storage.entries {
             lastIndex = max(lastIndex, e.index)
-            // Only committed entries are state; a refused one is refused identically by every replica.
-            if e.index <= storage.hardState.commit && e.kind == .normal && e.index > (control?.appliedIndex ?? 0) {
+            // Every entry in the log, committed or not as far as the disk knows (the WAL does not sync
+            // the commit index on its own, so it lags): for the "newer than the backup" check, counting
+            // a change that may not have committed only errs towards refusing, which --force overrides.
+            if e.kind == .normal && e.index > (control?.appliedIndex ?? 0) {
                 _ = try? control?.apply(e)
             }
         }
