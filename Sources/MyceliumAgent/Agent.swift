@@ -464,7 +464,9 @@ public actor Agent {
     func restore(_ s: Snapshot) {
         guard !s.data.isEmpty else { return }
         do {
-            control = try ControlState.restore(s.data, network: network)
+            let restored = try ControlState.restore(s.data, network: network)
+            keepStateIfNewer(than: restored)
+            control = restored
         } catch {
             logger.critical("cannot restore the snapshot the leader sent; stopping", metadata: ["index": "\(s.metadata.index)", "error": "\(error)"])
             fatalError("snapshot restore failed at index \(s.metadata.index): \(error)")

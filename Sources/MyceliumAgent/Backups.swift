@@ -47,4 +47,24 @@ extension Agent {
             }
         }
     }
+
+    /// A member that receives a restored state older than its own (the network was restored from an
+    /// older backup, with --force or on a node that did not know) keeps what it held as a backup file
+    /// it signs itself, and says so: nothing a live member held is lost without a trace.
+    func keepStateIfNewer(than restored: ControlState) {
+        guard let why = DisasterRestore.heldNewer(local: control, incoming: restored) else { return }
+        let backup = takeBackup()
+        let path = paths.home + "/backup-before-restore-\(backup.index).mbk"
+        do {
+            try AtomicFile.write(backup.encoded(), to: path, mode: 0o600)
+            logger.warning("""
+                the leader's snapshot is older than this node's state (\(why)): the network was restored from an older \
+                backup. This node's state is kept in \(path); 'mycelium backup verify \(path)' shows it, and \
+                'mycelium backup restore --force' on a stopped member brings it back
+                """)
+            note("restored state older than this node's (\(why)); kept it in \(path)")
+        } catch {
+            logger.error("the leader's snapshot is older than this node's state (\(why)) and it cannot be kept", metadata: ["file": "\(path)", "error": "\(error)"])
+        }
+    }
 }

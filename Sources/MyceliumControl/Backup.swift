@@ -256,6 +256,14 @@ public enum DisasterRestore {
         return lost.isEmpty ? nil : lost.joined(separator: "; ")
     }
 
+    /// Why a member's state is newer than a snapshot its leader sent (nil: it is not). In one Raft
+    /// history a snapshot never goes back, so only a restore from an older backup can make the KV
+    /// revision fall; the tables cannot tell direction by their names, so only the KV is compared.
+    public static func heldNewer(local: ControlState, incoming: ControlState) -> String? {
+        local.kv.revision > incoming.kv.revision
+            ? "this node held KV revision \(local.kv.revision), the restored state has \(incoming.kv.revision)" : nil
+    }
+
     /// Checks that `node` of `nodeNetwork` may restore `backup` (whose verified state is `state`)
     /// and computes the Raft state it starts from. `local` is what the node's own Raft log holds;
     /// `seenIndexes` are the Raft indexes of other evidence of the lost network (seed spores).

@@ -136,6 +136,9 @@ final class BackupTests: XCTestCase {
         XCTAssertNoThrow(try DisasterRestore.plan(backup: b, state: s, node: me, nodeNetwork: network.id, local: local, nowMillis: t0, force: true))
         // Only refreshes since the backup (the spore moved on, nothing else): not newer.
         XCTAssertNil(DisasterRestore.newerChanges(local: s, backup: s))
+        // A member sent an older state than its own (a forced restore of an older backup) notices.
+        XCTAssertNotNil(DisasterRestore.heldNewer(local: newer, incoming: s))
+        XCTAssertNil(DisasterRestore.heldNewer(local: s, incoming: newer), "a lagging member catching up is not a restore")
     }
 
     func testRetentionPrunesTheOldestScheduledBackupsOnly() {
