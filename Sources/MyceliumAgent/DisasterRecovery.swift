@@ -14,7 +14,11 @@ import MyceliumWAL
 public enum DisasterRecovery {
     /// What a restore did, for the CLI to print.
     public struct Outcome: Sendable {
-        public var contents: BackupContents
+        /// What the backup held (nil: restored from a seed spore).
+        public var contents: BackupContents?
+        public var network: NetworkID
+        /// The Raft index the restored state reflects (the backup's, or the seed spore's epoch).
+        public var sourceIndex: UInt64
         public var plan: DisasterRestore.Plan
         /// Where the node's previous Raft directory was moved (nil: it had none).
         public var previousRaftDir: String?
@@ -72,19 +76,41 @@ public enum DisasterRecovery {
         let local = try localState(home: home)
         let plan = try DisasterRestore.plan(backup: file, state: state, node: cert.nodeID, nodeNetwork: cert.networkID,
                                             local: local, nowMillis: nowMillis, force: force)
+        let previous = try install(plan, paths: paths, nowMillis: nowMillis)
+        return Outcome(contents: contents, network: file.network.id, sourceIndex: file.index, plan: plan, previousRaftDir: previous)
+    }
+
+    /// Restores from a seed spore alone (when no backup survived): the membership comes back (members,
+    /// roles, trust, the sclerotia chain), the KV and the VM, service and volume tables start empty.
+    /// Accepts the file a leader writes to seed_dirs (checksummed) or `mycelium spore export`'s.
+    public static func restore(seedSpore bytes: [UInt8], home: String, force: Bool, nowMillis: Int64) throws -> Outcome {
+        let paths = AgentPaths(home: home)
+        let cert = try readCertificate(paths)
+        let payload = (try? ChecksummedFile.decode(bytes, kind: FileKind.seedSpore, path: "seed spore")) ?? bytes
+        let seed = try SeedSpore(verifying: payload, network: cert.networkID, knownEpoch: nil, now: nowMillis / 1000)
+        let state = ControlState(seed: seed.spore)
+        let local = try localState(home: home)
+        let plan = try DisasterRestore.plan(network: seed.spore.network.id, index: seed.epoch.index, term: seed.epoch.term, state: state,
+                                            node: cert.nodeID, nodeNetwork: cert.networkID, local: local, nowMillis: nowMillis, force: force)
+        let previous = try install(plan, paths: paths, nowMillis: nowMillis)
+        return Outcome(contents: nil, network: seed.spore.network.id, sourceIndex: seed.epoch.index, plan: plan, previousRaftDir: previous)
+    }
+
+    /// Moves HOME/raft aside and writes the plan's Raft state in its place.
+    static func install(_ plan: DisasterRestore.Plan, paths: AgentPaths, nowMillis: Int64) throws -> String? {
         var previous: String?
         if FileManager.default.fileExists(atPath: paths.raftDir) {
             let aside = paths.raftDir + ".before-restore-\(nowMillis)"
             guard rename(paths.raftDir, aside) == 0 else {
                 throw AgentError("cannot move \(paths.raftDir) aside to \(aside): \(String(cString: strerror(errno)))")
             }
-            try AtomicFile.syncDirectory(home)
+            try AtomicFile.syncDirectory(paths.home)
             previous = aside
         }
         try AtomicFile.makeDirectory(paths.raftDir)
         let (wal, _) = try WriteAheadLog.open(directory: paths.raftDir)
         defer { wal.close() }
         try wal.save(hardState: plan.hardState, entries: [], snapshot: plan.snapshot)
-        return Outcome(contents: contents, plan: plan, previousRaftDir: previous)
+        return previous
     }
 }

@@ -270,7 +270,16 @@ public enum DisasterRestore {
     /// `force` accepts losing changes the node holds that the backup lacks.
     public static func plan(backup: BackupFile, state: ControlState, node: MyceliumIdentity.NodeID, nodeNetwork: NetworkID,
                             local: LocalRaftState?, seenIndexes: [UInt64] = [], nowMillis: Int64, force: Bool) throws(BackupError) -> Plan {
-        guard backup.network.id == nodeNetwork else { throw BackupError(.wrongNetwork(backup: backup.network.id, node: nodeNetwork)) }
+        try plan(network: backup.network.id, index: backup.index, term: backup.term, state: state, node: node, nodeNetwork: nodeNetwork,
+                 local: local, seenIndexes: seenIndexes, nowMillis: nowMillis, force: force)
+    }
+
+    /// The same for a state from another source (a seed spore alone: `ControlState(seed:)`), which
+    /// reflects Raft `index` and `term` of `network`.
+    public static func plan(network: NetworkID, index backupIndex: UInt64, term backupTerm: UInt64, state: ControlState,
+                            node: MyceliumIdentity.NodeID, nodeNetwork: NetworkID,
+                            local: LocalRaftState?, seenIndexes: [UInt64] = [], nowMillis: Int64, force: Bool) throws(BackupError) -> Plan {
+        guard network == nodeNetwork else { throw BackupError(.wrongNetwork(backup: network, node: nodeNetwork)) }
         guard let me = state.spore.members[node] else {
             let eligible = state.spore.members.values.filter { $0.roles.contains(.sclerotiumEligible) }.map { "\($0.id)" }.sorted()
             throw BackupError(.refused("this node (\(node)) is not a member in the backup; restore it on one of its sclerotium-eligible members: \(eligible.joined(separator: ", "))"))
@@ -283,15 +292,15 @@ public enum DisasterRestore {
         }
         if let local, let held = local.state, !force, let newer = newerChanges(local: held, backup: state) {
             throw BackupError(.refused("""
-                this node's own state (Raft index \(local.lastIndex)) is newer than the backup (index \(backup.index)): \(newer). \
+                this node's own state (Raft index \(local.lastIndex)) is newer than the backup (index \(backupIndex)): \(newer). \
                 Restore a newer backup (take one with 'mycelium backup create' while a member still runs, or use the newest in backup_dir), \
                 or pass --force to restore this one and lose those changes
                 """))
         }
-        let highest = ([backup.index, state.appliedIndex, local?.lastIndex ?? 0] + seenIndexes).max() ?? 0
+        let highest = ([backupIndex, state.appliedIndex, local?.lastIndex ?? 0] + seenIndexes).max() ?? 0
         let (index, overflow) = highest.addingReportingOverflow(indexGap)
         guard !overflow else { throw BackupError(.refused("Raft index \(highest) leaves no room for a restore")) }
-        let term = max(backup.term, local?.term ?? 0, 1)
+        let term = max(backupTerm, local?.term ?? 0, 1)
 
         var restored = state
         let lost = restored.loseSclerotia(keeping: node, nowMillis: nowMillis, index: index, term: term)
@@ -304,6 +313,15 @@ public enum DisasterRestore {
 }
 
 extension ControlState {
+    /// The state a seed spore alone gives (no backup survived): its spore — the members, their roles
+    /// and trust, the sclerotia chain — and an empty KV, VM, service, volume and pod-CIDR table.
+    public init(seed spore: PrimarySpore) {
+        self.init(network: spore.network)
+        self.spore = spore
+        appliedIndex = spore.epoch.index
+        nowMillis = spore.now.saturatingMultiplied(by: 1000)
+    }
+
     /// The state a restore starts from: `node` the only sclerotium, every other sclerotium failed,
     /// present members given a fresh timeframe (the backup may be hours old), at the restored index.
     mutating func loseSclerotia(keeping node: MyceliumIdentity.NodeID, nowMillis: Int64, index: UInt64, term: UInt64) -> [MyceliumIdentity.NodeID] {

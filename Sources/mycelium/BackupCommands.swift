@@ -74,15 +74,19 @@ struct BackupCommandGroup: AsyncParsableCommand {
         @OptionGroup var home: HomeOption
         @OptionGroup var out: OutputOptions
         @Flag(help: "Restore even though this node holds changes the backup lacks (they are lost).") var force = false
-        @Argument(help: "The backup file.") var file: String
+        @Flag(help: "FILE is a seed spore, not a backup (no backup survived): the members come back, the KV and the VM, service and volume tables start empty.")
+        var seedSpore = false
+        @Argument(help: "The backup file (or, with --seed-spore, a seed spore).") var file: String
         func run() async throws {
             let h = home.resolved
             if (try? await AgentClient(socket: h.path + "/agent.sock").status()) != nil {
                 throw CLIError("the agent of \(h.path) is running", hint: "stop myceliumd on this node first: the restore replaces its Raft log")
             }
-            let o = try DisasterRecovery.restore(BackupCommandGroup.read(file), home: h.path, force: force,
-                                                 nowMillis: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
-            out.emit(["restored": file, "network": o.contents.network.description, "backup index": o.contents.index,
+            let now = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
+            let bytes = try BackupCommandGroup.read(file)
+            let o = seedSpore ? try DisasterRecovery.restore(seedSpore: bytes, home: h.path, force: force, nowMillis: now)
+                : try DisasterRecovery.restore(bytes, home: h.path, force: force, nowMillis: now)
+            out.emit(["restored": file + (seedSpore ? " (seed spore: members only)" : ""), "network": o.network.description, "backup index": o.sourceIndex,
                       "restored at index": o.plan.snapshot.metadata.index, "raft term": o.plan.hardState.term,
                       "lost sclerotia recorded failed": o.plan.lost.map(\.description),
                       "members to rejoin": o.plan.members.map(\.description),

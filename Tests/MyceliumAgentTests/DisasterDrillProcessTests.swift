@@ -134,3 +134,48 @@ final class DisasterDrillProcessTests: XCTestCase {
         return (p.terminationStatus, text)
     }
 }
+
+/// The drill with no backup at all: the seed spore the leader wrote to seed_dirs brings the
+/// membership back (the KV and the workload tables start empty), and the survivors rejoin.
+final class SeedSporeDrillProcessTests: XCTestCase {
+    func testAllSclerotiaLostThenRestoredFromASeedSporeAlone() async throws {
+        let names = ["n1", "n2", "n3", "n4", "n5"]
+        let c = try AgentCluster()
+        let seeds = c.dir + "/seeds"
+        try FileManager.default.createDirectory(atPath: seeds, withIntermediateDirectories: true)
+        c.seedDirs = [seeds]
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("5 nodes formed", nodes: names, AgentCluster.formed(5))
+        var ids: [String: String] = [:]
+        for n in names { ids[n] = await c.status(n)!.node }
+        let sclerotia = await c.status("n1")!.sclerotia
+        let network = await c.status("n1")!.network
+        let survivors = names.filter { !sclerotia.contains(ids[$0]!) }, lost = names.filter { sclerotia.contains(ids[$0]!) }
+        XCTAssertEqual(survivors.count, 2)
+        // The seed spore of the formed network (the leader rewrites it as the spore changes).
+        let seedPath = seeds + "/" + network + ".seed"
+        try await c.waitUntil("a seed spore of the distributed network", nodes: ["n1"]) { _ in FileManager.default.fileExists(atPath: seedPath) }
+        let copy = c.dir + "/kept.seed"
+        try FileManager.default.copyItem(atPath: seedPath, toPath: copy)
+
+        for n in lost {
+            c.kill9(n)
+            try FileManager.default.removeItem(atPath: c.home(n))
+        }
+        let restorer = survivors[0]
+        c.terminate(restorer)
+        // Not a backup: refused as one, accepted as a seed spore.
+        let (bc, bout) = try c.cli(["backup", "restore", "--home", c.home(restorer), copy])
+        XCTAssertNotEqual(bc, 0)
+        XCTAssertTrue(bout.contains("MYBK"), bout)
+        let (rc, rout) = try c.cli(["backup", "restore", "--seed-spore", "--home", c.home(restorer), copy])
+        XCTAssertEqual(rc, 0, rout)
+        try c.start(restorer)
+        try await c.waitUntil("the restored node leads and the survivor follows it", nodes: survivors, timeout: 60) { vs in
+            vs.allSatisfy { $0.leader == ids[restorer]! && $0.sclerotia == [ids[restorer]!] && $0.appliedIndex > 1 << 32 }
+                && vs.allSatisfy { v in lost.allSatisfy { l in members(v).contains { $0.id == ids[l]! && $0.status == "failed" } } }
+                && vs.allSatisfy { v in survivors.allSatisfy { s in members(v).contains { $0.id == ids[s]! && $0.isAlive } } }
+        }
+    }
+}

@@ -141,6 +141,23 @@ final class BackupTests: XCTestCase {
         XCTAssertNil(DisasterRestore.heldNewer(local: s, incoming: newer), "a lagging member catching up is not a restore")
     }
 
+    func testASeedSporeAloneRestoresTheMembersWithEmptyTables() throws {
+        let s = try sampleState()
+        let seed = ControlState(seed: s.spore)
+        XCTAssertEqual(seed.kv.count, 0)
+        XCTAssertEqual(seed.spore, s.spore)
+        let me = member(4).1.nodeID
+        // This node held a KV write: restoring membership only would lose it, so it needs --force.
+        XCTAssertThrowsError(try DisasterRestore.plan(network: network.id, index: s.spore.epoch.index, term: s.spore.epoch.term, state: seed,
+                                                      node: me, nodeNetwork: network.id, local: LocalRaftState(state: s, lastIndex: s.appliedIndex, term: 2),
+                                                      nowMillis: t0, force: false))
+        let plan = try DisasterRestore.plan(network: network.id, index: s.spore.epoch.index, term: s.spore.epoch.term, state: seed,
+                                            node: me, nodeNetwork: network.id, local: nil, nowMillis: t0, force: false)
+        let restored = try ControlState.restore(plan.snapshot.data, network: network)
+        XCTAssertEqual(restored.spore.sclerotia, [me])
+        XCTAssertEqual(restored.spore.members.count, 4)
+    }
+
     func testRetentionPrunesTheOldestScheduledBackupsOnly() {
         let names = (1...7).map { BackupRetention.fileName(takenAtMillis: t0 + Int64($0) * 43_200_000, index: UInt64(100 * $0)) }
         XCTAssertEqual(names, names.sorted(), "names sort by time")
