@@ -153,11 +153,16 @@ final class SeedSporeDrillProcessTests: XCTestCase {
         let network = await c.status("n1")!.network
         let survivors = names.filter { !sclerotia.contains(ids[$0]!) }, lost = names.filter { sclerotia.contains(ids[$0]!) }
         XCTAssertEqual(survivors.count, 2)
-        // The seed spore of the formed network (the leader rewrites it as the spore changes).
+        // A copy of the seed spore of the formed network: the leader rewrites it (at most once a
+        // second) as the spore changes, so the copy is taken once it names all five and the sclerotia.
         let seedPath = seeds + "/" + network + ".seed"
-        try await c.waitUntil("a seed spore of the distributed network", nodes: ["n1"]) { _ in FileManager.default.fileExists(atPath: seedPath) }
         let copy = c.dir + "/kept.seed"
-        try FileManager.default.copyItem(atPath: seedPath, toPath: copy)
+        try await c.waitUntil("a seed spore naming the formed network", nodes: ["n1"]) { _ in
+            try? FileManager.default.removeItem(atPath: copy)
+            guard (try? FileManager.default.copyItem(atPath: seedPath, toPath: copy)) != nil,
+                  let (code, out) = try? c.cli(["spore", "verify", copy, "--network", network, "-o", "json"]), code == 0 else { return false }
+            return out.contains("\"members\" : 5") && sclerotia.allSatisfy { out.contains($0) }
+        }
 
         for n in lost {
             c.kill9(n)
