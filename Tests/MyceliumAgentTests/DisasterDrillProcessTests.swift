@@ -63,6 +63,12 @@ final class DisasterDrillProcessTests: XCTestCase {
         XCTAssertNotEqual(dc, 0)
         XCTAssertTrue(dout.contains("checksum"), dout)
 
+        // A node of another network refuses the backup, and says which network it is of.
+        XCTAssertEqual(try c.cli(["network", "create", "--home", c.dir + "/elsewhere"]).0, 0)
+        let (oc, oout) = try c.cli(["backup", "restore", "--home", c.dir + "/elsewhere", newest])
+        XCTAssertNotEqual(oc, 0)
+        XCTAssertTrue(oout.contains("the backup is of network \(network)"), oout)
+
         // The disaster: every sclerotium dies with its disk.
         for n in lost {
             c.kill9(n)
