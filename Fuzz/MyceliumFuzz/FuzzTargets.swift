@@ -3,7 +3,7 @@
 // Built two ways from the same file:
 //  * with `-sanitize=fuzzer -DFUZZING` (scripts/fuzz): libFuzzer drives `LLVMFuzzerTestOneInput`;
 //  * in a normal build: a replay driver that feeds files (a corpus or a crash) through the same code.
-// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus|dns|servicespore.
+// The target is chosen with MYCELIUM_FUZZ_TARGET=frames|invite|certificate|token|rotation|handshake|stream|vote|spore|kvbatch|kvsnapshot|peer|control|link|chain|rzmessages|attach|resync|redirector|domainxml|qmp|replicajournal|httpstatus|dns|servicespore|backup.
 //
 // Each target asserts what must hold for *any* input: no crash, no unbounded buffering, and
 // anything accepted re-encodes to exactly the bytes that were accepted (no two spellings). A
@@ -27,12 +27,12 @@ import Glibc
 #endif
 
 enum FuzzTarget: String {
-    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns, servicespore
+    case frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns, servicespore, backup
 
     static let current: FuzzTarget = {
         guard let name = getenv("MYCELIUM_FUZZ_TARGET").map({ String(cString: $0) }) else { return .frames }
         guard let t = FuzzTarget(rawValue: name) else {
-            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns or servicespore")
+            complain("unknown MYCELIUM_FUZZ_TARGET '\(name)'; use frames, invite, certificate, token, rotation, handshake, stream, vote, spore, kvbatch, kvsnapshot, peer, control, link, chain, rzmessages, attach, resync, redirector, domainxml, qmp, replicajournal, httpstatus, dns, servicespore or backup")
             exit(2)
         }
         return t
@@ -311,6 +311,17 @@ enum FuzzTarget: String {
             } else if let state = try? ControlState.restore(rest, network: net) {
                 precondition((try? ControlState.restore(state.snapshot(), network: net)) == state, "snapshot round trip differs")
             }
+        case .backup:
+            // A backup file (`mycelium backup verify/restore` reads it from anywhere).
+            if let b = try? BackupFile(decoding: bytes) {
+                precondition(b.encoded() == bytes, "backup re-encoding differs")
+                if let state = try? b.verify() {
+                    precondition(state.network.id == b.network.id, "a backup verified with the state of another network")
+                    _ = BackupContents(b, state)
+                } else {
+                    describingRefusal { _ = try b.verify() }
+                }
+            }
         case .kvsnapshot:
             // The KV section of a snapshot (disk or a leader's InstallSnapshot).
             if let store = try? KVStore(snapshot: bytes) {
@@ -324,6 +335,20 @@ enum FuzzTarget: String {
                 _ = try? r.verifySignatures()
             }
         }
+    }
+}
+
+/// A backup a member of a one-node network signed, which verifies (the `backup` target's seed).
+enum FuzzBackup {
+    static func seed(genesis: SigningKey, node: SigningKey, cert: MembershipCertificate) -> [UInt8] {
+        let net = NetworkIdentity(genesisKey: genesis.publicKey)
+        var state = ControlState(network: net)
+        let admit = ControlEntry.spore(SignedCommand(.admit(cert), author: cert.nodeID, key: node, network: net.id), millis: 1_800_000_010_000)
+        _ = try! state.apply(Entry(term: 1, index: 2, data: admit.encoded()))
+        _ = try! state.apply(Entry(term: 1, index: 3, data: ControlEntry.kv(KVBatch([.put(key: [1], value: [2], prevKV: false)])).encoded()))
+        let b = BackupFile(network: net, index: 3, term: 1, takenAtMillis: 1_800_000_020_000, snapshot: state.snapshot(), signer: cert, key: node)
+        _ = try! BackupFile(decoding: b.encoded()).verify()
+        return b.encoded()
     }
 }
 
@@ -648,6 +673,7 @@ func writeSeeds(to dir: String) {
             instances: [ServiceSpore.Instance(slot: 0, node: id, address: "10.0.0.1", generation: 1, serving: true)],
             owner: ServiceSpore.Owner(node: id, leaseUntilMillis: 1_800_000_102_000))).encoded()),
         ("servicespore", FuzzServiceSpore.record(.tombstone("old", generation: 4)).encoded()),
+        ("backup", FuzzBackup.seed(genesis: genesis, node: node, cert: cert)),
     ] + hellos.map { ("handshake", [0] + $0.encoded()) }
     // One directory per target; a target's first seed is `seed`, the next ones `seed-2`, `seed-3`, ….
     var written: [String: Int] = [:]

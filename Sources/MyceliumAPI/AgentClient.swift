@@ -49,6 +49,8 @@ public struct AgentClient: Sendable {
 
     /// `GET /v1/spore/export`: a signed seed spore, as bytes to write to a file.
     public func exportSpore() async throws -> [UInt8] { try await send(.sporeExport) }
+    /// A signed backup of the control state the agent has applied (`BackupFile`'s bytes).
+    public func backup() async throws -> [UInt8] { try await send(.backup) }
 
     /// `GET /v1/membership`.
     public func membership() async throws -> MembershipResponse { try await decoded(.membership) }

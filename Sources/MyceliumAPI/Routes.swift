@@ -43,6 +43,9 @@ public enum APIRoute: Sendable, Equatable {
     case volume(action: String, query: String)
     /// `GET /v1/storage`: the storage as the answering node sees it (``StorageStatusResponse``).
     case storage
+    /// `GET /v1/backup`: a signed backup of the control state this agent has applied (binary, not
+    /// JSON; docs/BACKUP.md).
+    case backup
 
     /// `/v1/status`.
     public static let statusPath = "/v1/status"
@@ -76,11 +79,13 @@ public enum APIRoute: Sendable, Equatable {
     public static let volumePrefix = "/v1/volume/"
     /// `/v1/storage`.
     public static let storagePath = "/v1/storage"
+    /// `/v1/backup`.
+    public static let backupPath = "/v1/backup"
 
     /// The HTTP method the route answers to.
     public var method: String {
         switch self {
-        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs, .volumes, .storage: "GET"
+        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs, .volumes, .storage, .backup: "GET"
         case .leave, .failureVote, .revoke, .vm, .service, .volume: "POST"
         }
     }
@@ -104,6 +109,7 @@ public enum APIRoute: Sendable, Equatable {
         case let .volumes(query): Self.volumesPath + (query.isEmpty ? "" : "?" + query)
         case let .volume(action, query): Self.volumePrefix + action + (query.isEmpty ? "" : "?" + query)
         case .storage: Self.storagePath
+        case .backup: Self.backupPath
         }
     }
 
@@ -120,6 +126,7 @@ public enum APIRoute: Sendable, Equatable {
         case ("GET", _) where target == Self.serviceLogsPath || target.hasPrefix(Self.serviceLogsPath + "?"):
             self = .serviceLogs(query: String(target.dropFirst(Self.serviceLogsPath.count + 1)))
         case ("GET", Self.storagePath): self = .storage
+        case ("GET", Self.backupPath): self = .backup
         case ("GET", _) where target == Self.volumesPath || target.hasPrefix(Self.volumesPath + "?"):
             self = .volumes(query: String(target.dropFirst(Self.volumesPath.count + 1)))
         case ("POST", _) where target.hasPrefix(Self.volumePrefix):

@@ -171,6 +171,7 @@ extension Agent {
             let seed = SeedSpore(spore: spore, signer: certificate, key: key, writtenAt: Int64(Date().timeIntervalSince1970))
             return (.ok, "application/octet-stream", seed.encoded())
         case .membership: return (.ok, "application/json", json(membershipResponse()))
+        case .backup: return (.ok, "application/octet-stream", takeBackup().encoded())
         case let .revoke(raw, rawReason):
             let text = raw.removingPercentEncoding ?? raw
             let reason = (rawReason.removingPercentEncoding ?? rawReason).isEmpty ? "revoked by an operator" : (rawReason.removingPercentEncoding ?? rawReason)

@@ -122,6 +122,8 @@ public actor Agent {
     var ticks: UInt64 = 0
     var lastRefresh: UInt64 = 0
     var lastSeedWrite = 0.0
+    /// When this node last took a scheduled backup (Unix ms; nil: not looked yet; Backups.swift).
+    var lastBackupMillis: Int64?
     var seedEpochWritten = SporeEpoch.zero
     var serviceSpores = ServiceSporeWriter()
     var lastLatentSave = SporeEpoch.zero
@@ -412,6 +414,7 @@ public actor Agent {
     func everySecond() {
         if raft.role == .leader { writeSeedSpores(force: false) }
         writeServiceSpores()
+        scheduledBackup()
         checkOwnCertificate()
         let admitted = spore.members[nodeID].map { $0.status == .alive || $0.status == .suspect } ?? false
         if admitted && !router.contactLinks.isEmpty && !router.links.isEmpty {
@@ -461,7 +464,9 @@ public actor Agent {
     func restore(_ s: Snapshot) {
         guard !s.data.isEmpty else { return }
         do {
-            control = try ControlState.restore(s.data, network: network)
+            let restored = try ControlState.restore(s.data, network: network)
+            keepStateIfNewer(than: restored)
+            control = restored
         } catch {
             logger.critical("cannot restore the snapshot the leader sent; stopping", metadata: ["index": "\(s.metadata.index)", "error": "\(error)"])
             fatalError("snapshot restore failed at index \(s.metadata.index): \(error)")

@@ -46,6 +46,12 @@ public struct AgentConfig: Sendable, Equatable {
     public var fallbackSeconds = 30
     /// Minimum seconds between two seed-spore writes.
     public var seedIntervalSeconds = 1
+    /// Directory for this node's scheduled backups of the control state (empty: none; docs/BACKUP.md).
+    public var backupDir = ""
+    /// Seconds between two scheduled backups (k3s etcd-snapshot: 12 h).
+    public var backupIntervalSeconds = 43_200
+    /// Scheduled backups kept in `backupDir`; older ones are deleted (k3s etcd-snapshot: 5).
+    public var backupKeep = 5
     /// trace, debug, info, notice, warning, error or critical.
     public var logLevel = "info"
     /// Milliseconds each phase (commit, reveal) of a Byzantine-tolerant vote may last; set it above the
@@ -147,6 +153,9 @@ public struct AgentConfig: Sendable, Equatable {
         int("heartbeat_ticks", "Ticks between leader heartbeats (less than election_ticks).", \.heartbeatTicks, 1...100),
         int("fallback_s", "Seconds without quorum before falling back to seed spores.", \.fallbackSeconds, 1...86_400),
         int("seed_interval_s", "Minimum seconds between two seed-spore writes.", \.seedIntervalSeconds, 0...3600),
+        string("backup_dir", "Directory where this node writes signed backups of the control state every backup_interval_s (empty: no scheduled backups). Every node with it set takes them; put it on a node that is not a sclerotium or on a mounted share, so a backup survives the loss of every sclerotium (docs/BACKUP.md).", \.backupDir),
+        int("backup_interval_s", "Seconds between two scheduled backups (default 12 h, like k3s etcd-snapshot).", \.backupIntervalSeconds, 1...31_536_000),
+        int("backup_keep", "Scheduled backups kept in backup_dir; the oldest beyond this are deleted (default 5).", \.backupKeep, 1...10_000),
         string("log_level", "trace, debug, info, notice, warning, error or critical.", \.logLevel),
         int("suspicion_ms", "Milliseconds a peer that missed its direct and indirect probes stays suspect before it is reported for a failure vote (the vote, with each voter's own check, confirms it). Higher: fewer votes on a flaky network, slower failover.", \.suspicionMilliseconds, 0...600_000),
         int("vote_phase_ms", "Milliseconds for each phase (commit, reveal) of a Byzantine-tolerant vote; above the worst one-way delay.", \.votePhaseMilliseconds, 10...600_000),

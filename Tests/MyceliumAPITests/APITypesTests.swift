@@ -188,7 +188,7 @@ final class APITypesTests: XCTestCase {
     }
 
     func testRoutes() {
-        let all: [APIRoute] = [.status, .spore, .sporeExport, .leave, .failureVote(node: "node-x"), .metrics]
+        let all: [APIRoute] = [.status, .spore, .sporeExport, .leave, .failureVote(node: "node-x"), .metrics, .backup]
         for r in all { XCTAssertEqual(APIRoute(method: r.method, target: r.path), r) }
         XCTAssertEqual(APIRoute.failureVote(node: "node-x").path, "/v1/vote/failure?node=node-x")
         XCTAssertEqual(APIRoute.leave.method, "POST")
