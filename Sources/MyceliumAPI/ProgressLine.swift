@@ -86,7 +86,10 @@ public enum ProgressLine {
             let filled = Int((f * Double(barWidth)).rounded(.down))
             parts.append("[" + String(repeating: "#", count: filled) + String(repeating: "-", count: barWidth - filled) + "]")
             parts.append(String(format: "%3d%%", Int((f * 100).rounded(.down))))
-            parts.append(amount(s.done, s.unit) + "/" + amount(s.total ?? 0, s.unit))
+            switch s.unit {
+            case .bytes: parts.append(amount(s.done, .bytes) + "/" + amount(s.total ?? 0, .bytes))
+            case .items(let name): parts.append("\(Int(s.done.rounded()))/\(Int((s.total ?? 0).rounded())) \(name)")
+            }
             if let r = rateText(s) { parts.append(r) }
             parts.append("ETA " + clock(eta(s)))
         } else {
@@ -104,7 +107,12 @@ public enum ProgressLine {
     public static func plain(_ s: ProgressState) -> String {
         var parts: [String] = []
         if let f = fraction(s) {
-            parts.append("\(Int((f * 100).rounded(.down)))% (\(amount(s.done, s.unit)) of \(amount(s.total ?? 0, s.unit)))")
+            let counts: String
+            switch s.unit {
+            case .bytes: counts = amount(s.done, .bytes) + " of " + amount(s.total ?? 0, .bytes)
+            case .items(let name): counts = "\(Int(s.done.rounded())) of \(Int((s.total ?? 0).rounded())) \(name)"
+            }
+            parts.append("\(Int((f * 100).rounded(.down)))% (\(counts))")
             if let r = rateText(s) { parts.append(r) }
             parts.append("ETA " + clock(eta(s)))
         } else if s.done > 0 {

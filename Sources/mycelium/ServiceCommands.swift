@@ -79,7 +79,7 @@ struct ServiceCommandGroup: AsyncParsableCommand {
                     // k3s services have no instances on nodes: Kubernetes's ready pods are what serve.
                     let current = s.driver == "k3s" ? s.serving : s.instances.filter { $0.serving && $0.generation == s.generation }.count
                     if current >= s.replicas { progress.finish(); return show(s, out) }
-                    progress.update(done: Double(current), total: Double(s.replicas), unit: .items("replicas serving"), phase: s.pending)
+                    progress.update(done: Double(current), total: Double(s.replicas), unit: .items("replicas"), phase: s.pending)
                 } else {
                     progress.update(phase: "waiting for the network to record it")
                 }

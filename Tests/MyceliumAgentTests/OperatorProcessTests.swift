@@ -101,6 +101,42 @@ final class OperatorProcessTests: XCTestCase {
         XCTAssertEqual(checks(try report(dout), "agent.api").first?["verdict"] as? String, "fail")
     }
 
+    /// A deploy that cannot complete (2 replicas, at most 1 per node, on a one-node network) waits its
+    /// --wait: without a terminal it prints plain progress lines, on a terminal (a pty from `script`)
+    /// a bar redrawn in place with rate and ETA.
+    func testLongWaitsShowProgress() async throws {
+        let c = try AgentCluster()
+        defer { c.shutdown() }
+        try c.createNetwork()
+        try await c.waitUntil("n1 leads", nodes: ["n1"]) { $0[0].leader == $0[0].node }
+        for name in ["web", "tty"] {
+            try "name: \(name)\ncommand: [sleep, \"600\"]\nreplicas: 2\nresources: {memory: 16Mi}\nplacement: {max_per_node: 1}\n"
+                .write(toFile: c.home(name + ".yaml"), atomically: true, encoding: .utf8)
+        }
+        // Until n1 has announced what it offers, the leader refuses deploys (an operator retries).
+        var (code, out) = try c.cli(["service", "deploy", c.home("web.yaml"), "--home", c.home("n1"), "--wait", "4"])
+        let deadline = Date().addingTimeInterval(20)
+        while out.contains("offers services yet") && Date() < deadline {
+            try await Task.sleep(nanoseconds: 200_000_000)  // polls until n1's capabilities are in the spore
+            (code, out) = try c.cli(["service", "deploy", c.home("web.yaml"), "--home", c.home("n1"), "--wait", "4"])
+        }
+        XCTAssertNotEqual(code, 0, out)
+        let progress = out.split(separator: "\n").filter { $0.hasPrefix("progress: deploying web: ") }
+        XCTAssertFalse(progress.isEmpty, out)
+        XCTAssertTrue(progress.contains { $0.contains("50% (1 of 2 replicas)") && $0.contains("elapsed 0:0") }, out)
+        XCTAssertFalse(out.contains("\u{1B}["), "no terminal codes on a pipe")
+
+        let cmd = [AgentCluster.binDir + "/mycelium", "service", "deploy", c.home("tty.yaml"), "--home", c.home("n1"), "--wait", "3"].joined(separator: " ")
+        let (_, tty) = sh(["script", "-qec", cmd, "/dev/null"])
+        XCTAssertTrue(tty.contains("\r\u{1B}[Kdeploying tty  [##########----------]   50%  1/2 replicas"), tty)
+        XCTAssertTrue(tty.contains("ETA "), tty)
+        XCTAssertFalse(tty.contains("progress: "), "a terminal gets the bar, not the plain lines")
+
+        // -o json on a pipe: stdout is JSON only, no progress.
+        let (_, json) = try c.cli(["service", "deploy", c.home("web.yaml"), "--home", c.home("n1"), "--wait", "3", "-o", "json"])
+        XCTAssertFalse(json.contains("progress: "), json)
+    }
+
     func testJSONLogsCarryStableFields() async throws {
         let c = try AgentCluster()
         defer { c.shutdown() }
