@@ -147,6 +147,16 @@ final class OperatorProcessTests: XCTestCase {
             vs.allSatisfy { $0.leader == vs[0].leader && $0.leader != "none" } && vs[0].members.filter(\.isAlive).count == 2
         }
         let n1 = await c.status("n1")!.node, n2 = await c.status("n2")!.node
+        // A service deployment, so a line carries the `service` field.
+        try "name: web\ncommand: [sleep, \"600\"]\nresources: {memory: 16Mi}\n".write(toFile: c.home("web.yaml"), atomically: true, encoding: .utf8)
+        var deployed = (Int32(1), "")
+        let deadline = Date().addingTimeInterval(20)
+        repeat {
+            deployed = try c.cli(["service", "deploy", c.home("web.yaml"), "--home", c.home("n1"), "--wait", "0"])
+            if deployed.0 == 0 { break }
+            try await Task.sleep(nanoseconds: 200_000_000)  // polls until a member offers services
+        } while Date() < deadline
+        XCTAssertEqual(deployed.0, 0, deployed.1)
         c.terminate("n2")
         c.terminate("n1")
         for (name, id) in [("n1", n1), ("n2", n2)] {
@@ -175,6 +185,7 @@ final class OperatorProcessTests: XCTestCase {
             .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
         XCTAssertTrue(n1Lines.contains { $0["msg"] as? String == "admitting a joiner" && $0["node"] as? String == n2 }, "the joiner is the line's node")
         XCTAssertTrue(n1Lines.contains { $0["event"] as? String == "true" && $0["node"] as? String == n2 }, "events name their member")
+        XCTAssertTrue(n1Lines.contains { $0["service"] as? String == "web" && $0["msg"] as? String == "service deployment proposed" }, "the service is a field")
     }
 
     func testDefaultLogsStayHumanReadable() async throws {
