@@ -34,6 +34,7 @@ final class OperatorProcessTests: XCTestCase {
         if sh(["mountpoint", "-q", "/sys/fs/bpf"]).0 != 0 { XCTAssertEqual(sh(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]).0, 0) }
         let c = try AgentCluster()
         defer { c.shutdown() }
+        c.seedDirs = [c.dir + "/seeds"]
         try c.createNetwork()
         try c.join("n2")
         try await c.waitUntil("n1 leads and sees n2 alive", nodes: ["n1"]) { vs in
@@ -57,7 +58,9 @@ final class OperatorProcessTests: XCTestCase {
         XCTAssertEqual(checks(r1, "cluster.member", node: n2).first?["verdict"] as? String, "ok", "--all checks each member")
         XCTAssertEqual(checks(r1, "port.member", node: n2).first?["verdict"] as? String, "ok", "n2's address reachable from here")
         XCTAssertNotNil(checks(r1, "clock.skew", node: n2).first, "n2's clock is checked")
-        XCTAssertEqual(checks(r1, "spore.seed").first?["verdict"] as? String, "warn", "no seed_dirs configured in this test")
+        let seed = checks(r1, "spore.seed").first
+        XCTAssertEqual(seed?["verdict"] as? String, "ok", "the leader writes seed spores to seed_dirs: \(String(describing: seed))")
+        XCTAssertTrue((seed?["detail"] as? String)?.contains("newest seed spore at epoch") == true, "\(String(describing: seed))")
 
         // Leftovers: a pinned map under /sys/fs/bpf no agent owns, and a mycelium-cni-named veth whose
         // peer never went into a pod's namespace.
