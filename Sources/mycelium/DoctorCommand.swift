@@ -39,7 +39,7 @@ struct DoctorCommand: AsyncParsableCommand {
                            myceliumd uses; mycelium-cni veths with no pod behind
               driver.*     the service drivers this machine offers
             From the local agent's API (HOME/agent.sock):
-              agent.api, cluster.quorum, cert.expiry, spore.seed (seed_dirs),
+              agent.api, cluster.quorum, cert.expiry, spore.seed (seed_dirs, seed_urls),
               clock.skew (members' clocks as measured at their last handshake)
             With --all, also each member's liveness, clock, certificate, and
             whether its address is reachable from here. The agent's API is a
@@ -319,16 +319,16 @@ enum DoctorProbes {
     }
 
     static func seed(_ cfg: AgentConfig, network: String, currentEpoch: String) async -> DoctorCheck {
-        let stores = cfg.seedDirs.count + cfg.seedURLs.count
-        guard stores > 0, let net = try? NetworkID(parsing: network) else {
-            return DoctorRules.seedSpore(stores: stores, newest: nil, problems: [], currentEpoch: currentEpoch, intervalSeconds: cfg.seedIntervalSeconds)
+        let count = cfg.seedDirs.count + cfg.seedURLs.count
+        guard count > 0, let net = try? NetworkID(parsing: network) else {
+            return DoctorRules.seedSpore(stores: count, newest: nil, problems: [], currentEpoch: currentEpoch, intervalSeconds: cfg.seedIntervalSeconds)
         }
-        // Directories only: an HTTP seed store needs the agent's event loop (its freshness shows in the leader's log).
-        let dirs = cfg.seedDirs.map { DirectorySeedStore(directory: $0, network: net) as SeedSporeStore }
-        if dirs.isEmpty { return DoctorCheck("spore.seed", .skip, "only seed_urls are configured; doctor reads seed_dirs") }
+        // The places a cold node reads, read the same way (each seed verified against the network).
+        let stores = cfg.seedDirs.map { DirectorySeedStore(directory: $0, network: net) as SeedSporeStore }
+            + cfg.seedURLs.map { HTTPSeedStore(base: $0, network: net) as SeedSporeStore }
         let now = unixNow()
-        let (best, problems) = await newestSeedSpore(from: dirs, network: net, knownEpoch: nil, now: now)
-        return DoctorRules.seedSpore(stores: dirs.count, newest: best.map { (epoch: $0.epoch.description, ageSeconds: now - $0.writtenAt) },
+        let (best, problems) = await newestSeedSpore(from: stores, network: net, knownEpoch: nil, now: now)
+        return DoctorRules.seedSpore(stores: stores.count, newest: best.map { (epoch: $0.epoch.description, ageSeconds: now - $0.writtenAt) },
                                      problems: problems.map { "\($0.location): \($0.problem)" }, currentEpoch: currentEpoch,
                                      intervalSeconds: cfg.seedIntervalSeconds)
     }
