@@ -109,7 +109,7 @@ extension Agent {
     /// Moves what the VM driver reported into the events, and counts the transitions.
     func drainVMEvents() {
         for (kind, line) in vmEvents.drain() {
-            note(line)
+            note(line, log: false)  // logged when the driver reported it
             vmInstruments.transitions[kind]?.increment()
         }
     }
