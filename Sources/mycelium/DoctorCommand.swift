@@ -85,7 +85,8 @@ struct DoctorCommand: AsyncParsableCommand {
         checks += DoctorProbes.kernel(cfg)
         checks += await DoctorProbes.dependencies(cfg)
         checks.append(DoctorProbes.fsync(in: cfg.home, count: max(1, min(fsyncs, 1000))))
-        checks += DoctorProbes.ports(cfg, agentRunning: status != nil)
+        checks += DoctorProbes.ports(cfg, agentRunning: status != nil,
+                                     vmsOffered: checks.contains { $0.check == "deps.libvirt" && $0.verdict == .ok })
         checks.append(DoctorProbes.bpfPins(cfg))
         checks.append(DoctorProbes.veths())
         checks += DoctorProbes.drivers(cfg)
@@ -209,10 +210,13 @@ enum DoctorProbes {
         return DoctorRules.fsync(samples: samples, directory: dir)
     }
 
-    static func ports(_ cfg: AgentConfig, agentRunning: Bool) -> [DoctorCheck] {
+    static func ports(_ cfg: AgentConfig, agentRunning: Bool, vmsOffered: Bool) -> [DoctorCheck] {
         var out: [DoctorCheck] = []
         var seen = Set<String>()
-        for (name, address) in [("listen", cfg.listen), ("advertise", cfg.advertise), ("metrics_listen", cfg.metricsListen), ("client_listen", cfg.clientListen)] {
+        // The VM replication listener exists only on a node whose libvirt answers.
+        let replication = vmsOffered ? splitAddress(cfg.listen).map { "\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\(cfg.vmReplicationPort)" } ?? "" : ""
+        for (name, address) in [("listen", cfg.listen), ("advertise", cfg.advertise), ("metrics_listen", cfg.metricsListen), ("client_listen", cfg.clientListen),
+                                ("vm_replication_port", replication)] {
             guard let (host, port) = splitAddress(address), seen.insert("\(host):\(port)").inserted else { continue }
             let target = host == "0.0.0.0" ? "127.0.0.1" : host == "::" ? "::1" : host
             out.append(DoctorRules.port(name, address: address, connectable: tcpConnects(target, port, timeout: 2), agentRunning: agentRunning))
