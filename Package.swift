@@ -211,7 +211,8 @@ let package = Package(
             name: "mycelium",
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI", "K3sDriver",
-                "MyceliumControl",
+                "MyceliumControl",  // backup verify/restore
+                "DirtyPages", "Libvirt", "MyceliumRBD",  // mycelium doctor's probes
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -369,10 +369,12 @@ public actor Agent {
     /// The certificate this node presents now (the newest the network issued it).
     nonisolated var certificate: MembershipCertificate { identity.certificate }
 
-    func note(_ s: String) {
+    func note(_ s: String, log: Bool = true) {
         let stamp = String(format: "%.3f", Date().timeIntervalSince(startedAt))
         events.append("+\(stamp)s \(s)")
         if events.count > 200 { events.removeFirst(events.count - 200) }
+        // The events are logged too, with the workload or member they name as fields (JSON logs).
+        if log { logger.info("\(s)", metadata: JSONLogLine.subjects(in: s).mapValues { .string($0) }.merging(["event": "true"]) { a, _ in a }) }
     }
 
     // MARK: ticks and Ready
@@ -396,6 +398,9 @@ public actor Agent {
         }
         if raft.leader != lastLeader {
             if raft.leader != .none { instruments.leaderChanges.increment() }
+            logger.notice(raft.leader == .none ? "no leader" : "leader changed",
+                          metadata: ["term": "\(raft.term)", "peer": "\(router.nodeIDs[raft.leader].map { "\($0)" } ?? (raft.leader == me ? "\(nodeID)" : "\(raft.leader)"))",
+                                     "role": "\(raft.role)"])
             lastLeader = raft.leader
             if raft.role != .leader { failReadWaiters("leadership changed; retry") }
         }

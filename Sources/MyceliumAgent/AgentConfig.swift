@@ -54,6 +54,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var backupKeep = 5
     /// trace, debug, info, notice, warning, error or critical.
     public var logLevel = "info"
+    /// text (human-readable, the default) or json (one JSON object per line; JSONLogHandler.swift).
+    public var logFormat = "text"
     /// Milliseconds each phase (commit, reveal) of a Byzantine-tolerant vote may last; set it above the
     /// worst one-way delay between nodes plus the spread in when they apply the opening entry.
     public var votePhaseMilliseconds = 2000
@@ -157,6 +159,7 @@ public struct AgentConfig: Sendable, Equatable {
         int("backup_interval_s", "Seconds between two scheduled backups (default 12 h, like k3s etcd-snapshot).", \.backupIntervalSeconds, 1...31_536_000),
         int("backup_keep", "Scheduled backups kept in backup_dir; the oldest beyond this are deleted (default 5).", \.backupKeep, 1...10_000),
         string("log_level", "trace, debug, info, notice, warning, error or critical.", \.logLevel),
+        string("log_format", "text (human-readable lines) or json (one JSON object per line with the stable fields ts, level, msg, logger, agent, node, peer, term, vote, vm, service, volume; for Loki or Elasticsearch). myceliumd --log-format overrides it.", \.logFormat),
         int("suspicion_ms", "Milliseconds a peer that missed its direct and indirect probes stays suspect before it is reported for a failure vote (the vote, with each voter's own check, confirms it). Higher: fewer votes on a flaky network, slower failover.", \.suspicionMilliseconds, 0...600_000),
         int("vote_phase_ms", "Milliseconds for each phase (commit, reveal) of a Byzantine-tolerant vote; above the worst one-way delay.", \.votePhaseMilliseconds, 10...600_000),
         string("pod_cidr_pool", "The network's pod range (like K3s's cluster-cidr); the first leader records it and it never changes.", \.podCIDRPool),
@@ -237,6 +240,7 @@ public struct AgentConfig: Sendable, Equatable {
         if !["auto", "server", "agent"].contains(k3sRole) { throw ConfigError("k3s_role '\(k3sRole)' is not auto, server or agent") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { throw ConfigError("log_level '\(logLevel)' is not one of \(levels.joined(separator: ", "))") }
+        if !["text", "json"].contains(logFormat) { throw ConfigError("log_format '\(logFormat)' is not text or json") }
     }
 
     /// The KV accepts writes, so nobody unauthenticated may reach it: off loopback it is served only over

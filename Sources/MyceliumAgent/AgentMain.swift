@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import Metrics
 import MyceliumControl
+import MyceliumIdentity
 import Prometheus
 import ServiceLifecycle
 
@@ -18,7 +19,7 @@ public enum AgentMain {
     /// Loads the configuration (file, then overrides), validates it, and either prints it or runs
     /// the agent until SIGTERM/SIGINT. Returns the process exit code.
     public static func run(configPath: String?, home: String?, listen: String?, printConfig: Bool,
-                           behaviour: any VoterBehaviour = HonestVoter()) async throws -> Int32 {
+                           behaviour: any VoterBehaviour = HonestVoter(), logFormat: String? = nil) async throws -> Int32 {
         ExitWithParent.armIfRequested()
         var cfg = AgentConfig()
         if let configPath {
@@ -30,16 +31,28 @@ public enum AgentMain {
         }
         if let home { cfg.home = home }
         if let listen { cfg.listen = listen }
+        if let logFormat { cfg.logFormat = logFormat }
         do { try cfg.validate() } catch { throw UsageError(description: error.message) }
         if printConfig {
             print(cfg.rendered())
             return 0
         }
         let level = Logger.Level(rawValue: cfg.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+        if cfg.logFormat == "json" {
+            // Every line says which agent wrote it (the node's ID, from its key; absent before `identity init`).
+            let agentID = (try? KeyFile.read(from: cfg.home + "/node.key")).map { NodeID(publicKey: $0.publicKey).description }
+            LoggingSystem.bootstrap { label in
+                var h = JSONLogHandler(label: label)
+                h.logLevel = level
+                if let agentID { h.metadata["agent"] = .string(agentID) }
+                return h
+            }
+        } else {
+            LoggingSystem.bootstrap { label in
+                var h = StreamLogHandler.standardError(label: label)
+                h.logLevel = level
+                return h
+            }
         }
         let logger = Logger(label: "myceliumd")
         // Before the agent exists: its instruments bind to the factory when they are created.

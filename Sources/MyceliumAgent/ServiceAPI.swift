@@ -153,15 +153,19 @@ extension Agent {
         }
         var trial = control.services
         do { _ = try trial.apply(command, spore: spore, pods: control.pods, now: control.nowMillis) } catch { return refuse("\(error)") }
+        // Before the proposal: a one-voter leader commits and applies it within processReady().
+        let existed: Bool = if case .deploy(let spec) = command { control.services.services[spec.name] != nil } else { false }
         do { _ = try raft.propose(ControlEntry.service(command, millis: Self.wallMillis()).encoded()) } catch {
             return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "proposal refused: \(error); retry", code: .noLeader)))
         }
         processReady()
         switch command {
         case .deploy(let spec):
-            let update = control.services.services[spec.name] != nil
+            let update = existed
+            logger.info("service \(update ? "update" : "deployment") proposed", metadata: ["service": "\(spec.name)", "peer": "\(sender)", "replicas": "\(spec.replicas)"])
             return KVAnswer(status: .accepted, body: json(ActionResponse(result: "service \(spec.name) \(update ? "update" : "deployment") proposed; watch 'mycelium service show \(spec.name)'")))
         case .remove(let name):
+            logger.info("service stop proposed", metadata: ["service": "\(name)", "peer": "\(sender)"])
             return KVAnswer(status: .accepted, body: json(ActionResponse(result: "service \(name) stop proposed; its instances stop once it commits")))
         case let .drain(node, on):
             return KVAnswer(status: .accepted, body: json(ActionResponse(result: on

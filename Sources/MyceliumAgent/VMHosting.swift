@@ -109,7 +109,7 @@ extension Agent {
     /// Moves what the VM driver reported into the events, and counts the transitions.
     func drainVMEvents() {
         for (kind, line) in vmEvents.drain() {
-            note(line)
+            note(line, log: false)  // logged when the driver reported it
             vmInstruments.transitions[kind]?.increment()
         }
     }
@@ -130,7 +130,12 @@ extension Agent {
             diskSource: { volumes.source($0) })
         do {
             let d = try EndophyteDriver(settings: settings, identity: key, network: network, peer: { peers.lookup($0) },
-                                        report: { kind, line in logger.notice("\(line)"); inbox.post(kind, line) })
+                                        report: { kind, line in
+                                            var fields = JSONLogLine.subjects(in: line).mapValues { Logger.MetadataValue.string($0) }
+                                            fields["transition"] = .string("\(kind)")
+                                            logger.notice("\(line)", metadata: fields)
+                                            inbox.post(kind, line)
+                                        })
             logger.info("libvirt answers: this node offers endophyte VMs",
                         metadata: ["uri": "\(config.libvirtURI)", "replication": "\(host):\(d.port)"])
             startWatchdog(settings, logger: logger)

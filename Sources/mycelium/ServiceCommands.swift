@@ -71,15 +71,21 @@ struct ServiceCommandGroup: AsyncParsableCommand {
             guard wait > 0 else { return }
             let deadline = Date().addingTimeInterval(wait)
             var last: ServiceInfo?
+            let progress = ProgressReporter("deploying \(doc.name)", json: out.output == .json)
+            defer { progress.finish() }
             while Date() < deadline {
                 if let s = try await client.services().services.first(where: { $0.name == doc.name }), s.generation > before || before == 0 {
                     last = s
                     // k3s services have no instances on nodes: Kubernetes's ready pods are what serve.
                     let current = s.driver == "k3s" ? s.serving : s.instances.filter { $0.serving && $0.generation == s.generation }.count
-                    if current >= s.replicas { return show(s, out) }
+                    if current >= s.replicas { progress.finish(); return show(s, out) }
+                    progress.update(done: Double(current), total: Double(s.replicas), unit: .items("replicas"), phase: s.pending)
+                } else {
+                    progress.update(phase: "waiting for the network to record it")
                 }
                 try await Task.sleep(nanoseconds: 200_000_000)
             }
+            progress.finish()
             guard let s = last else {
                 throw ValidationError("\(answer.result), but it was not recorded within \(wait) s: is there a leader with a majority? ('mycelium status')")
             }

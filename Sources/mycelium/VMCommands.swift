@@ -83,8 +83,11 @@ struct VMCommandGroup: AsyncParsableCommand {
             let client = agent.client
             let answer = try await client.vm("create", p)
             let deadline = Date().addingTimeInterval(wait)
+            let progress = ProgressReporter("creating VM \(name)", json: out.output == .json)
+            defer { progress.finish() }
             while Date() < deadline {
-                if let vm = try await client.vms().vms.first(where: { $0.name == name }) { return show(vm, out) }
+                if let vm = try await client.vms().vms.first(where: { $0.name == name }) { progress.finish(); return show(vm, out) }
+                progress.update(phase: "waiting for the network to record it")
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
             throw ValidationError("\(answer.result), but it was not recorded within \(wait) s: is there a leader with a majority? ('mycelium status')")
@@ -153,11 +156,17 @@ struct VMCommandGroup: AsyncParsableCommand {
             if out.output != .json { print(answer.result) }
             let deadline = Date().addingTimeInterval(wait)
             var seenPending = false
+            let progress = ProgressReporter("migrating \(name)", json: out.output == .json)
+            defer { progress.finish() }
             while Date() < deadline {
                 guard let vm = try await client.vms().vms.first(where: { $0.name == name }) else {
                     throw ValidationError("VM '\(name)' was deleted during its migration")
                 }
+                // The agent reports the migration's phase; the API has no byte counts for it (yet), so
+                // the line shows the phase and the time spent, without a bar or an ETA.
+                progress.update(phase: vm.migration ?? (vm.epoch > before.epoch ? "switched" : "pending"))
                 if vm.epoch > before.epoch {
+                    progress.finish()
                     if out.output == .json { return show(vm, out) }
                     print(vm.lastMigration ?? "VM \(name) now runs on \(vm.primary) (epoch \(vm.epoch))")
                     return

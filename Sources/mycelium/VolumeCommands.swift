@@ -53,7 +53,7 @@ struct VolumeCommandGroup: AsyncParsableCommand {
             if let dataClass { p.append(("class", dataClass)) }
             if let on { p.append(("on", on)) }
             _ = try await agent.client.volume("create", p)
-            let v = try await waitForTask(agent.client, name, wait: wait, what: "created")
+            let v = try await waitForTask(agent.client, name, wait: wait, what: "created", json: out.output == .json)
             show(v, out)
         }
     }
@@ -107,11 +107,14 @@ struct VolumeCommandGroup: AsyncParsableCommand {
             // went before this saw it, leaving a new outcome).
             var seenPending = false
             let deadline = Date().addingTimeInterval(wait)
+            let progress = ProgressReporter("snapshot \(snapshot) of \(name)", json: out.output == .json)
+            defer { progress.finish() }
             while Date() < deadline {
                 guard let v = try await client.volumes().volumes.first(where: { $0.name == name }) else {
                     throw ValidationError("volume \(name) is gone")
                 }
-                if v.snapshots.contains(snapshot) { return show(v, out) }
+                progress.update(phase: v.task ?? v.state)
+                if v.snapshots.contains(snapshot) { progress.finish(); return show(v, out) }
                 if v.task != nil { seenPending = true }
                 if v.task == nil && (seenPending || v.message != before?.message) {
                     throw ValidationError("snapshot \(snapshot) of \(name) failed: \(v.message)")
@@ -134,11 +137,15 @@ struct VolumeCommandGroup: AsyncParsableCommand {
             let client = agent.client
             _ = try await client.volume("delete", [("name", name)])
             let deadline = Date().addingTimeInterval(wait)
+            let progress = ProgressReporter("deleting volume \(name)", json: false)
+            defer { progress.finish() }
             while Date() < deadline {
                 guard let v = try await client.volumes().volumes.first(where: { $0.name == name }) else {
+                    progress.finish()
                     print("volume \(name) deleted")
                     return
                 }
+                progress.update(phase: v.task ?? v.state)
                 if v.task == nil && v.state != "deleting" { throw ValidationError("volume \(name) was not deleted: \(v.message)") }
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
@@ -148,13 +155,17 @@ struct VolumeCommandGroup: AsyncParsableCommand {
 }
 
 /// Waits until `name` has no pending task; throws with the storage's message when the task failed.
-private func waitForTask(_ client: AgentClient, _ name: String, wait: Double, what: String) async throws -> VolumeInfo {
+private func waitForTask(_ client: AgentClient, _ name: String, wait: Double, what: String, json: Bool) async throws -> VolumeInfo {
     let deadline = Date().addingTimeInterval(wait)
     var last: VolumeInfo?
+    let progress = ProgressReporter("volume \(name)", json: json)
+    defer { progress.finish() }
     while Date() < deadline {
         if let v = try await client.volumes().volumes.first(where: { $0.name == name }) {
             last = v
+            progress.update(phase: v.task ?? v.state)
             if v.task == nil {
+                progress.finish()
                 if v.state == "failed" { throw ValidationError("volume \(name) was not \(what): \(v.message)") }
                 return v
             }

@@ -21,6 +21,7 @@ struct Myceliumd: AsyncParsableCommand {
     @Option(help: "Configuration file (see --print-config for every setting).") var config: String?
     @Option(help: "State directory; overrides 'home' in the file.") var home: String?
     @Option(help: "host:port to listen on; overrides 'listen' in the file.") var listen: String?
+    @Option(help: "Log format: text or json (JSON lines with stable fields); overrides 'log_format' in the file.") var logFormat: String?
     @Flag(help: "Print the documented configuration (defaults, or the file's values) and exit.") var printConfig = false
     // The fencing watchdog the agent starts for itself (VMDriver/Watchdog.swift); not for operators.
     @Option(help: .hidden) var vmWatchdog: String?
@@ -42,7 +43,7 @@ struct Myceliumd: AsyncParsableCommand {
         }
         let code: Int32
         do {
-            code = try await AgentMain.run(configPath: config, home: home, listen: listen, printConfig: printConfig)
+            code = try await AgentMain.run(configPath: config, home: home, listen: listen, printConfig: printConfig, logFormat: logFormat)
         } catch let e as AgentMain.UsageError {
             throw ValidationError(e.description)
         }

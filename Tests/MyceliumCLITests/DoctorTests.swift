@@ -3,7 +3,7 @@ import XCTest
 
 /// `mycelium doctor` tells an operator which service drivers this machine offers and why one is
 /// missing: with no `k3s` on PATH (as on the project's machines, where K3s cannot be installed) it
-/// says exactly that.
+/// says exactly that. The checks against a running agent are in MyceliumAgentTests/OperatorProcessTests.
 extension CLITests {
     func doctor(path: String, _ args: [String] = []) throws -> Result {
         let p = Process()
@@ -24,18 +24,27 @@ extension CLITests {
     func testDoctorSaysWhyTheK3sDriverIsMissing() throws {
         let bin = home + "/bin"
         try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
-        let r = try doctor(path: bin)
-        XCTAssertEqual(r.status, 0, r.err)
+        // A home with no membership: the network checks are skipped, not failed.
+        let r = try doctor(path: bin, ["--home", home])
         let lines = r.out.split(separator: "\n").map(String.init)
-        XCTAssertTrue(lines.contains { $0.hasPrefix("process  offered") }, r.out)
-        XCTAssertTrue(lines.contains { $0.hasPrefix("k3s      missing   no `k3s` binary on PATH (\(bin)): K3s is not installed on this machine, so this node does not offer the k3s driver") }, r.out)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("OK    driver.process") }, r.out)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("SKIP  driver.k3s") && $0.contains("missing: no `k3s` binary on PATH (\(bin)): K3s is not installed on this machine, so this node does not offer the k3s driver") }, r.out)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("SKIP  agent.api") }, r.out)
+        XCTAssertTrue(lines.last?.contains("failure(s)") == true, r.out)
 
         // A k3s on PATH (a stand-in script) is found, as the agent would find it.
         try "#!/bin/sh\nexit 0\n".write(toFile: bin + "/k3s", atomically: true, encoding: .utf8)
         chmod(bin + "/k3s", 0o755)
-        let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try doctor(path: bin, ["-o", "json"]).out.utf8)) as? [String: Any])
-        let k3s = try XCTUnwrap((j["drivers"] as? [[String: Any]])?.first { $0["driver"] as? String == "k3s" })
-        XCTAssertEqual(k3s["offered"] as? Bool, true)
+        let out = try doctor(path: bin, ["--home", home, "-o", "json"]).out
+        let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(out[try XCTUnwrap(out.firstIndex(of: "{"))...].utf8)) as? [String: Any])
+        let k3s = try XCTUnwrap((j["checks"] as? [[String: Any]])?.first { $0["check"] as? String == "driver.k3s" })
+        XCTAssertEqual(k3s["verdict"] as? String, "ok")
         XCTAssertTrue((k3s["detail"] as? String)?.contains(bin + "/k3s") == true)
+    }
+
+    func testDoctorHelpTeaches() throws {
+        let r = try doctor(path: "/usr/bin:/bin", ["--help"])
+        XCTAssertEqual(r.status, 0)
+        for s in ["--all", "-o", "disk.fsync", "etcdctl check perf", "leftover.*", "code is 1 if any check failed"] { XCTAssertTrue(r.out.contains(s), "help mentions \(s):\n\(r.out)") }
     }
 }
