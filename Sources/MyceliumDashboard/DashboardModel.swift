@@ -204,7 +204,7 @@ public enum DashboardModel {
         let t = text.lowercased()
         func any(_ words: String...) -> Bool { words.contains { t.contains($0) } }
         if any("slashed", "evidence:") { return .slashing }
-        if any("recorded failure", "failure of", "failure candidate", "suspect ", "recovered ") && !t.hasPrefix("vote ") { return .failure }
+        if any("recorded failure", "failure of", "failure candidate", "suspect ", "recovered ", "remove failed") && !t.hasPrefix("vote ") { return .failure }
         if t.hasPrefix("vote ") || any(" vote ", "byzantine-tolerant vote") { return .vote }
         if any("admitted", "join request", "joiner", "issued", "certificate") { return .admission }
         if any("handoff", "handing", "hand-over", "switched to", "failing vm", "migration") { return .handoff }

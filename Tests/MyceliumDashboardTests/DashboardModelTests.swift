@@ -60,6 +60,7 @@ final class DashboardModelTests: XCTestCase {
             ("recorded failure of node-c (confirmed by vote 4)", .failure),
             ("failure of node-c confirmed by 2 of 3 voters", .failure),
             ("suspect node-c", .failure),
+            ("remove failed node node-c", .failure),
             ("vote 4 opened: failure of node-c, 3 voters, tolerates 0", .vote),
             ("vote 4 decided yes: failure of node-c", .vote),
             ("no Byzantine-tolerant vote on node-c is possible (too few voters); confirming by a majority of the voters' reports", .vote),
