@@ -225,8 +225,10 @@ sys.exit("last value: %r" % (last,))
         // n3 dies; the dashboard reads n1's agent, whose spore records the failure; the open page turns it.
         let victim = ids[2]
         c.kill9("n3")
+        let killed = Date()
         try cdp(devtools, "window.__mark + ':' + (document.querySelector('g[data-id=\"\(victim)\"]') || {getAttribute: () => 'missing'}).getAttribute('data-status')",
                 want: "same-page:failed", timeout: 90)
+        print("dashboard: the open page showed \(victim) failed \(String(format: "%.1f", Date().timeIntervalSince(killed))) s after its agent was killed")
         try cdp(devtools, "String(document.querySelector('#timeline tr[data-kind=failure]') !== null)", want: "true", timeout: 10)
 
         let after = try waitForDOM(url, "\(victim) failed", timeout: 30) { d in status(of: victim, in: d) == "failed" }
