@@ -162,7 +162,8 @@ public enum DashboardModel {
         }
         let cols = max(1, Int((Double(count) * width / height).squareRoot().rounded(.up)))
         let rows = (count + cols - 1) / cols
-        let cw = width / Double(cols), ch = height / Double(rows)
+        // The last row's labels (under the nodes) need room too.
+        let cw = width / Double(cols), ch = (height - 24) / Double(rows)
         let r = max(5, min(cw, ch) * 0.3)
         let points = (0..<count).map { i -> (x: Double, y: Double) in
             (cw * (Double(i % cols) + 0.5), ch * (Double(i / cols) + 0.5))

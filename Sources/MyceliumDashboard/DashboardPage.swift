@@ -96,7 +96,7 @@ footer { color:var(--dim); font-size:12px; padding:0 16px 14px; }
       <span><span class="dot" style="background:var(--warn)"></span>suspect</span>
       <span><span class="dot" style="background:var(--bad)"></span>failed (crossed)</span>
       <span><span class="dot" style="background:var(--left)"></span>left</span>
-      <span>blue ring: sclerotium (dashed: learner) · ★ leader · size: trust · lines: the leader's links (red dashed: down)</span>
+      <span>blue ring: sclerotium (dashed: learner) · ★ leader · size: trust · lines: the leader's links (red dashed: down; beyond 24 members only those)</span>
     </div>
     <div class="scroll"><table id="members"><thead><tr><th>member</th><th>status</th><th>role</th><th>raft</th><th>trust</th><th>address</th></tr></thead><tbody></tbody></table></div>
   </section>
@@ -161,7 +161,8 @@ function renderMap(s) {
   const kids = [];
   const leader = s.members.find(m => m.leader);
   if (leader) {
-    for (const m of s.members) if (m !== leader)
+    // Beyond 24 members only the links that are down are drawn: 100 lines would hide the map.
+    for (const m of s.members) if (m !== leader && (s.members.length <= 24 || m.status !== "alive"))
       kids.push(sv("line", {class: "link" + (m.status === "alive" ? "" : " down"), x1: leader.x, y1: leader.y, x2: m.x, y2: m.y}));
   }
   for (const m of s.members) {

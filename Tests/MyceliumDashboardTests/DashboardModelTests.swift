@@ -187,3 +187,61 @@ final class DashboardPageTests: XCTestCase {
         XCTAssertFalse(page.contains("cdn") || page.contains("https://"), "nothing is fetched from elsewhere")
     }
 }
+
+/// The page at 100 members in a real browser (Debian's chromium, headless): the page rendered with a
+/// snapshot built by the real view model from a 100-member status (no agents: 100 real ones do not fit
+/// on the test machine), checked in the DOM and photographed. With MYCELIUM_UPDATE_SCREENSHOTS=1 the
+/// picture is copied to docs/dashboard-100.png.
+final class DashboardHundredMembersBrowserTests: XCTestCase {
+    func testAHundredMembersAllDrawnWithoutOverlapInARealBrowser() throws {
+        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            return XCTFail("chromium is not installed; run scripts/setup (it installs Debian's chromium)")
+        }
+        let ids = (0..<100).map { String(format: "node-%02d", $0) + String(repeating: "x", count: 30) }
+        let members = ids.enumerated().map { i, id in
+            MemberInfo(id: id, status: i % 17 == 5 ? "failed" : (i % 13 == 3 ? "suspect" : "alive"), roles: "[member]", addresses: ["10.0.\(i).1:7946"],
+                       sclerotium: i < 5, cpus: 4, key: "k\(i)", expiresInSeconds: 100, trust: 1_000_000 - i * 5000, jailed: false, approvedSclerotium: false)
+        }
+        let status = StatusResponse(network: "net-hundred", node: ids[0], role: "leader", raftMember: "voter", leader: ids[0], term: 7, commitIndex: 1,
+                                    appliedIndex: 1, epoch: "7.1", phase: "distributed", sclerotia: Array(ids.prefix(5)), voters: Array(ids.prefix(3)),
+                                    health: "ok", members: members, votes: [], events: ["+1.000s admitted \(ids[99])"], podCIDR: "none", podCIDRFile: "")
+        var s = DashboardSnapshot.empty
+        var h = DashboardHistory()
+        h.absorb(status, at: 0)
+        s.version = 1; s.reachable = true; s.error = ""; s.network = status.network; s.observer = status.node; s.leader = status.leader
+        s.term = status.term; s.health = status.health; s.members = DashboardModel.members(status); s.events = h.events; s.trust = h.trust
+        s.vms = []; s.services = []; s.volumes = []; s.datapath = nil; s.panelErrors = ["datapath": "no datapath in this test"]
+
+        let dir = NSTemporaryDirectory() + "myc-dash100-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let page = dir + "/page.html"
+        try Data(DashboardPage.render(snapshotJSON: String(decoding: try dashboardJSON(s), as: UTF8.self)).utf8).write(to: URL(fileURLWithPath: page))
+
+        func run(_ args: [String]) throws -> String {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+            p.arguments = ["-s", "KILL", "60", chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                           "--user-data-dir=" + dir + "/profile"] + args + ["file://" + page]
+            let o = Pipe(); p.standardOutput = o; p.standardError = FileHandle.nullDevice
+            try p.run()
+            let d = o.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return String(decoding: d, as: UTF8.self)
+        }
+        let dom = try run(["--dump-dom"])
+        XCTAssertEqual(dom.components(separatedBy: "<g class=\"member\"").count - 1, 100, "every member is drawn")
+        XCTAssertEqual(dom.components(separatedBy: "data-status=\"failed\" data-leader").count - 1, members.filter { $0.status == "failed" }.count)
+        XCTAssertTrue(dom.contains("\(members.filter { $0.status == "alive" }.count) alive / 100<"), "the header counts the members")
+        let shot = dir + "/dashboard-100.png"
+        _ = try run(["--hide-scrollbars", "--window-size=1920,1080", "--screenshot=" + shot])
+        let png = try Data(contentsOf: URL(fileURLWithPath: shot))
+        XCTAssertEqual(Array(png.prefix(4)), [0x89, 0x50, 0x4E, 0x47])
+        if ProcessInfo.processInfo.environment["MYCELIUM_UPDATE_SCREENSHOTS"] == "1" {
+            let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("docs/dashboard-100.png")
+            try? FileManager.default.removeItem(at: docs)
+            try FileManager.default.copyItem(atPath: shot, toPath: docs.path)
+        }
+    }
+}
