@@ -54,6 +54,8 @@ public struct VoteView: Codable, Sendable, Equatable {
     public var state: String
     public var open: Bool
     public var latencyMs: Double?
+    /// Its voters' short labels (empty: the agent did not say).
+    public var voterLabels: [String]
 }
 
 /// A trust sample: seconds since the dashboard started, and trust from 0 to 1.
@@ -238,7 +240,8 @@ public enum DashboardModel {
     public static func votes(_ rounds: [VoteRoundInfo]) -> [VoteView] {
         rounds.sorted { $0.sequence > $1.sequence }.map {
             VoteView(sequence: $0.sequence, kind: $0.kind, node: $0.node, voters: $0.voters, tolerates: $0.tolerates, state: $0.state,
-                     open: $0.state == "open", latencyMs: $0.localLatencyMilliseconds >= 0 ? $0.localLatencyMilliseconds : nil)
+                     open: $0.state == "open", latencyMs: $0.localLatencyMilliseconds >= 0 ? $0.localLatencyMilliseconds : nil,
+                     voterLabels: ($0.voterIDs ?? []).map(label))
         }
     }
 

@@ -211,7 +211,7 @@ function renderTrust(s) {
   });
   svg.replaceChildren(...kids);
   const votes = s.votes.map(v => el("tr", {"data-vote": v.sequence, "data-state": v.state}, el("td", {}, v.sequence), el("td", {}, v.kind), el("td", {}, short(v.node)),
-    el("td", {}, v.voters), el("td", {}, v.tolerates), el("td", {class: v.open ? "st-suspect" : ""}, v.state), el("td", {}, v.latencyMs == null ? "–" : v.latencyMs.toFixed(1) + " ms")));
+    el("td", {class: "wrap"}, v.voters + (v.voterLabels && v.voterLabels.length ? ": " + v.voterLabels.join(", ") : "")), el("td", {}, v.tolerates), el("td", {class: v.open ? "st-suspect" : ""}, v.state), el("td", {}, v.latencyMs == null ? "–" : v.latencyMs.toFixed(1) + " ms")));
   fill(document.querySelector("#votes tbody"), votes.length ? votes : [el("tr", {}, el("td", {colspan: 7, class: "none"}, "none yet"))]);
 }
 

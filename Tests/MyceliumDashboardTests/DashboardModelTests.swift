@@ -103,6 +103,20 @@ final class DashboardModelTests: XCTestCase {
         XCTAssertEqual(h.trust["node-a"]?.map(\.trust), [0.5, 0.4], "bounded to 2 samples")
     }
 
+    func testVotesNewestFirstWithDecisionAndVoters() {
+        let rounds = [VoteRoundInfo(sequence: 1, kind: "failure", node: "node-c", voters: 2, tolerates: 0, state: "decided yes",
+                                    localLatencyMilliseconds: 12.5, localMessagesSent: 3, voterIDs: ["node-aaaaaaaaaaaa", "node-bbbbbbbbbbbb"]),
+                      VoteRoundInfo(sequence: 2, kind: "failure", node: "node-d", voters: 4, tolerates: 1, state: "open",
+                                    localLatencyMilliseconds: -1, localMessagesSent: 0)]
+        let v = DashboardModel.votes(rounds)
+        XCTAssertEqual(v.map(\.sequence), [2, 1])
+        XCTAssertEqual(v.map(\.open), [true, false])
+        XCTAssertNil(v[0].latencyMs)
+        XCTAssertEqual(v[0].voterLabels, [], "an older agent names no voters")
+        XCTAssertEqual(v[1].voterLabels, ["aaaaaaaa", "bbbbbbbb"])
+        XCTAssertEqual(v[1].state, "decided yes")
+    }
+
     func testWorkloadViewsCarryNoSecrets() throws {
         var spec = ServiceSpecDocument(name: "web")
         spec.env = ["PASSWORD": "hunter2-secret"]
