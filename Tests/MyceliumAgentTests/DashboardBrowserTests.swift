@@ -241,6 +241,39 @@ sys.exit("last value: %r" % (last,))
         try screenshot(url, width: 1920, height: 1080, name: "dashboard-large.png", into: shots)
     }
 
+    /// With 5 members a Byzantine-tolerant vote can be formed: the open page shows the round decided
+    /// with its voters, and the timeline its opening and decision.
+    func testTheOpenPageShowsTheVoteOnAKilledMemberWithItsVoters() async throws {
+        let c = try AgentCluster()
+        defer { c.shutdown() }
+        let names = ["n1", "n2", "n3", "n4", "n5"]
+        try c.createNetwork()
+        for n in names.dropFirst() { try c.join(n) }
+        try await c.waitUntil("5 nodes formed", nodes: names, AgentCluster.formed(5))
+        let victim = await c.status("n5")!.node
+
+        let dash = try Running(["dashboard", "--home", c.home("n1"), "--listen", "127.0.0.1:0"])
+        defer { dash.stop() }
+        let url = try dash.url()
+        let bin = try XCTUnwrap(Self.chromium, "chromium is not installed; run scripts/setup")
+        let profile = NSTemporaryDirectory() + "myc-chromium-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: profile) }
+        let browser = try Running(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                                   "--user-data-dir=" + profile, "--remote-debugging-port=0", url], executable: bin)
+        defer { browser.stop() }
+        let devtools = try browser.devToolsPort()
+        try cdp(devtools, "window.__mark = 'same-page'; document.querySelectorAll('[data-status=alive][data-id]').length", want: "5", timeout: 30)
+
+        c.kill9("n5")
+        try cdp(devtools, "window.__mark + ':' + (document.querySelector('g[data-id=\"\(victim)\"]') || {getAttribute: () => 'missing'}).getAttribute('data-status')",
+                want: "same-page:failed", timeout: 90)
+        // The round about it, decided yes, naming its (4 surviving) voters; the timeline has the vote's lines.
+        try cdp(devtools, "String(Array.from(document.querySelectorAll('#votes tr[data-state=\"decided yes\"]')).map(r => r.textContent).some(t => t.includes('\(victim.dropFirst(5).prefix(8))') && t.split(',').length >= 3))",
+                want: "true", timeout: 30)
+        try cdp(devtools, "String(Array.from(document.querySelectorAll('#timeline tr[data-kind=vote]')).some(r => /decided yes/.test(r.textContent)))",
+                want: "true", timeout: 10)
+    }
+
     func testNonLoopbackIsRefusedWithoutTLSAndTokenAndRequestsWithoutTheTokenGet401() throws {
         let dir = NSTemporaryDirectory() + "myc-dash-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
