@@ -328,6 +328,19 @@ sys.exit("last value: %r" % (last,))
         XCTAssertTrue(login.hasPrefix("303") && login.contains("HttpOnly") && login.contains("Secure"), login)
         XCTAssertTrue(try curl(["-H", "Cookie: mycelium_dashboard=" + token, base + "/"]).hasPrefix("200"))
         XCTAssertTrue(try curl([base + "/login?token=nope"]).hasPrefix("401"))
+        // The filtered timeline, and the stream (read for 2 s: it does not end by itself).
+        let auth = ["-H", "Authorization: Bearer " + token]
+        XCTAssertTrue(try curl(auth + [base + "/api/events?kind=vote,failure&q=x"]).hasPrefix("200"))
+        XCTAssertTrue(try curl(auth + [base + "/api/events?kind=bogus"]).hasPrefix("400"))
+        let stream = Process()
+        stream.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        stream.arguments = ["-skN", "--max-time", "2"] + auth + [base + "/api/stream"]
+        let so = Pipe(); stream.standardOutput = so
+        try stream.run()
+        let events = String(decoding: so.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        stream.waitUntilExit()
+        XCTAssertGreaterThanOrEqual(events.components(separatedBy: "event: snapshot\ndata: {").count - 1, 2, "a snapshot per poll: \(events.prefix(300))")
+        XCTAssertTrue(events.contains("does not answer"), "the page says the agent does not answer")
         // Plain HTTP to the TLS port gets no page.
         XCTAssertFalse(try curl(["http://127.0.0.1:\(port)/"]).hasPrefix("200"))
         XCTAssertFalse(dash.output.contains(token), "the token is never printed")
