@@ -177,7 +177,7 @@ function renderMap(s) {
       g.append(sv("line", {class: "cross", x1: m.x - d, y1: m.y + d, x2: m.x + d, y2: m.y - d}));
     }
     const fs = Math.max(10, Math.min(20, m.r * 0.55));
-    g.append(sv("text", {x: m.x, y: m.y + m.r + fs + 4, "text-anchor": "middle", "font-size": fs}, (m.leader ? "★ " : "") + m.label));
+    g.append(sv("text", {x: m.x, y: m.y + m.r + fs + 4, "text-anchor": "middle", style: "font-size:" + fs + "px"}, (m.leader ? "★ " : "") + m.label));
     kids.push(g);
   }
   map.replaceChildren(...kids);
