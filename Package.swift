@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        // The operator's dashboard (MyceliumDashboard) only.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
     ],
     targets: [
         // MARK: system libraries (each imported by exactly one Swift module)
@@ -164,6 +166,13 @@ let package = Package(
         // Yams reads service spec files (YAML, JSON).
         .target(name: "MyceliumAPI", dependencies: [.product(name: "Yams", package: "Yams")]),
 
+        // The operator's dashboard: a read-only web page over the local API (MyceliumAPI's client only, no
+        // state of its own); its view model, event filter and layout are pure (DashboardModel).
+        .target(name: "MyceliumDashboard", dependencies: ["MyceliumAPI", .product(name: "Hummingbird", package: "hummingbird"),
+                                                          .product(name: "HummingbirdCore", package: "hummingbird"), .product(name: "HummingbirdTLS", package: "hummingbird"),
+                                                          .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                                                          .product(name: "Logging", package: "swift-log")]),
+
         // MARK: shells
         .target(
             name: "MyceliumTransport",
@@ -210,7 +219,7 @@ let package = Package(
         .executableTarget(
             name: "mycelium",
             dependencies: [
-                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI", "K3sDriver",
+                "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI", "K3sDriver", "MyceliumDashboard",
                 "MyceliumControl",  // backup verify/restore
                 "DirtyPages", "Libvirt", "MyceliumRBD",  // mycelium doctor's probes
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -270,6 +279,8 @@ let package = Package(
         // Drives the built `mycelium` binary; depending on it makes `swift build --build-tests` build it.
         .testTarget(name: "MyceliumCLITests", dependencies: ["mycelium"]),
         .testTarget(name: "MyceliumAPITests", dependencies: ["MyceliumAPI"]),
+        // The dashboard's pure parts; its end-to-end test (real agents, headless chromium) is in MyceliumAgentTests.
+        .testTarget(name: "MyceliumDashboardTests", dependencies: ["MyceliumDashboard", "MyceliumAPI"]),
         // The codec and responder directly; DNSServer end to end with python3 as an independent client.
         .testTarget(name: "ServiceDNSTests", dependencies: ["ServiceDNS", "ServiceDNSCore", "MyceliumCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "MyceliumSporesTests", dependencies: ["MyceliumCore", "MyceliumIdentity", "MyceliumSpores"]),

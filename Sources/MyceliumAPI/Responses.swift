@@ -278,15 +278,19 @@ public struct VoteRoundInfo: Codable, Sendable, Equatable {
     public var localLatencyMilliseconds: Double
     /// Vote frames this agent sent for the round.
     public var localMessagesSent: Int
+    /// The node IDs of its voters (nil: an agent older than this field).
+    public var voterIDs: [String]?
 
     public init(sequence: Int, kind: String, node: String, voters: Int, tolerates: Int, state: String,
-                localLatencyMilliseconds: Double, localMessagesSent: Int) {
+                localLatencyMilliseconds: Double, localMessagesSent: Int, voterIDs: [String]? = nil) {
         self.sequence = sequence; self.kind = kind; self.node = node; self.voters = voters; self.tolerates = tolerates
         self.state = state; self.localLatencyMilliseconds = localLatencyMilliseconds; self.localMessagesSent = localMessagesSent
+        self.voterIDs = voterIDs
     }
 
     enum CodingKeys: String, CodingKey {
         case sequence, kind, node, voters, tolerates, state
+        case voterIDs = "voter_ids"
         case localLatencyMilliseconds = "local_latency_ms"
         case localMessagesSent = "local_messages_sent"
     }

@@ -324,7 +324,8 @@ extension Agent {
                 tolerates: Int(r.spec.assumedFaults),
                 state: r.decision.map { $0 == .yes ? "decided yes" : "decided no" } ?? (r.closed ? "closed" : "open"),
                 localLatencyMilliseconds: voteTimings[r.sequence]?.latencyMilliseconds ?? -1,
-                localMessagesSent: voteTimings[r.sequence]?.messagesSent ?? 0)
+                localMessagesSent: voteTimings[r.sequence]?.messagesSent ?? 0,
+                voterIDs: r.spec.voters.map { "\($0.id)" })
         }
     }
 

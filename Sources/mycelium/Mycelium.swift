@@ -31,7 +31,7 @@ struct Mycelium: AsyncParsableCommand {
         subcommands: [StatusCommand.self, IdentityCommand.self, NetworkCommand.self, InviteCommand.self, CertCommand.self,
                       MemberCommandGroup.self, VMCommandGroup.self, ServiceCommandGroup.self, VolumeCommandGroup.self, StorageCommandGroup.self,
                       NodeCommand.self, SporeCommandGroup.self, VoteCommandGroup.self, DatapathCommandGroup.self, ChannelCommand.self,
-                      DoctorCommand.self, BackupCommandGroup.self])
+                      DoctorCommand.self, BackupCommandGroup.self, DashboardCommand.self])
 }
 
 // MARK: identity
