@@ -126,7 +126,7 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
     func attachVolumes(_ plan: InstancePlan) async -> Result<[String: String], VolumeMountError> {
         let wanted = plan.spec.volumes.map(\.name)
         let before = attached.withLock { $0[plan.id] ?? [] }
-        for old in before where !wanted.contains(old) { volumes?.detach(old) }
+        for old in before where !wanted.contains(old) { await volumes?.detachOffPool(old) }
         attached.withLock { $0[plan.id] = before.filter(wanted.contains) }
         guard !wanted.isEmpty else { attached.withLock { $0[plan.id] = nil }; return .success([:]) }
         guard let volumes else { return .failure(VolumeMountError("this node cannot mount service volumes (HOME/volumes is not usable; see the agent's log)")) }
@@ -144,8 +144,8 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
     }
 
     /// Detaches what was attached for instance `id` (after it stopped).
-    func detachVolumes(_ id: String) {
-        for name in attached.withLock({ $0.removeValue(forKey: id) ?? [] }) { volumes?.detach(name) }
+    func detachVolumes(_ id: String) async {
+        for name in attached.withLock({ $0.removeValue(forKey: id) ?? [] }) { await volumes?.detachOffPool(name) }
     }
 
     func performNow(_ action: ServiceAction) async {
@@ -188,7 +188,7 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
             started.withLock { $0[id] = nil }
             if let podman, podman.status(id) != nil { await podman.stop(id) }
             await runtime.stop(id, graceMillis: 5000)
-            detachVolumes(id)
+            await detachVolumes(id)
         }
     }
 
@@ -205,7 +205,7 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
         async let a: Void = runtime.stopAll()
         async let b: Void? = podman?.stopAll()
         _ = await (a, b)
-        for id in attached.withLock({ Array($0.keys) }) { detachVolumes(id) }
+        for id in attached.withLock({ Array($0.keys) }) { await detachVolumes(id) }
     }
 
     /// `mounts`: each volume's mount point on this node: a process finds it in MYCELIUM_VOLUME_<NAME>,

@@ -14,8 +14,9 @@
 // daemon's pid file), so `detach` and `cleanup` also undo what a crashed agent left: the agent calls
 // `cleanup` when it starts, before any instance runs.
 //
-// The tools run as blocking subprocesses (`CommandRunner`); an attach takes tens of milliseconds
-// (a first mkfs and the Ceph fence longer).
+// The tools run as blocking subprocesses (`CommandRunner`), on worker threads when called through
+// `attach` and `detachOffPool`; an attach takes tens of milliseconds (a first mkfs and the Ceph fence
+// longer).
 
 import Foundation
 
@@ -90,8 +91,14 @@ public final class VolumeMounts: Sendable {
             do { _ = try await fence(pool, image) } catch {
                 throw VolumeMountError("volume \(name): cannot fence the other clients of \(pool)/\(image) before attaching it: \(error)")
             }
-            backing = try startExport(name, pool: pool, image: image, conf: conf, client: client)
+            backing = try await onWorker { Result { try self.startExport(name, pool: pool, image: image, conf: conf, client: client) } }.get()
         }
+        // The tools block (a first mkfs of a big volume for long): on a worker thread, not the pool.
+        return try await onWorker { Result { try self.format(name, backing: backing, at: mp) } }.get()
+    }
+
+    /// Loop device, filesystem (only where there is none), mount.
+    func format(_ name: String, backing: String, at mp: String) throws -> String {
         let loop = try loopDevice(backing, name: name)
         let type = try Self.run(["blkid", "-p", "-o", "value", "-s", "TYPE", loop], allow: [0, 2], what: "volume \(name): read the filesystem type of \(loop)")
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -126,6 +133,10 @@ public final class VolumeMounts: Sendable {
         rmdir(mp)
         return problems
     }
+
+    /// `detach` on a worker thread (it waits for unmounts and the export daemon).
+    @discardableResult
+    public func detachOffPool(_ name: String) async -> [String] { await onWorker { self.detach(name) } }
 
     /// Undoes every attach but those of `keep` (the agent at start: nothing runs yet, so all of them).
     /// Finds them by mount point, export pid file and loop devices over this node's volume files.
