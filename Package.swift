@@ -313,7 +313,7 @@ let package = Package(
         .testTarget(name: "StorageControllerTests", dependencies: ["StorageController", "MyceliumIdentity", "MyceliumControl", "MyceliumSpores", "MyceliumRaft", "MyceliumCore"]),
         // The planner's decisions carried out on a real 4-OSD Ceph cluster (scripts/ceph); needs root.
         .testTarget(name: "StorageDriverTests", dependencies: ["StorageDriver", "StorageController", "MyceliumRBD", "MyceliumIdentity", "CephTestSupport", "VMHarness",
-                                                           "VMDriver", "VMHost", "VMTestSupport", "MyceliumControl", "VMController"]),
+                                                           "VMDriver", "VMHost", "VMTestSupport", "MyceliumControl", "VMController", "ServiceRuntime"]),
         // Real libvirtd daemons in network namespaces (scripts/vmhost) running the real TCG guest
         // (scripts/vm-guest); needs root and QEMU.
         .testTarget(name: "VMHostTests", dependencies: ["VMHost", "Libvirt", "Endophyte", "DirtyPages", "MyceliumControl", "MyceliumCore", "MyceliumIdentity", "VMTestSupport"]),

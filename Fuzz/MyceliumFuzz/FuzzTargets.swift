@@ -648,9 +648,15 @@ func writeSeeds(to dir: String) {
             _ = try? st.apply(Entry(term: 1, index: 10, data: ControlEntry.volume(.create(VolumeSpec(name: "db", sizeBytes: 1 << 30, dataClass: "private", driver: .ceph),
                                                                                          home: id, executor: id)).encoded()))
             _ = try? st.apply(Entry(term: 1, index: 11, data: ControlEntry.volume(.placement(hosts: ["node1": ["private", "public"]], executor: id)).encoded()))
+            // A service mounting that volume (the table's trailing volume section).
+            _ = try? st.apply(Entry(term: 1, index: 12, data: ControlEntry.volume(.taskDone(name: "db", task: 1, node: id, ok: true, message: "")).encoded()))
+            _ = try? st.apply(Entry(term: 1, index: 13, data: ControlEntry.service(.deploy(ServiceSpec(name: "store", command: ["/bin/true"],
+                volumes: [ServiceVolume(name: "db", path: "/data")]))).encoded()))
             return st.snapshot()
         }()),
         ("control", [0] + ControlEntry.vm(.failover(name: "web-1", to: id, epoch: 3)).encoded()),
+        ("control", [0] + ControlEntry.service(.deploy(ServiceSpec(name: "store", driver: .podman, command: ["/bin/sh"], image: "/srv/rootfs",
+            volumes: [ServiceVolume(name: "db", path: "/data"), ServiceVolume(name: "logs", path: "/var/log")]))).encoded()),
         ("control", [0] + ControlEntry.service(.endpoints(node: id, [0x0AF4_0105: 7, 0x0AF4_0207: 9])).encoded()),
         ("control", [0] + ControlEntry.volume(.taskDone(name: "db", task: 3, node: id, ok: false, message: "in use")).encoded()),
         ("control", [0] + ControlEntry.volume(.snapshot(name: "db", snapshot: "s1", executor: id)).encoded()),

@@ -22,6 +22,8 @@
 //     max_per_node: 1
 //     anti_affinity: [db]
 //   depends_on: [db]
+//   volumes: ["db:/data"]          # or [{name: db, path: /data}]: mounts volume db (replicas: 1);
+//                                  # a process finds it in $MYCELIUM_VOLUME_DB, a container at /data
 
 import Foundation
 import Yams
@@ -42,6 +44,32 @@ public struct ServiceSpecDocument: Codable, Sendable, Equatable {
     public var restart = Restart()
     public var placement = Placement()
     public var dependsOn: [String] = []
+    /// Volumes the instance mounts (`mycelium service deploy --volume NAME:/PATH` adds one).
+    public var volumes: [Volume] = []
+
+    /// A volume and where the workload sees it: `NAME:/PATH` or `{name: NAME, path: /PATH}`.
+    public struct Volume: Codable, Sendable, Equatable {
+        public var name: String
+        public var path: String
+        public init(name: String, path: String) { self.name = name; self.path = path }
+        /// "NAME:/PATH" (the CLI's and a spec file's short form), or nil.
+        public init?(short: String) {
+            guard let colon = short.firstIndex(of: ":") else { return nil }
+            let n = String(short[..<colon]), p = String(short[short.index(after: colon)...])
+            guard !n.isEmpty, p.hasPrefix("/") else { return nil }
+            self.init(name: n, path: p)
+        }
+        enum CodingKeys: String, CodingKey { case name, path }
+        public init(from decoder: Decoder) throws {
+            if let c = try? decoder.singleValueContainer(), let t = try? c.decode(String.self) {
+                guard let v = Volume(short: t) else { throw Self.invalid(decoder, "volume '\(t)': write NAME:/PATH, like db:/data") }
+                self = v; return
+            }
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            try Self.refuseUnknown(decoder, ["name", "path"], in: "a volume")
+            self.init(name: try c.decode(String.self, forKey: .name), path: try c.decode(String.self, forKey: .path))
+        }
+    }
 
     public struct Port: Codable, Sendable, Equatable {
         public var name: String
@@ -168,7 +196,7 @@ public struct ServiceSpecDocument: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, driver, command, image, env, replicas, resources, ports, health, restart, placement
-        case dependsOn = "depends_on"
+        case dependsOn = "depends_on", volumes
     }
     enum ResourceKeys: String, CodingKey { case cpu, memory }
 
@@ -177,7 +205,7 @@ public struct ServiceSpecDocument: Codable, Sendable, Equatable {
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         try Self.refuseUnknown(decoder, ["name", "driver", "command", "image", "env", "replicas", "resources", "ports", "health", "restart",
-                                         "placement", "depends_on"], in: "a service spec")
+                                         "placement", "depends_on", "volumes"], in: "a service spec")
         name = try c.decode(String.self, forKey: .name)
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "process"
         guard ["process", "podman", "k3s"].contains(driver) else { throw Self.invalid(decoder, "driver '\(driver)': use process, podman or k3s") }
@@ -195,6 +223,7 @@ public struct ServiceSpecDocument: Codable, Sendable, Equatable {
         restart = try c.decodeIfPresent(Restart.self, forKey: .restart) ?? Restart()
         placement = try c.decodeIfPresent(Placement.self, forKey: .placement) ?? Placement()
         dependsOn = try c.decodeIfPresent([String].self, forKey: .dependsOn) ?? []
+        volumes = try c.decodeIfPresent([Volume].self, forKey: .volumes) ?? []
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -205,6 +234,7 @@ public struct ServiceSpecDocument: Codable, Sendable, Equatable {
         try r.encode("\(cpuMillis)m", forKey: .cpu); try r.encode("\(memoryMiB)Mi", forKey: .memory)
         try c.encode(ports, forKey: .ports); try c.encodeIfPresent(health, forKey: .health); try c.encode(restart, forKey: .restart)
         try c.encode(placement, forKey: .placement); try c.encode(dependsOn, forKey: .dependsOn)
+        if !volumes.isEmpty { try c.encode(volumes, forKey: .volumes) }
     }
 
     /// Reads a spec file (YAML or JSON). Errors say where and what.
@@ -347,6 +377,8 @@ public struct ServiceInfo: Codable, Sendable, Equatable {
     public var events: [ServiceEventInfo]
     /// The spec as deployed.
     public var spec: ServiceSpecDocument
+    /// Set when it can run on one node only, and why (a local volume lives there: it cannot move).
+    public var pinned: String?
 
     public init(name: String, driver: String, generation: UInt64, replicas: Int, serving: Int, pending: String,
                 instances: [ServiceInstanceInfo], endpoints: [String], events: [ServiceEventInfo], spec: ServiceSpecDocument) {

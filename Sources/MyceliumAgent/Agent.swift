@@ -237,7 +237,7 @@ public actor Agent {
                                                   inbox: vmEvents, logger: logger)
         let features: CapabilityFeatures = vmDriver == nil ? [] : .libvirt
 
-        let (serviceDriver, noServices) = Self.makeServiceDriver(config, logger: logger)
+        let (serviceDriver, noServices) = Self.makeServiceDriver(config, logger: logger, volumes: volumeBook)
         self.serviceDriver = serviceDriver
         let volumeDriver = Self.makeVolumeDriver(config, logger: logger)
         self.volumeDriver = volumeDriver

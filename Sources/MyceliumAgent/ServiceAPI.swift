@@ -16,30 +16,48 @@ import MyceliumCore
 import MyceliumIdentity
 import MyceliumSpores
 import NIOHTTP1
+import MyceliumRBD
 import Scheduler
 import ServiceController
 import ServiceDNS
 import ServiceDriver
 import ServiceRuntime
+import StorageDriver
 import Synchronization
 
 extension Agent {
     /// The process driver under HOME/services (with podman when this node has what it needs), or the
     /// reason this node runs no services.
-    static func makeServiceDriver(_ config: AgentConfig, logger: Logger) -> (ProcessServiceDriver?, String) {
+    static func makeServiceDriver(_ config: AgentConfig, logger: Logger, volumes book: VolumeBook? = nil) -> (ProcessServiceDriver?, String) {
         let dir = config.home + "/services"
         do {
             // The previous run's reaper goes first, so it cannot kill what this run starts.
             ServiceReaper.stopPredecessor(dir)
             let podman = podmanSettings(config)
             if case .failure(let why) = podman { logger.info("this node offers no podman driver", metadata: ["reason": "\(why)"]) }
-            let d = try ProcessServiceDriver(directory: dir, podman: podman)
+            let d = try ProcessServiceDriver(directory: dir, podman: podman, volumes: serviceVolumeMounts(config, logger: logger),
+                                             volumeSource: { book?.serviceSource($0) })
             startServiceReaper(dir, logger: logger)
             return (d, "")
         } catch {
             logger.error("this node cannot run services", metadata: ["error": "\(error)"])
             return (nil, "\(error)")
         }
+    }
+
+    /// How this node mounts service volumes (under HOME/volumes/mnt). Before a Ceph volume is
+    /// attached, every other client of its image is fenced through this node's Ceph settings, as a
+    /// VM's takeover does (StorageDriver/Fencing.swift).
+    static func serviceVolumeMounts(_ config: AgentConfig, logger: Logger) -> VolumeMounts {
+        let conf = config.cephConf, client = config.cephClient
+        let keyring = config.cephKeyring.isEmpty ? nil : config.cephKeyring
+        return VolumeMounts(volumeDirectory: config.home + "/volumes", fence: { pool, image in
+            guard !conf.isEmpty else { throw VolumeMountError("this node has no Ceph cluster configured (ceph_conf)") }
+            let c = try await CephConnection.connect(CephClientConfig(confFile: conf, clientName: client, keyring: keyring))
+            let f = try await VolumeFencing.fenceOthers(connection: c, pool: pool, image: image)
+            logger.notice("service volume: \(f) before attaching it")
+            return "\(f)"
+        })
     }
 
     /// The agent's private podman (HOME/podman, ServiceRuntime/PodmanSetup.swift) on the CNI network
@@ -147,6 +165,7 @@ extension Agent {
             return refuse("placements are the leader's own", .forbidden)
         case .deploy(let spec):
             if let p = ServiceRules.problem(spec) { return refuse(p, .badRequest) }
+            if let p = control.serviceVolumeProblem(spec) { return refuse(p) }
             if let p = ServiceRules.impossible(spec, state: control) { return refuse(p) }
         case .remove, .drain:
             break
@@ -197,9 +216,11 @@ extension Agent {
                 guard let a = r.instances[slot]?.address, !a.isEmpty else { return nil }
                 return port.map { "\(a):\($0)" } ?? a
             }
-            return ServiceInfo(name: r.name, driver: "\(r.spec.driver)", generation: r.generation, replicas: Int(r.spec.replicas),
-                               serving: serving.count, pending: r.pending, instances: instances, endpoints: endpoints,
-                               events: r.events.map { ServiceEventInfo(at: $0.millis, text: $0.text) }, spec: Self.document(r.spec))
+            var info = ServiceInfo(name: r.name, driver: "\(r.spec.driver)", generation: r.generation, replicas: Int(r.spec.replicas),
+                                   serving: serving.count, pending: r.pending, instances: instances, endpoints: endpoints,
+                                   events: r.events.map { ServiceEventInfo(at: $0.millis, text: $0.text) }, spec: Self.document(r.spec))
+            info.pinned = ServiceRules.pinned(r.spec, volumes: control.volumes).map { "node \($0.node): \($0.why)" }
+            return info
         }, dns: dnsAddress)
     }
 
@@ -368,7 +389,8 @@ extension Agent {
         let spec = ServiceSpec(name: d.name, driver: driver, command: d.command, image: d.image, environment: d.env, replicas: UInt16(d.replicas),
                                cpuMillis: UInt32(d.cpuMillis), memoryMiB: UInt32(d.memoryMiB), ports: ports, health: health, restart: restart,
                                maxRestarts: UInt32(d.restart.maxRestarts), restartDelayMillis: UInt32(d.restart.delayMillis),
-                               placement: placement, dependsOn: d.dependsOn)
+                               placement: placement, dependsOn: d.dependsOn,
+                               volumes: d.volumes.map { ServiceVolume(name: $0.name, path: $0.path) })
         if let p = spec.problem ?? ServiceRules.problem(spec) { return fail(p) }
         return .success(spec)
     }
@@ -395,6 +417,7 @@ extension Agent {
         d.placement.minTrust = Double(s.placement.minTrustPPM) / 1_000_000; d.placement.spread = s.placement.spreadLevel
         d.placement.maxPerNode = Int(s.placement.maxPerNode); d.placement.antiAffinity = s.placement.antiAffinity
         d.dependsOn = s.dependsOn
+        d.volumes = s.volumes.map { .init(name: $0.name, path: $0.path) }
         return d
     }
 }

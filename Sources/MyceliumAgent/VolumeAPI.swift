@@ -18,6 +18,7 @@ import NIOHTTP1
 import StorageController
 import StorageDriver
 import Synchronization
+import ServiceRuntime
 import VMHost
 
 extension Agent {
@@ -73,7 +74,7 @@ extension Agent {
             break
         }
         var trial = control.volumes
-        do { _ = try trial.apply(command, spore: spore, now: control.nowMillis, user: control.volumeUser) } catch { return refuse("\(error)") }
+        do { _ = try trial.apply(command, spore: spore, now: control.nowMillis, user: { self.control.volumeConsumer($0)?.refusal }) } catch { return refuse("\(error)") }
         do { _ = try raft.propose(ControlEntry.volume(command, millis: Self.wallMillis()).encoded()) } catch {
             return KVAnswer(status: .serviceUnavailable, body: json(APIErrorResponse(error: "proposal refused: \(error); retry", code: .noLeader)))
         }
@@ -214,7 +215,7 @@ extension Agent {
         return VolumeInfo(name: r.name, sizeBytes: r.spec.sizeBytes, dataClass: r.spec.dataClass, driver: "\(r.spec.driver)", state: state,
                           home: "\(r.home)", location: location, snapshots: r.snapshots,
                           task: r.task.map { "\($0.operation) by \($0.executor)" }, message: r.message,
-                          usedBy: control.volumeUser(r.name).map { "vm \($0)" }, placement: placementWhy(r))
+                          usedBy: control.volumeConsumer(r.name).map { "\($0)" }, placement: placementWhy(r))
     }
 
     /// Where a volume's replicas are and why.
@@ -333,6 +334,15 @@ final class VolumeBook: Sendable {
     }
 
     func update(_ table: VolumeTable) { records.withLock { $0 = table.volumes } }
+
+    /// Where a service's volume is, as this node reaches it (ServiceRuntime/VolumeMounts.swift).
+    func serviceSource(_ name: String) -> ServiceVolumeSource? {
+        switch source(name) {
+        case let .rbd(pool, image, conf, client)?: return .rbd(pool: pool, image: image, cephConf: conf, clientName: client)
+        case let .file(path)?: return .file(path: path)
+        case nil: return nil
+        }
+    }
 
     func source(_ name: String) -> VMDiskSource? {
         guard let r = records.withLock({ $0[name] }), r.created else { return nil }

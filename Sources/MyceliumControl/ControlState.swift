@@ -233,15 +233,36 @@ public struct ControlState: Sendable, Equatable {
             if case let .create(spec, _, _) = command, let p = diskProblem(spec.disk, vm: spec.name) { throw ControlError(.vmRefused(p)) }
             return try vms.apply(command, spore: spore, now: nowMillis)
         case let .service(command, stamped):
+            if case .deploy(let spec) = command, let p = serviceVolumeProblem(spec) { throw ControlError(.serviceRefused(p)) }
             let millis = max(nowMillis, stamped)
             let changes = try services.apply(command, spore: spore, pods: pods, now: millis)
             nowMillis = millis
             return changes
         case let .volume(command, stamped):
             let millis = max(nowMillis, stamped)
-            let changes = try volumes.apply(command, spore: spore, now: millis, user: volumeUser)
+            // Only a delete asks who uses the volume (asked here: the table is being changed meanwhile).
+            var use: String?
+            if case .delete(let name, _) = command { use = volumeConsumer(name)?.refusal }
+            let changes = try volumes.apply(command, spore: spore, now: millis, user: { _ in use })
             nowMillis = millis
             return changes
+        }
+    }
+
+    /// Who uses a volume: one consumer at a time, a VM (its disk) or a service (a mount).
+    public enum VolumeConsumer: Sendable, Equatable, CustomStringConvertible {
+        case vm(String)
+        case service(String)
+        /// "vm NAME" / "service NAME" (what `volume show` prints as "used by").
+        public var description: String {
+            switch self { case .vm(let n): "vm \(n)"; case .service(let n): "service \(n)" }
+        }
+        /// The end of "volume 'X' is ...", with what to do.
+        public var refusal: String {
+            switch self {
+            case .vm(let n): "the disk of VM '\(n)'; delete the VM first"
+            case .service(let n): "mounted by service '\(n)'; stop the service first ('mycelium service stop \(n)')"
+            }
         }
     }
 
@@ -250,14 +271,40 @@ public struct ControlState: Sendable, Equatable {
         vms.vms.values.filter { $0.spec.disk == volume }.map(\.name).min()
     }
 
+    /// The VM or service that uses `volume`, if any (a VM first: the table never lets both).
+    public func volumeConsumer(_ volume: String) -> VolumeConsumer? {
+        if let vm = volumeUser(volume) { return .vm(vm) }
+        return services.services.values.filter { $0.spec.volumes.contains { $0.name == volume } }.map(\.name).min().map { .service($0) }
+    }
+
+    /// Why `volume` cannot be used by a new consumer, or nil: it must exist, be created, not be
+    /// going away, and be no other consumer's (`except` is the one asking, which may keep it).
+    func volumeFreeProblem(_ volume: String, except: VolumeConsumer) -> String? {
+        guard let v = volumes.volumes[volume] else { return "no volume named '\(volume)'; create it with 'mycelium volume create \(volume) --size SIZE'" }
+        if !v.created { return "volume '\(volume)' is not created (\(v.task.map { "\($0.operation) pending" } ?? v.message)); wait for its create, or delete and create it again" }
+        if v.task?.operation == .delete { return "volume '\(volume)' is being deleted" }
+        if let other = volumeConsumer(volume), other != except {
+            switch other {
+            case .vm(let n): return "volume '\(volume)' is already the disk of VM '\(n)'; one consumer at a time: delete that VM or use another volume"
+            case .service(let n): return "volume '\(volume)' is already mounted by service '\(n)'; one consumer at a time: stop that service or use another volume"
+            }
+        }
+        return nil
+    }
+
     /// Why a new VM may not have `disk` as its data disk, or nil: the volume must exist, be created,
-    /// and be no other VM's (one writer at a time; the fencing on failover relies on it).
+    /// and be no other VM's or service's (one writer at a time; the fencing on failover relies on it).
     public func diskProblem(_ disk: String, vm: String) -> String? {
         guard !disk.isEmpty else { return nil }
-        guard let v = volumes.volumes[disk] else { return "no volume named '\(disk)'; create it with 'mycelium volume create'" }
-        if !v.created { return "volume '\(disk)' is not created (\(v.task.map { "\($0.operation) pending" } ?? v.message))" }
-        if v.task?.operation == .delete { return "volume '\(disk)' is being deleted" }
-        if let other = volumeUser(disk), other != vm { return "volume '\(disk)' is already the disk of VM '\(other)'" }
+        return volumeFreeProblem(disk, except: .vm(vm))
+    }
+
+    /// Why `spec` may not mount its volumes, or nil: each must exist, be created and be no VM's or
+    /// other service's. Checked by every replica when a deploy applies, so nothing is recorded.
+    public func serviceVolumeProblem(_ spec: ServiceSpec) -> String? {
+        for v in spec.volumes {
+            if let p = volumeFreeProblem(v.name, except: .service(spec.name)) { return p }
+        }
         return nil
     }
 

@@ -95,6 +95,22 @@ public struct ServicePlacement: Sendable, Equatable {
     }
 }
 
+/// A volume (Volumes.swift) a service's instance mounts, and where the workload sees it.
+public struct ServiceVolume: Sendable, Equatable, Hashable {
+    /// The volume's name (`mycelium volume create NAME`).
+    public var name: String
+    /// An absolute path: where a podman container sees the filesystem (`-v MOUNT:PATH`); a process
+    /// gets the node's mount point in `MYCELIUM_VOLUME_<NAME>` (it runs in the node's mount namespace).
+    public var path: String
+    public init(name: String, path: String) { self.name = name; self.path = path }
+    public static let maxPath = 1024
+    public static let maxVolumes = 8
+    /// The environment variable that gives a process instance the mount point of `name`.
+    public static func environmentName(_ name: String) -> String {
+        "MYCELIUM_VOLUME_" + name.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+}
+
 /// A service as the network records it: what the operator deployed, normalised.
 public struct ServiceSpec: Sendable, Equatable {
     public var name: String
@@ -117,6 +133,10 @@ public struct ServiceSpec: Sendable, Equatable {
     public var placement: ServicePlacement
     /// Services that must have a healthy instance before this one's instances start.
     public var dependsOn: [String]
+    /// Volumes its instance mounts (a service with one runs at most one instance). Came later than
+    /// the rest: encoded as a trailing field of `ServiceCommand.deploy` and a trailing section of the
+    /// table, so entries and snapshots without it still decode.
+    public var volumes: [ServiceVolume] = []
 
     public static let maxReplicas: UInt16 = 1000
     public static let maxList = 64
@@ -125,11 +145,11 @@ public struct ServiceSpec: Sendable, Equatable {
     public init(name: String, driver: ServiceDriverKind = .process, command: [String] = [], image: String = "", environment: [String: String] = [:],
                 replicas: UInt16 = 1, cpuMillis: UInt32 = 100, memoryMiB: UInt32 = 64, ports: [ServicePort] = [], health: ServiceHealthSpec? = nil,
                 restart: RestartPolicy = .always, maxRestarts: UInt32 = 0, restartDelayMillis: UInt32 = 500,
-                placement: ServicePlacement = ServicePlacement(), dependsOn: [String] = []) {
+                placement: ServicePlacement = ServicePlacement(), dependsOn: [String] = [], volumes: [ServiceVolume] = []) {
         self.name = name; self.driver = driver; self.command = command; self.image = image; self.environment = environment
         self.replicas = replicas; self.cpuMillis = cpuMillis; self.memoryMiB = memoryMiB; self.ports = ports; self.health = health
         self.restart = restart; self.maxRestarts = maxRestarts; self.restartDelayMillis = restartDelayMillis
-        self.placement = placement; self.dependsOn = dependsOn
+        self.placement = placement; self.dependsOn = dependsOn; self.volumes = volumes
     }
 
     /// Why a name cannot be a service's (it is a DNS label: `NAME.service.mycelium`), or nil.
@@ -188,7 +208,42 @@ public struct ServiceSpec: Sendable, Equatable {
             if let p = Self.nameProblem(other) { return "'\(other)' in anti_affinity/depends_on: \(p)" }
             if other == name { return "a service cannot depend on or avoid itself ('\(name)')" }
         }
+        return volumesProblem
+    }
+
+    /// Why the spec's volumes cannot be mounted as written, or nil (the network's rules, whether each
+    /// exists and is free, are the control state's: `ControlState.serviceVolumeProblem`).
+    var volumesProblem: String? {
+        guard !volumes.isEmpty else { return nil }
+        if volumes.count > ServiceVolume.maxVolumes { return "a service mounts at most \(ServiceVolume.maxVolumes) volumes (got \(volumes.count))" }
+        if driver == .k3s { return "a k3s service cannot mount a volume: Kubernetes places its pods; use the process or podman driver" }
+        if replicas > 1 {
+            return "a service with a volume runs exactly 1 instance (a volume has one writer at a time: RBD's exclusive lock, one filesystem mount); set replicas: 1, or give each copy its own service and volume"
+        }
+        var names = Set<String>(), paths = Set<String>()
+        for v in volumes {
+            if let p = VolumeSpec.nameProblem(v.name, what: "volume") { return p }
+            let parts = v.path.split(separator: "/", omittingEmptySubsequences: false)
+            if !v.path.hasPrefix("/") || v.path == "/" || v.path.utf8.count > ServiceVolume.maxPath || parts.contains("..") || parts.contains(".")
+                || v.path.utf8.contains(where: { $0 < 0x20 || $0 == 0x3A || $0 == 0x2C }) {
+                return "volume '\(v.name)': the mount path '\(v.path)' must be an absolute path other than '/' (no '.', '..', ':' or ',', at most \(ServiceVolume.maxPath) bytes), like /data"
+            }
+            if !names.insert(v.name).inserted { return "volume '\(v.name)' is named twice" }
+            if !paths.insert(v.path).inserted { return "two volumes are mounted at \(v.path)" }
+        }
         return nil
+    }
+
+    /// The trailing volume field: a count, then name and path of each.
+    func encodeVolumes(into w: inout ByteWriter) {
+        w.u8(UInt8(clamping: volumes.count)); for v in volumes { w.string(v.name); w.string(v.path) }
+    }
+
+    static func decodeVolumes(_ r: inout ByteReader) throws -> [ServiceVolume] {
+        let n = Int(try r.u8())
+        if n == 0 { throw DecodeError(.invalid(field: "volumes", reason: "an empty volume list is left out, not written"), at: r.offset) }
+        if n > ServiceVolume.maxVolumes { throw DecodeError(.tooLong(field: "volumes", length: n, limit: ServiceVolume.maxVolumes), at: r.offset) }
+        return try (0..<n).map { _ in ServiceVolume(name: try r.string("volume name", limit: 63), path: try r.string("volume path", limit: ServiceVolume.maxPath)) }
     }
 
     func encode(into w: inout ByteWriter) {
@@ -456,7 +511,10 @@ public enum ServiceCommand: Sendable, Equatable {
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 128)
         switch self {
-        case .deploy(let spec): w.u8(1); spec.encode(into: &w)
+        case .deploy(let spec):
+            w.u8(1); spec.encode(into: &w)
+            // A trailing field, only when it mounts volumes: a spec without any encodes as before.
+            if !spec.volumes.isEmpty { spec.encodeVolumes(into: &w) }
         case .remove(let name): w.u8(2); w.string(name)
         case let .assign(name, generation, slots, pending):
             w.u8(3); w.string(name); w.u64(generation); w.u16(UInt16(slots.count))
@@ -480,7 +538,10 @@ public enum ServiceCommand: Sendable, Equatable {
             var r = ByteReader(bytes)
             let tag = try r.u8()
             switch tag {
-            case 1: self = .deploy(try ServiceSpec.decode(&r))
+            case 1:
+                var spec = try ServiceSpec.decode(&r)
+                if !r.isAtEnd { spec.volumes = try ServiceSpec.decodeVolumes(&r) }
+                self = .deploy(spec)
             case 2: self = .remove(name: try r.string("service name", limit: 63))
             case 3:
                 let name = try r.string("service name", limit: 63), generation = try r.u64()
@@ -685,6 +746,12 @@ public struct ServiceTable: Sendable, Equatable {
             w.u8(2); w.u32(UInt32(published.count))
             for (node, eps) in published.sorted(by: { $0.key < $1.key }) { w.raw(node.bytes); PodEndpoints.encode(eps, into: &w) }
         }
+        // 3: the services' volumes (by service name), only when some service mounts one.
+        let mounting = services.values.filter { !$0.spec.volumes.isEmpty }.sorted(by: { $0.name < $1.name })
+        if !mounting.isEmpty {
+            w.u8(3); w.u32(UInt32(mounting.count))
+            for r in mounting { w.string(r.name); r.spec.encodeVolumes(into: &w) }
+        }
         return w.bytes
     }
 
@@ -732,6 +799,17 @@ public struct ServiceTable: Sendable, Equatable {
                         if podEndpoints.updateValue(eps, forKey: node) != nil {
                             throw DecodeError(.invalid(field: "pod endpoints", reason: "\(node) listed twice"), at: r.offset)
                         }
+                    }
+                case 3:
+                    let n = Int(try r.u32())
+                    if n > services.count { throw DecodeError(.tooLong(field: "service volumes", length: n, limit: services.count), at: r.offset) }
+                    for _ in 0..<n {
+                        let name = try r.string("service name", limit: 63)
+                        let volumes = try ServiceSpec.decodeVolumes(&r)
+                        guard services[name] != nil, services[name]!.spec.volumes.isEmpty else {
+                            throw DecodeError(.invalid(field: "service volumes", reason: "volumes of '\(name)': unknown service or listed twice"), at: r.offset)
+                        }
+                        services[name]!.spec.volumes = volumes
                     }
                 default:
                     throw DecodeError(.invalid(field: "service table", reason: "unknown section \(tag) (written by a newer build: upgrade this node)"), at: r.offset)

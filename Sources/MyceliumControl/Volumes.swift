@@ -259,7 +259,8 @@ public struct VolumeTable: Sendable, Equatable {
     /// The VM (name) that names `volume` as its disk, if any (deleting it is then refused).
     public typealias VolumeUser = @Sendable (String) -> String?
 
-    /// Applies `command` at control time `now`. `user` says which VM uses a volume. Refusals change
+    /// Applies `command` at control time `now`. `user` says who uses a volume, as the end of "volume
+    /// 'X' is ..." with what to do (ControlState.VolumeConsumer.refusal). Refusals change
     /// nothing and are identical on every replica.
     public mutating func apply(_ command: VolumeCommand, spore: PrimarySpore, now: Int64, user: (String) -> String? = { _ in nil }) throws(ControlError) -> [ControlChange] {
         func refuse(_ why: String) -> ControlError { ControlError(.volumeRefused(why)) }
@@ -311,7 +312,7 @@ public struct VolumeTable: Sendable, Equatable {
             if let t = r.task, t.operation != .create || r.created {
                 throw refuse("volume '\(r.name)' is busy: \(t.operation) by \(t.executor) is not done yet; retry when it is")
             }
-            if let vm = user(name) { throw refuse("volume '\(name)' is the disk of VM '\(vm)'; delete the VM first") }
+            if let use = user(name) { throw refuse("volume '\(name)' is \(use)") }
             try executorFit(executor, r.spec, home: r.home)
             r.task = newTask(.delete, executor)
             volumes[name] = r

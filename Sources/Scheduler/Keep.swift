@@ -111,6 +111,7 @@ extension Engine {
             switch c {
             case let .capability(cap): out.append("node \(node.id) lacks capability '\(cap)'")
             case let .hasLabel(k): out.append("node \(node.id) has no label \(k)")
+            case let .node(id, why): out.append("node \(node.id) is not \(id) (\(why))")
             case let .labelEquals(k, _), let .labelIn(k, _), let .labelNotEquals(k, _):
                 out.append("node \(node.id) fails constraint \(c) (\(k)=\(node.labels[k] ?? "unset"))")
             }

@@ -21,6 +21,10 @@ extension Engine {
         let matching = ready.filter { n in d.constraints.allSatisfy { $0.holds(on: nodes[n]) } }
         if matching.isEmpty {
             let unmet = d.constraints.filter { c in !ready.contains { c.holds(on: nodes[$0]) } }
+            if let pin = unmet.first(where: { if case .node = $0 { true } else { false } }), case let .node(id, why) = pin {
+                return "it runs only on node \(id) (\(why)), which is not ready (down, suspect or draining); "
+                    + "it waits for that node" + elsewhere
+            }
             if !unmet.isEmpty {
                 return "no ready node has \(unmet.map(Engine.phrase).joined(separator: ", nor ")); "
                     + "add such a node or drop the constraint" + elsewhere
@@ -83,6 +87,7 @@ extension Engine {
         case let .labelIn(k, vs): return "label \(k) in [\(vs.joined(separator: ", "))]"
         case let .hasLabel(k): return "label \(k)"
         case let .capability(c): return "capability '\(c)'"
+        case let .node(id, why): return "the identity \(id) (\(why))"
         }
     }
 

@@ -82,6 +82,8 @@ public enum Constraint: Sendable, Equatable, Hashable, CustomStringConvertible {
     case labelIn(String, [String])
     case hasLabel(String)
     case capability(String)
+    /// Only this node (a service whose local volume lives on it: it cannot move); `because` says why.
+    case node(NodeID, because: String)
 
     public func holds(on node: SchedulerNode) -> Bool {
         switch self {
@@ -90,6 +92,7 @@ public enum Constraint: Sendable, Equatable, Hashable, CustomStringConvertible {
         case let .labelIn(k, vs): return node.labels[k].map(vs.contains) ?? false
         case let .hasLabel(k): return node.labels[k] != nil
         case let .capability(c): return node.capabilities.contains(c)
+        case let .node(id, _): return node.id == id
         }
     }
 
@@ -100,6 +103,7 @@ public enum Constraint: Sendable, Equatable, Hashable, CustomStringConvertible {
         case let .labelIn(k, vs): return "\(k) in [\(vs.joined(separator: ", "))]"
         case let .hasLabel(k): return "has label \(k)"
         case let .capability(c): return "capability '\(c)'"
+        case let .node(id, why): return "node \(id) (\(why))"
         }
     }
 }

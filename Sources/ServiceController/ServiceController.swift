@@ -205,7 +205,7 @@ public struct ServiceController: Controller {
         let records = state.services.services.values.sorted { $0.name < $1.name }
         // k3s services are Kubernetes's to place (the K3s server applies them as Deployments,
         // Sources/K3sController): never slots on nodes here, only a reason while they cannot run.
-        let plan = Scheduler.plan(nodes: ServiceRules.nodes(state), services: records.filter { $0.spec.driver != .k3s }.map(ServiceRules.demand),
+        let plan = Scheduler.plan(nodes: ServiceRules.nodes(state), services: records.filter { $0.spec.driver != .k3s }.map { ServiceRules.demand($0, volumes: state.volumes) },
                                   current: ServiceRules.current(state.services), seed: 0x6d79_6365_6c69_756d)
         var slots: [String: [UInt16: NodeID]] = [:]
         for a in plan.assignments { slots[a.service, default: [:]][UInt16(a.slot)] = a.node }

@@ -69,9 +69,18 @@ public enum ServiceRules {
     }
 
     /// The scheduler's view of a service (a rule that cannot be read makes it unplaceable, with the reason).
-    public static func demand(_ r: ServiceRecord) -> ServiceDemand {
+    /// A local volume (`volumes` says where it lives) pins the service to its home node: the data is a
+    /// file there and does not follow it. A Ceph volume lets it run anywhere.
+    public static func demand(_ r: ServiceRecord, volumes: VolumeTable = VolumeTable()) -> ServiceDemand {
         let s = r.spec
         var constraints: [Constraint] = [.capability(s.driver.description)]
+        for v in s.volumes {
+            guard let r = volumes.volumes[v.name] else { continue }
+            switch r.spec.driver {
+            case .local: constraints.append(.node(r.home, because: pinReason(v.name)))
+            case .ceph: if !constraints.contains(.capability(cephCapability)) { constraints.append(.capability(cephCapability)) }
+            }
+        }
         for rule in s.placement.constraints {
             // Unreadable rules were refused before proposing; one that got in anyway (an older build's
             // vocabulary) matches nothing rather than being ignored.
@@ -84,6 +93,24 @@ public enum ServiceRules {
                              spreadLevel: s.placement.spreadLevel.isEmpty ? nil : s.placement.spreadLevel,
                              maxPerNode: s.placement.maxPerNode == 0 ? nil : Int(s.placement.maxPerNode),
                              antiAffinity: s.placement.antiAffinity)
+    }
+
+    /// The node a service must run on because a local volume it mounts lives there, and why; nil when
+    /// it may run anywhere (no volume, or only Ceph ones). Two local volumes on different nodes pin
+    /// it to the first's home (no node has both: it cannot run, and `service show` says so).
+    public static func pinned(_ s: ServiceSpec, volumes: VolumeTable) -> (node: NodeID, why: String)? {
+        for v in s.volumes {
+            guard let r = volumes.volumes[v.name], r.spec.driver == .local else { continue }
+            return (r.home, pinReason(v.name))
+        }
+        return nil
+    }
+
+    /// What a node that reaches the Ceph cluster offers the scheduler (a Ceph volume's service needs it).
+    public static let cephCapability = "ceph"
+
+    static func pinReason(_ volume: String) -> String {
+        "its local volume '\(volume)' is a file on that node: the service cannot move; a Ceph volume would let it"
     }
 
     /// The scheduler's view of the members: alive → ready (or draining), suspect → keeps what it has,
@@ -107,7 +134,8 @@ public enum ServiceRules {
             }
             let reservedMiB = UInt32(clamping: state.vms.committedMiB(on: m.id))
             return SchedulerNode(id: m.id, capacity: Resources(cpuMillis: UInt32(m.capabilities.cpus) * 1000, memoryMiB: m.capabilities.memoryMiB),
-                                 labels: info?.labels ?? [:], capabilities: Set((info?.drivers ?? []).map(\.description)),
+                                 labels: info?.labels ?? [:],
+                                 capabilities: Set((info?.drivers ?? []).map(\.description) + (state.volumes.nodes[m.id]?.ceph == true ? [cephCapability] : [])),
                                  trust: Double(spore.trust.score(of: m.id)) / 1_000_000, condition: condition,
                                  reserved: Resources(cpuMillis: 0, memoryMiB: reservedMiB))
         }
@@ -134,7 +162,7 @@ extension ServiceRules {
     public static func impossible(_ spec: ServiceSpec, state: ControlState) -> String? {
         guard spec.replicas > 0 else { return nil }
         if spec.driver == .k3s { return k3sOffered(state) ? nil : noK3s }
-        let d = demand(ServiceRecord(spec: spec, generation: 1))
+        let d = demand(ServiceRecord(spec: spec, generation: 1), volumes: state.volumes)
         // A member that has not announced its capacity yet (its first refresh is on its way) may fit.
         let nodes = Self.nodes(state).filter { $0.condition != .down }
         if nodes.contains(where: { $0.capacity == .zero }) { return nil }

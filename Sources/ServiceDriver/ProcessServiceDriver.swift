@@ -26,11 +26,21 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
     struct Started { var generation: UInt64; var notBefore: UInt64 }
     let started = Mutex<[String: Started]>([:])
     let sink = Mutex<(@Sendable (ServiceDriverReport) -> Void)?>(nil)
+    /// Service volumes (attached on start, detached on stop), and where each volume is on this node.
+    public let volumes: VolumeMounts?
+    let volumeSource: @Sendable (String) -> ServiceVolumeSource?
+    /// Per instance, the volumes attached for it.
+    let attached = Mutex<[String: [String]]>([:])
 
     /// `directory`: where instances live (HOME/services). Instances left by an earlier run of this
     /// agent are killed first: the controller starts what the table assigns again. `podman`: how to
     /// reach the agent's podman, or why there is none (`.failure`: the reason, for the operator).
-    public init(directory: String, podman: Result<PodmanSettings, PodmanSetup.Unavailable>? = nil) throws {
+    /// `volumes`: how this node mounts service volumes (nil: it cannot; such a service fails here with
+    /// the reason); `volumeSource`: where a volume is, as this node reaches it (nil: not here).
+    public init(directory: String, podman: Result<PodmanSettings, PodmanSetup.Unavailable>? = nil, volumes: VolumeMounts? = nil,
+                volumeSource: @escaping @Sendable (String) -> ServiceVolumeSource? = { _ in nil }) throws {
+        self.volumes = volumes
+        self.volumeSource = volumeSource
         let ref = DriverRef()
         runtime = try ProcessRuntime(stateDirectory: directory, onChange: { status in ref.get()?.observed(status) })
         var containers: PodmanRuntime?, why = ""
@@ -50,6 +60,8 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
         ref.set(self)
         runtime.cleanupLeftovers()
         self.podman?.cleanupLeftovers()
+        // Mounts a previous run left (a crash): its instances are gone, so are their volumes.
+        volumes?.cleanup()
     }
 
     public func reportTo(_ sink: @escaping @Sendable (ServiceDriverReport) -> Void) {
@@ -109,24 +121,61 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
         }
     }
 
+    /// Attaches the plan's volumes (detaching those an earlier generation had and this one does not);
+    /// their mount points by volume name, or why they cannot be mounted here.
+    func attachVolumes(_ plan: InstancePlan) async -> Result<[String: String], VolumeMountError> {
+        let wanted = plan.spec.volumes.map(\.name)
+        let before = attached.withLock { $0[plan.id] ?? [] }
+        for old in before where !wanted.contains(old) { await volumes?.detachOffPool(old) }
+        attached.withLock { $0[plan.id] = before.filter(wanted.contains) }
+        guard !wanted.isEmpty else { attached.withLock { $0[plan.id] = nil }; return .success([:]) }
+        guard let volumes else { return .failure(VolumeMountError("this node cannot mount service volumes (HOME/volumes is not usable; see the agent's log)")) }
+        var mounts: [String: String] = [:]
+        for name in wanted {
+            guard let source = volumeSource(name) else {
+                return .failure(VolumeMountError("volume \(name) is not reachable from this node (a local volume lives on its home node only; a Ceph one needs ceph_conf here)"))
+            }
+            do { mounts[name] = try await volumes.attach(name, source: source) } catch {
+                return .failure(error as? VolumeMountError ?? VolumeMountError("\(error)"))
+            }
+            attached.withLock { $0[plan.id, default: []].append(name) }
+        }
+        return .success(mounts)
+    }
+
+    /// Detaches what was attached for instance `id` (after it stopped).
+    func detachVolumes(_ id: String) async {
+        for name in attached.withLock({ $0.removeValue(forKey: id) ?? [] }) { await volumes?.detachOffPool(name) }
+    }
+
     func performNow(_ action: ServiceAction) async {
         switch action {
         case .start(let plan):
             // The copy of another generation goes first, whichever driver ran it.
             if runtime.status(plan.id) != nil { await runtime.stop(plan.id, graceMillis: 5000) }
             if let podman, podman.status(plan.id) != nil { await podman.stop(plan.id) }
+            var mounts: [String: String] = [:]
+            if plan.spec.driver != .k3s {
+                switch await attachVolumes(plan) {
+                case .success(let m): mounts = m
+                case .failure(let e):
+                    started.withLock { $0[plan.id] = Started(generation: plan.generation, notBefore: ProcessServiceDriver.monotonicMillis()) }
+                    send(ServiceDriverReport(id: plan.id, generation: plan.generation, state: .failed("\(e)")))
+                    return
+                }
+            }
             switch plan.spec.driver {
             case .process:
                 started.withLock { $0[plan.id] = Started(generation: plan.generation, notBefore: ProcessServiceDriver.monotonicMillis()) }
                 do {
-                    try runtime.start(Self.instance(plan))
+                    try runtime.start(Self.instance(plan, mounts: mounts))
                 } catch {
                     send(ServiceDriverReport(id: plan.id, generation: plan.generation, state: .failed("\(error)")))
                 }
             case .podman where podman != nil:
                 started.withLock { $0[plan.id] = Started(generation: plan.generation, notBefore: ProcessServiceDriver.monotonicMillis()) }
                 do throws(RuntimeError) {
-                    try await podman!.start(Self.instance(plan), rootfs: plan.spec.image)
+                    try await podman!.start(Self.instance(plan, mounts: mounts), rootfs: plan.spec.image)
                 } catch {
                     send(ServiceDriverReport(id: plan.id, generation: plan.generation, state: .failed("\(error)")))
                 }
@@ -139,6 +188,7 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
             started.withLock { $0[id] = nil }
             if let podman, podman.status(id) != nil { await podman.stop(id) }
             await runtime.stop(id, graceMillis: 5000)
+            await detachVolumes(id)
         }
     }
 
@@ -155,11 +205,20 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
         async let a: Void = runtime.stopAll()
         async let b: Void? = podman?.stopAll()
         _ = await (a, b)
+        for id in attached.withLock({ Array($0.keys) }) { await detachVolumes(id) }
     }
 
-    static func instance(_ plan: InstancePlan) -> InstanceSpec {
+    /// `mounts`: each volume's mount point on this node: a process finds it in MYCELIUM_VOLUME_<NAME>,
+    /// a container at the spec's path (and the variable names that path).
+    static func instance(_ plan: InstancePlan, mounts: [String: String] = [:]) -> InstanceSpec {
         let s = plan.spec
         var env = s.environment
+        var binds: [String: String] = [:]
+        for v in s.volumes {
+            guard let m = mounts[v.name] else { continue }
+            env[ServiceVolume.environmentName(v.name)] = s.driver == .podman ? v.path : m
+            binds[m] = v.path
+        }
         env["MYCELIUM_SERVICE"] = s.name
         env["MYCELIUM_INSTANCE"] = plan.id
         env["MYCELIUM_SLOT"] = "\(plan.slot)"
@@ -171,7 +230,9 @@ public final class ProcessServiceDriver: ControllerDriver, Sendable {
             case .exec(let c): .exec(command: c, intervalMillis: h.intervalMillis, timeoutMillis: h.timeoutMillis, threshold: h.threshold)
             }
         }
-        return InstanceSpec(id: plan.id, command: s.command, environment: env, cpuMillis: s.cpuMillis, memoryMiB: s.memoryMiB, health: health)
+        var spec = InstanceSpec(id: plan.id, command: s.command, environment: env, cpuMillis: s.cpuMillis, memoryMiB: s.memoryMiB, health: health)
+        spec.binds = binds
+        return spec
     }
 
     static func monotonicMillis() -> UInt64 {

@@ -15,6 +15,9 @@ public struct InstanceSpec: Sendable, Equatable {
     public var memoryMiB: UInt32
     /// nil: healthy while running.
     public var health: HealthCheck?
+    /// Host directory → path inside a container (`podman -v HOST:PATH`; a process, which runs in the
+    /// node's mount namespace, is told the host path in its environment instead).
+    public var binds: [String: String] = [:]
 
     public init(
         id: String, command: [String], environment: [String: String] = [:], cpuMillis: UInt32 = 0,

@@ -107,6 +107,7 @@ public final class PodmanRuntime: Sendable {
         if spec.cpuMillis > 0 { a += ["--cpus", String(format: "%.3f", Double(spec.cpuMillis) / 1000)] }
         if spec.memoryMiB > 0 { a += ["--memory", "\(spec.memoryMiB)m"] }
         for (k, v) in spec.environment.sorted(by: { $0.key < $1.key }) { a += ["--env", "\(k)=\(v)"] }
+        for (host, path) in spec.binds.sorted(by: { $0.key < $1.key }) { a += ["--volume", "\(host):\(path)"] }
         // With --rootfs the first argument is the root filesystem (absolute, so never read as an
         // option) and everything after it is the command.
         return a + ["--rootfs", rootfs] + spec.command

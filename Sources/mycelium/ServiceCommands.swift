@@ -24,9 +24,11 @@ struct ServiceCommandGroup: AsyncParsableCommand {
               health: {type: http, port: 8080, path: /, interval: 1s, timeout: 500ms, threshold: 2}
               restart: {policy: always, delay: 500ms}
               placement: {strategy: spread, spread: zone, max_per_node: 1, constraints: ["zone in (a, b)"]}
+              volumes: ["db:/data"]    # replicas 1; local: pinned to the volume's node, ceph: moves, fenced
 
             Examples:
               mycelium service deploy web.yaml       # waits until every replica serves (--wait 0: don't)
+              mycelium service deploy db.yaml --volume data:/data   # mounts volume data
               mycelium service list
               mycelium service show web -o json
               mycelium service logs web --instance 1
@@ -50,6 +52,8 @@ struct ServiceCommandGroup: AsyncParsableCommand {
         @OptionGroup var out: OutputOptions
         @Argument(help: "The spec file (YAML or JSON); '-' reads standard input.") var file: String
         @Option(help: "Seconds to wait until every replica serves (0: return once proposed).") var wait: Double = 60
+        @Option(name: .customLong("volume"), help: ArgumentHelp("Mount a volume (mycelium volume create) as NAME:/PATH, added to the spec's volumes; repeatable. The service then runs 1 instance; a local volume pins it to the volume's node, a Ceph one lets it move (the old node fenced). A process finds the mount in $MYCELIUM_VOLUME_<NAME>, a podman container at PATH.", valueName: "NAME:/PATH"))
+        var volumes: [String] = []
 
         func run() async throws {
             let text: String
@@ -60,9 +64,14 @@ struct ServiceCommandGroup: AsyncParsableCommand {
                     throw ValidationError("cannot read \(file): \(error.localizedDescription)")
                 }
             }
-            let doc: ServiceSpecDocument
+            var doc: ServiceSpecDocument
             do { doc = try ServiceSpecDocument.parse(text, file: file == "-" ? "the spec on standard input" : file) } catch {
                 throw ValidationError("\(error)")
+            }
+            for v in volumes {
+                guard let vol = ServiceSpecDocument.Volume(short: v) else { throw ValidationError("--volume '\(v)': write NAME:/PATH, like db:/data") }
+                doc.volumes.removeAll { $0.name == vol.name }
+                doc.volumes.append(vol)
             }
             let client = agent.client
             let before = try await client.services().services.first { $0.name == doc.name }?.generation ?? 0
@@ -200,6 +209,8 @@ private func show(_ s: ServiceInfo, _ out: OutputOptions) {
     }
     print("service     \(s.name) (\(s.driver), generation \(s.generation))")
     let kubernetes = s.driver == "k3s" && s.pending.hasPrefix("Kubernetes:")
+    if !s.spec.volumes.isEmpty { print("volumes     " + s.spec.volumes.map { "\($0.name) at \($0.path)" }.joined(separator: ", ")) }
+    if let p = s.pinned { print("placement   runs only on \(p)") }
     print("serving     \(s.serving) of \(s.replicas)" + (s.pending.isEmpty ? "" : kubernetes ? "; \(s.pending)" : "; pending: \(s.pending)"))
     if s.driver == "k3s" {
         // Kubernetes places a k3s service's pods: no instances on nodes here, no NAME.service.mycelium.

@@ -136,9 +136,12 @@ struct VolumeCommandGroup: AsyncParsableCommand {
         func run() async throws {
             let client = agent.client
             _ = try await client.volume("delete", [("name", name)])
-            let deadline = Date().addingTimeInterval(wait)
+            let deadline = Date().addingTimeInterval(wait), started = Date()
             let progress = ProgressReporter("deleting volume \(name)", json: false)
             defer { progress.finish() }
+            // This agent may not have applied the accepted delete yet: an idle record counts as a
+            // failed delete only once the delete was seen, or after a few seconds.
+            var seen = false
             while Date() < deadline {
                 guard let v = try await client.volumes().volumes.first(where: { $0.name == name }) else {
                     progress.finish()
@@ -146,7 +149,10 @@ struct VolumeCommandGroup: AsyncParsableCommand {
                     return
                 }
                 progress.update(phase: v.task ?? v.state)
-                if v.task == nil && v.state != "deleting" { throw ValidationError("volume \(name) was not deleted: \(v.message)") }
+                if v.task != nil || v.state == "deleting" { seen = true }
+                if v.task == nil && v.state != "deleting" && (seen || Date().timeIntervalSince(started) > 5) {
+                    throw ValidationError("volume \(name) was not deleted: \(v.message)")
+                }
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
             throw ValidationError("volume \(name) was not deleted within \(wait) s; 'mycelium volume show \(name)' says what it waits for")

@@ -75,6 +75,10 @@ final class AgentCluster {
                 try? FileManager.default.removeItem(atPath: podman.settings.runroot)
             }
         }
+        // Service volumes an agent killed outright left mounted (its loop devices, Ceph export daemons).
+        for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where FileManager.default.fileExists(atPath: dir + "/" + n + "/volumes/mnt") {
+            VolumeMounts(volumeDirectory: dir + "/" + n + "/volumes").cleanup()
+        }
         // A closure stored here may capture the cluster; dropping them breaks that cycle.
         listenHost = { _ in "127.0.0.1" }
         netns = nil
