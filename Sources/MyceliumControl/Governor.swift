@@ -55,6 +55,14 @@ public protocol VoterBehaviour: Sendable {
     func say(_ honest: Bool?, in round: SporeRound) -> Bool?
     /// Failure accusations to raise at this tick (an honest node raises none).
     func accusations(tick: UInt64, ticksPerSecond: UInt64, members: [UInt64], using rng: inout some RandomNumberGenerator) -> [UInt64]
+    /// A conflicting commitment to send `voter` instead of this node's real one (nil: the real one, as
+    /// an honest node always does). `sign` signs a commitment as this node. Only the test-only
+    /// `EquivocatingVoter` (MyceliumSim) returns one: the network must prove it and slash it.
+    func equivocation(of commit: SignedCommit, to voter: MyceliumIdentity.NodeID, sign: (_ commitment: [UInt8]) -> SignedCommit) -> SignedCommit?
+}
+
+extension VoterBehaviour {
+    public func equivocation(of commit: SignedCommit, to voter: MyceliumIdentity.NodeID, sign: (_ commitment: [UInt8]) -> SignedCommit) -> SignedCommit? { nil }
 }
 
 public struct HonestVoter: VoterBehaviour {
@@ -107,6 +115,8 @@ public struct Governor: Sendable {
     public private(set) var certificate: MembershipCertificate
     public let settings: GovernorSettings
     let behaviour: any VoterBehaviour
+    /// Held only to let a test-only behaviour sign a conflicting commitment (`VoterBehaviour.equivocation`).
+    let voteKey: SigningKey
 
     public private(set) var detector: FailureDetector<UInt64>
     public private(set) var votes: VoteInstance
@@ -151,6 +161,7 @@ public struct Governor: Sendable {
         self.certificate = certificate
         self.settings = settings
         self.behaviour = behaviour
+        self.voteKey = key
         self.detector = FailureDetector(me: me, peers: [], settings: settings.detector)
         self.votes = VoteInstance(key: key, id: certificate.nodeID, retentionTicks: settings.voteRetentionTicks)
         self.storedVotes = storedVotes
@@ -678,7 +689,13 @@ public struct Governor: Sendable {
                 out.append(.persistVote(own, sequence: seq))
             case .broadcast(let m):
                 guard let spec = votes.spec(of: m.round) else { continue }
-                for v in spec.voters where v.id != node { out.append(.send(to: v.id.compact, .vote(m))) }
+                for v in spec.voters where v.id != node {
+                    var sent = m
+                    if case .commit(let c) = m, let other = behaviour.equivocation(of: c, to: v.id, sign: { [voteKey, node] in
+                        SignedCommit.sign(round: c.round, voter: node, commitment: $0, key: voteKey)
+                    }) { sent = .commit(other) }
+                    out.append(.send(to: v.id.compact, .vote(sent)))
+                }
                 if let seq = voteRounds[m.round] { out.append(.roundMessages(sequence: seq, count: spec.voters.count - 1)) }
             case let .send(to, m):
                 out.append(.send(to: to.compact, .vote(m)))
