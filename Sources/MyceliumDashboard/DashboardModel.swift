@@ -87,6 +87,9 @@ public struct VMView: Codable, Sendable, Equatable {
     public var rpoMs: Double?
     public var pauseP99Ms: Double?
     public var migration: String
+    /// While the replica is brought up to date: "25% of 1.0 GiB" ("": not syncing, or this agent is not
+    /// the VM's primary, the only one that knows).
+    public var sync: String
 }
 
 public struct ServiceView: Codable, Sendable, Equatable {
@@ -295,7 +298,8 @@ public enum DashboardModel {
     public static func vms(_ r: VMsResponse) -> [VMView] {
         r.vms.sorted { $0.name < $1.name }.map {
             VMView(name: $0.name, primary: $0.primary, replica: $0.replica ?? "none", protection: $0.protection,
-                   rpoMs: $0.replication?.rpoMilliseconds, pauseP99Ms: $0.replication?.pauseP99Milliseconds, migration: $0.migration ?? "")
+                   rpoMs: $0.replication?.rpoMilliseconds, pauseP99Ms: $0.replication?.pauseP99Milliseconds, migration: $0.migration ?? "",
+                   sync: $0.replication?.syncProgress.map { "\(Int((100 * $0.done / $0.total).rounded(.down)))% of \(ProgressLine.amount($0.total, .bytes))" } ?? "")
         }
     }
 

@@ -236,7 +236,7 @@ function renderTrust(s) {
 function renderWorkloads(s) {
   const pe = s.panelErrors || {};
   panel("vms", s.vms, ["VM", "primary", "replica", "protection", "RPO", "pause p99", "migration"],
-    v => el("tr", {}, el("td", {}, v.name), el("td", {}, short(v.primary)), el("td", {}, short(v.replica)), el("td", {}, v.protection),
+    v => el("tr", {}, el("td", {}, v.name), el("td", {}, short(v.primary)), el("td", {}, short(v.replica)), el("td", {"data-sync": v.sync || ""}, v.protection + (v.sync ? " (syncing " + v.sync + ")" : "")),
       el("td", {}, v.rpoMs == null ? "–" : v.rpoMs.toFixed(0) + " ms"), el("td", {}, v.pauseP99Ms == null ? "–" : v.pauseP99Ms.toFixed(1) + " ms"), el("td", {}, v.migration || "–")), pe.vms);
   panel("services", s.services, ["service", "driver", "serving", "instances", "endpoints", "pending"],
     v => el("tr", {}, el("td", {}, v.name), el("td", {}, v.driver), el("td", {}, v.serving + "/" + v.replicas), el("td", {class: "wrap"}, v.instances.join("; ")),

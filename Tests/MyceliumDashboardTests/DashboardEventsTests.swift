@@ -140,3 +140,22 @@ final class DashboardVoteEvidenceTests: XCTestCase {
         XCTAssertFalse(String(decoding: try APIJSON.encode(old), as: UTF8.self).contains("evidence"))
     }
 }
+
+/// The VMs panel says how far a replica's sync is, from the primary's agent.
+final class DashboardVMSyncTests: XCTestCase {
+    func testASyncingVMShowsItsProgressAndOthersNothing() {
+        var repl = VMReplicationInfo(committedEpoch: 0, rpoMilliseconds: nil, pauseP50Milliseconds: nil, pauseP99Milliseconds: nil,
+                                     epochsLastMinute: 0, bytesPerSecond: nil, throttlePercent: nil)
+        repl.syncBytesDone = 384 << 20
+        repl.syncBytesTotal = 1 << 30
+        let syncing = VMInfo(name: "a", memoryMiB: 1024, vcpus: 1, kernel: "", initrd: "", cmdline: "", primary: "node-a", replica: "node-b",
+                             epoch: 1, leaseLeftMillis: 0, protection: "protected", replication: repl)
+        let elsewhere = VMInfo(name: "b", memoryMiB: 1024, vcpus: 1, kernel: "", initrd: "", cmdline: "", primary: "node-c", replica: "node-b",
+                               epoch: 1, leaseLeftMillis: 0, protection: "protected")
+        let v = DashboardModel.vms(VMsResponse(vms: [elsewhere, syncing]))
+        XCTAssertEqual(v.map(\.name), ["a", "b"])
+        XCTAssertEqual(v[0].sync, "37% of 1.0 GiB")
+        XCTAssertEqual(v[1].sync, "")
+        XCTAssertTrue(DashboardPage.html.contains("\"data-sync\": v.sync"))
+    }
+}
