@@ -91,4 +91,10 @@ public struct ReplicationStatus: Sendable, Equatable {
     public var trackingFootprintBytes: Int = 0
     /// How the last connection synced the replica.
     public var lastSync: SyncReport?
+    /// The current (or last) connection's sync while it streams: the pages it sends (a full copy: every
+    /// page; a resync: those whose hash differed; nil before the first connection computed it) and
+    /// those sent so far, updated per message, so a caller can show a bar with a rate and an ETA.
+    /// Pages written during the sync go out at its boundary and are not counted here.
+    public var syncPagesTotal: Int?
+    public var syncPagesDone: Int = 0
 }

@@ -160,7 +160,8 @@ public final class ReplicationSource: @unchecked Sendable {
                 next += chunk.hashes.count
                 hashBytes += 12 + 8 * chunk.hashes.count
             }
-            try sendPages(differ[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
+            updateStatus { $0.syncPagesTotal = differ.count; $0.syncPagesDone = 0 }
+            try sendPages(differ[...], epoch: nextEpoch, sendSeconds: &sendSeconds, countsForSync: true)
             streamed = differ.count
             differing = differ.count
         } else {
@@ -168,8 +169,9 @@ public final class ReplicationSource: @unchecked Sendable {
             // without reading them, which would fault in (allocate) every page. A hole filled after
             // the lseek was written after arming, so it is dirty and goes out at the boundary.
             let (data, holes) = region.dataAndHolePages()
-            try sendPages(data[...], epoch: nextEpoch, sendSeconds: &sendSeconds)
-            try sendPages(holes[...], epoch: nextEpoch, sendSeconds: &sendSeconds, knownZero: true)
+            updateStatus { $0.syncPagesTotal = data.count + holes.count; $0.syncPagesDone = 0 }
+            try sendPages(data[...], epoch: nextEpoch, sendSeconds: &sendSeconds, countsForSync: true)
+            try sendPages(holes[...], epoch: nextEpoch, sendSeconds: &sendSeconds, knownZero: true, countsForSync: true)
             streamed = data.count + holes.count
             differing = region.pageCount
         }
@@ -264,7 +266,8 @@ public final class ReplicationSource: @unchecked Sendable {
         return pages.count
     }
 
-    func sendPages(_ pages: ArraySlice<Int>, epoch: UInt64, sendSeconds: inout Double, knownZero: Bool = false) throws(EndophyteError) {
+    func sendPages(_ pages: ArraySlice<Int>, epoch: UInt64, sendSeconds: inout Double, knownZero: Bool = false,
+                   countsForSync: Bool = false) throws(EndophyteError) {
         guard let t = transport else { throw EndophyteError(.invalidState("no replica connected")) }
         var i = pages.startIndex
         let start = monotonicSeconds()
@@ -291,6 +294,7 @@ public final class ReplicationSource: @unchecked Sendable {
             }
             zeros += zeroPages.count
             try t.send(.pages, header: Wire.pagesHeader(epoch: epoch, dataPages: dataPages, zeroPages: zeroPages), pages: buffers)
+            if countsForSync { updateStatus { [n = j - i] in $0.syncPagesDone += n } }
             i = j
         }
         sendSeconds += monotonicSeconds() - start

@@ -44,6 +44,9 @@ public struct AgentClient: Sendable {
     /// `GET /v1/status`.
     public func status() async throws -> StatusResponse { try await decoded(.status) }
 
+    /// `GET /v1/events?after=SEQ`: the kept events numbered above `after` (0: all it keeps).
+    public func events(after: UInt64 = 0) async throws -> EventsResponse { try await decoded(.events(query: "after=\(after)")) }
+
     /// `GET /v1/spore`.
     public func spore() async throws -> SporeResponse { try await decoded(.spore) }
 

@@ -47,12 +47,14 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public var warnings: [String]?
     /// The newest sclerotia generation this node knows (0: only the genesis key).
     public var chainGeneration: UInt64?
+    /// The answering agent's connection to each other member (nil: an agent older than this field).
+    public var peers: [PeerLinkInfo]?
 
     public init(network: String, node: String, role: String, raftMember: String, leader: String, term: UInt64,
                 commitIndex: UInt64, appliedIndex: UInt64, epoch: String, phase: String, sclerotia: [String],
                 voters: [String], health: String, members: [MemberInfo], votes: [VoteRoundInfo], events: [String],
-                podCIDR: String, podCIDRFile: String, warnings: [String]? = nil, chainGeneration: UInt64? = nil) {
-        self.warnings = warnings; self.chainGeneration = chainGeneration
+                podCIDR: String, podCIDRFile: String, warnings: [String]? = nil, chainGeneration: UInt64? = nil, peers: [PeerLinkInfo]? = nil) {
+        self.warnings = warnings; self.chainGeneration = chainGeneration; self.peers = peers
         self.network = network; self.node = node; self.role = role; self.raftMember = raftMember; self.leader = leader
         self.term = term; self.commitIndex = commitIndex; self.appliedIndex = appliedIndex; self.epoch = epoch
         self.phase = phase; self.sclerotia = sclerotia; self.voters = voters; self.health = health
@@ -60,7 +62,7 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case network, node, role, leader, term, epoch, phase, sclerotia, voters, health, members, votes, events, warnings
+        case network, node, role, leader, term, epoch, phase, sclerotia, voters, health, members, votes, events, warnings, peers
         case chainGeneration = "chain_generation"
         case raftMember = "raft_member"
         case commitIndex = "commit_index"
@@ -280,16 +282,20 @@ public struct VoteRoundInfo: Codable, Sendable, Equatable {
     public var localMessagesSent: Int
     /// The node IDs of its voters (nil: an agent older than this field).
     public var voterIDs: [String]?
+    /// The misbehaviour proven in it and slashed, one line each: `ACCUSED: OFFENCE` (nil: an agent older
+    /// than this field; empty: none).
+    public var evidence: [String]?
 
     public init(sequence: Int, kind: String, node: String, voters: Int, tolerates: Int, state: String,
-                localLatencyMilliseconds: Double, localMessagesSent: Int, voterIDs: [String]? = nil) {
+                localLatencyMilliseconds: Double, localMessagesSent: Int, voterIDs: [String]? = nil, evidence: [String]? = nil) {
+        self.evidence = evidence
         self.sequence = sequence; self.kind = kind; self.node = node; self.voters = voters; self.tolerates = tolerates
         self.state = state; self.localLatencyMilliseconds = localLatencyMilliseconds; self.localMessagesSent = localMessagesSent
         self.voterIDs = voterIDs
     }
 
     enum CodingKeys: String, CodingKey {
-        case sequence, kind, node, voters, tolerates, state
+        case sequence, kind, node, voters, tolerates, state, evidence
         case voterIDs = "voter_ids"
         case localLatencyMilliseconds = "local_latency_ms"
         case localMessagesSent = "local_messages_sent"

@@ -46,6 +46,8 @@ public enum APIRoute: Sendable, Equatable {
     /// `GET /v1/backup`: a signed backup of the control state this agent has applied (binary, not
     /// JSON; docs/BACKUP.md).
     case backup
+    /// `GET /v1/events[?after=SEQ]`: the events the agent keeps numbered above SEQ (``EventsResponse``).
+    case events(query: String)
 
     /// `/v1/status`.
     public static let statusPath = "/v1/status"
@@ -81,11 +83,13 @@ public enum APIRoute: Sendable, Equatable {
     public static let storagePath = "/v1/storage"
     /// `/v1/backup`.
     public static let backupPath = "/v1/backup"
+    /// `/v1/events`.
+    public static let eventsPath = "/v1/events"
 
     /// The HTTP method the route answers to.
     public var method: String {
         switch self {
-        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs, .volumes, .storage, .backup: "GET"
+        case .status, .spore, .sporeExport, .metrics, .membership, .vms, .services, .serviceLogs, .volumes, .storage, .backup, .events: "GET"
         case .leave, .failureVote, .revoke, .vm, .service, .volume: "POST"
         }
     }
@@ -110,6 +114,7 @@ public enum APIRoute: Sendable, Equatable {
         case let .volume(action, query): Self.volumePrefix + action + (query.isEmpty ? "" : "?" + query)
         case .storage: Self.storagePath
         case .backup: Self.backupPath
+        case let .events(query): Self.eventsPath + (query.isEmpty ? "" : "?" + query)
         }
     }
 
@@ -127,6 +132,8 @@ public enum APIRoute: Sendable, Equatable {
             self = .serviceLogs(query: String(target.dropFirst(Self.serviceLogsPath.count + 1)))
         case ("GET", Self.storagePath): self = .storage
         case ("GET", Self.backupPath): self = .backup
+        case ("GET", _) where target == Self.eventsPath || target.hasPrefix(Self.eventsPath + "?"):
+            self = .events(query: String(target.dropFirst(Self.eventsPath.count + 1)))
         case ("GET", _) where target == Self.volumesPath || target.hasPrefix(Self.volumesPath + "?"):
             self = .volumes(query: String(target.dropFirst(Self.volumesPath.count + 1)))
         case ("POST", _) where target.hasPrefix(Self.volumePrefix):

@@ -64,6 +64,10 @@ public struct VMReplicationInfo: Codable, Sendable, Equatable {
     public var bytesPerSecond: Double?
     /// 0…100: how much the guest is slowed so the replica keeps up.
     public var throttlePercent: Double?
+    /// While the replica is being brought up to date (the first full copy, a resync, or the new replica
+    /// of a migration): bytes of guest memory sent so far and in all (nil: not syncing now).
+    public var syncBytesDone: UInt64?
+    public var syncBytesTotal: UInt64?
 
     public init(committedEpoch: UInt64, rpoMilliseconds: Double?, pauseP50Milliseconds: Double?, pauseP99Milliseconds: Double?,
                 epochsLastMinute: Int, bytesPerSecond: Double?, throttlePercent: Double?) {
@@ -75,7 +79,15 @@ public struct VMReplicationInfo: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case committedEpoch = "committed_epoch", rpoMilliseconds = "rpo_ms", pauseP50Milliseconds = "pause_p50_ms"
         case pauseP99Milliseconds = "pause_p99_ms", epochsLastMinute = "epochs_last_minute", bytesPerSecond = "bytes_per_s"
-        case throttlePercent = "throttle_pct"
+        case throttlePercent = "throttle_pct", syncBytesDone = "sync_bytes_done", syncBytesTotal = "sync_bytes_total"
+    }
+}
+
+extension VMReplicationInfo {
+    /// The sync's bytes sent and in all, for a progress bar (nil: not syncing, or an agent older than them).
+    public var syncProgress: (done: Double, total: Double)? {
+        guard let done = syncBytesDone, let total = syncBytesTotal, total > 0 else { return nil }
+        return (Double(min(done, total)), Double(total))
     }
 }
 

@@ -16,6 +16,7 @@
 //   GET  /v1/services      the service table: instances, where they run, health, endpoints, events
 //   POST /v1/service/deploy  (body: the spec as JSON)   POST /v1/service/stop?name=
 //   GET  /v1/service/logs?name=&instance=&bytes=  (ServiceAPI.swift)
+//   GET  /v1/events?after=SEQ  the kept events (the latest 200) numbered above SEQ
 //   GET  /metrics          Prometheus text format (also on `metrics_listen` over TCP, for scraping)
 
 import Foundation
@@ -172,6 +173,13 @@ extension Agent {
             return (.ok, "application/octet-stream", seed.encoded())
         case .membership: return (.ok, "application/json", json(membershipResponse()))
         case .backup: return (.ok, "application/octet-stream", takeBackup().encoded())
+        case .events(let query):
+            switch EventsResponse.after(query: query) {
+            case .failure(let e): return (.badRequest, "application/json", json(e))
+            case .success(let after):
+                return (.ok, "application/json", json(EventsResponse.window(kept: events, latestSeq: eventSeq, after: after,
+                                                                             startedAtMillis: Int64(startedAt.timeIntervalSince1970 * 1000))))
+            }
         case let .revoke(raw, rawReason):
             let text = raw.removingPercentEncoding ?? raw
             let reason = (rawReason.removingPercentEncoding ?? rawReason).isEmpty ? "revoked by an operator" : (rawReason.removingPercentEncoding ?? rawReason)
@@ -239,7 +247,8 @@ extension Agent {
             podCIDR: control.pods.cidr(of: nodeID).map { "\($0)" } ?? "none",
             podCIDRFile: config.podCIDRFilePath,
             warnings: membershipWarnings(),
-            chainGeneration: spore.chain.generation)
+            chainGeneration: spore.chain.generation,
+            peers: peerLinkInfos())
     }
 
     func certificateInfo(_ c: MembershipCertificate) -> CertificateInfo {
@@ -325,7 +334,8 @@ extension Agent {
                 state: r.decision.map { $0 == .yes ? "decided yes" : "decided no" } ?? (r.closed ? "closed" : "open"),
                 localLatencyMilliseconds: voteTimings[r.sequence]?.latencyMilliseconds ?? -1,
                 localMessagesSent: voteTimings[r.sequence]?.messagesSent ?? 0,
-                voterIDs: r.spec.voters.map { "\($0.id)" })
+                voterIDs: r.spec.voters.map { "\($0.id)" },
+                evidence: spore.trust.slashed.filter { $0.round == r.spec.id }.sorted().map { "\($0.accused): \($0.offence)" })
         }
     }
 

@@ -134,6 +134,8 @@ public actor Agent {
     /// The controllers' clock (`ControllerContext.millis`) counts from here.
     let monotonicStart = ContinuousClock.now
     var events: [String] = []
+    /// The number of the latest event (`GET /v1/events?after=`): events[i] is number eventSeq - events.count + 1 + i.
+    var eventSeq: UInt64 = 0
     var voteTimings: [UInt64: VoteTiming] = [:]
     let instruments = AgentInstruments()
     var lastLeader: UInt64 = 0
@@ -372,6 +374,7 @@ public actor Agent {
     func note(_ s: String, log: Bool = true) {
         let stamp = String(format: "%.3f", Date().timeIntervalSince(startedAt))
         events.append("+\(stamp)s \(s)")
+        eventSeq += 1
         if events.count > 200 { events.removeFirst(events.count - 200) }
         // The events are logged too, with the workload or member they name as fields (JSON logs).
         if log { logger.info("\(s)", metadata: JSONLogLine.subjects(in: s).mapValues { .string($0) }.merging(["event": "true"]) { a, _ in a }) }

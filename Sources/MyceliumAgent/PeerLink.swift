@@ -12,7 +12,7 @@ import NIOCore
 final class PeerLink: Sendable {
     let raftID: UInt64
     private let queue: AsyncStream<Frame>.Continuation
-    private let state = NIOLockedValueBox<(addresses: [String], connectedTo: String?, everConnected: Bool, task: Task<Void, Never>?)>(([], nil, false, nil))
+    private let state = NIOLockedValueBox<(addresses: [String], connectedTo: String?, everConnected: Bool, task: Task<Void, Never>?, dialSeconds: Double?)>(([], nil, false, nil, nil))
 
     struct Dialer: Sendable {
         var credentials: @Sendable () -> NodeCredentials
@@ -37,9 +37,15 @@ final class PeerLink: Sendable {
                 let addrs = state.withLockedValue { $0.addresses }
                 var channel: PeerChannel?
                 var used = ""
+                var dialSeconds = 0.0
                 for a in addrs {
                     guard let (host, port) = splitAddress(a) else { continue }
                     do {
+                        let started = ContinuousClock.now
+                        defer {
+                            let d = ContinuousClock.now - started
+                            dialSeconds = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+                        }
                         channel = try await PeerChannel.connect(host: host, port: port, credentials: dialer.credentials(),
                                                                 group: dialer.group, logger: dialer.logger, policy: dialer.policy())
                         used = a
@@ -54,7 +60,7 @@ final class PeerLink: Sendable {
                     continue
                 }
                 backoff = 50_000_000
-                state.withLockedValue { $0.connectedTo = used; $0.everConnected = true }
+                state.withLockedValue { $0.connectedTo = used; $0.everConnected = true; $0.dialSeconds = dialSeconds }
                 await dialer.onConnected(raftID, used, ch.peer)
                 do {
                     for f in await dialer.greeting() { try await ch.send(type: f.type, payload: f.payload) }
@@ -88,6 +94,9 @@ final class PeerLink: Sendable {
     /// True when this link had a connection and has lost it (and not yet got it back): the peer
     /// closed it, or is gone. A link that never connected says nothing about the peer.
     var lostConnection: Bool { state.withLockedValue { $0.everConnected && $0.connectedTo == nil } }
+    /// Whether this link ever connected, and how long its latest successful dial took (connect and handshake).
+    var everConnected: Bool { state.withLockedValue { $0.everConnected } }
+    var lastDialSeconds: Double? { state.withLockedValue { $0.dialSeconds } }
 
     func stop() {
         queue.finish()

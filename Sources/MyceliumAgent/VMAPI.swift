@@ -46,11 +46,14 @@ extension Agent {
                           lastMigration: r.migrationOutcome.isEmpty ? nil : r.migrationOutcome,
                           replication: local[r.name].flatMap { s in
                               guard s.role != .replica else { return nil }
-                              return VMReplicationInfo(committedEpoch: s.committedEpoch, rpoMilliseconds: s.rpoSeconds.map { ($0 * 1000).rounded() },
+                              var info = VMReplicationInfo(committedEpoch: s.committedEpoch, rpoMilliseconds: s.rpoSeconds.map { ($0 * 1000).rounded() },
                                                        pauseP50Milliseconds: s.recent.map { ($0.pauseP50 * 10_000).rounded() / 10 },
                                                        pauseP99Milliseconds: s.recent.map { ($0.pauseP99 * 10_000).rounded() / 10 },
                                                        epochsLastMinute: s.recent?.epochs ?? 0, bytesPerSecond: s.recent.map { $0.bytesPerSecond.rounded() },
                                                        throttlePercent: s.throttle.map { ($0 * 1000).rounded() / 10 })
+                              info.syncBytesDone = s.syncBytesDone
+                              info.syncBytesTotal = s.syncBytesTotal
+                              return info
                           })
         })
     }

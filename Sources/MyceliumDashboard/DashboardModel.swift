@@ -29,6 +29,17 @@ public struct MemberView: Codable, Sendable, Equatable {
     public var r: Double
 }
 
+/// The observing agent's connection to one other member, drawn on the map from the observer to it.
+public struct LinkView: Codable, Sendable, Equatable {
+    /// The observer (the node whose agent the dashboard reads) and the other member.
+    public var from: String
+    public var to: String
+    /// `up`, `silent`, `down` or `none` (``PeerLinkInfo/state``).
+    public var state: String
+    /// What the map's tooltip says: channels, last heard, dial time.
+    public var detail: String
+}
+
 /// What kind of thing an event is, for the timeline's filter.
 public enum EventKind: String, Codable, Sendable, CaseIterable {
     case admission, election, failure, vote, slashing, handoff, workload, other
@@ -56,6 +67,10 @@ public struct VoteView: Codable, Sendable, Equatable {
     public var latencyMs: Double?
     /// Its voters' short labels (empty: the agent did not say).
     public var voterLabels: [String]
+    /// What the round asks about its subject ("has ab12cd34 failed?").
+    public var question: String
+    /// Misbehaviour proven in the round and slashed (`accused: offence`), empty when none.
+    public var evidence: [String]
 }
 
 /// A trust sample: seconds since the dashboard started, and trust from 0 to 1.
@@ -72,6 +87,9 @@ public struct VMView: Codable, Sendable, Equatable {
     public var rpoMs: Double?
     public var pauseP99Ms: Double?
     public var migration: String
+    /// While the replica is brought up to date: "25% of 1.0 GiB" ("": not syncing, or this agent is not
+    /// the VM's primary, the only one that knows).
+    public var sync: String
 }
 
 public struct ServiceView: Codable, Sendable, Equatable {
@@ -128,6 +146,9 @@ public struct DashboardSnapshot: Codable, Sendable, Equatable {
     public var phase: String
     public var warnings: [String]
     public var members: [MemberView]
+    /// The observer's links to the other members (nil: an agent older than `peers`; the map then draws
+    /// the leader's lines to the members).
+    public var links: [LinkView]?
     public var events: [EventView]
     public var votes: [VoteView]
     public var trust: [String: [TrustPoint]]
@@ -140,7 +161,7 @@ public struct DashboardSnapshot: Codable, Sendable, Equatable {
 
     public static let empty = DashboardSnapshot(
         version: 0, t: 0, reachable: false, error: "not read yet", network: "", observer: "", leader: "", term: 0, health: "",
-        phase: "", warnings: [], members: [], events: [], votes: [], trust: [:], vms: nil, services: nil, volumes: nil,
+        phase: "", warnings: [], members: [], links: nil, events: [], votes: [], trust: [:], vms: nil, services: nil, volumes: nil,
         datapath: nil, panelErrors: [:])
 }
 
@@ -193,6 +214,20 @@ public enum DashboardModel {
         }
     }
 
+    /// The observer's links to the other members, as the agent sees them (`peers` in the status),
+    /// sorted by member; nil when the agent does not say (older than that field).
+    public static func links(_ s: StatusResponse) -> [LinkView]? {
+        guard let peers = s.peers else { return nil }
+        return peers.sorted { $0.node < $1.node }.map { p in
+            var parts: [String] = []
+            parts.append(p.outbound ? "dialled channel up" + (p.address.map { " (\($0))" } ?? "") : "no dialled channel")
+            parts.append(p.inbound ? "its channel to us up" : "no channel from it")
+            parts.append(p.lastHeardMilliseconds.map { "heard \(String(format: "%.1f", Double($0) / 1000)) s ago" } ?? "never heard")
+            if let h = p.handshakeMilliseconds { parts.append("last dial \(String(format: "%.1f", h)) ms") }
+            return LinkView(from: s.node, to: p.node, state: p.state, detail: "\(label(s.node)) → \(label(p.node)): \(p.state); " + parts.joined(separator: ", "))
+        }
+    }
+
     /// Splits an agent event (`+12.345s text`) into its time stamp and text.
     public static func split(_ line: String) -> (at: String, text: String) {
         guard line.hasPrefix("+"), let space = line.firstIndex(of: " ") else { return ("", line) }
@@ -241,7 +276,21 @@ public enum DashboardModel {
         rounds.sorted { $0.sequence > $1.sequence }.map {
             VoteView(sequence: $0.sequence, kind: $0.kind, node: $0.node, voters: $0.voters, tolerates: $0.tolerates, state: $0.state,
                      open: $0.state == "open", latencyMs: $0.localLatencyMilliseconds >= 0 ? $0.localLatencyMilliseconds : nil,
-                     voterLabels: ($0.voterIDs ?? []).map(label))
+                     voterLabels: ($0.voterIDs ?? []).map(label), question: question($0.kind, node: $0.node),
+                     evidence: ($0.evidence ?? []).map { line in
+                         // `node-…: offence` with the node shortened like everywhere on the page.
+                         guard let colon = line.range(of: ": ") else { return line }
+                         return label(String(line[..<colon.lowerBound])) + line[colon.lowerBound...]
+                     })
+        }
+    }
+
+    /// What a round of `kind` (the spore's wording) asks about `node`.
+    public static func question(_ kind: String, node: String) -> String {
+        switch kind {
+        case "failure confirmation", "failure": return "has \(label(node)) failed?"
+        case "sclerotium admission", "sclerotium": return "may \(label(node)) become a sclerotium?"
+        default: return "\(kind) of \(label(node))"
         }
     }
 
@@ -249,7 +298,8 @@ public enum DashboardModel {
     public static func vms(_ r: VMsResponse) -> [VMView] {
         r.vms.sorted { $0.name < $1.name }.map {
             VMView(name: $0.name, primary: $0.primary, replica: $0.replica ?? "none", protection: $0.protection,
-                   rpoMs: $0.replication?.rpoMilliseconds, pauseP99Ms: $0.replication?.pauseP99Milliseconds, migration: $0.migration ?? "")
+                   rpoMs: $0.replication?.rpoMilliseconds, pauseP99Ms: $0.replication?.pauseP99Milliseconds, migration: $0.migration ?? "",
+                   sync: $0.replication?.syncProgress.map { "\(Int((100 * $0.done / $0.total).rounded(.down)))% of \(ProgressLine.amount($0.total, .bytes))" } ?? "")
         }
     }
 
@@ -268,8 +318,9 @@ public enum DashboardModel {
     }
 }
 
-/// What the dashboard remembers between polls: the events it has seen (the agent's status carries only
-/// its latest 30) and each member's trust over time. Bounded: at most `maxEvents` events and
+/// What the dashboard remembers between polls: the events it has seen (read with `GET /v1/events?after=`
+/// from the last number it saw, so a burst between polls is not missed; from an older agent without
+/// that endpoint, the status's latest 30) and each member's trust over time. Bounded: at most `maxEvents` events and
 /// `maxSamples` samples per member, oldest dropped first.
 public struct DashboardHistory: Sendable, Equatable {
     public let maxEvents: Int
@@ -279,21 +330,61 @@ public struct DashboardHistory: Sendable, Equatable {
     private var seen: Set<String> = []
     private var seenOrder: [String] = []
     private var nextSeq = 1
+    /// The number of the agent's latest event taken from `/v1/events` (the next read's `after`).
+    public private(set) var lastAgentSeq: UInt64 = 0
+    /// When the agent whose numbers those are started (its numbers restart with it).
+    public private(set) var agentStartedAtMillis: Int64?
+    /// Events the agent no longer kept when the dashboard asked (more than 200 between two polls).
+    public private(set) var missedEvents: UInt64 = 0
 
     public init(maxEvents: Int = 500, maxSamples: Int = 240) {
         self.maxEvents = maxEvents; self.maxSamples = maxSamples
     }
 
-    /// Adds the events of a status answer not seen before (the agent's lines are unique: each carries
-    /// its time stamp), and a trust sample per member when its trust changed or 5 s passed.
-    public mutating func absorb(_ s: StatusResponse, at t: Double) {
-        for line in s.events where !seen.contains(line) {
-            seen.insert(line); seenOrder.append(line)
-            let (at, text) = DashboardModel.split(line)
-            events.append(EventView(seq: nextSeq, at: at, text: text, kind: DashboardModel.kind(of: text)))
-            nextSeq += 1
-        }
+    private mutating func append(_ line: String) {
+        let (at, text) = DashboardModel.split(line)
+        events.append(EventView(seq: nextSeq, at: at, text: text, kind: DashboardModel.kind(of: text)))
+        nextSeq += 1
+    }
+
+    private mutating func trim() {
         if events.count > maxEvents { events.removeFirst(events.count - maxEvents) }
+    }
+
+    /// Adds the events of a `/v1/events?after=lastAgentSeq` answer: every event numbered above the last
+    /// one taken. If the agent restarted (its start time changed, or its numbers went back), nothing
+    /// is taken and the next read starts from 0, so its new events are taken once, in order. Events
+    /// the agent no longer kept are counted and said in the timeline.
+    public mutating func absorb(events r: EventsResponse) {
+        if let started = agentStartedAtMillis, started != r.startedAtMillis || r.latestSeq < lastAgentSeq {
+            agentStartedAtMillis = r.startedAtMillis
+            lastAgentSeq = 0
+            append("(the agent restarted; its events are read again from its first)")
+            trim()
+            return
+        }
+        agentStartedAtMillis = r.startedAtMillis
+        let missed = r.missed(after: lastAgentSeq)
+        if missed > 0 {
+            missedEvents += missed
+            append("(the dashboard missed \(missed) events: more than the agent keeps happened between two polls)")
+        }
+        for e in r.events where e.seq > lastAgentSeq {
+            append(e.line)
+            lastAgentSeq = e.seq
+        }
+        lastAgentSeq = max(lastAgentSeq, r.latestSeq)
+        trim()
+    }
+
+    /// Adds a trust sample per member when its trust changed or 5 s passed, and, with `lines` (an
+    /// agent without `/v1/events`), the status's events not seen before (each line carries its time stamp).
+    public mutating func absorb(_ s: StatusResponse, at t: Double, lines: Bool = true) {
+        for line in s.events where lines && !seen.contains(line) {
+            seen.insert(line); seenOrder.append(line)
+            append(line)
+        }
+        trim()
         // Remember more lines than events shown, so a line that scrolled out is not taken for new.
         if seenOrder.count > maxEvents * 2 {
             for old in seenOrder.prefix(seenOrder.count - maxEvents * 2) { seen.remove(old) }

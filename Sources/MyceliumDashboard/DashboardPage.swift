@@ -57,6 +57,10 @@ svg text { fill:var(--ink); font-size:12px; }
 .member .cross { stroke:#fff; stroke-width:3; }
 .link { stroke:#3a4b55; stroke-width:1.5; }
 .link.down { stroke:var(--bad); stroke-dasharray:6 4; }
+.link.link-up { stroke:var(--ok); stroke-opacity:0.7; stroke-width:2; }
+.link.link-silent { stroke:var(--warn); stroke-dasharray:3 3; stroke-width:2; }
+.link.link-down { stroke:var(--bad); stroke-dasharray:6 4; stroke-width:2; }
+.link.link-none { stroke:#52636d; stroke-dasharray:1 5; }
 .legend { color:var(--dim); font-size:12px; display:flex; gap:12px; flex-wrap:wrap; margin-top:6px; }
 .dot { display:inline-block; width:10px; height:10px; border-radius:50%; margin-right:4px; vertical-align:middle; }
 table { border-collapse:collapse; width:100%; font-size:13px; }
@@ -96,7 +100,8 @@ footer { color:var(--dim); font-size:12px; padding:0 16px 14px; }
       <span><span class="dot" style="background:var(--warn)"></span>suspect</span>
       <span><span class="dot" style="background:var(--bad)"></span>failed (crossed)</span>
       <span><span class="dot" style="background:var(--left)"></span>left</span>
-      <span>blue ring: sclerotium (dashed: learner) · ★ leader · size: trust · lines: the leader's links (red dashed: down; beyond 24 members only those)</span>
+      <span>blue ring: sclerotium (dashed: learner) · ★ leader · size: trust</span>
+      <span id="map-links">lines: the leader's links (red dashed: down; beyond 24 members only those)</span>
     </div>
     <div class="scroll"><table id="members"><thead><tr><th>member</th><th>status</th><th>role</th><th>raft</th><th>trust</th><th>address</th></tr></thead><tbody></tbody></table></div>
   </section>
@@ -110,7 +115,7 @@ footer { color:var(--dim); font-size:12px; padding:0 16px 14px; }
     <h2>Trust and votes</h2>
     <svg id="trust" viewBox="0 0 600 170" role="img" aria-label="trust over time"></svg>
     <h2>Vote rounds</h2>
-    <div class="scroll"><table id="votes"><thead><tr><th>#</th><th>kind</th><th>about</th><th>voters</th><th>tolerates</th><th>state</th><th>latency here</th></tr></thead><tbody></tbody></table></div>
+    <div class="scroll"><table id="votes"><thead><tr><th>#</th><th>question</th><th>voters</th><th>tolerates</th><th>state</th><th>evidence</th><th>latency here</th></tr></thead><tbody></tbody></table></div>
   </section>
   <section id="workloads-panel">
     <h2>Workloads</h2>
@@ -160,7 +165,19 @@ function renderMap(s) {
   const map = document.getElementById("map");
   const kids = [];
   const leader = s.members.find(m => m.leader);
-  if (leader) {
+  const observer = s.members.find(m => m.id === s.observer);
+  const note = document.getElementById("map-links");
+  if (s.links && observer) {
+    // The observer's own connections, as its agent sees them: the dashboard reads one agent.
+    const byId = new Map(s.members.map(m => [m.id, m]));
+    for (const l of s.links) {
+      const m = byId.get(l.to);
+      if (!m || (s.members.length > 24 && l.state === "up")) continue;
+      kids.push(sv("line", {class: "link link-" + l.state, "data-link": l.to, "data-state": l.state, x1: observer.x, y1: observer.y, x2: m.x, y2: m.y}, sv("title", {}, l.detail)));
+    }
+    note.textContent = "lines: the links of " + short(s.observer) + " (the agent this dashboard reads; others may see theirs differently): green up, amber dashed silent, red dashed down, grey dotted not connected yet" + (s.members.length > 24 ? "; beyond 24 members only those not up" : "");
+  } else if (leader) {
+    note.textContent = "lines: the leader's links (red dashed: down; beyond 24 members only those); this agent does not report its own links";
     // Beyond 24 members only the links that are down are drawn: 100 lines would hide the map.
     for (const m of s.members) if (m !== leader && (s.members.length <= 24 || m.status !== "alive"))
       kids.push(sv("line", {class: "link" + (m.status === "alive" ? "" : " down"), x1: leader.x, y1: leader.y, x2: m.x, y2: m.y}));
@@ -210,15 +227,16 @@ function renderTrust(s) {
     kids.push(sv("polyline", {points: p.join(" "), fill: "none", stroke: "hsl(" + hue + ",70%,60%)", "stroke-width": 2, "data-trust": id}, sv("title", {}, id)));
   });
   svg.replaceChildren(...kids);
-  const votes = s.votes.map(v => el("tr", {"data-vote": v.sequence, "data-state": v.state}, el("td", {}, v.sequence), el("td", {}, v.kind), el("td", {}, short(v.node)),
-    el("td", {class: "wrap"}, v.voters + (v.voterLabels && v.voterLabels.length ? ": " + v.voterLabels.join(", ") : "")), el("td", {}, v.tolerates), el("td", {class: v.open ? "st-suspect" : ""}, v.state), el("td", {}, v.latencyMs == null ? "–" : v.latencyMs.toFixed(1) + " ms")));
+  const votes = s.votes.map(v => el("tr", {"data-vote": v.sequence, "data-state": v.state}, el("td", {}, v.sequence), el("td", {class: "wrap", title: v.kind + " of " + v.node}, v.question || (v.kind + " " + short(v.node))),
+    el("td", {class: "wrap"}, v.voters + (v.voterLabels && v.voterLabels.length ? ": " + v.voterLabels.join(", ") : "")), el("td", {}, v.tolerates), el("td", {class: v.open ? "st-suspect" : ""}, v.state),
+    el("td", {class: "wrap" + (v.evidence && v.evidence.length ? " st-failed" : ""), "data-evidence": String(v.evidence ? v.evidence.length : 0)}, v.evidence && v.evidence.length ? v.evidence.join("; ") : "none"), el("td", {}, v.latencyMs == null ? "–" : v.latencyMs.toFixed(1) + " ms")));
   fill(document.querySelector("#votes tbody"), votes.length ? votes : [el("tr", {}, el("td", {colspan: 7, class: "none"}, "none yet"))]);
 }
 
 function renderWorkloads(s) {
   const pe = s.panelErrors || {};
   panel("vms", s.vms, ["VM", "primary", "replica", "protection", "RPO", "pause p99", "migration"],
-    v => el("tr", {}, el("td", {}, v.name), el("td", {}, short(v.primary)), el("td", {}, short(v.replica)), el("td", {}, v.protection),
+    v => el("tr", {}, el("td", {}, v.name), el("td", {}, short(v.primary)), el("td", {}, short(v.replica)), el("td", {"data-sync": v.sync || ""}, v.protection + (v.sync ? " (syncing " + v.sync + ")" : "")),
       el("td", {}, v.rpoMs == null ? "–" : v.rpoMs.toFixed(0) + " ms"), el("td", {}, v.pauseP99Ms == null ? "–" : v.pauseP99Ms.toFixed(1) + " ms"), el("td", {}, v.migration || "–")), pe.vms);
   panel("services", s.services, ["service", "driver", "serving", "instances", "endpoints", "pending"],
     v => el("tr", {}, el("td", {}, v.name), el("td", {}, v.driver), el("td", {}, v.serving + "/" + v.replicas), el("td", {class: "wrap"}, v.instances.join("; ")),

@@ -39,13 +39,15 @@ public struct DashboardOptions: Sendable {
 /// One poll's answers from the agent (each panel's answer, or why it has none).
 struct AgentReading: Sendable {
     var status: Result<StatusResponse, AgentClientError>
+    /// `/v1/events` after the last event number taken (nil: not read, the status failed).
+    var events: Result<EventsResponse, AgentClientError>?
     var vms: Result<VMsResponse, AgentClientError>?
     var services: Result<ServicesResponse, AgentClientError>?
     var volumes: Result<VolumesResponse, AgentClientError>?
     var datapath: Result<[DatapathRow], DashboardConfigError>?
 
     /// Reads the agent (outside the state's actor, so a slow agent never holds up a page).
-    static func read(_ client: AgentClient, datapath: DatapathReader?) async -> AgentReading {
+    static func read(_ client: AgentClient, eventsAfter: UInt64, datapath: DatapathReader?) async -> AgentReading {
         func attempt<T>(_ f: () async throws -> T) async -> Result<T, AgentClientError> {
             do { return .success(try await f()) } catch let e as AgentClientError { return .failure(e) } catch {
                 return .failure(AgentClientError(.malformedAnswer, "\(error)"))
@@ -53,6 +55,7 @@ struct AgentReading: Sendable {
         }
         var r = AgentReading(status: await attempt { try await client.status() })
         if case .success = r.status {
+            r.events = await attempt { try await client.events(after: eventsAfter) }
             r.vms = await attempt { try await client.vms() }
             r.services = await attempt { try await client.services() }
             r.volumes = await attempt { try await client.volumes() }
@@ -81,11 +84,21 @@ actor DashboardState {
         s.t = t
         switch r.status {
         case .success(let status):
-            history.absorb(status, at: t)
+            // The events from /v1/events (every one since the last poll); from an agent older than that
+            // endpoint (404), the status's latest 30. Another failure: this poll takes none, the next
+            // one reads from the same number.
+            var fromStatus = false
+            switch r.events {
+            case .success(let events)?: history.absorb(events: events)
+            case .failure(let e)?: if case .refused(404, _) = e.code { fromStatus = true }
+            case nil: fromStatus = true
+            }
+            history.absorb(status, at: t, lines: fromStatus)
             s.reachable = true; s.error = ""
             s.network = status.network; s.observer = status.node; s.leader = status.leader; s.term = status.term
             s.health = status.health; s.phase = status.phase; s.warnings = status.warnings ?? []
             s.members = DashboardModel.members(status)
+            s.links = DashboardModel.links(status)
             s.votes = DashboardModel.votes(status.votes)
             s.events = history.events
             s.trust = history.trust
@@ -112,6 +125,9 @@ actor DashboardState {
         s.panelErrors = errors
         snapshot = s
     }
+
+    /// The `after` of the next `/v1/events` read.
+    func eventCursor() -> UInt64 { history.lastAgentSeq }
 
     /// The current view if it is newer than `version`.
     func next(after version: Int) -> DashboardSnapshot? { snapshot.version > version ? snapshot : nil }
@@ -202,7 +218,8 @@ public enum DashboardServer {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isCancelled {
-                    await state.apply(await AgentReading.read(client, datapath: options.datapath), socket: options.socket)
+                    let after = await state.eventCursor()
+                    await state.apply(await AgentReading.read(client, eventsAfter: after, datapath: options.datapath), socket: options.socket)
                     try await Task.sleep(for: pollInterval)  // the poll cadence
                 }
             }

@@ -110,6 +110,10 @@ public struct LocalVMState: Sendable, Equatable {
     public var throttle: Double?
     /// Primary: "on (N packets held, M dropped)", "on, passing through until …" or "off (…)"; replica: nil.
     public var outputCommit: String?
+    /// Primary, while the engine brings the replica up to date: bytes of guest memory sent and in all
+    /// (pages × page size, holes and zero pages included; nil when not syncing).
+    public var syncBytesDone: UInt64?
+    public var syncBytesTotal: UInt64?
 
     public init(role: Role, ownershipEpoch: UInt64, replication: String, engine: String?, committedEpoch: UInt64, lastSync: String? = nil,
                 recent: EpochWindow.Summary? = nil, rpoSeconds: Double? = nil, throttle: Double? = nil, outputCommit: String? = nil) {
@@ -260,6 +264,10 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
                                       recent: p.window.summary(at: Double(VMWatchdog.monotonicMilliseconds()) / 1000),
                                       rpoSeconds: st.flatMap { $0.secondsSinceCommit.isFinite ? $0.secondsSinceCommit : nil },
                                       throttle: st?.throttleLevel, outputCommit: p.gate.map(Self.describe) ?? p.outputCommitOff)
+                if let st, st.state == .syncing, let total = st.syncPagesTotal {
+                    out[n]?.syncBytesDone = UInt64(st.syncPagesDone) * UInt64(dirtyPageSize)
+                    out[n]?.syncBytesTotal = UInt64(total) * UInt64(dirtyPageSize)
+                }
             }
             for (n, r) in replicas {
                 out[n] = LocalVMState(role: .replica, ownershipEpoch: r.record.epoch, replication: "holding", engine: nil,

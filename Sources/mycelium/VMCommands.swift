@@ -162,9 +162,16 @@ struct VMCommandGroup: AsyncParsableCommand {
                 guard let vm = try await client.vms().vms.first(where: { $0.name == name }) else {
                     throw ValidationError("VM '\(name)' was deleted during its migration")
                 }
-                // The agent reports the migration's phase; the API has no byte counts for it (yet), so
-                // the line shows the phase and the time spent, without a bar or an ETA.
-                progress.update(phase: vm.migration ?? (vm.epoch > before.epoch ? "switched" : "pending"))
+                // The agent reports the migration's phase. While the primary brings a new replica up to
+                // date (a target that was not the replica gets a full copy first), its agent also reports
+                // the bytes: a bar with rate and ETA. Only the primary's agent knows them (run this there);
+                // elsewhere the line shows the phase and the time spent.
+                let phase = vm.migration ?? (vm.epoch > before.epoch ? "switched" : "pending")
+                if let sync = vm.replication?.syncProgress {
+                    progress.update(done: sync.done, total: sync.total, unit: .bytes, phase: "copying memory to the replica; " + phase)
+                } else {
+                    progress.update(phase: phase)
+                }
                 if vm.epoch > before.epoch {
                     progress.finish()
                     if out.output == .json { return show(vm, out) }

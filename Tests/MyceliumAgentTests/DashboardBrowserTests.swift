@@ -221,6 +221,11 @@ sys.exit("last value: %r" % (last,))
         defer { browser.stop() }
         let devtools = try browser.devToolsPort()
         try cdp(devtools, "window.__mark = 'same-page'; document.querySelectorAll('[data-status=alive][data-id]').length", want: "3", timeout: 30)
+        // The map draws n1's own links (the agent the dashboard reads), both up.
+        for peer in ids.dropFirst() {
+            try cdp(devtools, "(document.querySelector('line[data-link=\"\(peer)\"]') || {getAttribute: () => 'missing'}).getAttribute('data-state')",
+                    want: "up", timeout: 30)
+        }
 
         // n3 dies; the dashboard reads n1's agent, whose spore records the failure; the open page turns it.
         let victim = ids[2]
@@ -230,6 +235,8 @@ sys.exit("last value: %r" % (last,))
                 want: "same-page:failed", timeout: 90)
         print("dashboard: the open page showed \(victim) failed \(String(format: "%.1f", Date().timeIntervalSince(killed))) s after its agent was killed")
         try cdp(devtools, "String(document.querySelector('#timeline tr[data-kind=failure]') !== null)", want: "true", timeout: 10)
+        try cdp(devtools, "(document.querySelector('line[data-link=\"\(victim)\"]') || {getAttribute: () => 'missing'}).getAttribute('data-state')",
+                want: "down", timeout: 30)
 
         let after = try waitForDOM(url, "\(victim) failed", timeout: 30) { d in status(of: victim, in: d) == "failed" }
         XCTAssertEqual(status(of: ids[0], in: after), "alive")
