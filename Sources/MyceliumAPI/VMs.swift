@@ -129,36 +129,7 @@ public enum APIQuery {
 }
 
 extension AgentClient {
-    /// A primary's replication of one VM: what `vm show` reports on the node that runs it.
-public struct VMReplicationInfo: Codable, Sendable, Equatable {
-    /// The replica's last committed checkpoint (the engine's epoch).
-    public var committedEpoch: UInt64
-    /// Milliseconds since that checkpoint: what a crash of this host would lose now (the RPO).
-    public var rpoMilliseconds: Double?
-    /// Checkpoint pauses over the last minute (milliseconds), and how many.
-    public var pauseP50Milliseconds: Double?
-    public var pauseP99Milliseconds: Double?
-    public var epochsLastMinute: Int
-    /// Replication traffic over the last minute.
-    public var bytesPerSecond: Double?
-    /// 0…100: how much the guest is slowed so the replica keeps up.
-    public var throttlePercent: Double?
-
-    public init(committedEpoch: UInt64, rpoMilliseconds: Double?, pauseP50Milliseconds: Double?, pauseP99Milliseconds: Double?,
-                epochsLastMinute: Int, bytesPerSecond: Double?, throttlePercent: Double?) {
-        self.committedEpoch = committedEpoch; self.rpoMilliseconds = rpoMilliseconds
-        self.pauseP50Milliseconds = pauseP50Milliseconds; self.pauseP99Milliseconds = pauseP99Milliseconds
-        self.epochsLastMinute = epochsLastMinute; self.bytesPerSecond = bytesPerSecond; self.throttlePercent = throttlePercent
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case committedEpoch = "committed_epoch", rpoMilliseconds = "rpo_ms", pauseP50Milliseconds = "pause_p50_ms"
-        case pauseP99Milliseconds = "pause_p99_ms", epochsLastMinute = "epochs_last_minute", bytesPerSecond = "bytes_per_s"
-        case throttlePercent = "throttle_pct"
-    }
-}
-
-/// `GET /v1/vms`.
+    /// `GET /v1/vms`.
     public func vms() async throws -> VMsResponse {
         let body = try await send(.vms)
         do { return try APIJSON.decode(VMsResponse.self, from: body) } catch {
