@@ -221,7 +221,7 @@ let package = Package(
             dependencies: [
                 "MyceliumCore", "MyceliumIdentity", "MyceliumTransport", "MyceliumAgent", "MyceliumSpores", "MyceliumCNI", "MyceliumAPI", "K3sDriver", "MyceliumDashboard",
                 "MyceliumControl",  // backup verify/restore
-                "DirtyPages", "Libvirt", "MyceliumRBD",  // mycelium doctor's probes
+                "DirtyPages", "Libvirt", "MyceliumRBD", "ServiceRuntime",  // mycelium doctor's probes and tools
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -295,6 +295,7 @@ let package = Package(
             dependencies: [
                 "MyceliumAgent", "myceliumd", "myceliumd-byzantine", "mycelium", "mycelium-cni", "MyceliumSpores", "MyceliumIdentity", "MyceliumCore", "MyceliumAPI",
                 "MyceliumSim", "VMTestSupport", "Libvirt", "ServiceRuntime", "MyceliumCNI", "CephTestSupport", "MyceliumRBD",
+                "MyceliumRaft", "MyceliumWAL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -32,7 +32,10 @@ public enum DisasterRecovery {
     }
 
     /// The control state and Raft position the node at `home` holds in its own Raft log (nil: no log).
-    public static func localState(home: String) throws -> LocalRaftState? {
+    /// A snapshot of its own that cannot be read is an error: without it nobody can tell whether the
+    /// restore would throw away newer state. With `force` (the operator accepts losing it) the state is
+    /// nil and the Raft position is still read, so the restored log still starts past every index here.
+    public static func localState(home: String, force: Bool = false) throws -> LocalRaftState? {
         let paths = AgentPaths(home: home)
         guard FileManager.default.fileExists(atPath: paths.raftDir),
               let names = try? FileManager.default.contentsOfDirectory(atPath: paths.raftDir), !names.isEmpty else { return nil }
@@ -41,21 +44,34 @@ public enum DisasterRecovery {
         let storage = recovery.state
         var control: ControlState?
         var lastIndex = storage.snapshot?.metadata.index ?? 0
+        var unreadable = false
         if let s = storage.snapshot, !s.data.isEmpty {
-            // A snapshot from another network cannot be this node's; the plan refuses by network first.
-            control = try? ControlState.restore(s.data, network: NetworkIdentity(genesisKey: try readCertificate(paths).genesisKey))
+            do {
+                control = try ControlState.restore(s.data, network: NetworkIdentity(genesisKey: try readCertificate(paths).genesisKey))
+            } catch {
+                guard force else {
+                    throw AgentError("""
+                        this node's own Raft snapshot (index \(s.metadata.index) in \(paths.raftDir)) cannot be read: \(error). \
+                        Without it the restore cannot tell whether the backup is older than what this node holds; \
+                        pass --force to restore anyway (the Raft directory is kept aside as raft.before-restore-TIME)
+                        """)
+                }
+                unreadable = true
+            }
+        } else if let cert = try? readCertificate(paths) {
+            control = ControlState(network: NetworkIdentity(genesisKey: cert.genesisKey))
         }
-        if control == nil, let cert = try? readCertificate(paths) { control = ControlState(network: NetworkIdentity(genesisKey: cert.genesisKey)) }
         for e in storage.entries {
             lastIndex = max(lastIndex, e.index)
             // Every entry in the log, committed or not as far as the disk knows (the WAL does not sync
             // the commit index on its own, so it lags): for the "newer than the backup" check, counting
             // a change that may not have committed only errs towards refusing, which --force overrides.
-            if e.kind == .normal && e.index > (control?.appliedIndex ?? 0) {
+            // A refused entry changes nothing here, as on every replica (Agent.apply logs and skips it).
+            if !unreadable && e.kind == .normal && e.index > (control?.appliedIndex ?? 0) {
                 _ = try? control?.apply(e)
             }
         }
-        return LocalRaftState(state: control, lastIndex: lastIndex, term: storage.hardState.term)
+        return LocalRaftState(state: unreadable ? nil : control, lastIndex: lastIndex, term: storage.hardState.term)
     }
 
     static func readCertificate(_ paths: AgentPaths) throws -> MembershipCertificate {
@@ -73,7 +89,7 @@ public enum DisasterRecovery {
         let paths = AgentPaths(home: home)
         let (file, state, contents) = try verify(bytes)
         let cert = try readCertificate(paths)
-        let local = try localState(home: home)
+        let local = try localState(home: home, force: force)
         let plan = try DisasterRestore.plan(backup: file, state: state, node: cert.nodeID, nodeNetwork: cert.networkID,
                                             local: local, nowMillis: nowMillis, force: force)
         let previous = try install(plan, paths: paths, nowMillis: nowMillis)
@@ -89,7 +105,7 @@ public enum DisasterRecovery {
         let payload = (try? ChecksummedFile.decode(bytes, kind: FileKind.seedSpore, path: "seed spore")) ?? bytes
         let seed = try SeedSpore(verifying: payload, network: cert.networkID, knownEpoch: nil, now: nowMillis / 1000)
         let state = ControlState(seed: seed.spore)
-        let local = try localState(home: home)
+        let local = try localState(home: home, force: force)
         let plan = try DisasterRestore.plan(network: seed.spore.network.id, index: seed.epoch.index, term: seed.epoch.term, state: state,
                                             node: cert.nodeID, nodeNetwork: cert.networkID, local: local, nowMillis: nowMillis, force: force)
         let previous = try install(plan, paths: paths, nowMillis: nowMillis)

@@ -1,6 +1,9 @@
 import Foundation
 import MyceliumAPI
 @testable import MyceliumAgent
+import MyceliumCore
+import MyceliumRaft
+import MyceliumWAL
 import XCTest
 
 /// The disaster drill of docs/BACKUP.md with real agents: five nodes, scheduled backups on every node,
@@ -8,6 +11,27 @@ import XCTest
 /// newest scheduled backup, and the other survivor rejoining it by itself with the state intact.
 final class DisasterDrillProcessTests: XCTestCase {
     let names = ["n1", "n2", "n3", "n4", "n5"]
+
+    /// A node whose own Raft snapshot cannot be read does not know what it holds, so a restore there
+    /// could throw away newer state unnoticed: it is refused with what to do, and with --force the
+    /// node's Raft position is still read (the restored log must start past it).
+    func testARestoreRefusesWhenTheNodesOwnSnapshotCannotBeReadUnlessForced() throws {
+        let c = try AgentCluster()
+        XCTAssertEqual(try c.cli(["network", "create", "--home", c.home("n1")]).0, 0)
+        let paths = AgentPaths(home: c.home("n1"))
+        try AtomicFile.makeDirectory(paths.raftDir)
+        let (wal, _) = try WriteAheadLog.open(directory: paths.raftDir)
+        try wal.save(hardState: HardState(term: 7, commit: 40), entries: [],
+                     snapshot: Snapshot(metadata: SnapshotMetadata(index: 40, term: 7, confState: ConfState()), data: [0xDE, 0xAD, 0xBE, 0xEF]))
+        wal.close()
+        XCTAssertThrowsError(try DisasterRecovery.localState(home: c.home("n1"))) { error in
+            XCTAssertTrue("\(error)".contains("cannot be read") && "\(error)".contains("--force"), "\(error)")
+        }
+        let forced = try XCTUnwrap(DisasterRecovery.localState(home: c.home("n1"), force: true))
+        XCTAssertNil(forced.state, "an unreadable state is not passed off as an empty one")
+        XCTAssertEqual(forced.lastIndex, 40)
+        XCTAssertEqual(forced.term, 7)
+    }
 
     func testAllSclerotiaLostThenRestoredFromABackupAndTheSurvivorsRejoin() async throws {
         let c = try AgentCluster()
