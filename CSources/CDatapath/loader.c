@@ -519,3 +519,22 @@ int myc_dp_unload(const char *pin_dir, char *err, size_t errlen)
         return dp_fail(err, errlen, -EBUSY, "Could not remove everything under %s.", dir);
     return 0;
 }
+
+int myc_dp_probe_tcx(int *link_errno, char *err, size_t errlen) {
+    /* r0 = 0; exit */
+    const struct bpf_insn insns[] = {
+        {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0},
+        {.code = BPF_JMP | BPF_EXIT},
+    };
+    int prog_fd = bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, "myc_tcx_probe", "GPL", insns, 2, NULL);
+    if (prog_fd < 0) {
+        int le = errno;
+        return dp_fail(err, errlen, -le, "Cannot load a BPF program to probe tcx (%s)", strerror(le));
+    }
+    int link_fd = bpf_link_create(prog_fd, 0x7ffffff0, MYC_BPF_TCX_INGRESS, NULL);
+    int e = link_fd < 0 ? errno : 0;
+    if (link_fd >= 0) close(link_fd);
+    close(prog_fd);
+    if (link_errno) *link_errno = e;
+    return (link_fd >= 0 || e == ENODEV) ? 1 : 0;
+}

@@ -45,6 +45,10 @@ public struct Datapath: Sendable {
 
     @inline(__always)
     private func call(_ body: (UnsafeMutablePointer<CChar>, Int) -> Int32) throws(DatapathError) -> Int32 {
+        try Self.call(body)
+    }
+
+    private static func call(_ body: (UnsafeMutablePointer<CChar>, Int) -> Int32) throws(DatapathError) -> Int32 {
         var buf = [CChar](repeating: 0, count: 512)
         // SAFETY: buf outlives the call and its length is passed alongside.
         let rc = buf.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
@@ -56,6 +60,15 @@ public struct Datapath: Sendable {
     }
 
     public var isLoaded: Bool { myc_dp_is_loaded(pinDir) == 1 }
+
+    /// Whether this kernel has tcx links (`myc_dp_probe_tcx`; nothing is attached): nil when it has,
+    /// else the errno the kernel refused the tcx link with. Throws when no BPF program can be loaded
+    /// (not root, no BPF).
+    public static func probeTCX() throws(DatapathError) -> Int32? {
+        var linkErrno: Int32 = 0
+        let rc = try call { myc_dp_probe_tcx(&linkErrno, $0, $1) }
+        return rc == 1 ? nil : linkErrno
+    }
 
     /// Loads (or confirms) the datapath from the compiled object. Cheap when it is already pinned.
     public func load(object: String) throws(DatapathError) {

@@ -15,6 +15,7 @@ import MyceliumCore
 import MyceliumIdentity
 import MyceliumRBD
 import MyceliumSpores
+import ServiceRuntime
 
 struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -346,21 +347,16 @@ enum DoctorProbes {
         return nil
     }
 
-    /// Runs a program with a deadline; (exit status, stdout+stderr).
+    /// Runs a program with a deadline (ServiceRuntime's CommandRunner: killed with its process group
+    /// when late); (exit status, stdout and stderr interleaved), or (-1, why) when it cannot start.
     static func run(_ exe: String, _ args: [String], timeout: Double) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let killer = DispatchWorkItem { if p.isRunning { p.terminate() } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        killer.cancel()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        do {
+            let r = try CommandRunner.run([exe] + args, environment: ProcessInfo.processInfo.environment,
+                                          timeoutMillis: Int32(timeout * 1000), mergeErrors: true, instance: "doctor")
+            return r.timedOut ? (-1, "\(exe) did not answer within \(Int(timeout)) s") : (r.status, r.stdout)
+        } catch {
+            return (-1, "\(error)")
+        }
     }
 
     /// A TCP connect to host:port (IPv4 or IPv6 literal, or a name) within `timeout` seconds.
@@ -386,54 +382,9 @@ enum DoctorProbes {
     }
 }
 
-/// A real probe of tcx: load a two-instruction sched_cls program and ask for a tcx link on an
-/// interface index that does not exist. A kernel that knows tcx looks the device up (ENODEV); one
-/// that does not refuses the attach type (EINVAL). Nothing is attached either way.
+/// A real probe of tcx (the C datapath's `myc_dp_probe_tcx`, with libbpf): nothing is attached.
 enum BPFProbe {
-    static func bpf(_ cmd: Int, _ attr: inout [UInt8]) -> (Int, Int32) {
-        #if arch(x86_64)
-        let nr = 321
-        #elseif arch(arm64)
-        let nr = 280
-        #else
-        return (-1, ENOSYS)
-        #endif
-        // SAFETY: syscall is variadic in C, which Swift cannot call; on Linux's x86_64 and arm64 ABIs
-        // integer and pointer arguments travel in the same registers either way, and bpf(2) reads
-        // exactly (cmd, attr pointer, size).
-        typealias Syscall = @convention(c) (Int, Int, UnsafeMutableRawPointer?, Int) -> Int
-        guard let sym = dlsym(nil, "syscall") else { return (-1, ENOSYS) }
-        let f = unsafeBitCast(sym, to: Syscall.self)
-        let size = attr.count
-        let rc = attr.withUnsafeMutableBytes { f(nr, cmd, $0.baseAddress, size) }
-        return (rc, rc < 0 ? errno : 0)
-    }
-
-    static func put32(_ a: inout [UInt8], _ off: Int, _ v: UInt32) { for i in 0..<4 { a[off + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
-    static func put64(_ a: inout [UInt8], _ off: Int, _ v: UInt64) { for i in 0..<8 { a[off + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) } }
-
     static func tcx() -> DoctorRules.TCXProbe {
-        // r0 = 0; exit  (BPF_ALU64|BPF_MOV|BPF_K = 0xb7, BPF_JMP|BPF_EXIT = 0x95)
-        var insns: [UInt8] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]
-        var license: [UInt8] = Array("GPL".utf8) + [0]
-        var attr = [UInt8](repeating: 0, count: 128)
-        let (fd, loadErrno) = insns.withUnsafeMutableBytes { ip in
-            license.withUnsafeMutableBytes { lp in
-                put32(&attr, 0, 3)  // BPF_PROG_TYPE_SCHED_CLS
-                put32(&attr, 4, 2)  // insn_cnt
-                put64(&attr, 8, UInt64(UInt(bitPattern: ip.baseAddress)))
-                put64(&attr, 16, UInt64(UInt(bitPattern: lp.baseAddress)))
-                return bpf(5 /* BPF_PROG_LOAD */, &attr)
-            }
-        }
-        guard fd >= 0 else { return .cannotLoad("BPF_PROG_LOAD: \(String(cString: strerror(loadErrno)))") }
-        defer { close(Int32(fd)) }
-        var link = [UInt8](repeating: 0, count: 64)
-        put32(&link, 0, UInt32(fd))
-        put32(&link, 4, 0x7fff_fff0)  // target_ifindex: no such device
-        put32(&link, 8, 46)  // BPF_TCX_INGRESS
-        let (rc, e) = bpf(28 /* BPF_LINK_CREATE */, &link)
-        if rc >= 0 { close(Int32(rc)); return .supported }
-        return e == ENODEV ? .supported : .unsupported(errno: e)
+        do { return try Datapath.probeTCX().map { .unsupported(errno: $0) } ?? .supported } catch { return .cannotLoad(error.message) }
     }
 }

@@ -117,6 +117,12 @@ int myc_dp_set_underlay(const char *pin_dir, uint32_t node_ipv4, uint32_t underl
 /* Detaches from every interface and removes everything under pin_dir. */
 int myc_dp_unload(const char *pin_dir, char *err, size_t errlen);
 
+/* Whether this kernel has tcx links (for `mycelium doctor`): loads a two-instruction sched_cls program and
+ * asks for a tcx ingress link on an interface index that does not exist, so nothing is ever attached.
+ * Returns 1 (tcx known: the kernel looked for the device, ENODEV), 0 (the attach type was refused; *link_errno
+ * says how), or -errno when the probe program could not be loaded (not root, no BPF; err says why). */
+int myc_dp_probe_tcx(int *link_errno, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif
