@@ -42,11 +42,18 @@ final class TrustPlacementProcessTests: XCTestCase {
         throw CancellationError()
     }
 
-    func replicaHosts(_ c: AgentCluster, _ volume: String) throws -> Set<String> {
-        let (code, out) = try c.cli(["volume", "show", volume, "--home", c.home("n1"), "-o", "json"])
-        XCTAssertEqual(code, 0, out)
-        let v = try APIJSON.decode(VolumeInfo.self, from: Array(out.utf8))
-        return Set((v.replicas ?? []).map { String($0.prefix(5)) })
+    /// The CRUSH hosts holding `volume`'s data by the cluster's own mapping (`volume show`), polled
+    /// until `done` holds or `seconds` pass; the last answer.
+    func replicaHosts(_ c: AgentCluster, _ volume: String, seconds: Double, until done: (Set<String>) -> Bool) async throws -> Set<String> {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            let (code, out) = try c.cli(["volume", "show", volume, "--home", c.home("n1"), "-o", "json"])
+            XCTAssertEqual(code, 0, out)
+            let v = try APIJSON.decode(VolumeInfo.self, from: Array(out.utf8))
+            let hosts = Set((v.replicas ?? []).map { String($0.prefix(5)) })
+            if done(hosts) || Date() >= deadline { return hosts }
+            try await Task.sleep(nanoseconds: 250_000_000)
+        }
     }
 
     func testASlashedMembersHostLeavesTheClassesItsTrustNoLongerReaches() async throws {
@@ -76,12 +83,7 @@ final class TrustPlacementProcessTests: XCTestCase {
         XCTAssertEqual(hosts(first, "private"), ["node0", "node1", "node2"])
         var (code, out) = try c.cli(["volume", "create", "vault", "--size", "16M", "--class", "sensitive", "--home", c.home("n2"), "-o", "json"])
         XCTAssertEqual(code, 0, out)
-        let placed = Date().addingTimeInterval(30)
-        var before = try replicaHosts(c, "vault")
-        while before.count < 3, Date() < placed {
-            try await Task.sleep(nanoseconds: 250_000_000)
-            before = try replicaHosts(c, "vault")
-        }
+        let before = try await replicaHosts(c, "vault", seconds: 30) { $0.count == 3 }
         XCTAssertEqual(before, ["node0", "node1", "node2"], "before the cheat cheats, its host holds a replica")
 
         // 2. The cheat's conflicting commitments are proven and it is slashed below private (0.3).
@@ -103,12 +105,7 @@ final class TrustPlacementProcessTests: XCTestCase {
 
         // 4. The cluster's own mapping of the sensitive volume: no replica on the cheat's host (CRUSH never
         //    falls back to a host outside the class's root, so with 2 hosts left it runs undersized).
-        let deadline = Date().addingTimeInterval(60)
-        var replicas = try replicaHosts(c, "vault")
-        while replicas.contains(cheatHost) || replicas.isEmpty, Date() < deadline {
-            try await Task.sleep(nanoseconds: 250_000_000)
-            replicas = try replicaHosts(c, "vault")
-        }
+        let replicas = try await replicaHosts(c, "vault", seconds: 60) { [cheatHost] in !$0.isEmpty && !$0.contains(cheatHost) }
         XCTAssertFalse(replicas.contains(cheatHost), "the sensitive volume's data left the slashed host: \(replicas)")
         XCTAssertEqual(replicas, ["node0", "node1"])
 
