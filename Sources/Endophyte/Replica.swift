@@ -99,6 +99,19 @@ public final class ReplicaReceiver: @unchecked Sendable {
     }
     public var deviceState: [UInt8] { lock.withLock { committedState } }
 
+    /// Waits until no session serves this image. After its transport is closed a session ends once
+    /// the apply in progress, if any, has finished and published its epoch; until then the image and
+    /// `committedEpoch` may disagree (a takeover reading them would resume a torn guest). False on
+    /// timeout.
+    public func waitUntilIdle(timeout: Double = 10) -> Bool {
+        let deadline = monotonicSeconds() + timeout
+        while lock.withLock({ serving }) {
+            if monotonicSeconds() > deadline { return false }
+            usleep(200)
+        }
+        return true
+    }
+
     /// Serves one authenticated source until it goes away, is activated, or breaks the protocol.
     /// `onActivate` runs when a planned migration hands ownership to this side, after the source
     /// recorded the new owner; it starts the workload here.

@@ -420,6 +420,11 @@ public final class EndophyteDriver: ControllerDriver, @unchecked Sendable {
     /// and resumes.
     func takeOver(_ r: VMRecord, from rep: Replica) throws -> EndophyteDomain {
         lock.withLock { rep.transport }?.close()
+        // The session may still be applying an epoch it acknowledged: the image and its epoch are read
+        // only once it has stopped, so the guest resumes from one whole epoch.
+        guard rep.receiver.waitUntilIdle(timeout: 10) else {
+            throw VMDriverError("VM \(r.name): its replication session did not stop within 10 s of its connection being closed; the image may still be changing, so it is not taken over")
+        }
         let epoch = rep.receiver.committedEpoch
         guard epoch > 0 else {
             throw VMDriverError("VM \(r.name): this node became its primary but holds no committed image (none recorded before this agent restarted, or it was being changed then, and no sync committed since: a kept image is then only a base for a resync, possibly mixed); it cannot continue the guest")

@@ -166,6 +166,34 @@ final class ReplicationTests: XCTestCase {
         XCTAssertEqual(bg.join(), .sourceGone(discardedPages: 0))
     }
 
+    /// A takeover closes the replica's session, then must wait until it has stopped before reading
+    /// the image and its epoch (an apply in progress would otherwise leave them apart):
+    /// `waitUntilIdle` is false while a session serves and true once closing its transport ended it.
+    func testAReceiverIsIdleOnlyOnceItsClosedSessionHasEnded() throws {
+        let src = try MappedRegion(memfdNamed: "endo-idle-src", length: 64 * dirtyPageSize)
+        let dst = try MappedRegion(memfdNamed: "endo-idle-dst", length: 64 * dirtyPageSize)
+        let replica = ReplicaReceiver(region: dst)
+        XCTAssertTrue(replica.waitUntilIdle(timeout: 0), "no session yet")
+        final class Held: @unchecked Sendable { let lock = NSLock(); var t: ReplicationTransport? }
+        let held = Held()
+        let pair = try Pair(.tcp)
+        let (t, bg) = try pair.connect { r in
+            held.lock.withLock { held.t = r }
+            return replica.serve(r)
+        }
+        let source = try ReplicationSource(region: src, tracker: try DirtyTracker.hash(region: UnsafeRawBufferPointer(src.buffer), threads: 1),
+                                           config: ReplicationConfig(epochInterval: 0.025, rpoBound: 10), hooks: Workload(region: src).hooks)
+        try source.connect(t)
+        let first = try source.checkpoint()
+        XCTAssertTrue(replica.waitUntilApplied(first.epoch))
+        XCTAssertFalse(replica.waitUntilIdle(timeout: 0.2), "a connected session serves")
+        held.lock.withLock { held.t }?.close()
+        XCTAssertTrue(replica.waitUntilIdle(timeout: 10), "closing its transport ends the session")
+        XCTAssertEqual(replica.committedEpoch, first.epoch)
+        source.detach()
+        _ = bg.join()
+    }
+
     func testReplicatesRunningWorkloadExactlyWithUffd() throws { try replicate(engine: .uffdAsync) }
     func testReplicatesRunningWorkloadExactlyWithHash() throws { try replicate(engine: .hash) }
     func testReplicatesRunningWorkloadExactlyOverRhizomorph() throws { try replicate(engine: .uffdAsync, over: .rhizomorph) }
